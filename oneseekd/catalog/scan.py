@@ -1,0 +1,257 @@
+"""The full scan of the model roots: the truth the catalog is reconciled against.
+
+Roots, in priority order: models/oneseek-7b-zero/base_models, models/ (less the daemon's own
+folders), then the configured extra roots (plain folders of models, or a Hugging Face hub cache
+whose `models--org--name/snapshots/<rev>/` folders are models). When one key is found in several
+places the first root wins and the others are reported as shadowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from oneseekd.catalog.inspect import (
+    FolderProblem,
+    find_weights,
+    has_tokenizer,
+    read_config,
+)
+from oneseekd.config import Config
+from oneseekd.naming import display_name, normalize_model_name
+
+# Folders under models/ that belong to oneseekd itself, never base models.
+RESERVED = frozenset({"oneseek-7b-zero", "oneseek-certified", "backups",
+                      "oneseek-7b-zero-current"})
+PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".incomplete", ".lock")
+HUB_PREFIX = "models--"
+
+
+@dataclass(frozen=True)
+class Root:
+    path: Path
+    kind: str  # "base_models", "models" or "extra"
+
+    @property
+    def resolved(self) -> Path:
+        return self.path.resolve()
+
+
+@dataclass(frozen=True)
+class Found:
+    """One model folder as the scan saw it."""
+
+    key: str
+    folder: Path  # the folder whose name gives the key
+    path: Path  # where config.json is (a hub snapshot, or the folder itself)
+    root: Root
+    state: str
+    reason: str | None = None
+    detected_name: str = ""
+    model_type: str | None = None
+    architectures: tuple[str, ...] | None = None
+    parameter_count: int | None = None
+    size_bytes: int = 0
+    weight_format: str | None = None
+    has_tokenizer: bool = False
+    fingerprint: str = ""
+    changed_at: float = 0.0  # newest mtime/ctime in the folder
+    shadowed: tuple[str, ...] = ()
+
+
+@dataclass
+class ScanResult:
+    models: dict[str, Found] = field(default_factory=dict)  # the winner of each key
+    everything: list[Found] = field(default_factory=list)  # shadowed folders too
+    seen_folders: set[Path] = field(default_factory=set)
+    skipped_links: list[Path] = field(default_factory=list)
+    duration: float = 0.0
+
+
+def model_roots(config: Config) -> list[Root]:
+    roots = [Root(config.home.base_models, "base_models"), Root(config.home.models, "models")]
+    roots += [Root(p, "extra") for p in config.catalog.extra_roots]
+    return roots
+
+
+def _inside(path: Path, roots: list[Root]) -> bool:
+    return any(path.is_relative_to(r.resolved) for r in roots)
+
+
+@dataclass(frozen=True)
+class Listing:
+    files: dict[str, int]  # relative name -> size
+    partial: list[str]  # files of a copy or download still in progress
+    newest: float  # the newest mtime or ctime
+    fingerprint: str  # of names, sizes and times
+
+
+def _list_files(folder: Path, roots: list[Root]) -> Listing:
+    """Every file of a model folder, with sizes and times, without opening any.
+
+    ctime counts as a change too: a copy that preserves mtimes (cp -p, rsync -a) still moves
+    ctime, so a folder being copied in is never taken for a still one.
+    """
+    files: dict[str, int] = {}
+    partial: list[str] = []
+    digest = hashlib.sha256()
+    newest = 0.0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames.sort()
+        base = Path(dirpath)
+        newest = max(newest, _changed(os.stat(dirpath)))
+        for name in sorted(filenames):
+            full = base / name
+            if name.endswith(PARTIAL_SUFFIXES):
+                partial.append(full.relative_to(folder).as_posix())
+                continue
+            if name.startswith("."):
+                continue
+            try:
+                if full.is_symlink() and not _inside(full.resolve(), roots):
+                    continue
+                st = full.stat()
+            except OSError:
+                continue  # vanished between listing and stat: the next scan sees it settled
+            rel = full.relative_to(folder).as_posix()
+            files[rel] = st.st_size
+            newest = max(newest, _changed(st))
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+    return Listing(files, partial, newest, digest.hexdigest())
+
+
+def _changed(st: os.stat_result) -> float:
+    return max(st.st_mtime, st.st_ctime)
+
+
+def inspect_folder(folder: Path, path: Path, root: Root, roots: list[Root], now: float,
+                   settle: float, previous: Found | None = None) -> Found | None:
+    """Inspect one candidate folder; None when it holds nothing model-like at all."""
+    try:
+        listing = _list_files(path, roots)
+    except OSError:
+        return None
+    files = listing.files
+    if not files and not listing.partial:
+        return None
+    key = normalize_model_name(folder.name.removeprefix(HUB_PREFIX).split("--")[-1])
+    base = Found(key=key, folder=folder, path=path, root=root, state="incomplete",
+                 detected_name=folder.name, size_bytes=sum(files.values()),
+                 has_tokenizer=has_tokenizer(files), fingerprint=listing.fingerprint,
+                 changed_at=listing.newest)
+    if listing.partial:
+        shown = ", ".join(listing.partial[:3])
+        return replace(base, reason=f"partial files present ({shown}): a copy or download "
+                       "is still running; if it was aborted, remove them and copy again")
+    if now - listing.newest < settle:
+        return replace(base, reason=f"changed {max(now - listing.newest, 0):.1f}s ago; "
+                       f"waiting {settle:g}s for the copy to settle")
+    if (previous is not None and previous.fingerprint == listing.fingerprint
+            and previous.state in ("ready", "invalid") and previous.path == path):
+        return replace(previous, root=root, folder=folder, shadowed=())
+    if "config.json" not in files and not any(
+        n.endswith((".safetensors", ".bin", ".index.json")) for n in files
+    ):
+        return None  # neither config nor weights: some other folder, not a model
+    if "adapter_config.json" in files:
+        return replace(base, state="invalid", reason="this is a LoRA adapter "
+                       "(adapter_config.json), not a base model")
+    try:
+        config = read_config(path, files)
+        weights = find_weights(path, files)
+    except FolderProblem as problem:
+        return replace(base, state=problem.state, reason=problem.reason)
+    archs = config.get("architectures")
+    return replace(
+        base,
+        state="ready",
+        reason=None,
+        detected_name=display_name(config, folder.name),
+        model_type=config["model_type"],
+        architectures=tuple(archs) if isinstance(archs, list) else None,
+        parameter_count=weights.parameter_count,
+        weight_format=weights.format,
+    )
+
+
+def _hub_snapshot(entry: Path) -> Path | None:
+    """The snapshot `refs/main` names, else the newest one."""
+    snapshots = entry / "snapshots"
+    ref = entry / "refs" / "main"
+    try:
+        if ref.is_file():
+            rev = ref.read_text(encoding="utf-8").strip()
+            if rev and "/" not in rev and (snapshots / rev).is_dir():
+                return snapshots / rev
+        revs = [p for p in snapshots.iterdir() if p.is_dir()]
+    except OSError:
+        return None
+    return max(revs, key=lambda p: p.stat().st_mtime) if revs else None
+
+
+def candidate(root: Root, folder: Path, roots: list[Root],
+              skipped: list[Path]) -> tuple[Path, Path] | None:
+    """(folder, model path) when a folder directly under a root may hold a model."""
+    name = folder.name
+    if name.startswith(".") or (root.kind == "models" and name.lower() in RESERVED):
+        return None
+    try:
+        if folder.is_symlink():
+            target = folder.resolve()
+            if not _inside(target, roots):
+                skipped.append(folder)
+                return None
+            if root.kind == "models" and target.is_relative_to(
+                (root.path / "oneseek-7b-zero").resolve()
+            ):
+                return None  # e.g. OneSeek-7B-Zero-CURRENT
+        if not folder.is_dir():
+            return None
+    except OSError:
+        return None
+    if name.startswith(HUB_PREFIX):
+        snapshot = _hub_snapshot(folder)
+        return None if snapshot is None else (folder, snapshot)
+    return folder, folder
+
+
+def candidates(root: Root, roots: list[Root], skipped: list[Path]) -> Iterator[tuple[Path, Path]]:
+    """candidate() for every folder directly under a root, in name order."""
+    try:
+        names = sorted(os.listdir(root.path))
+    except OSError:
+        return
+    for name in names:
+        found = candidate(root, root.path / name, roots, skipped)
+        if found is not None:
+            yield found
+
+
+def scan(roots: list[Root], *, now: float | None = None, settle: float = 0.0,
+         cache: Mapping[Path, Found] | None = None) -> ScanResult:
+    """Scan every root. `cache` holds the previous scan's results, reused for folders whose
+    fingerprint (names, sizes, times) has not changed, so periodic rescans only stat."""
+    started = time.perf_counter()
+    now = time.time() if now is None else now
+    cache = cache or {}
+    result = ScanResult()
+    for root in roots:
+        for folder, path in candidates(root, roots, result.skipped_links):
+            result.seen_folders.add(folder)
+            found = inspect_folder(folder, path, root, roots, now, settle, cache.get(folder))
+            if found is None:
+                continue
+            result.everything.append(found)
+            winner = result.models.get(found.key)
+            if winner is None:
+                result.models[found.key] = found
+            else:
+                result.models[found.key] = replace(
+                    winner, shadowed=(*winner.shadowed, str(found.folder))
+                )
+    result.duration = time.perf_counter() - started
+    return result

@@ -1,0 +1,126 @@
+"""Reconciling scan results into the `base_models` table, with a history row per change.
+
+Rows are never deleted. `enabled` and an operator-set `display_name` belong to the operator
+(the admin panel writes them) and survive every scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from oneseekd.catalog.scan import Found, ScanResult
+from oneseekd.db.engine import read_session, write_session
+from oneseekd.db.models import BaseModel, CatalogEvent, utcnow
+
+
+@dataclass
+class Change:
+    key: str
+    event: str
+    old_state: str | None
+    new_state: str
+    detail: str | None
+
+
+@dataclass
+class Reconciled:
+    changes: list[Change] = field(default_factory=list)
+    total: int = 0
+
+
+def _event(session: Session, row: BaseModel, event: str, old: str | None, now: datetime,
+           detail: str | None, out: Reconciled) -> None:
+    session.add(CatalogEvent(model_id=row.id, at=now, event=event, old_state=old,
+                             new_state=row.state, detail=detail))
+    out.changes.append(Change(row.key, event, old, row.state, detail))
+
+
+def _apply(session: Session, row: BaseModel, found: Found, now: datetime, out: Reconciled) -> None:
+    old_state, old_path = row.state, row.path
+    if row.display_name == row.detected_name:  # not renamed by the operator
+        row.display_name = found.detected_name
+    row.detected_name = found.detected_name
+    row.path = str(found.path)
+    row.root = found.root.kind
+    row.state = found.state
+    row.state_reason = found.reason
+    row.model_type = found.model_type
+    row.architectures = list(found.architectures) if found.architectures else None
+    row.parameter_count = found.parameter_count
+    row.size_bytes = found.size_bytes
+    row.weight_format = found.weight_format
+    row.has_tokenizer = found.has_tokenizer
+    row.fingerprint = found.fingerprint
+    row.shadowed_paths = list(found.shadowed) or None
+    row.updated_at = now
+    if old_path != row.path:
+        _event(session, row, "moved", old_state, now, f"{old_path} -> {row.path}", out)
+    if old_state != row.state:
+        row.state_changed_at = now
+        _event(session, row, "returned" if old_state == "missing" else "state_changed",
+               old_state, now, found.reason, out)
+
+
+def _insert(session: Session, found: Found, now: datetime, out: Reconciled) -> None:
+    row = BaseModel(key=found.key, display_name=found.detected_name,
+                    detected_name=found.detected_name, path=str(found.path),
+                    root=found.root.kind, state=found.state, enabled=True,
+                    first_seen_at=now, updated_at=now, state_changed_at=now)
+    _apply(session, row, found, now, Reconciled())
+    session.add(row)
+    session.flush()
+    _event(session, row, "added", None, now, found.reason or str(found.path), out)
+
+
+def _mark_missing(session: Session, row: BaseModel, now: datetime, out: Reconciled) -> None:
+    old = row.state
+    row.state = "missing"
+    row.state_reason = f"{row.path} is gone"
+    row.state_changed_at = now
+    _event(session, row, "missing", old, now, row.state_reason, out)
+
+
+def reconcile(engine: Engine, result: ScanResult, *, now: datetime | None = None,
+              complete: bool = True, gone: Iterable[Path] = ()) -> Reconciled:
+    """Write a scan into the catalog in one transaction.
+
+    complete=True (a full scan): every key the scan did not find becomes `missing`.
+    complete=False (folders re-inspected after watch events): only the given models change,
+    and rows whose folder is listed in `gone` become `missing`.
+    """
+    now = now or utcnow()
+    out = Reconciled()
+    gone_paths = {str(p) for p in gone}
+    with write_session(engine) as session:
+        rows = {row.key: row for row in session.scalars(select(BaseModel))}
+        for key, found in result.models.items():
+            row = rows.get(key)
+            if row is None:
+                _insert(session, found, now, out)
+            elif row.fingerprint != found.fingerprint or row.state != found.state or (
+                row.path != str(found.path) or row.shadowed_paths != (list(found.shadowed) or None)
+                or row.state_reason != found.reason or row.detected_name != found.detected_name
+            ):
+                _apply(session, row, found, now, out)
+        for key, row in rows.items():
+            if row.state == "missing" or key in result.models:
+                continue
+            if complete or row.path in gone_paths or _under(row.path, gone_paths):
+                _mark_missing(session, row, now, out)
+        out.total = len(rows) + sum(1 for c in out.changes if c.event == "added")
+    return out
+
+
+def _under(path: str, folders: set[str]) -> bool:
+    return any(path.startswith(f.rstrip("/") + "/") for f in folders)
+
+
+def load_rows(engine: Engine) -> list[BaseModel]:
+    with read_session(engine) as session:
+        return list(session.scalars(select(BaseModel).order_by(BaseModel.key)))

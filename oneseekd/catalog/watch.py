@@ -1,0 +1,64 @@
+"""watchdog events as hints: each one only marks its model folder to be looked at once still.
+
+A missed event costs latency, never correctness: the periodic full scan reconciles everything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from oneseekd.catalog.live import Catalog
+
+log = structlog.get_logger("oneseekd.catalog")
+
+
+class _Hints(FileSystemEventHandler):
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return  # reads change nothing
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            if raw:
+                path = raw.decode() if isinstance(raw, bytes) else raw
+                self.catalog.touch(Path(path))
+
+
+class Watcher:
+    """One recursive observer per outermost root (base_models lives inside models/)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.observer = Observer()
+        self.watched: list[Path] = []
+
+    def start(self) -> None:
+        handler = _Hints(self.catalog)
+        paths = sorted({r.path for r in self.catalog.roots}, key=lambda p: len(p.parts))
+        for path in paths:
+            if any(path.is_relative_to(w) for w in self.watched) or not path.is_dir():
+                continue
+            try:
+                self.observer.schedule(handler, str(path), recursive=True)
+            except OSError as exc:
+                log.warning("watch_unavailable", path=str(path), error=str(exc),
+                            fix="raise fs.inotify.max_user_watches; until then changes are "
+                                "seen at the next periodic scan")
+                continue
+            self.watched.append(path)
+        try:
+            self.observer.start()
+        except OSError as exc:
+            log.warning("watch_unavailable", error=str(exc),
+                        fix="raise fs.inotify.max_user_watches / max_user_instances; until "
+                            "then changes are seen at the next periodic scan")
+
+    def stop(self) -> None:
+        if self.observer.is_alive():
+            self.observer.stop()
+            self.observer.join(timeout=5)

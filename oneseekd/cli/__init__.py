@@ -1,0 +1,48 @@
+"""oneseekctl: the operator's command line. Never imports torch; answers in well under a second.
+
+Library errors (OneseekError) become `Error: ...` and an exit code in exactly one place:
+`OneseekGroup.invoke`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from oneseekd import __version__
+from oneseekd.cli.catalog import models_cmd, resolve_cmd
+from oneseekd.cli.context import Context
+from oneseekd.cli.db import db_group
+from oneseekd.cli.status import status_cmd
+from oneseekd.errors import OneseekError
+from oneseekd.logs import configure_logging
+
+
+class OneseekGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OneseekError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=OneseekGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", envvar="ONESEEK_HOME", type=click.Path(file_okay=False),
+              help="The home folder. Env: ONESEEK_HOME.")
+@click.option("--db-url", envvar="ONESEEK_DB_URL",
+              help="SQLAlchemy URL of the state database. Env: ONESEEK_DB_URL.")
+@click.version_option(__version__, prog_name="oneseekctl")
+@click.pass_context
+def main(ctx: click.Context, home: str | None, db_url: str | None) -> None:
+    """Inspect and drive oneseekd: the catalog, requests, runs and the ledger."""
+    configure_logging("warning")
+    ctx.obj = Context(home=home, db_url=db_url)
+
+
+main.add_command(status_cmd)
+main.add_command(models_cmd)
+main.add_command(resolve_cmd)
+main.add_command(db_group)

@@ -1,0 +1,78 @@
+"""oneseekctl models / resolve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from oneseekd.catalog.query import resolve_names
+from oneseekd.catalog.store import load_rows
+from oneseekd.cli.context import Context, emit_json, human_bytes, human_count, table
+from oneseekd.db.models import BaseModel
+
+
+def model_dict(row: BaseModel) -> dict[str, Any]:
+    return {
+        "key": row.key,
+        "display_name": row.display_name,
+        "path": row.path,
+        "root": row.root,
+        "state": row.state,
+        "state_reason": row.state_reason,
+        "enabled": row.enabled,
+        "model_type": row.model_type,
+        "architectures": row.architectures,
+        "parameter_count": row.parameter_count,
+        "size_bytes": row.size_bytes,
+        "weight_format": row.weight_format,
+        "has_tokenizer": row.has_tokenizer,
+        "shadowed_paths": row.shadowed_paths or [],
+        "first_seen_at": row.first_seen_at.isoformat(),
+        "state_changed_at": row.state_changed_at.isoformat(),
+    }
+
+
+@click.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--all", "show_all", is_flag=True, help="Include models that are gone (missing).")
+@click.pass_obj
+def models_cmd(obj: Context, as_json: bool, show_all: bool) -> None:
+    """List the catalog of base models."""
+    obj.fresh_catalog()
+    rows = [r for r in load_rows(obj.engine()) if show_all or r.state != "missing"]
+    if as_json:
+        emit_json([model_dict(r) for r in rows])
+        return
+    if not rows:
+        click.echo(f"No base models yet. Copy a model folder (config.json + weights) into "
+                   f"{obj.config.home.base_models}/")
+        return
+    click.echo(table(
+        ["KEY", "NAME", "STATE", "ARCH", "PARAMS", "SIZE", "TOKENIZER", "PATH"],
+        [[r.key, r.display_name, r.state + ("" if r.enabled else " (disabled)"),
+          r.model_type or "?", human_count(r.parameter_count), human_bytes(r.size_bytes),
+          "yes" if r.has_tokenizer else "no", r.path] for r in rows]))
+    notes = [f"{r.key}: {r.state_reason}" for r in rows if r.state_reason]
+    notes += [f"{r.key}: shadows {p} (base_models/ wins)" for r in rows
+              for p in (r.shadowed_paths or [])]
+    if notes:
+        click.echo("\n" + "\n".join(notes))
+
+
+@click.command("resolve")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def resolve_cmd(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
+    """Show which catalog model each NAME means, and by which matching strategy."""
+    obj.fresh_catalog()
+    resolved = resolve_names(obj.engine(), names)
+    if as_json:
+        emit_json([{"requested": r.match.requested, "key": r.match.key,
+                    "strategy": r.match.strategy, "display_name": r.model.display_name,
+                    "path": r.model.path, "state": r.model.state} for r in resolved])
+        return
+    click.echo(table(["REQUESTED", "KEY", "STRATEGY", "PATH"],
+                     [[r.match.requested, r.match.key, r.match.strategy, r.model.path]
+                      for r in resolved]))

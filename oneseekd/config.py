@@ -1,0 +1,212 @@
+"""Configuration: flags and ONESEEK_* environment for where things are, oneseekd.toml for the rest.
+
+Every default lives in this module. A bad configuration is refused with every problem listed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oneseekd.errors import ConfigError
+
+CONFIG_FILE = "oneseekd.toml"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# --- every default in one place -------------------------------------------------------------
+DEFAULT_LOG_LEVEL = "info"
+DEFAULT_SETTLE_SECONDS = 5.0
+DEFAULT_RESCAN_INTERVAL_SECONDS = 300.0
+MIN_RESCAN_INTERVAL_SECONDS = 1.0
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True)
+class HomePaths:
+    """The layout of a home folder (CONTRACT.md section 2)."""
+
+    root: Path
+
+    @property
+    def db_file(self) -> Path:
+        return self.root / "oneseek.db"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "oneseekd.lock"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def zero(self) -> Path:
+        return self.models / "oneseek-7b-zero"
+
+    @property
+    def base_models(self) -> Path:
+        return self.zero / "base_models"
+
+    @property
+    def certified(self) -> Path:
+        return self.models / "oneseek-certified"
+
+    @property
+    def requests(self) -> Path:
+        return self.root / "requests"
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    def ensure(self) -> None:
+        """Create the folders the daemon owns; existing ones are left as they are."""
+        for folder in (
+            self.base_models,
+            self.zero / "lora_adapters",
+            self.zero / "weights",
+            self.certified,
+            self.requests / "accepted",
+            self.requests / "rejected",
+            self.datasets,
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS
+    rescan_interval_seconds: float = DEFAULT_RESCAN_INTERVAL_SECONDS
+    extra_roots: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    home: HomePaths
+    db_url: str
+    log_level: str = DEFAULT_LOG_LEVEL
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+
+
+def default_db_url(home: Path) -> str:
+    return f"sqlite:///{HomePaths(home).db_file}"
+
+
+def _number(
+    table: Mapping[str, Any], key: str, where: str, problems: list[str], *, minimum: float
+) -> float | None:
+    if key not in table:
+        return None
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems.append(f"{where}.{key} must be a number of seconds, got {value!r}")
+        return None
+    if value < minimum:
+        problems.append(f"{where}.{key} must be at least {minimum:g}, got {value!r}")
+        return None
+    return float(value)
+
+
+def _unknown(table: Mapping[str, Any], known: set[str], where: str, problems: list[str]) -> None:
+    for key in sorted(set(table) - known):
+        allowed = ", ".join(sorted(known))
+        problems.append(f"{where}: unknown setting {key!r} (known: {allowed})")
+
+
+def _catalog(table: Any, home: Path, problems: list[str]) -> CatalogConfig:
+    if not isinstance(table, dict):
+        problems.append("[catalog] must be a table")
+        return CatalogConfig()
+    _unknown(table, {"settle_seconds", "rescan_interval_seconds", "extra_roots"}, "[catalog]",
+             problems)
+    settle = _number(table, "settle_seconds", "catalog", problems, minimum=0.0)
+    rescan = _number(table, "rescan_interval_seconds", "catalog", problems,
+                     minimum=MIN_RESCAN_INTERVAL_SECONDS)
+    roots: list[Path] = []
+    raw_roots = table.get("extra_roots", [])
+    if not isinstance(raw_roots, list) or not all(isinstance(r, str) for r in raw_roots):
+        problems.append(f"catalog.extra_roots must be a list of folder paths, got {raw_roots!r}")
+    else:
+        for raw in raw_roots:
+            root = Path(raw).expanduser()
+            root = root if root.is_absolute() else home / root
+            if not root.is_dir():
+                problems.append(
+                    f"catalog.extra_roots: {raw!r} is not a folder ({root}); "
+                    "create it or remove it from the list"
+                )
+            else:
+                roots.append(root)
+    return CatalogConfig(
+        settle_seconds=DEFAULT_SETTLE_SECONDS if settle is None else settle,
+        rescan_interval_seconds=DEFAULT_RESCAN_INTERVAL_SECONDS if rescan is None else rescan,
+        extra_roots=tuple(roots),
+    )
+
+
+def _log_level(value: Any, where: str, problems: list[str]) -> str:
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        problems.append(f"{where} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return DEFAULT_LOG_LEVEL
+    return value.lower()
+
+
+def resolve_home(home: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
+    """--home, else ONESEEK_HOME; one of them is required."""
+    raw = home if home is not None else env.get("ONESEEK_HOME")
+    if raw is None or str(raw) == "":
+        raise ConfigError(
+            "no home folder given",
+            ["pass --home DIR or set ONESEEK_HOME=DIR (DIR holds models/, requests/, oneseek.db)"],
+        )
+    return Path(raw).expanduser().resolve()
+
+
+def load_config(
+    home: str | os.PathLike[str] | None,
+    db_url: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration from flags, environment and HOME/oneseekd.toml."""
+    env = os.environ if env is None else env
+    root = resolve_home(home, env)
+    paths = HomePaths(root)
+    problems: list[str] = []
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"home {root} is not a folder", ["pass --home a folder path"])
+
+    data: dict[str, Any] = {}
+    if paths.config_file.exists():
+        try:
+            data = tomllib.loads(paths.config_file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{paths.config_file} is not valid TOML",
+                [f"{exc}; fix the file or move it away to use the defaults"],
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read {paths.config_file}", [str(exc)]) from exc
+
+    _unknown(data, {"log_level", "catalog"}, CONFIG_FILE, problems)
+    log_level = _log_level(data.get("log_level", DEFAULT_LOG_LEVEL), "log_level", problems)
+    if env.get("ONESEEK_LOG_LEVEL"):
+        log_level = _log_level(env["ONESEEK_LOG_LEVEL"], "ONESEEK_LOG_LEVEL", problems)
+    catalog = _catalog(data.get("catalog", {}), root, problems)
+
+    url = db_url or env.get("ONESEEK_DB_URL") or default_db_url(root)
+    if "://" not in url:
+        problems.append(
+            f"database URL {url!r} is not an SQLAlchemy URL; "
+            "use e.g. sqlite:////var/lib/oneseekd/oneseek.db"
+        )
+    if problems:
+        raise ConfigError(f"the configuration in {root} is invalid", problems)
+    return Config(home=paths, db_url=url, log_level=log_level, catalog=catalog)

@@ -1,0 +1,1 @@
+"""The state database: engine, mapped tables, migrations."""

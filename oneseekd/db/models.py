@@ -1,0 +1,118 @@
+"""Mapped tables. Migrations in migrations/ create and change them; this module only maps them.
+
+Tables other programs may use are documented in docs/database.md (`base_models`: read, and
+UPDATE of `enabled` and `display_name`). Everything else is the daemon's alone.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+MODEL_STATES = ("ready", "incomplete", "invalid", "missing")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC time stored as fixed-width ISO-8601 text ('2026-11-24T19:00:00.000000Z'),
+    so that it sorts as text and reads plainly from Node or the sqlite3 shell."""
+
+    impl = String(32)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class JSONText(TypeDecorator[Any]):
+    """JSON kept as text: readable by any client, stable key order."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else json.dumps(value, sort_keys=True)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BaseModel(Base):
+    """One catalog entry per normalized key. Rows are never deleted: a model that goes away
+    becomes `missing` and keeps its history."""
+
+    __tablename__ = "base_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    display_name: Mapped[str] = mapped_column(String(300))
+    detected_name: Mapped[str] = mapped_column(String(300))
+    path: Mapped[str] = mapped_column(Text)
+    root: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20))
+    state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    model_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    architectures: Mapped[list[str] | None] = mapped_column(JSONText, nullable=True)
+    parameter_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    weight_format: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    has_tokenizer: Mapped[bool] = mapped_column(Boolean, default=False)
+    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    shadowed_paths: Mapped[list[str] | None] = mapped_column(JSONText, nullable=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CatalogEvent(Base):
+    """The history of a catalog entry: every appearance, state change and move."""
+
+    __tablename__ = "catalog_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("base_models.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    event: Mapped[str] = mapped_column(String(40))
+    old_state: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    new_state: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Daemon(Base):
+    """One row per daemon start: who ran, where, and when it last said it was alive."""
+
+    __tablename__ = "daemons"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    activity: Mapped[str] = mapped_column(Text, default="starting")

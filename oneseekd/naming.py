@@ -1,0 +1,111 @@
+"""Model names: normalization, display names and matching (CONTRACT.md section 3).
+
+Pure functions only: no I/O, so the daemon, the CLI and the intake agree exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from oneseekd.errors import ModelResolutionError
+
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+# The strategies in the order the contract tries them.
+EXACT = "exact"
+CONTAINMENT = "containment"
+NO_SEPARATOR = "no-separator"
+STRATEGIES = (EXACT, CONTAINMENT, NO_SEPARATOR)
+
+
+def normalize_model_name(name: str) -> str:
+    """Lowercase; every run of characters outside [a-z0-9] becomes one '-'; no '-' at the ends.
+
+    >>> normalize_model_name("KB-Llama-3.1-8B-Swedish")
+    'kb-llama-3-1-8b-swedish'
+    """
+    return _NON_ALNUM.sub("-", name.lower()).strip("-")
+
+
+def _squash(key: str) -> str:
+    return key.replace("-", "")
+
+
+def display_name(config: Mapping[str, Any] | None, folder_name: str) -> str:
+    """config.json's `model_name`, else the last segment of `_name_or_path`, else the folder."""
+    if config:
+        model_name = config.get("model_name")
+        if isinstance(model_name, str) and model_name.strip():
+            return model_name.strip()
+        name_or_path = config.get("_name_or_path")
+        if isinstance(name_or_path, str):
+            last = name_or_path.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1].strip()
+            if last:
+                return last
+    return folder_name
+
+
+@dataclass(frozen=True)
+class Match:
+    """The catalog key a requested name resolved to, and the strategy that found it."""
+
+    requested: str
+    key: str
+    strategy: str
+
+
+def _candidates(requested_key: str, keys: list[str], strategy: str) -> list[str]:
+    if strategy == EXACT:
+        return [k for k in keys if k == requested_key]
+    if strategy == CONTAINMENT:
+        return [k for k in keys if requested_key in k or k in requested_key]
+    squashed = _squash(requested_key)
+    return [k for k in keys if squashed in _squash(k) or _squash(k) in squashed]
+
+
+def match_model(requested: str, keys: Iterable[str]) -> Match:
+    """Resolve one requested name against catalog keys, or raise naming the candidates.
+
+    The first strategy that yields exactly one key wins; a strategy that yields several
+    refuses the name (never a silent pick).
+    """
+    key = normalize_model_name(requested)
+    pool = sorted(set(keys))
+    if not key:
+        raise ModelResolutionError(
+            f"model name {requested!r} is empty once normalized; "
+            "name a base model from `oneseekctl models`"
+        )
+    for strategy in STRATEGIES:
+        found = _candidates(key, pool, strategy)
+        if len(found) == 1:
+            return Match(requested=requested, key=found[0], strategy=strategy)
+        if len(found) > 1:
+            raise ModelResolutionError(
+                f"model name {requested!r} is ambiguous ({strategy} match): "
+                f"it matches {', '.join(found)}; use the full key of one of them"
+            )
+    available = ", ".join(pool) if pool else "none (the catalog is empty)"
+    raise ModelResolutionError(
+        f"model name {requested!r} matches no base model; available: {available}"
+    )
+
+
+def resolve_models(requested: Iterable[str], keys: Iterable[str]) -> list[Match]:
+    """Resolve several names, reporting every unknown or ambiguous one at once."""
+    pool = list(keys)
+    matches: list[Match] = []
+    problems: list[str] = []
+    for name in requested:
+        try:
+            matches.append(match_model(name, pool))
+        except ModelResolutionError as exc:
+            problems.append(exc.message)
+    if problems:
+        raise ModelResolutionError(
+            f"{len(problems)} of the requested model names cannot be resolved", problems
+        )
+    return matches

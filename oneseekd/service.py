@@ -1,0 +1,166 @@
+"""The daemon: wires the components, owns the main loop, turns signals into flags."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from types import FrameType
+
+import click
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from oneseekd import __version__
+from oneseekd.catalog.live import Catalog
+from oneseekd.catalog.scan import model_roots
+from oneseekd.catalog.watch import Watcher
+from oneseekd.config import Config, load_config
+from oneseekd.db.engine import make_engine, write_session
+from oneseekd.db.migrate import upgrade
+from oneseekd.db.models import Daemon as DaemonRow
+from oneseekd.db.models import utcnow
+from oneseekd.errors import DatabaseError, OneseekError
+from oneseekd.lock import HomeLock
+from oneseekd.logs import configure_logging
+
+log = structlog.get_logger("oneseekd")
+
+HEARTBEAT_SECONDS = 5.0
+TICK_SECONDS = 0.2  # the longest the loop sleeps: how soon a stop flag is seen
+
+
+def open_database(url: str) -> Engine:
+    """An engine on a database brought to the newest revision (refusing a newer one)."""
+    engine = make_engine(url)
+    try:
+        revision = upgrade(engine)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot open the database {engine.url!r}",
+                            [str(exc.orig if hasattr(exc, "orig") else exc),
+                             "check --db-url / ONESEEK_DB_URL and the folder's permissions"]
+                            ) from exc
+    if revision.verdict != "current":
+        log.info("database_migrated", from_revision=revision.current, to_revision=revision.head)
+    return engine
+
+
+class Daemon:
+    def __init__(self, config: Config, *, exit_when_idle: bool = False) -> None:
+        self.config = config
+        self.exit_when_idle = exit_when_idle
+        self.stop_requested = False
+        self._full_scan_due = False
+        self._row_id: int | None = None
+        self._wake = threading.Event()
+
+    # Signal handlers only set flags; the loop does the work.
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stop_requested = True
+        self._signal = signal.Signals(signum).name
+
+    def _request_full_scan(self) -> None:
+        self._full_scan_due = True
+        self._wake.set()
+
+    def run(self) -> int:
+        lock = HomeLock(self.config.home.lock_file)
+        lock.acquire()
+        try:
+            return self._run_locked()
+        finally:
+            lock.release()
+
+    def _run_locked(self) -> int:
+        cfg = self.config
+        log.info("daemon_starting", home=str(cfg.home.root), version=__version__,
+                 exit_when_idle=self.exit_when_idle)
+        cfg.home.ensure()
+        engine = open_database(cfg.db_url)
+        self._register(engine)
+        catalog = Catalog(engine, model_roots(cfg), cfg.catalog.settle_seconds)
+        catalog.wakeup = self._wake
+        done = catalog.full_scan()
+        log.info("catalog_loaded", models=done.total)
+        watcher = Watcher(catalog)
+        watcher.start()
+        scheduler = BackgroundScheduler(daemon=True)
+        scheduler.add_job(self._request_full_scan, "interval",
+                          seconds=cfg.catalog.rescan_interval_seconds, id="full_scan")
+        scheduler.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        log.info("daemon_ready", watched=[str(p) for p in watcher.watched])
+        try:
+            self._loop(engine, catalog)
+        finally:
+            scheduler.shutdown(wait=False)
+            watcher.stop()
+            self._heartbeat(engine, "stopped", stopped=True)
+            engine.dispose()
+        log.info("daemon_stopped", reason=getattr(self, "_signal", "idle"))
+        return 0
+
+    def _loop(self, engine: Engine, catalog: Catalog) -> None:
+        last_beat = time.monotonic()
+        while not self.stop_requested:
+            if self._full_scan_due:
+                self._full_scan_due = False
+                catalog.full_scan()
+            catalog.process_due()
+            if self.exit_when_idle and catalog.pending() == 0:
+                return
+            if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                self._heartbeat(engine, "idle")
+                last_beat = time.monotonic()
+            due = catalog.next_due()
+            timeout = TICK_SECONDS if due is None else min(TICK_SECONDS, due - time.time())
+            self._wake.wait(max(timeout, 0.0))
+            self._wake.clear()
+
+    def _register(self, engine: Engine) -> None:
+        now = utcnow()
+        with write_session(engine) as session:
+            row = DaemonRow(host=socket.gethostname(), pid=os.getpid(), version=__version__,
+                            started_at=now, heartbeat_at=now, activity="starting")
+            session.add(row)
+            session.flush()
+            self._row_id = row.id
+
+    def _heartbeat(self, engine: Engine, activity: str, *, stopped: bool = False) -> None:
+        now = utcnow()
+        values: dict[str, object] = {"heartbeat_at": now, "activity": activity}
+        if stopped:
+            values["stopped_at"] = now
+        with write_session(engine) as session:
+            session.execute(update(DaemonRow).where(DaemonRow.id == self._row_id).values(values))
+
+
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", envvar="ONESEEK_HOME", type=click.Path(file_okay=False),
+              help="The home folder (models/, requests/, oneseek.db). Env: ONESEEK_HOME.")
+@click.option("--db-url", envvar="ONESEEK_DB_URL",
+              help="SQLAlchemy URL of the state database. Env: ONESEEK_DB_URL. "
+                   "Default: sqlite:///HOME/oneseek.db")
+@click.option("--exit-when-idle", is_flag=True,
+              help="Exit 0 once the catalog is current and nothing is left to do.")
+@click.version_option(__version__, prog_name="oneseekd")
+def main(home: str | None, db_url: str | None, exit_when_idle: bool) -> None:
+    """Run the oneseekd training daemon in the foreground (logs JSON lines to stderr)."""
+    configure_logging("info")
+    try:
+        config = load_config(home, db_url)
+        configure_logging(config.log_level)
+        code = Daemon(config, exit_when_idle=exit_when_idle).run()
+    except OneseekError as exc:
+        log.error("daemon_start_failed", error=exc.message, problems=exc.problems)
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code)
