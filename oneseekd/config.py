@@ -125,11 +125,13 @@ def _catalog(table: Any, home: Path, problems: list[str]) -> CatalogConfig:
     if not isinstance(table, dict):
         problems.append("[catalog] must be a table")
         return CatalogConfig()
-    _unknown(table, {"settle_seconds", "rescan_interval_seconds", "extra_roots"}, "[catalog]",
-             problems)
+    _unknown(
+        table, {"settle_seconds", "rescan_interval_seconds", "extra_roots"}, "[catalog]", problems
+    )
     settle = _number(table, "settle_seconds", "catalog", problems, minimum=0.0)
-    rescan = _number(table, "rescan_interval_seconds", "catalog", problems,
-                     minimum=MIN_RESCAN_INTERVAL_SECONDS)
+    rescan = _number(
+        table, "rescan_interval_seconds", "catalog", problems, minimum=MIN_RESCAN_INTERVAL_SECONDS
+    )
     roots: list[Path] = []
     raw_roots = table.get("extra_roots", [])
     if not isinstance(raw_roots, list) or not all(isinstance(r, str) for r in raw_roots):

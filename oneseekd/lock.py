@@ -37,8 +37,10 @@ class HomeLock:
             raise DaemonAlreadyRunning(
                 f"another oneseekd (pid {state.pid or 'unknown'}) already runs on "
                 f"{self.path.parent}",
-                ["stop it first (systemctl stop oneseekd, or kill that pid), "
-                 "or give this one another --home"],
+                [
+                    "stop it first (systemctl stop oneseekd, or kill that pid), "
+                    "or give this one another --home"
+                ],
             ) from None
         fh.seek(0)
         fh.truncate()

@@ -41,10 +41,13 @@ def open_database(url: str) -> Engine:
     try:
         revision = upgrade(engine)
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"cannot open the database {engine.url!r}",
-                            [str(exc.orig if hasattr(exc, "orig") else exc),
-                             "check --db-url / ONESEEK_DB_URL and the folder's permissions"]
-                            ) from exc
+        raise DatabaseError(
+            f"cannot open the database {engine.url!r}",
+            [
+                str(exc.orig if hasattr(exc, "orig") else exc),
+                "check --db-url / ONESEEK_DB_URL and the folder's permissions",
+            ],
+        ) from exc
     if revision.verdict != "current":
         log.info("database_migrated", from_revision=revision.current, to_revision=revision.head)
     return engine
@@ -78,8 +81,12 @@ class Daemon:
 
     def _run_locked(self) -> int:
         cfg = self.config
-        log.info("daemon_starting", home=str(cfg.home.root), version=__version__,
-                 exit_when_idle=self.exit_when_idle)
+        log.info(
+            "daemon_starting",
+            home=str(cfg.home.root),
+            version=__version__,
+            exit_when_idle=self.exit_when_idle,
+        )
         cfg.home.ensure()
         engine = open_database(cfg.db_url)
         self._register(engine)
@@ -90,8 +97,12 @@ class Daemon:
         watcher = Watcher(catalog)
         watcher.start()
         scheduler = BackgroundScheduler(daemon=True)
-        scheduler.add_job(self._request_full_scan, "interval",
-                          seconds=cfg.catalog.rescan_interval_seconds, id="full_scan")
+        scheduler.add_job(
+            self._request_full_scan,
+            "interval",
+            seconds=cfg.catalog.rescan_interval_seconds,
+            id="full_scan",
+        )
         scheduler.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
@@ -126,8 +137,14 @@ class Daemon:
     def _register(self, engine: Engine) -> None:
         now = utcnow()
         with write_session(engine) as session:
-            row = DaemonRow(host=socket.gethostname(), pid=os.getpid(), version=__version__,
-                            started_at=now, heartbeat_at=now, activity="starting")
+            row = DaemonRow(
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                version=__version__,
+                started_at=now,
+                heartbeat_at=now,
+                activity="starting",
+            )
             session.add(row)
             session.flush()
             self._row_id = row.id
@@ -141,16 +158,24 @@ class Daemon:
             session.execute(update(DaemonRow).where(DaemonRow.id == self._row_id).values(values))
 
 
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", envvar="ONESEEK_HOME", type=click.Path(file_okay=False),
-              help="The home folder (models/, requests/, oneseek.db). Env: ONESEEK_HOME.")
-@click.option("--db-url", envvar="ONESEEK_DB_URL",
-              help="SQLAlchemy URL of the state database. Env: ONESEEK_DB_URL. "
-                   "Default: sqlite:///HOME/oneseek.db")
-@click.option("--exit-when-idle", is_flag=True,
-              help="Exit 0 once the catalog is current and nothing is left to do.")
+@click.option(
+    "--home",
+    envvar="ONESEEK_HOME",
+    type=click.Path(file_okay=False),
+    help="The home folder (models/, requests/, oneseek.db). Env: ONESEEK_HOME.",
+)
+@click.option(
+    "--db-url",
+    envvar="ONESEEK_DB_URL",
+    help="SQLAlchemy URL of the state database. Env: ONESEEK_DB_URL. "
+    "Default: sqlite:///HOME/oneseek.db",
+)
+@click.option(
+    "--exit-when-idle",
+    is_flag=True,
+    help="Exit 0 once the catalog is current and nothing is left to do.",
+)
 @click.version_option(__version__, prog_name="oneseekd")
 def main(home: str | None, db_url: str | None, exit_when_idle: bool) -> None:
     """Run the oneseekd training daemon in the foreground (logs JSON lines to stderr)."""

@@ -41,8 +41,11 @@ def read_config(folder: Path, files: dict[str, int]) -> dict[str, Any]:
     if "config.json" not in files:
         raise FolderProblem("incomplete", "no config.json yet")
     if files["config.json"] > MAX_CONFIG_BYTES:
-        raise FolderProblem("invalid", f"config.json is {files['config.json']} bytes; "
-                            f"a model config is far below {MAX_CONFIG_BYTES}")
+        raise FolderProblem(
+            "invalid",
+            f"config.json is {files['config.json']} bytes; "
+            f"a model config is far below {MAX_CONFIG_BYTES}",
+        )
     try:
         data = json.loads((folder / "config.json").read_bytes())
     except OSError as exc:
@@ -52,8 +55,11 @@ def read_config(folder: Path, files: dict[str, int]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise FolderProblem("invalid", "config.json is not a JSON object")
     if not isinstance(data.get("model_type"), str) or not data["model_type"]:
-        raise FolderProblem("invalid", "config.json names no model_type, so transformers "
-                            "cannot tell which architecture to build")
+        raise FolderProblem(
+            "invalid",
+            "config.json names no model_type, so transformers "
+            "cannot tell which architecture to build",
+        )
     archs = data.get("architectures")
     if archs is not None and not (
         isinstance(archs, list) and all(isinstance(a, str) for a in archs)
@@ -71,11 +77,14 @@ def safetensors_parameters(path: Path, size: int) -> int:
         with path.open("rb") as fh:
             (length,) = struct.unpack("<Q", fh.read(8))
             if length > MAX_SAFETENSORS_HEADER:
-                raise FolderProblem("invalid", f"{name} is not a safetensors file "
-                                    f"(header length {length})")
+                raise FolderProblem(
+                    "invalid", f"{name} is not a safetensors file (header length {length})"
+                )
             if size < 8 + length:
-                raise FolderProblem("incomplete", f"{name} is truncated ({size} bytes, header "
-                                    f"alone needs {8 + length})")
+                raise FolderProblem(
+                    "incomplete",
+                    f"{name} is truncated ({size} bytes, header alone needs {8 + length})",
+                )
             header = json.loads(fh.read(length))
     except OSError as exc:
         raise FolderProblem("invalid", f"{name} cannot be read: {exc.strerror}") from exc
@@ -94,8 +103,9 @@ def safetensors_parameters(path: Path, size: int) -> int:
     except (TypeError, KeyError, IndexError, ValueError) as exc:
         raise FolderProblem("invalid", f"{name} has a malformed safetensors header") from exc
     if size < 8 + length + end:
-        raise FolderProblem("incomplete", f"{name} is truncated ({size} of "
-                            f"{8 + length + end} bytes)")
+        raise FolderProblem(
+            "incomplete", f"{name} is truncated ({size} of {8 + length + end} bytes)"
+        )
     return count
 
 
@@ -104,8 +114,14 @@ def _index_shards(folder: Path, index_name: str) -> list[str]:
         index = json.loads((folder / index_name).read_bytes())
         weight_map = index["weight_map"]
         shards = sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
-            AttributeError) as exc:
+    except (
+        OSError,
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as exc:
         raise FolderProblem("invalid", f"{index_name} is not a valid shard index") from exc
     if not shards or not all(isinstance(s, str) and "/" not in s for s in shards):
         raise FolderProblem("invalid", f"{index_name} names no usable shard files")
@@ -116,14 +132,18 @@ def _require(shards: list[str], files: dict[str, int], index_name: str) -> None:
     absent = [s for s in shards if s not in files]
     if absent:
         shown = ", ".join(absent[:3]) + (" ..." if len(absent) > 3 else "")
-        raise FolderProblem("incomplete", f"missing {len(absent)} of {len(shards)} shards "
-                            f"named by {index_name}: {shown}")
+        raise FolderProblem(
+            "incomplete",
+            f"missing {len(absent)} of {len(shards)} shards named by {index_name}: {shown}",
+        )
 
 
 def find_weights(folder: Path, files: dict[str, int]) -> Weights:
     """The weights a folder holds, checked complete; raises FolderProblem otherwise."""
-    for index_name, fmt in (("model.safetensors.index.json", "safetensors-sharded"),
-                            ("pytorch_model.bin.index.json", "pytorch-bin-sharded")):
+    for index_name, fmt in (
+        ("model.safetensors.index.json", "safetensors-sharded"),
+        ("pytorch_model.bin.index.json", "pytorch-bin-sharded"),
+    ):
         if index_name in files:
             shards = _index_shards(folder, index_name)
             _require(shards, files, index_name)
@@ -133,16 +153,22 @@ def find_weights(folder: Path, files: dict[str, int]) -> Weights:
             return Weights(fmt, tuple(shards), None)
     shard_files = [n for n in files if SHARD_NAME.match(n)]
     if shard_files:
-        raise FolderProblem("incomplete", f"{len(shard_files)} weight shards but no "
-                            "model.safetensors.index.json (or pytorch_model.bin.index.json) yet")
+        raise FolderProblem(
+            "incomplete",
+            f"{len(shard_files)} weight shards but no "
+            "model.safetensors.index.json (or pytorch_model.bin.index.json) yet",
+        )
     single = sorted(n for n in files if n.endswith(".safetensors") and "/" not in n)
     if single:
         total = sum(safetensors_parameters(folder / s, files[s]) for s in single)
         return Weights("safetensors", tuple(single), total)
     if "pytorch_model.bin" in files:
         return Weights("pytorch-bin", ("pytorch_model.bin",), None)
-    raise FolderProblem("incomplete", "no weights yet (expected model.safetensors, a sharded "
-                        "model.safetensors.index.json, or pytorch_model.bin)")
+    raise FolderProblem(
+        "incomplete",
+        "no weights yet (expected model.safetensors, a sharded "
+        "model.safetensors.index.json, or pytorch_model.bin)",
+    )
 
 
 def has_tokenizer(files: dict[str, int]) -> bool:

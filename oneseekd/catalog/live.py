@@ -18,8 +18,13 @@ log = structlog.get_logger("oneseekd.catalog")
 
 
 class Catalog:
-    def __init__(self, engine: Engine, roots: list[Root], settle: float,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        roots: list[Root],
+        settle: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.engine = engine
         self.roots = roots
         self.settle = settle
@@ -102,8 +107,11 @@ class Catalog:
             root = next((r for r in self.roots if folder.parent == r.path), None)
             old = self._cache.get(folder)
             spot = None if root is None else candidate(root, folder, self.roots, [])
-            found = None if spot is None or root is None else inspect_folder(
-                spot[0], spot[1], root, self.roots, now, self.settle, old)
+            found = (
+                None
+                if spot is None or root is None
+                else inspect_folder(spot[0], spot[1], root, self.roots, now, self.settle, old)
+            )
             if self._needs_full_scan(folder, old, found, models):
                 return self.full_scan()
             if found is None:
@@ -118,8 +126,9 @@ class Catalog:
         self._log(done, "folders", time.perf_counter() - started, len(due))
         return done
 
-    def _needs_full_scan(self, folder: Path, old: Found | None, found: Found | None,
-                         batch: dict[str, Found]) -> bool:
+    def _needs_full_scan(
+        self, folder: Path, old: Found | None, found: Found | None, batch: dict[str, Found]
+    ) -> bool:
         """A targeted rescan is exact only when no other folder shares the key; otherwise
         shadowing must be decided across all roots, which is what the full scan does."""
         if old is not None and found is not None and old.key != found.key:
@@ -131,7 +140,17 @@ class Catalog:
 
     def _log(self, done: Reconciled, kind: str, seconds: float, count: int) -> None:
         for change in done.changes:
-            log.info("model_" + change.event, model=change.key, old_state=change.old_state,
-                     state=change.new_state, detail=change.detail)
-        log.debug("catalog_scanned", kind=kind, count=count, seconds=round(seconds, 4),
-                  changes=len(done.changes))
+            log.info(
+                "model_" + change.event,
+                model=change.key,
+                old_state=change.old_state,
+                state=change.new_state,
+                detail=change.detail,
+            )
+        log.debug(
+            "catalog_scanned",
+            kind=kind,
+            count=count,
+            seconds=round(seconds, 4),
+            changes=len(done.changes),
+        )

@@ -30,12 +30,14 @@ def usable_problem(row: BaseModel) -> str | None:
     return None
 
 
-def resolve_names(engine: Engine, names: Iterable[str], *, require_usable: bool = True
-                  ) -> list[Resolved]:
+def resolve_names(
+    engine: Engine, names: Iterable[str], *, require_usable: bool = True
+) -> list[Resolved]:
     """Resolve every name against the models present (not `missing`); report all problems."""
     with read_session(engine) as session:
-        rows = {r.key: r for r in session.scalars(
-            select(BaseModel).where(BaseModel.state != "missing"))}
+        rows = {
+            r.key: r for r in session.scalars(select(BaseModel).where(BaseModel.state != "missing"))
+        }
     resolved: list[Resolved] = []
     problems: list[str] = []
     for name in names:
@@ -53,5 +55,6 @@ def resolve_names(engine: Engine, names: Iterable[str], *, require_usable: bool 
         raise ModelResolutionError(problems[0])
     if problems:
         raise ModelResolutionError(
-            f"{len(problems)} of the requested model names cannot be used", problems)
+            f"{len(problems)} of the requested model names cannot be used", problems
+        )
     return resolved

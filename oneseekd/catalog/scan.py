@@ -25,8 +25,7 @@ from oneseekd.config import Config
 from oneseekd.naming import display_name, normalize_model_name
 
 # Folders under models/ that belong to oneseekd itself, never base models.
-RESERVED = frozenset({"oneseek-7b-zero", "oneseek-certified", "backups",
-                      "oneseek-7b-zero-current"})
+RESERVED = frozenset({"oneseek-7b-zero", "oneseek-certified", "backups", "oneseek-7b-zero-current"})
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".incomplete", ".lock")
 HUB_PREFIX = "models--"
 
@@ -128,8 +127,15 @@ def _changed(st: os.stat_result) -> float:
     return max(st.st_mtime, st.st_ctime)
 
 
-def inspect_folder(folder: Path, path: Path, root: Root, roots: list[Root], now: float,
-                   settle: float, previous: Found | None = None) -> Found | None:
+def inspect_folder(
+    folder: Path,
+    path: Path,
+    root: Root,
+    roots: list[Root],
+    now: float,
+    settle: float,
+    previous: Found | None = None,
+) -> Found | None:
     """Inspect one candidate folder; None when it holds nothing model-like at all."""
     try:
         listing = _list_files(path, roots)
@@ -139,27 +145,48 @@ def inspect_folder(folder: Path, path: Path, root: Root, roots: list[Root], now:
     if not files and not listing.partial:
         return None
     key = normalize_model_name(folder.name.removeprefix(HUB_PREFIX).split("--")[-1])
-    base = Found(key=key, folder=folder, path=path, root=root, state="incomplete",
-                 detected_name=folder.name, size_bytes=sum(files.values()),
-                 has_tokenizer=has_tokenizer(files), fingerprint=listing.fingerprint,
-                 changed_at=listing.newest)
+    base = Found(
+        key=key,
+        folder=folder,
+        path=path,
+        root=root,
+        state="incomplete",
+        detected_name=folder.name,
+        size_bytes=sum(files.values()),
+        has_tokenizer=has_tokenizer(files),
+        fingerprint=listing.fingerprint,
+        changed_at=listing.newest,
+    )
     if listing.partial:
         shown = ", ".join(listing.partial[:3])
-        return replace(base, reason=f"partial files present ({shown}): a copy or download "
-                       "is still running; if it was aborted, remove them and copy again")
+        return replace(
+            base,
+            reason=f"partial files present ({shown}): a copy or download "
+            "is still running; if it was aborted, remove them and copy again",
+        )
     if now - listing.newest < settle:
-        return replace(base, reason=f"changed {max(now - listing.newest, 0):.1f}s ago; "
-                       f"waiting {settle:g}s for the copy to settle")
-    if (previous is not None and previous.fingerprint == listing.fingerprint
-            and previous.state in ("ready", "invalid") and previous.path == path):
+        return replace(
+            base,
+            reason=f"changed {max(now - listing.newest, 0):.1f}s ago; "
+            f"waiting {settle:g}s for the copy to settle",
+        )
+    if (
+        previous is not None
+        and previous.fingerprint == listing.fingerprint
+        and previous.state in ("ready", "invalid")
+        and previous.path == path
+    ):
         return replace(previous, root=root, folder=folder, shadowed=())
     if "config.json" not in files and not any(
         n.endswith((".safetensors", ".bin", ".index.json")) for n in files
     ):
         return None  # neither config nor weights: some other folder, not a model
     if "adapter_config.json" in files:
-        return replace(base, state="invalid", reason="this is a LoRA adapter "
-                       "(adapter_config.json), not a base model")
+        return replace(
+            base,
+            state="invalid",
+            reason="this is a LoRA adapter (adapter_config.json), not a base model",
+        )
     try:
         config = read_config(path, files)
         weights = find_weights(path, files)
@@ -193,8 +220,9 @@ def _hub_snapshot(entry: Path) -> Path | None:
     return max(revs, key=lambda p: p.stat().st_mtime) if revs else None
 
 
-def candidate(root: Root, folder: Path, roots: list[Root],
-              skipped: list[Path]) -> tuple[Path, Path] | None:
+def candidate(
+    root: Root, folder: Path, roots: list[Root], skipped: list[Path]
+) -> tuple[Path, Path] | None:
     """(folder, model path) when a folder directly under a root may hold a model."""
     name = folder.name
     if name.startswith(".") or (root.kind == "models" and name.lower() in RESERVED):
@@ -231,8 +259,13 @@ def candidates(root: Root, roots: list[Root], skipped: list[Path]) -> Iterator[t
             yield found
 
 
-def scan(roots: list[Root], *, now: float | None = None, settle: float = 0.0,
-         cache: Mapping[Path, Found] | None = None) -> ScanResult:
+def scan(
+    roots: list[Root],
+    *,
+    now: float | None = None,
+    settle: float = 0.0,
+    cache: Mapping[Path, Found] | None = None,
+) -> ScanResult:
     """Scan every root. `cache` holds the previous scan's results, reused for folders whose
     fingerprint (names, sizes, times) has not changed, so periodic rescans only stat."""
     started = time.perf_counter()

@@ -34,10 +34,20 @@ class Reconciled:
     total: int = 0
 
 
-def _event(session: Session, row: BaseModel, event: str, old: str | None, now: datetime,
-           detail: str | None, out: Reconciled) -> None:
-    session.add(CatalogEvent(model_id=row.id, at=now, event=event, old_state=old,
-                             new_state=row.state, detail=detail))
+def _event(
+    session: Session,
+    row: BaseModel,
+    event: str,
+    old: str | None,
+    now: datetime,
+    detail: str | None,
+    out: Reconciled,
+) -> None:
+    session.add(
+        CatalogEvent(
+            model_id=row.id, at=now, event=event, old_state=old, new_state=row.state, detail=detail
+        )
+    )
     out.changes.append(Change(row.key, event, old, row.state, detail))
 
 
@@ -63,15 +73,30 @@ def _apply(session: Session, row: BaseModel, found: Found, now: datetime, out: R
         _event(session, row, "moved", old_state, now, f"{old_path} -> {row.path}", out)
     if old_state != row.state:
         row.state_changed_at = now
-        _event(session, row, "returned" if old_state == "missing" else "state_changed",
-               old_state, now, found.reason, out)
+        _event(
+            session,
+            row,
+            "returned" if old_state == "missing" else "state_changed",
+            old_state,
+            now,
+            found.reason,
+            out,
+        )
 
 
 def _insert(session: Session, found: Found, now: datetime, out: Reconciled) -> None:
-    row = BaseModel(key=found.key, display_name=found.detected_name,
-                    detected_name=found.detected_name, path=str(found.path),
-                    root=found.root.kind, state=found.state, enabled=True,
-                    first_seen_at=now, updated_at=now, state_changed_at=now)
+    row = BaseModel(
+        key=found.key,
+        display_name=found.detected_name,
+        detected_name=found.detected_name,
+        path=str(found.path),
+        root=found.root.kind,
+        state=found.state,
+        enabled=True,
+        first_seen_at=now,
+        updated_at=now,
+        state_changed_at=now,
+    )
     _apply(session, row, found, now, Reconciled())
     session.add(row)
     session.flush()
@@ -86,8 +111,14 @@ def _mark_missing(session: Session, row: BaseModel, now: datetime, out: Reconcil
     _event(session, row, "missing", old, now, row.state_reason, out)
 
 
-def reconcile(engine: Engine, result: ScanResult, *, now: datetime | None = None,
-              complete: bool = True, gone: Iterable[Path] = ()) -> Reconciled:
+def reconcile(
+    engine: Engine,
+    result: ScanResult,
+    *,
+    now: datetime | None = None,
+    complete: bool = True,
+    gone: Iterable[Path] = (),
+) -> Reconciled:
     """Write a scan into the catalog in one transaction.
 
     complete=True (a full scan): every key the scan did not find becomes `missing`.
@@ -103,9 +134,15 @@ def reconcile(engine: Engine, result: ScanResult, *, now: datetime | None = None
             row = rows.get(key)
             if row is None:
                 _insert(session, found, now, out)
-            elif row.fingerprint != found.fingerprint or row.state != found.state or (
-                row.path != str(found.path) or row.shadowed_paths != (list(found.shadowed) or None)
-                or row.state_reason != found.reason or row.detected_name != found.detected_name
+            elif (
+                row.fingerprint != found.fingerprint
+                or row.state != found.state
+                or (
+                    row.path != str(found.path)
+                    or row.shadowed_paths != (list(found.shadowed) or None)
+                    or row.state_reason != found.reason
+                    or row.detected_name != found.detected_name
+                )
             ):
                 _apply(session, row, found, now, out)
         for key, row in rows.items():

@@ -46,17 +46,24 @@ class Watcher:
             try:
                 self.observer.schedule(handler, str(path), recursive=True)
             except OSError as exc:
-                log.warning("watch_unavailable", path=str(path), error=str(exc),
-                            fix="raise fs.inotify.max_user_watches; until then changes are "
-                                "seen at the next periodic scan")
+                log.warning(
+                    "watch_unavailable",
+                    path=str(path),
+                    error=str(exc),
+                    fix="raise fs.inotify.max_user_watches; until then changes are "
+                    "seen at the next periodic scan",
+                )
                 continue
             self.watched.append(path)
         try:
             self.observer.start()
         except OSError as exc:
-            log.warning("watch_unavailable", error=str(exc),
-                        fix="raise fs.inotify.max_user_watches / max_user_instances; until "
-                            "then changes are seen at the next periodic scan")
+            log.warning(
+                "watch_unavailable",
+                error=str(exc),
+                fix="raise fs.inotify.max_user_watches / max_user_instances; until "
+                "then changes are seen at the next periodic scan",
+            )
 
     def stop(self) -> None:
         if self.observer.is_alive():

@@ -30,10 +30,17 @@ class OneseekGroup(click.Group):
 
 
 @click.group(cls=OneseekGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", envvar="ONESEEK_HOME", type=click.Path(file_okay=False),
-              help="The home folder. Env: ONESEEK_HOME.")
-@click.option("--db-url", envvar="ONESEEK_DB_URL",
-              help="SQLAlchemy URL of the state database. Env: ONESEEK_DB_URL.")
+@click.option(
+    "--home",
+    envvar="ONESEEK_HOME",
+    type=click.Path(file_okay=False),
+    help="The home folder. Env: ONESEEK_HOME.",
+)
+@click.option(
+    "--db-url",
+    envvar="ONESEEK_DB_URL",
+    help="SQLAlchemy URL of the state database. Env: ONESEEK_DB_URL.",
+)
 @click.version_option(__version__, prog_name="oneseekctl")
 @click.pass_context
 def main(ctx: click.Context, home: str | None, db_url: str | None) -> None:

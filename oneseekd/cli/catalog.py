@@ -45,17 +45,33 @@ def models_cmd(obj: Context, as_json: bool, show_all: bool) -> None:
         emit_json([model_dict(r) for r in rows])
         return
     if not rows:
-        click.echo(f"No base models yet. Copy a model folder (config.json + weights) into "
-                   f"{obj.config.home.base_models}/")
+        click.echo(
+            f"No base models yet. Copy a model folder (config.json + weights) into "
+            f"{obj.config.home.base_models}/"
+        )
         return
-    click.echo(table(
-        ["KEY", "NAME", "STATE", "ARCH", "PARAMS", "SIZE", "TOKENIZER", "PATH"],
-        [[r.key, r.display_name, r.state + ("" if r.enabled else " (disabled)"),
-          r.model_type or "?", human_count(r.parameter_count), human_bytes(r.size_bytes),
-          "yes" if r.has_tokenizer else "no", r.path] for r in rows]))
+    click.echo(
+        table(
+            ["KEY", "NAME", "STATE", "ARCH", "PARAMS", "SIZE", "TOKENIZER", "PATH"],
+            [
+                [
+                    r.key,
+                    r.display_name,
+                    r.state + ("" if r.enabled else " (disabled)"),
+                    r.model_type or "?",
+                    human_count(r.parameter_count),
+                    human_bytes(r.size_bytes),
+                    "yes" if r.has_tokenizer else "no",
+                    r.path,
+                ]
+                for r in rows
+            ],
+        )
+    )
     notes = [f"{r.key}: {r.state_reason}" for r in rows if r.state_reason]
-    notes += [f"{r.key}: shadows {p} (base_models/ wins)" for r in rows
-              for p in (r.shadowed_paths or [])]
+    notes += [
+        f"{r.key}: shadows {p} (base_models/ wins)" for r in rows for p in (r.shadowed_paths or [])
+    ]
     if notes:
         click.echo("\n" + "\n".join(notes))
 
@@ -69,10 +85,23 @@ def resolve_cmd(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
     obj.fresh_catalog()
     resolved = resolve_names(obj.engine(), names)
     if as_json:
-        emit_json([{"requested": r.match.requested, "key": r.match.key,
-                    "strategy": r.match.strategy, "display_name": r.model.display_name,
-                    "path": r.model.path, "state": r.model.state} for r in resolved])
+        emit_json(
+            [
+                {
+                    "requested": r.match.requested,
+                    "key": r.match.key,
+                    "strategy": r.match.strategy,
+                    "display_name": r.model.display_name,
+                    "path": r.model.path,
+                    "state": r.model.state,
+                }
+                for r in resolved
+            ]
+        )
         return
-    click.echo(table(["REQUESTED", "KEY", "STRATEGY", "PATH"],
-                     [[r.match.requested, r.match.key, r.match.strategy, r.model.path]
-                      for r in resolved]))
+    click.echo(
+        table(
+            ["REQUESTED", "KEY", "STRATEGY", "PATH"],
+            [[r.match.requested, r.match.key, r.match.strategy, r.model.path] for r in resolved],
+        )
+    )

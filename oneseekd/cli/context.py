@@ -46,7 +46,8 @@ class Context:
                 raise DatabaseError(
                     f"the database is at revision {revision.current}; this oneseekctl needs "
                     f"{revision.head}",
-                    ["run `oneseekctl db upgrade` (or start oneseekd, which upgrades it)"])
+                    ["run `oneseekctl db upgrade` (or start oneseekd, which upgrades it)"],
+                )
             self._engine = engine
         return self._engine
 
@@ -69,8 +70,9 @@ def emit_json(data: Any) -> None:
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     return "\n".join(lines)
 
 

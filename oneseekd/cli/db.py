@@ -22,10 +22,14 @@ def upgrade_cmd(obj: Context, as_json: bool) -> None:
     engine = make_engine(obj.config.db_url)
     revision = upgrade(engine)
     if as_json:
-        emit_json({"from": revision.current, "to": revision.head,
-                   "changed": revision.verdict != "current"})
+        emit_json(
+            {
+                "from": revision.current,
+                "to": revision.head,
+                "changed": revision.verdict != "current",
+            }
+        )
     elif revision.verdict == "current":
         click.echo(f"The database is already at the newest revision ({revision.head}).")
     else:
-        click.echo(f"Upgraded the database from {revision.current or 'empty'} "
-                   f"to {revision.head}.")
+        click.echo(f"Upgraded the database from {revision.current or 'empty'} to {revision.head}.")

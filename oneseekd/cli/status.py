@@ -35,8 +35,9 @@ def gather(obj: Context) -> dict[str, Any]:
         "catalog": {
             "source": "scanned by oneseekctl (no daemon)" if scanned else "kept by oneseekd",
             "models": sum(v for k, v in states.items() if k != "missing"),
-            "by_state": {s: states.get(s, 0) for s in ("ready", "incomplete", "invalid",
-                                                       "missing")},
+            "by_state": {
+                s: states.get(s, 0) for s in ("ready", "incomplete", "invalid", "missing")
+            },
         },
     }
 
@@ -52,12 +53,16 @@ def status_cmd(obj: Context, as_json: bool) -> None:
         return
     d, c = data["daemon"], data["catalog"]
     if d["running"]:
-        click.echo(f"oneseekd: running (pid {d['pid']}), {d['activity']}, "
-                   f"last heartbeat {d['heartbeat_at']}")
+        click.echo(
+            f"oneseekd: running (pid {d['pid']}), {d['activity']}, "
+            f"last heartbeat {d['heartbeat_at']}"
+        )
     else:
         click.echo(f"oneseekd: not running (start it with `oneseekd --home {data['home']}`)")
     click.echo(f"home:     {data['home']}")
     click.echo(f"database: {data['database']}")
     by = c["by_state"]
-    click.echo(f"catalog:  {c['models']} models ({by['ready']} ready, {by['incomplete']} "
-               f"incomplete, {by['invalid']} invalid; {by['missing']} missing), {c['source']}")
+    click.echo(
+        f"catalog:  {c['models']} models ({by['ready']} ready, {by['incomplete']} "
+        f"incomplete, {by['invalid']} invalid; {by['missing']} missing), {c['source']}"
+    )

@@ -57,8 +57,10 @@ def check_revision(engine: Engine) -> Revision:
         raise DatabaseError(
             f"the database {url} is at revision {current}, newer than this oneseekd knows "
             f"(its newest is {head})",
-            ["upgrade oneseekd to the release that wrote this database; "
-             "never downgrade a database by hand"],
+            [
+                "upgrade oneseekd to the release that wrote this database; "
+                "never downgrade a database by hand"
+            ],
         )
     return Revision(current, head, "current" if current == head else "behind")
 

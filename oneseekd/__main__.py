@@ -1,0 +1,3 @@
+from oneseekd.service import main
+
+main()

@@ -1,0 +1,3 @@
+from oneseekd.cli import main
+
+main()

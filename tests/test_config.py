@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from oneseekd.config import (
+    DEFAULT_RESCAN_INTERVAL_SECONDS,
+    DEFAULT_SETTLE_SECONDS,
+    load_config,
+)
+from oneseekd.errors import ConfigError
+
+
+def test_defaults_without_a_config_file(tmp_path: Path) -> None:
+    cfg = load_config(tmp_path, env={})
+    assert cfg.home.root == tmp_path.resolve()
+    assert cfg.db_url == f"sqlite:///{tmp_path.resolve()}/oneseek.db"
+    assert cfg.catalog.settle_seconds == DEFAULT_SETTLE_SECONDS
+    assert cfg.catalog.rescan_interval_seconds == DEFAULT_RESCAN_INTERVAL_SECONDS
+    assert cfg.log_level == "info"
+
+
+def test_home_and_db_url_come_from_the_environment(tmp_path: Path) -> None:
+    cfg = load_config(
+        None, env={"ONESEEK_HOME": str(tmp_path), "ONESEEK_DB_URL": "sqlite:////srv/x.db"}
+    )
+    assert cfg.home.root == tmp_path.resolve()
+    assert cfg.db_url == "sqlite:////srv/x.db"
+    # a flag beats the environment
+    assert load_config(tmp_path, "sqlite:///y.db", env={"ONESEEK_DB_URL": "z://"}).db_url == (
+        "sqlite:///y.db"
+    )
+
+
+def test_missing_home_names_the_fix() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env={})
+    assert "pass --home DIR or set ONESEEK_HOME=DIR" in str(err.value)
+
+
+def test_toml_settings_are_read(tmp_path: Path) -> None:
+    extra = tmp_path / "hub"
+    extra.mkdir()
+    (tmp_path / "oneseekd.toml").write_text(
+        'log_level = "DEBUG"\n[catalog]\nsettle_seconds = 0.5\nrescan_interval_seconds = 60\n'
+        'extra_roots = ["hub"]\n'
+    )
+    cfg = load_config(tmp_path, env={})
+    assert cfg.log_level == "debug"
+    assert cfg.catalog.settle_seconds == 0.5
+    assert cfg.catalog.rescan_interval_seconds == 60.0
+    assert cfg.catalog.extra_roots == (tmp_path.resolve() / "hub",)
+
+
+def test_a_bad_config_is_refused_with_every_problem_listed(tmp_path: Path) -> None:
+    (tmp_path / "oneseekd.toml").write_text(
+        'log_level = "loud"\nworkers = 4\n[catalog]\nsettle_seconds = -1\n'
+        'rescan_interval_seconds = "often"\nextra_roots = ["/nonexistent/hub"]\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path, env={})
+    assert err.value.problems == [
+        "oneseekd.toml: unknown setting 'workers' (known: catalog, log_level)",
+        "log_level must be one of debug, info, warning, error, got 'loud'",
+        "catalog.settle_seconds must be at least 0, got -1",
+        "catalog.rescan_interval_seconds must be a number of seconds, got 'often'",
+        "catalog.extra_roots: '/nonexistent/hub' is not a folder (/nonexistent/hub); "
+        "create it or remove it from the list",
+    ]
+
+
+def test_invalid_toml_is_refused_with_the_parser_position(tmp_path: Path) -> None:
+    (tmp_path / "oneseekd.toml").write_text("[catalog\nsettle_seconds = 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path, env={})
+    assert "oneseekd.toml is not valid TOML" in str(err.value)
+    assert "line 1" in str(err.value)
+
+
+def test_bad_environment_log_level_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path, env={"ONESEEK_LOG_LEVEL": "chatty"})
+    assert err.value.problems == [
+        "ONESEEK_LOG_LEVEL must be one of debug, info, warning, error, got 'chatty'"
+    ]

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from oneseekd.config import Config
+from oneseekd.db.engine import make_engine, write_session
+from oneseekd.db.migrate import check_revision, head_revision, upgrade
+from oneseekd.db.models import Daemon, utcnow
+from oneseekd.errors import DatabaseError
+
+
+def test_sqlite_runs_in_wal_with_busy_timeout_and_foreign_keys(engine: Engine) -> None:
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_migrations_create_every_table_and_upgrade_is_idempotent(
+    config: Config, engine: Engine
+) -> None:
+    con = sqlite3.connect(config.home.db_file)
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"alembic_version", "base_models", "catalog_events", "daemons"} <= tables
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == head_revision()
+    again = upgrade(engine)
+    assert again.verdict == "current"
+
+
+def test_a_database_newer_than_this_oneseekd_is_refused(config: Config, engine: Engine) -> None:
+    con = sqlite3.connect(config.home.db_file)
+    con.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    con.commit()
+    con.close()
+    with pytest.raises(DatabaseError) as err:
+        upgrade(engine)
+    assert "is at revision 9999_from_the_future, newer than this oneseekd knows" in str(err.value)
+    assert "upgrade oneseekd to the release that wrote this database" in str(err.value)
+
+
+def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE invoices (id INTEGER)")
+    con.commit()
+    con.close()
+    engine = make_engine(f"sqlite:///{path}")
+    with pytest.raises(DatabaseError, match="holds tables but no oneseekd revision"):
+        check_revision(engine)
+
+
+def test_foreign_keys_are_enforced(engine: Engine) -> None:
+    with pytest.raises(Exception, match="FOREIGN KEY constraint failed"), engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO catalog_events (model_id, at, event, new_state) "
+                "VALUES (424242, '2026-01-01T00:00:00.000000Z', 'added', 'ready')"
+            )
+        )
+
+
+def test_times_are_stored_as_sortable_utc_text(config: Config, engine: Engine) -> None:
+    with write_session(engine) as session:
+        now = utcnow()
+        session.add(Daemon(host="h", pid=1, version="x", started_at=now, heartbeat_at=now))
+    raw = (
+        sqlite3.connect(config.home.db_file).execute("SELECT started_at FROM daemons").fetchone()[0]
+    )
+    assert raw.endswith("Z") and len(raw) == 27 and raw[10] == "T"
