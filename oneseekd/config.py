@@ -6,6 +6,7 @@ Every default lives in this module. A bad configuration is refused with every pr
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,12 @@ DEFAULT_SETTLE_SECONDS = 5.0
 DEFAULT_RESCAN_INTERVAL_SECONDS = 300.0
 MIN_RESCAN_INTERVAL_SECONDS = 1.0
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_INTAKE_SETTLE_SECONDS = 0.25
+DEFAULT_TRAINER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "oneseekd.trainer")
+DEFAULT_CANCEL_GRACE_SECONDS = 30.0
+DEFAULT_STOP_GRACE_SECONDS = 120.0
+DEFAULT_HEARTBEAT_SECONDS = 1.0
+DEFAULT_MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,10 @@ class HomePaths:
     def datasets(self) -> Path:
         return self.root / "datasets"
 
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
     def ensure(self) -> None:
         """Create the folders the daemon owns; existing ones are left as they are."""
         for folder in (
@@ -77,6 +88,7 @@ class HomePaths:
             self.requests / "accepted",
             self.requests / "rejected",
             self.datasets,
+            self.logs,
         ):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -89,11 +101,29 @@ class CatalogConfig:
 
 
 @dataclass(frozen=True)
+class IntakeConfig:
+    settle_seconds: float = DEFAULT_INTAKE_SETTLE_SECONDS
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The child process: what starts it, how it is stopped, how often it is retried."""
+
+    command: tuple[str, ...] = DEFAULT_TRAINER_COMMAND
+    cancel_grace_seconds: float = DEFAULT_CANCEL_GRACE_SECONDS
+    stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+@dataclass(frozen=True)
 class Config:
     home: HomePaths
     db_url: str
     log_level: str = DEFAULT_LOG_LEVEL
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
 def default_db_url(home: Path) -> str:
@@ -154,6 +184,49 @@ def _catalog(table: Any, home: Path, problems: list[str]) -> CatalogConfig:
     )
 
 
+def _table(data: dict[str, Any], name: str, known: set[str], problems: list[str]
+           ) -> dict[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        problems.append(f"[{name}] must be a table")
+        return {}
+    _unknown(table, known, f"[{name}]", problems)
+    return table
+
+
+def _intake(data: dict[str, Any], problems: list[str]) -> IntakeConfig:
+    table = _table(data, "intake", {"settle_seconds"}, problems)
+    settle = _number(table, "settle_seconds", "intake", problems, minimum=0.0)
+    return IntakeConfig(DEFAULT_INTAKE_SETTLE_SECONDS if settle is None else settle)
+
+
+def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
+    known = {"command", "cancel_grace_seconds", "stop_grace_seconds", "heartbeat_seconds",
+             "max_attempts"}
+    table = _table(data, "trainer", known, problems)
+    command = table.get("command", list(DEFAULT_TRAINER_COMMAND))
+    if not (isinstance(command, list) and command
+            and all(isinstance(c, str) and c for c in command)):
+        problems.append(f"trainer.command must be a non-empty list of strings (an argv), "
+                        f"got {command!r}")
+        command = list(DEFAULT_TRAINER_COMMAND)
+    attempts = table.get("max_attempts", DEFAULT_MAX_ATTEMPTS)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        problems.append(f"trainer.max_attempts must be a whole number of at least 1, "
+                        f"got {attempts!r}")
+        attempts = DEFAULT_MAX_ATTEMPTS
+    cancel = _number(table, "cancel_grace_seconds", "trainer", problems, minimum=0.0)
+    stop = _number(table, "stop_grace_seconds", "trainer", problems, minimum=0.0)
+    beat = _number(table, "heartbeat_seconds", "trainer", problems, minimum=0.05)
+    return TrainerConfig(
+        command=tuple(command),
+        cancel_grace_seconds=DEFAULT_CANCEL_GRACE_SECONDS if cancel is None else cancel,
+        stop_grace_seconds=DEFAULT_STOP_GRACE_SECONDS if stop is None else stop,
+        heartbeat_seconds=DEFAULT_HEARTBEAT_SECONDS if beat is None else beat,
+        max_attempts=attempts,
+    )
+
+
 def _log_level(value: Any, where: str, problems: list[str]) -> str:
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
         problems.append(f"{where} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
@@ -197,11 +270,13 @@ def load_config(
         except OSError as exc:
             raise ConfigError(f"cannot read {paths.config_file}", [str(exc)]) from exc
 
-    _unknown(data, {"log_level", "catalog"}, CONFIG_FILE, problems)
+    _unknown(data, {"log_level", "catalog", "intake", "trainer"}, CONFIG_FILE, problems)
     log_level = _log_level(data.get("log_level", DEFAULT_LOG_LEVEL), "log_level", problems)
     if env.get("ONESEEK_LOG_LEVEL"):
         log_level = _log_level(env["ONESEEK_LOG_LEVEL"], "ONESEEK_LOG_LEVEL", problems)
     catalog = _catalog(data.get("catalog", {}), root, problems)
+    intake = _intake(data, problems)
+    trainer = _trainer(data, problems)
 
     url = db_url or env.get("ONESEEK_DB_URL") or default_db_url(root)
     if "://" not in url:
@@ -211,4 +286,5 @@ def load_config(
         )
     if problems:
         raise ConfigError(f"the configuration in {root} is invalid", problems)
-    return Config(home=paths, db_url=url, log_level=log_level, catalog=catalog)
+    return Config(home=paths, db_url=url, log_level=log_level, catalog=catalog, intake=intake,
+                  trainer=trainer)

@@ -109,3 +109,17 @@ def resolve_models(requested: Iterable[str], keys: Iterable[str]) -> list[Match]
             f"{len(problems)} of the requested model names cannot be resolved", problems
         )
     return matches
+
+
+# --- artifact names (CONTRACT.md section 2) ----------------------------------------------------
+ARTIFACT_FAMILY = "oneseek-7b-zero"
+
+
+def artifact_prefix() -> str:
+    return f"{ARTIFACT_FAMILY}-"
+
+
+def versioned_name(version: str, key: str | None = None) -> str:
+    """`oneseek-7b-zero-v1.1` or, for one model, `oneseek-7b-zero-v1.1-<key>`."""
+    base = f"{ARTIFACT_FAMILY}-v{version}"
+    return base if key is None else f"{base}-{key}"

@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from types import FrameType
 
 import click
@@ -16,7 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from oneseekd import __version__
+from oneseekd import __version__, queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.catalog.watch import Watcher
@@ -26,13 +27,25 @@ from oneseekd.db.migrate import upgrade
 from oneseekd.db.models import Daemon as DaemonRow
 from oneseekd.db.models import utcnow
 from oneseekd.errors import DatabaseError, OneseekError
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.dropfolder import DropFolder
+from oneseekd.intake.rows import PendingRows
 from oneseekd.lock import HomeLock
 from oneseekd.logs import configure_logging
+from oneseekd.supervisor import Supervisor
 
 log = structlog.get_logger("oneseekd")
 
+
+@dataclass(frozen=True)
+class _Parts:
+    catalog: Catalog
+    drops: DropFolder
+    rows: PendingRows
+    supervisor: Supervisor
+
 HEARTBEAT_SECONDS = 5.0
-TICK_SECONDS = 0.2  # the longest the loop sleeps: how soon a stop flag is seen
+TICK_SECONDS = 0.1  # the longest the loop sleeps: how soon a stop flag or a dropped file is seen
 
 
 def open_database(url: str) -> Engine:
@@ -58,6 +71,7 @@ class Daemon:
         self.config = config
         self.exit_when_idle = exit_when_idle
         self.stop_requested = False
+        self.signals = 0
         self._full_scan_due = False
         self._row_id: int | None = None
         self._wake = threading.Event()
@@ -65,6 +79,7 @@ class Daemon:
     # Signal handlers only set flags; the loop does the work.
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested = True
+        self.signals += 1  # a second one: stop now, without waiting for a checkpoint
         self._signal = signal.Signals(signum).name
 
     def _request_full_scan(self) -> None:
@@ -94,6 +109,14 @@ class Daemon:
         catalog.wakeup = self._wake
         done = catalog.full_scan()
         log.info("catalog_loaded", models=done.total)
+        intake = Intake(engine, cfg.home)
+        drops = DropFolder(intake, cfg.home, cfg.intake.settle_seconds)
+        rows = PendingRows(intake, engine)
+        supervisor = Supervisor(engine, cfg, self._row_id)
+        drops.recover()
+        rows.poll(force=True)
+        supervisor.recover()
+        self._parts = _Parts(catalog, drops, rows, supervisor)
         watcher = Watcher(catalog)
         watcher.start()
         scheduler = BackgroundScheduler(daemon=True)
@@ -108,8 +131,10 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         log.info("daemon_ready", watched=[str(p) for p in watcher.watched])
         try:
-            self._loop(engine, catalog)
+            self._loop(engine, self._parts)
         finally:
+            supervisor.shutdown(urgent=lambda: self.signals > 1)
+            rows.close()
             scheduler.shutdown(wait=False)
             watcher.stop()
             self._heartbeat(engine, "stopped", stopped=True)
@@ -117,22 +142,38 @@ class Daemon:
         log.info("daemon_stopped", reason=getattr(self, "_signal", "idle"))
         return 0
 
-    def _loop(self, engine: Engine, catalog: Catalog) -> None:
+    def _loop(self, engine: Engine, parts: _Parts) -> None:
         last_beat = time.monotonic()
+        catalog = parts.catalog
         while not self.stop_requested:
             if self._full_scan_due:
                 self._full_scan_due = False
                 catalog.full_scan()
             catalog.process_due()
-            if self.exit_when_idle and catalog.pending() == 0:
+            parts.drops.poll()
+            parts.rows.poll()
+            parts.supervisor.tick(accepting=not self.stop_requested)
+            if self.exit_when_idle and self._idle(engine, parts):
                 return
             if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
-                self._heartbeat(engine, "idle")
+                child = parts.supervisor.child
+                self._heartbeat(engine, f"training {child.run_id}" if child else "idle")
                 last_beat = time.monotonic()
             due = catalog.next_due()
             timeout = TICK_SECONDS if due is None else min(TICK_SECONDS, due - time.time())
             self._wake.wait(max(timeout, 0.0))
             self._wake.clear()
+
+    @staticmethod
+    def _idle(engine: Engine, parts: _Parts) -> bool:
+        """Nothing left to do: the catalog is current, every request is taken in, the queue
+        is empty and no trainer runs."""
+        if parts.catalog.pending() or parts.drops.waiting() or parts.supervisor.busy:
+            return False
+        if parts.rows.pending_ids():
+            return False
+        counts = queue.queue_counts(engine)
+        return not counts.get("queued") and not counts.get("running")
 
     def _register(self, engine: Engine) -> None:
         now = utcnow()

@@ -116,3 +116,76 @@ class Daemon(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     activity: Mapped[str] = mapped_column(Text, default="starting")
+
+
+REQUEST_STATUSES = ("pending", "queued", "rejected", "duplicate")
+RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
+
+
+class TrainingRequest(Base):
+    """Every request from every door. Other programs INSERT rows with status `pending` and a
+    JSON `payload`; the daemon writes the verdict (`queued`, `rejected`, `duplicate`)."""
+
+    __tablename__ = "training_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    source: Mapped[str] = mapped_column(String(20), default="database")
+    source_name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    claim: Mapped[str | None] = mapped_column(String(100), nullable=True, unique=True)
+    content_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    request_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    problems: Mapped[list[str] | None] = mapped_column(JSONText, nullable=True)
+    run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    duplicate_of: Mapped[int | None] = mapped_column(
+        ForeignKey("training_requests.id"), nullable=True
+    )
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Run(Base):
+    """A queued request's training run: queued -> running -> succeeded | failed | cancelled."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), unique=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("training_requests.id"))
+    request_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+    state: Mapped[str] = mapped_column(String(20))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[str] = mapped_column(String(20))
+    base_models: Mapped[list[str]] = mapped_column(JSONText)
+    fingerprints: Mapped[dict[str, str]] = mapped_column(JSONText)
+    dataset: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONText)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    daemon_id: Mapped[int | None] = mapped_column(ForeignKey("daemons.id"), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONText, nullable=True)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RunEvent(Base):
+    """Every state change of a run, with its time and why."""
+
+    __tablename__ = "run_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    old_state: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    new_state: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)

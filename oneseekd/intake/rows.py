@@ -1,0 +1,60 @@
+"""Rows other programs INSERT into training_requests with status `pending`.
+
+SQLite's `PRAGMA data_version` changes when another connection commits, so a cheap check on a
+connection of our own tells when to look; the look itself reads the partial index of pending
+rows, never the whole table. Other databases are simply polled through that index.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlalchemy import Engine, select
+
+from oneseekd.db.engine import read_session
+from oneseekd.db.models import TrainingRequest
+from oneseekd.intake.accept import Intake
+
+BATCH = 500
+
+
+class PendingRows:
+    def __init__(self, intake: Intake, engine: Engine) -> None:
+        self.intake = intake
+        self.engine = engine
+        self._version: int | None = None
+        self._probe: sqlite3.Connection | None = None
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            self._probe = sqlite3.connect(database, timeout=30, check_same_thread=False)
+
+    def changed(self) -> bool:
+        """Whether anyone committed since the last look (always True off SQLite)."""
+        if self._probe is None:
+            return True
+        (version,) = self._probe.execute("PRAGMA data_version").fetchone()
+        if version == self._version:
+            return False
+        self._version = int(version)
+        return True
+
+    def pending_ids(self) -> list[int]:
+        with read_session(self.engine) as session:
+            return list(session.scalars(select(TrainingRequest.id).where(
+                TrainingRequest.status == "pending").order_by(TrainingRequest.id).limit(BATCH)))
+
+    def poll(self, force: bool = False) -> int:
+        if not (self.changed() or force):
+            return 0
+        done = 0
+        while True:
+            ids = self.pending_ids()
+            for row_id in ids:
+                if self.intake.take_row(row_id) is not None:
+                    done += 1
+            if len(ids) < BATCH:
+                return done
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()

@@ -1,0 +1,164 @@
+"""The request schema of CONTRACT.md section 4, and problems worded for the person who wrote it.
+
+pydantic checks shapes, types and ranges and reports every problem at once; strict mode keeps
+"3" from passing for 3 and true from passing for 1. camelCase spellings are accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails
+
+VERSION = re.compile(r"^v?(\d{1,4})\.(\d{1,4})$")
+MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
+
+DEFAULTS: dict[str, Any] = {
+    "epochs": 3,
+    "batch_size": 8,
+    "learning_rate": 1e-4,
+    "seed": 42,
+    "max_seq_len": 512,
+    "gradient_accumulation_steps": 1,
+    "warmup_ratio": 0.03,
+    "val_fraction": 0.1,
+    "checkpoint_every": 50,
+    "lora": {"r": 8, "alpha": 32.0, "dropout": 0.1, "target_modules": None},
+}
+
+
+def _modules(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    bad = [m for m in value if not MODULE_NAME.match(m)]
+    if bad:
+        raise ValueError(f"{', '.join(map(repr, bad))} is not a module name like q_proj")
+    if len(set(value)) != len(value):
+        raise ValueError("names a module twice")
+    return value
+
+
+Finite = float  # NaN and infinities are refused by the model config (allow_inf_nan=False)
+Modules = Annotated[list[str] | None, Field(min_length=1, max_length=64), AfterValidator(_modules)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        loc_by_alias=False,
+        frozen=True,
+        allow_inf_nan=False,
+    )
+
+
+class LoraOverride(_Strict):
+    r: int | None = Field(None, ge=1, le=1024)
+    alpha: Finite | None = Field(None, gt=0, le=8192)
+    dropout: Finite | None = Field(None, ge=0, lt=1)
+    target_modules: Modules = None
+
+
+class LoraSettings(_Strict):
+    r: int = Field(DEFAULTS["lora"]["r"], ge=1, le=1024)
+    alpha: Finite = Field(DEFAULTS["lora"]["alpha"], gt=0, le=8192)
+    dropout: Finite = Field(DEFAULTS["lora"]["dropout"], ge=0, lt=1)
+    target_modules: Modules = None
+
+
+class ModelOverrides(_Strict):
+    learning_rate: Finite | None = Field(None, gt=0, le=1)
+    epochs: int | None = Field(None, ge=1, le=1000)
+    batch_size: int | None = Field(None, ge=1, le=4096)
+    lora: LoraOverride | None = None
+
+
+class TrainingRequestModel(_Strict):
+    base_models: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1, max_length=16
+    )
+    dataset: str = Field(min_length=1, max_length=1000)
+    version: str | None = Field(None, max_length=20)
+    epochs: int = Field(DEFAULTS["epochs"], ge=1, le=1000)
+    batch_size: int = Field(DEFAULTS["batch_size"], ge=1, le=4096)
+    learning_rate: Finite = Field(DEFAULTS["learning_rate"], gt=0, le=1)
+    seed: int = Field(DEFAULTS["seed"], ge=0, le=2**32 - 1)
+    max_seq_len: int = Field(DEFAULTS["max_seq_len"], ge=16, le=131072)
+    gradient_accumulation_steps: int = Field(DEFAULTS["gradient_accumulation_steps"], ge=1,
+                                             le=4096)
+    warmup_ratio: Finite = Field(DEFAULTS["warmup_ratio"], ge=0, le=0.5)
+    val_fraction: Finite = Field(DEFAULTS["val_fraction"], ge=0, le=0.5)
+    checkpoint_every: int = Field(DEFAULTS["checkpoint_every"], ge=1, le=10_000_000)
+    weighting: Literal["val_loss", "equal"] = "val_loss"
+    gradient_checkpointing: bool = False
+    export_merged: bool = False
+    lora: LoraSettings = LoraSettings()
+    per_model: dict[Annotated[str, Field(min_length=1, max_length=200)], ModelOverrides] = Field(
+        default_factory=dict, max_length=16
+    )
+    request_id: str | None = Field(None, min_length=1, max_length=200)
+    priority: int = Field(0, ge=-100, le=100)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = VERSION.match(value)
+        if not match:
+            raise ValueError("must be MAJOR.MINOR, like 1.0 or v1.1")
+        return f"{int(match.group(1))}.{int(match.group(2))}"
+
+
+KNOWN_FIELDS = sorted(TrainingRequestModel.model_fields)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "request"
+
+
+def _describe(error: ErrorDetails) -> str:
+    where = _where(tuple(error["loc"]))
+    kind = error["type"]
+    given = error.get("input")
+    if kind == "extra_forbidden":
+        field = where.rsplit(".", 1)[-1]
+        scope = where.rsplit(".", 1)[0] if "." in where else "the request"
+        if scope == "the request":
+            return f"unknown field {field!r}; known fields: {', '.join(KNOWN_FIELDS)}"
+        return f"unknown field {field!r} in {scope}"
+    if kind == "missing":
+        return f"{where} is required"
+    shown = repr(given)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message[0].lower()}{message[1:]} (got {shown})"
+
+
+def parse_request(data: Any) -> tuple[TrainingRequestModel | None, list[str]]:
+    """The request and no problems, or None and every problem found."""
+    if not isinstance(data, dict):
+        return None, [f"a request is a JSON object, got {type(data).__name__}"]
+    try:
+        return TrainingRequestModel.model_validate(data), []
+    except ValidationError as exc:
+        return None, [_describe(e) for e in exc.errors(include_url=False)]

@@ -1,0 +1,265 @@
+"""One trainer child at a time: start it, beat its heart, stop it, and name how it ended.
+
+The child is a fresh interpreter started with subprocess (exec, never a fork of this process:
+CUDA is not fork-safe), in its own session so a terminal's Ctrl-C reaches only the daemon. Its
+output goes to HOME/logs/<run_id>.log; the tail is stored on the run when it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import structlog
+from sqlalchemy import Engine, select
+
+from oneseekd import protocol, queue
+from oneseekd.config import Config
+from oneseekd.db.engine import read_session
+from oneseekd.db.models import BaseModel, Run
+
+log = structlog.get_logger("oneseekd.supervisor")
+
+TAIL_BYTES = 8192
+TAIL_LINES = 40
+
+
+@dataclass
+class Child:
+    run_pk: int
+    run_id: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+    stop_reason: str | None = None  # "cancel" or "shutdown" once SIGTERM was sent
+    term_sent_at: float | None = None
+    killed: bool = False
+    last_beat: float = 0.0
+
+
+def log_tail(path: Path) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(path.stat().st_size - TAIL_BYTES, 0))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-TAIL_LINES:])
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _process_runs(pid: int, run_id: str) -> bool:
+    """Whether pid is alive and is a trainer of this run (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return run_id.encode() in cmdline or f"{protocol.ENV_RUN_ID}={run_id}".encode() in (
+        _environ(pid))
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+class Supervisor:
+    def __init__(self, engine: Engine, config: Config, daemon_id: int | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.config = config
+        self.daemon_id = daemon_id
+        self.clock = clock
+        self.child: Child | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.child is not None
+
+    # --- start -------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """A run left `running` by a daemon that stopped or died: resume it, or fail it."""
+        run = queue.running_run(self.engine)
+        if run is None:
+            return
+        if run.pid and _process_runs(run.pid, run.run_id):
+            log.warning("orphan_trainer_stopped", run_id=run.run_id, pid=run.pid)
+            self._stop_pid(run.pid)
+        problem = self._cannot_resume(run)
+        if problem:
+            queue.finish(self.engine, run.id, "failed", outcome="lost", error=problem)
+            log.error("run_failed", run_id=run.run_id, outcome="lost", error=problem)
+            return
+        adopted = queue.adopt(self.engine, run.id, self.daemon_id,
+                              f"resumed after the daemon restarted (attempt {run.attempts + 1})")
+        log.info("run_resumed", run_id=run.run_id, attempt=adopted.attempts)
+        self._spawn(adopted)
+
+    def _cannot_resume(self, run: Run) -> str | None:
+        limit = self.config.trainer.max_attempts
+        if run.attempts >= limit:
+            return (f"the trainer was interrupted {run.attempts} times (trainer.max_attempts = "
+                    f"{limit}); see {run.log_path or 'the run log'}, then submit it again")
+        with read_session(self.engine) as session:
+            states = dict(session.execute(select(BaseModel.key, BaseModel.state).where(
+                BaseModel.key.in_(run.base_models))).tuples().all())
+        gone = [k for k in run.base_models if states.get(k) != "ready"]
+        if gone:
+            return (f"cannot resume: base model {', '.join(gone)} is no longer ready in the "
+                    "catalog; put it back and submit the request again")
+        return None
+
+    def _stop_pid(self, pid: int) -> None:
+        for sig, wait in ((signal.SIGTERM, self.config.trainer.stop_grace_seconds),
+                          (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not Path(f"/proc/{pid}").exists():
+                    return
+                time.sleep(0.05)
+
+    def _spawn(self, run: Run) -> None:
+        cfg = self.config
+        cfg.home.logs.mkdir(parents=True, exist_ok=True)
+        log_path = cfg.home.logs / f"{run.run_id}.log"
+        argv = [*cfg.trainer.command, "--home", str(cfg.home.root), "--db-url", cfg.db_url,
+                "--run-id", run.run_id]
+        env = {**os.environ, protocol.ENV_RUN_ID: run.run_id,
+               protocol.ENV_ATTEMPT: str(run.attempts),
+               protocol.ENV_RESUME: "1" if run.attempts > 1 else "0",
+               protocol.ENV_PARENT_PID: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        log_file = log_path.open("ab")
+        log_file.write(f"--- attempt {run.attempts}: {' '.join(argv)}\n".encode())
+        log_file.flush()
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    close_fds=True)
+        except OSError as exc:
+            log_file.close()
+            error = (f"cannot start the trainer {argv[0]!r}: {exc.strerror}; check "
+                     "[trainer] command in oneseekd.toml")
+            queue.finish(self.engine, run.id, "failed", outcome="error", error=error)
+            log.error("run_failed", run_id=run.run_id, outcome="error", error=error)
+            return
+        queue.set_child(self.engine, run.id, proc.pid, str(log_path))
+        self.child = Child(run.id, run.run_id, proc, log_path, log_file,
+                           last_beat=self.clock())
+        log.info("run_started", run_id=run.run_id, pid=proc.pid, attempt=run.attempts,
+                 models=run.base_models, version=run.version)
+
+    # --- the loop ----------------------------------------------------------------------------
+    def tick(self, *, accepting: bool = True) -> None:
+        """Watch the child; when there is none and the daemon is accepting, start the next."""
+        for run_id in queue.cancel_queued_flagged(self.engine):
+            log.info("run_cancelled", run_id=run_id, while_state="queued")
+        if self.child is not None:
+            self._watch(self.child)
+        if self.child is None and accepting:
+            run = queue.claim_next(self.engine, self.daemon_id)
+            if run is not None:
+                self._spawn(run)
+
+    def _watch(self, child: Child) -> None:
+        code = child.proc.poll()
+        if code is not None:
+            self._reap(child, code)
+            return
+        now = self.clock()
+        if now - child.last_beat >= self.config.trainer.heartbeat_seconds:
+            child.last_beat = now
+            if queue.heartbeat(self.engine, child.run_pk) and child.stop_reason is None:
+                self._terminate(child, "cancel")
+        grace = self._grace(child)
+        if child.term_sent_at is not None and not child.killed and now - child.term_sent_at > grace:
+            log.warning("trainer_killed", run_id=child.run_id, after_seconds=grace)
+            self._kill(child)
+
+    def _grace(self, child: Child) -> float:
+        trainer = self.config.trainer
+        return trainer.cancel_grace_seconds if child.stop_reason == "cancel" else (
+            trainer.stop_grace_seconds)
+
+    def _terminate(self, child: Child, reason: str) -> None:
+        child.stop_reason = reason
+        child.term_sent_at = self.clock()
+        log.info("trainer_stop_requested", run_id=child.run_id, reason=reason)
+        with contextlib.suppress(ProcessLookupError):
+            child.proc.send_signal(signal.SIGTERM)
+
+    def _kill(self, child: Child) -> None:
+        child.killed = True
+        try:
+            os.killpg(child.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            child.proc.kill()
+
+    def _reap(self, child: Child, code: int) -> None:
+        child.log_file.close()
+        self.child = None
+        if child.stop_reason == "shutdown":
+            log.info("run_interrupted", run_id=child.run_id, exit_code=code,
+                     detail="resumes at the next start")
+            return  # stays `running`: recover() resumes it at the next start
+        state, outcome, error = self._outcome(child, code)
+        queue.finish(self.engine, child.run_pk, state, outcome=outcome, error=error,
+                     exit_code=code)
+        event = {"succeeded": "run_succeeded", "cancelled": "run_cancelled"}.get(state,
+                                                                                 "run_failed")
+        log.info(event, run_id=child.run_id, outcome=outcome, exit_code=code,
+                 error=error.splitlines()[0] if error else None)
+
+    def _outcome(self, child: Child, code: int) -> tuple[str, str, str | None]:
+        if child.stop_reason == "cancel":
+            return "cancelled", "cancelled", None
+        if code == protocol.EXIT_OK:
+            return "succeeded", "succeeded", None
+        tail = log_tail(child.log_path)
+        if code == protocol.EXIT_OOM or any(m in tail for m in protocol.OOM_MARKERS):
+            return "failed", "oom", ("out of memory: lower batch_size or max_seq_len, or set "
+                                     "gradient_checkpointing: true\n" + tail)
+        if code < 0:
+            name = _signal_name(-code)
+            hint = (" (the kernel's out-of-memory killer sends SIGKILL: see dmesg)"
+                    if -code == signal.SIGKILL else "")
+            return "failed", "signal", f"the trainer was killed by {name}{hint}\n{tail}"
+        if code == protocol.EXIT_STOPPED:
+            return "failed", "stopped", ("the trainer stopped without being asked to "
+                                         f"(exit {code})\n{tail}")
+        return "failed", "error", f"the trainer exited with status {code}\n{tail}"
+
+    # --- stop --------------------------------------------------------------------------------
+    def shutdown(self, urgent: Callable[[], bool] = lambda: False) -> None:
+        """Ask the child to checkpoint and exit; kill it after the stop grace, or at once when
+        `urgent()` turns true (a second SIGTERM). The run stays `running` and is resumed at the
+        next start."""
+        child = self.child
+        if child is None:
+            return
+        self._terminate(child, "shutdown")
+        deadline = self.clock() + self.config.trainer.stop_grace_seconds
+        while child.proc.poll() is None and self.clock() < deadline and not urgent():
+            time.sleep(0.05)
+        if child.proc.poll() is None:
+            self._kill(child)
+            child.proc.wait()
+        self._reap(child, child.proc.returncode)
