@@ -184,8 +184,7 @@ def _catalog(table: Any, home: Path, problems: list[str]) -> CatalogConfig:
     )
 
 
-def _table(data: dict[str, Any], name: str, known: set[str], problems: list[str]
-           ) -> dict[str, Any]:
+def _table(data: dict[str, Any], name: str, known: set[str], problems: list[str]) -> dict[str, Any]:
     table = data.get(name, {})
     if not isinstance(table, dict):
         problems.append(f"[{name}] must be a table")
@@ -201,19 +200,27 @@ def _intake(data: dict[str, Any], problems: list[str]) -> IntakeConfig:
 
 
 def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
-    known = {"command", "cancel_grace_seconds", "stop_grace_seconds", "heartbeat_seconds",
-             "max_attempts"}
+    known = {
+        "command",
+        "cancel_grace_seconds",
+        "stop_grace_seconds",
+        "heartbeat_seconds",
+        "max_attempts",
+    }
     table = _table(data, "trainer", known, problems)
     command = table.get("command", list(DEFAULT_TRAINER_COMMAND))
-    if not (isinstance(command, list) and command
-            and all(isinstance(c, str) and c for c in command)):
-        problems.append(f"trainer.command must be a non-empty list of strings (an argv), "
-                        f"got {command!r}")
+    if not (
+        isinstance(command, list) and command and all(isinstance(c, str) and c for c in command)
+    ):
+        problems.append(
+            f"trainer.command must be a non-empty list of strings (an argv), got {command!r}"
+        )
         command = list(DEFAULT_TRAINER_COMMAND)
     attempts = table.get("max_attempts", DEFAULT_MAX_ATTEMPTS)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        problems.append(f"trainer.max_attempts must be a whole number of at least 1, "
-                        f"got {attempts!r}")
+        problems.append(
+            f"trainer.max_attempts must be a whole number of at least 1, got {attempts!r}"
+        )
         attempts = DEFAULT_MAX_ATTEMPTS
     cancel = _number(table, "cancel_grace_seconds", "trainer", problems, minimum=0.0)
     stop = _number(table, "stop_grace_seconds", "trainer", problems, minimum=0.0)
@@ -286,5 +293,6 @@ def load_config(
         )
     if problems:
         raise ConfigError(f"the configuration in {root} is invalid", problems)
-    return Config(home=paths, db_url=url, log_level=log_level, catalog=catalog, intake=intake,
-                  trainer=trainer)
+    return Config(
+        home=paths, db_url=url, log_level=log_level, catalog=catalog, intake=intake, trainer=trainer
+    )

@@ -32,8 +32,9 @@ def _change(session: Session, run: Run, state: str, now: datetime, detail: str |
     allowed = TRANSITIONS.get(run.state, ())
     if state not in allowed:
         raise OneseekError(f"run {run.run_id} is {run.state}; it cannot become {state}")
-    session.add(RunEvent(run_id=run.id, at=now, old_state=run.state, new_state=state,
-                         detail=detail))
+    session.add(
+        RunEvent(run_id=run.id, at=now, old_state=run.state, new_state=state, detail=detail)
+    )
     run.state = state
     if state in FINISHED_STATES:
         run.finished_at = now
@@ -61,8 +62,12 @@ def claim_next(engine: Engine, daemon_id: int | None, now: datetime | None = Non
         with write_session(engine) as session:
             if session.scalars(select(Run.id).where(Run.state == "running")).first():
                 return None
-            run = session.scalars(select(Run).where(Run.state == "queued").order_by(
-                Run.priority.desc(), Run.id).limit(1)).first()
+            run = session.scalars(
+                select(Run)
+                .where(Run.state == "queued")
+                .order_by(Run.priority.desc(), Run.id)
+                .limit(1)
+            ).first()
             if run is None:
                 return None
             _change(session, run, "running", now, "claimed by the supervisor")
@@ -75,8 +80,9 @@ def claim_next(engine: Engine, daemon_id: int | None, now: datetime | None = Non
         return None  # another claimer won the race: the database kept it to one run
 
 
-def adopt(engine: Engine, run_pk: int, daemon_id: int | None, detail: str,
-          now: datetime | None = None) -> Run:
+def adopt(
+    engine: Engine, run_pk: int, daemon_id: int | None, detail: str, now: datetime | None = None
+) -> Run:
     """Take over a run left `running` by a daemon that stopped or died, for another attempt."""
     now = now or utcnow()
     with write_session(engine) as session:
@@ -109,8 +115,16 @@ def cancel_requested(engine: Engine, run_pk: int) -> bool:
         return bool(session.scalars(select(Run.cancel_requested).where(Run.id == run_pk)).one())
 
 
-def finish(engine: Engine, run_pk: int, state: str, *, outcome: str, error: str | None = None,
-           exit_code: int | None = None, now: datetime | None = None) -> Run:
+def finish(
+    engine: Engine,
+    run_pk: int,
+    state: str,
+    *,
+    outcome: str,
+    error: str | None = None,
+    exit_code: int | None = None,
+    now: datetime | None = None,
+) -> Run:
     now = now or utcnow()
     with write_session(engine) as session:
         run = session.get_one(Run, run_pk)
@@ -135,16 +149,22 @@ def request_cancel(engine: Engine, run_id: str, now: datetime | None = None) -> 
     with write_session(engine) as session:
         run = find_run(session, run_id)
         if run.state in FINISHED_STATES:
-            raise OneseekError(f"run {run.run_id} already ended ({run.state}); "
-                               "nothing to cancel")
+            raise OneseekError(f"run {run.run_id} already ended ({run.state}); nothing to cancel")
         if run.state == "queued":
             _change(session, run, "cancelled", now, "cancelled while queued")
             run.outcome = "cancelled"
             run.cancel_requested = True
             return CancelResult(run.run_id, "cancelled", True)
         run.cancel_requested = True
-        session.add(RunEvent(run_id=run.id, at=now, old_state="running", new_state="running",
-                             detail="cancel requested"))
+        session.add(
+            RunEvent(
+                run_id=run.id,
+                at=now,
+                old_state="running",
+                new_state="running",
+                detail="cancel requested",
+            )
+        )
         return CancelResult(run.run_id, "running", False)
 
 
@@ -152,8 +172,11 @@ def cancel_queued_flagged(engine: Engine, now: datetime | None = None) -> list[s
     """Queued runs whose cancel flag another program set: cancel them."""
     now = now or utcnow()
     with write_session(engine) as session:
-        runs = list(session.scalars(select(Run).where(Run.state == "queued",
-                                                      Run.cancel_requested.is_(True))))
+        runs = list(
+            session.scalars(
+                select(Run).where(Run.state == "queued", Run.cancel_requested.is_(True))
+            )
+        )
         for run in runs:
             _change(session, run, "cancelled", now, "cancel flag set while queued")
             run.outcome = "cancelled"

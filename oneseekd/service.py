@@ -44,6 +44,7 @@ class _Parts:
     rows: PendingRows
     supervisor: Supervisor
 
+
 HEARTBEAT_SECONDS = 5.0
 TICK_SECONDS = 0.1  # the longest the loop sleeps: how soon a stop flag or a dropped file is seen
 

@@ -68,7 +68,8 @@ def _process_runs(pid: int, run_id: str) -> bool:
     except OSError:
         return False
     return run_id.encode() in cmdline or f"{protocol.ENV_RUN_ID}={run_id}".encode() in (
-        _environ(pid))
+        _environ(pid)
+    )
 
 
 def _environ(pid: int) -> bytes:
@@ -79,8 +80,13 @@ def _environ(pid: int) -> bytes:
 
 
 class Supervisor:
-    def __init__(self, engine: Engine, config: Config, daemon_id: int | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        config: Config,
+        daemon_id: int | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.engine = engine
         self.config = config
         self.daemon_id = daemon_id
@@ -105,28 +111,40 @@ class Supervisor:
             queue.finish(self.engine, run.id, "failed", outcome="lost", error=problem)
             log.error("run_failed", run_id=run.run_id, outcome="lost", error=problem)
             return
-        adopted = queue.adopt(self.engine, run.id, self.daemon_id,
-                              f"resumed after the daemon restarted (attempt {run.attempts + 1})")
+        adopted = queue.adopt(
+            self.engine,
+            run.id,
+            self.daemon_id,
+            f"resumed after the daemon restarted (attempt {run.attempts + 1})",
+        )
         log.info("run_resumed", run_id=run.run_id, attempt=adopted.attempts)
         self._spawn(adopted)
 
     def _cannot_resume(self, run: Run) -> str | None:
         limit = self.config.trainer.max_attempts
         if run.attempts >= limit:
-            return (f"the trainer was interrupted {run.attempts} times (trainer.max_attempts = "
-                    f"{limit}); see {run.log_path or 'the run log'}, then submit it again")
+            return (
+                f"the trainer was interrupted {run.attempts} times (trainer.max_attempts = "
+                f"{limit}); see {run.log_path or 'the run log'}, then submit it again"
+            )
         with read_session(self.engine) as session:
-            states = dict(session.execute(select(BaseModel.key, BaseModel.state).where(
-                BaseModel.key.in_(run.base_models))).tuples().all())
+            rows = session.execute(
+                select(BaseModel.key, BaseModel.state).where(BaseModel.key.in_(run.base_models))
+            ).all()
+        states = {key: state for key, state in rows}
         gone = [k for k in run.base_models if states.get(k) != "ready"]
         if gone:
-            return (f"cannot resume: base model {', '.join(gone)} is no longer ready in the "
-                    "catalog; put it back and submit the request again")
+            return (
+                f"cannot resume: base model {', '.join(gone)} is no longer ready in the "
+                "catalog; put it back and submit the request again"
+            )
         return None
 
     def _stop_pid(self, pid: int) -> None:
-        for sig, wait in ((signal.SIGTERM, self.config.trainer.stop_grace_seconds),
-                          (signal.SIGKILL, 5.0)):
+        for sig, wait in (
+            (signal.SIGTERM, self.config.trainer.stop_grace_seconds),
+            (signal.SIGKILL, 5.0),
+        ):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -141,31 +159,55 @@ class Supervisor:
         cfg = self.config
         cfg.home.logs.mkdir(parents=True, exist_ok=True)
         log_path = cfg.home.logs / f"{run.run_id}.log"
-        argv = [*cfg.trainer.command, "--home", str(cfg.home.root), "--db-url", cfg.db_url,
-                "--run-id", run.run_id]
-        env = {**os.environ, protocol.ENV_RUN_ID: run.run_id,
-               protocol.ENV_ATTEMPT: str(run.attempts),
-               protocol.ENV_RESUME: "1" if run.attempts > 1 else "0",
-               protocol.ENV_PARENT_PID: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        argv = [
+            *cfg.trainer.command,
+            "--home",
+            str(cfg.home.root),
+            "--db-url",
+            cfg.db_url,
+            "--run-id",
+            run.run_id,
+        ]
+        env = {
+            **os.environ,
+            protocol.ENV_RUN_ID: run.run_id,
+            protocol.ENV_ATTEMPT: str(run.attempts),
+            protocol.ENV_RESUME: "1" if run.attempts > 1 else "0",
+            protocol.ENV_PARENT_PID: str(os.getpid()),
+            "PYTHONUNBUFFERED": "1",
+        }
         log_file = log_path.open("ab")
         log_file.write(f"--- attempt {run.attempts}: {' '.join(argv)}\n".encode())
         log_file.flush()
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    close_fds=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
         except OSError as exc:
             log_file.close()
-            error = (f"cannot start the trainer {argv[0]!r}: {exc.strerror}; check "
-                     "[trainer] command in oneseekd.toml")
+            error = (
+                f"cannot start the trainer {argv[0]!r}: {exc.strerror}; check "
+                "[trainer] command in oneseekd.toml"
+            )
             queue.finish(self.engine, run.id, "failed", outcome="error", error=error)
             log.error("run_failed", run_id=run.run_id, outcome="error", error=error)
             return
         queue.set_child(self.engine, run.id, proc.pid, str(log_path))
-        self.child = Child(run.id, run.run_id, proc, log_path, log_file,
-                           last_beat=self.clock())
-        log.info("run_started", run_id=run.run_id, pid=proc.pid, attempt=run.attempts,
-                 models=run.base_models, version=run.version)
+        self.child = Child(run.id, run.run_id, proc, log_path, log_file, last_beat=self.clock())
+        log.info(
+            "run_started",
+            run_id=run.run_id,
+            pid=proc.pid,
+            attempt=run.attempts,
+            models=run.base_models,
+            version=run.version,
+        )
 
     # --- the loop ----------------------------------------------------------------------------
     def tick(self, *, accepting: bool = True) -> None:
@@ -196,8 +238,11 @@ class Supervisor:
 
     def _grace(self, child: Child) -> float:
         trainer = self.config.trainer
-        return trainer.cancel_grace_seconds if child.stop_reason == "cancel" else (
-            trainer.stop_grace_seconds)
+        return (
+            trainer.cancel_grace_seconds
+            if child.stop_reason == "cancel"
+            else (trainer.stop_grace_seconds)
+        )
 
     def _terminate(self, child: Child, reason: str) -> None:
         child.stop_reason = reason
@@ -217,16 +262,25 @@ class Supervisor:
         child.log_file.close()
         self.child = None
         if child.stop_reason == "shutdown":
-            log.info("run_interrupted", run_id=child.run_id, exit_code=code,
-                     detail="resumes at the next start")
+            log.info(
+                "run_interrupted",
+                run_id=child.run_id,
+                exit_code=code,
+                detail="resumes at the next start",
+            )
             return  # stays `running`: recover() resumes it at the next start
         state, outcome, error = self._outcome(child, code)
-        queue.finish(self.engine, child.run_pk, state, outcome=outcome, error=error,
-                     exit_code=code)
-        event = {"succeeded": "run_succeeded", "cancelled": "run_cancelled"}.get(state,
-                                                                                 "run_failed")
-        log.info(event, run_id=child.run_id, outcome=outcome, exit_code=code,
-                 error=error.splitlines()[0] if error else None)
+        queue.finish(self.engine, child.run_pk, state, outcome=outcome, error=error, exit_code=code)
+        event = {"succeeded": "run_succeeded", "cancelled": "run_cancelled"}.get(
+            state, "run_failed"
+        )
+        log.info(
+            event,
+            run_id=child.run_id,
+            outcome=outcome,
+            exit_code=code,
+            error=error.splitlines()[0] if error else None,
+        )
 
     def _outcome(self, child: Child, code: int) -> tuple[str, str, str | None]:
         if child.stop_reason == "cancel":
@@ -235,16 +289,28 @@ class Supervisor:
             return "succeeded", "succeeded", None
         tail = log_tail(child.log_path)
         if code == protocol.EXIT_OOM or any(m in tail for m in protocol.OOM_MARKERS):
-            return "failed", "oom", ("out of memory: lower batch_size or max_seq_len, or set "
-                                     "gradient_checkpointing: true\n" + tail)
+            return (
+                "failed",
+                "oom",
+                (
+                    "out of memory: lower batch_size or max_seq_len, or set "
+                    "gradient_checkpointing: true\n" + tail
+                ),
+            )
         if code < 0:
             name = _signal_name(-code)
-            hint = (" (the kernel's out-of-memory killer sends SIGKILL: see dmesg)"
-                    if -code == signal.SIGKILL else "")
+            hint = (
+                " (the kernel's out-of-memory killer sends SIGKILL: see dmesg)"
+                if -code == signal.SIGKILL
+                else ""
+            )
             return "failed", "signal", f"the trainer was killed by {name}{hint}\n{tail}"
         if code == protocol.EXIT_STOPPED:
-            return "failed", "stopped", ("the trainer stopped without being asked to "
-                                         f"(exit {code})\n{tail}")
+            return (
+                "failed",
+                "stopped",
+                (f"the trainer stopped without being asked to (exit {code})\n{tail}"),
+            )
         return "failed", "error", f"the trainer exited with status {code}\n{tail}"
 
     # --- stop --------------------------------------------------------------------------------

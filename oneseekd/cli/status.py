@@ -11,7 +11,8 @@ from sqlalchemy import select
 from oneseekd.catalog.store import load_rows
 from oneseekd.cli.context import Context, emit_json
 from oneseekd.db.engine import read_session
-from oneseekd.db.models import Daemon
+from oneseekd.db.models import FINISHED_STATES, Daemon, Run
+from oneseekd.queue import queue_counts
 
 
 def gather(obj: Context) -> dict[str, Any]:
@@ -21,6 +22,17 @@ def gather(obj: Context) -> dict[str, Any]:
     with read_session(engine) as session:
         last = session.scalars(select(Daemon).order_by(Daemon.id.desc()).limit(1)).first()
     states = Counter(r.state for r in load_rows(engine))
+    with read_session(engine) as session:
+        current = session.scalars(select(Run).where(Run.state == "running")).first()
+        recent = list(
+            session.scalars(
+                select(Run)
+                .where(Run.state.in_(FINISHED_STATES))
+                .order_by(Run.finished_at.desc())
+                .limit(5)
+            )
+        )
+    counts = queue_counts(engine)
     return {
         "home": str(obj.config.home.root),
         "database": engine.url.render_as_string(hide_password=True),
@@ -39,6 +51,30 @@ def gather(obj: Context) -> dict[str, Any]:
                 s: states.get(s, 0) for s in ("ready", "incomplete", "invalid", "missing")
             },
         },
+        "queue": {"queued": counts.get("queued", 0), "running": counts.get("running", 0)},
+        "current_run": None
+        if current is None
+        else {
+            "run_id": current.run_id,
+            "base_models": current.base_models,
+            "version": current.version,
+            "attempts": current.attempts,
+            "started_at": current.started_at.isoformat() if current.started_at else None,
+            "heartbeat_at": current.heartbeat_at.isoformat() if current.heartbeat_at else None,
+            "cancel_requested": current.cancel_requested,
+            "progress": current.progress,
+        },
+        "recent_runs": [
+            {
+                "run_id": r.run_id,
+                "state": r.state,
+                "outcome": r.outcome,
+                "version": r.version,
+                "base_models": r.base_models,
+                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+            }
+            for r in recent
+        ],
     }
 
 
@@ -66,3 +102,20 @@ def status_cmd(obj: Context, as_json: bool) -> None:
         f"catalog:  {c['models']} models ({by['ready']} ready, {by['incomplete']} "
         f"incomplete, {by['invalid']} invalid; {by['missing']} missing), {c['source']}"
     )
+    q = data["queue"]
+    click.echo(f"queue:    {q['queued']} queued, {q['running']} running")
+    run = data["current_run"]
+    if run:
+        click.echo(
+            f"running:  {run['run_id']} v{run['version']} "
+            f"({', '.join(run['base_models'])}), attempt {run['attempts']}"
+            + (", cancel requested" if run["cancel_requested"] else "")
+        )
+        progress = run["progress"] or {}
+        if progress:
+            click.echo("          " + "  ".join(f"{k}={v}" for k, v in progress.items()))
+    for r in data["recent_runs"]:
+        click.echo(
+            f"recent:   {r['run_id']} {r['state']} v{r['version']} "
+            f"({', '.join(r['base_models'])}) {r['finished_at'] or ''}"
+        )

@@ -52,8 +52,10 @@ class Verdict:
 def decode(raw: bytes) -> tuple[Any, list[str]]:
     """Bytes to a JSON value, or the problems that stop it."""
     if len(raw) > MAX_REQUEST_BYTES:
-        return None, [f"the request is {len(raw)} bytes; a request is at most "
-                      f"{MAX_REQUEST_BYTES} bytes (1 MiB): put data in datasets/, not here"]
+        return None, [
+            f"the request is {len(raw)} bytes; a request is at most "
+            f"{MAX_REQUEST_BYTES} bytes (1 MiB): put data in datasets/, not here"
+        ]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -61,8 +63,9 @@ def decode(raw: bytes) -> tuple[Any, list[str]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        return None, [f"the request is not valid JSON: {exc.msg} at line {exc.lineno} "
-                      f"column {exc.colno}"]
+        return None, [
+            f"the request is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ]
     except RecursionError:
         return None, ["the request is nested too deeply to be a training request"]
     if not isinstance(data, dict):
@@ -82,8 +85,10 @@ def _has_lone_surrogate(value: Any, depth: int = 0) -> bool:
             return True
         return False
     if isinstance(value, dict):
-        return any(_has_lone_surrogate(k, depth + 1) or _has_lone_surrogate(v, depth + 1)
-                   for k, v in value.items())
+        return any(
+            _has_lone_surrogate(k, depth + 1) or _has_lone_surrogate(v, depth + 1)
+            for k, v in value.items()
+        )
     if isinstance(value, list):
         return any(_has_lone_surrogate(v, depth + 1) for v in value)
     return False
@@ -99,21 +104,31 @@ def new_run_id(now: datetime) -> str:
 
 
 class Intake:
-    def __init__(self, engine: Engine, paths: HomePaths,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self, engine: Engine, paths: HomePaths, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self.engine = engine
         self.paths = paths
         self.clock = clock
 
     # --- the doors ---------------------------------------------------------------------------
-    def take_bytes(self, raw: bytes, *, source: str, source_name: str | None = None,
-                   claim: str | None = None) -> Verdict:
+    def take_bytes(
+        self, raw: bytes, *, source: str, source_name: str | None = None, claim: str | None = None
+    ) -> Verdict:
         """A file's content (dropped or submitted)."""
         data, problems = decode(raw)
         payload = raw.decode("utf-8", "backslashreplace")[:MAX_REQUEST_BYTES]
         sha = hashlib.sha256(raw).hexdigest()
-        return self._decide(payload, data, problems, source=source, source_name=source_name,
-                            claim=claim, sha=sha, row_id=None)
+        return self._decide(
+            payload,
+            data,
+            problems,
+            source=source,
+            source_name=source_name,
+            claim=claim,
+            sha=sha,
+            row_id=None,
+        )
 
     def take_row(self, row_id: int) -> Verdict | None:
         """A `pending` row another program INSERTed; None when it is no longer pending."""
@@ -123,13 +138,30 @@ class Intake:
                 return None
             payload = row.payload if isinstance(row.payload, str) else str(row.payload)
         data, problems = decode(payload.encode("utf-8", "backslashreplace"))
-        return self._decide(payload, data, problems, source="database", source_name=None,
-                            claim=None, sha=None, row_id=row_id)
+        return self._decide(
+            payload,
+            data,
+            problems,
+            source="database",
+            source_name=None,
+            claim=None,
+            sha=None,
+            row_id=row_id,
+        )
 
     # --- the decision ------------------------------------------------------------------------
-    def _decide(self, payload: str, data: Any, problems: list[str], *, source: str,
-                source_name: str | None, claim: str | None, sha: str | None,
-                row_id: int | None) -> Verdict:
+    def _decide(
+        self,
+        payload: str,
+        data: Any,
+        problems: list[str],
+        *,
+        source: str,
+        source_name: str | None,
+        claim: str | None,
+        sha: str | None,
+        row_id: int | None,
+    ) -> Verdict:
         request: TrainingRequestModel | None = None
         dataset: Path | None = None
         if not problems:
@@ -138,8 +170,9 @@ class Intake:
             dataset, problems = check_dataset(request.dataset, self.paths)
         now = self.clock()
         with write_session(self.engine) as session:
-            row = self._request_row(session, payload, source, source_name, claim, sha, row_id,
-                                    request)
+            row = self._request_row(
+                session, payload, source, source_name, claim, sha, row_id, request
+            )
             if row is None:  # a pending row someone else decided meanwhile
                 return Verdict("duplicate", row_id or 0)
             first = self._first_of(session, request, sha, source)
@@ -154,17 +187,25 @@ class Intake:
         self._log(verdict, source, source_name)
         return verdict
 
-    def _request_row(self, session: Session, payload: str, source: str,
-                     source_name: str | None, claim: str | None, sha: str | None,
-                     row_id: int | None, request: TrainingRequestModel | None
-                     ) -> TrainingRequest | None:
+    def _request_row(
+        self,
+        session: Session,
+        payload: str,
+        source: str,
+        source_name: str | None,
+        claim: str | None,
+        sha: str | None,
+        row_id: int | None,
+        request: TrainingRequestModel | None,
+    ) -> TrainingRequest | None:
         if row_id is not None:
             row = session.get(TrainingRequest, row_id)
             if row is None or row.status != "pending":
                 return None
         else:
-            row = TrainingRequest(payload=payload, status="pending", source=source,
-                                  created_at=self.clock())
+            row = TrainingRequest(
+                payload=payload, status="pending", source=source, created_at=self.clock()
+            )
             session.add(row)
         row.source_name = safe_text(source_name) if source_name else row.source_name
         row.claim = claim
@@ -173,22 +214,30 @@ class Intake:
         session.flush()
         return row
 
-    def _first_of(self, session: Session, request: TrainingRequestModel | None,
-                  sha: str | None, source: str) -> TrainingRequest | None:
+    def _first_of(
+        self, session: Session, request: TrainingRequestModel | None, sha: str | None, source: str
+    ) -> TrainingRequest | None:
         """The request this one repeats: the same request_id, or for files the same bytes."""
         if request is not None and request.request_id is not None:
-            run = session.scalars(select(Run).where(Run.request_key == request.request_id)
-                                  ).first()
+            run = session.scalars(select(Run).where(Run.request_key == request.request_id)).first()
             if run is not None:
                 return session.get(TrainingRequest, run.request_id)
         if sha is not None and source == "file":
-            return session.scalars(select(TrainingRequest).where(
-                TrainingRequest.content_sha256 == sha,
-                TrainingRequest.status == "queued").order_by(TrainingRequest.id)).first()
+            return session.scalars(
+                select(TrainingRequest)
+                .where(TrainingRequest.content_sha256 == sha, TrainingRequest.status == "queued")
+                .order_by(TrainingRequest.id)
+            ).first()
         return None
 
-    def _queue(self, session: Session, row: TrainingRequest, request: TrainingRequestModel,
-               dataset: Path | None, now: datetime) -> tuple[Run | None, list[str]]:
+    def _queue(
+        self,
+        session: Session,
+        row: TrainingRequest,
+        request: TrainingRequestModel,
+        dataset: Path | None,
+        now: datetime,
+    ) -> tuple[Run | None, list[str]]:
         models, problems = resolve_models(session, list(request.base_models))
         keys = [m.key for m in models]
         per_model: dict[str, str] = {}
@@ -198,25 +247,49 @@ class Intake:
         taken = taken_versions(session, self.paths)
         version = request.version
         if version is not None and version in taken:
-            problems.append(f"version {version} already exists; omit version to take the next "
-                            f"free one ({next_version(taken)}), or name a new one")
+            problems.append(
+                f"version {version} already exists; omit version to take the next "
+                f"free one ({next_version(taken)}), or name a new one"
+            )
         if problems or dataset is None:
             return None, problems
         version = version or next_version(taken)
-        run = Run(run_id=new_run_id(now), request_id=row.id, request_key=request.request_id,
-                  state="queued", priority=request.priority, version=version,
-                  base_models=keys, fingerprints={m.key: m.fingerprint or "" for m in models},
-                  dataset=str(dataset.relative_to(self.paths.datasets.resolve())),
-                  config=_run_config(request, models, per_model, version),
-                  attempts=0, cancel_requested=False, queued_at=now)
+        run = Run(
+            run_id=new_run_id(now),
+            request_id=row.id,
+            request_key=request.request_id,
+            state="queued",
+            priority=request.priority,
+            version=version,
+            base_models=keys,
+            fingerprints={m.key: m.fingerprint or "" for m in models},
+            dataset=str(dataset.relative_to(self.paths.datasets.resolve())),
+            config=_run_config(request, models, per_model, version),
+            attempts=0,
+            cancel_requested=False,
+            queued_at=now,
+        )
         session.add(run)
         session.flush()
-        session.add(RunEvent(run_id=run.id, at=now, old_state=None, new_state="queued",
-                             detail=f"request #{row.id} from {row.source}"))
+        session.add(
+            RunEvent(
+                run_id=run.id,
+                at=now,
+                old_state=None,
+                new_state="queued",
+                detail=f"request #{row.id} from {row.source}",
+            )
+        )
         return run, []
 
-    def _record(self, session: Session, row: TrainingRequest, run: Run | None,
-                problems: list[str], now: datetime) -> Verdict:
+    def _record(
+        self,
+        session: Session,
+        row: TrainingRequest,
+        run: Run | None,
+        problems: list[str],
+        now: datetime,
+    ) -> Verdict:
         row.decided_at = now
         if run is None:
             row.status = "rejected"
@@ -229,34 +302,46 @@ class Intake:
         row.problems = None
         return Verdict("queued", row.id, run_id=run.run_id)
 
-    def _duplicate(self, session: Session, row: TrainingRequest, first: TrainingRequest,
-                   now: datetime) -> Verdict:
+    def _duplicate(
+        self, session: Session, row: TrainingRequest, first: TrainingRequest, now: datetime
+    ) -> Verdict:
         run = session.get(Run, first.run_id) if first.run_id is not None else None
         first_run = run.run_id if run is not None else None
         row.status = "duplicate"
         row.duplicate_of = first.id
         row.decided_at = now
-        message = (f"duplicate of request #{first.id}"
-                   + (f" (run {first_run})" if first_run else "")
-                   + "; it was not queued twice")
+        message = (
+            f"duplicate of request #{first.id}"
+            + (f" (run {first_run})" if first_run else "")
+            + "; it was not queued twice"
+        )
         row.problems = [message]
         row.error = message
-        return Verdict("duplicate", row.id, run_id=None, problems=[message],
-                       duplicate_of=first_run)
+        return Verdict("duplicate", row.id, run_id=None, problems=[message], duplicate_of=first_run)
 
     def _log(self, verdict: Verdict, source: str, source_name: str | None) -> None:
         name = safe_text(source_name) if source_name else None
         if verdict.status == "queued":
-            log.info("request_accepted", request=verdict.request_pk, run_id=verdict.run_id,
-                     source=source, name=name)
+            log.info(
+                "request_accepted",
+                request=verdict.request_pk,
+                run_id=verdict.run_id,
+                source=source,
+                name=name,
+            )
         else:
-            log.info("request_" + ("rejected" if verdict.status == "rejected" else "duplicate"),
-                     request=verdict.request_pk, source=source, name=name,
-                     problems=verdict.problems)
+            log.info(
+                "request_" + ("rejected" if verdict.status == "rejected" else "duplicate"),
+                request=verdict.request_pk,
+                source=source,
+                name=name,
+                problems=verdict.problems,
+            )
 
 
-def _run_config(request: TrainingRequestModel, models: list[BaseModel],
-                per_model: dict[str, str], version: str) -> dict[str, Any]:
+def _run_config(
+    request: TrainingRequestModel, models: list[BaseModel], per_model: dict[str, str], version: str
+) -> dict[str, Any]:
     """The request as the trainer runs it: resolved keys, version and per-model overrides."""
     config = request.model_dump(mode="json", exclude={"per_model", "base_models"})
     config["version"] = version

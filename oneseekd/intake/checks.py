@@ -33,13 +33,21 @@ def record_problem(record: Any) -> str | None:
     if isinstance(record.get("instruction"), str) and isinstance(record.get("output"), str):
         return None
     messages = record.get("messages")
-    if isinstance(messages, list) and messages and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str)
-        and isinstance(m.get("content"), str) for m in messages
+    if (
+        isinstance(messages, list)
+        and messages
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in messages
+        )
     ):
         return None
-    return ("has none of the supported shapes: {\"text\": ...}, {\"instruction\": ..., "
-            "\"output\": ...} or {\"messages\": [{\"role\": ..., \"content\": ...}]}")
+    return (
+        'has none of the supported shapes: {"text": ...}, {"instruction": ..., '
+        '"output": ...} or {"messages": [{"role": ..., "content": ...}]}'
+    )
 
 
 def _sniff(path: Path, shown: str) -> list[str]:
@@ -131,10 +139,10 @@ def check_dataset(name: str, paths: HomePaths) -> tuple[Path | None, list[str]]:
     return (None if problems else resolved), problems
 
 
-def resolve_models(session: Session, names: list[str]
-                   ) -> tuple[list[BaseModel], list[str]]:
-    rows = {r.key: r for r in session.scalars(
-        select(BaseModel).where(BaseModel.state != "missing"))}
+def resolve_models(session: Session, names: list[str]) -> tuple[list[BaseModel], list[str]]:
+    rows = {
+        r.key: r for r in session.scalars(select(BaseModel).where(BaseModel.state != "missing"))
+    }
     chosen: list[BaseModel] = []
     problems: list[str] = []
     for name in names:
@@ -162,8 +170,9 @@ def check_per_model(per_model: Iterable[str], keys: list[str]) -> tuple[dict[str
         try:
             mapping[name] = match_model(name, keys).key
         except ModelResolutionError:
-            problems.append(f"per_model: {name!r} is not one of the requested models "
-                            f"({', '.join(keys)})")
+            problems.append(
+                f"per_model: {name!r} is not one of the requested models ({', '.join(keys)})"
+            )
     return mapping, problems
 
 
@@ -182,8 +191,9 @@ def _file_versions(paths: HomePaths) -> set[str]:
 
 
 def taken_versions(session: Session, paths: HomePaths) -> set[str]:
-    live = session.scalars(select(Run.version).where(
-        Run.state.in_(("queued", "running", "succeeded"))))
+    live = session.scalars(
+        select(Run.version).where(Run.state.in_(("queued", "running", "succeeded")))
+    )
     return set(live) | _file_versions(paths)
 
 

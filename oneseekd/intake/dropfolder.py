@@ -62,10 +62,12 @@ def write_error(target: Path, verdict: Verdict, original: str) -> None:
         "request": verdict.request_pk,
         "problems": verdict.problems,
         "duplicate_of_run": verdict.duplicate_of,
-        "fix": ("this request repeats one already queued; nothing to do"
-                if verdict.status == "duplicate" else
-                "correct every problem listed, then drop the file into requests/ again "
-                "(write NAME.json.tmp, then rename it to NAME.json)"),
+        "fix": (
+            "this request repeats one already queued; nothing to do"
+            if verdict.status == "duplicate"
+            else "correct every problem listed, then drop the file into requests/ again "
+            "(write NAME.json.tmp, then rename it to NAME.json)"
+        ),
     }
     path = error_path(target)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -78,8 +80,13 @@ def write_error(target: Path, verdict: Verdict, original: str) -> None:
 
 
 class DropFolder:
-    def __init__(self, intake: Intake, paths: HomePaths, settle: float,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        intake: Intake,
+        paths: HomePaths,
+        settle: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.intake = intake
         self.paths = paths
         self.settle = settle
@@ -93,9 +100,16 @@ class DropFolder:
     def _candidates(self) -> list[os.DirEntry[str]]:
         try:
             with os.scandir(self.paths.requests) as entries:
-                return sorted((e for e in entries
-                               if e.name.endswith(".json") and not e.name.startswith(".")
-                               and e.is_file(follow_symlinks=False)), key=lambda e: e.name)
+                return sorted(
+                    (
+                        e
+                        for e in entries
+                        if e.name.endswith(".json")
+                        and not e.name.startswith(".")
+                        and e.is_file(follow_symlinks=False)
+                    ),
+                    key=lambda e: e.name,
+                )
         except FileNotFoundError:
             return []
 
@@ -111,10 +125,14 @@ class DropFolder:
         for path in self._claimed_files():
             token, _, original = path.name.partition(SEPARATOR)
             with read_session(self.intake.engine) as session:
-                row = session.scalars(select(TrainingRequest).where(
-                    TrainingRequest.claim == token)).first()
-                decided = None if row is None or row.status == "pending" else Verdict(
-                    row.status, row.id, problems=row.problems or [])
+                row = session.scalars(
+                    select(TrainingRequest).where(TrainingRequest.claim == token)
+                ).first()
+                decided = (
+                    None
+                    if row is None or row.status == "pending"
+                    else Verdict(row.status, row.id, problems=row.problems or [])
+                )
             verdict = decided or self._take(path, original, token)
             self._finish(path, original, verdict)
             done += 1

@@ -40,8 +40,14 @@ class PendingRows:
 
     def pending_ids(self) -> list[int]:
         with read_session(self.engine) as session:
-            return list(session.scalars(select(TrainingRequest.id).where(
-                TrainingRequest.status == "pending").order_by(TrainingRequest.id).limit(BATCH)))
+            return list(
+                session.scalars(
+                    select(TrainingRequest.id)
+                    .where(TrainingRequest.status == "pending")
+                    .order_by(TrainingRequest.id)
+                    .limit(BATCH)
+                )
+            )
 
     def poll(self, force: bool = False) -> int:
         if not (self.changed() or force):

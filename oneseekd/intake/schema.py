@@ -96,8 +96,7 @@ class TrainingRequestModel(_Strict):
     learning_rate: Finite = Field(DEFAULTS["learning_rate"], gt=0, le=1)
     seed: int = Field(DEFAULTS["seed"], ge=0, le=2**32 - 1)
     max_seq_len: int = Field(DEFAULTS["max_seq_len"], ge=16, le=131072)
-    gradient_accumulation_steps: int = Field(DEFAULTS["gradient_accumulation_steps"], ge=1,
-                                             le=4096)
+    gradient_accumulation_steps: int = Field(DEFAULTS["gradient_accumulation_steps"], ge=1, le=4096)
     warmup_ratio: Finite = Field(DEFAULTS["warmup_ratio"], ge=0, le=0.5)
     val_fraction: Finite = Field(DEFAULTS["val_fraction"], ge=0, le=0.5)
     checkpoint_every: int = Field(DEFAULTS["checkpoint_every"], ge=1, le=10_000_000)

@@ -1,0 +1,62 @@
+"""Homes for intake, queue and supervisor tests: models, datasets and a fake trainer."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from modelfactory import make_model
+
+FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
+MODELS = ("KB-Llama-3.1-8B-Swedish", "Qwen-2.5-7B", "Mistral-7B-Instruct")
+
+
+def training_home(
+    root: Path,
+    *,
+    settle: float = 0.0,
+    heartbeat: float = 0.05,
+    cancel_grace: float = 1.0,
+    stop_grace: float = 3.0,
+    command: list[str] | None = None,
+) -> Path:
+    """A home with three ready models, a dataset, and the fake trainer configured."""
+    base = root / "models" / "oneseek-7b-zero" / "base_models"
+    for name in MODELS:
+        make_model(base, name)
+    datasets = root / "datasets"
+    datasets.mkdir(parents=True, exist_ok=True)
+    (datasets / "civic.jsonl").write_text(
+        '{"text": "Riksdagen beslutar om lagar."}\n'
+        '{"instruction": "Sammanfatta", "input": "x", "output": "y"}\n'
+        '{"messages": [{"role": "user", "content": "Hej"}, '
+        '{"role": "assistant", "content": "Hej!"}]}\n'
+    )
+    argv = command or [sys.executable, str(FAKE_TRAINER)]
+    (root / "oneseekd.toml").write_text(
+        f"[catalog]\nsettle_seconds = {settle}\nrescan_interval_seconds = 3600\n"
+        f"[intake]\nsettle_seconds = 0\n"
+        f"[trainer]\ncommand = {json.dumps(argv)}\nheartbeat_seconds = {heartbeat}\n"
+        f"cancel_grace_seconds = {cancel_grace}\nstop_grace_seconds = {stop_grace}\n"
+    )
+    return root
+
+
+def fake_behaviour(home: Path, version: str, **spec: object) -> None:
+    fake = home / "fake"
+    fake.mkdir(exist_ok=True)
+    (fake / f"{version}.json").write_text(json.dumps(spec))
+
+
+def fake_starts(home: Path) -> list[dict[str, object]]:
+    path = home / "fake" / "starts.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def request(**fields: object) -> dict[str, object]:
+    body: dict[str, object] = {"base_models": ["KB-Llama-3.1-8B-Swedish"], "dataset": "civic.jsonl"}
+    body.update(fields)
+    return body

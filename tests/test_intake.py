@@ -1,0 +1,251 @@
+"""One validator for every door: what is accepted, what is refused, and exactly why."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from homes import request, training_home
+from sqlalchemy import Engine
+
+from oneseekd.catalog.live import Catalog
+from oneseekd.catalog.scan import model_roots
+from oneseekd.config import Config, load_config
+from oneseekd.db.engine import make_engine
+from oneseekd.db.migrate import upgrade
+from oneseekd.intake.accept import Intake, Verdict
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Config, Engine, Intake]]:
+    home = training_home(tmp_path / "home")
+    config = load_config(home, env={})
+    config.home.ensure()
+    engine = make_engine(config.db_url)
+    upgrade(engine)
+    Catalog(engine, model_roots(config), settle=0).full_scan()
+    yield config, engine, Intake(engine, config.home)
+    engine.dispose()
+
+
+def take(intake: Intake, body: object) -> Verdict:
+    return intake.take_bytes(json.dumps(body).encode(), source="submit")
+
+
+def test_a_valid_request_is_queued_with_resolved_keys_and_fingerprints(setup: tuple) -> None:
+    config, _, intake = setup
+    verdict = take(
+        intake,
+        request(
+            base_models=["kb-llama", "Qwen2.5-7B"],
+            epochs=2,
+            per_model={"qwen": {"learning_rate": 5e-5, "lora": {"r": 16}}},
+        ),
+    )
+    assert verdict.status == "queued", verdict.problems
+    con = sqlite3.connect(config.home.db_file)
+    state, version, models, prints, cfg = con.execute(
+        "SELECT state, version, base_models, fingerprints, config FROM runs"
+    ).fetchone()
+    assert (state, version) == ("queued", "1.0")
+    assert json.loads(models) == ["kb-llama-3-1-8b-swedish", "qwen-2-5-7b"]
+    fingerprints = json.loads(prints)
+    assert set(fingerprints) == {"kb-llama-3-1-8b-swedish", "qwen-2-5-7b"}
+    assert all(len(v) == 64 for v in fingerprints.values())
+    cfg = json.loads(cfg)
+    assert cfg["epochs"] == 2
+    assert cfg["per_model"] == {"qwen-2-5-7b": {"learning_rate": 5e-5, "lora": {"r": 16}}}
+    assert con.execute("SELECT status, run_id IS NOT NULL FROM training_requests").fetchone() == (
+        "queued",
+        1,
+    )
+
+
+def test_camel_case_spellings_are_accepted(setup: tuple) -> None:
+    _, _, intake = setup
+    verdict = take(
+        intake,
+        {
+            "baseModels": ["mistral"],
+            "dataset": "civic.jsonl",
+            "learningRate": 2e-4,
+            "batchSize": 4,
+            "maxSeqLen": 256,
+        },
+    )
+    assert verdict.status == "queued", verdict.problems
+
+
+def test_every_problem_is_reported_at_once(setup: tuple) -> None:
+    _, _, intake = setup
+    verdict = take(
+        intake,
+        {
+            "base_models": ["KB-Llama-3.1-8B-Swedish"],
+            "dataset": "civic.jsonl",
+            "epochs": 0,
+            "learning_rate": "fast",
+            "lora": {"r": 0},
+            "colour": "blue",
+        },
+    )
+    assert verdict.status == "rejected"
+    assert verdict.problems[:3] == [
+        "epochs: input should be greater than or equal to 1 (got 0)",
+        "learning_rate: input should be a valid number (got 'fast')",
+        "lora.r: input should be greater than or equal to 1 (got 0)",
+    ]
+    assert verdict.problems[3].startswith("unknown field 'colour'; known fields: base_models,")
+    assert len(verdict.problems) == 4
+
+
+def test_unknown_and_ambiguous_models_name_the_candidates(setup: tuple) -> None:
+    _, _, intake = setup
+    verdict = take(intake, request(base_models=["falcon", "7b"]))
+    assert verdict.problems == [
+        "base_models: model name 'falcon' matches no base model; available: "
+        "kb-llama-3-1-8b-swedish, mistral-7b-instruct, qwen-2-5-7b",
+        "base_models: model name '7b' is ambiguous (containment match): it matches "
+        "mistral-7b-instruct, qwen-2-5-7b; use the full key of one of them",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "problem"),
+    [
+        ("nope.jsonl", "dataset 'nope.jsonl' does not exist in {d}/"),
+        ("../oneseek.db", "dataset '../oneseek.db' climbs out of the datasets folder with '..'"),
+        ("/etc/passwd", "dataset '/etc/passwd' is an absolute path"),
+        ("escape.jsonl", "dataset 'escape.jsonl' is a link leading outside {d}/"),
+        ("bad.jsonl", "dataset 'bad.jsonl' line 2 is not JSON: Expecting value"),
+        ("shape.jsonl", "dataset 'shape.jsonl' line 1 has none of the supported shapes"),
+        ("empty.jsonl", "dataset 'empty.jsonl' is empty"),
+        ("notes.txt", "dataset 'notes.txt' must be JSONL (.jsonl) or a JSON array (.json)"),
+    ],
+)
+def test_dataset_problems(setup: tuple, tmp_path: Path, dataset: str, problem: str) -> None:
+    config, _, intake = setup
+    d = config.home.datasets
+    (tmp_path / "outside.jsonl").write_text('{"text": "x"}\n')
+    (d / "escape.jsonl").symlink_to(tmp_path / "outside.jsonl")
+    (d / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    (d / "shape.jsonl").write_text('{"prompt": "x"}\n')
+    (d / "empty.jsonl").write_text("\n\n")
+    (d / "notes.txt").write_text("hello")
+    verdict = take(intake, request(dataset=dataset))
+    assert verdict.status == "rejected"
+    assert len(verdict.problems) == 1
+    assert verdict.problems[0].startswith(problem.format(d=d)), verdict.problems
+
+
+def test_a_json_array_dataset_is_accepted(setup: tuple) -> None:
+    config, _, intake = setup
+    (config.home.datasets / "chat.json").write_text(
+        json.dumps([{"messages": [{"role": "user", "content": "hej"}]}, {"text": "x"}])
+    )
+    assert take(intake, request(dataset="chat.json")).status == "queued"
+
+
+def test_versions_next_free_and_existing_refused(setup: tuple) -> None:
+    config, _, intake = setup
+    (config.home.zero / "weights" / "oneseek-7b-zero-v1.4.json").write_text("{}")
+    first = take(intake, request())
+    assert first.status == "queued"
+    con = sqlite3.connect(config.home.db_file)
+    assert con.execute("SELECT version FROM runs").fetchone() == ("1.5",)
+    again = take(intake, request(version="v1.5"))
+    assert again.problems == [
+        "version 1.5 already exists; omit version to take the next free "
+        "one (1.6), or name a new one"
+    ]
+    old = take(intake, request(version="1.4"))
+    assert old.status == "rejected"
+    assert take(intake, request(version="2.0")).status == "queued"
+
+
+def test_per_model_must_name_a_requested_model(setup: tuple) -> None:
+    _, _, intake = setup
+    verdict = take(intake, request(per_model={"mistral": {"epochs": 1}}))
+    assert verdict.problems == [
+        "per_model: 'mistral' is not one of the requested models (kb-llama-3-1-8b-swedish)"
+    ]
+
+
+def test_same_request_id_is_a_duplicate_of_the_first(setup: tuple) -> None:
+    config, _, intake = setup
+    first = take(intake, request(request_id="nightly-42"))
+    second = take(intake, request(request_id="nightly-42", epochs=9))
+    assert first.status == "queued"
+    assert second.status == "duplicate"
+    assert second.duplicate_of == first.run_id
+    assert second.problems == [
+        f"duplicate of request #{first.request_pk} (run {first.run_id}); it was not queued twice"
+    ]
+    con = sqlite3.connect(config.home.db_file)
+    assert con.execute("SELECT COUNT(*) FROM runs").fetchone() == (1,)
+
+
+def test_the_same_file_content_twice_is_a_duplicate(setup: tuple) -> None:
+    _, _, intake = setup
+    raw = json.dumps(request()).encode()
+    assert intake.take_bytes(raw, source="file", source_name="a.json").status == "queued"
+    assert intake.take_bytes(raw, source="file", source_name="b.json").status == "duplicate"
+    # submitted content is not deduplicated by bytes: only request_id makes it idempotent
+    assert intake.take_bytes(raw, source="submit").status == "queued"
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"\xff\xfe{}", "the request is not UTF-8 text (invalid byte at offset 0)"),
+        (
+            b'{"base_models": [',
+            "the request is not valid JSON: Expecting value at line 1 column 18",
+        ),
+        (b"[1, 2]", "a request is a JSON object ({...}), got list"),
+        (b" " * (1024 * 1024 + 1), "the request is 1048577 bytes; a request is at most 1048576"),
+        (b'{"base_models": ["\\ud800"], "dataset": "x"}', "the request holds invalid Unicode"),
+        (b"[" * 100000, "the request is nested too deeply"),
+    ],
+)
+def test_unreadable_requests_are_rejected(setup: tuple, raw: bytes, problem: str) -> None:
+    _, _, intake = setup
+    verdict = intake.take_bytes(raw, source="file", source_name="x.json")
+    assert verdict.status == "rejected"
+    assert verdict.problems[0].startswith(problem)
+
+
+def test_a_pending_row_gets_its_verdict_written_back(setup: tuple) -> None:
+    config, _, intake = setup
+    con = sqlite3.connect(config.home.db_file)
+    good = con.execute(
+        "INSERT INTO training_requests (payload) VALUES (?)", (json.dumps(request()),)
+    ).lastrowid
+    bad = con.execute(
+        "INSERT INTO training_requests (payload) VALUES (?)", ('{"base_models": []}',)
+    ).lastrowid
+    con.commit()
+    assert good is not None and bad is not None
+    assert intake.take_row(good) == Verdict("queued", good, run_id=intake_run(con, good))
+    verdict = intake.take_row(bad)
+    assert verdict is not None and verdict.status == "rejected"
+    status, error = con.execute(
+        "SELECT status, error FROM training_requests WHERE id = ?", (bad,)
+    ).fetchone()
+    assert status == "rejected"
+    assert error == (
+        "base_models: list should have at least 1 item after validation, not 0 "
+        "(got [])\ndataset is required"
+    )
+    assert intake.take_row(bad) is None  # decided rows are never taken twice
+
+
+def intake_run(con: sqlite3.Connection, request_pk: int) -> str:
+    (run_id,) = con.execute(
+        "SELECT r.run_id FROM runs r JOIN training_requests t ON t.run_id = r.id WHERE t.id = ?",
+        (request_pk,),
+    ).fetchone()
+    return str(run_id)

@@ -1,0 +1,214 @@
+"""The supervisor with a fake trainer: every way a child can end becomes the right outcome."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from daemon import wait_for
+from homes import fake_behaviour, fake_starts, request, training_home
+from sqlalchemy import Engine
+
+from oneseekd import queue
+from oneseekd.catalog.live import Catalog
+from oneseekd.catalog.scan import model_roots
+from oneseekd.config import Config, load_config
+from oneseekd.db.engine import make_engine
+from oneseekd.db.migrate import upgrade
+from oneseekd.intake.accept import Intake
+from oneseekd.supervisor import Supervisor
+
+
+class World:
+    def __init__(self, root: Path, **home_options: object) -> None:
+        home = training_home(root, **home_options)  # type: ignore[arg-type]
+        self.config: Config = load_config(home, env={})
+        self.config.home.ensure()
+        self.engine: Engine = make_engine(self.config.db_url)
+        upgrade(self.engine)
+        Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
+        self.intake = Intake(self.engine, self.config.home)
+        self.supervisor = Supervisor(self.engine, self.config, None)
+
+    @property
+    def home(self) -> Path:
+        return self.config.home.root
+
+    def submit(self, version: str, **spec: object) -> str:
+        fake_behaviour(self.home, version, **spec)
+        verdict = self.intake.take_bytes(
+            json.dumps(request(version=version)).encode(), source="submit"
+        )
+        assert verdict.run_id is not None, verdict.problems
+        return verdict.run_id
+
+    def drive(self, until: Callable[[], bool], timeout: float = 10.0) -> None:
+        def step() -> bool:
+            self.supervisor.tick()
+            return until()
+
+        wait_for(step, timeout=timeout, interval=0.01)
+
+    def run(self, run_id: str) -> dict[str, object]:
+        con = sqlite3.connect(self.config.home.db_file)
+        con.row_factory = sqlite3.Row
+        row = con.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return dict(row)
+
+    def started(self, run_id: str) -> bool:
+        """The fake trainer is up and handles SIGTERM."""
+        return (self.home / "fake" / f"started-{run_id}").exists()
+
+    def finished(self, run_id: str) -> bool:
+        return self.run(run_id)["state"] in ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path / "home")
+    yield w
+    if w.supervisor.child is not None:
+        w.supervisor.child.proc.kill()
+    w.engine.dispose()
+
+
+def test_a_clean_exit_is_success(world: World) -> None:
+    run_id = world.submit("1.0")
+    world.drive(lambda: world.finished(run_id))
+    run = world.run(run_id)
+    assert (run["state"], run["outcome"], run["exit_code"], run["attempts"]) == (
+        "succeeded",
+        "succeeded",
+        0,
+        1,
+    )
+    [start] = fake_starts(world.home)
+    assert (start["run_id"], start["attempt"], start["resume"]) == (run_id, "1", "0")
+
+
+def test_an_error_exit_fails_with_the_tail_of_stderr(world: World) -> None:
+    run_id = world.submit("1.0", exit=3, stderr="Traceback ...\nValueError: tokenizer exploded")
+    world.drive(lambda: world.finished(run_id))
+    run = world.run(run_id)
+    assert (run["state"], run["outcome"], run["exit_code"]) == ("failed", "error", 3)
+    error = str(run["error"])
+    assert error.startswith("the trainer exited with status 3\n")
+    assert error.endswith("ValueError: tokenizer exploded")
+
+
+def test_killed_by_a_signal(world: World) -> None:
+    run_id = world.submit("1.0", kill_self="SIGKILL")
+    world.drive(lambda: world.finished(run_id))
+    run = world.run(run_id)
+    assert (run["state"], run["outcome"], run["exit_code"]) == ("failed", "signal", -9)
+    assert str(run["error"]).startswith(
+        "the trainer was killed by SIGKILL (the kernel's out-of-memory killer sends SIGKILL"
+    )
+
+
+def test_out_of_memory(world: World) -> None:
+    run_id = world.submit("1.0", exit=76, stderr="torch.OutOfMemoryError: CUDA out of memory.")
+    world.drive(lambda: world.finished(run_id))
+    run = world.run(run_id)
+    assert (run["state"], run["outcome"]) == ("failed", "oom")
+    assert str(run["error"]).startswith("out of memory: lower batch_size or max_seq_len")
+
+
+def test_a_trainer_that_cannot_start_fails_the_run_with_the_fix(tmp_path: Path) -> None:
+    w = World(tmp_path / "home", command=["/nonexistent/trainer"])
+    run_id = w.submit("1.0")
+    w.supervisor.tick()
+    run = w.run(run_id)
+    assert (run["state"], run["outcome"]) == ("failed", "error")
+    assert run["error"] == (
+        "cannot start the trainer '/nonexistent/trainer': No such file or "
+        "directory; check [trainer] command in oneseekd.toml"
+    )
+
+
+def test_cancel_while_queued_and_while_running(world: World) -> None:
+    running = world.submit("1.0", sleep=30)
+    waiting = world.submit("1.1")
+    world.drive(lambda: world.started(running))
+    assert queue.request_cancel(world.engine, waiting).immediate is True
+    assert world.run(waiting)["state"] == "cancelled"
+    started = time.monotonic()
+    assert queue.request_cancel(world.engine, running).immediate is False
+    world.drive(lambda: world.finished(running))
+    assert time.monotonic() - started < 5
+    assert (world.run(running)["state"], world.run(running)["outcome"]) == (
+        "cancelled",
+        "cancelled",
+    )
+    # the child was asked first (SIGTERM), and checkpointed before it stopped
+    assert (world.home / "fake" / f"checkpoint-{running}").exists()
+    assert [s["run_id"] for s in fake_starts(world.home)] == [running]
+
+
+def test_a_child_ignoring_the_cancel_is_killed_after_the_grace(tmp_path: Path) -> None:
+    w = World(tmp_path / "home", cancel_grace=0.3)
+    run_id = w.submit("1.0", sleep=60, ignore_term=True)
+    w.drive(lambda: w.started(run_id))
+    queue.request_cancel(w.engine, run_id)
+    started = time.monotonic()
+    w.drive(lambda: w.finished(run_id))
+    assert 0.3 <= time.monotonic() - started < 5
+    assert w.run(run_id)["state"] == "cancelled"
+
+
+def test_runs_go_one_at_a_time_by_priority_then_first_in(world: World) -> None:
+    ids = [world.submit(f"1.{i}", sleep=0.1) for i in range(3)]
+    fake_behaviour(world.home, "2.0", sleep=0.1)
+    urgent = world.intake.take_bytes(
+        json.dumps(request(version="2.0", priority=5)).encode(), source="submit"
+    ).run_id
+    world.drive(lambda: all(world.finished(r) for r in [*ids, str(urgent)]), timeout=20)
+    starts = fake_starts(world.home)
+    assert [s["run_id"] for s in starts] == [urgent, *ids]
+    for earlier, later in itertools.pairwise(starts):
+        assert float(later["start"]) >= float(earlier["end"])  # never overlapping
+
+
+def test_the_database_refuses_a_second_running_run(world: World) -> None:
+    first = world.submit("1.0")
+    second = world.submit("1.1")
+    assert queue.claim_next(world.engine, None) is not None
+    assert queue.claim_next(world.engine, None) is None
+    con = sqlite3.connect(world.config.home.db_file)
+    with pytest.raises(sqlite3.IntegrityError, match=r"UNIQUE constraint failed: runs\.state"):
+        con.execute("UPDATE runs SET state = 'running' WHERE run_id = ?", (second,))
+    assert world.run(first)["state"] == "running"
+
+
+def test_shutdown_leaves_the_run_running_and_the_next_start_resumes_it(world: World) -> None:
+    run_id = world.submit("1.0", sleep=30)
+    world.drive(lambda: world.started(run_id))
+    world.supervisor.shutdown()
+    assert world.run(run_id)["state"] == "running"
+    assert (world.home / "fake" / f"checkpoint-{run_id}").exists()
+    fake_behaviour(world.home, "1.0", sleep=0.05)
+    again = Supervisor(world.engine, world.config, None)
+    again.recover()
+    wait_for(lambda: (again.tick(), world.finished(run_id))[1], timeout=10)
+    assert world.run(run_id)["state"] == "succeeded"
+    assert [(s["attempt"], s["resume"]) for s in fake_starts(world.home)] == [
+        ("1", "0"),
+        ("2", "1"),
+    ]
+
+
+def test_a_run_interrupted_too_often_fails_with_the_reason(world: World) -> None:
+    run_id = world.submit("1.0")
+    queue.claim_next(world.engine, None)
+    con = sqlite3.connect(world.config.home.db_file)
+    con.execute("UPDATE runs SET attempts = 3 WHERE run_id = ?", (run_id,))
+    con.commit()
+    world.supervisor.recover()
+    run = world.run(run_id)
+    assert (run["state"], run["outcome"]) == ("failed", "lost")
+    assert str(run["error"]).startswith("the trainer was interrupted 3 times")
