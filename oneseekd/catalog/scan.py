@@ -98,25 +98,35 @@ def _list_files(folder: Path, roots: list[Root]) -> Listing:
     files: dict[str, int] = {}
     partial: list[str] = []
     digest = hashlib.sha256()
-    newest = 0.0
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames.sort()
-        base = Path(dirpath)
-        newest = max(newest, _changed(os.stat(dirpath)))
-        for name in sorted(filenames):
-            full = base / name
-            if name.endswith(PARTIAL_SUFFIXES):
-                partial.append(full.relative_to(folder).as_posix())
-                continue
-            if name.startswith("."):
-                continue
+    newest = _changed(os.stat(folder))
+    pending = [("", os.fspath(folder))]  # (relative prefix, absolute path), depth first
+    while pending:
+        prefix, path = pending.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            if not prefix:
+                raise  # the model folder itself is gone
+            continue  # a sub-folder vanished mid-walk: the next scan sees it
+
+        for entry in entries:
+            rel = prefix + entry.name
             try:
-                if full.is_symlink() and not _inside(full.resolve(), roots):
+                if entry.is_dir(follow_symlinks=False):
+                    newest = max(newest, _changed(entry.stat(follow_symlinks=False)))
+                    pending.append((rel + "/", entry.path))
                     continue
-                st = full.stat()
+                if entry.name.endswith(PARTIAL_SUFFIXES):
+                    partial.append(rel)
+                    continue
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_symlink() and not _inside(Path(entry.path).resolve(), roots):
+                    continue
+                st = entry.stat()  # a link's target: the hub cache links snapshots to blobs
             except OSError:
                 continue  # vanished between listing and stat: the next scan sees it settled
-            rel = full.relative_to(folder).as_posix()
             files[rel] = st.st_size
             newest = max(newest, _changed(st))
             digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())

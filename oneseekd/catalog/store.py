@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
 from oneseekd.catalog.scan import Found, ScanResult
@@ -53,6 +53,23 @@ def _event(
 
 def _apply(session: Session, row: BaseModel, found: Found, now: datetime, out: Reconciled) -> None:
     old_state, old_path = row.state, row.path
+    _apply_fields(row, found, now)
+    if old_path != row.path:
+        _event(session, row, "moved", old_state, now, f"{old_path} -> {row.path}", out)
+    if old_state != row.state:
+        row.state_changed_at = now
+        _event(
+            session,
+            row,
+            "returned" if old_state == "missing" else "state_changed",
+            old_state,
+            now,
+            found.reason,
+            out,
+        )
+
+
+def _apply_fields(row: BaseModel, found: Found, now: datetime) -> None:
     if row.display_name == row.detected_name:  # not renamed by the operator
         row.display_name = found.detected_name
     row.detected_name = found.detected_name
@@ -69,22 +86,9 @@ def _apply(session: Session, row: BaseModel, found: Found, now: datetime, out: R
     row.fingerprint = found.fingerprint
     row.shadowed_paths = list(found.shadowed) or None
     row.updated_at = now
-    if old_path != row.path:
-        _event(session, row, "moved", old_state, now, f"{old_path} -> {row.path}", out)
-    if old_state != row.state:
-        row.state_changed_at = now
-        _event(
-            session,
-            row,
-            "returned" if old_state == "missing" else "state_changed",
-            old_state,
-            now,
-            found.reason,
-            out,
-        )
 
 
-def _insert(session: Session, found: Found, now: datetime, out: Reconciled) -> None:
+def _new_row(found: Found, now: datetime) -> BaseModel:
     row = BaseModel(
         key=found.key,
         display_name=found.detected_name,
@@ -97,10 +101,8 @@ def _insert(session: Session, found: Found, now: datetime, out: Reconciled) -> N
         updated_at=now,
         state_changed_at=now,
     )
-    _apply(session, row, found, now, Reconciled())
-    session.add(row)
-    session.flush()
-    _event(session, row, "added", None, now, found.reason or str(found.path), out)
+    _apply_fields(row, found, now)
+    return row
 
 
 def _mark_missing(session: Session, row: BaseModel, now: datetime, out: Reconciled) -> None:
@@ -129,29 +131,46 @@ def reconcile(
     out = Reconciled()
     gone_paths = {str(p) for p in gone}
     with write_session(engine) as session:
-        rows = {row.key: row for row in session.scalars(select(BaseModel))}
+        query = select(BaseModel)
+        if not complete:  # only the rows this change touches, not the whole catalog
+            touched = or_(
+                BaseModel.key.in_(list(result.models)),
+                *(
+                    or_(BaseModel.path == p, BaseModel.path.startswith(p.rstrip("/") + "/"))
+                    for p in gone_paths
+                ),
+            )
+            query = query.where(touched)
+        rows = {row.key: row for row in session.scalars(query)}
+        added: list[BaseModel] = []
         for key, found in result.models.items():
             row = rows.get(key)
             if row is None:
-                _insert(session, found, now, out)
-            elif (
-                row.fingerprint != found.fingerprint
-                or row.state != found.state
-                or (
-                    row.path != str(found.path)
-                    or row.shadowed_paths != (list(found.shadowed) or None)
-                    or row.state_reason != found.reason
-                    or row.detected_name != found.detected_name
-                )
-            ):
+                added.append(_new_row(found, now))
+            elif _differs(row, found):
                 _apply(session, row, found, now, out)
+        session.add_all(added)
+        session.flush()  # one batch of INSERTs gives every new row its id
+        for row in added:
+            _event(session, row, "added", None, now, row.state_reason or row.path, out)
         for key, row in rows.items():
             if row.state == "missing" or key in result.models:
                 continue
             if complete or row.path in gone_paths or _under(row.path, gone_paths):
                 _mark_missing(session, row, now, out)
-        out.total = len(rows) + sum(1 for c in out.changes if c.event == "added")
+        out.total = len(rows) + len(added)
     return out
+
+
+def _differs(row: BaseModel, found: Found) -> bool:
+    return (
+        row.fingerprint != found.fingerprint
+        or row.state != found.state
+        or row.path != str(found.path)
+        or row.state_reason != found.reason
+        or row.shadowed_paths != (list(found.shadowed) or None)
+        or row.detected_name != found.detected_name
+    )
 
 
 def _under(path: str, folders: set[str]) -> bool:

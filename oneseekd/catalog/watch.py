@@ -8,12 +8,39 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from oneseekd.catalog.live import Catalog
 
 log = structlog.get_logger("oneseekd.catalog")
+
+# Changes only. Without this filter inotify also reports every open and close-without-write,
+# so the scan's own reads (and watchdog's re-walk after an overflow) flood the kernel queue:
+# at 10,000 folders it overflows again and again and real events are lost.
+CHANGES = [
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+]
 
 
 class _Hints(FileSystemEventHandler):
@@ -21,8 +48,6 @@ class _Hints(FileSystemEventHandler):
         self.catalog = catalog
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return  # reads change nothing
         for raw in (event.src_path, getattr(event, "dest_path", "")):
             if raw:
                 path = raw.decode() if isinstance(raw, bytes) else raw
@@ -44,7 +69,7 @@ class Watcher:
             if any(path.is_relative_to(w) for w in self.watched) or not path.is_dir():
                 continue
             try:
-                self.observer.schedule(handler, str(path), recursive=True)
+                self.observer.schedule(handler, str(path), recursive=True, event_filter=CHANGES)
             except OSError as exc:
                 log.warning(
                     "watch_unavailable",
