@@ -1,0 +1,152 @@
+"""oneseekctl submit / runs / show / cancel, in-process on a real home."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from homes import request, training_home
+
+from oneseekd.cli import main
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return training_home(tmp_path / "home")
+
+
+def ctl(home: Path, *args: str, env: dict[str, str | None] | None = None) -> Result:
+    return CliRunner().invoke(
+        main,
+        ["--home", str(home), *args],
+        env={"ONESEEK_HOME": None, "BASE_MODELS": None, **(env or {})},
+    )
+
+
+def test_submit_a_file_queues_it(home: Path, tmp_path: Path) -> None:
+    path = tmp_path / "civic.json"
+    path.write_text(json.dumps(request(epochs=2)))
+    result = ctl(home, "submit", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["status"] == "queued" and data["run_id"].startswith("run-")
+    shown = json.loads(ctl(home, "show", data["run_id"], "--json").stdout)
+    assert shown["config"]["epochs"] == 2
+    assert shown["request"]["source"] == "submit"
+    assert shown["request"]["source_name"] == "civic.json"
+    assert [(e["from"], e["to"]) for e in shown["events"]] == [(None, "queued")]
+
+
+def test_flags_build_and_override_the_request(home: Path, tmp_path: Path) -> None:
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps(request(epochs=2, lora={"r": 4, "alpha": 8})))
+    result = ctl(
+        home,
+        "submit",
+        str(path),
+        "--base-models",
+        "qwen",
+        "mistral",
+        "--epochs",
+        "5",
+        "--lora-r",
+        "16",
+        "--target-modules",
+        "q_proj,v_proj",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    run_id = json.loads(result.stdout)["run_id"]
+    config = json.loads(ctl(home, "show", run_id, "--json").stdout)["config"]
+    assert config["base_models"] == ["qwen-2-5-7b", "mistral-7b-instruct"]
+    assert config["epochs"] == 5
+    assert config["lora"] == {
+        "r": 16,
+        "alpha": 8.0,
+        "dropout": 0.1,
+        "target_modules": ["q_proj", "v_proj"],
+    }
+
+
+def test_base_models_environment_is_the_fallback(home: Path) -> None:
+    result = ctl(
+        home, "submit", "--dataset", "civic.jsonl", "--json", env={"BASE_MODELS": "kb-llama, qwen"}
+    )
+    assert result.exit_code == 0, result.output
+    run_id = json.loads(result.stdout)["run_id"]
+    shown = json.loads(ctl(home, "show", run_id, "--json").stdout)
+    assert shown["base_models"] == ["kb-llama-3-1-8b-swedish", "qwen-2-5-7b"]
+
+
+def test_a_refused_request_prints_every_problem_and_exits_1(home: Path) -> None:
+    result = ctl(
+        home, "submit", "--base-models", "qwen", "--dataset", "civic.jsonl", "--epochs", "0"
+    )
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "Error: the request was refused",
+        "  - epochs: input should be greater than or equal to 1 (got 0)",
+    ]
+    result = ctl(home, "submit", "--base-models", "7b", "--dataset", "nope.jsonl")
+    assert result.exit_code == 1
+    datasets = home.resolve() / "datasets"
+    assert result.stderr.splitlines() == [
+        "Error: the request was refused",
+        f"  - dataset 'nope.jsonl' does not exist in {datasets}/; put the file under "
+        f"{datasets}/ and name it relative to that folder",
+        "  - base_models: model name '7b' is ambiguous (containment match): it matches "
+        "mistral-7b-instruct, qwen-2-5-7b; use the full key of one of them",
+    ]
+
+
+def test_the_same_request_id_is_not_queued_twice(home: Path) -> None:
+    args = ("submit", "--base-models", "qwen", "--dataset", "civic.jsonl", "--request-id", "n1")
+    first = ctl(home, *args)
+    second = ctl(home, *args)
+    assert first.exit_code == 0 and second.exit_code == 0
+    run_id = first.stdout.split()[3]
+    assert second.stdout.strip() == (
+        f"Not queued again: duplicate of request #1 (run {run_id}); it was not queued twice."
+    )
+    assert len(json.loads(ctl(home, "runs", "--json").stdout)) == 1
+
+
+def test_runs_show_and_cancel_a_queued_run(home: Path) -> None:
+    run_id = json.loads(
+        ctl(home, "submit", "--base-models", "qwen", "--dataset", "civic.jsonl", "--json").stdout
+    )["run_id"]
+    listing = ctl(home, "runs").stdout.splitlines()
+    assert listing[0].split() == [
+        "RUN",
+        "STATE",
+        "VERSION",
+        "MODELS",
+        "QUEUED",
+        "FINISHED",
+        "OUTCOME",
+    ]
+    assert listing[1].split()[:4] == [run_id, "queued", "1.0", "qwen-2-5-7b"]
+    cancelled = ctl(home, "cancel", run_id)
+    assert cancelled.stdout.strip() == f"Cancelled run {run_id} (it was still queued)."
+    again = ctl(home, "cancel", run_id)
+    assert again.exit_code == 1
+    assert (
+        again.stderr.strip() == f"Error: run {run_id} already ended (cancelled); nothing to cancel"
+    )
+    shown = ctl(home, "show", run_id).stdout
+    assert f"run {run_id}: cancelled (cancelled)" in shown
+    assert "queued -> cancelled  cancelled while queued" in shown
+    status = json.loads(ctl(home, "status", "--json").stdout)
+    assert status["queue"] == {"queued": 0, "running": 0}
+    assert status["recent_runs"][0]["run_id"] == run_id
+
+
+def test_show_an_unknown_run_names_the_fix(home: Path) -> None:
+    result = ctl(home, "show", "run-nope")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "Error: no run 'run-nope'",
+        "  - list the runs with `oneseekctl runs`",
+    ]
