@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, insert, or_, select
 from sqlalchemy.orm import Session
 
 from oneseekd.catalog.scan import Found, ScanResult
@@ -88,21 +89,55 @@ def _apply_fields(row: BaseModel, found: Found, now: datetime) -> None:
     row.updated_at = now
 
 
-def _new_row(found: Found, now: datetime) -> BaseModel:
-    row = BaseModel(
-        key=found.key,
-        display_name=found.detected_name,
-        detected_name=found.detected_name,
-        path=str(found.path),
-        root=found.root.kind,
-        state=found.state,
-        enabled=True,
-        first_seen_at=now,
-        updated_at=now,
-        state_changed_at=now,
-    )
-    _apply_fields(row, found, now)
-    return row
+def _new_row(found: Found, now: datetime) -> dict[str, Any]:
+    """The INSERT values of a model seen for the first time."""
+    return {
+        "key": found.key,
+        "display_name": found.detected_name,
+        "detected_name": found.detected_name,
+        "path": str(found.path),
+        "root": found.root.kind,
+        "state": found.state,
+        "state_reason": found.reason,
+        "enabled": True,
+        "model_type": found.model_type,
+        "architectures": list(found.architectures) if found.architectures else None,
+        "parameter_count": found.parameter_count,
+        "size_bytes": found.size_bytes,
+        "weight_format": found.weight_format,
+        "has_tokenizer": found.has_tokenizer,
+        "fingerprint": found.fingerprint,
+        "shadowed_paths": list(found.shadowed) or None,
+        "first_seen_at": now,
+        "updated_at": now,
+        "state_changed_at": now,
+    }
+
+
+def _insert_new(
+    session: Session, added: list[dict[str, Any]], now: datetime, out: Reconciled
+) -> None:
+    """New models in two bulk INSERTs (rows, then their `added` events): a first scan of
+    10,000 folders would spend seconds in the ORM's per-object bookkeeping otherwise."""
+    if not added:
+        return
+    inserted = session.execute(insert(BaseModel).returning(BaseModel.key, BaseModel.id), added)
+    ids = {key: pk for key, pk in inserted}
+    events = []
+    for values in added:
+        detail = values["state_reason"] or values["path"]
+        events.append(
+            {
+                "model_id": ids[values["key"]],
+                "at": now,
+                "event": "added",
+                "old_state": None,
+                "new_state": values["state"],
+                "detail": detail,
+            }
+        )
+        out.changes.append(Change(values["key"], "added", None, values["state"], detail))
+    session.execute(insert(CatalogEvent), events)
 
 
 def _mark_missing(session: Session, row: BaseModel, now: datetime, out: Reconciled) -> None:
@@ -142,17 +177,14 @@ def reconcile(
             )
             query = query.where(touched)
         rows = {row.key: row for row in session.scalars(query)}
-        added: list[BaseModel] = []
+        added: list[dict[str, Any]] = []
         for key, found in result.models.items():
             row = rows.get(key)
             if row is None:
                 added.append(_new_row(found, now))
             elif _differs(row, found):
                 _apply(session, row, found, now, out)
-        session.add_all(added)
-        session.flush()  # one batch of INSERTs gives every new row its id
-        for row in added:
-            _event(session, row, "added", None, now, row.state_reason or row.path, out)
+        _insert_new(session, added, now, out)
         for key, row in rows.items():
             if row.state == "missing" or key in result.models:
                 continue
