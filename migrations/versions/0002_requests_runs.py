@@ -59,9 +59,7 @@ def upgrade() -> None:
         "runs",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("run_id", sa.String(64), nullable=False, unique=True),
-        sa.Column(
-            "request_id", sa.Integer, sa.ForeignKey("training_requests.id"), nullable=False
-        ),
+        sa.Column("request_id", sa.Integer, sa.ForeignKey("training_requests.id"), nullable=False),
         sa.Column("request_key", sa.String(200), unique=True),
         sa.Column("state", sa.String(20), nullable=False),
         sa.Column("priority", sa.Integer, nullable=False, server_default="0"),

@@ -10,7 +10,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -189,3 +189,72 @@ class RunEvent(Base):
     old_state: Mapped[str | None] = mapped_column(String(20), nullable=True)
     new_state: Mapped[str] = mapped_column(String(20))
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ModelTraining(Base):
+    """One base model's training within a run: losses per epoch and its final weight."""
+
+    __tablename__ = "model_trainings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    model_key: Mapped[str] = mapped_column(String(200))
+    position: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    train_losses: Mapped[list[float] | None] = mapped_column(JSONText, nullable=True)
+    val_losses: Mapped[list[float] | None] = mapped_column(JSONText, nullable=True)
+    weight: Mapped[float | None] = mapped_column(Float, nullable=True)
+    steps: Mapped[int] = mapped_column(Integer, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Artifact(Base):
+    """A file a run produced, with its size and sha256 at the time it was written. `path` is
+    relative to the home folder."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), nullable=True
+    )
+    model_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LedgerKey(Base):
+    """A public key that signed ledger events (the private key never leaves the home)."""
+
+    __tablename__ = "ledger_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(20), default="ed25519")
+    public_key: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LedgerEvent(Base):
+    """One link of the hash chain: `hash` covers the event and `prev_hash`; `signature` is the
+    Ed25519 signature of `hash`."""
+
+    __tablename__ = "ledger_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    event: Mapped[str] = mapped_column(String(60))
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="SET NULL"), nullable=True
+    )
+    payload: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("ledger_keys.key_id"))
+    signature: Mapped[str] = mapped_column(String(128))
