@@ -64,7 +64,7 @@ def test_flags_build_and_override_the_request(home: Path, tmp_path: Path) -> Non
     assert config["epochs"] == 5
     assert config["lora"] == {
         "r": 16,
-        "alpha": 8.0,
+        "alpha": 8,
         "dropout": 0.1,
         "target_modules": ["q_proj", "v_proj"],
     }

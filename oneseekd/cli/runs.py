@@ -102,7 +102,7 @@ def build_request(
 @click.option("--seed", type=int)
 @click.option("--max-seq-len", type=int)
 @click.option("--lora-r", type=int)
-@click.option("--lora-alpha", type=float)
+@click.option("--lora-alpha", type=int)
 @click.option("--lora-dropout", type=float)
 @click.option("--target-modules", help="Comma-separated LoRA target modules.")
 @click.option("--request-id", help="Idempotency key: the same key is never queued twice.")

@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup_ratio": 0.03,
     "val_fraction": 0.1,
     "checkpoint_every": 50,
-    "lora": {"r": 8, "alpha": 32.0, "dropout": 0.1, "target_modules": None},
+    "lora": {"r": 8, "alpha": 32, "dropout": 0.1, "target_modules": None},
 }
 
 
@@ -66,14 +66,14 @@ class _Strict(BaseModel):
 
 class LoraOverride(_Strict):
     r: int | None = Field(None, ge=1, le=1024)
-    alpha: Finite | None = Field(None, gt=0, le=8192)
+    alpha: int | None = Field(None, ge=1, le=8192)
     dropout: Finite | None = Field(None, ge=0, lt=1)
     target_modules: Modules = None
 
 
 class LoraSettings(_Strict):
     r: int = Field(DEFAULTS["lora"]["r"], ge=1, le=1024)
-    alpha: Finite = Field(DEFAULTS["lora"]["alpha"], gt=0, le=8192)
+    alpha: int = Field(DEFAULTS["lora"]["alpha"], ge=1, le=8192)
     dropout: Finite = Field(DEFAULTS["lora"]["dropout"], ge=0, lt=1)
     target_modules: Modules = None
 

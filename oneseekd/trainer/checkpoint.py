@@ -1,0 +1,119 @@
+"""Checkpoints: everything needed to go on exactly where training stopped.
+
+A checkpoint is a folder `step-<n>` holding the LoRA weights, optimizer, scheduler and scaler
+states, the RNG states, and the data position (state.json). It is written under a temporary
+name, fsynced, and renamed into place; `latest` (a small file naming the folder) is replaced
+the same way, so a crash at any instant leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+KEEP = 2  # checkpoints kept per model: the newest, and the one before in case it is damaged
+
+
+@dataclass
+class Position:
+    epoch: int = 0  # the epoch in progress
+    batch: int = 0  # the next batch of that epoch
+    step: int = 0  # optimizer steps done over the whole training of this model
+    loss_sum: float = 0.0  # this epoch so far, weighted by tokens
+    loss_tokens: int = 0
+    tokens_seen: int = 0
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with path.open("rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Checkpoints:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def latest(self) -> Path | None:
+        try:
+            name = (self.folder / "latest").read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        path = self.folder / name
+        return path if (path / "state.json").is_file() else None
+
+    def save(self, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+             scaler: torch.amp.GradScaler | None, position: Position) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / f"step-{position.step:08d}-e{position.epoch}b{position.batch}"
+        tmp = self.folder / f".{final.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        adapter = {k: v.detach().cpu().contiguous()
+                   for k, v in get_peft_model_state_dict(model).items()}
+        torch.save(adapter, tmp / "adapter.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None},
+                   tmp / "optimizer.pt")
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / "python_rng.json").write_text(json.dumps(random.getstate()))
+        (tmp / "state.json").write_text(json.dumps(asdict(position)))
+        _fsync_tree(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        _write_text(self.folder / "latest", final.name)
+        self._prune(final)
+        return final
+
+    def _prune(self, keep: Path) -> None:
+        done = sorted(p for p in self.folder.glob("step-*") if p.is_dir())
+        for old in done[:-KEEP]:
+            if old != keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, path: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+             scaler: torch.amp.GradScaler | None, device: str) -> Position:
+        adapter = torch.load(path / "adapter.pt", map_location=device, weights_only=True)
+        set_peft_model_state_dict(model, adapter)
+        states = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+        optimizer.load_state_dict(states["optimizer"])
+        scheduler.load_state_dict(states["scheduler"])
+        if scaler is not None and states["scaler"] is not None:
+            scaler.load_state_dict(states["scaler"])
+        rng = torch.load(path / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        state = json.loads((path / "python_rng.json").read_text())
+        random.setstate((state[0], tuple(state[1]), state[2]))
+        return Position(**json.loads((path / "state.json").read_text()))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,117 @@
+"""What the trainer reads from and writes to the database about its run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from oneseekd.config import HomePaths
+from oneseekd.db.engine import read_session, write_session
+from oneseekd.db.models import BaseModel, ModelTraining, Run, utcnow
+from oneseekd.errors import OneseekError
+
+PROGRESS_SECONDS = 1.0
+
+
+class RunRefused(OneseekError):
+    """The run cannot be done as it was accepted (not retried)."""
+
+    exit_code = 65
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str
+    display_name: str
+    path: Path
+    fingerprint_at_intake: str
+
+
+@dataclass(frozen=True)
+class RunContext:
+    run_pk: int
+    run_id: str
+    version: str
+    config: dict[str, Any]
+    dataset: Path
+    models: list[ModelSpec]
+    home: HomePaths
+
+    def hyper(self, key: str) -> dict[str, Any]:
+        """The request's settings with this model's per_model overrides laid over them."""
+        merged = {k: v for k, v in self.config.items() if k != "per_model"}
+        override = self.config.get("per_model", {}).get(key, {})
+        lora = {**merged["lora"], **override.get("lora", {})}
+        merged.update({k: v for k, v in override.items() if k != "lora"})
+        merged["lora"] = lora
+        return merged
+
+
+def load_context(engine: Engine, home: HomePaths, run_id: str) -> RunContext:
+    with read_session(engine) as session:
+        run = session.scalars(select(Run).where(Run.run_id == run_id)).first()
+        if run is None:
+            raise RunRefused(f"no run {run_id!r} in the database")
+        rows = {r.key: r for r in session.scalars(
+            select(BaseModel).where(BaseModel.key.in_(run.base_models)))}
+    problems: list[str] = []
+    models: list[ModelSpec] = []
+    for key in run.base_models:
+        row = rows.get(key)
+        if row is None or row.state != "ready":
+            state = "gone from the catalog" if row is None else row.state
+            problems.append(f"base model {key} is {state}")
+            continue
+        if row.fingerprint != run.fingerprints.get(key):
+            problems.append(f"base model {key} changed on disk after the request was accepted "
+                            "(its catalog fingerprint differs); submit the request again to "
+                            "train the model as it is now")
+            continue
+        models.append(ModelSpec(key, row.display_name, Path(row.path), row.fingerprint or ""))
+    dataset = home.datasets / run.dataset
+    if not dataset.is_file():
+        problems.append(f"dataset {run.dataset} is gone from {home.datasets}/")
+    if problems:
+        raise RunRefused(f"run {run_id} cannot train", problems)
+    return RunContext(run.id, run.run_id, run.version, run.config, dataset, models, home)
+
+
+class Progress:
+    """Throttled progress on the run row, for `oneseekctl status` and the admin panel."""
+
+    def __init__(self, engine: Engine, run_pk: int) -> None:
+        self.engine = engine
+        self.run_pk = run_pk
+        self._last = 0.0
+
+    def report(self, data: dict[str, Any], *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < PROGRESS_SECONDS:
+            return
+        self._last = now
+        with write_session(self.engine) as session:
+            run = session.get_one(Run, self.run_pk)
+            run.progress = {**data, "updated_at": utcnow().isoformat()}
+
+
+def training_row(engine: Engine, run_pk: int, key: str, position: int) -> ModelTraining:
+    with write_session(engine) as session:
+        row = session.scalars(select(ModelTraining).where(
+            ModelTraining.run_id == run_pk, ModelTraining.model_key == key)).first()
+        if row is None:
+            row = ModelTraining(run_id=run_pk, model_key=key, position=position, state="pending",
+                                epochs_done=0, steps=0, tokens=0, seconds=0.0)
+            session.add(row)
+            session.flush()
+        return row
+
+
+def update_training(engine: Engine, row_id: int, **values: Any) -> None:
+    with write_session(engine) as session:
+        row = session.get_one(ModelTraining, row_id)
+        for name, value in values.items():
+            setattr(row, name, value)

@@ -1,0 +1,110 @@
+"""Loading a base model and its tokenizer from a catalog folder, refusing anything unsafe or
+incompatible before any training starts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from oneseekd.errors import OneseekError
+
+# LoRA targets when a request names none: the attention projections each family calls so.
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "gpt2": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+    "falcon": ["query_key_value"],
+    "bloom": ["query_key_value"],
+    "phi": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "opt": ["q_proj", "v_proj"],
+}
+FALLBACK_TARGETS = ["q_proj", "v_proj"]
+
+
+class ModelRefused(OneseekError):
+    """The model folder cannot be trained as asked; not retried."""
+
+    exit_code = 65
+
+
+@dataclass(frozen=True)
+class Device:
+    type: str  # "cuda" or "cpu"
+    dtype: torch.dtype
+    scaler: bool  # fp16 needs a gradient scaler
+
+    @property
+    def name(self) -> str:
+        return f"{self.type}/{str(self.dtype).removeprefix('torch.')}"
+
+
+def pick_device() -> Device:
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return Device("cuda", torch.bfloat16, scaler=False)
+        return Device("cuda", torch.float16, scaler=True)
+    return Device("cpu", torch.float32, scaler=False)
+
+
+def check_folder(path: Path) -> dict[str, Any]:
+    """config.json of a loadable, code-free causal LM folder."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelRefused(f"cannot read {path / 'config.json'}: {exc}") from exc
+    code = sorted(p.name for p in path.glob("*.py"))
+    if "auto_map" in config or code:
+        raise ModelRefused(
+            f"{path.name} asks for custom code ({', '.join(code) or 'auto_map in config.json'}); "
+            "oneseekd never runs code from a model folder (trust_remote_code is off)",
+            ["use a model whose architecture transformers ships"])
+    model_type = config.get("model_type")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelRefused(
+            f"{path.name} is a {model_type!r} model, which transformers cannot train as a causal "
+            "language model", ["pick a causal LM (Llama, Mistral, Qwen2, Gemma, Phi, ...)"])
+    return dict(config)
+
+
+def load_tokenizer(path: Path) -> Any:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                  trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelRefused(f"{path.name} has no usable tokenizer: {exc}",
+                           ["copy the tokenizer files (tokenizer.json, tokenizer_config.json) "
+                            "into the model folder"]) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token_id is None:
+        raise ModelRefused(f"{path.name}'s tokenizer has no pad, eos or unk token to pad with")
+    return tokenizer
+
+
+def load_model(path: Path, device: Device) -> Any:
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, dtype=device.dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelRefused(f"cannot load {path.name}: {exc}") from exc
+    model.to(torch.device(device.type))  # in place for modules
+    return model
+
+
+def lora_targets(model: Any, model_type: str, requested: list[str] | None) -> list[str]:
+    """The requested LoRA targets, checked to exist, or the family's defaults."""
+    targets = requested or DEFAULT_TARGETS.get(model_type, FALLBACK_TARGETS)
+    leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"}
+    missing = [t for t in targets if t not in leaves]
+    if missing:
+        raise ModelRefused(
+            f"LoRA target module(s) {', '.join(missing)} do not exist in this {model_type} model",
+            [f"its linear layers are: {', '.join(sorted(leaves))}"])
+    return list(targets)
