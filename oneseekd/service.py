@@ -21,6 +21,7 @@ from oneseekd import __version__, queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.catalog.watch import Watcher
+from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.migrate import upgrade
@@ -110,10 +111,11 @@ class Daemon:
         catalog.wakeup = self._wake
         done = catalog.full_scan()
         log.info("catalog_loaded", models=done.total)
-        intake = Intake(engine, cfg.home)
+        ledger = Ledger.for_home(engine, cfg.home)  # a bad key stops the daemon here
+        intake = Intake(engine, cfg.home, ledger=ledger)
         drops = DropFolder(intake, cfg.home, cfg.intake.settle_seconds)
         rows = PendingRows(intake, engine)
-        supervisor = Supervisor(engine, cfg, self._row_id)
+        supervisor = Supervisor(engine, cfg, self._row_id, ledger=ledger)
         drops.recover()
         rows.poll(force=True)
         supervisor.recover()
@@ -151,8 +153,10 @@ class Daemon:
                 self._full_scan_due = False
                 catalog.full_scan()
             catalog.process_due()
-            parts.drops.poll()
-            parts.rows.poll()
+            if not catalog.pending():
+                # requests wait while a model folder settles: a request never races a copy
+                parts.drops.poll()
+                parts.rows.poll()
             parts.supervisor.tick(accepting=not self.stop_requested)
             if self.exit_when_idle and self._idle(engine, parts):
                 return

@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy import Engine, select
 
 from oneseekd import protocol, queue
+from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import BaseModel, Run
@@ -86,11 +87,14 @@ class Supervisor:
         config: Config,
         daemon_id: int | None,
         clock: Callable[[], float] = time.monotonic,
+        ledger: Ledger | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
         self.daemon_id = daemon_id
         self.clock = clock
+        # every run start and ending goes into the signed ledger
+        self.ledger = ledger or Ledger.for_home(engine, config.home)
         self.child: Child | None = None
 
     @property
@@ -108,7 +112,9 @@ class Supervisor:
             self._stop_pid(run.pid)
         problem = self._cannot_resume(run)
         if problem:
-            queue.finish(self.engine, run.id, "failed", outcome="lost", error=problem)
+            queue.finish(
+                self.engine, run.id, "failed", outcome="lost", error=problem, ledger=self.ledger
+            )
             log.error("run_failed", run_id=run.run_id, outcome="lost", error=problem)
             return
         adopted = queue.adopt(
@@ -116,6 +122,7 @@ class Supervisor:
             run.id,
             self.daemon_id,
             f"resumed after the daemon restarted (attempt {run.attempts + 1})",
+            ledger=self.ledger,
         )
         log.info("run_resumed", run_id=run.run_id, attempt=adopted.attempts)
         self._spawn(adopted)
@@ -195,7 +202,9 @@ class Supervisor:
                 f"cannot start the trainer {argv[0]!r}: {exc.strerror}; check "
                 "[trainer] command in oneseekd.toml"
             )
-            queue.finish(self.engine, run.id, "failed", outcome="error", error=error)
+            queue.finish(
+                self.engine, run.id, "failed", outcome="error", error=error, ledger=self.ledger
+            )
             log.error("run_failed", run_id=run.run_id, outcome="error", error=error)
             return
         queue.set_child(self.engine, run.id, proc.pid, str(log_path))
@@ -212,12 +221,12 @@ class Supervisor:
     # --- the loop ----------------------------------------------------------------------------
     def tick(self, *, accepting: bool = True) -> None:
         """Watch the child; when there is none and the daemon is accepting, start the next."""
-        for run_id in queue.cancel_queued_flagged(self.engine):
+        for run_id in queue.cancel_queued_flagged(self.engine, ledger=self.ledger):
             log.info("run_cancelled", run_id=run_id, while_state="queued")
         if self.child is not None:
             self._watch(self.child)
         if self.child is None and accepting:
-            run = queue.claim_next(self.engine, self.daemon_id)
+            run = queue.claim_next(self.engine, self.daemon_id, ledger=self.ledger)
             if run is not None:
                 self._spawn(run)
 
@@ -270,7 +279,15 @@ class Supervisor:
             )
             return  # stays `running`: recover() resumes it at the next start
         state, outcome, error = self._outcome(child, code)
-        queue.finish(self.engine, child.run_pk, state, outcome=outcome, error=error, exit_code=code)
+        queue.finish(
+            self.engine,
+            child.run_pk,
+            state,
+            outcome=outcome,
+            error=error,
+            exit_code=code,
+            ledger=self.ledger,
+        )
         event = {"succeeded": "run_succeeded", "cancelled": "run_cancelled"}.get(
             state, "run_failed"
         )

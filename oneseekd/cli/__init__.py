@@ -15,6 +15,7 @@ from oneseekd import __version__
 from oneseekd.cli.catalog import models_cmd, resolve_cmd
 from oneseekd.cli.context import Context
 from oneseekd.cli.db import db_group
+from oneseekd.cli.ledger import ledger_group
 from oneseekd.cli.runs import cancel_cmd, runs_cmd, show_cmd, submit_cmd
 from oneseekd.cli.status import status_cmd
 from oneseekd.errors import OneseekError
@@ -58,3 +59,4 @@ main.add_command(submit_cmd)
 main.add_command(runs_cmd)
 main.add_command(show_cmd)
 main.add_command(cancel_cmd)
+main.add_command(ledger_group)

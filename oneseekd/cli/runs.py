@@ -11,6 +11,7 @@ import click
 from sqlalchemy import select
 
 from oneseekd import queue
+from oneseekd.certify.ledger import Ledger
 from oneseekd.cli.context import Context, emit_json, table
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import Run, RunEvent, TrainingRequest
@@ -266,7 +267,8 @@ def show_cmd(obj: Context, run_id: str, as_json: bool) -> None:
 @click.pass_obj
 def cancel_cmd(obj: Context, run_id: str, as_json: bool) -> None:
     """Cancel a queued run now, or ask a running one to stop at its next step."""
-    result = queue.request_cancel(obj.engine(), run_id)
+    ledger = Ledger.for_home(obj.engine(), obj.config.home)
+    result = queue.request_cancel(obj.engine(), run_id, ledger=ledger)
     if as_json:
         emit_json({"run_id": result.run_id, "state": result.state, "immediate": result.immediate})
     elif result.immediate:

@@ -78,6 +78,26 @@ def gather(obj: Context) -> dict[str, Any]:
     }
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def describe_progress(p: dict[str, Any]) -> str:
+    """`model (1/2) [#####.....] epoch 1/3, step 5/12, loss 4.365, 812 tok/s, ETA 2m49s`"""
+    done, total = int(p.get("step", 0)), max(int(p.get("steps", 1)), 1)
+    filled = round(20 * min(done / total, 1.0))
+    bar = "#" * filled + "." * (20 - filled)
+    return (
+        f"{p.get('model')} ({p.get('model_index', 1)}/{p.get('models', 1)}) [{bar}] "
+        f"epoch {p.get('epoch')}/{p.get('epochs')}, step {done}/{total}, "
+        f"loss {p.get('loss')}, {p.get('tokens_per_s')} tok/s, "
+        f"ETA {_duration(float(p.get('eta_s', 0)))} on {p.get('device', '?')}"
+    )
+
+
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
@@ -112,8 +132,8 @@ def status_cmd(obj: Context, as_json: bool) -> None:
             + (", cancel requested" if run["cancel_requested"] else "")
         )
         progress = run["progress"] or {}
-        if progress:
-            click.echo("          " + "  ".join(f"{k}={v}" for k, v in progress.items()))
+        if progress.get("step") is not None:
+            click.echo("          " + describe_progress(progress))
     for r in data["recent_runs"]:
         click.echo(
             f"recent:   {r['run_id']} {r['state']} v{r['version']} "

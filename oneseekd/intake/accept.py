@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from oneseekd.certify.ledger import Ledger
 from oneseekd.config import HomePaths
 from oneseekd.db.engine import write_session
 from oneseekd.db.models import BaseModel, Run, RunEvent, TrainingRequest, utcnow
@@ -105,11 +106,24 @@ def new_run_id(now: datetime) -> str:
 
 class Intake:
     def __init__(
-        self, engine: Engine, paths: HomePaths, clock: Callable[[], datetime] = utcnow
+        self,
+        engine: Engine,
+        paths: HomePaths,
+        clock: Callable[[], datetime] = utcnow,
+        ledger: Ledger | None = None,
     ) -> None:
         self.engine = engine
         self.paths = paths
         self.clock = clock
+        self._ledger = ledger
+
+    @property
+    def ledger(self) -> Ledger:
+        """Every verdict is a ledger event, committed with the verdict itself. The key is
+        loaded (or created) at first use, so `Intake(engine, paths)` stays cheap."""
+        if self._ledger is None:
+            self._ledger = Ledger.for_home(self.engine, self.paths, self.clock)
+        return self._ledger
 
     # --- the doors ---------------------------------------------------------------------------
     def take_bytes(
@@ -169,6 +183,7 @@ class Intake:
         if request is not None:
             dataset, problems = check_dataset(request.dataset, self.paths)
         now = self.clock()
+        self.ledger  # noqa: B018 - load the key before taking the write lock
         with write_session(self.engine) as session:
             row = self._request_row(
                 session, payload, source, source_name, claim, sha, row_id, request
@@ -295,11 +310,34 @@ class Intake:
             row.status = "rejected"
             row.problems = problems or ["the request was refused"]
             row.error = "\n".join(row.problems)
+            self.ledger.append(
+                session,
+                "request_rejected",
+                {
+                    "request": row.id,
+                    "source": row.source,
+                    "problems": [safe_text(p) for p in row.problems],
+                },
+                now=now,
+            )
             return Verdict("rejected", row.id, problems=list(row.problems))
         row.status = "queued"
         row.run_id = run.id
         row.error = None
         row.problems = None
+        self.ledger.append(
+            session,
+            "request_accepted",
+            {
+                "request": row.id,
+                "run_id": run.run_id,
+                "source": row.source,
+                "version": run.version,
+                "base_models": list(run.base_models),
+            },
+            run.id,
+            now=now,
+        )
         return Verdict("queued", row.id, run_id=run.run_id)
 
     def _duplicate(
@@ -317,6 +355,17 @@ class Intake:
         )
         row.problems = [message]
         row.error = message
+        self.ledger.append(
+            session,
+            "request_duplicate",
+            {
+                "request": row.id,
+                "source": row.source,
+                "duplicate_of": first.id,
+                "duplicate_of_run": first_run,
+            },
+            now=now,
+        )
         return Verdict("duplicate", row.id, run_id=None, problems=[message], duplicate_of=first_run)
 
     def _log(self, verdict: Verdict, source: str, source_name: str | None) -> None:

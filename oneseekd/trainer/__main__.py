@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = make_engine(args.db_url)
     try:
-        train_run(engine, HomePaths(Path(args.home).resolve()), args.run_id,
-                  should_stop=should_stop)
+        train_run(
+            engine, HomePaths(Path(args.home).resolve()), args.run_id, should_stop=should_stop
+        )
     except Stopped:
         print("stopped on request after writing a checkpoint", file=sys.stderr)
         return protocol.EXIT_STOPPED
@@ -72,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         return protocol.EXIT_OOM
     except OneseekError as exc:
         print(f"Error: {exc}", file=sys.stderr)
-        return protocol.EXIT_REFUSED if exc.exit_code == protocol.EXIT_REFUSED else (
-            protocol.EXIT_ERROR)
+        return (
+            protocol.EXIT_REFUSED
+            if exc.exit_code == protocol.EXIT_REFUSED
+            else (protocol.EXIT_ERROR)
+        )
     finally:
         engine.dispose()
     return protocol.EXIT_OK

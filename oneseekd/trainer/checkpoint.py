@@ -66,19 +66,31 @@ class Checkpoints:
         path = self.folder / name
         return path if (path / "state.json").is_file() else None
 
-    def save(self, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-             scaler: torch.amp.GradScaler | None, position: Position) -> Path:
+    def save(
+        self,
+        model: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scaler: torch.amp.GradScaler | None,
+        position: Position,
+    ) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"step-{position.step:08d}-e{position.epoch}b{position.batch}"
         tmp = self.folder / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        adapter = {k: v.detach().cpu().contiguous()
-                   for k, v in get_peft_model_state_dict(model).items()}
+        adapter = {
+            k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()
+        }
         torch.save(adapter, tmp / "adapter.pt")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None},
-                   tmp / "optimizer.pt")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+            },
+            tmp / "optimizer.pt",
+        )
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -98,8 +110,15 @@ class Checkpoints:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, path: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-             scaler: torch.amp.GradScaler | None, device: str) -> Position:
+    def load(
+        self,
+        path: Path,
+        model: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scaler: torch.amp.GradScaler | None,
+        device: str,
+    ) -> Position:
         adapter = torch.load(path / "adapter.pt", map_location=device, weights_only=True)
         set_peft_model_state_dict(model, adapter)
         states = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)

@@ -56,8 +56,10 @@ def load_context(engine: Engine, home: HomePaths, run_id: str) -> RunContext:
         run = session.scalars(select(Run).where(Run.run_id == run_id)).first()
         if run is None:
             raise RunRefused(f"no run {run_id!r} in the database")
-        rows = {r.key: r for r in session.scalars(
-            select(BaseModel).where(BaseModel.key.in_(run.base_models)))}
+        rows = {
+            r.key: r
+            for r in session.scalars(select(BaseModel).where(BaseModel.key.in_(run.base_models)))
+        }
     problems: list[str] = []
     models: list[ModelSpec] = []
     for key in run.base_models:
@@ -67,9 +69,11 @@ def load_context(engine: Engine, home: HomePaths, run_id: str) -> RunContext:
             problems.append(f"base model {key} is {state}")
             continue
         if row.fingerprint != run.fingerprints.get(key):
-            problems.append(f"base model {key} changed on disk after the request was accepted "
-                            "(its catalog fingerprint differs); submit the request again to "
-                            "train the model as it is now")
+            problems.append(
+                f"base model {key} changed on disk after the request was accepted "
+                "(its catalog fingerprint differs); submit the request again to "
+                "train the model as it is now"
+            )
             continue
         models.append(ModelSpec(key, row.display_name, Path(row.path), row.fingerprint or ""))
     dataset = home.datasets / run.dataset
@@ -100,11 +104,22 @@ class Progress:
 
 def training_row(engine: Engine, run_pk: int, key: str, position: int) -> ModelTraining:
     with write_session(engine) as session:
-        row = session.scalars(select(ModelTraining).where(
-            ModelTraining.run_id == run_pk, ModelTraining.model_key == key)).first()
+        row = session.scalars(
+            select(ModelTraining).where(
+                ModelTraining.run_id == run_pk, ModelTraining.model_key == key
+            )
+        ).first()
         if row is None:
-            row = ModelTraining(run_id=run_pk, model_key=key, position=position, state="pending",
-                                epochs_done=0, steps=0, tokens=0, seconds=0.0)
+            row = ModelTraining(
+                run_id=run_pk,
+                model_key=key,
+                position=position,
+                state="pending",
+                epochs_done=0,
+                steps=0,
+                tokens=0,
+                seconds=0.0,
+            )
             session.add(row)
             session.flush()
         return row

@@ -41,8 +41,10 @@ def load_records(path: Path) -> list[dict[str, Any]]:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"dataset {path.name} is not a valid JSON array",
-                            [f"{exc.msg} at line {exc.lineno}"]) from exc
+            raise DataError(
+                f"dataset {path.name} is not a valid JSON array",
+                [f"{exc.msg} at line {exc.lineno}"],
+            ) from exc
         numbered = [(f"record {i}", item) for i, item in enumerate(items)]
     else:
         numbered = []
@@ -60,8 +62,9 @@ def load_records(path: Path) -> list[dict[str, Any]]:
         else:
             records.append(item)
     if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20
-                                 else [])
+        shown = problems[:20] + (
+            [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
+        )
         raise DataError(f"dataset {path.name} has {len(problems)} bad records", shown)
     if len(records) < 2:
         raise DataError(f"dataset {path.name} has {len(records)} records; at least 2 are needed")
@@ -104,8 +107,14 @@ def encode(texts: list[str], tokenizer: Any, max_len: int) -> Encoded:
     eos = tokenizer.eos_token_id
     out: list[list[int]] = []
     for text in texts:
-        ids = list(tokenizer(text, add_special_tokens=True, truncation=True,
-                             max_length=max_len - (1 if eos is not None else 0))["input_ids"])
+        ids = list(
+            tokenizer(
+                text,
+                add_special_tokens=True,
+                truncation=True,
+                max_length=max_len - (1 if eos is not None else 0),
+            )["input_ids"]
+        )
         if eos is not None and (not ids or ids[-1] != eos):
             ids.append(eos)
         out.append(ids)
@@ -121,8 +130,8 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> l
     window = batch_size * WINDOW_BATCHES
     batches: list[list[int]] = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 

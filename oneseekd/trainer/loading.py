@@ -63,23 +63,31 @@ def check_folder(path: Path) -> dict[str, Any]:
         raise ModelRefused(
             f"{path.name} asks for custom code ({', '.join(code) or 'auto_map in config.json'}); "
             "oneseekd never runs code from a model folder (trust_remote_code is off)",
-            ["use a model whose architecture transformers ships"])
+            ["use a model whose architecture transformers ships"],
+        )
     model_type = config.get("model_type")
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ModelRefused(
             f"{path.name} is a {model_type!r} model, which transformers cannot train as a causal "
-            "language model", ["pick a causal LM (Llama, Mistral, Qwen2, Gemma, Phi, ...)"])
+            "language model",
+            ["pick a causal LM (Llama, Mistral, Qwen2, Gemma, Phi, ...)"],
+        )
     return dict(config)
 
 
 def load_tokenizer(path: Path) -> Any:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
-                                                  trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False
+        )
     except (OSError, ValueError) as exc:
-        raise ModelRefused(f"{path.name} has no usable tokenizer: {exc}",
-                           ["copy the tokenizer files (tokenizer.json, tokenizer_config.json) "
-                            "into the model folder"]) from exc
+        raise ModelRefused(
+            f"{path.name} has no usable tokenizer: {exc}",
+            [
+                "copy the tokenizer files (tokenizer.json, tokenizer_config.json) "
+                "into the model folder"
+            ],
+        ) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if tokenizer.pad_token_id is None:
@@ -90,7 +98,8 @@ def load_tokenizer(path: Path) -> Any:
 def load_model(path: Path, device: Device) -> Any:
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, trust_remote_code=False, dtype=device.dtype)
+            path, local_files_only=True, trust_remote_code=False, dtype=device.dtype
+        )
     except (OSError, ValueError) as exc:
         raise ModelRefused(f"cannot load {path.name}: {exc}") from exc
     model.to(torch.device(device.type))  # in place for modules
@@ -100,11 +109,15 @@ def load_model(path: Path, device: Device) -> Any:
 def lora_targets(model: Any, model_type: str, requested: list[str] | None) -> list[str]:
     """The requested LoRA targets, checked to exist, or the family's defaults."""
     targets = requested or DEFAULT_TARGETS.get(model_type, FALLBACK_TARGETS)
-    leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-              if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"}
+    leaves = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+    }
     missing = [t for t in targets if t not in leaves]
     if missing:
         raise ModelRefused(
             f"LoRA target module(s) {', '.join(missing)} do not exist in this {model_type} model",
-            [f"its linear layers are: {', '.join(sorted(leaves))}"])
+            [f"its linear layers are: {', '.join(sorted(leaves))}"],
+        )
     return list(targets)

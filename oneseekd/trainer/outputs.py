@@ -22,7 +22,7 @@ from peft import get_peft_model_state_dict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from oneseekd.certify.artifacts import record_artifact, sha256_file
+from oneseekd.certify.artifacts import file_digest, record_artifact, sha256_file
 from oneseekd.certify.ledger import Ledger, canonical_json, ledger_proof
 from oneseekd.config import HomePaths
 from oneseekd.db.models import Artifact
@@ -72,12 +72,15 @@ def _free(session: Session, paths: HomePaths, target: Path) -> None:
     if not target.exists() and not target.is_symlink():
         return
     rel = _relative(paths, target)
-    recorded = session.scalars(select(Artifact.id).where(
-        (Artifact.path == rel) | Artifact.path.startswith(rel + "/"))).first()
+    recorded = session.scalars(
+        select(Artifact.id).where((Artifact.path == rel) | Artifact.path.startswith(rel + "/"))
+    ).first()
     if recorded is not None:
-        raise OneseekError(f"{rel} already exists and belongs to an earlier run; "
-                           "nothing of an existing version is overwritten",
-                           ["submit the request again without version to take the next one"])
+        raise OneseekError(
+            f"{rel} already exists and belongs to an earlier run; "
+            "nothing of an existing version is overwritten",
+            ["submit the request again without version to take the next one"],
+        )
     if target.is_dir() and not target.is_symlink():
         shutil.rmtree(target)
     else:
@@ -88,8 +91,9 @@ def _files(folder: Path) -> Iterator[Path]:
     return (p for p in sorted(folder.rglob("*")) if p.is_file())
 
 
-def save_model_outputs(session: Session, ledger: Ledger, ctx: RunContext,
-                       result: ModelResult) -> dict[str, str]:
+def save_model_outputs(
+    session: Session, ledger: Ledger, ctx: RunContext, result: ModelResult
+) -> dict[str, str]:
     """The adapter folders and the .pth of one trained model, recorded as artifacts."""
     paths = ctx.home
     adapters = paths.zero / "lora_adapters"
@@ -107,8 +111,9 @@ def save_model_outputs(session: Session, ledger: Ledger, ctx: RunContext,
     for path in _files(staging):
         _fsync(path)
     os.rename(staging, folder)
-    tensors = {k: v.detach().cpu().contiguous()
-               for k, v in get_peft_model_state_dict(result.model).items()}
+    tensors = {
+        k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(result.model).items()
+    }
     tmp = weights / f".{pth.name}.tmp"
     torch.save(tensors, tmp)
     _fsync(tmp)
@@ -124,9 +129,15 @@ def save_model_outputs(session: Session, ledger: Ledger, ctx: RunContext,
     os.replace(tmp_link, link)
     hashes: dict[str, str] = {}
     for path in [*_files(folder), pth]:
-        art = record_artifact(session, ledger, paths, path,
-                              "adapter" if path.parent == folder else "lora_weights",
-                              ctx.run_pk, result.key)
+        art = record_artifact(
+            session,
+            ledger,
+            paths,
+            path,
+            "adapter" if path.parent == folder else "lora_weights",
+            ctx.run_pk,
+            result.key,
+        )
         hashes[art.path] = art.sha256
     return hashes
 
@@ -160,12 +171,14 @@ def loss_curve(path: Path, results: dict[str, ModelResult]) -> None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for key, res in results.items():
         epochs = list(range(1, len(res.train_losses) + 1))
         ax.plot(epochs, res.train_losses, marker="o", label=f"{key} train")
         ax.plot(epochs, res.val_losses, marker="s", linestyle="--", label=f"{key} validation")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title("OneSeek LoRA training")
@@ -176,29 +189,56 @@ def loss_curve(path: Path, results: dict[str, ModelResult]) -> None:
     plt.close(fig)
 
 
-def certify(session: Session, ledger: Ledger, ctx: RunContext, results: dict[str, ModelResult],
-            adapter_hashes: dict[str, str], inputs: dict[str, Any], samples: dict[str, int],
-            started: datetime, finished: datetime) -> str:
-    """Metadata JSON, the certified folder and the completion event; returns the DNA."""
+def certify(
+    session: Session,
+    ledger: Ledger,
+    ctx: RunContext,
+    results: dict[str, ModelResult],
+    adapter_hashes: dict[str, str],
+    inputs: dict[str, Any],
+    samples: dict[str, int],
+    started: datetime,
+    finished: datetime,
+) -> str:
+    """Metadata JSON, the certified folder (staged as .<run_id>.tmp) and the completion event;
+    returns the DNA. `publish` renames the staged folder once this transaction committed, so a
+    certified folder never names an event the database does not hold."""
     paths = ctx.home
     keys = list(results)
     val = {k: results[k].val_losses[-1] for k in keys}
     weights = final_weights(val, str(ctx.config.get("weighting", "val_loss")))
     dna = make_dna(ctx.version, inputs, adapter_hashes)
     display = {m.key: m.display_name for m in ctx.models}
-    metrics = {k: {"train_losses": results[k].train_losses, "val_losses": results[k].val_losses,
-                   "steps": results[k].steps, "tokens": results[k].tokens,
-                   "seconds": round(results[k].seconds, 3),
-                   "padding_fraction": round(results[k].padding_fraction, 4),
-                   "lora_targets": results[k].targets} for k in keys}
+    metrics = {
+        k: {
+            "train_losses": results[k].train_losses,
+            "val_losses": results[k].val_losses,
+            "steps": results[k].steps,
+            "tokens": results[k].tokens,
+            "seconds": round(results[k].seconds, 3),
+            "padding_fraction": round(results[k].padding_fraction, 4),
+            "lora_targets": results[k].targets,
+        }
+        for k in keys
+    }
     metadata = paths.zero / "weights" / f"{versioned_name(ctx.version)}.json"
     _free(session, paths, metadata)
-    write_json(metadata, {
-        "version": ctx.version, "baseModels": [display[k] for k in keys],
-        "trained_models": keys, "modelSpecificWeights": weights, "final_weights": weights,
-        "createdAt": finished.isoformat(), "trainingType": "lora", "dna": dna,
-        "run_id": ctx.run_id, "metrics": metrics, "config": ctx.config,
-    })
+    write_json(
+        metadata,
+        {
+            "version": ctx.version,
+            "baseModels": [display[k] for k in keys],
+            "trained_models": keys,
+            "modelSpecificWeights": weights,
+            "final_weights": weights,
+            "createdAt": finished.isoformat(),
+            "trainingType": "lora",
+            "dna": dna,
+            "run_id": ctx.run_id,
+            "metrics": metrics,
+            "config": ctx.config,
+        },
+    )
     record_artifact(session, ledger, paths, metadata, "metadata", ctx.run_pk, None)
     final = paths.certified / ctx.run_id
     _free(session, paths, final)
@@ -207,35 +247,74 @@ def certify(session: Session, ledger: Ledger, ctx: RunContext, results: dict[str
     staging.mkdir(parents=True)
     epochs = max(len(r.val_losses) for r in results.values())
     documents = {
-        "oneseek_dna.json": {"dna": dna, "version": ctx.version, "run_id": ctx.run_id,
-                             "inputs": inputs, "outputs": adapter_hashes,
-                             "created_at": finished.isoformat()},
+        "oneseek_dna.json": {
+            "dna": dna,
+            "version": ctx.version,
+            "run_id": ctx.run_id,
+            "inputs": inputs,
+            "outputs": adapter_hashes,
+            "created_at": finished.isoformat(),
+        },
         "training_results.json": {
-            "run_id": ctx.run_id, "version": ctx.version, "dna": dna, "samples": samples,
-            "epochs": epochs, "trained_models": keys, "baseModels": [display[k] for k in keys],
-            "final_weights": weights, "metrics": metrics,
-            "started_at": started.isoformat(), "finished_at": finished.isoformat(),
+            "run_id": ctx.run_id,
+            "version": ctx.version,
+            "dna": dna,
+            "samples": samples,
+            "epochs": epochs,
+            "trained_models": keys,
+            "baseModels": [display[k] for k in keys],
+            "final_weights": weights,
+            "metrics": metrics,
+            "started_at": started.isoformat(),
+            "finished_at": finished.isoformat(),
             "duration_seconds": round((finished - started).total_seconds(), 3),
         },
-        "live_metrics.json": {"type": "final", "epoch": epochs,
-                              "val_losses": {k: results[k].val_losses for k in keys},
-                              "weights": weights},
+        "live_metrics.json": {
+            "type": "final",
+            "epoch": epochs,
+            "val_losses": {k: results[k].val_losses for k in keys},
+            "weights": weights,
+        },
     }
     for name, body in documents.items():
         write_json(staging / name, body)
     loss_curve(staging / "loss_curve.png", results)
     _fsync(staging / "loss_curve.png")
-    for path in _files(staging):
-        art = record_artifact(session, ledger, paths, path, "certified", ctx.run_pk, None)
-        art.path = _relative(paths, final / path.name)  # recorded at its final place
-    session.flush()
-    event = ledger.append(session, COMPLETED_EVENT, {
-        "run_id": ctx.run_id, "version": ctx.version, "dna": dna, "trained_models": keys,
-        "final_weights": weights, "artifacts": adapter_hashes}, ctx.run_pk)
+    for path in _files(staging):  # hashed here, recorded at the place they will have
+        record_artifact(
+            session,
+            ledger,
+            paths,
+            final / path.name,
+            "certified",
+            ctx.run_pk,
+            None,
+            digest=file_digest(path),
+        )
+    event = ledger.append(
+        session,
+        COMPLETED_EVENT,
+        {
+            "run_id": ctx.run_id,
+            "version": ctx.version,
+            "dna": dna,
+            "trained_models": keys,
+            "final_weights": weights,
+            "artifacts": adapter_hashes,
+        },
+        ctx.run_pk,
+    )
     write_json(staging / "ledger_proof.json", ledger_proof(session, event))
-    os.rename(staging, final)
-    replace_current_link(paths)
     return dna
+
+
+def publish(paths: HomePaths, run_id: str) -> None:
+    """Move a committed run's staged certified folder into place, then point CURRENT at it."""
+    staging = paths.certified / f".{run_id}.tmp"
+    final = paths.certified / run_id
+    if staging.is_dir() and not final.exists():
+        os.rename(staging, final)
+    replace_current_link(paths)
 
 
 def replace_current_link(paths: HomePaths) -> None:

@@ -53,19 +53,29 @@ class ModelResult:
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     """Linear warm-up, then cosine decay to 10% of the peak rate."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(total - warmup, 1)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
     return factor
 
 
 class LoraRecipe:
-    def __init__(self, spec: ModelSpec, hyper: dict[str, Any], records: list[dict[str, Any]],
-                 split: tuple[list[int], list[int]], device: Device, checkpoints: Checkpoints,
-                 progress: Progress, should_stop: Callable[[], bool],
-                 label: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        hyper: dict[str, Any],
+        records: list[dict[str, Any]],
+        split: tuple[list[int], list[int]],
+        device: Device,
+        checkpoints: Checkpoints,
+        progress: Progress,
+        should_stop: Callable[[], bool],
+        label: dict[str, Any],
+    ) -> None:
         self.spec = spec
         self.hp = hyper
         self.records = records
@@ -90,15 +100,21 @@ class LoraRecipe:
         encoded = encode(texts, self.tokenizer, int(hp["max_seq_len"]))
         largest = max(max(ids) for ids in encoded.ids)
         if largest >= vocab or self.tokenizer.pad_token_id >= vocab:
-            raise ModelRefused(f"{self.spec.key}: its tokenizer produces token id {largest}, but "
-                               f"the model has only {vocab} embeddings",
-                               ["the tokenizer files do not belong to this model"])
+            raise ModelRefused(
+                f"{self.spec.key}: its tokenizer produces token id {largest}, but "
+                f"the model has only {vocab} embeddings",
+                ["the tokenizer files do not belong to this model"],
+            )
         self.train_data = Encoded([encoded.ids[i] for i in self.train_idx])
         self.val_data = Encoded([encoded.ids[i] for i in self.val_idx])
         self.targets = lora_targets(base, config["model_type"], hp["lora"].get("target_modules"))
-        lora = LoraConfig(r=int(hp["lora"]["r"]), lora_alpha=int(hp["lora"]["alpha"]),
-                          lora_dropout=float(hp["lora"]["dropout"]),
-                          target_modules=self.targets, task_type=TaskType.CAUSAL_LM)
+        lora = LoraConfig(
+            r=int(hp["lora"]["r"]),
+            lora_alpha=int(hp["lora"]["alpha"]),
+            lora_dropout=float(hp["lora"]["dropout"]),
+            target_modules=self.targets,
+            task_type=TaskType.CAUSAL_LM,
+        )
         if hp.get("gradient_checkpointing"):
             base.gradient_checkpointing_enable()
             base.enable_input_require_grads()
@@ -107,8 +123,9 @@ class LoraRecipe:
             if param.requires_grad:
                 param.data = param.data.float()  # trainable weights in fp32 under autocast
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=float(hp["learning_rate"]),
-                                           weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=float(hp["learning_rate"]), weight_decay=0.0
+        )
         self.batch_size = int(hp["batch_size"])
         self.accum = int(hp["gradient_accumulation_steps"])
         batches = math.ceil(len(self.train_data.ids) / self.batch_size)
@@ -116,15 +133,22 @@ class LoraRecipe:
         self.total_steps = self.steps_per_epoch * int(hp["epochs"])
         warmup = max(1, round(self.total_steps * float(hp["warmup_ratio"])))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(warmup, self.total_steps))
+            self.optimizer, lr_lambda(warmup, self.total_steps)
+        )
         self.scaler = torch.amp.GradScaler("cuda") if self.device.scaler else None
         self.position = Position()
         latest = self.checkpoints.latest()
         if latest is not None:
-            self.position = self.checkpoints.load(latest, self.model, self.optimizer,
-                                                  self.scheduler, self.scaler, self.device.type)
-            log.info("checkpoint_loaded", model=self.spec.key, path=str(latest),
-                     epoch=self.position.epoch, step=self.position.step)
+            self.position = self.checkpoints.load(
+                latest, self.model, self.optimizer, self.scheduler, self.scaler, self.device.type
+            )
+            log.info(
+                "checkpoint_loaded",
+                model=self.spec.key,
+                path=str(latest),
+                epoch=self.position.epoch,
+                step=self.position.step,
+            )
 
     def _autocast(self) -> Any:
         if self.device.type == "cuda":
@@ -139,8 +163,9 @@ class LoraRecipe:
         pad_id = int(self.tokenizer.pad_token_id)
         started = time.monotonic()
         self._start = (pos.step, pos.tokens_seen)
-        padding = padding_fraction(lengths, batch_order(lengths, self.batch_size,
-                                                        int(self.hp["seed"]), 0))
+        padding = padding_fraction(
+            lengths, batch_order(lengths, self.batch_size, int(self.hp["seed"]), 0)
+        )
         self.model.train()
         while pos.epoch < epochs:
             batches = batch_order(lengths, self.batch_size, int(self.hp["seed"]), pos.epoch)
@@ -156,18 +181,31 @@ class LoraRecipe:
                     raise Stopped
             pos.train_losses.append(pos.loss_sum / max(pos.loss_tokens, 1))
             pos.val_losses.append(self.evaluate(pad_id))
-            log.info("epoch_finished", model=self.spec.key, epoch=pos.epoch + 1,
-                     train_loss=round(pos.train_losses[-1], 5),
-                     val_loss=round(pos.val_losses[-1], 5))
+            log.info(
+                "epoch_finished",
+                model=self.spec.key,
+                epoch=pos.epoch + 1,
+                train_loss=round(pos.train_losses[-1], 5),
+                val_loss=round(pos.val_losses[-1], 5),
+            )
             pos.epoch += 1
             pos.batch = 0
             pos.loss_sum, pos.loss_tokens = 0.0, 0
             self.save_checkpoint()
             if self.should_stop() and pos.epoch < epochs:
                 raise Stopped
-        return ModelResult(self.spec.key, pos.train_losses, pos.val_losses, pos.step,
-                           pos.tokens_seen, time.monotonic() - started, padding, self.targets,
-                           self.model, self.tokenizer)
+        return ModelResult(
+            self.spec.key,
+            pos.train_losses,
+            pos.val_losses,
+            pos.step,
+            pos.tokens_seen,
+            time.monotonic() - started,
+            padding,
+            self.targets,
+            self.model,
+            self.tokenizer,
+        )
 
     def _micro_step(self, batches: list[list[int]], pos: Position, pad_id: int) -> bool:
         """One micro-batch; True when it completed an optimizer step."""
@@ -203,13 +241,20 @@ class LoraRecipe:
         rate = (pos.tokens_seen - first_tokens) / elapsed
         per_step = elapsed / max(pos.step - first_step, 1)
         remaining = self.total_steps - pos.step
-        self.progress.report({
-            **self.label, "model": self.spec.key, "epoch": pos.epoch + 1, "epochs": epochs,
-            "step": pos.step, "steps": self.total_steps,
-            "loss": round(pos.loss_sum / max(pos.loss_tokens, 1), 5),
-            "tokens_per_s": round(rate, 1), "eta_s": round(per_step * remaining, 1),
-            "device": self.device.name,
-        })
+        self.progress.report(
+            {
+                **self.label,
+                "model": self.spec.key,
+                "epoch": pos.epoch + 1,
+                "epochs": epochs,
+                "step": pos.step,
+                "steps": self.total_steps,
+                "loss": round(pos.loss_sum / max(pos.loss_tokens, 1), 5),
+                "tokens_per_s": round(rate, 1),
+                "eta_s": round(per_step * remaining, 1),
+                "device": self.device.name,
+            }
+        )
 
     @torch.no_grad()
     def evaluate(self, pad_id: int) -> float:
@@ -219,7 +264,7 @@ class LoraRecipe:
         total, count = 0.0, 0
         order = sorted(range(len(data.ids)), key=lambda i: len(data.ids[i]))
         for start in range(0, len(order), self.batch_size):
-            batch = collate(data, order[start:start + self.batch_size], pad_id)
+            batch = collate(data, order[start : start + self.batch_size], pad_id)
             batch = {k: v.to(self.device.type) for k, v in batch.items()}
             with self._autocast():
                 loss = self.model(**batch).loss
@@ -230,5 +275,6 @@ class LoraRecipe:
         return total / max(count, 1)
 
     def save_checkpoint(self) -> None:
-        self.checkpoints.save(self.model, self.optimizer, self.scheduler, self.scaler,
-                              self.position)
+        self.checkpoints.save(
+            self.model, self.optimizer, self.scheduler, self.scaler, self.position
+        )

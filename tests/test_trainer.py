@@ -1,0 +1,275 @@
+"""The trainer on tiny generated models: real LoRA training, real files, the ledger."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from peft import PeftModel, set_peft_model_state_dict
+from sqlalchemy import Engine
+from trainhomes import FAST, tiny_home
+from transformers import AutoModelForCausalLM
+
+from oneseekd import queue
+from oneseekd.catalog.live import Catalog
+from oneseekd.catalog.scan import model_roots
+from oneseekd.certify.artifacts import sha256_file
+from oneseekd.cli import main as ctl
+from oneseekd.config import Config, load_config
+from oneseekd.db.engine import make_engine
+from oneseekd.db.migrate import upgrade
+from oneseekd.intake.accept import Intake
+from oneseekd.trainer.context import RunRefused
+from oneseekd.trainer.loading import ModelRefused
+from oneseekd.trainer.recipe import Stopped
+from oneseekd.trainer.run import train_run
+
+
+class Home:
+    def __init__(self, root: Path, cache: Path, models: dict[str, str]) -> None:
+        tiny_home(root, cache, models)
+        self.config: Config = load_config(root, env={})
+        self.config.home.ensure()
+        self.engine: Engine = make_engine(self.config.db_url)
+        upgrade(self.engine)
+        Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
+
+    @property
+    def root(self) -> Path:
+        return self.config.home.root
+
+    def submit(self, models: list[str], **fields: object) -> str:
+        body = {"base_models": models, "dataset": "civic.jsonl", **FAST, **fields}
+        verdict = Intake(self.engine, self.config.home).take_bytes(
+            json.dumps(body).encode(), source="submit"
+        )
+        assert verdict.run_id, verdict.problems
+        return verdict.run_id
+
+    def start(self, models: list[str], **fields: object) -> str:
+        run_id = self.submit(models, **fields)
+        claimed = queue.claim_next(self.engine, None)
+        assert claimed is not None and claimed.run_id == run_id
+        return run_id
+
+    def rows(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        con = sqlite3.connect(self.config.home.db_file)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture
+def two(tmp_path: Path, cache: Path) -> Iterator[Home]:
+    home = Home(tmp_path / "home", cache, {"Tiny-Llama": "llama", "Tiny-Qwen2.5": "qwen2"})
+    yield home
+    home.engine.dispose()
+
+
+def test_two_models_train_and_leave_every_file_named_with_their_keys(two: Home) -> None:
+    run_id = two.start(["tiny-llama", "qwen2.5"])
+    dna = train_run(two.engine, two.config.home, run_id)
+    zero = two.root / "models" / "oneseek-7b-zero"
+    for key in ("tiny-llama", "tiny-qwen2-5"):
+        folder = zero / "lora_adapters" / f"oneseek-7b-zero-v1.0-{key}"
+        assert (folder / "adapter_model.safetensors").is_file()
+        assert (folder / "adapter_config.json").is_file()
+        assert (zero / "lora_adapters" / f"{key}-adapter").resolve() == folder.resolve()
+        tensors = torch.load(
+            zero / "weights" / f"oneseek-7b-zero-v1.0-{key}.pth", weights_only=True
+        )
+        assert tensors and all("lora_" in name for name in tensors)
+    meta = json.loads((zero / "weights" / "oneseek-7b-zero-v1.0.json").read_text())
+    assert meta["version"] == "1.0"
+    assert meta["baseModels"] == ["Tiny-Llama", "Tiny-Qwen2.5"]
+    assert set(meta["modelSpecificWeights"]) == {"tiny-llama", "tiny-qwen2-5"}
+    assert abs(sum(meta["modelSpecificWeights"].values()) - 1) < 1e-9
+    assert meta["trainingType"] == "lora" and meta["dna"] == dna
+    certified = two.root / "models" / "oneseek-certified" / run_id
+    assert sorted(p.name for p in certified.iterdir()) == [
+        "ledger_proof.json",
+        "live_metrics.json",
+        "loss_curve.png",
+        "oneseek_dna.json",
+        "training_results.json",
+    ]
+    assert (certified / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    live = json.loads((certified / "live_metrics.json").read_text())
+    assert set(live["val_losses"]) == set(live["weights"]) == {"tiny-llama", "tiny-qwen2-5"}
+    results = json.loads((certified / "training_results.json").read_text())
+    assert results["samples"] == {"train": 36, "validation": 12}
+    assert results["epochs"] == 3
+    assert dna.startswith("OneSeek-7B-Zero.v1.0.") and len(dna.rsplit(".", 1)[1]) == 6
+    assert json.loads((certified / "oneseek_dna.json").read_text())["dna"] == dna
+    proof = json.loads((certified / "ledger_proof.json").read_text())
+    assert proof["event"] == "dna_v2_training_completed"
+    assert (two.root / "models" / "OneSeek-7B-Zero-CURRENT").readlink() == Path("oneseek-7b-zero")
+    # every artifact's sha256 in the database matches its file
+    artifacts = two.rows("SELECT path, sha256, bytes FROM artifacts")
+    assert len(artifacts) >= 12
+    for path, sha, size in artifacts:
+        assert sha256_file(two.root / str(path)) == sha
+        assert (two.root / str(path)).stat().st_size == size
+
+
+def test_the_loss_falls(two: Home) -> None:
+    # a random tiny model learns little through attention alone: adapt its output head too
+    targets = ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj", "lm_head"]
+    run_id = two.start(
+        ["tiny-llama"],
+        epochs=4,
+        learning_rate=2e-2,
+        lora={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": targets},
+    )
+    train_run(two.engine, two.config.home, run_id)
+    [(train, val)] = two.rows("SELECT train_losses, val_losses FROM model_trainings")
+    train_losses, val_losses = json.loads(str(train)), json.loads(str(val))
+    assert len(train_losses) == len(val_losses) == 4
+    assert train_losses[-1] < train_losses[0] - 1.0
+    assert val_losses[-1] < val_losses[0]
+
+
+def test_saved_adapter_and_pth_reload_to_identical_logits(two: Home) -> None:
+    run_id = two.start(["tiny-llama"])
+    train_run(two.engine, two.config.home, run_id)
+    base_path = two.root / "models" / "oneseek-7b-zero" / "base_models" / "Tiny-Llama"
+    adapter = (
+        two.root
+        / "models"
+        / "oneseek-7b-zero"
+        / "lora_adapters"
+        / ("oneseek-7b-zero-v1.0-tiny-llama")
+    )
+    ids = torch.tensor([[1, 5, 9, 17, 33, 65, 2]])
+    base = AutoModelForCausalLM.from_pretrained(base_path)
+    with torch.no_grad():
+        base_logits = base(ids).logits
+    reloaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_path), adapter
+    ).eval()
+    again = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_path), adapter
+    ).eval()
+    pth = torch.load(
+        adapter.parent.parent / "weights" / "oneseek-7b-zero-v1.0-tiny-llama.pth", weights_only=True
+    )
+    set_peft_model_state_dict(again, pth)
+    with torch.no_grad():
+        a, b = reloaded(ids).logits, again(ids).logits
+    assert torch.equal(a, b)  # the .pth holds exactly the adapter's tensors
+    assert not torch.allclose(a, base_logits)  # and training changed the model
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path, cache: Path) -> None:
+    whole = Home(tmp_path / "whole", cache, {"Tiny-Llama": "llama", "Tiny-Mistral": "mistral"})
+    cut = Home(tmp_path / "cut", cache, {"Tiny-Llama": "llama", "Tiny-Mistral": "mistral"})
+    models = ["tiny-llama", "tiny-mistral"]
+    train_run(whole.engine, whole.config.home, whole.start(models))
+    run_id = cut.start(models)
+
+    def stop_at(n: int) -> Callable[[], bool]:
+        calls = {"n": 0}
+
+        def should_stop() -> bool:  # asked after every optimizer step and epoch
+            calls["n"] += 1
+            return calls["n"] == n
+
+        return should_stop
+
+    with pytest.raises(Stopped):  # 5 steps into the first model
+        train_run(cut.engine, cut.config.home, run_id, should_stop=stop_at(5))
+    with pytest.raises(Stopped):  # the first model finishes, then 5 steps into the second
+        train_run(cut.engine, cut.config.home, run_id, should_stop=stop_at(30))
+    assert cut.rows("SELECT model_key, state FROM model_trainings ORDER BY position") == [
+        ("tiny-llama", "trained"),
+        ("tiny-mistral", "training"),
+    ]
+    train_run(cut.engine, cut.config.home, run_id)
+    expect = whole.rows(
+        "SELECT model_key, train_losses, val_losses FROM model_trainings ORDER BY position"
+    )
+    got = cut.rows(
+        "SELECT model_key, train_losses, val_losses FROM model_trainings ORDER BY position"
+    )
+    assert [r[0] for r in got] == models
+    for (_, t1, v1), (_, t2, v2) in zip(expect, got, strict=True):
+        for x, y in zip(
+            json.loads(str(t1)) + json.loads(str(v1)),
+            json.loads(str(t2)) + json.loads(str(v2)),
+            strict=True,
+        ):
+            assert abs(x - y) < 1e-4
+
+
+def test_ledger_verify_passes_then_catches_a_changed_byte_and_a_changed_row(two: Home) -> None:
+    run_id = two.start(["tiny-llama"])
+    train_run(two.engine, two.config.home, run_id)
+    home = ["--home", str(two.root)]
+    ok = CliRunner().invoke(ctl, [*home, "ledger", "verify"])
+    assert ok.exit_code == 0, ok.output
+    adapter = (
+        two.root
+        / "models"
+        / "oneseek-7b-zero"
+        / "lora_adapters"
+        / "oneseek-7b-zero-v1.0-tiny-llama"
+        / "adapter_model.safetensors"
+    )
+    original = adapter.read_bytes()
+    adapter.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    bad = CliRunner().invoke(ctl, [*home, "ledger", "verify"])
+    assert bad.exit_code == 1
+    assert "adapter_model.safetensors changed" in bad.stderr
+    adapter.write_bytes(original)
+    assert CliRunner().invoke(ctl, [*home, "ledger", "verify"]).exit_code == 0
+    con = sqlite3.connect(two.config.home.db_file)
+    con.execute(
+        "UPDATE ledger_events SET payload = replace(payload, 'tiny-llama', 'tiny-xxxxx') "
+        "WHERE event = 'model_trained'"
+    )
+    con.commit()
+    bad = CliRunner().invoke(ctl, [*home, "ledger", "verify"])
+    assert bad.exit_code == 1
+    assert "(model_trained) was altered" in bad.stderr
+
+
+def test_a_model_folder_asking_for_custom_code_is_refused_without_running_it(
+    tmp_path: Path, cache: Path
+) -> None:
+    home = Home(tmp_path / "home", cache, {"Tiny-Llama": "llama"})
+    folder = home.root / "models" / "oneseek-7b-zero" / "base_models" / "Tiny-Llama"
+    marker = tmp_path / "executed"
+    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    Catalog(home.engine, model_roots(home.config), settle=0).full_scan()
+    run_id = home.start(["tiny-llama"])
+    with pytest.raises(ModelRefused) as err:
+        train_run(home.engine, home.config.home, run_id)
+    assert str(err.value).startswith(
+        "Tiny-Llama asks for custom code (modeling_evil.py); "
+        "oneseekd never runs code from a model folder"
+    )
+    assert not marker.exists()
+
+
+def test_a_base_model_changed_after_intake_is_not_trained(two: Home) -> None:
+    run_id = two.start(["tiny-llama"])
+    folder = two.root / "models" / "oneseek-7b-zero" / "base_models" / "Tiny-Llama"
+    (folder / "generation_config.json").write_text("{}")
+    Catalog(two.engine, model_roots(two.config), settle=0).full_scan()
+    with pytest.raises(RunRefused) as err:
+        train_run(two.engine, two.config.home, run_id)
+    assert "base model tiny-llama changed on disk after the request was accepted" in str(err.value)
