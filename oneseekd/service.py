@@ -153,10 +153,10 @@ class Daemon:
                 self._full_scan_due = False
                 catalog.full_scan()
             catalog.process_due()
+            taken = 0
             if not catalog.pending():
                 # requests wait while a model folder settles: a request never races a copy
-                parts.drops.poll()
-                parts.rows.poll()
+                taken = parts.drops.poll() + parts.rows.poll()
             parts.supervisor.tick(accepting=not self.stop_requested)
             if self.exit_when_idle and self._idle(engine, parts):
                 return
@@ -164,6 +164,8 @@ class Daemon:
                 child = parts.supervisor.child
                 self._heartbeat(engine, f"training {child.run_id}" if child else "idle")
                 last_beat = time.monotonic()
+            if taken:
+                continue  # a burst of requests: take the next batch without waiting
             due = catalog.next_due()
             timeout = TICK_SECONDS if due is None else min(TICK_SECONDS, due - time.time())
             self._wake.wait(max(timeout, 0.0))

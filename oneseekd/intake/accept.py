@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import HomePaths
-from oneseekd.db.engine import write_session
+from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import BaseModel, Run, RunEvent, TrainingRequest, utcnow
 from oneseekd.intake.checks import (
     check_dataset,
@@ -104,6 +104,44 @@ def new_run_id(now: datetime) -> str:
     return f"run-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
+@dataclass
+class Incoming:
+    """One request as it arrived, decoded (or with the problems that stopped decoding)."""
+
+    payload: str
+    data: Any
+    problems: list[str]
+    source: str
+    source_name: str | None = None
+    claim: str | None = None
+    sha: str | None = None
+    row_id: int | None = None
+
+    @classmethod
+    def of_bytes(
+        cls, raw: bytes, source: str, source_name: str | None = None, claim: str | None = None
+    ) -> Incoming:
+        data, problems = decode(raw)
+        payload = raw.decode("utf-8", "backslashreplace")[:MAX_REQUEST_BYTES]
+        return cls(
+            payload, data, problems, source, source_name, claim, hashlib.sha256(raw).hexdigest()
+        )
+
+    @classmethod
+    def of_row(cls, row_id: int, payload: Any) -> Incoming:
+        text = payload if isinstance(payload, str) else str(payload)
+        data, problems = decode(text.encode("utf-8", "backslashreplace"))
+        return cls(text, data, problems, "database", row_id=row_id)
+
+
+@dataclass
+class _Batch:
+    """What a batch of decisions reads once: the catalog and the versions already taken."""
+
+    models: dict[str, BaseModel]
+    taken: set[str]
+
+
 class Intake:
     def __init__(
         self,
@@ -130,77 +168,87 @@ class Intake:
         self, raw: bytes, *, source: str, source_name: str | None = None, claim: str | None = None
     ) -> Verdict:
         """A file's content (dropped or submitted)."""
-        data, problems = decode(raw)
-        payload = raw.decode("utf-8", "backslashreplace")[:MAX_REQUEST_BYTES]
-        sha = hashlib.sha256(raw).hexdigest()
-        return self._decide(
-            payload,
-            data,
-            problems,
-            source=source,
-            source_name=source_name,
-            claim=claim,
-            sha=sha,
-            row_id=None,
-        )
+        verdict = self.take_batch([Incoming.of_bytes(raw, source, source_name, claim)])[0]
+        assert verdict is not None  # only rows can be decided by someone else
+        return verdict
 
     def take_row(self, row_id: int) -> Verdict | None:
         """A `pending` row another program INSERTed; None when it is no longer pending."""
-        with write_session(self.engine) as session:
-            row = session.get(TrainingRequest, row_id)
-            if row is None or row.status != "pending":
-                return None
-            payload = row.payload if isinstance(row.payload, str) else str(row.payload)
-        data, problems = decode(payload.encode("utf-8", "backslashreplace"))
-        return self._decide(
-            payload,
-            data,
-            problems,
-            source="database",
-            source_name=None,
-            claim=None,
-            sha=None,
-            row_id=row_id,
-        )
+        with read_session(self.engine) as session:
+            payload = session.scalars(
+                select(TrainingRequest.payload).where(
+                    TrainingRequest.id == row_id, TrainingRequest.status == "pending"
+                )
+            ).first()
+        if payload is None:
+            return None
+        return self.take_batch([Incoming.of_row(row_id, payload)])[0]
 
-    # --- the decision ------------------------------------------------------------------------
-    def _decide(
-        self,
-        payload: str,
-        data: Any,
-        problems: list[str],
-        *,
-        source: str,
-        source_name: str | None,
-        claim: str | None,
-        sha: str | None,
-        row_id: int | None,
-    ) -> Verdict:
-        request: TrainingRequestModel | None = None
-        dataset: Path | None = None
-        if not problems:
-            request, problems = parse_request(data)
-        if request is not None:
-            dataset, problems = check_dataset(request.dataset, self.paths)
+    def take_batch(self, items: list[Incoming]) -> list[Verdict | None]:
+        """Decide several requests in one transaction: the catalog, the taken versions and the
+        ledger's tip are read once, and one commit covers every verdict. A row that someone
+        else decided meanwhile gets None."""
+        prepared = [self._prepare(item) for item in items]  # file reads outside the lock
         now = self.clock()
         self.ledger  # noqa: B018 - load the key before taking the write lock
+        verdicts: list[Verdict | None] = []
         with write_session(self.engine) as session:
-            row = self._request_row(
-                session, payload, source, source_name, claim, sha, row_id, request
+            batch = _Batch(
+                models={
+                    r.key: r
+                    for r in session.scalars(select(BaseModel).where(BaseModel.state != "missing"))
+                },
+                taken=taken_versions(session, self.paths),
             )
-            if row is None:  # a pending row someone else decided meanwhile
-                return Verdict("duplicate", row_id or 0)
-            first = self._first_of(session, request, sha, source)
-            if first is not None:
-                verdict = self._duplicate(session, row, first, now)
-            else:
-                run = None
-                if request is not None:
-                    run, more = self._queue(session, row, request, dataset, now)
-                    problems = problems + more
-                verdict = self._record(session, row, run, problems, now)
-        self._log(verdict, source, source_name)
-        return verdict
+            for item, (request, dataset, problems) in zip(items, prepared, strict=True):
+                verdicts.append(self._decide(session, batch, item, request, dataset, problems, now))
+        for item, verdict in zip(items, verdicts, strict=True):
+            if verdict is not None:
+                self._log(verdict, item.source, item.source_name)
+        return verdicts
+
+    # --- the decision ------------------------------------------------------------------------
+    def _prepare(
+        self, item: Incoming
+    ) -> tuple[TrainingRequestModel | None, Path | None, list[str]]:
+        if item.problems:
+            return None, None, list(item.problems)
+        request, problems = parse_request(item.data)
+        if request is None:
+            return None, None, problems
+        dataset, problems = check_dataset(request.dataset, self.paths)
+        return request, dataset, problems
+
+    def _decide(
+        self,
+        session: Session,
+        batch: _Batch,
+        item: Incoming,
+        request: TrainingRequestModel | None,
+        dataset: Path | None,
+        problems: list[str],
+        now: datetime,
+    ) -> Verdict | None:
+        row = self._request_row(
+            session,
+            item.payload,
+            item.source,
+            item.source_name,
+            item.claim,
+            item.sha,
+            item.row_id,
+            request,
+        )
+        if row is None:  # a pending row someone else decided meanwhile
+            return None
+        first = self._first_of(session, request, item.sha, item.source)
+        if first is not None:
+            return self._duplicate(session, row, first, now)
+        run = None
+        if request is not None:
+            run, more = self._queue(session, batch, row, request, dataset, now)
+            problems = problems + more
+        return self._record(session, row, run, problems, now)
 
     def _request_row(
         self,
@@ -248,18 +296,19 @@ class Intake:
     def _queue(
         self,
         session: Session,
+        batch: _Batch,
         row: TrainingRequest,
         request: TrainingRequestModel,
         dataset: Path | None,
         now: datetime,
     ) -> tuple[Run | None, list[str]]:
-        models, problems = resolve_models(session, list(request.base_models))
+        models, problems = resolve_models(batch.models, list(request.base_models))
         keys = [m.key for m in models]
         per_model: dict[str, str] = {}
         if models and request.per_model:
             per_model, more = check_per_model(request.per_model, keys)
             problems += more
-        taken = taken_versions(session, self.paths)
+        taken = batch.taken
         version = request.version
         if version is not None and version in taken:
             problems.append(
@@ -285,6 +334,7 @@ class Intake:
             queued_at=now,
         )
         session.add(run)
+        taken.add(version)  # later requests of the same batch see it taken
         session.flush()
         session.add(
             RunEvent(

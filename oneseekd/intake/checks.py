@@ -139,10 +139,10 @@ def check_dataset(name: str, paths: HomePaths) -> tuple[Path | None, list[str]]:
     return (None if problems else resolved), problems
 
 
-def resolve_models(session: Session, names: list[str]) -> tuple[list[BaseModel], list[str]]:
-    rows = {
-        r.key: r for r in session.scalars(select(BaseModel).where(BaseModel.state != "missing"))
-    }
+def resolve_models(
+    rows: dict[str, BaseModel], names: list[str]
+) -> tuple[list[BaseModel], list[str]]:
+    """Resolve names against the catalog rows present (not `missing`)."""
     chosen: list[BaseModel] = []
     problems: list[str] = []
     for name in names:

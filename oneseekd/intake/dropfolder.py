@@ -22,12 +22,13 @@ from sqlalchemy import select
 from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import TrainingRequest
-from oneseekd.intake.accept import MAX_REQUEST_BYTES, Intake, Verdict, safe_text
+from oneseekd.intake.accept import MAX_REQUEST_BYTES, Incoming, Intake, Verdict, safe_text
 
 log = structlog.get_logger("oneseekd.intake")
 
 CLAIMED = ".claimed"
 SEPARATOR = "__"
+BATCH = 64  # requests decided per transaction
 
 
 def place(src: Path, folder: Path, name: str, with_error: bool) -> Path:
@@ -77,6 +78,14 @@ def write_error(target: Path, verdict: Verdict, original: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.rename(tmp, path)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(MAX_REQUEST_BYTES + 1)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}".encode()
 
 
 class DropFolder:
@@ -138,11 +147,14 @@ class DropFolder:
             done += 1
         return done
 
-    def poll(self) -> int:
-        """Take in every request file that has been still for the settle time."""
+    def poll(self, limit: int = BATCH) -> int:
+        """Take in up to `limit` request files that have been still for the settle time, in
+        one intake transaction; returns how many."""
         now = self.clock()
-        done = 0
+        claimed: list[tuple[Path, str, str]] = []
         for entry in self._candidates():
+            if len(claimed) >= limit:
+                break
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -150,24 +162,28 @@ class DropFolder:
             if now - max(st.st_mtime, st.st_ctime) < self.settle:
                 continue  # still being written
             token = secrets.token_hex(8)
-            claimed = self.claimed / f"{token}{SEPARATOR}{entry.name}"
+            path = self.claimed / f"{token}{SEPARATOR}{entry.name}"
             self.claimed.mkdir(parents=True, exist_ok=True)
             try:
-                os.rename(entry.path, claimed)
+                os.rename(entry.path, path)
             except FileNotFoundError:
                 continue  # someone else claimed it
-            verdict = self._take(claimed, entry.name, token)
-            self._finish(claimed, entry.name, verdict)
-            done += 1
-        return done
+            claimed.append((path, entry.name, token))
+        self._take_all(claimed)
+        return len(claimed)
+
+    def _take_all(self, claimed: list[tuple[Path, str, str]]) -> None:
+        items = [
+            Incoming.of_bytes(_read(path), "file", original, token)
+            for path, original, token in claimed
+        ]
+        verdicts = self.intake.take_batch(items) if items else []
+        for (path, original, _), verdict in zip(claimed, verdicts, strict=True):
+            assert verdict is not None  # files are never decided by anyone else
+            self._finish(path, original, verdict)
 
     def _take(self, path: Path, original: str, token: str) -> Verdict:
-        try:
-            with path.open("rb") as fh:
-                raw = fh.read(MAX_REQUEST_BYTES + 1)
-        except OSError as exc:
-            raw = f"unreadable: {exc.strerror}".encode()
-        return self.intake.take_bytes(raw, source="file", source_name=original, claim=token)
+        return self.intake.take_bytes(_read(path), source="file", source_name=original, claim=token)
 
     def _finish(self, path: Path, original: str, verdict: Verdict) -> None:
         if verdict.accepted:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import sqlite3
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Select, select
 
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import TrainingRequest
-from oneseekd.intake.accept import Intake
+from oneseekd.intake.accept import Incoming, Intake
 
-BATCH = 500
+BATCH = 64  # rows decided per transaction
 
 
 class PendingRows:
@@ -23,6 +23,7 @@ class PendingRows:
         self.intake = intake
         self.engine = engine
         self._version: int | None = None
+        self._more = False
         self._probe: sqlite3.Connection | None = None
         database = engine.url.database
         if engine.dialect.name == "sqlite" and database and database != ":memory:":
@@ -40,26 +41,28 @@ class PendingRows:
 
     def pending_ids(self) -> list[int]:
         with read_session(self.engine) as session:
-            return list(
-                session.scalars(
-                    select(TrainingRequest.id)
-                    .where(TrainingRequest.status == "pending")
-                    .order_by(TrainingRequest.id)
-                    .limit(BATCH)
-                )
-            )
+            return list(session.scalars(self._pending().with_only_columns(TrainingRequest.id)))
+
+    def _pending(self) -> Select[int, str]:
+        return (
+            select(TrainingRequest.id, TrainingRequest.payload)
+            .where(TrainingRequest.status == "pending")
+            .order_by(TrainingRequest.id)
+            .limit(BATCH)
+        )
 
     def poll(self, force: bool = False) -> int:
-        if not (self.changed() or force):
+        """Decide up to BATCH pending rows in one transaction; returns how many were read.
+        A full batch means more may wait: the next poll looks again without waiting for a
+        change."""
+        if not (self.changed() or force or self._more):
             return 0
-        done = 0
-        while True:
-            ids = self.pending_ids()
-            for row_id in ids:
-                if self.intake.take_row(row_id) is not None:
-                    done += 1
-            if len(ids) < BATCH:
-                return done
+        with read_session(self.engine) as session:
+            rows = session.execute(self._pending()).all()
+        self._more = len(rows) == BATCH
+        if rows:
+            self.intake.take_batch([Incoming.of_row(row_id, payload) for row_id, payload in rows])
+        return len(rows)
 
     def close(self) -> None:
         if self._probe is not None:
