@@ -273,3 +273,22 @@ def test_a_base_model_changed_after_intake_is_not_trained(two: Home) -> None:
     with pytest.raises(RunRefused) as err:
         train_run(two.engine, two.config.home, run_id)
     assert "base model tiny-llama changed on disk after the request was accepted" in str(err.value)
+
+
+def test_export_merged_writes_a_plain_model_with_the_adapter_folded_in(two: Home) -> None:
+    run_id = two.start(["tiny-llama"], export_merged=True)
+    train_run(two.engine, two.config.home, run_id)
+    zero = two.root / "models" / "oneseek-7b-zero"
+    merged_dir = zero / "merged" / "oneseek-7b-zero-v1.0-tiny-llama"
+    assert (merged_dir / "model.safetensors").is_file()
+    assert (merged_dir / "tokenizer.json").is_file()
+    base_path = zero / "base_models" / "Tiny-Llama"
+    ids = torch.tensor([[1, 7, 11, 19, 2]])
+    peft = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_path),
+        zero / "lora_adapters" / "oneseek-7b-zero-v1.0-tiny-llama").eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    with torch.no_grad():
+        assert torch.allclose(peft(ids).logits, merged(ids).logits, atol=1e-4)
+    kinds = {k for (k,) in two.rows("SELECT DISTINCT kind FROM artifacts")}
+    assert "merged_model" in kinds

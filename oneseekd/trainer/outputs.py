@@ -127,19 +127,41 @@ def save_model_outputs(
     if link.exists() and not link.is_symlink():
         shutil.rmtree(link)
     os.replace(tmp_link, link)
+    produced = [*_files(folder), pth]
+    if ctx.config.get("export_merged"):
+        produced += _export_merged(session, paths, name, result)
     hashes: dict[str, str] = {}
-    for path in [*_files(folder), pth]:
-        art = record_artifact(
-            session,
-            ledger,
-            paths,
-            path,
-            "adapter" if path.parent == folder else "lora_weights",
-            ctx.run_pk,
-            result.key,
+    for path in produced:
+        kind = (
+            "adapter"
+            if path.parent == folder
+            else "lora_weights"
+            if path == pth
+            else "merged_model"
         )
-        hashes[art.path] = art.sha256
+        art = record_artifact(session, ledger, paths, path, kind, ctx.run_pk, result.key)
+        if kind == "adapter":
+            hashes[art.path] = art.sha256
     return hashes
+
+
+def _export_merged(
+    session: Session, paths: HomePaths, name: str, result: ModelResult
+) -> list[Path]:
+    """The base model with the adapter merged in, as a plain safetensors model folder
+    (`export_merged: true`). Runs last: merging unloads the adapter from the model."""
+    target = paths.zero / "merged" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _free(session, paths, target)
+    staging = target.parent / f".{name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    merged = result.model.merge_and_unload()
+    merged.save_pretrained(staging)
+    result.tokenizer.save_pretrained(staging)
+    for path in _files(staging):
+        _fsync(path)
+    os.rename(staging, target)
+    return list(_files(target))
 
 
 def dataset_hash(path: Path) -> str:
