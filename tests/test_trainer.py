@@ -107,6 +107,12 @@ def test_two_models_train_and_leave_every_file_named_with_their_keys(two: Home) 
     assert (certified / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     live = json.loads((certified / "live_metrics.json").read_text())
     assert set(live["val_losses"]) == set(live["weights"]) == {"tiny-llama", "tiny-qwen2-5"}
+    # during training the same shape was kept up to date under runs/, never one model
+    # overwriting another
+    during = json.loads((two.root / "runs" / run_id / "live_metrics.json").read_text())
+    assert during["type"] == "live"
+    assert during["val_losses"] == live["val_losses"]
+    assert during["weights"] == pytest.approx(live["weights"])
     results = json.loads((certified / "training_results.json").read_text())
     assert results["samples"] == {"train": 36, "validation": 12}
     assert results["epochs"] == 3

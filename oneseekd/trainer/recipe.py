@@ -75,6 +75,7 @@ class LoraRecipe:
         progress: Progress,
         should_stop: Callable[[], bool],
         label: dict[str, Any],
+        on_epoch: Callable[[str, list[float]], None] = lambda key, losses: None,
     ) -> None:
         self.spec = spec
         self.hp = hyper
@@ -85,6 +86,7 @@ class LoraRecipe:
         self.progress = progress
         self.should_stop = should_stop
         self.label = label  # model index and count, for progress
+        self.on_epoch = on_epoch  # told each epoch's validation losses (live_metrics.json)
 
     # --- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -188,6 +190,7 @@ class LoraRecipe:
                 train_loss=round(pos.train_losses[-1], 5),
                 val_loss=round(pos.val_losses[-1], 5),
             )
+            self.on_epoch(self.spec.key, list(pos.val_losses))
             pos.epoch += 1
             pos.batch = 0
             pos.loss_sum, pos.loss_tokens = 0.0, 0

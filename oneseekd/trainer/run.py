@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,6 +35,7 @@ from oneseekd.trainer.outputs import (
     final_weights,
     publish,
     save_model_outputs,
+    write_json,
 )
 from oneseekd.trainer.recipe import LoraRecipe, ModelResult
 
@@ -54,6 +56,31 @@ def _stored_result(row: ModelTraining) -> ModelResult:
         None,
         None,
     )
+
+
+class LiveMetrics:
+    """HOME/runs/<run_id>/live_metrics.json while the run trains: each model's validation
+    losses so far and the weights they give, keyed by model key, rewritten atomically after
+    every epoch. The certified folder gets the final version."""
+
+    def __init__(self, path: Path, weighting: str) -> None:
+        self.path = path
+        self.weighting = weighting
+        self.val_losses: dict[str, list[float]] = {}
+
+    def update(self, key: str, losses: list[float]) -> None:
+        self.val_losses[key] = list(losses)
+        latest = {k: v[-1] for k, v in self.val_losses.items() if v}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(
+            self.path,
+            {
+                "type": "live",
+                "epoch": max((len(v) for v in self.val_losses.values()), default=0),
+                "val_losses": self.val_losses,
+                "weights": final_weights(latest, self.weighting),
+            },
+        )
 
 
 def _completed_dna(engine: Engine, run_pk: int) -> str | None:
@@ -94,12 +121,18 @@ def train_run(
         val=len(val_idx),
     )
     results: dict[str, ModelResult] = {}
+    live = LiveMetrics(
+        home.root / "runs" / run_id / "live_metrics.json",
+        str(ctx.config.get("weighting", "val_loss")),
+    )
     for position, spec in enumerate(ctx.models):
         row = training_row(engine, ctx.run_pk, spec.key, position)
         if row.state == "trained":
             results[spec.key] = _stored_result(row)
+            live.update(spec.key, results[spec.key].val_losses)
             continue
         results[spec.key] = _train_one(
+            live,
             engine,
             ctx,
             ledger,
@@ -153,6 +186,7 @@ def train_run(
 
 
 def _train_one(
+    live: LiveMetrics,
     engine: Engine,
     ctx: RunContext,
     ledger: Ledger,
@@ -178,6 +212,7 @@ def _train_one(
         progress,
         should_stop,
         {"model_index": position + 1, "models": len(ctx.models)},
+        on_epoch=live.update,
     )
     recipe.setup()
     log.info(
