@@ -16,7 +16,7 @@ from oneseekd.catalog.scan import model_roots
 from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
-from oneseekd.intake.accept import Intake, Verdict
+from oneseekd.intake.accept import Incoming, Intake, Verdict
 
 
 @pytest.fixture
@@ -249,3 +249,21 @@ def intake_run(con: sqlite3.Connection, request_pk: int) -> str:
         (request_pk,),
     ).fetchone()
     return str(run_id)
+
+
+def test_versions_within_one_batch_never_collide(setup: tuple) -> None:
+    config, _, intake = setup
+    (config.home.zero / "weights" / "oneseek-7b-zero-v1.4.json").write_text("{}")
+    items = [
+        Incoming.of_bytes(json.dumps(request(seed=i, **extra)).encode(), "file", f"{i}.json")
+        for i, extra in enumerate([{}, {"version": "1.2"}, {}, {"version": "1.6"}, {}])
+    ]
+    verdicts = intake.take_batch(items)
+    assert [v.status for v in verdicts if v] == ["queued", "queued", "queued", "rejected", "queued"]
+    con = sqlite3.connect(config.home.db_file)
+    assert [v for (v,) in con.execute("SELECT version FROM runs ORDER BY id")] == [
+        "1.5",
+        "1.2",
+        "1.6",
+        "1.7",
+    ]

@@ -292,7 +292,8 @@ def test_export_merged_writes_a_plain_model_with_the_adapter_folded_in(two: Home
     ids = torch.tensor([[1, 7, 11, 19, 2]])
     peft = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(base_path),
-        zero / "lora_adapters" / "oneseek-7b-zero-v1.0-tiny-llama").eval()
+        zero / "lora_adapters" / "oneseek-7b-zero-v1.0-tiny-llama",
+    ).eval()
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     with torch.no_grad():
         assert torch.allclose(peft(ids).logits, merged(ids).logits, atol=1e-4)

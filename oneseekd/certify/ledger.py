@@ -200,16 +200,26 @@ class Ledger:
         """Chain one event after the last one; it commits with the caller's transaction."""
         when = (now or self.clock()).astimezone(UTC)
         body = canonical_json(payload)
-        if session.get(LedgerKey, self.key_id) is None:
-            key = LedgerKey(
-                key_id=self.key_id, algorithm=ALGORITHM, public_key=self.public_key, created_at=when
-            )
-            session.add(key)
-        last = session.execute(
-            select(LedgerEvent.seq, LedgerEvent.hash).order_by(LedgerEvent.seq.desc()).limit(1)
-        ).first()
-        seq = 1 if last is None else last.seq + 1
-        prev_hash = GENESIS_HASH if last is None else last.hash
+        # A write session is one transaction holding the database's write lock, so what it
+        # learned about the key and the chain's tip stays true until it ends: a batch of
+        # appends reads them once.
+        tip_key = ("oneseekd.ledger.tip", self.key_id)
+        if tip_key not in session.info:
+            if session.get(LedgerKey, self.key_id) is None:
+                session.add(
+                    LedgerKey(
+                        key_id=self.key_id,
+                        algorithm=ALGORITHM,
+                        public_key=self.public_key,
+                        created_at=when,
+                    )
+                )
+            last = session.execute(
+                select(LedgerEvent.seq, LedgerEvent.hash).order_by(LedgerEvent.seq.desc()).limit(1)
+            ).first()
+            session.info[tip_key] = (0, GENESIS_HASH) if last is None else (last.seq, last.hash)
+        last_seq, prev_hash = session.info[tip_key]
+        seq = last_seq + 1
         digest = event_hash(
             seq, at_text(when), event, run_pk, json.loads(body), prev_hash, self.key_id
         )
@@ -226,6 +236,7 @@ class Ledger:
         )
         session.add(row)
         session.flush()
+        session.info[tip_key] = (seq, digest)
         return row
 
 

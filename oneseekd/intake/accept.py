@@ -29,6 +29,7 @@ from oneseekd.intake.checks import (
     next_version,
     resolve_models,
     taken_versions,
+    version_key,
 )
 from oneseekd.intake.schema import TrainingRequestModel, parse_request
 
@@ -140,6 +141,16 @@ class _Batch:
 
     models: dict[str, BaseModel]
     taken: set[str]
+    next_free: str = ""
+
+    def __post_init__(self) -> None:
+        self.next_free = next_version(self.taken)
+
+    def take(self, version: str) -> None:
+        self.taken.add(version)
+        after = next_version({version})
+        if version_key(after) > version_key(self.next_free):
+            self.next_free = after
 
 
 class Intake:
@@ -313,11 +324,11 @@ class Intake:
         if version is not None and version in taken:
             problems.append(
                 f"version {version} already exists; omit version to take the next "
-                f"free one ({next_version(taken)}), or name a new one"
+                f"free one ({batch.next_free}), or name a new one"
             )
         if problems or dataset is None:
             return None, problems
-        version = version or next_version(taken)
+        version = version or batch.next_free
         run = Run(
             run_id=new_run_id(now),
             request_id=row.id,
@@ -334,7 +345,7 @@ class Intake:
             queued_at=now,
         )
         session.add(run)
-        taken.add(version)  # later requests of the same batch see it taken
+        batch.take(version)  # later requests of the same batch see it taken
         session.flush()
         session.add(
             RunEvent(

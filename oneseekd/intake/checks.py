@@ -197,9 +197,15 @@ def taken_versions(session: Session, paths: HomePaths) -> set[str]:
     return set(live) | _file_versions(paths)
 
 
+def version_key(version: str) -> tuple[int, int]:
+    major, _, minor = version.partition(".")
+    return int(major), int(minor)
+
+
 def next_version(taken: set[str]) -> str:
-    if not taken:
+    """The minor after the highest version taken; 1.0 first."""
+    valid = [v for v in taken if VERSION.match(v)]
+    if not valid:
         return "1.0"
-    pairs = sorted(tuple(int(p) for p in v.split(".")) for v in taken if VERSION.match(v))
-    major, minor = pairs[-1]
+    major, minor = max(version_key(v) for v in valid)
     return f"{major}.{minor + 1}"
