@@ -120,7 +120,7 @@ def test_the_unit_verifies_without_warnings_and_is_hardened(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "" and done.stdout.strip() == ""
     done = _analyze("security", "--offline=yes", str(unit))
-    line = [x for x in done.stdout.splitlines() if "Overall exposure level" in x][0]
+    line = next(x for x in done.stdout.splitlines() if "Overall exposure level" in x)
     exposure = float(line.split("level for")[1].split(":")[1].split()[0])
     print(line)
     assert exposure <= 2.5, done.stdout
