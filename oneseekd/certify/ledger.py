@@ -234,8 +234,9 @@ class Ledger:
             key_id=self.key_id,
             signature=self._private_key.sign(bytes.fromhex(digest)).hex(),
         )
+        # no flush: seq and hash are set here and the tip is kept above, so the INSERTs of a
+        # batch go out together at commit (or at the next query that needs them)
         session.add(row)
-        session.flush()
         session.info[tip_key] = (seq, digest)
         return row
 
