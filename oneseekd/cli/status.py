@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -100,9 +101,32 @@ def describe_progress(p: dict[str, Any]) -> str:
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option(
+    "--watch",
+    "watch",
+    is_flag=False,
+    flag_value=2.0,
+    type=float,
+    default=None,
+    help="Refresh every N seconds (default 2) until Ctrl-C.",
+)
 @click.pass_obj
-def status_cmd(obj: Context, as_json: bool) -> None:
-    """Is the daemon alive, what does the catalog hold."""
+def status_cmd(obj: Context, as_json: bool, watch: float | None) -> None:
+    """Is the daemon alive, the catalog, the queue and the run in progress."""
+    if watch is None:
+        show_status(obj, as_json)
+        return
+    try:
+        while True:
+            if not as_json:
+                click.clear()
+            show_status(obj, as_json)
+            time.sleep(max(watch, 0.2))
+    except KeyboardInterrupt:
+        pass
+
+
+def show_status(obj: Context, as_json: bool) -> None:
     data = gather(obj)
     if as_json:
         emit_json(data)
