@@ -155,19 +155,34 @@ def test_show_an_unknown_run_names_the_fix(home: Path) -> None:
 def test_status_shows_the_run_in_progress_with_a_progress_bar(home: Path) -> None:
     import sqlite3
 
-    run_id = json.loads(ctl(home, "submit", "--base-models", "qwen", "--dataset", "civic.jsonl",
-                            "--json").stdout)["run_id"]
-    progress = {"model": "qwen-2-5-7b", "model_index": 1, "models": 2, "epoch": 2, "epochs": 3,
-                "step": 10, "steps": 40, "loss": 1.2345, "tokens_per_s": 812.5, "eta_s": 169,
-                "device": "cuda/bfloat16"}
+    run_id = json.loads(
+        ctl(home, "submit", "--base-models", "qwen", "--dataset", "civic.jsonl", "--json").stdout
+    )["run_id"]
+    progress = {
+        "model": "qwen-2-5-7b",
+        "model_index": 1,
+        "models": 2,
+        "epoch": 2,
+        "epochs": 3,
+        "step": 10,
+        "steps": 40,
+        "loss": 1.2345,
+        "tokens_per_s": 812.5,
+        "eta_s": 169,
+        "device": "cuda/bfloat16",
+    }
     con = sqlite3.connect(home / "oneseek.db")
-    con.execute("UPDATE runs SET state = 'running', progress = ? WHERE run_id = ?",
-                (json.dumps(progress), run_id))
+    con.execute(
+        "UPDATE runs SET state = 'running', progress = ? WHERE run_id = ?",
+        (json.dumps(progress), run_id),
+    )
     con.commit()
     lines = ctl(home, "status").stdout.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("running:"))
     assert lines[at] == f"running:  {run_id} v1.0 (qwen-2-5-7b), attempt 0"
-    assert lines[at + 1] == ("          qwen-2-5-7b (1/2) [#####...............] epoch 2/3, "
-                             "step 10/40, loss 1.2345, 812.5 tok/s, ETA 2m49s on cuda/bfloat16")
+    assert lines[at + 1] == (
+        "          qwen-2-5-7b (1/2) [#####...............] epoch 2/3, "
+        "step 10/40, loss 1.2345, 812.5 tok/s, ETA 2m49s on cuda/bfloat16"
+    )
     data = json.loads(ctl(home, "status", "--json").stdout)
     assert data["current_run"]["progress"]["step"] == 10

@@ -57,3 +57,64 @@ def test_a_dropped_request_for_two_models_is_trained_and_certified(
     assert verify.exit_code == 0, verify.output
     status = json.loads(CliRunner().invoke(ctl, ["--home", str(home), "status", "--json"]).stdout)
     assert status["recent_runs"][0]["run_id"] == run_id
+
+
+def test_sigterm_during_training_checkpoints_and_the_next_start_resumes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from daemon import DaemonProcess, wait_for
+
+    home = tiny_home(tmp_path / "home", tmp_path / "cache", {"Tiny-Llama": "llama"})
+    (home / "requests").mkdir()
+    body = {
+        "base_models": ["llama"],
+        "dataset": "civic.jsonl",
+        **FAST,
+        "epochs": 60,
+        "checkpoint_every": 1000,
+    }
+    (home / "requests" / "long.json.tmp").write_text(json.dumps(body))
+    os.rename(home / "requests" / "long.json.tmp", home / "requests" / "long.json")
+    daemon = DaemonProcess(home)
+    try:
+        run_id = daemon.wait_event("run_started", timeout=60)["run_id"]
+        db = home / "oneseek.db"
+
+        def step() -> int:
+            con = sqlite3.connect(db, timeout=30)
+            try:
+                (progress,) = con.execute("SELECT progress FROM runs").fetchone()
+            finally:
+                con.close()
+            return int(json.loads(progress).get("step", 0)) if progress else 0
+
+        wait_for(lambda: step() >= 3, timeout=120)
+        stopped_at = time.monotonic()
+        assert daemon.stop(signal.SIGTERM, timeout=60) == 0
+        assert time.monotonic() - stopped_at < 30  # one step and a checkpoint, not the run
+    finally:
+        daemon.kill()
+    checkpoint = home / "checkpoints" / run_id / "tiny-llama"
+    latest = (checkpoint / "latest").read_text().strip()
+    assert (checkpoint / latest / "adapter.pt").is_file()
+    con = sqlite3.connect(home / "oneseek.db")
+    assert con.execute("SELECT state FROM runs").fetchone() == ("running",)
+    con.close()
+    # the next start resumes where it stopped: it does not start over
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONESEEK_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "oneseekd", "--home", str(home), "--exit-when-idle"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    con = sqlite3.connect(home / "oneseek.db")
+    assert con.execute("SELECT state, attempts FROM runs").fetchone() == ("succeeded", 2)
+    log = (home / "logs" / f"{run_id}.log").read_text()
+    loaded = [
+        json.loads(line) for line in log.splitlines() if '"event": "checkpoint_loaded"' in line
+    ]
+    assert loaded and loaded[0]["step"] >= 3
