@@ -96,3 +96,15 @@ def model_state(home: Path, key: str) -> str | None:
     finally:
         con.close()
     return None if row is None else str(row[0])
+
+
+def run_until_idle(home: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`oneseekd --home HOME --exit-when-idle`, with no ONESEEK_* from the test's environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONESEEK_")}
+    return subprocess.run(
+        [sys.executable, "-m", "oneseekd", "--home", str(home), "--exit-when-idle"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

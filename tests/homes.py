@@ -7,6 +7,13 @@ import sys
 from pathlib import Path
 
 from modelfactory import make_model
+from sqlalchemy import Engine
+
+from oneseekd.catalog.live import Catalog
+from oneseekd.catalog.scan import model_roots
+from oneseekd.config import Config, load_config
+from oneseekd.db.engine import make_engine
+from oneseekd.db.migrate import upgrade
 
 FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
 MODELS = ("KB-Llama-3.1-8B-Swedish", "Qwen-2.5-7B", "Mistral-7B-Instruct")
@@ -60,3 +67,13 @@ def request(**fields: object) -> dict[str, object]:
     body: dict[str, object] = {"base_models": ["KB-Llama-3.1-8B-Swedish"], "dataset": "civic.jsonl"}
     body.update(fields)
     return body
+
+
+def open_home(root: Path) -> tuple[Config, Engine]:
+    """A home that is configured, migrated and scanned, as the daemon leaves it at start."""
+    config = load_config(root, env={})
+    config.home.ensure()
+    engine = make_engine(config.db_url)
+    upgrade(engine)
+    Catalog(engine, model_roots(config), settle=0).full_scan()
+    return config, engine

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import DaemonProcess, model_state, wait_for
+from daemon import DaemonProcess, model_state, run_until_idle, wait_for
 from modelfactory import TINY_TENSORS, make_model, safetensors_bytes, write_config
 
 SETTLE = 0.4
@@ -150,12 +150,7 @@ def test_a_second_daemon_on_the_same_home_is_refused(
 
 def test_exit_when_idle_exits_once_the_catalog_is_current(live_home: Path) -> None:
     make_model(live_home / "models", "llama-2-7b")
-    done = subprocess.run(
-        [sys.executable, "-m", "oneseekd", "--home", str(live_home), "--exit-when-idle"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_until_idle(live_home, timeout=60)
     assert done.returncode == 0, done.stderr
     # the folder was fresh, so the daemon waited for it to settle before calling it current
     assert model_state(live_home, "llama-2-7b") == "ready"

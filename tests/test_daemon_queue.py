@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from daemon import DaemonProcess, wait_for
+from daemon import DaemonProcess, run_until_idle, wait_for
 from homes import fake_behaviour, fake_starts, request, training_home
 
 from oneseekd.cli import main as ctl_main
@@ -175,12 +175,7 @@ def test_sigterm_while_running_checkpoints_and_the_next_start_resumes(home: Path
     assert (home / "fake" / f"checkpoint-{run_id}").exists()
     assert run_state(home, run_id) == "running"
     fake_behaviour(home, "1.0", sleep=0.05)
-    done = subprocess.run(
-        [sys.executable, "-m", "oneseekd", "--home", str(home), "--exit-when-idle"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_until_idle(home, timeout=60)
     assert done.returncode == 0, done.stderr
     assert run_state(home, run_id) == "succeeded"
 
@@ -210,12 +205,7 @@ def test_exit_when_idle_waits_for_every_request_and_run(home: Path) -> None:
     drop(home, "bad.json", {"dataset": "civic.jsonl"})
     fake_behaviour(home, "2.0", sleep=0.2)
     insert_row(home, json.dumps(request(version="2.0")))
-    done = subprocess.run(
-        [sys.executable, "-m", "oneseekd", "--home", str(home), "--exit-when-idle"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_until_idle(home, timeout=60)
     assert done.returncode == 0, done.stderr
     assert query(home, "SELECT state, COUNT(*) FROM runs GROUP BY state") == [("succeeded", 4)]
     starts = fake_starts(home)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
+from daemon import run_until_idle
 from trainhomes import FAST, tiny_home
 
 from oneseekd.cli import main as ctl
 
 
+@pytest.mark.timeout(600)
 def test_a_dropped_request_for_two_models_is_trained_and_certified(
     tmp_path: Path, tmp_path_factory: object
 ) -> None:
@@ -24,14 +25,7 @@ def test_a_dropped_request_for_two_models_is_trained_and_certified(
     body = {"base_models": ["llama", "mistral"], "dataset": "civic.jsonl", **FAST}
     (home / "requests" / "civic.json.tmp").write_text(json.dumps(body))
     os.rename(home / "requests" / "civic.json.tmp", home / "requests" / "civic.json")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONESEEK_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "oneseekd", "--home", str(home), "--exit-when-idle"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    done = run_until_idle(home, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     con = sqlite3.connect(home / "oneseek.db")
     [(run_id, state, outcome, attempts)] = con.execute(
@@ -59,6 +53,7 @@ def test_a_dropped_request_for_two_models_is_trained_and_certified(
     assert status["recent_runs"][0]["run_id"] == run_id
 
 
+@pytest.mark.timeout(600)
 def test_sigterm_during_training_checkpoints_and_the_next_start_resumes(tmp_path: Path) -> None:
     import signal
     import time
@@ -71,7 +66,7 @@ def test_sigterm_during_training_checkpoints_and_the_next_start_resumes(tmp_path
         "base_models": ["llama"],
         "dataset": "civic.jsonl",
         **FAST,
-        "epochs": 60,
+        "epochs": 20,
         "checkpoint_every": 1000,
     }
     (home / "requests" / "long.json.tmp").write_text(json.dumps(body))
@@ -102,14 +97,7 @@ def test_sigterm_during_training_checkpoints_and_the_next_start_resumes(tmp_path
     assert con.execute("SELECT state FROM runs").fetchone() == ("running",)
     con.close()
     # the next start resumes where it stopped: it does not start over
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONESEEK_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "oneseekd", "--home", str(home), "--exit-when-idle"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    done = run_until_idle(home, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     con = sqlite3.connect(home / "oneseek.db")
     assert con.execute("SELECT state, attempts FROM runs").fetchone() == ("succeeded", 2)

@@ -8,25 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from homes import request, training_home
+from homes import open_home, request, training_home
 from sqlalchemy import Engine
 
-from oneseekd.catalog.live import Catalog
-from oneseekd.catalog.scan import model_roots
-from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine
-from oneseekd.db.migrate import upgrade
+from oneseekd.config import Config
 from oneseekd.intake.accept import Incoming, Intake, Verdict
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[Config, Engine, Intake]]:
-    home = training_home(tmp_path / "home")
-    config = load_config(home, env={})
-    config.home.ensure()
-    engine = make_engine(config.db_url)
-    upgrade(engine)
-    Catalog(engine, model_roots(config), settle=0).full_scan()
+    config, engine = open_home(training_home(tmp_path / "home"))
     yield config, engine, Intake(engine, config.home)
     engine.dispose()
 
