@@ -46,3 +46,17 @@ unit-check: install
 	sed "s|/usr/local/bin/oneseekd|$(CURDIR)/$(BIN)/oneseekd|" systemd/oneseekd.service > $(VENV)/oneseekd.service
 	systemd-analyze verify $(VENV)/oneseekd.service
 	systemd-analyze security --offline=yes $(VENV)/oneseekd.service | tail -n 1
+
+# The Node admin panel example (examples/admin): `npm install` compiles better-sqlite3 against
+# the system's Node headers (about a minute), so it runs only when node_modules is missing or
+# package.json / package-lock.json are newer than the stamp.
+.PHONY: node-deps
+node-deps:
+	@stamp=examples/admin/node_modules/.oneseek-node-deps.stamp; \
+	if [ ! -f $$stamp ] || [ examples/admin/package.json -nt $$stamp ] \
+	    || [ examples/admin/package-lock.json -nt $$stamp ]; then \
+	  echo "cd examples/admin && npm install --no-audit --no-fund"; \
+	  (cd examples/admin && npm install --no-audit --no-fund) && touch $$stamp; \
+	else \
+	  echo "examples/admin/node_modules is up to date"; \
+	fi
