@@ -11,7 +11,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import Engine
 
-from oneseekd.catalog.scan import Found, Root, ScanResult, candidate, inspect_folder, scan
+from oneseekd.catalog.scan import RESERVED, Found, Root, ScanResult, candidate, inspect_folder, scan
 from oneseekd.catalog.store import Reconciled, reconcile
 
 log = structlog.get_logger("oneseekd.catalog")
@@ -45,6 +45,10 @@ class Catalog:
                 continue
             if not rel.parts:
                 return None  # the root itself
+            if root.kind == "models" and rel.parts[0].lower() in RESERVED:
+                # oneseekd's own folders (the trainer's outputs): never a model folder, and
+                # never a vanished one whose rows would all turn `missing`
+                return None
             return root.path / rel.parts[0]
         return None
 

@@ -1,0 +1,395 @@
+"""Idle cost of the daemon: resident memory and CPU over a quiet minute, 1,000 models in the
+catalog.
+
+Builds a home whose base_models/ holds N synthetic model folders (tests/modelfactory.py, one
+8x8 tensor each), starts the real daemon (`python -m oneseekd --home HOME`, the operator's
+defaults), waits until every folder is `ready` in the catalog and the daemon has logged
+`daemon_ready`, lets it settle for a few seconds, then samples for --seconds:
+
+- RSS: VmRSS from /proc/<pid>/status at the start and the end of the window (and VmHWM);
+- CPU: utime + stime from /proc/<pid>/stat at the start and the end, as a percentage of one
+  core over the window.
+
+Baselines are measured the same way over the same window, in the same session (machines are
+shared and noisy: compare ratios, not absolute figures):
+
+- `python -c "import time; time.sleep(N)"`: the interpreter alone;
+- the same after importing the daemon's libraries (sqlalchemy, pydantic, structlog, click,
+  watchdog, apscheduler, cryptography): what the dependencies cost before oneseekd does
+  anything.
+
+Goals (issue 6): under 80 MB RSS and under 1% of one core.
+
+`--why` adds the diagnosis of where the figures come from:
+
+- memory: the RSS each group of imports adds, in the order the daemon imports them, measured
+  in a fresh interpreter (`python -X importtime -c "import oneseekd.service"` names the
+  modules behind each group);
+- CPU: the CPU time of each thing the main loop does on every idle tick (it ticks every
+  TICK_SECONDS), timed in this process on a home of the same size, and what that costs as a
+  share of one core.
+
+Run: .venv/bin/python bench/idle.py [--seconds 60] [--models 1000] [--json] [--why]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from modelfactory import make_model
+
+RSS_GOAL_MB = 80.0
+CPU_GOAL_PERCENT = 1.0
+SETTLE_AFTER_READY_S = 3.0
+TINY = {"w": [8, 8]}  # one 8x8 F32 tensor: a 256-byte weight file per model
+LIBRARIES = "sqlalchemy, pydantic, structlog, click, watchdog, apscheduler, cryptography"
+
+
+@dataclass(frozen=True)
+class Sample:
+    rss_kb: int
+    hwm_kb: int
+    cpu_ticks: int
+    at: float
+
+
+@dataclass(frozen=True)
+class Figures:
+    name: str
+    pid: int
+    rss_start_mb: float
+    rss_end_mb: float
+    hwm_mb: float
+    cpu_percent: float
+    seconds: float
+
+
+def sample(pid: int) -> Sample:
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    # /proc/<pid>/stat: the command may hold spaces, so split after its closing parenthesis;
+    # utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the state field
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    rest = stat[stat.rindex(")") + 2 :].split()
+    return Sample(
+        rss_kb=int(fields["VmRSS"].split()[0]),
+        hwm_kb=int(fields["VmHWM"].split()[0]),
+        cpu_ticks=int(rest[11]) + int(rest[12]),
+        at=time.monotonic(),
+    )
+
+
+def figures(name: str, pid: int, start: Sample, end: Sample) -> Figures:
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = end.at - start.at
+    return Figures(
+        name=name,
+        pid=pid,
+        rss_start_mb=start.rss_kb / 1024,
+        rss_end_mb=end.rss_kb / 1024,
+        hwm_mb=end.hwm_kb / 1024,
+        cpu_percent=100.0 * (end.cpu_ticks - start.cpu_ticks) / ticks / seconds,
+        seconds=seconds,
+    )
+
+
+def build_home(root: Path, models: int) -> None:
+    base = root / "models" / "oneseek-7b-zero" / "base_models"
+    for i in range(models):
+        make_model(base, f"Idle-Model-{i:05d}", tensors=TINY, tokenizer=False)
+    (root / "datasets").mkdir(parents=True)
+    (root / "requests").mkdir()
+
+
+def ready_models(db: Path) -> int:
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        (count,) = con.execute("SELECT count(*) FROM base_models WHERE state = 'ready'").fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+    return int(count)
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise SystemExit(f"the daemon exited with {proc.returncode} while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def start_baselines(seconds: float) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    sleep = f"import time; time.sleep({seconds + 30})"
+    return [
+        ("python, sleeping", subprocess.Popen([sys.executable, "-c", sleep])),
+        (
+            "python + the daemon's libraries, sleeping",
+            subprocess.Popen([sys.executable, "-c", f"import {LIBRARIES}; {sleep}"]),
+        ),
+    ]
+
+
+def measure(
+    seconds: float, models: int, keep: bool, command: list[str] | None = None
+) -> dict[str, object]:
+    """Build the home, start the daemon (or `command` + `--home HOME`), measure the window."""
+    root = Path(tempfile.mkdtemp(prefix="oneseek-idle-"))
+    home = root / "home"
+    try:
+        started = time.perf_counter()
+        build_home(home, models)
+        built = time.perf_counter() - started
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ONESEEK_")}
+        log_path = root / "daemon.log"
+        with log_path.open("wb") as log:
+            daemon = subprocess.Popen(
+                [*(command or [sys.executable, "-m", "oneseekd"]), "--home", str(home)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+            )
+        baselines = start_baselines(seconds)
+        try:
+            loaded_at = time.perf_counter()
+            wait_until(
+                lambda: b'"daemon_ready"' in log_path.read_bytes(), 120, "daemon_ready", daemon
+            )
+            wait_until(
+                lambda: ready_models(home / "oneseek.db") >= models,
+                120,
+                f"{models} ready models",
+                daemon,
+            )
+            loaded = time.perf_counter() - loaded_at
+            time.sleep(SETTLE_AFTER_READY_S)
+            procs = [("oneseekd (idle)", daemon), *baselines]
+            lines_before = log_path.read_bytes().count(b"\n")
+            first = {name: sample(p.pid) for name, p in procs}
+            time.sleep(seconds)
+            last = {name: sample(p.pid) for name, p in procs}
+            lines_during = log_path.read_bytes().count(b"\n") - lines_before
+            if daemon.poll() is not None:
+                raise SystemExit(f"the daemon exited with {daemon.returncode} during the window")
+        finally:
+            for _, proc in baselines:
+                proc.kill()
+                proc.wait()
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        results = [figures(name, p.pid, first[name], last[name]) for name, p in procs]
+        return {
+            "models": models,
+            "seconds": seconds,
+            "build_seconds": round(built, 1),
+            "catalog_ready_seconds": round(loaded, 1),
+            "log_lines_in_window": lines_during,
+            "results": [asdict(r) for r in results],
+            "home": str(home) if keep else None,
+        }
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def report(data: dict[str, object]) -> int:
+    results = [Figures(**r) for r in data["results"]]  # type: ignore[attr-defined]
+    daemon, bare, libs = results
+    print(
+        f"oneseekd idle for {daemon.seconds:.1f} s with {data['models']} models in the catalog "
+        f"(built in {data['build_seconds']} s, catalog ready {data['catalog_ready_seconds']} s "
+        "after start)"
+    )
+    print()
+    print(f"{'process':44} {'RSS start MB':>12} {'RSS end MB':>11} {'peak MB':>8} {'CPU %':>7}")
+    for r in results:
+        print(
+            f"{r.name:44} {r.rss_start_mb:12.1f} {r.rss_end_mb:11.1f} {r.hwm_mb:8.1f} "
+            f"{r.cpu_percent:7.3f}"
+        )
+    print()
+    for base in (bare, libs):
+        print(
+            f"ratio to {base.name!r}: RSS {daemon.rss_end_mb / base.rss_end_mb:.2f} x, "
+            f"CPU {daemon.cpu_percent - base.cpu_percent:+.3f} points"
+        )
+    rss_ok = daemon.rss_end_mb < RSS_GOAL_MB
+    cpu_ok = daemon.cpu_percent < CPU_GOAL_PERCENT
+    print()
+    print(
+        f"goal RSS < {RSS_GOAL_MB:g} MB: {'PASS' if rss_ok else 'MISS'} "
+        f"({daemon.rss_end_mb:.1f} MB; {daemon.rss_end_mb - libs.rss_end_mb:.1f} MB above the "
+        "libraries alone)"
+    )
+    print(
+        f"goal CPU < {CPU_GOAL_PERCENT:g}% of a core: {'PASS' if cpu_ok else 'MISS'} "
+        f"({daemon.cpu_percent:.3f}%)"
+    )
+    return 0 if rss_ok and cpu_ok else 1
+
+
+# --- why: imports and the idle tick -------------------------------------------------------------
+
+IMPORT_GROUPS = (
+    ("sqlalchemy", "sqlalchemy"),
+    ("sqlalchemy.orm", "sqlalchemy.orm"),
+    ("pydantic", "pydantic"),
+    ("click", "click"),
+    ("cryptography (ed25519)", "cryptography.hazmat.primitives.asymmetric.ed25519"),
+    ("watchdog", "watchdog.observers"),
+    ("apscheduler", "apscheduler.schedulers.background"),
+    ("structlog (imports rich when installed)", "structlog"),
+    ("alembic (+ mako, every dialect's DDL)", "alembic.command"),
+    ("oneseekd.db", "oneseekd.db.migrate"),
+    ("oneseekd.intake (pydantic schema)", "oneseekd.intake.accept"),
+    ("oneseekd.service (the rest)", "oneseekd.service"),
+)
+
+_IMPORT_PROBE = """
+import importlib, json, re, sys
+def rss():
+    text = open("/proc/self/status").read()
+    return int(re.search(r"VmRSS:\\s+(\\d+)", text).group(1)) / 1024
+out = [["python", rss()]]
+for label, module in json.loads(sys.argv[1]):
+    importlib.import_module(module)
+    out.append([label, rss()])
+out.append(["(rich imported: %s)" % ("rich" in sys.modules), rss()])
+print(json.dumps(out))
+"""
+
+
+def import_costs() -> list[tuple[str, float]]:
+    """RSS after each group of imports, in a fresh interpreter."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, json.dumps(IMPORT_GROUPS)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [(label, float(mb)) for label, mb in json.loads(done.stdout)]
+
+
+def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float]]:
+    """CPU microseconds per call of each thing the idle main loop does, on a home of `models`
+    ready models (the daemon's own components, in this process)."""
+    import logging
+
+    import structlog
+
+    from oneseekd import queue
+    from oneseekd.catalog.live import Catalog
+    from oneseekd.catalog.scan import model_roots
+    from oneseekd.config import load_config
+    from oneseekd.db.engine import make_engine
+    from oneseekd.db.migrate import upgrade
+    from oneseekd.intake.accept import Intake
+    from oneseekd.intake.dropfolder import DropFolder
+    from oneseekd.intake.rows import PendingRows
+    from oneseekd.supervisor import Supervisor
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    root = Path(tempfile.mkdtemp(prefix="oneseek-idle-why-"))
+    try:
+        build_home(root, models)
+        config = load_config(root, env={})
+        config.home.ensure()
+        engine = make_engine(config.db_url)
+        upgrade(engine)
+        catalog = Catalog(engine, model_roots(config), config.catalog.settle_seconds)
+        catalog.full_scan()
+        intake = Intake(engine, config.home)
+        drops = DropFolder(intake, config.home, config.intake.settle_seconds)
+        pending = PendingRows(intake, engine)
+        supervisor = Supervisor(engine, config, None)
+        steps = {
+            "catalog.process_due() + pending()": lambda: (
+                catalog.process_due(),
+                catalog.pending(),
+            ),
+            "drops.poll() (scandir of requests/)": drops.poll,
+            "rows.poll() (PRAGMA data_version)": pending.poll,
+            "supervisor.tick(), of which:": supervisor.tick,
+            "  queue.cancel_queued_flagged() (write txn)": lambda: queue.cancel_queued_flagged(
+                engine, ledger=supervisor.ledger
+            ),
+            "  queue.claim_next() (write txn)": lambda: queue.claim_next(
+                engine, None, ledger=supervisor.ledger
+            ),
+        }
+        costs = []
+        for label, step in steps.items():
+            step()  # warm caches
+            started = time.process_time()
+            for _ in range(calls):
+                step()
+            costs.append((label, 1e6 * (time.process_time() - started) / calls))
+        pending.close()
+        engine.dispose()
+        return costs
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def report_why(models: int) -> None:
+    from oneseekd.service import TICK_SECONDS
+
+    print()
+    print("why, memory: RSS after each group of imports (fresh interpreter)")
+    previous = None
+    for label, mb in import_costs():
+        added = "" if previous is None else f"+{mb - previous:5.1f}"
+        print(f"  {label:46} {mb:6.1f} MB {added}")
+        previous = mb
+    ticks = 1 / TICK_SECONDS
+    print()
+    print(f"why, CPU: each idle tick of the main loop ({ticks:g} ticks/s), {models} models")
+    for label, micros in tick_costs(models):
+        share = micros * ticks / 1e4
+        print(f"  {label:46} {micros:8.0f} us/tick  = {share:5.2f}% of a core")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="the quiet window (60)")
+    parser.add_argument("--models", type=int, default=1000, help="catalog size (1000)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary home")
+    parser.add_argument("--why", action="store_true", help="diagnose imports and idle ticks")
+    args = parser.parse_args(argv)
+    data = measure(args.seconds, args.models, args.keep)
+    code = report(data)
+    if args.why:
+        report_why(args.models)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
