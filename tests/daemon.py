@@ -108,3 +108,17 @@ def run_until_idle(home: Path, timeout: float = 300) -> subprocess.CompletedProc
         timeout=timeout,
         env=env,
     )
+
+
+def query(home: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """Read the home's database from a plain sqlite3 connection, as another program would."""
+    con = sqlite3.connect(home / "oneseek.db", timeout=30)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def run_state(home: Path, run_id: str) -> str | None:
+    rows = query(home, "SELECT state FROM runs WHERE run_id = ?", run_id)
+    return str(rows[0][0]) if rows else None

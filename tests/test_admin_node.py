@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from daemon import DaemonProcess, wait_for
+from daemon import DaemonProcess, query, run_state, wait_for
 from trainhomes import FAST, tiny_home
 
 from oneseekd.cli import main as ctl_main
@@ -93,19 +93,6 @@ def ctl(home: Path, *args: str) -> tuple[int, str]:
         ctl_main, ["--home", str(home), *args], env={"ONESEEK_HOME": None, "ONESEEK_DB_URL": None}
     )
     return result.exit_code, result.stdout
-
-
-def query(home: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(home / "oneseek.db", timeout=30)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
-
-
-def run_state(home: Path, run_id: str) -> str | None:
-    rows = query(home, "SELECT state FROM runs WHERE run_id = ?", run_id)
-    return str(rows[0][0]) if rows else None
 
 
 def assert_no_lock_errors(daemon: DaemonProcess) -> None:

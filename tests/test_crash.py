@@ -32,6 +32,7 @@ from crashharness import (
 )
 from daemon import DaemonProcess, model_state, run_until_idle, wait_for
 from homes import request, training_home
+from modelfactory import make_model
 
 
 @pytest.fixture(autouse=True)
@@ -305,22 +306,17 @@ def test_a_trainer_left_running_is_named(whole_home: Path) -> None:
 )
 def test_a_run_s_outputs_leave_the_base_models_ready(tmp_path: Path) -> None:
     home = training_home(tmp_path / "home")
-    config = home / "oneseekd.toml"
-    config.write_text('log_level = "debug"\n' + config.read_text())
     daemon = DaemonProcess(home)
     try:
         daemon.wait_event("daemon_ready")
+        # what save_model_outputs does: a versioned file renamed into weights/
         weights = home / "models" / "oneseek-7b-zero" / "weights"
         weights.mkdir(exist_ok=True)
         (weights / ".oneseek-7b-zero-v1.0.json.tmp").write_text("{}")
         os.rename(weights / ".oneseek-7b-zero-v1.0.json.tmp", weights / "oneseek-7b-zero-v1.0.json")
-        wait_for(
-            lambda: any(
-                e.get("event") == "catalog_scanned" and e.get("kind") == "folders"
-                for e in daemon.events()
-            ),
-            what="the watch event's rescan",
-        )
+        # a model copied in afterwards: once it is ready, the event before it was handled too
+        make_model(home / "models" / "oneseek-7b-zero" / "base_models", "Barrier-Model")
+        wait_for(lambda: model_state(home, "barrier-model") == "ready", what="barrier-model")
         assert model_state(home, "kb-llama-3-1-8b-swedish") == "ready"
     finally:
         daemon.kill()

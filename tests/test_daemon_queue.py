@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from daemon import DaemonProcess, run_until_idle, wait_for
+from daemon import DaemonProcess, query, run_state, run_until_idle, wait_for
 from homes import fake_behaviour, fake_starts, request, training_home
 
 from oneseekd.cli import main as ctl_main
@@ -33,19 +32,6 @@ def daemon(home: Path) -> Iterator[DaemonProcess]:
     proc.wait_event("daemon_ready")
     yield proc
     proc.kill()
-
-
-def query(home: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
-    con = sqlite3.connect(home / "oneseek.db", timeout=30)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
-
-
-def run_state(home: Path, run_id: str) -> str | None:
-    rows = query(home, "SELECT state FROM runs WHERE run_id = ?", run_id)
-    return str(rows[0][0]) if rows else None
 
 
 def drop(home: Path, name: str, body: object) -> None:
