@@ -297,13 +297,6 @@ def test_a_trainer_left_running_is_named(whole_home: Path) -> None:
 
 
 # --- bugs the harness found, each at its exact instant -------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="Catalog.process_due (oneseekd/catalog/live.py) takes a watch event under "
-    "models/oneseek-7b-zero/ (a run's outputs) for the folder models/oneseek-7b-zero, which "
-    "candidate() skips as reserved, so it is listed as gone and reconcile() marks every model "
-    "under it (all of base_models/) missing: later requests are refused until a full scan",
-)
 def test_a_run_s_outputs_leave_the_base_models_ready(tmp_path: Path) -> None:
     home = training_home(tmp_path / "home")
     daemon = DaemonProcess(home)
