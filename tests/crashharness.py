@@ -61,29 +61,18 @@ def crash_home(
     *,
     max_attempts: int = 25,
     trainer_command: list[str] | None = None,
-    in_base_models: bool = False,
 ) -> Path:
-    """A tiny-model home with a small dataset, configured so that crashes are resumed.
-
-    The base models live in an extra catalog root, HOME/library, unless `in_base_models`:
-    with them under models/oneseek-7b-zero/base_models, the first run's outputs mark them
-    `missing` and every later request is refused until the next full scan (the bug that
-    test_a_run_s_outputs_leave_the_base_models_ready shows), which would stop the schedule."""
+    """A tiny-model home with a small dataset, configured so that crashes are resumed rather
+    than given up (trainer.max_attempts raised)."""
     home = tiny_home(root, cache, MODELS)
     civic_dataset(home / "datasets" / DATASET, n=16)
     (home / "requests").mkdir(exist_ok=True)
-    catalog = "[catalog]\nsettle_seconds = 0\nrescan_interval_seconds = 3600\n"
-    if not in_base_models:
-        library = home / "library"
-        library.mkdir()
-        for folder in (home / "models" / "oneseek-7b-zero" / "base_models").iterdir():
-            folder.rename(library / folder.name)
-        catalog += f"extra_roots = [{json.dumps(str(library))}]\n"
     trainer = f"heartbeat_seconds = 0.2\nstop_grace_seconds = 10\nmax_attempts = {max_attempts}\n"
     if trainer_command:
         trainer += f"command = {json.dumps(trainer_command)}\n"
     (home / "oneseekd.toml").write_text(
-        f"{catalog}[intake]\nsettle_seconds = 0\n[trainer]\n{trainer}"
+        "[catalog]\nsettle_seconds = 0\nrescan_interval_seconds = 3600\n"
+        f"[intake]\nsettle_seconds = 0\n[trainer]\n{trainer}"
     )
     return home
 
