@@ -30,6 +30,8 @@ DEFAULT_CANCEL_GRACE_SECONDS = 30.0
 DEFAULT_STOP_GRACE_SECONDS = 120.0
 DEFAULT_HEARTBEAT_SECONDS = 1.0
 DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_CPU_PROCESSES = 1
+DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 1800.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,10 @@ class TrainerConfig:
     stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    # on a host without GPUs, how many CPU processes (DDP over gloo) stand in for them
+    cpu_processes: int = DEFAULT_CPU_PROCESSES
+    # how long a rank of a multi-process run waits on the others before the run fails
+    collective_timeout_seconds: float = DEFAULT_COLLECTIVE_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,8 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
         "stop_grace_seconds",
         "heartbeat_seconds",
         "max_attempts",
+        "cpu_processes",
+        "collective_timeout_seconds",
     }
     table = _table(data, "trainer", known, problems)
     command = table.get("command", list(DEFAULT_TRAINER_COMMAND))
@@ -222,6 +230,11 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
             f"trainer.max_attempts must be a whole number of at least 1, got {attempts!r}"
         )
         attempts = DEFAULT_MAX_ATTEMPTS
+    cpus = table.get("cpu_processes", DEFAULT_CPU_PROCESSES)
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
+        problems.append(f"trainer.cpu_processes must be a whole number of at least 1, got {cpus!r}")
+        cpus = DEFAULT_CPU_PROCESSES
+    collective = _number(table, "collective_timeout_seconds", "trainer", problems, minimum=1.0)
     cancel = _number(table, "cancel_grace_seconds", "trainer", problems, minimum=0.0)
     stop = _number(table, "stop_grace_seconds", "trainer", problems, minimum=0.0)
     beat = _number(table, "heartbeat_seconds", "trainer", problems, minimum=0.05)
@@ -231,6 +244,10 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
         stop_grace_seconds=DEFAULT_STOP_GRACE_SECONDS if stop is None else stop,
         heartbeat_seconds=DEFAULT_HEARTBEAT_SECONDS if beat is None else beat,
         max_attempts=attempts,
+        cpu_processes=cpus,
+        collective_timeout_seconds=(
+            DEFAULT_COLLECTIVE_TIMEOUT_SECONDS if collective is None else collective
+        ),
     )
 
 

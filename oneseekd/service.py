@@ -122,7 +122,7 @@ class Daemon:
         done = catalog.full_scan()
         log.info("catalog_loaded", models=done.total)
         ledger = Ledger.for_home(engine, cfg.home)  # a bad key stops the daemon here
-        intake = Intake(engine, cfg.home, ledger=ledger)
+        intake = Intake(engine, cfg.home, ledger=ledger, cpu_processes=cfg.trainer.cpu_processes)
         drops = DropFolder(intake, cfg.home, cfg.intake.settle_seconds)
         rows = PendingRows(intake, engine)
         supervisor = Supervisor(engine, cfg, self._row_id, ledger=ledger)

@@ -19,8 +19,9 @@ import structlog
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from oneseekd import gpus
 from oneseekd.certify.ledger import Ledger
-from oneseekd.config import HomePaths
+from oneseekd.config import DEFAULT_CPU_PROCESSES, HomePaths
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import BaseModel, Run, RunEvent, TrainingRequest, utcnow
 from oneseekd.intake.checks import (
@@ -160,11 +161,13 @@ class Intake:
         paths: HomePaths,
         clock: Callable[[], datetime] = utcnow,
         ledger: Ledger | None = None,
+        cpu_processes: int = DEFAULT_CPU_PROCESSES,
     ) -> None:
         self.engine = engine
         self.paths = paths
         self.clock = clock
         self._ledger = ledger
+        self.cpu_processes = cpu_processes  # [trainer] cpu_processes: see oneseekd/gpus.py
 
     @property
     def ledger(self) -> Ledger:
@@ -229,6 +232,21 @@ class Intake:
             return None, None, problems
         dataset, problems = check_dataset(request.dataset, self.paths)
         return request, dataset, problems
+
+    def _gpu_problems(self, request: TrainingRequestModel) -> list[str]:
+        """A request for more GPUs than this host has can never run: refuse it now."""
+        asked = [("gpus", request.gpus)] + [
+            (f"per_model.{name}.gpus", o.gpus)
+            for name, o in request.per_model.items()
+            if o.gpus is not None
+        ]
+        here = gpus.host_gpus()
+        problems: list[str] = []
+        for where, value in asked:
+            problem = gpus.too_many(value, here, self.cpu_processes)
+            if problem:
+                problems.append(f"{where}: {problem}")
+        return problems
 
     def _decide(
         self,
@@ -314,6 +332,7 @@ class Intake:
         now: datetime,
     ) -> tuple[Run | None, list[str]]:
         models, problems = resolve_models(batch.models, list(request.base_models))
+        problems += self._gpu_problems(request)
         keys = [m.key for m in models]
         per_model: dict[str, str] = {}
         if models and request.per_model:

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     field_validator,
 )
@@ -52,6 +53,16 @@ Finite = float  # NaN and infinities are refused by the model config (allow_inf_
 Modules = Annotated[list[str] | None, Field(min_length=1, max_length=64), AfterValidator(_modules)]
 
 
+def _gpus(value: Any) -> int | Literal["all"]:
+    if value == "all" or (type(value) is int and 1 <= value <= 1024):
+        return "all" if value == "all" else int(value)
+    raise ValueError('must be a whole number of GPUs from 1 to 1024, or "all"')
+
+
+# processes (one per GPU) a model trains with; "all" is every GPU of the host
+Gpus = Annotated[int | Literal["all"], PlainValidator(_gpus)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -83,6 +94,7 @@ class ModelOverrides(_Strict):
     epochs: int | None = Field(None, ge=1, le=1000)
     batch_size: int | None = Field(None, ge=1, le=4096)
     lora: LoraOverride | None = None
+    gpus: Gpus | None = None
 
 
 class TrainingRequestModel(_Strict):
@@ -103,6 +115,7 @@ class TrainingRequestModel(_Strict):
     weighting: Literal["val_loss", "equal"] = "val_loss"
     gradient_checkpointing: bool = False
     export_merged: bool = False
+    gpus: Gpus = 1
     lora: LoraSettings = LoraSettings()
     per_model: dict[Annotated[str, Field(min_length=1, max_length=200)], ModelOverrides] = Field(
         default_factory=dict, max_length=16
