@@ -3,28 +3,36 @@
 The child is a fresh interpreter started with subprocess (exec, never a fork of this process:
 CUDA is not fork-safe), in its own session so a terminal's Ctrl-C reaches only the daemon. Its
 output goes to HOME/logs/<run_id>.log; the tail is stored on the run when it fails.
+
+A model that asks for more than one GPU trains in several processes: the child is then torchrun
+(`python -m torch.distributed.run`, the agent) starting one trainer per GPU (docs/training.md,
+"Several GPUs"). The agent passes SIGTERM on to its workers; each worker sits in a session of
+its own, so a kill reaches them one by one, found as the agent's descendants.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import structlog
 from sqlalchemy import Engine, select
 
-from oneseekd import protocol, queue
+from oneseekd import gpus, protocol, queue
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config
 from oneseekd.db.engine import read_session
-from oneseekd.db.models import BaseModel, Run
+from oneseekd.db.models import BaseModel, ModelTraining, Run
 
 log = structlog.get_logger("oneseekd.supervisor")
 
@@ -43,6 +51,9 @@ class Child:
     term_sent_at: float | None = None
     killed: bool = False
     last_beat: float = 0.0
+    world_size: int = 1  # above 1, proc is torchrun's agent and the ranks write exit_dir
+    exit_dir: Path | None = None
+    workers: set[int] = field(default_factory=set)  # the agent's, seen at each heartbeat
 
 
 def log_tail(path: Path) -> str:
@@ -71,6 +82,45 @@ def _process_runs(pid: int, run_id: str) -> bool:
     return run_id.encode() in cmdline or f"{protocol.ENV_RUN_ID}={run_id}".encode() in (
         _environ(pid)
     )
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid (torchrun's workers and theirs), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_tree(pid: int, sig: int, known: set[int]) -> None:
+    """Signal pid's process group and every descendant's (workers lead groups of their own),
+    and the known workers that outlived their agent (then they are no longer its children)."""
+    for target in [*_descendants(pid), *known, pid]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(target, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(target, sig)
+
+
+def _rank_codes(folder: Path | None) -> dict[int, int]:
+    codes: dict[int, int] = {}
+    for path in folder.glob("rank-*") if folder is not None else []:
+        with contextlib.suppress(ValueError, OSError):
+            codes[int(path.name.removeprefix("rank-"))] = int(path.read_text().strip())
+    return codes
 
 
 def _environ(pid: int) -> bytes:
@@ -148,25 +198,55 @@ class Supervisor:
         return None
 
     def _stop_pid(self, pid: int) -> None:
+        workers = _descendants(pid)  # a torchrun agent's: they outlive it for a while
         for sig, wait in (
             (signal.SIGTERM, self.config.trainer.stop_grace_seconds),
             (signal.SIGKILL, 5.0),
         ):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                return
+            if sig == signal.SIGKILL:
+                for worker in workers:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker, sig)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
-                if not Path(f"/proc/{pid}").exists():
+                if not any(Path(f"/proc/{p}").exists() for p in [pid, *workers]):
                     return
                 time.sleep(0.05)
 
-    def _spawn(self, run: Run) -> None:
+    def _world(self, run: Run) -> tuple[dict[str, int], int, str | None]:
+        """Processes per model of the run, the number the next untrained model needs, and
+        why this host cannot give it (None when it can)."""
+        trainer = self.config.trainer
+        here = gpus.host_gpus()
+        devices = here if here > 0 else trainer.cpu_processes
+        asked = {key: gpus.asked_for(run.config, key) for key in run.base_models}
+        plan = {key: gpus.resolve(value, devices) for key, value in asked.items()}
+        with read_session(self.engine) as session:
+            trained = set(
+                session.scalars(
+                    select(ModelTraining.model_key).where(
+                        ModelTraining.run_id == run.id, ModelTraining.state == "trained"
+                    )
+                )
+            )
+        pending = [key for key in run.base_models if key not in trained]
+        if not pending:
+            return plan, 1, None  # only certifying is left: one process does it
+        problem = gpus.too_many(asked[pending[0]], here, trainer.cpu_processes)
+        if problem:
+            problem = f"model {pending[0]} {problem} now; it cannot train here"
+        return plan, plan[pending[0]], problem
+
+    def _launch(self, run: Run) -> tuple[list[str], dict[str, str], int, Path | None] | str:
+        """The argv and environment of the child, its world size and the folder its ranks
+        write their exit status to; or why it cannot start."""
         cfg = self.config
-        cfg.home.logs.mkdir(parents=True, exist_ok=True)
-        log_path = cfg.home.logs / f"{run.run_id}.log"
-        argv = [
+        plan, size, problem = self._world(run)
+        if problem:
+            return problem
+        trainer_argv = [
             *cfg.trainer.command,
             "--home",
             str(cfg.home.root),
@@ -181,8 +261,43 @@ class Supervisor:
             protocol.ENV_ATTEMPT: str(run.attempts),
             protocol.ENV_RESUME: "1" if run.attempts > 1 else "0",
             protocol.ENV_PARENT_PID: str(os.getpid()),
+            protocol.ENV_WORLD_SIZES: json.dumps(plan),
             "PYTHONUNBUFFERED": "1",
         }
+        if size == 1:
+            return trainer_argv, env, 1, None
+        exit_dir = cfg.home.root / "runs" / run.run_id / "exit"
+        shutil.rmtree(exit_dir, ignore_errors=True)
+        exit_dir.mkdir(parents=True)
+        env[protocol.ENV_EXIT_DIR] = str(exit_dir)
+        env[protocol.ENV_COLLECTIVE_TIMEOUT] = str(cfg.trainer.collective_timeout_seconds)
+        # torchrun would set 1; give each worker its share of the cores instead
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // size)))
+        argv = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",  # torchrun as a module: no PATH lookup
+            "--standalone",
+            f"--nproc-per-node={size}",
+            # the supervisor escalates itself; torchrun must not kill a checkpointing worker
+            f"--shutdown-timeout={int(max(cfg.trainer.stop_grace_seconds, 1))}",
+            "--no-python",
+            *trainer_argv,
+        ]
+        return argv, env, size, exit_dir
+
+    def _spawn(self, run: Run) -> None:
+        cfg = self.config
+        cfg.home.logs.mkdir(parents=True, exist_ok=True)
+        log_path = cfg.home.logs / f"{run.run_id}.log"
+        launch = self._launch(run)
+        if isinstance(launch, str):
+            queue.finish(
+                self.engine, run.id, "failed", outcome="error", error=launch, ledger=self.ledger
+            )
+            log.error("run_failed", run_id=run.run_id, outcome="error", error=launch)
+            return
+        argv, env, size, exit_dir = launch
         log_file = log_path.open("ab")
         log_file.write(f"--- attempt {run.attempts}: {' '.join(argv)}\n".encode())
         log_file.flush()
@@ -208,7 +323,16 @@ class Supervisor:
             log.error("run_failed", run_id=run.run_id, outcome="error", error=error)
             return
         queue.set_child(self.engine, run.id, proc.pid, str(log_path))
-        self.child = Child(run.id, run.run_id, proc, log_path, log_file, last_beat=self.clock())
+        self.child = Child(
+            run.id,
+            run.run_id,
+            proc,
+            log_path,
+            log_file,
+            last_beat=self.clock(),
+            world_size=size,
+            exit_dir=exit_dir,
+        )
         log.info(
             "run_started",
             run_id=run.run_id,
@@ -216,6 +340,7 @@ class Supervisor:
             attempt=run.attempts,
             models=run.base_models,
             version=run.version,
+            processes=size,
         )
 
     # --- the loop ----------------------------------------------------------------------------
@@ -238,6 +363,8 @@ class Supervisor:
         now = self.clock()
         if now - child.last_beat >= self.config.trainer.heartbeat_seconds:
             child.last_beat = now
+            if child.world_size > 1:
+                child.workers.update(_descendants(child.proc.pid))
             if queue.heartbeat(self.engine, child.run_pk) and child.stop_reason is None:
                 self._terminate(child, "cancel")
         grace = self._grace(child)
@@ -262,6 +389,9 @@ class Supervisor:
 
     def _kill(self, child: Child) -> None:
         child.killed = True
+        if child.world_size > 1:
+            _kill_tree(child.proc.pid, signal.SIGKILL, self._workers(child))
+            return
         try:
             os.killpg(child.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -270,6 +400,15 @@ class Supervisor:
     def _reap(self, child: Child, code: int) -> None:
         child.log_file.close()
         self.child = None
+        if child.world_size > 1:
+            left = self._workers(child)
+            if left:  # the agent died and left them: they must not train on unwatched
+                log.warning("trainer_workers_killed", run_id=child.run_id, pids=sorted(left))
+                _kill_tree(child.proc.pid, signal.SIGKILL, left)
+            code = protocol.combined_exit(_rank_codes(child.exit_dir), child.world_size, code)
+        if code == protocol.EXIT_RELAUNCH and child.stop_reason is None:
+            self._relaunch(child)
+            return
         if child.stop_reason == "shutdown":
             log.info(
                 "run_interrupted",
@@ -298,6 +437,38 @@ class Supervisor:
             exit_code=code,
             error=error.splitlines()[0] if error else None,
         )
+
+    def _workers(self, child: Child) -> set[int]:
+        """The agent's workers still alive (checked to be this run's, not a recycled pid)."""
+        if child.proc.poll() is None:
+            child.workers.update(_descendants(child.proc.pid))
+        child.workers = {p for p in child.workers if _process_runs(p, child.run_id)}
+        return child.workers
+
+    def _relaunch(self, child: Child) -> None:
+        """The next model asks for another number of processes: start the run again."""
+        with read_session(self.engine) as session:
+            run = session.get_one(Run, child.run_pk)
+            session.expunge(run)
+        _, size, _ = self._world(run)
+        if size == child.world_size:  # nothing would change: do not go round in circles
+            error = (
+                f"the trainer asked to be started again with {size} processes, as it was\n"
+                + log_tail(child.log_path)
+            )
+            queue.finish(
+                self.engine,
+                child.run_pk,
+                "failed",
+                outcome="error",
+                error=error,
+                exit_code=protocol.EXIT_RELAUNCH,
+                ledger=self.ledger,
+            )
+            log.error("run_failed", run_id=child.run_id, outcome="error", error=error)
+            return
+        log.info("trainer_relaunched", run_id=child.run_id, processes=size)
+        self._spawn(run)
 
     def _outcome(self, child: Child, code: int) -> tuple[str, str, str | None]:
         if child.stop_reason == "cancel":
