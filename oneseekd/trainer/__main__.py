@@ -3,6 +3,10 @@
 Started by the supervisor, never by hand. Exit codes follow oneseekd.protocol. First SIGTERM:
 finish the step, checkpoint, exit 75; a second one: exit at once. The process also stops when
 its supervisor goes away (Linux parent-death signal, and a parent-pid check each step).
+
+Under torchrun (a model asking for several GPUs) this runs once per rank; its parent is then
+torchrun's agent, and each rank writes the status it exits with to ONESEEK_EXIT_DIR/rank-<n>,
+since torchrun reports any failure as its own status 1.
 """
 
 from __future__ import annotations
@@ -38,7 +42,24 @@ def _die_with_parent() -> None:
         pass
 
 
+def _write_status(code: int) -> None:
+    folder = os.environ.get(protocol.ENV_EXIT_DIR)
+    if folder and "RANK" in os.environ:
+        path = Path(folder) / f"rank-{os.environ['RANK']}"
+        path.with_suffix(".tmp").write_text(str(code))
+        os.replace(path.with_suffix(".tmp"), path)
+
+
 def main(argv: list[str] | None = None) -> int:
+    code = protocol.EXIT_ERROR  # what an exception that escapes means
+    try:
+        code = _main(argv)
+    finally:
+        _write_status(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oneseekd.trainer")
     parser.add_argument("--home", required=True)
     parser.add_argument("--db-url", required=True)
@@ -48,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
     _die_with_parent()
-    parent = int(os.environ.get(protocol.ENV_PARENT_PID, os.getppid()))
+    launched = "TORCHELASTIC_RUN_ID" in os.environ  # a rank: torchrun's agent is the parent
+    parent = (
+        os.getppid() if launched else int(os.environ.get(protocol.ENV_PARENT_PID, os.getppid()))
+    )
 
     def should_stop() -> bool:
         return _stop["requested"] > 0 or os.getppid() != parent
@@ -59,12 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     from oneseekd.db.engine import make_engine
     from oneseekd.trainer.recipe import Stopped
     from oneseekd.trainer.run import train_run
+    from oneseekd.trainer.world import Relaunch, join, leave
 
+    world = join()
     engine = make_engine(args.db_url)
     try:
         train_run(
-            engine, HomePaths(Path(args.home).resolve()), args.run_id, should_stop=should_stop
+            engine,
+            HomePaths(Path(args.home).resolve()),
+            args.run_id,
+            should_stop=should_stop,
+            world=world,
         )
+    except Relaunch as exc:
+        print(f"to be started again: {exc}", file=sys.stderr)
+        return protocol.EXIT_RELAUNCH
     except Stopped:
         print("stopped on request after writing a checkpoint", file=sys.stderr)
         return protocol.EXIT_STOPPED
@@ -80,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         engine.dispose()
+        leave(world)
     return protocol.EXIT_OK
 
 

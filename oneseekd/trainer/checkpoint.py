@@ -54,6 +54,14 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def rng_state() -> dict[str, Any]:
+    """This process's torch (and CUDA) random state."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
 class Checkpoints:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -73,7 +81,10 @@ class Checkpoints:
         scheduler: Any,
         scaler: torch.amp.GradScaler | None,
         position: Position,
+        ranks: list[dict[str, Any]] | None = None,
     ) -> Path:
+        """Written by one process; `ranks` holds every rank's RNG state in a multi-process
+        run (the weights and optimizer state are the same on every rank)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"step-{position.step:08d}-e{position.epoch}b{position.batch}"
         tmp = self.folder / f".{final.name}.tmp"
@@ -91,9 +102,9 @@ class Checkpoints:
             },
             tmp / "optimizer.pt",
         )
-        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rng = rng_state()
+        if ranks is not None:
+            rng["ranks"] = ranks
         torch.save(rng, tmp / "rng.pt")
         (tmp / "python_rng.json").write_text(json.dumps(random.getstate()))
         (tmp / "state.json").write_text(json.dumps(asdict(position)))
@@ -118,6 +129,8 @@ class Checkpoints:
         scheduler: Any,
         scaler: torch.amp.GradScaler | None,
         device: str,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Position:
         adapter = torch.load(path / "adapter.pt", map_location=device, weights_only=True)
         set_peft_model_state_dict(model, adapter)
@@ -127,6 +140,8 @@ class Checkpoints:
         if scaler is not None and states["scaler"] is not None:
             scaler.load_state_dict(states["scaler"])
         rng = torch.load(path / "rng.pt", weights_only=True)
+        if world_size > 1 and len(rng.get("ranks", [])) == world_size:
+            rng = rng["ranks"][rank]  # each rank goes on with its own dropout masks
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])

@@ -3,6 +3,10 @@
 Laid out like torchtune's single-device LoRA recipe: everything the loop needs is built in
 `setup`, the loop only steps, and `save_checkpoint` captures all of its state so a resumed run
 ends where an uninterrupted one does.
+
+With several processes (`World`), each rank takes its share of every batch and scales its loss
+so that DDP's average of the ranks' gradients is the gradient of the whole batch: the same
+optimizer step as one process taking the batch whole.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import structlog
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
-from oneseekd.trainer.checkpoint import Checkpoints, Position
+from oneseekd.trainer.checkpoint import Checkpoints, Position, rng_state
 from oneseekd.trainer.context import ModelSpec, Progress
 from oneseekd.trainer.data import Encoded, batch_order, collate, encode, padding_fraction, render
 from oneseekd.trainer.loading import (
@@ -29,6 +33,7 @@ from oneseekd.trainer.loading import (
     load_tokenizer,
     lora_targets,
 )
+from oneseekd.trainer.world import World
 
 log = structlog.get_logger("oneseekd.trainer")
 
@@ -76,6 +81,7 @@ class LoraRecipe:
         should_stop: Callable[[], bool],
         label: dict[str, Any],
         on_epoch: Callable[[str, list[float]], None] = lambda key, losses: None,
+        world: World | None = None,
     ) -> None:
         self.spec = spec
         self.hp = hyper
@@ -87,6 +93,7 @@ class LoraRecipe:
         self.should_stop = should_stop
         self.label = label  # model index and count, for progress
         self.on_epoch = on_epoch  # told each epoch's validation losses (live_metrics.json)
+        self.world = world or World()
 
     # --- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -118,7 +125,12 @@ class LoraRecipe:
             task_type=TaskType.CAUSAL_LM,
         )
         if hp.get("gradient_checkpointing"):
-            base.gradient_checkpointing_enable()
+            # DDP cannot follow reentrant checkpointing's second backward pass
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+                if self.world.distributed
+                else None
+            )
             base.enable_input_require_grads()
         self.model = get_peft_model(base, lora)
         for param in self.model.parameters():
@@ -142,7 +154,14 @@ class LoraRecipe:
         latest = self.checkpoints.latest()
         if latest is not None:
             self.position = self.checkpoints.load(
-                latest, self.model, self.optimizer, self.scheduler, self.scaler, self.device.type
+                latest,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.scaler,
+                self.device.type,
+                self.world.rank,
+                self.world.size,
             )
             log.info(
                 "checkpoint_loaded",
@@ -151,6 +170,7 @@ class LoraRecipe:
                 epoch=self.position.epoch,
                 step=self.position.step,
             )
+        self.net = self.world.wrap(self.model)  # what the training forward pass calls
 
     def _autocast(self) -> Any:
         if self.device.type == "cuda":
@@ -175,10 +195,11 @@ class LoraRecipe:
                 boundary = self._micro_step(batches, pos, pad_id)
                 if not boundary:
                     continue
-                self._report(pos, started, epochs)
+                if self.world.main:
+                    self._report(pos, started, epochs)
                 if pos.step % int(self.hp["checkpoint_every"]) == 0:
                     self.save_checkpoint()
-                if self.should_stop():
+                if self.world.any(self.should_stop()):
                     self.save_checkpoint()
                     raise Stopped
             pos.train_losses.append(pos.loss_sum / max(pos.loss_tokens, 1))
@@ -190,12 +211,13 @@ class LoraRecipe:
                 train_loss=round(pos.train_losses[-1], 5),
                 val_loss=round(pos.val_losses[-1], 5),
             )
-            self.on_epoch(self.spec.key, list(pos.val_losses))
+            if self.world.main:
+                self.on_epoch(self.spec.key, list(pos.val_losses))
             pos.epoch += 1
             pos.batch = 0
             pos.loss_sum, pos.loss_tokens = 0.0, 0
             self.save_checkpoint()
-            if self.should_stop() and pos.epoch < epochs:
+            if self.world.any(self.should_stop()) and pos.epoch < epochs:
                 raise Stopped
         return ModelResult(
             self.spec.key,
@@ -212,18 +234,37 @@ class LoraRecipe:
 
     def _micro_step(self, batches: list[list[int]], pos: Position, pad_id: int) -> bool:
         """One micro-batch; True when it completed an optimizer step."""
-        batch = collate(self.train_data, batches[pos.batch], pad_id)
+        whole = batches[pos.batch]
+        rows, weight = self.world.shard(whole)
+        batch = collate(self.train_data, rows, pad_id)
         batch = {k: v.to(self.device.type) for k, v in batch.items()}
-        with self._autocast():
-            loss = self.model(**batch).loss
-        scaled = loss / self.accum
-        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        boundary = (pos.batch + 1) % self.accum == 0 or pos.batch + 1 == len(batches)
+        world = self.world
+        # gradients are averaged over the ranks at the accumulation boundary only
+        sync = self.net.no_sync() if world.distributed and not boundary else nullcontext()
         tokens = int((batch["labels"][:, 1:] != -100).sum())
-        pos.loss_sum += float(loss.detach()) * tokens
-        pos.loss_tokens += tokens
-        pos.tokens_seen += int(batch["attention_mask"].sum())
+        share = 1.0
+        if world.distributed:  # the loss is a mean over this rank's tokens: reweigh it
+            lengths = self.train_data.lengths()
+            total = sum(max(lengths[i] - 1, 0) for i in whole)
+            share = weight * tokens * world.size / max(total, 1)
+        with sync:
+            with self._autocast():
+                loss = self.net(**batch).loss
+            scaled = loss * share / self.accum if world.distributed else loss / self.accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        loss_sum, loss_tokens, seen = world.sum(
+            [
+                float(loss.detach()) * tokens * weight,
+                tokens * weight,
+                int(batch["attention_mask"].sum()) * weight,
+            ]
+        )
+        pos.loss_sum += loss_sum
+        pos.loss_tokens += int(loss_tokens)
+        pos.tokens_seen += int(seen)
         pos.batch += 1
-        if pos.batch % self.accum and pos.batch < len(batches):
+        if not boundary:
             return False
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -266,7 +307,8 @@ class LoraRecipe:
         self.model.eval()
         total, count = 0.0, 0
         order = sorted(range(len(data.ids)), key=lambda i: len(data.ids[i]))
-        for start in range(0, len(order), self.batch_size):
+        starts = list(range(0, len(order), self.batch_size))
+        for start in starts[self.world.rank :: self.world.size]:  # each rank its batches
             batch = collate(data, order[start : start + self.batch_size], pad_id)
             batch = {k: v.to(self.device.type) for k, v in batch.items()}
             with self._autocast():
@@ -275,9 +317,15 @@ class LoraRecipe:
             total += float(loss) * tokens
             count += tokens
         self.model.train()
-        return total / max(count, 1)
+        total, summed = self.world.sum([total, float(count)])
+        return total / max(summed, 1)
 
     def save_checkpoint(self) -> None:
-        self.checkpoints.save(
-            self.model, self.optimizer, self.scheduler, self.scaler, self.position
-        )
+        """Written by rank 0 (the weights and optimizer are the same on every rank), with
+        every rank's RNG state; the others wait until it is in place."""
+        ranks = self.world.gather(rng_state()) if self.world.distributed else None
+        if self.world.main:
+            self.checkpoints.save(
+                self.model, self.optimizer, self.scheduler, self.scaler, self.position, ranks
+            )
+        self.world.barrier()

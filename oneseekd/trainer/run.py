@@ -1,4 +1,7 @@
-"""One run end to end: every selected model in turn, then the certified outputs."""
+"""One run end to end: every selected model in turn, then the certified outputs.
+
+In a multi-process run every rank trains, and rank 0 alone writes: the database rows, live
+metrics, the adapters, the ledger and the certified folder."""
 
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from oneseekd.trainer.outputs import (
     write_json,
 )
 from oneseekd.trainer.recipe import LoraRecipe, ModelResult
+from oneseekd.trainer.world import Relaunch, World
 
 log = structlog.get_logger("oneseekd.trainer")
 
@@ -100,10 +104,13 @@ def train_run(
     *,
     should_stop: Callable[[], bool] = lambda: False,
     device: Device | None = None,
+    world: World | None = None,
 ) -> str:
-    """Train every model of the run and certify it; returns the DNA. Raises Stopped (after a
-    checkpoint) when should_stop() turns true."""
+    """Train every model of the run and certify it; returns the DNA (on rank 0; "" on the
+    others). Raises Stopped (after a checkpoint) when should_stop() turns true, and Relaunch
+    when the next model asks for another number of processes than this launch has."""
     device = device or pick_device()
+    world = world or World()
     ctx = load_context(engine, home, run_id)
     ledger = Ledger.for_home(engine, home)
     records = load_records(ctx.dataset)
@@ -116,6 +123,8 @@ def train_run(
         "training_started",
         run_id=run_id,
         device=device.name,
+        rank=world.rank,
+        processes=world.size,
         models=[m.key for m in ctx.models],
         records=len(records),
         val=len(val_idx),
@@ -126,11 +135,15 @@ def train_run(
         str(ctx.config.get("weighting", "val_loss")),
     )
     for position, spec in enumerate(ctx.models):
-        row = training_row(engine, ctx.run_pk, spec.key, position)
+        row = world.first(training_row, engine, ctx.run_pk, spec.key, position)
         if row.state == "trained":
             results[spec.key] = _stored_result(row)
-            live.update(spec.key, results[spec.key].val_losses)
+            if world.main:
+                live.update(spec.key, results[spec.key].val_losses)
             continue
+        wanted = world.plan.get(spec.key, world.size)
+        if wanted != world.size:
+            raise Relaunch(f"{spec.key} trains with {wanted} processes, not {world.size}")
         results[spec.key] = _train_one(
             live,
             engine,
@@ -144,7 +157,10 @@ def train_run(
             progress,
             should_stop,
             row.id,
+            world,
         )
+    if not world.main:
+        return ""  # certifying is rank 0's alone
     done = _completed_dna(engine, ctx.run_pk)
     if done is not None:  # certified by an attempt that stopped before publishing
         publish(home, run_id)
@@ -198,9 +214,11 @@ def _train_one(
     progress: Progress,
     should_stop: Callable[[], bool],
     row_id: int,
+    world: World,
 ) -> ModelResult:
     spec = next(m for m in ctx.models if m.key == key)
-    update_training(engine, row_id, state="training", started_at=utcnow())
+    if world.main:
+        update_training(engine, row_id, state="training", started_at=utcnow())
     checkpoints = Checkpoints(ctx.home.root / "checkpoints" / ctx.run_id / key)
     recipe = LoraRecipe(
         spec,
@@ -213,6 +231,7 @@ def _train_one(
         should_stop,
         {"model_index": position + 1, "models": len(ctx.models)},
         on_epoch=live.update,
+        world=world,
     )
     recipe.setup()
     log.info(
@@ -223,6 +242,23 @@ def _train_one(
         resumed_at_step=recipe.position.step,
     )
     result = recipe.train()
+    if world.main:
+        _record_model(engine, ctx, ledger, result, row_id)
+        checkpoints.remove()
+    world.barrier()  # the next model starts once this one's outputs are recorded
+    log.info("model_trained", model=key, val_loss=result.val_losses[-1])
+    result.model = None  # free the weights before the next model
+    del recipe
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def _record_model(
+    engine: Engine, ctx: RunContext, ledger: Ledger, result: ModelResult, row_id: int
+) -> None:
+    key = result.key
     with write_session(engine) as session:
         save_model_outputs(session, ledger, ctx, result)
         ledger.append(
@@ -247,11 +283,3 @@ def _train_one(
         row.tokens = result.tokens
         row.seconds = result.seconds
         row.finished_at = utcnow()
-    checkpoints.remove()
-    log.info("model_trained", model=key, val_loss=result.val_losses[-1])
-    result.model = None  # free the weights before the next model
-    del recipe
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return result
