@@ -115,11 +115,12 @@ def _kill_tree(pid: int, sig: int, known: set[int]) -> None:
             os.kill(target, sig)
 
 
-def _rank_codes(folder: Path | None) -> dict[int, int]:
+def _rank_codes(folder: Path | None, name: str = "rank") -> dict[int, int]:
+    """What each rank wrote to the exit folder: `rank-<n>` its status, `pid-<n>` its pid."""
     codes: dict[int, int] = {}
-    for path in folder.glob("rank-*") if folder is not None else []:
+    for path in folder.glob(f"{name}-*") if folder is not None else []:
         with contextlib.suppress(ValueError, OSError):
-            codes[int(path.name.removeprefix("rank-"))] = int(path.read_text().strip())
+            codes[int(path.name.removeprefix(f"{name}-"))] = int(path.read_text().strip())
     return codes
 
 
@@ -442,6 +443,7 @@ class Supervisor:
         """The agent's workers still alive (checked to be this run's, not a recycled pid)."""
         if child.proc.poll() is None:
             child.workers.update(_descendants(child.proc.pid))
+        child.workers.update(_rank_codes(child.exit_dir, "pid").values())
         child.workers = {p for p in child.workers if _process_runs(p, child.run_id)}
         return child.workers
 

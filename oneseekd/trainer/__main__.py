@@ -34,28 +34,37 @@ def _on_term(_signum: int, _frame: FrameType | None) -> None:
         os._exit(protocol.EXIT_STOPPED)  # second signal: stop now, the last checkpoint stands
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(sig: int = signal.SIGTERM) -> None:
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
 
-def _write_status(code: int) -> None:
+def _parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _write_status(name: str, value: int) -> None:
     folder = os.environ.get(protocol.ENV_EXIT_DIR)
     if folder and "RANK" in os.environ:
-        path = Path(folder) / f"rank-{os.environ['RANK']}"
-        path.with_suffix(".tmp").write_text(str(code))
+        path = Path(folder) / f"{name}-{os.environ['RANK']}"
+        path.with_suffix(".tmp").write_text(str(value))
         os.replace(path.with_suffix(".tmp"), path)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a rank's pid, for the supervisor to kill it even once its agent is gone
+    _write_status("pid", os.getpid())
     code = protocol.EXIT_ERROR  # what an exception that escapes means
     try:
         code = _main(argv)
     finally:
-        _write_status(code)
+        _write_status("rank", code)
     return code
 
 
@@ -68,14 +77,22 @@ def _main(argv: list[str] | None) -> int:
     configure_logging(os.environ.get("ONESEEK_LOG_LEVEL", "info"))
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
-    _die_with_parent()
     launched = "TORCHELASTIC_RUN_ID" in os.environ  # a rank: torchrun's agent is the parent
-    parent = (
-        os.getppid() if launched else int(os.environ.get(protocol.ENV_PARENT_PID, os.getppid()))
-    )
+    supervisor = int(os.environ.get(protocol.ENV_PARENT_PID, os.getppid()))
+    parent = os.getppid() if launched else supervisor
+    # a rank whose agent is gone is out of the supervisor's sight, and the next launch may
+    # already be training: it ends at once, not after a checkpoint
+    _die_with_parent(signal.SIGKILL if launched else signal.SIGTERM)
+    if launched and _parent_of(parent) != supervisor:  # the agent died before the line above
+        return protocol.EXIT_ERROR
 
     def should_stop() -> bool:
-        return _stop["requested"] > 0 or os.getppid() != parent
+        # a rank also stops when the daemon is gone: torchrun's agent would not notice
+        return (
+            _stop["requested"] > 0
+            or os.getppid() != parent
+            or (launched and not Path(f"/proc/{supervisor}").exists())
+        )
 
     # imported after the signal set-up: torch takes seconds to import
     import torch
