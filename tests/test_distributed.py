@@ -1,0 +1,316 @@
+"""Several GPUs, tested without one: the supervisor starts torchrun, two trainer ranks train one
+model with DDP over gloo, and rank 0 alone writes. What it leaves is compared file by file, and
+its losses number by number, with a single-process run of the same request."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon import wait_for
+from sqlalchemy import Engine
+from trainhomes import FAST, tiny_home
+
+from oneseekd import queue
+from oneseekd.catalog.live import Catalog
+from oneseekd.catalog.scan import model_roots
+from oneseekd.config import Config, load_config
+from oneseekd.db.engine import make_engine
+from oneseekd.db.migrate import upgrade
+from oneseekd.intake.accept import Intake
+from oneseekd.supervisor import Supervisor
+
+# dropout off: with it each rank draws its own masks, and the runs differ by that noise
+SAME = {**FAST, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+TOLERANCE = 1e-5  # float sums in another order over 27 steps: measured under 3e-7
+
+
+@pytest.fixture(autouse=True)
+def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
+    expr = request.config.getoption("-m") or ""
+    if request.node.get_closest_marker("slow") and ("slow" not in expr or "not slow" in expr):
+        pytest.skip("a slow multi-process test: run with pytest -m slow")
+
+
+class Box:
+    """A home whose [trainer] lets two CPU processes stand in for two GPUs."""
+
+    def __init__(self, root: Path, cache: Path, models: dict[str, str]) -> None:
+        tiny_home(root, cache, models)
+        with (root / "oneseekd.toml").open("a") as fh:
+            fh.write("cpu_processes = 2\ncollective_timeout_seconds = 60\n")
+            fh.write("cancel_grace_seconds = 20\nstop_grace_seconds = 30\n")
+        self.config: Config = load_config(root, env={})
+        self.config.home.ensure()
+        self.engine: Engine = make_engine(self.config.db_url)
+        upgrade(self.engine)
+        Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
+        self.supervisor = Supervisor(self.engine, self.config, None)
+
+    @property
+    def root(self) -> Path:
+        return self.config.home.root
+
+    def submit(self, models: list[str], **fields: object) -> str:
+        body = {"base_models": models, "dataset": "civic.jsonl", **SAME, **fields}
+        verdict = Intake(self.engine, self.config.home, cpu_processes=2).take_bytes(
+            json.dumps(body).encode(), source="submit"
+        )
+        assert verdict.run_id, verdict.problems
+        return verdict.run_id
+
+    def run(self, run_id: str) -> dict[str, object]:
+        con = sqlite3.connect(self.config.home.db_file)
+        con.row_factory = sqlite3.Row
+        try:
+            return dict(con.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone())
+        finally:
+            con.close()
+
+    def drive(self, run_id: str, timeout: float = 120.0) -> dict[str, object]:
+        def ended() -> bool:
+            self.supervisor.tick()
+            return self.run(run_id)["state"] in ("succeeded", "failed", "cancelled")
+
+        wait_for(ended, timeout=timeout, interval=0.05, what=f"run {run_id} to end")
+        return self.run(run_id)
+
+    def log(self, run_id: str) -> str:
+        return (self.root / "logs" / f"{run_id}.log").read_text(errors="replace")
+
+    def layout(self, run_id: str) -> set[str]:
+        """Every file a run left under models/, its run id replaced by RUN."""
+        models = self.root / "models"
+        return {
+            p.relative_to(models).as_posix().replace(run_id, "RUN")
+            for p in models.rglob("*")
+            if p.is_file() and "base_models" not in p.parts
+        }
+
+    def results(self, run_id: str) -> dict[str, object]:
+        path = self.root / "models" / "oneseek-certified" / run_id / "training_results.json"
+        data: dict[str, object] = json.loads(path.read_text())
+        return data
+
+
+def trainers_of(run_id: str) -> list[int]:
+    """Live processes (torchrun's agent or a rank) working on the run."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if run_id.encode() in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture
+def box(tmp_path: Path, cache: Path) -> Iterator[Box]:
+    b = Box(tmp_path / "ddp", cache, {"Tiny-Llama": "llama"})
+    yield b
+    if b.supervisor.child is not None:
+        b.supervisor._kill(b.supervisor.child)
+    b.engine.dispose()
+
+
+@pytest.mark.timeout(300)
+def test_two_gloo_processes_leave_what_one_leaves_with_the_same_losses(
+    box: Box, tmp_path: Path, cache: Path
+) -> None:
+    two = box.submit(["llama"], gpus=2)
+    done = box.drive(two, timeout=240)
+    assert (done["state"], done["exit_code"]) == ("succeeded", 0), box.log(two)[-3000:]
+    log = box.log(two)
+    assert "torch.distributed.run" in log.splitlines()[0]  # the attempt line names torchrun
+    single = Box(tmp_path / "one", cache, {"Tiny-Llama": "llama"})
+    try:
+        one = single.submit(["llama"])  # gpus defaults to 1: the plain child
+        assert single.drive(one, timeout=240)["state"] == "succeeded", single.log(one)[-3000:]
+        assert "torch.distributed.run" not in single.log(one)
+        assert box.layout(two) == single.layout(one)
+        a = box.results(two)["metrics"]["tiny-llama"]  # type: ignore[index]
+        b = single.results(one)["metrics"]["tiny-llama"]  # type: ignore[index]
+    finally:
+        single.engine.dispose()
+    print("losses, 2 processes:", a["train_losses"], a["val_losses"])
+    print("losses, 1 process: ", b["train_losses"], b["val_losses"])
+    assert (a["steps"], a["tokens"]) == (b["steps"], b["tokens"])
+    for x, y in zip(
+        a["train_losses"] + a["val_losses"], b["train_losses"] + b["val_losses"], strict=True
+    ):
+        assert x == pytest.approx(y, abs=TOLERANCE)
+    assert a["train_losses"][-1] < a["train_losses"][0]  # and it learned something
+    # rank 0 alone wrote: one adapter, one model_trained and one completion event
+    con = sqlite3.connect(box.config.home.db_file)
+    events = [e for (e,) in con.execute("SELECT event FROM ledger_events ORDER BY seq")]
+    con.close()
+    assert events.count("model_trained") == 1
+    assert events.count("dna_v2_training_completed") == 1
+    assert trainers_of(two) == []
+
+
+def test_a_request_for_more_gpus_than_the_host_has_is_refused(box: Box) -> None:
+    verdict = Intake(box.engine, box.config.home, cpu_processes=2).take_bytes(
+        json.dumps(
+            {
+                "base_models": ["llama"],
+                "dataset": "civic.jsonl",
+                "gpus": 3,
+                "perModel": {"llama": {"gpus": 4}},
+            }
+        ).encode(),
+        source="submit",
+    )
+    assert verdict.problems == [
+        "gpus: asks for 3 GPUs, but this host has none (and trainer.cpu_processes = 2 CPU "
+        "processes stand in for them)",
+        "per_model.llama.gpus: asks for 4 GPUs, but this host has none (and "
+        "trainer.cpu_processes = 2 CPU processes stand in for them)",
+    ]
+
+
+@pytest.mark.timeout(300)
+def test_cancel_stops_every_rank_and_sigkill_of_the_agent_leaves_no_worker(box: Box) -> None:
+    long = {"epochs": 200, "checkpoint_every": 1000}
+    first = box.submit(["llama"], gpus="all", **long)
+
+    def stepping() -> bool:
+        box.supervisor.tick()
+        progress = box.run(first)["progress"]
+        return progress is not None and json.loads(str(progress)).get("step", 0) >= 2
+
+    wait_for(stepping, timeout=120, interval=0.05, what="two optimizer steps")
+    assert len(trainers_of(first)) == 3  # the agent and two ranks
+    queue.request_cancel(box.engine, first)
+    done = box.drive(first, timeout=60)
+    assert (done["state"], done["outcome"]) == ("cancelled", "cancelled")
+    assert trainers_of(first) == []
+    assert "stopped on request after writing a checkpoint" in box.log(first)
+
+    second = box.submit(["llama"], gpus=2, **long)
+    wait_for(
+        lambda: (box.supervisor.tick(), len(trainers_of(second)) == 3)[1],
+        timeout=60,
+        what="the agent and two ranks",
+    )
+    assert box.supervisor.child is not None
+    os.kill(box.supervisor.child.proc.pid, signal.SIGKILL)
+    done = box.drive(second, timeout=60)
+    assert (done["state"], done["outcome"]) == ("failed", "signal")
+    wait_for(lambda: trainers_of(second) == [], timeout=10, what="no rank left")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_two_process_run_resumes_from_its_checkpoint_where_it_would_have_ended(
+    box: Box, tmp_path: Path, cache: Path
+) -> None:
+    # dropout on: each rank's own RNG state must come back from the checkpoint
+    request = {"gpus": 2, "epochs": 8, "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}
+    plain = box.submit(["llama"], **request)
+    assert box.drive(plain, timeout=240)["state"] == "succeeded", box.log(plain)[-3000:]
+    expected = box.results(plain)["metrics"]["tiny-llama"]  # type: ignore[index]
+
+    other = Box(tmp_path / "again", cache, {"Tiny-Llama": "llama"})
+    try:
+        run_id = other.submit(["llama"], **request)
+
+        def past_a_checkpoint() -> bool:
+            other.supervisor.tick()
+            progress = other.run(run_id)["progress"]
+            return progress is not None and json.loads(str(progress)).get("step", 0) >= 5
+
+        wait_for(past_a_checkpoint, timeout=120, interval=0.05, what="step 5")
+        other.supervisor.shutdown()  # the daemon stopping: checkpoint, exit, stay running
+        assert other.run(run_id)["state"] == "running"
+        assert trainers_of(run_id) == []
+        other.supervisor = Supervisor(other.engine, other.config, None)
+        other.supervisor.recover()
+        done = other.drive(run_id, timeout=240)
+        assert (done["state"], done["attempts"]) == ("succeeded", 2), other.log(run_id)[-3000:]
+        resumed = other.results(run_id)["metrics"]["tiny-llama"]  # type: ignore[index]
+    finally:
+        other.engine.dispose()
+    assert "checkpoint_loaded" in other.log(run_id)
+    for x, y in zip(
+        resumed["train_losses"] + resumed["val_losses"],
+        expected["train_losses"] + expected["val_losses"],
+        strict=True,
+    ):
+        assert x == pytest.approx(y, abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_models_asking_for_different_gpu_counts_are_trained_in_separate_launches(
+    tmp_path: Path, cache: Path
+) -> None:
+    box = Box(tmp_path / "mixed", cache, {"Tiny-Llama": "llama", "Tiny-Qwen2.5": "qwen2"})
+    try:
+        run_id = box.submit(["llama", "qwen2"], gpus=2, per_model={"qwen2": {"gpus": 1}}, epochs=1)
+        done = box.drive(run_id, timeout=400)
+        assert (done["state"], done["attempts"]) == ("succeeded", 1), box.log(run_id)[-3000:]
+        attempts = [line for line in box.log(run_id).splitlines() if line.startswith("--- ")]
+        assert len(attempts) == 2
+        assert "--nproc-per-node=2" in attempts[0]
+        assert "torch.distributed.run" not in attempts[1]
+        assert set(box.results(run_id)["trained_models"]) == {  # type: ignore[arg-type]
+            "tiny-llama",
+            "tiny-qwen2-5",
+        }
+    finally:
+        box.engine.dispose()
+
+
+def test_gpus_are_counted_from_the_driver_narrowed_by_cuda_visible_devices(
+    tmp_path: Path,
+) -> None:
+    from oneseekd.gpus import host_gpus
+
+    driver = tmp_path / "gpus"
+    for bus in ("0000:01:00.0", "0000:02:00.0", "0000:03:00.0"):
+        (driver / bus).mkdir(parents=True)
+    assert host_gpus({}, driver) == 3
+    assert host_gpus({"CUDA_VISIBLE_DEVICES": "2,0"}, driver) == 2
+    assert host_gpus({"CUDA_VISIBLE_DEVICES": "1,-1,0"}, driver) == 1
+    assert host_gpus({"CUDA_VISIBLE_DEVICES": ""}, driver) == 0
+    assert host_gpus({}, tmp_path / "no-driver") == 0
+
+
+def test_the_ranks_statuses_name_how_a_multi_process_trainer_ended() -> None:
+    from oneseekd.protocol import combined_exit
+
+    assert combined_exit({0: 0, 1: 0}, 2, 0) == 0
+    assert combined_exit({0: 1, 1: 76}, 2, 1) == 76  # rank 1 ran out of memory
+    assert combined_exit({0: 75, 1: 75}, 2, 1) == 75  # stopped on request
+    assert combined_exit({0: 77, 1: 77}, 2, 1) == 77
+    assert combined_exit({0: 0}, 2, -9) == -9  # rank 1 killed, the agent too
+    assert combined_exit({}, 2, 1) == 1
+
+
+def test_gpus_is_a_whole_number_or_all() -> None:
+    from oneseekd.intake.schema import parse_request
+
+    base = {"base_models": ["llama"], "dataset": "civic.jsonl"}
+    assert parse_request({**base, "gpus": "all"})[0] is not None
+    assert parse_request({**base, "gpus": 0})[1] == [
+        'gpus: must be a whole number of GPUs from 1 to 1024, or "all" (got 0)'
+    ]
+    assert parse_request({**base, "perModel": {"llama": {"gpus": "2"}}})[1] == [
+        "per_model.llama.gpus: must be a whole number of GPUs from 1 to 1024, or \"all\" (got '2')"
+    ]
