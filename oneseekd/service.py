@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -49,6 +50,36 @@ class _Parts:
 
 HEARTBEAT_SECONDS = 5.0
 TICK_SECONDS = 0.1  # the longest the loop sleeps: how soon a stop flag or a dropped file is seen
+# With no trainer running, the supervisor looks at the queue when the database changed, and at
+# least this often (a safety net on SQLite; the only trigger on databases without a probe).
+QUEUE_LOOK_SECONDS = 1.0
+
+
+class ChangeProbe:
+    """Whether anyone (this daemon's own pooled connections included) committed to the SQLite
+    database since the last look, from `PRAGMA data_version` on a connection of its own: a
+    read of a counter in shared memory, where a look at the queue is a write transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._probe: sqlite3.Connection | None = None
+        self._version: int | None = None
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            self._probe = sqlite3.connect(database, timeout=30, check_same_thread=False)
+
+    def changed(self) -> bool:
+        """True after a commit anywhere; False when unchanged or when there is no probe."""
+        if self._probe is None:
+            return False
+        (version,) = self._probe.execute("PRAGMA data_version").fetchone()
+        if version == self._version:
+            return False
+        self._version = int(version)
+        return True
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
 
 
 def open_database(url: str) -> Engine:
@@ -158,7 +189,15 @@ class Daemon:
         return 0
 
     def _loop(self, engine: Engine, parts: _Parts) -> None:
+        probe = ChangeProbe(engine)
+        try:
+            self._loop_until_stopped(engine, parts, probe)
+        finally:
+            probe.close()
+
+    def _loop_until_stopped(self, engine: Engine, parts: _Parts, probe: ChangeProbe) -> None:
         last_beat = last_ping = time.monotonic()
+        last_look = float("-inf")
         catalog = parts.catalog
         while not self.stop_requested:
             if self._reload_due:
@@ -176,7 +215,17 @@ class Daemon:
             if not catalog.pending():
                 # requests wait while a model folder settles: a request never races a copy
                 taken = parts.drops.poll() + parts.rows.poll()
-            parts.supervisor.tick(accepting=not self.stop_requested)
+            now = time.monotonic()
+            # a look at the queue is a write transaction: idle, take one only when something
+            # changed (a request decided, a run cancelled or finished) or the safety net is due
+            if (
+                parts.supervisor.busy
+                or taken
+                or probe.changed()
+                or now - last_look >= QUEUE_LOOK_SECONDS
+            ):
+                parts.supervisor.tick(accepting=not self.stop_requested)
+                last_look = now
             if self.exit_when_idle and self._idle(engine, parts):
                 return
             if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
