@@ -35,6 +35,7 @@ from oneseekd.intake.rows import PendingRows
 from oneseekd.lock import HomeLock
 from oneseekd.logs import configure_logging
 from oneseekd.notify import Notifier
+from oneseekd.options import home_and_db_options
 from oneseekd.supervisor import Supervisor
 
 log = structlog.get_logger("oneseekd")
@@ -332,18 +333,7 @@ class Daemon:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--home",
-    envvar="ONESEEK_HOME",
-    type=click.Path(file_okay=False),
-    help="The home folder (models/, requests/, oneseek.db). Env: ONESEEK_HOME.",
-)
-@click.option(
-    "--db-url",
-    envvar="ONESEEK_DB_URL",
-    help="SQLAlchemy URL of the state database. Env: ONESEEK_DB_URL. "
-    "Default: sqlite:///HOME/oneseek.db",
-)
+@home_and_db_options
 @click.option(
     "--exit-when-idle",
     is_flag=True,

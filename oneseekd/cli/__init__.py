@@ -20,6 +20,7 @@ from oneseekd.cli.runs import cancel_cmd, runs_cmd, show_cmd, submit_cmd
 from oneseekd.cli.status import status_cmd
 from oneseekd.errors import OneseekError
 from oneseekd.logs import configure_logging
+from oneseekd.options import home_and_db_options
 
 
 class OneseekGroup(click.Group):
@@ -32,17 +33,7 @@ class OneseekGroup(click.Group):
 
 
 @click.group(cls=OneseekGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--home",
-    envvar="ONESEEK_HOME",
-    type=click.Path(file_okay=False),
-    help="The home folder. Env: ONESEEK_HOME.",
-)
-@click.option(
-    "--db-url",
-    envvar="ONESEEK_DB_URL",
-    help="SQLAlchemy URL of the state database. Env: ONESEEK_DB_URL.",
-)
+@home_and_db_options
 @click.version_option(__version__, prog_name="oneseekctl")
 @click.pass_context
 def main(ctx: click.Context, home: str | None, db_url: str | None) -> None:
