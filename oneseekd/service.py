@@ -25,7 +25,7 @@ from oneseekd.catalog.watch import Watcher
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine, read_session, write_session
-from oneseekd.db.migrate import upgrade
+from oneseekd.db.migrate import current_without_alembic, upgrade, upgrade_in_child
 from oneseekd.db.models import Daemon as DaemonRow
 from oneseekd.db.models import Run, utcnow
 from oneseekd.errors import DatabaseError, OneseekError
@@ -83,11 +83,19 @@ class ChangeProbe:
             self._probe.close()
 
 
+def _in_memory(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
+
+
 def open_database(url: str) -> Engine:
     """An engine on a database brought to the newest revision (refusing a newer one)."""
     engine = make_engine(url)
     try:
-        revision = upgrade(engine)
+        # the usual start finds the database current without alembic; a migration runs in a
+        # child interpreter so that alembic's ~10 MB never stay resident in the daemon
+        revision = current_without_alembic(engine)
+        if revision is None:
+            revision = upgrade(engine) if _in_memory(engine) else upgrade_in_child(url)
     except SQLAlchemyError as exc:
         raise DatabaseError(
             f"cannot open the database {engine.url!r}",

@@ -20,6 +20,7 @@ from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.migrate import head_revision, scripted_head
 from oneseekd.service import ChangeProbe, Daemon
 from oneseekd.supervisor import Supervisor
+from tests.daemon import query
 from tests.homes import open_home, training_home
 
 
@@ -50,10 +51,31 @@ def _modules_after_a_daemon_run(home: Path, out: Path) -> list[str]:
 def test_a_daemon_on_a_current_database_never_imports_alembic_or_rich(tmp_path: Path) -> None:
     home = training_home(tmp_path / "home")
     out = tmp_path / "modules"
-    # the first start migrates the new database, with alembic
-    assert _modules_after_a_daemon_run(home, out) == ["alembic"]
+    # the first start migrates the new database, in a child interpreter
+    assert _modules_after_a_daemon_run(home, out) == []
+    assert query(home, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
     # every later start finds it current without alembic; rich is never loaded
     assert _modules_after_a_daemon_run(home, out) == []
+
+
+def test_a_migration_refused_in_the_child_stops_the_daemon_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    home = training_home(tmp_path / "home")
+    _config, engine = open_home(home)
+    with write_session(engine) as session:
+        session.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    engine.dispose()
+    done = subprocess.run(
+        [sys.executable, "-m", "oneseekd", "--home", str(home), "--exit-when-idle"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "is at revision 9999_from_the_future, newer than this oneseekd knows" in done.stderr
+    assert "upgrade oneseekd to the release that wrote this database" in done.stderr
 
 
 def test_a_database_behind_the_scripts_is_still_seen_as_behind(tmp_path: Path) -> None:

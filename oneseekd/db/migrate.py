@@ -75,14 +75,18 @@ def stamped_revision(engine: Engine) -> str | None:
     return str(rows[0]) if len(rows) == 1 else None
 
 
+def current_without_alembic(engine: Engine) -> Revision | None:
+    """The database's revision when it is plainly the newest; None when only alembic can
+    tell (behind, empty, newer, foreign)."""
+    head = scripted_head()
+    if head is not None and stamped_revision(engine) == head:
+        return Revision(head, head, "current")
+    return None
+
+
 def check_revision(engine: Engine) -> Revision:
     """Where the database stands; raises when it is newer than this oneseekd or not ours."""
-    head = scripted_head()
-    if head is not None:
-        current = stamped_revision(engine)
-        if current == head:
-            return Revision(current, head, "current")
-    return _check_with_alembic(engine)
+    return current_without_alembic(engine) or _check_with_alembic(engine)
 
 
 def _check_with_alembic(engine: Engine) -> Revision:
@@ -126,3 +130,60 @@ def upgrade(engine: Engine) -> Revision:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     return Revision(before.current, before.head, before.verdict)
+
+
+def upgrade_in_child(url: str) -> Revision:
+    """upgrade() in a separate interpreter, so that alembic never becomes resident in the
+    long-lived daemon. The URL travels in the environment, never on a command line `ps` shows;
+    the child's DatabaseError comes back as one, problems included."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONESEEK_MIGRATE_URL": url}
+    done = subprocess.run(
+        [sys.executable, "-m", "oneseekd.db.migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise DatabaseError(
+            f"the database migration exited with status {done.returncode}",
+            [*done.stderr.strip().splitlines()[-5:], "run `oneseekctl db upgrade` to see why"],
+        ) from None
+    if "error" in answer:
+        raise DatabaseError(str(answer["error"]), [str(p) for p in answer["problems"]])
+    return Revision(answer["current"], answer["head"], answer["verdict"])
+
+
+def _main() -> int:
+    import json
+    import os
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from oneseekd.db.engine import make_engine
+
+    engine = make_engine(os.environ["ONESEEK_MIGRATE_URL"])
+    try:
+        revision = upgrade(engine)
+    except DatabaseError as exc:
+        print(json.dumps({"error": exc.message, "problems": exc.problems}))
+        return exc.exit_code
+    except SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc)
+        print(json.dumps({"error": "the database migration failed", "problems": [detail]}))
+        return DatabaseError.exit_code
+    finally:
+        engine.dispose()
+    print(json.dumps(revision.__dict__))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
