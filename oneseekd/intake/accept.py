@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,10 +19,19 @@ import structlog
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from oneseekd.catalog.query import home_roots
+from oneseekd.catalog.scan import Root
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session, write_session
-from oneseekd.db.models import BaseModel, Run, RunEvent, TrainingRequest, utcnow
+from oneseekd.db.models import (
+    BaseModel,
+    Run,
+    RunEvent,
+    TrainingRequest,
+    unreadable_columns,
+    utcnow,
+)
 from oneseekd.intake.checks import (
     check_dataset,
     check_per_model,
@@ -129,9 +138,22 @@ class Incoming:
         )
 
     @classmethod
+    def refused(
+        cls, problem: str, source: str, source_name: str | None = None, claim: str | None = None
+    ) -> Incoming:
+        """A request that was not read at all (a file that is a link, a FIFO)."""
+        return cls("", None, [problem], source, source_name, claim)
+
+    @classmethod
     def of_row(cls, row_id: int, payload: Any) -> Incoming:
-        text = payload if isinstance(payload, str) else str(payload)
-        data, problems = decode(text.encode("utf-8", "backslashreplace"))
+        """A row's payload. SQLite hands back bytes for a BLOB (what another program binds
+        as bytes): they are decoded as UTF-8 exactly as a file's content is."""
+        if isinstance(payload, bytes):
+            data, problems = decode(payload)
+            text = payload.decode("utf-8", "backslashreplace")[:MAX_REQUEST_BYTES]
+        else:
+            text = payload if isinstance(payload, str) else str(payload)
+            data, problems = decode(text.encode("utf-8", "backslashreplace"))
         return cls(text, data, problems, "database", row_id=row_id)
 
 
@@ -160,11 +182,25 @@ class Intake:
         paths: HomePaths,
         clock: Callable[[], datetime] = utcnow,
         ledger: Ledger | None = None,
+        roots: Sequence[Root] | None = None,
     ) -> None:
         self.engine = engine
         self.paths = paths
         self.clock = clock
         self._ledger = ledger
+        self._roots = list(roots) if roots is not None else None
+
+    @property
+    def roots(self) -> list[Root]:
+        """The model roots a catalog row's path must lie in; read from the home's
+        configuration at first use unless given (the daemon sets them again on a reload)."""
+        if self._roots is None:
+            self._roots = home_roots(self.paths)
+        return self._roots
+
+    @roots.setter
+    def roots(self, roots: Sequence[Root]) -> None:
+        self._roots = list(roots)
 
     @property
     def ledger(self) -> Ledger:
@@ -199,6 +235,7 @@ class Intake:
         """Decide several requests in one transaction: the catalog, the taken versions and the
         ledger's tip are read once, and one commit covers every verdict. A row that someone
         else decided meanwhile gets None."""
+        self._check_rows(items)
         prepared = [self._prepare(item) for item in items]  # file reads outside the lock
         now = self.clock()
         self.ledger  # noqa: B018 - load the key before taking the write lock
@@ -219,6 +256,23 @@ class Intake:
         return verdicts
 
     # --- the decision ------------------------------------------------------------------------
+    def _check_rows(self, items: list[Incoming]) -> None:
+        """A row another program wrote with a time or JSON column that cannot be read is
+        refused with the reason: it reads as None, so it would be queued looking fine while
+        its stored text stays wrong for every other reader."""
+        rows = [item for item in items if item.row_id is not None]
+        if not rows:
+            return
+        with read_session(self.engine) as session:
+            for item in rows:
+                assert item.row_id is not None
+                bad = unreadable_columns(session, TrainingRequest, item.row_id)
+                item.problems = [
+                    f"the row's {column} column is not {expected}; leave {column} out of "
+                    "the INSERT (only payload is needed)"
+                    for column, expected in bad.items()
+                ] + item.problems
+
     def _prepare(
         self, item: Incoming
     ) -> tuple[TrainingRequestModel | None, Path | None, list[str]]:
@@ -313,7 +367,7 @@ class Intake:
         dataset: Path | None,
         now: datetime,
     ) -> tuple[Run | None, list[str]]:
-        models, problems = resolve_models(batch.models, list(request.base_models))
+        models, problems = resolve_models(batch.models, list(request.base_models), self.roots)
         keys = [m.key for m in models]
         per_model: dict[str, str] = {}
         if models and request.per_model:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
 
+from oneseekd.catalog.query import home_roots, untrusted_problem
+from oneseekd.catalog.scan import Root
 from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import BaseModel, ModelTraining, Run, utcnow
@@ -51,11 +54,26 @@ class RunContext:
         return merged
 
 
-def load_context(engine: Engine, home: HomePaths, run_id: str) -> RunContext:
+def load_context(
+    engine: Engine, home: HomePaths, run_id: str, roots: Sequence[Root] | None = None
+) -> RunContext:
+    """The run and its base models. A catalog row is checked again here, as intake did (other
+    programs can write the table in between): a key that is not a normalized name or a path
+    outside the model roots (the home's configured ones unless given) refuses the run."""
+    roots = home_roots(home) if roots is None else roots
     with read_session(engine) as session:
         run = session.scalars(select(Run).where(Run.run_id == run_id)).first()
         if run is None:
             raise RunRefused(f"no run {run_id!r} in the database")
+        if not (
+            isinstance(run.base_models, list)
+            and isinstance(run.fingerprints, dict)
+            and isinstance(run.config, dict)
+        ):
+            raise RunRefused(
+                f"run {run_id} cannot train",
+                ["its row's base_models, fingerprints or config column is not readable JSON"],
+            )
         rows = {
             r.key: r
             for r in session.scalars(select(BaseModel).where(BaseModel.key.in_(run.base_models)))
@@ -67,6 +85,10 @@ def load_context(engine: Engine, home: HomePaths, run_id: str) -> RunContext:
         if row is None or row.state != "ready":
             state = "gone from the catalog" if row is None else row.state
             problems.append(f"base model {key} is {state}")
+            continue
+        untrusted = untrusted_problem(row, roots)
+        if untrusted:
+            problems.append(f"base model {untrusted}")
             continue
         if row.fingerprint != run.fingerprints.get(key):
             problems.append(
