@@ -85,7 +85,7 @@ def drop(home: Path, name: str | bytes, raw: bytes) -> None:
 
 def decided(home: Path, name: str | bytes) -> str | None:
     """`accepted` once the file is in accepted/; `rejected` once it is in rejected/ with its
-    NAME.error.json (the daemon moves the file first and writes the error file after)."""
+    NAME.error.json (the daemon writes the error file first, then moves the file in)."""
     name = os.fsencode(name)
     if os.path.exists(os.path.join(os.fsencode(home / "requests" / "accepted"), name)):
         return "accepted"
