@@ -162,7 +162,7 @@ class Daemon:
         done = catalog.full_scan()
         log.info("catalog_loaded", models=done.total)
         ledger = Ledger.for_home(engine, cfg.home)  # a bad key stops the daemon here
-        intake = Intake(engine, cfg.home, ledger=ledger)
+        intake = Intake(engine, cfg.home, ledger=ledger, roots=model_roots(cfg))
         drops = DropFolder(intake, cfg.home, cfg.intake.settle_seconds)
         rows = PendingRows(intake, engine)
         supervisor = Supervisor(engine, cfg, self._row_id, ledger=ledger)
@@ -292,6 +292,7 @@ class Daemon:
             )
         if new.catalog.extra_roots != old.catalog.extra_roots:
             catalog.roots = model_roots(new)
+            parts.rows.intake.roots = model_roots(new)  # the drop folder shares this intake
             self._watcher.stop()
             self._watcher = Watcher(catalog)
             self._watcher.start()

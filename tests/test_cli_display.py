@@ -28,3 +28,25 @@ def test_tables_and_lines_escape_each_cell_and_keep_their_own_layout() -> None:
         "KEY  NAME\nk    a\\x1bb\nkk   None"
     )
     assert shown_lines("one\x1b\ntwo\r", "  ") == "  one\\x1b\n  two\\r"
+
+
+def test_an_error_naming_rows_others_wrote_reaches_the_terminal_escaped() -> None:
+    """Errors can quote database text (a resolve's candidates are keys others may write):
+    the one place that prints errors escapes them, line breaks kept."""
+    import click
+    from click.testing import CliRunner
+
+    from oneseekd.cli import OneseekGroup
+    from oneseekd.errors import OneseekError
+
+    @click.group(cls=OneseekGroup)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def fail() -> None:
+        raise OneseekError("no model \x1b]0;pwned\x07", ["try \x1b[2J another"])
+
+    result = CliRunner().invoke(group, ["fail"])
+    assert result.exit_code == 1
+    assert result.output == "Error: no model \\x1b]0;pwned\\x07\n  - try \\x1b[2J another\n"

@@ -15,6 +15,7 @@ from oneseekd import __version__
 from oneseekd.cli.catalog import models_cmd, resolve_cmd
 from oneseekd.cli.context import Context
 from oneseekd.cli.db import db_group
+from oneseekd.cli.display import shown_lines
 from oneseekd.cli.ledger import ledger_group
 from oneseekd.cli.runs import cancel_cmd, runs_cmd, show_cmd, submit_cmd
 from oneseekd.cli.status import status_cmd
@@ -28,7 +29,8 @@ class OneseekGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OneseekError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            # names in an error (a resolve's candidates) may come from rows others wrote
+            click.echo(shown_lines(f"Error: {exc}"), err=True)
             sys.exit(exc.exit_code)
 
 

@@ -202,6 +202,10 @@ class Intake:
     def roots(self, roots: Sequence[Root]) -> None:
         self._roots = list(roots)
 
+    @roots.setter
+    def roots(self, roots: Sequence[Root]) -> None:
+        self._roots = list(roots)
+
     @property
     def ledger(self) -> Ledger:
         """Every verdict is a ledger event, committed with the verdict itself. The key is
