@@ -30,6 +30,7 @@ DEFAULT_CANCEL_GRACE_SECONDS = 30.0
 DEFAULT_STOP_GRACE_SECONDS = 120.0
 DEFAULT_HEARTBEAT_SECONDS = 1.0
 DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_TRAINER_THREADS = 0  # 0: torch's own choice (or the daemon's OMP_NUM_THREADS)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class TrainerConfig:
     stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    threads: int = DEFAULT_TRAINER_THREADS  # CPU threads of the child's torch; 0: its default
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,7 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
         "stop_grace_seconds",
         "heartbeat_seconds",
         "max_attempts",
+        "threads",
     }
     table = _table(data, "trainer", known, problems)
     command = table.get("command", list(DEFAULT_TRAINER_COMMAND))
@@ -222,6 +225,13 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
             f"trainer.max_attempts must be a whole number of at least 1, got {attempts!r}"
         )
         attempts = DEFAULT_MAX_ATTEMPTS
+    threads = table.get("threads", DEFAULT_TRAINER_THREADS)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        problems.append(
+            "trainer.threads must be a whole number of CPU threads (0: torch's default), "
+            f"got {threads!r}"
+        )
+        threads = DEFAULT_TRAINER_THREADS
     cancel = _number(table, "cancel_grace_seconds", "trainer", problems, minimum=0.0)
     stop = _number(table, "stop_grace_seconds", "trainer", problems, minimum=0.0)
     beat = _number(table, "heartbeat_seconds", "trainer", problems, minimum=0.05)
@@ -231,6 +241,7 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
         stop_grace_seconds=DEFAULT_STOP_GRACE_SECONDS if stop is None else stop,
         heartbeat_seconds=DEFAULT_HEARTBEAT_SECONDS if beat is None else beat,
         max_attempts=attempts,
+        threads=threads,
     )
 
 
