@@ -54,6 +54,9 @@ TICK_SECONDS = 0.1  # the longest the loop sleeps: how soon a stop flag or a dro
 # With no trainer running, the supervisor looks at the queue when the database changed, and at
 # least this often (a safety net on SQLite; the only trigger on databases without a probe).
 QUEUE_LOOK_SECONDS = 1.0
+# A step of the loop that raised is retried after this, doubling up to LOOP_BACKOFF_MAX.
+LOOP_BACKOFF_SECONDS = 0.5
+LOOP_BACKOFF_MAX = 30.0
 
 
 class ChangeProbe:
@@ -205,49 +208,81 @@ class Daemon:
             probe.close()
 
     def _loop_until_stopped(self, engine: Engine, parts: _Parts, probe: ChangeProbe) -> None:
-        last_beat = last_ping = time.monotonic()
-        last_look = float("-inf")
-        catalog = parts.catalog
+        self._last_beat = self._last_ping = time.monotonic()
+        self._last_look = float("-inf")
+        failures = 0
         while not self.stop_requested:
-            if self._reload_due:
-                self._reload_due = False
-                self._reload(parts)
-            ping = self.notifier.watchdog_interval
-            if ping is not None and time.monotonic() - last_ping >= ping:
-                self.notifier.watchdog()  # from the loop itself: a hung loop gets restarted
-                last_ping = time.monotonic()
-            if self._full_scan_due:
-                self._full_scan_due = False
-                catalog.full_scan()
-            catalog.process_due()
-            taken = 0
-            if not catalog.pending():
-                # requests wait while a model folder settles: a request never races a copy
-                taken = parts.drops.poll() + parts.rows.poll()
-            now = time.monotonic()
-            # a look at the queue is a write transaction: idle, take one only when something
-            # changed (a request decided, a run cancelled or finished) or the safety net is due
-            if (
-                parts.supervisor.busy
-                or taken
-                or probe.changed()
-                or now - last_look >= QUEUE_LOOK_SECONDS
-            ):
-                parts.supervisor.tick(accepting=not self.stop_requested)
-                last_look = now
-            if self.exit_when_idle and self._idle(engine, parts):
+            try:
+                timeout = self._step(engine, parts, probe)
+            except Exception as exc:  # one bad row or a full disk must not end the daemon
+                failures += 1
+                timeout = min(LOOP_BACKOFF_SECONDS * 2 ** (failures - 1), LOOP_BACKOFF_MAX)
+                log.error(
+                    "loop_step_failed",
+                    step=self._doing,
+                    error=f"{type(exc).__name__}: {exc}",
+                    failures_in_a_row=failures,
+                    retry_in_seconds=timeout,
+                    exc_info=failures == 1 or failures % 20 == 0,
+                )
+            else:
+                if failures:
+                    log.info("loop_recovered", after_failures=failures)
+                failures = 0
+            if self.exit_when_idle and timeout is None:
                 return
-            if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
-                status = self._status_line(engine, parts)
-                self._heartbeat(engine, status)
-                self.notifier.status(status)
-                last_beat = time.monotonic()
-            if taken:
-                continue  # a burst of requests: take the next batch without waiting
-            due = catalog.next_due()
-            timeout = TICK_SECONDS if due is None else min(TICK_SECONDS, due - time.time())
-            self._wake.wait(max(timeout, 0.0))
-            self._wake.clear()
+            if timeout:
+                self._wake.wait(timeout)
+                self._wake.clear()
+
+    def _step(self, engine: Engine, parts: _Parts, probe: ChangeProbe) -> float | None:
+        """One turn of the loop; returns how long to sleep, or None when idle and asked to
+        exit when idle."""
+        catalog = parts.catalog
+        self._doing = "reload"
+        if self._reload_due:
+            self._reload_due = False
+            self._reload(parts)
+        ping = self.notifier.watchdog_interval
+        if ping is not None and time.monotonic() - self._last_ping >= ping:
+            self.notifier.watchdog()  # from the loop itself: a hung loop gets restarted
+            self._last_ping = time.monotonic()
+        self._doing = "catalog"
+        if self._full_scan_due:
+            self._full_scan_due = False
+            catalog.full_scan()
+        catalog.process_due()
+        taken = 0
+        self._doing = "intake"
+        if not catalog.pending():
+            # requests wait while a model folder settles: a request never races a copy
+            taken = parts.drops.poll() + parts.rows.poll()
+        self._doing = "supervisor"
+        now = time.monotonic()
+        # a look at the queue is a write transaction: idle, take one only when something
+        # changed (a request decided, a run cancelled or finished) or the safety net is due
+        if (
+            parts.supervisor.busy
+            or taken
+            or probe.changed()
+            or now - self._last_look >= QUEUE_LOOK_SECONDS
+        ):
+            parts.supervisor.tick(accepting=not self.stop_requested)
+            self._last_look = now
+        self._doing = "idle check"
+        if self.exit_when_idle and self._idle(engine, parts):
+            return None
+        self._doing = "heartbeat"
+        if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
+            status = self._status_line(engine, parts)
+            self._heartbeat(engine, status)
+            self.notifier.status(status)
+            self._last_beat = time.monotonic()
+        if taken:
+            return 0.0  # a burst of requests: take the next batch without waiting
+        due = catalog.next_due()
+        timeout = TICK_SECONDS if due is None else min(TICK_SECONDS, due - time.time())
+        return max(timeout, 0.0)
 
     @staticmethod
     def _status_line(engine: Engine, parts: _Parts) -> str:
