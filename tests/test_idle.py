@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from daemon import query
+from homes import open_home, training_home
 from sqlalchemy import text
 
 from oneseekd import service
@@ -20,8 +22,6 @@ from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.migrate import head_revision, scripted_head
 from oneseekd.service import ChangeProbe, Daemon
 from oneseekd.supervisor import Supervisor
-from tests.daemon import query
-from tests.homes import open_home, training_home
 
 
 def test_the_scripted_head_is_alembic_s_head() -> None:
