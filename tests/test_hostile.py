@@ -261,6 +261,23 @@ def test_a_row_whose_payload_is_not_utf8_is_rejected_as_such(tmp_path: Path) -> 
     assert verdict.problems == ["the request is not UTF-8 text (invalid byte at offset 20)"]
 
 
+def test_a_text_payload_that_is_not_utf8_is_rejected_as_such(tmp_path: Path) -> None:
+    """TEXT (not a BLOB) holding invalid UTF-8: sqlite3 would raise on every fetch of it."""
+    home = training_home(tmp_path / "home")
+    _config, engine = open_home(home)
+    try:
+        raw = (CORPUS / "requests" / "invalid-utf8.json").read_bytes()
+        row_id = insert(
+            home, "INSERT INTO training_requests (payload) VALUES (CAST(? AS TEXT))", (raw,)
+        )
+        assert rows(home, "SELECT typeof(payload) FROM training_requests") == [("text",)]
+        verdict = Intake(engine, _config.home).take_row(row_id)
+    finally:
+        engine.dispose()
+    assert verdict is not None and verdict.status == "rejected"
+    assert verdict.problems == ["the request is not UTF-8 text (invalid byte at offset 20)"]
+
+
 # --- links out of the home --------------------------------------------------------------------
 
 

@@ -147,13 +147,19 @@ class Incoming:
     @classmethod
     def of_row(cls, row_id: int, payload: Any) -> Incoming:
         """A row's payload. SQLite hands back bytes for a BLOB (what another program binds
-        as bytes): they are decoded as UTF-8 exactly as a file's content is."""
+        as bytes), and TEXT that is not UTF-8 with its bytes as surrogates (the engine's
+        text_factory): both are decoded as UTF-8 exactly as a file's content is."""
         if isinstance(payload, bytes):
             data, problems = decode(payload)
             text = payload.decode("utf-8", "backslashreplace")[:MAX_REQUEST_BYTES]
         else:
             text = payload if isinstance(payload, str) else str(payload)
-            data, problems = decode(text.encode("utf-8", "backslashreplace"))
+            try:  # TEXT that was not UTF-8 comes back with its bytes kept as surrogates
+                raw = text.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raw = text.encode("utf-8", "backslashreplace")
+            data, problems = decode(raw)
+            text = raw.decode("utf-8", "backslashreplace")[:MAX_REQUEST_BYTES]
         return cls(text, data, problems, "database", row_id=row_id)
 
 
