@@ -154,12 +154,13 @@ def test_an_idle_daemon_looks_at_the_queue_only_when_the_database_changed(
 
 
 def test_a_step_that_raises_is_logged_and_retried_and_the_daemon_keeps_serving(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A row that trips a bug, or a disk that fills for a moment, must not end the daemon
     (under systemd: a restart loop, then a failed unit and nothing trained)."""
+    from structlog.testing import capture_logs
+
     from oneseekd.intake.rows import PendingRows
-    from oneseekd.logs import configure_logging
 
     home = training_home(tmp_path / "home")
     (home / "requests").mkdir(exist_ok=True)
@@ -176,14 +177,13 @@ def test_a_step_that_raises_is_logged_and_retried_and_the_daemon_keeps_serving(
         return real_poll(self, force)
 
     monkeypatch.setattr(PendingRows, "poll", failing_twice)
-    configure_logging("info")
-    assert Daemon(load_config(home, env={}), exit_when_idle=True).run() == 0
-    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    with capture_logs() as events:
+        assert Daemon(load_config(home, env={}), exit_when_idle=True).run() == 0
     failed = [e for e in events if e["event"] == "loop_step_failed"]
     assert [(e["step"], e["error"], e["failures_in_a_row"]) for e in failed] == [
         ("intake", "RuntimeError: a bug in intake", 1),
         ("intake", "RuntimeError: a bug in intake", 2),
     ]
-    assert "Traceback" in failed[0]["exception"]
+    assert [e.get("exc_info") for e in failed] == [True, False]  # the traceback once
     assert [e["after_failures"] for e in events if e["event"] == "loop_recovered"] == [2]
     assert query(home, "SELECT state FROM runs") == [("succeeded",)]
