@@ -30,14 +30,43 @@ def usable_problem(row: BaseModel) -> str | None:
     return None
 
 
+def by_key(rows: Iterable[BaseModel], prefer_host: str | None = None) -> dict[str, BaseModel]:
+    """The catalog as names are resolved against it: the union of every host's rows, one per
+    key. A key is known if any host has it; its row is a usable one if any host's is, this
+    host's before another's."""
+    best: dict[str, BaseModel] = {}
+
+    def rank(row: BaseModel) -> tuple[bool, bool, str]:
+        return (usable_problem(row) is not None, row.host != prefer_host, row.host)
+
+    for row in rows:
+        if row.key not in best or rank(row) < rank(best[row.key]):
+            best[row.key] = row
+    return best
+
+
+def hosts_with(rows: Iterable[BaseModel], keys: list[str]) -> list[str]:
+    """The hosts on which every one of the keys is usable, sorted by name."""
+    have: dict[str, set[str]] = {}
+    for row in rows:
+        if usable_problem(row) is None:
+            have.setdefault(row.host, set()).add(row.key)
+    return sorted(host for host, got in have.items() if set(keys) <= got)
+
+
 def resolve_names(
-    engine: Engine, names: Iterable[str], *, require_usable: bool = True
+    engine: Engine,
+    names: Iterable[str],
+    *,
+    require_usable: bool = True,
+    prefer_host: str | None = None,
 ) -> list[Resolved]:
-    """Resolve every name against the models present (not `missing`); report all problems."""
+    """Resolve every name against the models present (not `missing`) on any host; report all
+    problems."""
     with read_session(engine) as session:
-        rows = {
-            r.key: r for r in session.scalars(select(BaseModel).where(BaseModel.state != "missing"))
-        }
+        rows = by_key(
+            session.scalars(select(BaseModel).where(BaseModel.state != "missing")), prefer_host
+        )
     resolved: list[Resolved] = []
     problems: list[str] = []
     for name in names:

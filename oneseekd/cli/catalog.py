@@ -14,6 +14,7 @@ from oneseekd.db.models import BaseModel
 
 def model_dict(row: BaseModel) -> dict[str, Any]:
     return {
+        "host": row.host,
         "key": row.key,
         "display_name": row.display_name,
         "path": row.path,
