@@ -20,7 +20,9 @@ from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import (
     Progress,
     RunContext,
+    check_claim,
     load_context,
+    this_attempt,
     training_row,
     update_training,
 )
@@ -155,6 +157,7 @@ def train_run(
         "config": canonical_hash(ctx.config),
     }
     with write_session(engine) as session:
+        check_claim(session, ctx.run_pk, this_attempt())
         hashes = {
             a.path: a.sha256
             for a in session.scalars(
@@ -224,6 +227,7 @@ def _train_one(
     )
     result = recipe.train()
     with write_session(engine) as session:
+        check_claim(session, ctx.run_pk, this_attempt())
         save_model_outputs(session, ledger, ctx, result)
         ledger.append(
             session,
