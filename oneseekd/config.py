@@ -35,6 +35,7 @@ DEFAULT_MAX_ATTEMPTS = 3
 # over once it has expired (docs/scale-out.md).
 DEFAULT_LEASE_SECONDS = 60.0
 MAX_HOST_LENGTH = 255
+DEFAULT_TRAINER_THREADS = 0  # 0: torch's own choice (or the daemon's OMP_NUM_THREADS)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class TrainerConfig:
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    threads: int = DEFAULT_TRAINER_THREADS  # CPU threads of the child's torch; 0: its default
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,7 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
         "heartbeat_seconds",
         "max_attempts",
         "lease_seconds",
+        "threads",
     }
     table = _table(data, "trainer", known, problems)
     command = table.get("command", list(DEFAULT_TRAINER_COMMAND))
@@ -247,6 +250,13 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
             f"trainer.max_attempts must be a whole number of at least 1, got {attempts!r}"
         )
         attempts = DEFAULT_MAX_ATTEMPTS
+    threads = table.get("threads", DEFAULT_TRAINER_THREADS)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        problems.append(
+            "trainer.threads must be a whole number of CPU threads (0: torch's default), "
+            f"got {threads!r}"
+        )
+        threads = DEFAULT_TRAINER_THREADS
     cancel = _number(table, "cancel_grace_seconds", "trainer", problems, minimum=0.0)
     stop = _number(table, "stop_grace_seconds", "trainer", problems, minimum=0.0)
     beat = _number(table, "heartbeat_seconds", "trainer", problems, minimum=0.05)
@@ -266,6 +276,7 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
         heartbeat_seconds=heartbeat,
         max_attempts=attempts,
         lease_seconds=lease,
+        threads=threads,
     )
 
 

@@ -27,10 +27,16 @@ from oneseekd.config import Config
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import BaseModel, Run
 
+# torch-free: outputs imports torch only inside the functions that train or save a model
+from oneseekd.trainer.outputs import certified_dna, discard_staged, publish
+
 log = structlog.get_logger("oneseekd.supervisor")
 
 TAIL_BYTES = 8192
 TAIL_LINES = 40
+# how [trainer] threads reaches the child: OpenMP and MKL read these; the trainer hands the
+# first to torch.set_num_threads as well
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass
@@ -124,9 +130,12 @@ class Supervisor:
         if run.host == self.config.catalog.host and run.pid and _process_runs(run.pid, run.run_id):
             log.warning("orphan_trainer_stopped", run_id=run.run_id, pid=run.pid)
             self._stop_pid(run.pid)
+        if self._finish_certified(run.id, run.run_id, None):
+            return
         problem = self._cannot_resume(run)
         try:
             if problem:
+                self._settle_outputs(run.id, run.run_id)
                 queue.finish(
                     self.engine,
                     run.id,
@@ -243,6 +252,8 @@ class Supervisor:
             protocol.ENV_HOST: cfg.catalog.host,
             "PYTHONUNBUFFERED": "1",
         }
+        if cfg.trainer.threads:  # else torch's default, or what the daemon's environment says
+            env.update({name: str(cfg.trainer.threads) for name in THREAD_VARIABLES})
         log_file = log_path.open("ab")
         log_file.write(f"--- attempt {run.attempts}: {' '.join(argv)}\n".encode())
         log_file.flush()
@@ -381,6 +392,8 @@ class Supervisor:
     def _reap(self, child: Child, code: int) -> None:
         child.log_file.close()
         self.child = None
+        if self._finish_certified(child.run_pk, child.run_id, code):
+            return
         if child.stop_reason == "shutdown":
             log.info(
                 "run_interrupted",
@@ -390,6 +403,10 @@ class Supervisor:
             )
             return  # stays `running`: recover() resumes it at the next start
         state, outcome, error = self._outcome(child, code)
+        if not queue.still_ours(self.engine, child.run_pk, child.attempt):
+            log.error("run_claim_lost", run_id=child.run_id, error="taken over by another daemon")
+            return
+        self._settle_outputs(child.run_pk, child.run_id)
         try:
             queue.finish(
                 self.engine,
@@ -414,6 +431,37 @@ class Supervisor:
             exit_code=code,
             error=error.splitlines()[0] if error else None,
         )
+
+    def _finish_certified(self, run_pk: int, run_id: str, code: int | None) -> bool:
+        """A run whose completion event the ledger holds succeeded, however its trainer ended
+        (it may have been killed between the commit and the rename into place, or on its way
+        out): publish what it committed and mark it so. False for any other run."""
+        dna = certified_dna(self.engine, run_pk)
+        if dna is None:
+            return False
+        if not queue.still_ours(self.engine, run_pk, None):
+            return True  # another daemon saw the completion first and ended the run
+        self._settle_outputs(run_pk, run_id)
+        queue.finish(
+            self.engine,
+            run_pk,
+            "succeeded",
+            outcome="succeeded",
+            exit_code=code,
+            ledger=self.ledger,
+        )
+        log.info("run_succeeded", run_id=run_id, outcome="succeeded", exit_code=code, dna=dna)
+        return True
+
+    def _settle_outputs(self, run_pk: int, run_id: str) -> None:
+        """For a run that is over: move what it committed into place (its trainer may have
+        died before it did), and remove what it staged but never committed. A disk error here
+        is logged, not raised into the daemon's loop."""
+        try:
+            publish(self.engine, self.config.home, run_pk)
+            discard_staged(self.engine, self.config.home, run_pk)
+        except OSError as exc:
+            log.error("outputs_not_published", run_id=run_id, error=str(exc))
 
     def _outcome(self, child: Child, code: int) -> tuple[str, str, str | None]:
         if child.stop_reason == "cancel":

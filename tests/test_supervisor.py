@@ -3,8 +3,11 @@ Each test runs on SQLite and on PostgreSQL (`db_url`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -240,3 +243,108 @@ def test_a_run_interrupted_too_often_fails_with_the_reason(world: World) -> None
     run = world.run(run_id)
     assert (run["state"], run["outcome"]) == ("failed", "lost")
     assert str(run["error"]).startswith("the trainer was interrupted 3 times")
+
+
+# a trainer that stages a certified folder, records its file and (when told) commits the
+# completion event, then SIGKILLs itself before moving the folder into place
+KILLED_AFTER_STAGING = """
+import argparse, os, signal, sys
+from pathlib import Path
+from sqlalchemy import select
+from oneseekd.certify.artifacts import file_digest, record_artifact
+from oneseekd.certify.ledger import Ledger
+from oneseekd.config import HomePaths
+from oneseekd.db.engine import make_engine, write_session
+from oneseekd.db.models import Run
+
+parser = argparse.ArgumentParser()
+for flag in ("--home", "--db-url", "--run-id", "--commit"):
+    parser.add_argument(flag)
+args = parser.parse_args()
+paths = HomePaths(Path(args.home))
+engine = make_engine(args.db_url)
+ledger = Ledger.for_home(engine, paths)
+staged = paths.certified / f".{args.run_id}.tmp"
+staged.mkdir(parents=True)
+(staged / "oneseek_dna.json").write_text("{}")
+with write_session(engine) as session:
+    run = session.scalars(select(Run).where(Run.run_id == args.run_id)).one()
+    final = paths.certified / args.run_id / "oneseek_dna.json"
+    digest = file_digest(staged / "oneseek_dna.json")
+    record_artifact(session, ledger, paths, final, "certified", run.id, None, digest=digest)
+    dna = {"dna": "OneSeek-7B-Zero.v1.0.abcdef"}
+    ledger.append(session, "dna_v2_training_completed", dna, run.id)
+    if args.commit != "yes":
+        os.kill(os.getpid(), signal.SIGKILL)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "not-committed"])
+def test_a_trainer_killed_before_publishing_is_ended_by_what_the_ledger_holds(
+    tmp_path: Path, committed: bool
+) -> None:
+    script = tmp_path / "killed_after_staging.py"
+    script.write_text(KILLED_AFTER_STAGING)
+    commit = ["--commit", "yes" if committed else "no"]
+    w = World(tmp_path / "home", command=[sys.executable, str(script), *commit])
+    try:
+        run_id = w.submit("1.0")
+        w.drive(lambda: w.finished(run_id), timeout=30)
+        run = w.run(run_id)
+        certified = w.config.home.certified
+        assert not (certified / f".{run_id}.tmp").exists()  # published, or discarded
+        current = w.config.home.models / "OneSeek-7B-Zero-CURRENT"
+        if committed:
+            assert (run["state"], run["outcome"], run["exit_code"]) == (
+                "succeeded",
+                "succeeded",
+                -9,
+            )
+            assert (certified / run_id / "oneseek_dna.json").read_text() == "{}"
+            assert current.readlink() == Path("oneseek-7b-zero")
+        else:
+            assert (run["state"], run["outcome"], run["exit_code"]) == ("failed", "signal", -9)
+            assert not (certified / run_id).exists() and not current.is_symlink()
+    finally:
+        w.engine.dispose()
+
+
+def test_trainer_threads_reach_the_child_s_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    script = (
+        "import os, sys, pathlib; home = sys.argv[sys.argv.index('--home') + 1]; "
+        "pathlib.Path(home, 'threads.txt').write_text(' '.join("
+        "os.environ.get(v, '-') for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')))"
+    )
+    w = World(tmp_path / "home", command=[sys.executable, "-c", script])
+    seen = []
+    try:
+        for threads in (0, 3):
+            trainer = dataclasses.replace(w.config.trainer, threads=threads)
+            config = dataclasses.replace(w.config, trainer=trainer)
+            w.supervisor = Supervisor(w.engine, config, None)
+            run_id = w.submit(f"1.{threads}")
+            w.drive(lambda run_id=run_id: w.finished(run_id))
+            seen.append((w.home / "threads.txt").read_text())
+    finally:
+        w.engine.dispose()
+    assert seen == ["- -", "3 3"]
+
+
+def test_the_supervisor_imports_no_torch() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, oneseekd.supervisor; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == "[]\n"

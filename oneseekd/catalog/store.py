@@ -89,6 +89,9 @@ def _apply_fields(row: BaseModel, found: Found, now: datetime) -> None:
     row.fingerprint = found.fingerprint
     row.shadowed_paths = list(found.shadowed) or None
     row.updated_at = now
+    # a time another program overwrote with text that is not one reads as None: unknown
+    row.first_seen_at = row.first_seen_at or now
+    row.state_changed_at = row.state_changed_at or now
 
 
 def _new_row(found: Found, now: datetime, host: str) -> dict[str, Any]:
@@ -201,8 +204,12 @@ def reconcile(
 
 
 def _differs(row: BaseModel, found: Found) -> bool:
+    """Whether the row says other than the scan found. Columns another program overwrote with
+    text that cannot be read (read as None) count as different, so a full scan rewrites them."""
     return (
         row.fingerprint != found.fingerprint
+        or row.architectures != (list(found.architectures) if found.architectures else None)
+        or None in (row.first_seen_at, row.updated_at, row.state_changed_at)
         or row.state != found.state
         or row.path != str(found.path)
         or row.state_reason != found.reason

@@ -34,6 +34,10 @@ def is_postgresql(engine: Engine | Connection) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+def _text_or_surrogates(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -47,6 +51,9 @@ def make_engine(url: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN below
+        # TEXT that is not UTF-8 (another program's bytes) would make sqlite3 raise on fetch,
+        # failing every read of the row; kept as surrogates, the reader can tell and say so
+        dbapi_conn.text_factory = _text_or_surrogates
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")

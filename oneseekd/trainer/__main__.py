@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -38,6 +39,19 @@ def _die_with_parent() -> None:
         pass
 
 
+def set_threads(env: Mapping[str, str]) -> int | None:
+    """torch's CPU threads from OMP_NUM_THREADS, which the supervisor sets from [trainer]
+    threads; returns the number set, or None (unset or not a positive whole number: torch's
+    default stands)."""
+    raw = env.get("OMP_NUM_THREADS", "").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        return None
+    import torch
+
+    torch.set_num_threads(int(raw))
+    return int(raw)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oneseekd.trainer")
     parser.add_argument("--home", required=True)
@@ -55,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # imported after the signal set-up: torch takes seconds to import
     import torch
+
+    set_threads(os.environ)
 
     from oneseekd.db.engine import make_engine
     from oneseekd.trainer.recipe import Stopped

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from oneseekd import protocol
+from oneseekd.catalog.query import home_roots, untrusted_problem
+from oneseekd.catalog.scan import Root
 from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import BaseModel, ModelTraining, Run, utcnow
@@ -86,12 +89,27 @@ class RunContext:
         return merged
 
 
-def load_context(engine: Engine, home: HomePaths, run_id: str) -> RunContext:
+def load_context(
+    engine: Engine, home: HomePaths, run_id: str, roots: Sequence[Root] | None = None
+) -> RunContext:
+    """The run and its base models. A catalog row is checked again here, as intake did (other
+    programs can write the table in between): a key that is not a normalized name or a path
+    outside the model roots (the home's configured ones unless given) refuses the run."""
+    roots = home_roots(home) if roots is None else roots
     with read_session(engine) as session:
         run = session.scalars(select(Run).where(Run.run_id == run_id)).first()
         if run is None:
             raise RunRefused(f"no run {run_id!r} in the database")
         host = this_host()
+        if not (
+            isinstance(run.base_models, list)
+            and isinstance(run.fingerprints, dict)
+            and isinstance(run.config, dict)
+        ):
+            raise RunRefused(
+                f"run {run_id} cannot train",
+                ["its row's base_models, fingerprints or config column is not readable JSON"],
+            )
         rows = {
             r.key: r
             for r in session.scalars(
@@ -108,6 +126,10 @@ def load_context(engine: Engine, home: HomePaths, run_id: str) -> RunContext:
         if row is None or row.state != "ready":
             state = "gone from the catalog" if row is None else row.state
             problems.append(f"base model {key} is {state}")
+            continue
+        untrusted = untrusted_problem(row, roots)
+        if untrusted:
+            problems.append(f"base model {untrusted}")
             continue
         if compare and row.fingerprint != run.fingerprints.get(key):
             problems.append(
