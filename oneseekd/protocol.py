@@ -15,5 +15,6 @@ ENV_RUN_ID = "ONESEEK_RUN_ID"
 ENV_ATTEMPT = "ONESEEK_ATTEMPT"
 ENV_RESUME = "ONESEEK_RESUME"  # "1" when an earlier attempt of the run was interrupted
 ENV_PARENT_PID = "ONESEEK_SUPERVISOR_PID"  # the child stops when this process goes away
+ENV_HOST = "ONESEEK_HOST"  # whose catalog rows the child trains from
 
 OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "MemoryError")

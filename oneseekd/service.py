@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import sys
 import threading
@@ -160,12 +159,16 @@ class Daemon:
         cfg.home.ensure()
         engine = open_database(cfg.db_url)
         self._register(engine)
-        catalog = Catalog(engine, model_roots(cfg), cfg.catalog.settle_seconds)
+        catalog = Catalog(
+            engine, model_roots(cfg), cfg.catalog.settle_seconds, host=cfg.catalog.host
+        )
         catalog.wakeup = self._wake
         done = catalog.full_scan()
         log.info("catalog_loaded", models=done.total)
         ledger = Ledger.for_home(engine, cfg.home)  # a bad key stops the daemon here
-        intake = Intake(engine, cfg.home, ledger=ledger, roots=model_roots(cfg))
+        intake = Intake(
+            engine, cfg.home, ledger=ledger, host=cfg.catalog.host, roots=model_roots(cfg)
+        )
         drops = DropFolder(intake, cfg.home, cfg.intake.settle_seconds)
         rows = PendingRows(intake, engine)
         supervisor = Supervisor(engine, cfg, self._row_id, ledger=ledger)
@@ -356,7 +359,7 @@ class Daemon:
         now = utcnow()
         with write_session(engine) as session:
             row = DaemonRow(
-                host=socket.gethostname(),
+                host=self.config.catalog.host,
                 pid=os.getpid(),
                 version=__version__,
                 started_at=now,

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -370,6 +371,7 @@ def test_a_request_file_that_is_a_link_is_rejected_without_being_followed(
 def bind(entry: dict[str, Any], outside: Path) -> dict[str, Any]:
     return {
         "outside": str(outside),
+        "host": socket.gethostname(),  # the host whose catalog rows the daemon wrote
         "text": entry.get("text", ""),
         "request": json.dumps(entry.get("request", GOOD)),
     }

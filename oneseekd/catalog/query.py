@@ -48,12 +48,16 @@ def _inside_a_root(path: Path, roots: Sequence[Root]) -> bool:
     return False
 
 
-def untrusted_problem(row: BaseModel, roots: Sequence[Root]) -> str | None:
+def untrusted_problem(row: BaseModel, roots: Sequence[Root] | None) -> str | None:
     """Why a catalog row is not one the scan wrote, or None. Other programs can write the
     table: a key that is not a normalized name would be used in checkpoint and artifact
-    paths, and a path outside the model roots is a folder the scan never found."""
+    paths, and a path outside the model roots is a folder the scan never found. `roots` None:
+    the row is another host's, whose path only that host can check (its daemon and trainer
+    do, before training from it)."""
     if not row.key or normalize_model_name(row.key) != row.key:
         return f"{row.key!r}, which is not a normalized name (not a catalog key); {NOT_SCANNED}"
+    if roots is None:
+        return None
     path = Path(row.path)
     try:
         inside = path.is_absolute() and _inside_a_root(path.resolve(), roots)
@@ -64,7 +68,13 @@ def untrusted_problem(row: BaseModel, roots: Sequence[Root]) -> str | None:
     return None
 
 
-def usable_problem(row: BaseModel, roots: Sequence[Root]) -> str | None:
+def roots_for(row: BaseModel, roots: Sequence[Root], host: str | None) -> Sequence[Root] | None:
+    """The roots a row's path is checked against: this host's for its own rows (and for every
+    row when no host is given), none for another host's."""
+    return roots if host is None or row.host == host else None
+
+
+def usable_problem(row: BaseModel, roots: Sequence[Root] | None) -> str | None:
     """Why a catalog model cannot be trained now, or None."""
     untrusted = untrusted_problem(row, roots)
     if untrusted:
@@ -77,18 +87,51 @@ def usable_problem(row: BaseModel, roots: Sequence[Root]) -> str | None:
     return None
 
 
+def by_key(
+    rows: Iterable[BaseModel], roots: Sequence[Root], prefer_host: str | None = None
+) -> dict[str, BaseModel]:
+    """The catalog as names are resolved against it: the union of every host's rows, one per
+    key. A key is known if any host has it; its row is a usable one if any host's is, this
+    host's before another's."""
+    best: dict[str, BaseModel] = {}
+
+    def rank(row: BaseModel) -> tuple[bool, bool, str]:
+        problem = usable_problem(row, roots_for(row, roots, prefer_host))
+        return (problem is not None, row.host != prefer_host, row.host)
+
+    for row in rows:
+        if row.key not in best or rank(row) < rank(best[row.key]):
+            best[row.key] = row
+    return best
+
+
+def hosts_with(
+    rows: Iterable[BaseModel], keys: list[str], roots: Sequence[Root], host: str | None
+) -> list[str]:
+    """The hosts on which every one of the keys is usable, sorted by name."""
+    have: dict[str, set[str]] = {}
+    for row in rows:
+        if usable_problem(row, roots_for(row, roots, host)) is None:
+            have.setdefault(row.host, set()).add(row.key)
+    return sorted(host for host, got in have.items() if set(keys) <= got)
+
+
 def resolve_names(
     engine: Engine,
     names: Iterable[str],
     roots: Sequence[Root],
     *,
     require_usable: bool = True,
+    prefer_host: str | None = None,
 ) -> list[Resolved]:
-    """Resolve every name against the models present (not `missing`); report all problems."""
+    """Resolve every name against the models present (not `missing`) on any host; report all
+    problems."""
     with read_session(engine) as session:
-        rows = {
-            r.key: r for r in session.scalars(select(BaseModel).where(BaseModel.state != "missing"))
-        }
+        rows = by_key(
+            session.scalars(select(BaseModel).where(BaseModel.state != "missing")),
+            roots,
+            prefer_host,
+        )
     resolved: list[Resolved] = []
     problems: list[str] = []
     for name in names:
@@ -98,7 +141,10 @@ def resolve_names(
             problems.append(exc.message)
             continue
         row = rows[match.key]
-        problem = usable_problem(row, roots) if require_usable else untrusted_problem(row, roots)
+        checked = roots_for(row, roots, prefer_host)
+        problem = (
+            usable_problem(row, checked) if require_usable else untrusted_problem(row, checked)
+        )
         if problem:
             problems.append(f"{name!r} resolves to {problem}")
             continue

@@ -21,6 +21,7 @@ def _paths(value: Any) -> list[str]:
 
 def model_dict(row: BaseModel) -> dict[str, Any]:
     return {
+        "host": row.host,
         "key": row.key,
         "display_name": row.display_name,
         "path": row.path,
@@ -92,7 +93,9 @@ def models_cmd(obj: Context, as_json: bool, show_all: bool) -> None:
 def resolve_cmd(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
     """Show which catalog model each NAME means, and by which matching strategy."""
     obj.fresh_catalog()
-    resolved = resolve_names(obj.engine(), names, model_roots(obj.config))
+    resolved = resolve_names(
+        obj.engine(), names, model_roots(obj.config), prefer_host=obj.config.catalog.host
+    )
     if as_json:
         emit_json(
             [

@@ -122,7 +122,7 @@ def submit_cmd(
     """Validate a request (FILE.json and/or flags) and queue it, exactly as a dropped file."""
     raw, name = build_request(args, base_models, options, dict(os.environ))
     obj.fresh_catalog()
-    verdict = Intake(obj.engine(), obj.config.home).take_bytes(
+    verdict = Intake(obj.engine(), obj.config.home, host=obj.config.catalog.host).take_bytes(
         raw, source="submit", source_name=name
     )
     if as_json:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 
-from oneseekd.db.engine import writer
+from oneseekd.db.engine import foreign_keys_off, writer
 from oneseekd.errors import DatabaseError
 
 if TYPE_CHECKING:
@@ -126,10 +126,23 @@ def upgrade(engine: Engine) -> Revision:
         from alembic import command
 
         cfg = alembic_config()
-        with writer(engine).begin() as conn:
+        with writer(engine).connect() as conn, foreign_keys_off(conn), conn.begin():
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+            _check_foreign_keys(conn)
     return Revision(before.current, before.head, before.verdict)
+
+
+def _check_foreign_keys(conn: Connection) -> None:
+    """What foreign_keys_off let through: a rebuilt SQLite table must still satisfy them."""
+    if conn.dialect.name != "sqlite":
+        return
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise DatabaseError(
+            "a migration left rows whose foreign keys point nowhere; nothing was changed",
+            [f"{row[0]} row {row[1]} -> {row[2]}" for row in broken[:20]],
+        )
 
 
 def upgrade_in_child(url: str) -> Revision:

@@ -11,7 +11,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    select,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql.expression import type_coerce
@@ -110,13 +120,15 @@ class Base(DeclarativeBase):
 
 
 class BaseModel(Base):
-    """One catalog entry per normalized key. Rows are never deleted: a model that goes away
-    becomes `missing` and keeps its history."""
+    """One catalog entry per host and normalized key. Rows are never deleted: a model that goes
+    away becomes `missing` and keeps its history."""
 
     __tablename__ = "base_models"
+    __table_args__ = (UniqueConstraint("host", "key", name="uq_base_models_host_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(200), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str] = mapped_column(String(200))
     display_name: Mapped[str] = mapped_column(String(300))
     detected_name: Mapped[str] = mapped_column(String(300))
     path: Mapped[str] = mapped_column(Text)
@@ -216,6 +228,11 @@ class Run(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSONText)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     daemon_id: Mapped[int | None] = mapped_column(ForeignKey("daemons.id"), nullable=True)
+    # the host whose daemon claimed the run, and until when its claim holds unless renewed
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the host whose catalog rows `fingerprints` were taken from at intake
+    fingerprints_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

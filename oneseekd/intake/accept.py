@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,11 +20,11 @@ import structlog
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from oneseekd.catalog.query import home_roots
+from oneseekd.catalog.query import by_key, home_roots, hosts_with, roots_for, usable_problem
 from oneseekd.catalog.scan import Root
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import HomePaths
-from oneseekd.db.engine import read_session, write_session
+from oneseekd.db.engine import read_session, serialize, write_session
 from oneseekd.db.models import (
     BaseModel,
     Run,
@@ -170,6 +171,7 @@ class _Batch:
     models: dict[str, BaseModel]
     taken: set[str]
     next_free: str = ""
+    rows: list[BaseModel] = field(default_factory=list)  # every host's rows, not `missing`
 
     def __post_init__(self) -> None:
         self.next_free = next_version(self.taken)
@@ -188,12 +190,14 @@ class Intake:
         paths: HomePaths,
         clock: Callable[[], datetime] = utcnow,
         ledger: Ledger | None = None,
+        host: str | None = None,
         roots: Sequence[Root] | None = None,
     ) -> None:
         self.engine = engine
         self.paths = paths
         self.clock = clock
         self._ledger = ledger
+        self.host = host or socket.gethostname()  # whose catalog rows win a tie
         self._roots = list(roots) if roots is not None else None
 
     @property
@@ -203,10 +207,6 @@ class Intake:
         if self._roots is None:
             self._roots = home_roots(self.paths)
         return self._roots
-
-    @roots.setter
-    def roots(self, roots: Sequence[Root]) -> None:
-        self._roots = list(roots)
 
     @roots.setter
     def roots(self, roots: Sequence[Root]) -> None:
@@ -251,12 +251,13 @@ class Intake:
         self.ledger  # noqa: B018 - load the key before taking the write lock
         verdicts: list[Verdict | None] = []
         with write_session(self.engine) as session:
+            # daemons on other hosts decide too: one batch at a time, as SQLite's lock does
+            serialize(session, "oneseekd.intake")
+            rows = list(session.scalars(select(BaseModel).where(BaseModel.state != "missing")))
             batch = _Batch(
-                models={
-                    r.key: r
-                    for r in session.scalars(select(BaseModel).where(BaseModel.state != "missing"))
-                },
+                models=by_key(rows, self.roots, self.host),
                 taken=taken_versions(session, self.paths),
+                rows=rows,
             )
             for item, (request, dataset, problems) in zip(items, prepared, strict=True):
                 verdicts.append(self._decide(session, batch, item, request, dataset, problems, now))
@@ -377,7 +378,9 @@ class Intake:
         dataset: Path | None,
         now: datetime,
     ) -> tuple[Run | None, list[str]]:
-        models, problems = resolve_models(batch.models, list(request.base_models), self.roots)
+        models, problems = resolve_models(
+            batch.models, list(request.base_models), self.roots, self.host
+        )
         keys = [m.key for m in models]
         per_model: dict[str, str] = {}
         if models and request.per_model:
@@ -390,8 +393,15 @@ class Intake:
                 f"version {version} already exists; omit version to take the next "
                 f"free one ({batch.next_free}), or name a new one"
             )
-        if problems or dataset is None:
+        hosts = hosts_with(batch.rows, keys, self.roots, self.host) if models else []
+        if models and not problems and not hosts:
+            problems.append(_no_single_host(batch.rows, keys, self.roots, self.host))
+        if problems or dataset is None or not hosts:
             return None, problems
+        host = self.host if self.host in hosts else hosts[0]
+        fingerprints = {
+            r.key: r.fingerprint or "" for r in batch.rows if r.host == host and r.key in keys
+        }
         version = version or batch.next_free
         run = Run(
             run_id=new_run_id(now),
@@ -401,7 +411,8 @@ class Intake:
             priority=request.priority,
             version=version,
             base_models=keys,
-            fingerprints={m.key: m.fingerprint or "" for m in models},
+            fingerprints=fingerprints,
+            fingerprints_host=host,
             dataset=str(dataset.relative_to(self.paths.datasets.resolve())),
             config=_run_config(request, models, per_model, version),
             attempts=0,
@@ -511,6 +522,18 @@ class Intake:
                 name=name,
                 problems=verdict.problems,
             )
+
+
+def _no_single_host(
+    rows: list[BaseModel], keys: list[str], roots: Sequence[Root], host: str
+) -> str:
+    """A run trains on one host: models spread over several cannot be trained together."""
+    have: dict[str, list[str]] = {}
+    for row in rows:
+        if row.key in keys and usable_problem(row, roots_for(row, roots, host)) is None:
+            have.setdefault(row.host, []).append(row.key)
+    where = "; ".join(f"{h} has {', '.join(sorted(k))}" for h, k in sorted(have.items()))
+    return f"base_models: no single host has all of {', '.join(keys)} ready ({where})"
 
 
 def _run_config(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
+from oneseekd import protocol
 from oneseekd.catalog.query import home_roots, untrusted_problem
 from oneseekd.catalog.scan import Root
 from oneseekd.config import HomePaths
@@ -24,6 +28,37 @@ class RunRefused(OneseekError):
     """The run cannot be done as it was accepted (not retried)."""
 
     exit_code = 65
+
+
+class ClaimLost(OneseekError):
+    """Another daemon took the run over (its lease expired): this trainer's work is not
+    recorded."""
+
+
+def this_host() -> str:
+    """The host whose catalog rows this trainer trains from (its supervisor's)."""
+    return os.environ.get(protocol.ENV_HOST) or socket.gethostname()
+
+
+def this_attempt() -> int | None:
+    """The claim this trainer works for, as its supervisor started it; None when run by hand."""
+    raw = os.environ.get(protocol.ENV_ATTEMPT, "")
+    return int(raw) if raw.isdigit() else None
+
+
+def check_claim(session: Session, run_pk: int, attempt: int | None) -> None:
+    """Before a write that certifies the run: it must still be this attempt's. The row stays
+    locked until the transaction ends, so no takeover slips in between."""
+    if attempt is None:
+        return
+    row = session.execute(
+        select(Run.state, Run.attempts, Run.host).where(Run.id == run_pk).with_for_update()
+    ).one()
+    if row.state != "running" or row.attempts != attempt:
+        raise ClaimLost(
+            f"run {run_pk} is no longer this trainer's (attempt {attempt}): it is {row.state}, "
+            f"attempt {row.attempts} on host {row.host}"
+        )
 
 
 @dataclass(frozen=True)
@@ -65,6 +100,7 @@ def load_context(
         run = session.scalars(select(Run).where(Run.run_id == run_id)).first()
         if run is None:
             raise RunRefused(f"no run {run_id!r} in the database")
+        host = this_host()
         if not (
             isinstance(run.base_models, list)
             and isinstance(run.fingerprints, dict)
@@ -76,8 +112,13 @@ def load_context(
             )
         rows = {
             r.key: r
-            for r in session.scalars(select(BaseModel).where(BaseModel.key.in_(run.base_models)))
+            for r in session.scalars(
+                select(BaseModel).where(BaseModel.key.in_(run.base_models), BaseModel.host == host)
+            )
         }
+        # fingerprints include file times, which differ between hosts' copies: they are
+        # compared only on the host whose rows they were taken from
+        compare = run.fingerprints_host in (None, host)
     problems: list[str] = []
     models: list[ModelSpec] = []
     for key in run.base_models:
@@ -90,7 +131,7 @@ def load_context(
         if untrusted:
             problems.append(f"base model {untrusted}")
             continue
-        if row.fingerprint != run.fingerprints.get(key):
+        if compare and row.fingerprint != run.fingerprints.get(key):
             problems.append(
                 f"base model {key} changed on disk after the request was accepted "
                 "(its catalog fingerprint differs); submit the request again to "
@@ -112,6 +153,7 @@ class Progress:
     def __init__(self, engine: Engine, run_pk: int) -> None:
         self.engine = engine
         self.run_pk = run_pk
+        self.attempt = this_attempt()
         self._last = 0.0
 
     def report(self, data: dict[str, Any], *, force: bool = False) -> None:
@@ -120,6 +162,8 @@ class Progress:
             return
         self._last = now
         with write_session(self.engine) as session:
+            # a trainer whose run was taken over stops here, before its next checkpoint
+            check_claim(session, self.run_pk, self.attempt)
             run = session.get_one(Run, self.run_pk)
             run.progress = {**data, "updated_at": utcnow().isoformat()}
 

@@ -21,7 +21,9 @@ from oneseekd.trainer.context import (
     Progress,
     RunContext,
     RunRefused,
+    check_claim,
     load_context,
+    this_attempt,
     training_row,
     update_training,
 )
@@ -200,6 +202,7 @@ def train_run(
         "config": canonical_hash(ctx.config),
     }
     with write_session(engine) as session:
+        check_claim(session, ctx.run_pk, this_attempt())
         hashes = {
             a.path: a.sha256
             for a in session.scalars(
@@ -269,6 +272,7 @@ def _train_one(
     )
     result = recipe.train()
     with write_session(engine) as session:
+        check_claim(session, ctx.run_pk, this_attempt())
         save_model_outputs(session, ledger, ctx, result)
         ledger.append(
             session,
