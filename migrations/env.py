@@ -7,7 +7,7 @@ import os
 
 from alembic import context
 
-from oneseekd.db.engine import make_engine, writer
+from oneseekd.db.engine import foreign_keys_off, make_engine, writer
 from oneseekd.db.models import Base
 
 config = context.config
@@ -34,7 +34,7 @@ def run_migrations_online() -> None:
     if not url:
         raise SystemExit("set ONESEEK_DB_URL or sqlalchemy.url in alembic.ini")
     engine = writer(make_engine(url))
-    with engine.connect() as conn:
+    with engine.connect() as conn, foreign_keys_off(conn):
         _run(conn)
 
 

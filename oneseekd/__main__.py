@@ -1,3 +1,3 @@
-from oneseekd.service import main
+from oneseekd.entry import main
 
 main()

@@ -6,6 +6,7 @@ Every default lives in this module. A bad configuration is refused with every pr
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -32,6 +33,11 @@ DEFAULT_HEARTBEAT_SECONDS = 1.0
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_CPU_PROCESSES = 1
 DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 1800.0
+# A claimed run's lease: renewed with every trainer heartbeat; another daemon may take the run
+# over once it has expired (docs/scale-out.md).
+DEFAULT_LEASE_SECONDS = 60.0
+MAX_HOST_LENGTH = 255
+DEFAULT_TRAINER_THREADS = 0  # 0: torch's own choice (or the daemon's OMP_NUM_THREADS)
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,8 @@ class CatalogConfig:
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
     rescan_interval_seconds: float = DEFAULT_RESCAN_INTERVAL_SECONDS
     extra_roots: tuple[Path, ...] = ()
+    # the name this daemon's catalog rows and claimed runs carry (several hosts, one database)
+    host: str = field(default_factory=socket.gethostname)
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,8 @@ class TrainerConfig:
     cpu_processes: int = DEFAULT_CPU_PROCESSES
     # how long a rank of a multi-process run waits on the others before the run fails
     collective_timeout_seconds: float = DEFAULT_COLLECTIVE_TIMEOUT_SECONDS
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    threads: int = DEFAULT_TRAINER_THREADS  # CPU threads of the child's torch; 0: its default
 
 
 @dataclass(frozen=True)
@@ -157,13 +167,28 @@ def _unknown(table: Mapping[str, Any], known: set[str], where: str, problems: li
         problems.append(f"{where}: unknown setting {key!r} (known: {allowed})")
 
 
-def _catalog(table: Any, home: Path, problems: list[str]) -> CatalogConfig:
+def _host(value: Any, where: str, problems: list[str]) -> str | None:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_HOST_LENGTH:
+        problems.append(
+            f"{where} must be a host name of 1 to {MAX_HOST_LENGTH} characters, got {value!r}"
+        )
+        return None
+    return value.strip()
+
+
+def _catalog(table: Any, home: Path, problems: list[str], env: Mapping[str, str]) -> CatalogConfig:
     if not isinstance(table, dict):
         problems.append("[catalog] must be a table")
         return CatalogConfig()
     _unknown(
-        table, {"settle_seconds", "rescan_interval_seconds", "extra_roots"}, "[catalog]", problems
+        table,
+        {"settle_seconds", "rescan_interval_seconds", "extra_roots", "host"},
+        "[catalog]",
+        problems,
     )
+    host = _host(table["host"], "catalog.host", problems) if "host" in table else None
+    if env.get("ONESEEK_HOST"):
+        host = _host(env["ONESEEK_HOST"], "ONESEEK_HOST", problems)
     settle = _number(table, "settle_seconds", "catalog", problems, minimum=0.0)
     rescan = _number(
         table, "rescan_interval_seconds", "catalog", problems, minimum=MIN_RESCAN_INTERVAL_SECONDS
@@ -187,6 +212,7 @@ def _catalog(table: Any, home: Path, problems: list[str]) -> CatalogConfig:
         settle_seconds=DEFAULT_SETTLE_SECONDS if settle is None else settle,
         rescan_interval_seconds=DEFAULT_RESCAN_INTERVAL_SECONDS if rescan is None else rescan,
         extra_roots=tuple(roots),
+        host=host or socket.gethostname(),
     )
 
 
@@ -214,6 +240,8 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
         "max_attempts",
         "cpu_processes",
         "collective_timeout_seconds",
+        "lease_seconds",
+        "threads",
     }
     table = _table(data, "trainer", known, problems)
     command = table.get("command", list(DEFAULT_TRAINER_COMMAND))
@@ -235,19 +263,37 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
         problems.append(f"trainer.cpu_processes must be a whole number of at least 1, got {cpus!r}")
         cpus = DEFAULT_CPU_PROCESSES
     collective = _number(table, "collective_timeout_seconds", "trainer", problems, minimum=1.0)
+    threads = table.get("threads", DEFAULT_TRAINER_THREADS)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        problems.append(
+            "trainer.threads must be a whole number of CPU threads (0: torch's default), "
+            f"got {threads!r}"
+        )
+        threads = DEFAULT_TRAINER_THREADS
     cancel = _number(table, "cancel_grace_seconds", "trainer", problems, minimum=0.0)
     stop = _number(table, "stop_grace_seconds", "trainer", problems, minimum=0.0)
     beat = _number(table, "heartbeat_seconds", "trainer", problems, minimum=0.05)
+    lease = _number(table, "lease_seconds", "trainer", problems, minimum=1.0)
+    heartbeat = DEFAULT_HEARTBEAT_SECONDS if beat is None else beat
+    lease = DEFAULT_LEASE_SECONDS if lease is None else lease
+    if lease < 3 * heartbeat:
+        problems.append(
+            f"trainer.lease_seconds ({lease:g}) must be at least three heartbeats "
+            f"(3 x trainer.heartbeat_seconds = {3 * heartbeat:g}), or a live daemon could "
+            "lose its run"
+        )
     return TrainerConfig(
         command=tuple(command),
         cancel_grace_seconds=DEFAULT_CANCEL_GRACE_SECONDS if cancel is None else cancel,
         stop_grace_seconds=DEFAULT_STOP_GRACE_SECONDS if stop is None else stop,
-        heartbeat_seconds=DEFAULT_HEARTBEAT_SECONDS if beat is None else beat,
+        heartbeat_seconds=heartbeat,
         max_attempts=attempts,
         cpu_processes=cpus,
         collective_timeout_seconds=(
             DEFAULT_COLLECTIVE_TIMEOUT_SECONDS if collective is None else collective
         ),
+        lease_seconds=lease,
+        threads=threads,
     )
 
 
@@ -298,7 +344,7 @@ def load_config(
     log_level = _log_level(data.get("log_level", DEFAULT_LOG_LEVEL), "log_level", problems)
     if env.get("ONESEEK_LOG_LEVEL"):
         log_level = _log_level(env["ONESEEK_LOG_LEVEL"], "ONESEEK_LOG_LEVEL", problems)
-    catalog = _catalog(data.get("catalog", {}), root, problems)
+    catalog = _catalog(data.get("catalog", {}), root, problems, env)
     intake = _intake(data, problems)
     trainer = _trainer(data, problems)
 

@@ -22,6 +22,7 @@ ENV_COLLECTIVE_TIMEOUT = "ONESEEK_COLLECTIVE_TIMEOUT"  # seconds a rank waits on
 # torchrun turns every worker failure into its own exit status 1, so each rank writes the
 # status it meant to this folder as rank-<n>; the supervisor reads them back
 ENV_EXIT_DIR = "ONESEEK_EXIT_DIR"
+ENV_HOST = "ONESEEK_HOST"  # whose catalog rows the child trains from
 
 OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "MemoryError")
 

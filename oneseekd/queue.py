@@ -1,8 +1,16 @@
 """The run state machine: queued -> running -> succeeded | failed | cancelled.
 
 Every change is one transaction that also writes a `run_events` row. That only one run is
-`running` at a time is enforced by a unique partial index (uq_runs_one_running), so a second
-claim fails in the database even if two daemons race.
+`running` per host at a time is enforced by a unique partial index (uq_runs_one_running), so
+a second claim fails in the database even if two daemons race.
+
+Several daemons may share one database (docs/scale-out.md). A claim names the claiming daemon
+and host and holds a lease that the daemon renews with every heartbeat; a run whose lease
+expired is taken over by another daemon that has its models. Every write a claim owner makes
+afterwards is fenced on the attempt it claimed (`attempts` grows with every claim), so a daemon
+whose run was taken over learns it (ClaimLost) instead of overwriting the new owner's state.
+On PostgreSQL a claim locks its row with SELECT ... FOR UPDATE SKIP LOCKED; on SQLite the
+writer's BEGIN IMMEDIATE already serializes claims.
 
 Given a `ledger`, a change that a provable history needs (a run started, failed or cancelled)
 also appends its signed ledger event in that same transaction. A run's success is certified by
@@ -11,16 +19,19 @@ the trainer, which appends `dna_v2_training_completed` with its artifacts.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from oneseekd.db.engine import read_session, write_session
-from oneseekd.db.models import FINISHED_STATES, Run, RunEvent, utcnow
+from oneseekd.config import DEFAULT_LEASE_SECONDS
+from oneseekd.db.engine import database_now, read_session, write_session
+from oneseekd.db.models import FINISHED_STATES, BaseModel, Run, RunEvent, utcnow
 from oneseekd.errors import OneseekError
 
 if TYPE_CHECKING:
@@ -34,6 +45,24 @@ TRANSITIONS = {
 
 class RunNotFound(OneseekError):
     pass
+
+
+class ClaimLost(OneseekError):
+    """The run is no longer this claim's: it ended, or another daemon took it over after the
+    lease expired. The former owner stops its trainer and writes nothing more about the run."""
+
+
+@dataclass(frozen=True)
+class Claimant:
+    """Who claims: the daemon's row, its host, and how long a claim holds unless renewed."""
+
+    daemon_id: int | None
+    host: str
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+
+    @classmethod
+    def local(cls, daemon_id: int | None = None) -> Claimant:
+        return cls(daemon_id, socket.gethostname())
 
 
 def _change(session: Session, run: Run, state: str, now: datetime, detail: str | None) -> None:
@@ -83,9 +112,64 @@ def find_run(session: Session, run_id: str) -> Run:
     return run
 
 
-def running_run(engine: Engine) -> Run | None:
+def running_run(engine: Engine, host: str | None = None) -> Run | None:
+    """The run in progress (on `host`, when given)."""
     with read_session(engine) as session:
-        return session.scalars(select(Run).where(Run.state == "running")).first()
+        query = select(Run).where(Run.state == "running")
+        if host is not None:
+            query = query.where(Run.host == host)
+        return session.scalars(query.order_by(Run.id)).first()
+
+
+def _trainable_here(
+    session: Session, host: str, runs: Iterable[tuple[int, list[str]]]
+) -> list[int]:
+    """The runs this host can train, in the given order: all of their base models are ready
+    here. A run whose models are ready on no host at all is trainable anywhere: its trainer
+    then fails it with the reason, rather than leaving it queued forever."""
+    runs = list(runs)
+    keys = {k for _, models in runs for k in models}
+    if not keys:
+        return [pk for pk, _ in runs]
+    ready: dict[str, set[str]] = {}
+    for row_host, key in session.execute(
+        select(BaseModel.host, BaseModel.key).where(
+            BaseModel.state == "ready", BaseModel.key.in_(keys)
+        )
+    ):
+        ready.setdefault(row_host, set()).add(key)
+    mine = ready.get(host, set())
+    out = []
+    for pk, models in runs:
+        if set(models) <= mine or not any(set(models) <= have for have in ready.values()):
+            out.append(pk)
+    return out
+
+
+def _lock(session: Session, run_pk: int, *conditions: object) -> Run | None:
+    """The run, locked for this transaction, if it still meets the conditions; None when it
+    does not or another daemon holds it locked right now (PostgreSQL's SKIP LOCKED)."""
+    return session.scalars(
+        select(Run)
+        .where(Run.id == run_pk, *conditions)  # type: ignore[arg-type]
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).first()
+
+
+def _busy(session: Session, host: str) -> bool:
+    return (
+        session.scalars(select(Run.id).where(Run.state == "running", Run.host == host)).first()
+        is not None
+    )
+
+
+def _claim(session: Session, run: Run, who: Claimant, db_now: datetime) -> None:
+    run.daemon_id = who.daemon_id
+    run.host = who.host
+    run.attempts += 1
+    run.lease_expires_at = db_now + timedelta(seconds=who.lease_seconds)
+    run.pid = None
 
 
 def claim_next(
@@ -94,31 +178,36 @@ def claim_next(
     now: datetime | None = None,
     *,
     ledger: Ledger | None = None,
+    claimant: Claimant | None = None,
 ) -> Run | None:
-    """Move the first queued run (highest priority, then oldest) to running; None when the
-    queue is empty or a run is already running."""
+    """Move the first queued run (highest priority, then oldest) that this host can train to
+    running; None when there is none or this host already runs one."""
     now = now or utcnow()
+    who = claimant or Claimant.local(daemon_id)
     try:
         with write_session(engine) as session:
-            if session.scalars(select(Run.id).where(Run.state == "running")).first():
+            if _busy(session, who.host):
                 return None
-            run = session.scalars(
-                select(Run)
+            queued = session.execute(
+                select(Run.id, Run.base_models)
                 .where(Run.state == "queued")
                 .order_by(Run.priority.desc(), Run.id)
-                .limit(1)
-            ).first()
-            if run is None:
+            ).all()
+            if not queued:
                 return None
-            _change(session, run, "running", now, "claimed by the supervisor")
-            run.daemon_id = daemon_id
-            run.started_at = now
-            run.heartbeat_at = now
-            run.attempts += 1
-            _started(session, ledger, run, now)
-            return run
+            for pk in _trainable_here(session, who.host, ((r.id, r.base_models) for r in queued)):
+                run = _lock(session, pk, Run.state == "queued")
+                if run is None:
+                    continue  # another daemon is claiming it right now
+                _change(session, run, "running", now, f"claimed by host {who.host}")
+                _claim(session, run, who, database_now(session))
+                run.started_at = now
+                run.heartbeat_at = now
+                _started(session, ledger, run, now)
+                return run
+            return None
     except IntegrityError:
-        return None  # another claimer won the race: the database kept it to one run
+        return None  # another claimer won the race: the database kept it to one run per host
 
 
 def adopt(
@@ -129,18 +218,90 @@ def adopt(
     now: datetime | None = None,
     *,
     ledger: Ledger | None = None,
+    claimant: Claimant | None = None,
+    expected_attempts: int | None = None,
 ) -> Run:
-    """Take over a run left `running` by a daemon that stopped or died, for another attempt."""
+    """Take over a run left `running` by a daemon that stopped or died, for another attempt.
+    With `expected_attempts`, only if nobody claimed it since it was read (else ClaimLost)."""
     now = now or utcnow()
+    who = claimant or Claimant.local(daemon_id)
     with write_session(engine) as session:
-        run = session.get_one(Run, run_pk)
+        run = _lock(session, run_pk)
+        if run is None or (expected_attempts is not None and run.attempts != expected_attempts):
+            raise ClaimLost(f"run {run_pk} was claimed by another daemon meanwhile")
         _change(session, run, "running", now, detail)
-        run.daemon_id = daemon_id
-        run.attempts += 1
+        _claim(session, run, who, database_now(session))
         run.heartbeat_at = now
-        run.pid = None
         _started(session, ledger, run, now)
         return run
+
+
+@dataclass(frozen=True)
+class Expired:
+    """A run whose owner's lease ran out, as a takeover found it."""
+
+    run_pk: int
+    run_id: str
+    host: str | None
+    attempts: int
+
+
+def expired_runs(engine: Engine, claimant: Claimant) -> list[Expired]:
+    """Runs `running` on other hosts whose lease has expired and that this host can train,
+    oldest first; none while this host runs one itself. The lease is compared on the
+    database's clock, the one that set it."""
+    with read_session(engine) as session:
+        if _busy(session, claimant.host):
+            return []
+        now = database_now(session)
+        rows = session.execute(
+            select(Run.id, Run.run_id, Run.host, Run.attempts, Run.base_models)
+            .where(
+                Run.state == "running",
+                or_(Run.host.is_(None), Run.host != claimant.host),
+                or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
+            )
+            .order_by(Run.id)
+        ).all()
+        if not rows:
+            return []
+        ok = set(_trainable_here(session, claimant.host, ((r.id, r.base_models) for r in rows)))
+    return [Expired(r.id, r.run_id, r.host, r.attempts) for r in rows if r.id in ok]
+
+
+def take_over(
+    engine: Engine,
+    expired: Expired,
+    claimant: Claimant,
+    detail: str,
+    now: datetime | None = None,
+    *,
+    ledger: Ledger | None = None,
+) -> Run | None:
+    """Claim an expired run for another attempt here; None when its owner renewed the lease
+    or another daemon took it first."""
+    now = now or utcnow()
+    try:
+        with write_session(engine) as session:
+            if _busy(session, claimant.host):
+                return None
+            db_now = database_now(session)
+            run = _lock(
+                session,
+                expired.run_pk,
+                Run.state == "running",
+                Run.attempts == expired.attempts,
+                or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < db_now),
+            )
+            if run is None:
+                return None
+            _change(session, run, "running", now, detail)
+            _claim(session, run, claimant, db_now)
+            run.heartbeat_at = now
+            _started(session, ledger, run, now)
+            return run
+    except IntegrityError:
+        return None
 
 
 def set_child(engine: Engine, run_pk: int, pid: int, log_path: str) -> None:
@@ -150,17 +311,42 @@ def set_child(engine: Engine, run_pk: int, pid: int, log_path: str) -> None:
         run.log_path = log_path
 
 
-def heartbeat(engine: Engine, run_pk: int, now: datetime | None = None) -> bool:
-    """Record that the run's child is alive; returns whether a cancel was asked for."""
+def heartbeat(
+    engine: Engine,
+    run_pk: int,
+    now: datetime | None = None,
+    *,
+    attempt: int | None = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+) -> bool:
+    """Record that the run's child is alive and renew the claim's lease; returns whether a
+    cancel was asked for. With `attempt`, raises ClaimLost when the claim is no longer ours."""
     with write_session(engine) as session:
-        run = session.get_one(Run, run_pk)
+        run = session.get_one(Run, run_pk, with_for_update=attempt is not None)
+        if attempt is not None and (run.state != "running" or run.attempts != attempt):
+            raise ClaimLost(
+                f"run {run.run_id} is no longer this daemon's: it is {run.state}, attempt "
+                f"{run.attempts} on host {run.host}"
+            )
         run.heartbeat_at = now or utcnow()
+        if run.state == "running":
+            run.lease_expires_at = database_now(session) + timedelta(seconds=lease_seconds)
         return bool(run.cancel_requested)
 
 
 def cancel_requested(engine: Engine, run_pk: int) -> bool:
     with read_session(engine) as session:
         return bool(session.scalars(select(Run.cancel_requested).where(Run.id == run_pk)).one())
+
+
+def still_ours(engine: Engine, run_pk: int, attempt: int | None) -> bool:
+    """Whether the run is still `running` (in the given attempt, when one is given): not
+    taken over by another daemon after a lease this one failed to renew."""
+    with read_session(engine) as session:
+        run = session.get(Run, run_pk)
+        if run is None or run.state != "running":
+            return False
+        return attempt is None or run.attempts == attempt
 
 
 def finish(
@@ -173,16 +359,21 @@ def finish(
     exit_code: int | None = None,
     now: datetime | None = None,
     ledger: Ledger | None = None,
+    attempt: int | None = None,
 ) -> Run:
+    """End a run. With `attempt`, only the claim of that attempt may end it (else ClaimLost)."""
     now = now or utcnow()
     with write_session(engine) as session:
-        run = session.get_one(Run, run_pk)
+        run = session.get_one(Run, run_pk, with_for_update=attempt is not None)
+        if attempt is not None and (run.state != "running" or run.attempts != attempt):
+            raise ClaimLost(f"run {run.run_id} is no longer this daemon's; its outcome is not ours")
         detail = outcome if error is None else f"{outcome}: {error.splitlines()[-1][:300]}"
         _change(session, run, state, now, detail)
         run.outcome = outcome
         run.error = error
         run.exit_code = exit_code
         run.pid = None
+        run.lease_expires_at = None
         _ended(session, ledger, run, now, detail)
         return run
 

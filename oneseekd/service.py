@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -24,7 +24,7 @@ from oneseekd.catalog.watch import Watcher
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine, read_session, write_session
-from oneseekd.db.migrate import upgrade
+from oneseekd.db.migrate import current_without_alembic, upgrade, upgrade_in_child
 from oneseekd.db.models import Daemon as DaemonRow
 from oneseekd.db.models import Run, utcnow
 from oneseekd.errors import DatabaseError, OneseekError
@@ -34,6 +34,7 @@ from oneseekd.intake.rows import PendingRows
 from oneseekd.lock import HomeLock
 from oneseekd.logs import configure_logging
 from oneseekd.notify import Notifier
+from oneseekd.options import home_and_db_options
 from oneseekd.supervisor import Supervisor
 
 log = structlog.get_logger("oneseekd")
@@ -49,13 +50,54 @@ class _Parts:
 
 HEARTBEAT_SECONDS = 5.0
 TICK_SECONDS = 0.1  # the longest the loop sleeps: how soon a stop flag or a dropped file is seen
+# With no trainer running, the supervisor looks at the queue when the database changed, and at
+# least this often (a safety net on SQLite; the only trigger on databases without a probe).
+QUEUE_LOOK_SECONDS = 1.0
+# A step of the loop that raised is retried after this, doubling up to LOOP_BACKOFF_MAX.
+LOOP_BACKOFF_SECONDS = 0.5
+LOOP_BACKOFF_MAX = 30.0
+
+
+class ChangeProbe:
+    """Whether anyone (this daemon's own pooled connections included) committed to the SQLite
+    database since the last look, from `PRAGMA data_version` on a connection of its own: a
+    read of a counter in shared memory, where a look at the queue is a write transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._probe: sqlite3.Connection | None = None
+        self._version: int | None = None
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            self._probe = sqlite3.connect(database, timeout=30, check_same_thread=False)
+
+    def changed(self) -> bool:
+        """True after a commit anywhere; False when unchanged or when there is no probe."""
+        if self._probe is None:
+            return False
+        (version,) = self._probe.execute("PRAGMA data_version").fetchone()
+        if version == self._version:
+            return False
+        self._version = int(version)
+        return True
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+
+
+def _in_memory(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
 
 
 def open_database(url: str) -> Engine:
     """An engine on a database brought to the newest revision (refusing a newer one)."""
     engine = make_engine(url)
     try:
-        revision = upgrade(engine)
+        # the usual start finds the database current without alembic; a migration runs in a
+        # child interpreter so that alembic's ~10 MB never stay resident in the daemon
+        revision = current_without_alembic(engine)
+        if revision is None:
+            revision = upgrade(engine) if _in_memory(engine) else upgrade_in_child(url)
     except SQLAlchemyError as exc:
         raise DatabaseError(
             f"cannot open the database {engine.url!r}",
@@ -117,12 +159,21 @@ class Daemon:
         cfg.home.ensure()
         engine = open_database(cfg.db_url)
         self._register(engine)
-        catalog = Catalog(engine, model_roots(cfg), cfg.catalog.settle_seconds)
+        catalog = Catalog(
+            engine, model_roots(cfg), cfg.catalog.settle_seconds, host=cfg.catalog.host
+        )
         catalog.wakeup = self._wake
         done = catalog.full_scan()
         log.info("catalog_loaded", models=done.total)
         ledger = Ledger.for_home(engine, cfg.home)  # a bad key stops the daemon here
-        intake = Intake(engine, cfg.home, ledger=ledger, cpu_processes=cfg.trainer.cpu_processes)
+        intake = Intake(
+            engine,
+            cfg.home,
+            ledger=ledger,
+            host=cfg.catalog.host,
+            roots=model_roots(cfg),
+            cpu_processes=cfg.trainer.cpu_processes,
+        )
         drops = DropFolder(intake, cfg.home, cfg.intake.settle_seconds)
         rows = PendingRows(intake, engine)
         supervisor = Supervisor(engine, cfg, self._row_id, ledger=ledger)
@@ -158,38 +209,88 @@ class Daemon:
         return 0
 
     def _loop(self, engine: Engine, parts: _Parts) -> None:
-        last_beat = last_ping = time.monotonic()
-        catalog = parts.catalog
+        probe = ChangeProbe(engine)
+        try:
+            self._loop_until_stopped(engine, parts, probe)
+        finally:
+            probe.close()
+
+    def _loop_until_stopped(self, engine: Engine, parts: _Parts, probe: ChangeProbe) -> None:
+        self._last_beat = self._last_ping = time.monotonic()
+        self._last_look = float("-inf")
+        failures = 0
         while not self.stop_requested:
-            if self._reload_due:
-                self._reload_due = False
-                self._reload(parts)
-            ping = self.notifier.watchdog_interval
-            if ping is not None and time.monotonic() - last_ping >= ping:
-                self.notifier.watchdog()  # from the loop itself: a hung loop gets restarted
-                last_ping = time.monotonic()
-            if self._full_scan_due:
-                self._full_scan_due = False
-                catalog.full_scan()
-            catalog.process_due()
-            taken = 0
-            if not catalog.pending():
-                # requests wait while a model folder settles: a request never races a copy
-                taken = parts.drops.poll() + parts.rows.poll()
-            parts.supervisor.tick(accepting=not self.stop_requested)
-            if self.exit_when_idle and self._idle(engine, parts):
+            try:
+                timeout = self._step(engine, parts, probe)
+            except Exception as exc:  # one bad row or a full disk must not end the daemon
+                failures += 1
+                timeout = min(LOOP_BACKOFF_SECONDS * 2 ** (failures - 1), LOOP_BACKOFF_MAX)
+                log.error(
+                    "loop_step_failed",
+                    step=self._doing,
+                    error=f"{type(exc).__name__}: {exc}",
+                    failures_in_a_row=failures,
+                    retry_in_seconds=timeout,
+                    exc_info=failures == 1 or failures % 20 == 0,
+                )
+            else:
+                if failures:
+                    log.info("loop_recovered", after_failures=failures)
+                failures = 0
+            if self.exit_when_idle and timeout is None:
                 return
-            if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
-                status = self._status_line(engine, parts)
-                self._heartbeat(engine, status)
-                self.notifier.status(status)
-                last_beat = time.monotonic()
-            if taken:
-                continue  # a burst of requests: take the next batch without waiting
-            due = catalog.next_due()
-            timeout = TICK_SECONDS if due is None else min(TICK_SECONDS, due - time.time())
-            self._wake.wait(max(timeout, 0.0))
-            self._wake.clear()
+            if timeout:
+                self._wake.wait(timeout)
+                self._wake.clear()
+
+    def _step(self, engine: Engine, parts: _Parts, probe: ChangeProbe) -> float | None:
+        """One turn of the loop; returns how long to sleep, or None when idle and asked to
+        exit when idle."""
+        catalog = parts.catalog
+        self._doing = "reload"
+        if self._reload_due:
+            self._reload_due = False
+            self._reload(parts)
+        ping = self.notifier.watchdog_interval
+        if ping is not None and time.monotonic() - self._last_ping >= ping:
+            self.notifier.watchdog()  # from the loop itself: a hung loop gets restarted
+            self._last_ping = time.monotonic()
+        self._doing = "catalog"
+        if self._full_scan_due:
+            self._full_scan_due = False
+            catalog.full_scan()
+        catalog.process_due()
+        taken = 0
+        self._doing = "intake"
+        if not catalog.pending():
+            # requests wait while a model folder settles: a request never races a copy
+            taken = parts.drops.poll() + parts.rows.poll()
+        self._doing = "supervisor"
+        now = time.monotonic()
+        # a look at the queue is a write transaction: idle, take one only when something
+        # changed (a request decided, a run cancelled or finished) or the safety net is due
+        if (
+            parts.supervisor.busy
+            or taken
+            or probe.changed()
+            or now - self._last_look >= QUEUE_LOOK_SECONDS
+        ):
+            parts.supervisor.tick(accepting=not self.stop_requested)
+            self._last_look = now
+        self._doing = "idle check"
+        if self.exit_when_idle and self._idle(engine, parts):
+            return None
+        self._doing = "heartbeat"
+        if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
+            status = self._status_line(engine, parts)
+            self._heartbeat(engine, status)
+            self.notifier.status(status)
+            self._last_beat = time.monotonic()
+        if taken:
+            return 0.0  # a burst of requests: take the next batch without waiting
+        due = catalog.next_due()
+        timeout = TICK_SECONDS if due is None else min(TICK_SECONDS, due - time.time())
+        return max(timeout, 0.0)
 
     @staticmethod
     def _status_line(engine: Engine, parts: _Parts) -> str:
@@ -234,6 +335,7 @@ class Daemon:
             )
         if new.catalog.extra_roots != old.catalog.extra_roots:
             catalog.roots = model_roots(new)
+            parts.rows.intake.roots = model_roots(new)  # the drop folder shares this intake
             self._watcher.stop()
             self._watcher = Watcher(catalog)
             self._watcher.start()
@@ -262,7 +364,7 @@ class Daemon:
         now = utcnow()
         with write_session(engine) as session:
             row = DaemonRow(
-                host=socket.gethostname(),
+                host=self.config.catalog.host,
                 pid=os.getpid(),
                 version=__version__,
                 started_at=now,
@@ -283,18 +385,7 @@ class Daemon:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--home",
-    envvar="ONESEEK_HOME",
-    type=click.Path(file_okay=False),
-    help="The home folder (models/, requests/, oneseek.db). Env: ONESEEK_HOME.",
-)
-@click.option(
-    "--db-url",
-    envvar="ONESEEK_DB_URL",
-    help="SQLAlchemy URL of the state database. Env: ONESEEK_DB_URL. "
-    "Default: sqlite:///HOME/oneseek.db",
-)
+@home_and_db_options
 @click.option(
     "--exit-when-idle",
     is_flag=True,

@@ -27,6 +27,7 @@ from typing import IO
 
 import structlog
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from oneseekd import gpus, protocol, queue
 from oneseekd.certify.ledger import Ledger
@@ -34,10 +35,16 @@ from oneseekd.config import Config
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import BaseModel, ModelTraining, Run
 
+# torch-free: outputs imports torch only inside the functions that train or save a model
+from oneseekd.trainer.outputs import certified_dna, discard_staged, publish
+
 log = structlog.get_logger("oneseekd.supervisor")
 
 TAIL_BYTES = 8192
 TAIL_LINES = 40
+# how [trainer] threads reaches the child: OpenMP and MKL read these; the trainer hands the
+# first to torch.set_num_threads as well
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass
@@ -54,6 +61,8 @@ class Child:
     world_size: int = 1  # above 1, proc is torchrun's agent and the ranks write exit_dir
     exit_dir: Path | None = None
     workers: set[int] = field(default_factory=set)  # the agent's, seen at each heartbeat
+    attempt: int | None = None  # the claim's attempt: every write about the run is fenced on it
+    renewed_at: float = 0.0  # when the lease was last renewed (this process's clock)
 
 
 def log_tail(path: Path) -> str:
@@ -147,6 +156,13 @@ class Supervisor:
         # every run start and ending goes into the signed ledger
         self.ledger = ledger or Ledger.for_home(engine, config.home)
         self.child: Child | None = None
+        self._next_takeover_check = 0.0
+
+    @property
+    def claimant(self) -> queue.Claimant:
+        return queue.Claimant(
+            self.daemon_id, self.config.catalog.host, self.config.trainer.lease_seconds
+        )
 
     @property
     def busy(self) -> bool:
@@ -154,29 +170,78 @@ class Supervisor:
 
     # --- start -------------------------------------------------------------------------------
     def recover(self) -> None:
-        """A run left `running` by a daemon that stopped or died: resume it, or fail it."""
-        run = queue.running_run(self.engine)
+        """A run this host left `running` when its daemon stopped or died: resume it, or fail
+        it. Runs of other hosts are taken over only once their lease expires (see tick)."""
+        run = queue.running_run(self.engine, self.config.catalog.host)
         if run is None:
             return
-        if run.pid and _process_runs(run.pid, run.run_id):
+        self._resume(run, f"resumed after the daemon restarted (attempt {run.attempts + 1})")
+
+    def _resume(self, run: Run, detail: str) -> None:
+        if run.host == self.config.catalog.host and run.pid and _process_runs(run.pid, run.run_id):
             log.warning("orphan_trainer_stopped", run_id=run.run_id, pid=run.pid)
             self._stop_pid(run.pid)
-        problem = self._cannot_resume(run)
-        if problem:
-            queue.finish(
-                self.engine, run.id, "failed", outcome="lost", error=problem, ledger=self.ledger
-            )
-            log.error("run_failed", run_id=run.run_id, outcome="lost", error=problem)
+        if self._finish_certified(run.id, run.run_id, None):
             return
-        adopted = queue.adopt(
-            self.engine,
-            run.id,
-            self.daemon_id,
-            f"resumed after the daemon restarted (attempt {run.attempts + 1})",
-            ledger=self.ledger,
-        )
-        log.info("run_resumed", run_id=run.run_id, attempt=adopted.attempts)
+        problem = self._cannot_resume(run)
+        try:
+            if problem:
+                self._settle_outputs(run.id, run.run_id)
+                queue.finish(
+                    self.engine,
+                    run.id,
+                    "failed",
+                    outcome="lost",
+                    error=problem,
+                    ledger=self.ledger,
+                    attempt=run.attempts,
+                )
+                log.error("run_failed", run_id=run.run_id, outcome="lost", error=problem)
+                return
+            adopted = queue.adopt(
+                self.engine,
+                run.id,
+                self.daemon_id,
+                detail,
+                ledger=self.ledger,
+                claimant=self.claimant,
+                expected_attempts=run.attempts,
+            )
+        except queue.ClaimLost:
+            log.info("run_claimed_elsewhere", run_id=run.run_id)
+            return
+        log.info("run_resumed", run_id=run.run_id, attempt=adopted.attempts, detail=detail)
         self._spawn(adopted)
+
+    def _take_over(self) -> bool:
+        """Claim a run whose owner's lease expired (its daemon died, or lost the database);
+        True when one was found. Checked about once per heartbeat, not every tick."""
+        now = self.clock()
+        if now < self._next_takeover_check:
+            return False
+        self._next_takeover_check = now + self.config.trainer.heartbeat_seconds
+        for expired in queue.expired_runs(self.engine, self.claimant):
+            if expired.attempts >= self.config.trainer.max_attempts:
+                run = queue.take_over(
+                    self.engine, expired, self.claimant, "lease expired", ledger=self.ledger
+                )
+                if run is not None:  # counted as one more attempt, then failed as lost
+                    self._resume(run, "")
+                    return True
+                continue
+            detail = (
+                f"taken over from host {expired.host} after its lease expired "
+                f"(attempt {expired.attempts + 1})"
+            )
+            run = queue.take_over(self.engine, expired, self.claimant, detail, ledger=self.ledger)
+            if run is None:
+                continue  # renewed meanwhile, or another daemon was first
+            log.warning(
+                "run_taken_over", run_id=run.run_id, from_host=expired.host, attempt=run.attempts
+            )
+            self._spawn(run)
+            return True
+        return False
 
     def _cannot_resume(self, run: Run) -> str | None:
         limit = self.config.trainer.max_attempts
@@ -187,7 +252,10 @@ class Supervisor:
             )
         with read_session(self.engine) as session:
             rows = session.execute(
-                select(BaseModel.key, BaseModel.state).where(BaseModel.key.in_(run.base_models))
+                select(BaseModel.key, BaseModel.state).where(
+                    BaseModel.key.in_(run.base_models),
+                    BaseModel.host == self.config.catalog.host,
+                )
             ).all()
         states = {key: state for key, state in rows}
         gone = [k for k in run.base_models if states.get(k) != "ready"]
@@ -263,8 +331,11 @@ class Supervisor:
             protocol.ENV_RESUME: "1" if run.attempts > 1 else "0",
             protocol.ENV_PARENT_PID: str(os.getpid()),
             protocol.ENV_WORLD_SIZES: json.dumps(plan),
+            protocol.ENV_HOST: cfg.catalog.host,
             "PYTHONUNBUFFERED": "1",
         }
+        if cfg.trainer.threads:  # else torch's default, or what the daemon's environment says
+            env.update({name: str(cfg.trainer.threads) for name in THREAD_VARIABLES})
         if size == 1:
             return trainer_argv, env, 1, None
         exit_dir = cfg.home.root / "runs" / run.run_id / "exit"
@@ -324,15 +395,18 @@ class Supervisor:
             log.error("run_failed", run_id=run.run_id, outcome="error", error=error)
             return
         queue.set_child(self.engine, run.id, proc.pid, str(log_path))
+        now = self.clock()
         self.child = Child(
             run.id,
             run.run_id,
             proc,
             log_path,
             log_file,
-            last_beat=self.clock(),
+            last_beat=now,
             world_size=size,
             exit_dir=exit_dir,
+            attempt=run.attempts,
+            renewed_at=now,
         )
         log.info(
             "run_started",
@@ -351,8 +425,10 @@ class Supervisor:
             log.info("run_cancelled", run_id=run_id, while_state="queued")
         if self.child is not None:
             self._watch(self.child)
-        if self.child is None and accepting:
-            run = queue.claim_next(self.engine, self.daemon_id, ledger=self.ledger)
+        if self.child is None and accepting and not self._take_over():
+            run = queue.claim_next(
+                self.engine, self.daemon_id, ledger=self.ledger, claimant=self.claimant
+            )
             if run is not None:
                 self._spawn(run)
 
@@ -366,12 +442,51 @@ class Supervisor:
             child.last_beat = now
             if child.world_size > 1:
                 child.workers.update(_descendants(child.proc.pid))
-            if queue.heartbeat(self.engine, child.run_pk) and child.stop_reason is None:
-                self._terminate(child, "cancel")
+            if not self._renew(child, now):
+                return
         grace = self._grace(child)
         if child.term_sent_at is not None and not child.killed and now - child.term_sent_at > grace:
             log.warning("trainer_killed", run_id=child.run_id, after_seconds=grace)
             self._kill(child)
+
+    def _renew(self, child: Child, now: float) -> bool:
+        """Beat the run's heart and renew its lease; False when the run is no longer ours.
+
+        A daemon that cannot reach the database stops its trainer before its lease can expire
+        (at 80% of it, on its own clock), so that a takeover never finds it still training."""
+        trainer = self.config.trainer
+        try:
+            cancel = queue.heartbeat(
+                self.engine,
+                child.run_pk,
+                attempt=child.attempt,
+                lease_seconds=trainer.lease_seconds,
+            )
+        except queue.ClaimLost as exc:
+            log.error("run_claim_lost", run_id=child.run_id, error=exc.message)
+            self._abandon(child)
+            return False
+        except SQLAlchemyError as exc:
+            silent = now - child.renewed_at
+            log.warning("heartbeat_failed", run_id=child.run_id, error=str(exc).splitlines()[0])
+            if silent >= 0.8 * trainer.lease_seconds:
+                log.error("run_lease_expiring", run_id=child.run_id, seconds=round(silent, 1))
+                self._abandon(child)
+                return False
+            return True
+        child.renewed_at = now
+        if cancel and child.stop_reason is None:
+            self._terminate(child, "cancel")
+        return True
+
+    def _abandon(self, child: Child) -> None:
+        """Stop a trainer whose run is no longer ours, at once and without a checkpoint (the
+        new owner may be writing them), and write nothing about the run."""
+        self._kill(child)
+        child.proc.wait()
+        child.log_file.close()
+        self.child = None
+        log.warning("run_abandoned", run_id=child.run_id, exit_code=child.proc.returncode)
 
     def _grace(self, child: Child) -> float:
         trainer = self.config.trainer
@@ -410,6 +525,8 @@ class Supervisor:
         if code == protocol.EXIT_RELAUNCH and child.stop_reason is None:
             self._relaunch(child)
             return
+        if self._finish_certified(child.run_pk, child.run_id, code):
+            return
         if child.stop_reason == "shutdown":
             log.info(
                 "run_interrupted",
@@ -419,15 +536,24 @@ class Supervisor:
             )
             return  # stays `running`: recover() resumes it at the next start
         state, outcome, error = self._outcome(child, code)
-        queue.finish(
-            self.engine,
-            child.run_pk,
-            state,
-            outcome=outcome,
-            error=error,
-            exit_code=code,
-            ledger=self.ledger,
-        )
+        if not queue.still_ours(self.engine, child.run_pk, child.attempt):
+            log.error("run_claim_lost", run_id=child.run_id, error="taken over by another daemon")
+            return
+        self._settle_outputs(child.run_pk, child.run_id)
+        try:
+            queue.finish(
+                self.engine,
+                child.run_pk,
+                state,
+                outcome=outcome,
+                error=error,
+                exit_code=code,
+                ledger=self.ledger,
+                attempt=child.attempt,
+            )
+        except queue.ClaimLost as exc:
+            log.error("run_claim_lost", run_id=child.run_id, error=exc.message)
+            return
         event = {"succeeded": "run_succeeded", "cancelled": "run_cancelled"}.get(
             state, "run_failed"
         )
@@ -471,6 +597,37 @@ class Supervisor:
             return
         log.info("trainer_relaunched", run_id=child.run_id, processes=size)
         self._spawn(run)
+
+    def _finish_certified(self, run_pk: int, run_id: str, code: int | None) -> bool:
+        """A run whose completion event the ledger holds succeeded, however its trainer ended
+        (it may have been killed between the commit and the rename into place, or on its way
+        out): publish what it committed and mark it so. False for any other run."""
+        dna = certified_dna(self.engine, run_pk)
+        if dna is None:
+            return False
+        if not queue.still_ours(self.engine, run_pk, None):
+            return True  # another daemon saw the completion first and ended the run
+        self._settle_outputs(run_pk, run_id)
+        queue.finish(
+            self.engine,
+            run_pk,
+            "succeeded",
+            outcome="succeeded",
+            exit_code=code,
+            ledger=self.ledger,
+        )
+        log.info("run_succeeded", run_id=run_id, outcome="succeeded", exit_code=code, dna=dna)
+        return True
+
+    def _settle_outputs(self, run_pk: int, run_id: str) -> None:
+        """For a run that is over: move what it committed into place (its trainer may have
+        died before it did), and remove what it staged but never committed. A disk error here
+        is logged, not raised into the daemon's loop."""
+        try:
+            publish(self.engine, self.config.home, run_pk)
+            discard_staged(self.engine, self.config.home, run_pk)
+        except OSError as exc:
+            log.error("outputs_not_published", run_id=run_id, error=str(exc))
 
     def _outcome(self, child: Child, code: int) -> tuple[str, str, str | None]:
         if child.stop_reason == "cancel":

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg import REQUIRE_ENV, Cluster, start_cluster
 from sqlalchemy import Engine
 
 from oneseekd.config import Config, load_config
@@ -29,3 +32,39 @@ def engine(config: Config) -> Iterator[Engine]:
     upgrade(eng)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster | None]:
+    """One PostgreSQL server for the session (in /tmp: the `postgres` user must reach it)."""
+    root = Path(tempfile.mkdtemp(prefix="oneseek-pg-"))
+    cluster = start_cluster(root)
+    yield cluster
+    if cluster is not None:
+        cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """None for the home's SQLite file; a fresh PostgreSQL database's URL otherwise."""
+    if request.param == "sqlite":
+        return None
+    cluster = request.getfixturevalue("pg_cluster")
+    if cluster is None:
+        pytest.skip(
+            "PostgreSQL is not installed (no initdb found; apt-get install postgresql); "
+            f"{REQUIRE_ENV}=1 makes this an error"
+        )
+    return str(cluster.create_database())
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster | None) -> str:
+    """A fresh PostgreSQL database, for tests that only make sense there."""
+    if pg_cluster is None:
+        pytest.skip(
+            "PostgreSQL is not installed (no initdb found; apt-get install postgresql); "
+            f"{REQUIRE_ENV}=1 makes this an error"
+        )
+    return pg_cluster.create_database()

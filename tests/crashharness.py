@@ -142,7 +142,8 @@ def check_invariants(home: Path, dropped: list[str] | None = None) -> list[str]:
     """What a home keeps through any crash (issue 6); returns what is broken (empty: none).
 
     Every request has exactly one verdict, every run ended `succeeded` or `failed` with a
-    reason, no certified folder is partial, no artifact differs from its recorded sha256,
+    reason (`succeeded` when the ledger certifies it), no certified folder is partial, no
+    artifact differs from its recorded sha256, every visible output is a recorded artifact,
     `PRAGMA integrity_check` is ok, `oneseekctl ledger verify` passes, and no trainer is left
     running. `dropped` names the files dropped into requests/ (unique names), when known."""
     db = home / "oneseek.db"
@@ -156,6 +157,7 @@ def check_invariants(home: Path, dropped: list[str] | None = None) -> list[str]:
             problems += _check_runs(con)
             problems += _check_certified(home, con)
             problems += _check_artifacts(home, con)
+            problems += _check_outputs(home, con)
     except sqlite3.DatabaseError as exc:
         problems = [f"the database cannot be read: {exc}"]
     finally:
@@ -168,25 +170,33 @@ def check_invariants(home: Path, dropped: list[str] | None = None) -> list[str]:
 
 
 def check_outputs(home: Path) -> list[str]:
-    """What is visible agrees with the ledger: a run the ledger certifies did not end failed,
-    every output under lora_adapters/, weights/ and oneseek-certified/ (dot-names, the staging
-    places, aside) is a recorded artifact, and every rejected request has its .error.json.
+    """Every rejected request has its .error.json.
 
-    Kept apart from check_invariants because the package breaks it today when the trainer
-    alone is killed (see the xfail tests in test_crash.py); fold it in once they pass."""
-    con = sqlite3.connect(home / "oneseek.db", timeout=30)
-    try:
-        recorded = {path for (path,) in con.execute("SELECT path FROM artifacts")}
-        states = dict(con.execute("SELECT id, state FROM runs"))
-        names = dict(con.execute("SELECT id, run_id FROM runs"))
-        certified = [
-            pk
-            for (pk,) in con.execute(
-                "SELECT run_id FROM ledger_events WHERE event = ?", (COMPLETED_EVENT,)
-            )
-        ]
-    finally:
-        con.close()
+    Kept apart from check_invariants because the package breaks it today when the daemon is
+    killed between moving a rejected file and writing its .error.json (see
+    test_a_sigkill_before_the_error_file_still_explains_the_rejection, a strict xfail in
+    test_crash.py); fold it in once that passes."""
+    problems = []
+    rejected = home / "requests" / "rejected"
+    for name in _verdict_files(rejected):
+        if not (rejected / f"{name.removesuffix('.json')}.error.json").is_file():
+            problems.append(f"rejected request {name} has no .error.json saying why")
+    return problems
+
+
+def _check_outputs(home: Path, con: sqlite3.Connection) -> list[str]:
+    """What is visible agrees with the ledger: a run the ledger certifies did not end failed,
+    and every output under lora_adapters/, weights/ and oneseek-certified/ (dot-names, the
+    staging places, aside) is a recorded artifact; <key>-adapter names a recorded folder."""
+    recorded = {path for (path,) in con.execute("SELECT path FROM artifacts")}
+    states = dict(con.execute("SELECT id, state FROM runs"))
+    names = dict(con.execute("SELECT id, run_id FROM runs"))
+    certified = [
+        pk
+        for (pk,) in con.execute(
+            "SELECT run_id FROM ledger_events WHERE event = ?", (COMPLETED_EVENT,)
+        )
+    ]
     problems = [
         f"run {names[pk]} ended {states[pk]} although the ledger certifies it ({COMPLETED_EVENT})"
         for pk in certified
@@ -204,10 +214,6 @@ def check_outputs(home: Path) -> list[str]:
                     problems.append(f"{rel} points at {target.name}, which no artifact records")
             elif rel not in recorded and path.name != "ledger_proof.json":
                 problems.append(f"{rel} is visible but no artifact records it")
-    rejected = home / "requests" / "rejected"
-    for name in _verdict_files(rejected):
-        if not (rejected / f"{name.removesuffix('.json')}.error.json").is_file():
-            problems.append(f"rejected request {name} has no .error.json saying why")
     return problems
 
 
@@ -660,11 +666,11 @@ class CrashRun:
 CRASH_POINTS = {
     "checkpoint_staged": "a checkpoint folder written under its .tmp name, not yet renamed",
     "checkpoint_named": "a checkpoint folder renamed into place, `latest` not yet updated",
-    "outputs_unrecorded": "a model's adapter and .pth in place, not yet recorded",
-    "model_committed": "a model's outputs committed, its checkpoints not yet removed",
-    "certify_staged": "the certified folder staged, nothing of it committed",
-    "certify_committed": "the completion event committed, the certified folder still staged",
-    "published": "the certified folder renamed into place, the trainer not yet exited",
+    "outputs_unrecorded": "a model's adapter and .pth staged, not yet recorded",
+    "model_committed": "a model's outputs committed and published, its checkpoints not yet removed",
+    "certify_staged": "the metadata JSON and the certified folder staged, nothing committed",
+    "certify_committed": "the completion event committed, metadata and certified folder staged",
+    "published": "the certified outputs renamed into place, the trainer not yet exited",
 }
 
 
@@ -751,11 +757,14 @@ def _install_crash(point: str, kill: str) -> None:
     else:
         publish = run.publish
 
-        def crash_publish(*a: Any) -> None:
-            if point == "certify_committed":
+        # train_run publishes after every model too: only the publish of a certified run counts
+        def crash_publish(engine: Any, paths: Any, run_pk: int) -> None:
+            certified = outputs.certified_dna(engine, run_pk) is not None
+            if certified and point == "certify_committed":
                 die()
-            publish(*a)
-            die()
+            publish(engine, paths, run_pk)
+            if certified:
+                die()
 
         run.publish = crash_publish
 

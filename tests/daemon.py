@@ -33,12 +33,12 @@ def wait_for(
 
 
 class DaemonProcess:
-    def __init__(self, home: Path, *args: str) -> None:
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.log_path = home / "daemon-test.log"
         home.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("w")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         env.pop("ONESEEK_HOME", None)
         env.pop("ONESEEK_DB_URL", None)
         self.proc = subprocess.Popen(

@@ -27,6 +27,21 @@ def on_term(_signum: int, _frame: object) -> None:
     stop = True
 
 
+def run_version(db_url: str, run_id: str) -> str:
+    """The run's version, read with the plain driver (SQLAlchemy would slow every start)."""
+    if db_url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(db_url.replace("+psycopg", "")) as pg:
+            row = pg.execute("SELECT version FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+    else:
+        con = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=30)
+        row = con.execute("SELECT version FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        con.close()
+    assert row is not None, f"no run {run_id}"
+    return str(row[0])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", required=True)
@@ -34,9 +49,7 @@ def main() -> int:
     parser.add_argument("--run-id", required=True)
     args = parser.parse_args()
     home = Path(args.home)
-    con = sqlite3.connect(home / "oneseek.db", timeout=30)
-    (version,) = con.execute("SELECT version FROM runs WHERE run_id = ?", (args.run_id,)).fetchone()
-    con.close()
+    version = run_version(args.db_url, args.run_id)
     fake = home / "fake"
     fake.mkdir(exist_ok=True)
     spec_file = fake / f"{version}.json"

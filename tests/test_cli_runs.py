@@ -186,3 +186,19 @@ def test_status_shows_the_run_in_progress_with_a_progress_bar(home: Path) -> Non
     )
     data = json.loads(ctl(home, "status", "--json").stdout)
     assert data["current_run"]["progress"]["step"] == 10
+
+
+def test_show_prints_text_other_programs_wrote_escaped_and_json_verbatim(
+    home: Path, tmp_path: Path
+) -> None:
+    name = "evil\x1b]0;pwned\x07\r\nname.json"
+    path = tmp_path / name
+    path.write_text(json.dumps(request()))
+    queued = json.loads(ctl(home, "submit", str(path), "--json").stdout)
+    assert queued["status"] == "queued"
+    shown = ctl(home, "show", queued["run_id"])
+    assert shown.exit_code == 0, shown.output
+    assert "(evil\\x1b]0;pwned\\x07\\r\\nname.json)" in shown.stdout
+    assert not any(c in shown.stdout for c in "\x1b\x07\r")
+    data = json.loads(ctl(home, "show", queued["run_id"], "--json").stdout)
+    assert data["request"]["source_name"] == name

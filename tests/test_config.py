@@ -84,3 +84,20 @@ def test_bad_environment_log_level_is_refused(tmp_path: Path) -> None:
     assert err.value.problems == [
         "ONESEEK_LOG_LEVEL must be one of debug, info, warning, error, got 'chatty'"
     ]
+
+
+def test_trainer_threads_default_to_torch_s_own_choice_and_are_read(tmp_path: Path) -> None:
+    assert load_config(tmp_path, env={}).trainer.threads == 0
+    (tmp_path / "oneseekd.toml").write_text("[trainer]\nthreads = 4\n")
+    assert load_config(tmp_path, env={}).trainer.threads == 4
+
+
+@pytest.mark.parametrize("value", ["-1", '"2"', "true", "1.5"])
+def test_trainer_threads_must_be_a_whole_number(tmp_path: Path, value: str) -> None:
+    (tmp_path / "oneseekd.toml").write_text(f"[trainer]\nthreads = {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path, env={})
+    shown = {"-1": "-1", '"2"': "'2'", "true": "True", "1.5": "1.5"}[value]
+    assert err.value.problems == [
+        f"trainer.threads must be a whole number of CPU threads (0: torch's default), got {shown}"
+    ]

@@ -87,38 +87,25 @@ def test_ten_seeds_of_ten_sigkills_leave_a_whole_home(tmp_path: Path, seed: int)
 
 
 # --- SIGKILLs from inside the trainer, at exact points ------------------------------------------
-OUTPUTS_BEFORE_COMMIT = (
-    "save_model_outputs (oneseekd/trainer/outputs.py) renames the adapter folder, the .pth and "
-    "the <key>-adapter link into place before their transaction commits, so a trainer killed "
-    "in between leaves outputs no artifact records, and the run fails"
-)
-METADATA_BEFORE_COMMIT = (
-    "certify (oneseekd/trainer/outputs.py) writes weights/oneseek-7b-zero-v<version>.json, "
-    "with a DNA, under its final name before the completion commits: a trainer killed in "
-    "between leaves a DNA the ledger never certified, and the run fails"
-)
-COMMIT_NOT_PUBLISHED = (
-    "a trainer killed between the completion commit and publish(): the supervisor fails the "
-    "run (outcome signal) and nothing publishes the staged folder, so the artifacts recorded "
-    "under models/oneseek-certified/<run_id>/ are missing and `ledger verify` fails"
-)
-CERTIFIED_BUT_FAILED = (
-    "a trainer killed after publish() but before it exits (interpreter teardown takes about a "
-    "second): the supervisor fails a run whose certified folder and completion event exist"
-)
-BUGS = {
-    ("outputs_unrecorded", "self"): OUTPUTS_BEFORE_COMMIT,
-    ("certify_staged", "self"): METADATA_BEFORE_COMMIT,
-    ("certify_committed", "self"): COMMIT_NOT_PUBLISHED,
-    ("published", "self"): CERTIFIED_BUT_FAILED,
-}
-DEFAULT_CASES = list(BUGS)  # the rest, and every `both`, run with -m slow
+# The exact points that found bugs (docs/reliability.md, "Bugs found"), each the regression
+# test of its fix; the rest, and every `both`, run with -m slow:
+# - outputs_unrecorded: a model's outputs were renamed into place before their transaction
+#   committed, so a kill in between left outputs no artifact records
+# - certify_staged: weights/oneseek-7b-zero-v<version>.json, with a DNA, was written under its
+#   final name before the completion committed
+# - certify_committed: a kill between the completion commit and publish() failed the run and
+#   left its certified folder staged, so `ledger verify` found its artifacts missing
+# - published: a kill after publish(), before the trainer exited, failed a certified run
+DEFAULT_CASES = [
+    ("outputs_unrecorded", "self"),
+    ("certify_staged", "self"),
+    ("certify_committed", "self"),
+    ("published", "self"),
+]
 
 
 def _case(point: str, kill: str) -> object:
-    reason = BUGS.get((point, kill))
-    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-    return pytest.param(point, kill, marks=marks, id=f"{point}-{kill}")
+    return pytest.param(point, kill, id=f"{point}-{kill}")
 
 
 def _crash_inside(root: Path, point: str, kill: str) -> None:
@@ -138,6 +125,10 @@ def _crash_inside(root: Path, point: str, kill: str) -> None:
     [(run_id, state, outcome, attempts)] = _runs(home)
     log = (home / "logs" / f"{run_id}.log").read_text()
     assert f"crashharness: SIGKILL at {point} ({kill})" in log
+    if kill == "self":  # a killed trainer fails its run, unless the ledger already certifies it
+        certified = point in ("certify_committed", "published")
+        expected = ("succeeded", "succeeded") if certified else ("failed", "signal")
+        assert (state, outcome, attempts) == (*expected, 1), log[-3000:]
     if kill == "both":  # a power cut costs the attempt it hit, not the run
         assert (state, attempts) == ("succeeded", 2), log[-3000:]
         resumed = log.split("--- attempt 2")[1]
@@ -328,12 +319,6 @@ def _rejected_request(home: Path) -> str:
     return str(token)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="place() (oneseekd/intake/dropfolder.py) links the claimed file into its verdict "
-    "folder, then unlinks it; after a SIGKILL in between, recover() places it again, finds "
-    "the name taken by its own link and adds NAME.2.json: one request, two verdict files",
-)
 def test_a_sigkill_between_link_and_unlink_leaves_one_verdict_file(tmp_path: Path) -> None:
     home = training_home(tmp_path / "home")
     token = _rejected_request(home)
@@ -346,12 +331,6 @@ def test_a_sigkill_between_link_and_unlink_leaves_one_verdict_file(tmp_path: Pat
     assert check_invariants(home, ["bad.json"]) + check_outputs(home) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DropFolder._finish (oneseekd/intake/dropfolder.py) moves a rejected file before "
-    "writing its .error.json; after a SIGKILL in between nothing is claimed any more, so no "
-    "start writes it: the rejection stays unexplained",
-)
 def test_a_sigkill_before_the_error_file_still_explains_the_rejection(tmp_path: Path) -> None:
     home = training_home(tmp_path / "home")
     _rejected_request(home)

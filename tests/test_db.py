@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
+from structlog.testing import capture_logs
 
 from oneseekd.config import Config
-from oneseekd.db.engine import make_engine, write_session
+from oneseekd.db.engine import make_engine, read_session, write_session
 from oneseekd.db.migrate import check_revision, head_revision, upgrade
-from oneseekd.db.models import Daemon, utcnow
+from oneseekd.db.models import BaseModel, Daemon, TrainingRequest, unreadable_columns, utcnow
 from oneseekd.errors import DatabaseError
 
 
@@ -71,3 +73,44 @@ def test_times_are_stored_as_sortable_utc_text(config: Config, engine: Engine) -
         sqlite3.connect(config.home.db_file).execute("SELECT started_at FROM daemons").fetchone()[0]
     )
     assert raw.endswith("Z") and len(raw) == 27 and raw[10] == "T"
+
+
+def test_a_column_another_program_wrote_badly_reads_as_none_and_says_where(
+    config: Config, engine: Engine
+) -> None:
+    """A catalog row whose JSON or time column is not readable must not stop its readers (the
+    daemon loads every row at each start): it reads as None, with a warning naming it."""
+    con = sqlite3.connect(config.home.db_file)
+    con.execute(
+        "INSERT INTO base_models (key, display_name, detected_name, path, root, state, "
+        "architectures, shadowed_paths, first_seen_at, updated_at, state_changed_at) VALUES "
+        "('m', 'M', 'M', '/m', 'base_models', 'ready', 'LlamaForCausalLM', '[\"/a\"]', "
+        "'2026-01-01T00:00:00.000000Z', 'yesterday', '2026-01-02T03:04:05Z')"
+    )
+    con.commit()
+    con.close()
+    with capture_logs() as logs, read_session(engine) as session:
+        row = session.scalars(select(BaseModel)).one()
+        bad = unreadable_columns(session, BaseModel, row.id)
+    assert (row.architectures, row.updated_at, row.shadowed_paths) == (None, None, ["/a"])
+    assert row.first_seen_at == datetime(2026, 1, 1, tzinfo=UTC)
+    assert row.state_changed_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert bad == {"architectures": "JSON", "updated_at": "an ISO-8601 time"}
+    warned = [
+        (e["table"], e["column"], e["value"]) for e in logs if e["event"] == "unreadable_column"
+    ]
+    assert warned == [
+        ("base_models", "architectures", "'LlamaForCausalLM'"),
+        ("base_models", "updated_at", "'yesterday'"),
+    ]
+
+
+def test_unreadable_columns_of_a_sound_row_or_no_row_are_none(engine: Engine) -> None:
+    with write_session(engine) as session:
+        row = TrainingRequest(payload="{}", created_at=utcnow(), problems=["x"])
+        session.add(row)
+        session.flush()
+        row_id = row.id
+    with read_session(engine) as session:
+        assert unreadable_columns(session, TrainingRequest, row_id) == {}
+        assert unreadable_columns(session, TrainingRequest, row_id + 1) == {}

@@ -235,12 +235,6 @@ def test_a_base_model_gone_before_the_run_starts_is_refused_with_its_name(home: 
     assert_nothing_half_written(home.root, run_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: train_run hashes the dataset for the DNA at certification, after "
-    "training, so a dataset replaced mid-run is certified with the hash of bytes it never "
-    "trained on (oneseekd/trainer/run.py train_run: dataset_hash(ctx.dataset))",
-)
 def test_a_dataset_replaced_mid_run_is_never_certified_under_the_new_contents(
     home: Home,
 ) -> None:
@@ -252,19 +246,23 @@ def test_a_dataset_replaced_mid_run_is_never_certified_under_the_new_contents(
     def replace() -> None:
         dataset.write_text("\n".join(reversed(lines)) + "\n", encoding="utf-8")
 
-    try:
+    with pytest.raises(RunRefused) as err:
         train_run(
             home.engine,
             home.config.home,
             run_id,
             should_stop=fault_after(FAULT_STEP, replace),
         )
-    except OneseekError as exc:  # refusing to certify a changed dataset is right too
-        assert "civic.jsonl" in str(exc)
-        return
-    certified = home.root / "models" / "oneseek-certified" / run_id
-    inputs = json.loads((certified / "oneseek_dna.json").read_text())["inputs"]
-    assert inputs["dataset"] == trained_on
+    now = hashlib.sha256(dataset.read_bytes()).hexdigest()
+    assert now != trained_on
+    assert str(err.value) == (
+        f"run {run_id} cannot be certified\n"
+        f"  - dataset civic.jsonl changed during training (sha256 {trained_on[:12]}… was "
+        f"trained on, {now[:12]}… is there now); submit the request again to train on what it "
+        "holds now"
+    )
+    assert_nothing_half_written(home.root, run_id)
+    assert home.rows("SELECT count(*) FROM ledger_events WHERE event = ?", COMPLETED) == [(0,)]
 
 
 def test_writing_run_outputs_leaves_the_base_models_in_the_catalog(home: Home) -> None:

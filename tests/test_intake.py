@@ -234,6 +234,45 @@ def test_a_pending_row_gets_its_verdict_written_back(setup: tuple) -> None:
     assert intake.take_row(bad) is None  # decided rows are never taken twice
 
 
+def test_a_row_with_a_column_that_cannot_be_read_is_rejected_saying_which(setup: tuple) -> None:
+    """Not skipped forever and not queued looking fine: refused, with the column named."""
+    config, _, intake = setup
+    con = sqlite3.connect(config.home.db_file)
+    body = json.dumps(request())
+    row = con.execute(
+        "INSERT INTO training_requests (payload, created_at, problems) VALUES (?, 'now', 'none')",
+        (body,),
+    ).lastrowid
+    con.commit()
+    assert row is not None
+    verdict = intake.take_row(row)
+    assert verdict is not None and verdict.status == "rejected"
+    assert verdict.problems == [
+        "the row's problems column is not JSON; leave problems out of the INSERT "
+        "(only payload is needed)",
+        "the row's created_at column is not an ISO-8601 time; leave created_at out of the "
+        "INSERT (only payload is needed)",
+    ]
+    status, problems = con.execute(
+        "SELECT status, problems FROM training_requests WHERE id = ?", (row,)
+    ).fetchone()
+    assert (status, json.loads(problems)) == ("rejected", verdict.problems)
+    assert con.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+
+
+def test_a_payload_stored_as_a_blob_is_read_as_utf8_text(setup: tuple) -> None:
+    config, _, intake = setup
+    con = sqlite3.connect(config.home.db_file)
+    raw = json.dumps(request(request_id="blob-\u00e5")).encode()
+    row = con.execute("INSERT INTO training_requests (payload) VALUES (?)", (raw,)).lastrowid
+    con.commit()
+    assert row is not None
+    verdict = intake.take_row(row)
+    assert verdict is not None and verdict.status == "queued", verdict.problems
+    assert con.execute("SELECT request_key FROM runs").fetchone() == ("blob-\u00e5",)
+    assert Incoming.of_row(7, raw).payload == raw.decode("utf-8")
+
+
 def intake_run(con: sqlite3.Connection, request_pk: int) -> str:
     (run_id,) = con.execute(
         "SELECT r.run_id FROM runs r JOIN training_requests t ON t.run_id = r.id WHERE t.id = ?",

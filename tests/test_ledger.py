@@ -1,5 +1,6 @@
 """The signed, hash-chained ledger: what the intake and queue append, and every tampering that
-`verify` (and `oneseekctl ledger verify`) must catch, each with the exact words it prints."""
+`verify` (and `oneseekctl ledger verify`) must catch, each with the exact words it prints.
+The tests on a `world` run on SQLite and on PostgreSQL (`db_url`)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from homes import request, training_home
+from pg import Outsider
 from sqlalchemy import Engine, select
 
 from oneseekd import queue
@@ -41,6 +44,7 @@ class World:
     config: Config
     engine: Engine
     intake: Intake
+    outsider: Outsider
 
     @property
     def paths(self) -> HomePaths:
@@ -53,28 +57,28 @@ class World:
     def take(self, body: object) -> Verdict:
         return self.intake.take_bytes(json.dumps(body).encode(), source="submit")
 
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> Outsider:
         """A second program's connection, for tampering as an outsider would."""
-        return sqlite3.connect(self.paths.db_file, isolation_level=None)
+        return self.outsider
 
-    def rows(self) -> list[sqlite3.Row]:
-        con = self.db()
-        con.row_factory = sqlite3.Row
-        return list(con.execute("SELECT * FROM ledger_events ORDER BY seq"))
+    def rows(self) -> list[dict[str, Any]]:
+        return self.outsider.mappings("SELECT * FROM ledger_events ORDER BY seq")
 
     def problems(self) -> list[str]:
         return verify(self.engine, self.paths).problems
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, db_url: str | None) -> Iterator[World]:
     home = training_home(tmp_path / "home")
-    config = load_config(home, env={})
+    config = load_config(home, db_url, env={})
     config.home.ensure()
     engine = make_engine(config.db_url)
     upgrade(engine)
     Catalog(engine, model_roots(config), settle=0).full_scan()
-    yield World(config, engine, Intake(engine, config.home))
+    outsider = Outsider(db_url, config.home.db_file)
+    yield World(config, engine, Intake(engine, config.home), outsider)
+    outsider.close()
     engine.dispose()
 
 
@@ -171,7 +175,7 @@ def test_queue_changes_append_their_events(world: World) -> None:
         world.engine, run.id, "failed", outcome="error", error="Traceback\nboom", ledger=ledger
     )
     queue.request_cancel(world.engine, waiting, ledger=ledger)
-    world.db().execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (flagged,))
+    world.db().execute("UPDATE runs SET cancel_requested = true WHERE run_id = ?", flagged)
     assert queue.cancel_queued_flagged(world.engine, ledger=ledger) == [flagged]
 
     events = [(r["event"], json.loads(r["payload"])) for r in world.rows()[3:]]
@@ -353,8 +357,8 @@ def test_deleted_first_rows(certified: World) -> None:
 def test_swapped_payloads(certified: World) -> None:
     rows = certified.rows()
     con = certified.db()
-    con.execute("UPDATE ledger_events SET payload = ? WHERE seq = 1", (rows[1]["payload"],))
-    con.execute("UPDATE ledger_events SET payload = ? WHERE seq = 2", (rows[0]["payload"],))
+    con.execute("UPDATE ledger_events SET payload = ? WHERE seq = 1", rows[1]["payload"])
+    con.execute("UPDATE ledger_events SET payload = ? WHERE seq = 2", rows[0]["payload"])
     assert certified.problems() == [
         "ledger event #1 (request_accepted) was altered: its hash does not match its content",
         "ledger event #2 (request_accepted) was altered: its hash does not match its content",
@@ -383,7 +387,7 @@ def test_an_edited_payload(certified: World) -> None:
     payload = json.loads(row["payload"])
     payload["base_models"] = ["qwen-2-5-7b"]
     certified.db().execute(
-        "UPDATE ledger_events SET payload = ? WHERE seq = 1", (json.dumps(payload),)
+        "UPDATE ledger_events SET payload = ? WHERE seq = 1", json.dumps(payload)
     )
     assert certified.problems() == [
         "ledger event #1 (request_accepted) was altered: its hash does not match its content"
@@ -406,7 +410,10 @@ def test_a_rewritten_chain_fails_its_signatures(certified: World) -> None:
         digest = sha256_hex(canonical_json(body))
         con.execute(
             "UPDATE ledger_events SET payload = ?, prev_hash = ?, hash = ? WHERE seq = ?",
-            (canonical_json(payload).decode(), prev, digest, r["seq"]),
+            canonical_json(payload).decode(),
+            prev,
+            digest,
+            r["seq"],
         )
         prev = digest
     key = rows[0]["key_id"][:16]
@@ -423,8 +430,8 @@ def test_a_rewritten_chain_fails_its_signatures(certified: World) -> None:
 
 def test_an_unknown_signing_key(certified: World) -> None:
     con = certified.db()
-    con.execute("PRAGMA foreign_keys = OFF")
-    con.execute("UPDATE ledger_events SET key_id = ? WHERE seq = 3", ("f" * 64,))
+    con.foreign_keys_off()
+    con.execute("UPDATE ledger_events SET key_id = ? WHERE seq = 3", "f" * 64)
     assert certified.problems() == [
         "ledger event #3 (artifact_recorded) was altered: its hash does not match its content",
         "ledger event #3 (artifact_recorded) is signed by an unknown key ffffffffffffffff",
@@ -433,7 +440,7 @@ def test_an_unknown_signing_key(certified: World) -> None:
 
 def test_an_edited_artifacts_row(certified: World) -> None:
     recorded = sha256_file(certified.paths.root / WEIGHTS)
-    certified.db().execute("UPDATE artifacts SET sha256 = ?", ("a" * 64,))
+    certified.db().execute("UPDATE artifacts SET sha256 = ?", "a" * 64)
     assert certified.problems() == [
         f"artifact {WEIGHTS} does not match the ledger: the artifacts table says sha256 "
         f"{'a' * 64}, ledger event #3 {recorded}"

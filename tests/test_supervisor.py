@@ -1,10 +1,13 @@
-"""The supervisor with a fake trainer: every way a child can end becomes the right outcome."""
+"""The supervisor with a fake trainer: every way a child can end becomes the right outcome.
+Each test runs on SQLite and on PostgreSQL (`db_url`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
-import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +15,7 @@ from pathlib import Path
 import pytest
 from daemon import wait_for
 from homes import fake_behaviour, fake_starts, request, training_home
+from pg import Outsider
 from sqlalchemy import Engine
 
 from oneseekd import queue
@@ -25,15 +29,16 @@ from oneseekd.supervisor import Supervisor
 
 
 class World:
-    def __init__(self, root: Path, **home_options: object) -> None:
+    def __init__(self, root: Path, db_url: str | None = None, **home_options: object) -> None:
         home = training_home(root, **home_options)  # type: ignore[arg-type]
-        self.config: Config = load_config(home, env={})
+        self.config: Config = load_config(home, db_url, env={})
         self.config.home.ensure()
         self.engine: Engine = make_engine(self.config.db_url)
         upgrade(self.engine)
         Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
         self.intake = Intake(self.engine, self.config.home)
         self.supervisor = Supervisor(self.engine, self.config, None)
+        self.db = Outsider(db_url, self.config.home.db_file)
 
     @property
     def home(self) -> Path:
@@ -55,10 +60,8 @@ class World:
         wait_for(step, timeout=timeout, interval=0.01)
 
     def run(self, run_id: str) -> dict[str, object]:
-        con = sqlite3.connect(self.config.home.db_file)
-        con.row_factory = sqlite3.Row
-        row = con.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return dict(row)
+        [row] = self.db.mappings("SELECT * FROM runs WHERE run_id = ?", run_id)
+        return row
 
     def started(self, run_id: str) -> bool:
         """The fake trainer is up and handles SIGTERM."""
@@ -68,13 +71,31 @@ class World:
         return self.run(run_id)["state"] in ("succeeded", "failed", "cancelled")
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path / "home")
-    yield w
+def close(w: World) -> None:
     if w.supervisor.child is not None:
         w.supervisor.child.proc.kill()
+    w.db.close()
     w.engine.dispose()
+
+
+@pytest.fixture
+def world(tmp_path: Path, db_url: str | None) -> Iterator[World]:
+    w = World(tmp_path / "home", db_url)
+    yield w
+    close(w)
+
+
+@pytest.fixture
+def make_world(tmp_path: Path, db_url: str | None) -> Iterator[Callable[..., World]]:
+    made: list[World] = []
+
+    def make(**home_options: object) -> World:
+        made.append(World(tmp_path / "home", db_url, **home_options))
+        return made[-1]
+
+    yield make
+    for w in made:
+        close(w)
 
 
 def test_a_clean_exit_is_success(world: World) -> None:
@@ -119,8 +140,10 @@ def test_out_of_memory(world: World) -> None:
     assert str(run["error"]).startswith("out of memory: lower batch_size or max_seq_len")
 
 
-def test_a_trainer_that_cannot_start_fails_the_run_with_the_fix(tmp_path: Path) -> None:
-    w = World(tmp_path / "home", command=["/nonexistent/trainer"])
+def test_a_trainer_that_cannot_start_fails_the_run_with_the_fix(
+    make_world: Callable[..., World],
+) -> None:
+    w = make_world(command=["/nonexistent/trainer"])
     run_id = w.submit("1.0")
     w.supervisor.tick()
     run = w.run(run_id)
@@ -150,8 +173,10 @@ def test_cancel_while_queued_and_while_running(world: World) -> None:
     assert [s["run_id"] for s in fake_starts(world.home)] == [running]
 
 
-def test_a_child_ignoring_the_cancel_is_killed_after_the_grace(tmp_path: Path) -> None:
-    w = World(tmp_path / "home", cancel_grace=0.3)
+def test_a_child_ignoring_the_cancel_is_killed_after_the_grace(
+    make_world: Callable[..., World],
+) -> None:
+    w = make_world(cancel_grace=0.3)
     run_id = w.submit("1.0", sleep=60, ignore_term=True)
     w.drive(lambda: w.started(run_id))
     queue.request_cancel(w.engine, run_id)
@@ -179,9 +204,17 @@ def test_the_database_refuses_a_second_running_run(world: World) -> None:
     second = world.submit("1.1")
     assert queue.claim_next(world.engine, None) is not None
     assert queue.claim_next(world.engine, None) is None
-    con = sqlite3.connect(world.config.home.db_file)
-    with pytest.raises(sqlite3.IntegrityError, match=r"UNIQUE constraint failed: runs\.state"):
-        con.execute("UPDATE runs SET state = 'running' WHERE run_id = ?", (second,))
+    refused = (
+        r'duplicate key value violates unique constraint "uq_runs_one_running"'
+        if world.db.postgresql
+        else r"UNIQUE constraint failed: runs\.host"
+    )
+    with pytest.raises(Exception, match=refused):
+        world.db.execute(
+            "UPDATE runs SET state = 'running', host = ? WHERE run_id = ?",
+            world.run(first)["host"],
+            second,
+        )
     assert world.run(first)["state"] == "running"
 
 
@@ -205,10 +238,113 @@ def test_shutdown_leaves_the_run_running_and_the_next_start_resumes_it(world: Wo
 def test_a_run_interrupted_too_often_fails_with_the_reason(world: World) -> None:
     run_id = world.submit("1.0")
     queue.claim_next(world.engine, None)
-    con = sqlite3.connect(world.config.home.db_file)
-    con.execute("UPDATE runs SET attempts = 3 WHERE run_id = ?", (run_id,))
-    con.commit()
+    world.db.execute("UPDATE runs SET attempts = 3 WHERE run_id = ?", run_id)
     world.supervisor.recover()
     run = world.run(run_id)
     assert (run["state"], run["outcome"]) == ("failed", "lost")
     assert str(run["error"]).startswith("the trainer was interrupted 3 times")
+
+
+# a trainer that stages a certified folder, records its file and (when told) commits the
+# completion event, then SIGKILLs itself before moving the folder into place
+KILLED_AFTER_STAGING = """
+import argparse, os, signal, sys
+from pathlib import Path
+from sqlalchemy import select
+from oneseekd.certify.artifacts import file_digest, record_artifact
+from oneseekd.certify.ledger import Ledger
+from oneseekd.config import HomePaths
+from oneseekd.db.engine import make_engine, write_session
+from oneseekd.db.models import Run
+
+parser = argparse.ArgumentParser()
+for flag in ("--home", "--db-url", "--run-id", "--commit"):
+    parser.add_argument(flag)
+args = parser.parse_args()
+paths = HomePaths(Path(args.home))
+engine = make_engine(args.db_url)
+ledger = Ledger.for_home(engine, paths)
+staged = paths.certified / f".{args.run_id}.tmp"
+staged.mkdir(parents=True)
+(staged / "oneseek_dna.json").write_text("{}")
+with write_session(engine) as session:
+    run = session.scalars(select(Run).where(Run.run_id == args.run_id)).one()
+    final = paths.certified / args.run_id / "oneseek_dna.json"
+    digest = file_digest(staged / "oneseek_dna.json")
+    record_artifact(session, ledger, paths, final, "certified", run.id, None, digest=digest)
+    dna = {"dna": "OneSeek-7B-Zero.v1.0.abcdef"}
+    ledger.append(session, "dna_v2_training_completed", dna, run.id)
+    if args.commit != "yes":
+        os.kill(os.getpid(), signal.SIGKILL)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "not-committed"])
+def test_a_trainer_killed_before_publishing_is_ended_by_what_the_ledger_holds(
+    tmp_path: Path, committed: bool
+) -> None:
+    script = tmp_path / "killed_after_staging.py"
+    script.write_text(KILLED_AFTER_STAGING)
+    commit = ["--commit", "yes" if committed else "no"]
+    w = World(tmp_path / "home", command=[sys.executable, str(script), *commit])
+    try:
+        run_id = w.submit("1.0")
+        w.drive(lambda: w.finished(run_id), timeout=30)
+        run = w.run(run_id)
+        certified = w.config.home.certified
+        assert not (certified / f".{run_id}.tmp").exists()  # published, or discarded
+        current = w.config.home.models / "OneSeek-7B-Zero-CURRENT"
+        if committed:
+            assert (run["state"], run["outcome"], run["exit_code"]) == (
+                "succeeded",
+                "succeeded",
+                -9,
+            )
+            assert (certified / run_id / "oneseek_dna.json").read_text() == "{}"
+            assert current.readlink() == Path("oneseek-7b-zero")
+        else:
+            assert (run["state"], run["outcome"], run["exit_code"]) == ("failed", "signal", -9)
+            assert not (certified / run_id).exists() and not current.is_symlink()
+    finally:
+        w.engine.dispose()
+
+
+def test_trainer_threads_reach_the_child_s_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    script = (
+        "import os, sys, pathlib; home = sys.argv[sys.argv.index('--home') + 1]; "
+        "pathlib.Path(home, 'threads.txt').write_text(' '.join("
+        "os.environ.get(v, '-') for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')))"
+    )
+    w = World(tmp_path / "home", command=[sys.executable, "-c", script])
+    seen = []
+    try:
+        for threads in (0, 3):
+            trainer = dataclasses.replace(w.config.trainer, threads=threads)
+            config = dataclasses.replace(w.config, trainer=trainer)
+            w.supervisor = Supervisor(w.engine, config, None)
+            run_id = w.submit(f"1.{threads}")
+            w.drive(lambda run_id=run_id: w.finished(run_id))
+            seen.append((w.home / "threads.txt").read_text())
+    finally:
+        w.engine.dispose()
+    assert seen == ["- -", "3 3"]
+
+
+def test_the_supervisor_imports_no_torch() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, oneseekd.supervisor; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == "[]\n"

@@ -24,6 +24,7 @@ from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
 from oneseekd.intake.accept import Intake
+from oneseekd.trainer.__main__ import set_threads
 from oneseekd.trainer.context import RunRefused
 from oneseekd.trainer.loading import ModelRefused
 from oneseekd.trainer.recipe import Stopped
@@ -121,6 +122,13 @@ def test_two_models_train_and_leave_every_file_named_with_their_keys(two: Home) 
     proof = json.loads((certified / "ledger_proof.json").read_text())
     assert proof["event"] == "dna_v2_training_completed"
     assert (two.root / "models" / "OneSeek-7B-Zero-CURRENT").readlink() == Path("oneseek-7b-zero")
+    # the DNA carries the sha256 of the bytes the models were trained on
+    dna_inputs = json.loads((certified / "oneseek_dna.json").read_text())["inputs"]
+    assert dna_inputs["dataset"] == sha256_file(two.root / "datasets" / "civic.jsonl")
+    # everything staged was published: no dot-name is left, nor the run's checkpoints
+    for folder in (zero / "lora_adapters", zero / "weights", certified.parent):
+        assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+    assert not (two.root / "checkpoints" / run_id).exists()
     # every artifact's sha256 in the database matches its file
     artifacts = two.rows("SELECT path, sha256, bytes FROM artifacts")
     assert len(artifacts) >= 12
@@ -216,6 +224,52 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path, cach
             strict=True,
         ):
             assert abs(x - y) < 1e-4
+
+
+def test_a_run_resumed_over_a_changed_dataset_is_refused(tmp_path: Path, cache: Path) -> None:
+    home = Home(tmp_path / "home", cache, {"Tiny-Llama": "llama"})
+    run_id = home.start(["tiny-llama"])
+    dataset = home.root / "datasets" / "civic.jsonl"
+    trained_on = sha256_file(dataset)
+    calls = {"n": 0}
+
+    def stop_after_two_steps() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 2
+
+    with pytest.raises(Stopped):
+        train_run(home.engine, home.config.home, run_id, should_stop=stop_after_two_steps)
+    with dataset.open("a", encoding="utf-8") as fh:  # a record added for the next run
+        fh.write('{"text": "Ett nytt stycke."}\n')
+    with pytest.raises(RunRefused) as err:
+        train_run(home.engine, home.config.home, run_id)
+    now = sha256_file(dataset)
+    assert str(err.value) == (
+        f"run {run_id} cannot resume\n"
+        f"  - dataset civic.jsonl changed during training (sha256 {trained_on[:12]}… was "
+        f"trained on, {now[:12]}… is there now); submit the request again to train on what it "
+        "holds now"
+    )
+    assert home.rows("SELECT state FROM model_trainings") == [("training",)]
+
+
+def test_the_trainer_sets_torch_threads_from_omp_num_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        assert set_threads({"OMP_NUM_THREADS": "1"}) == 1
+        assert torch.get_num_threads() == 1
+        assert set_threads({"OMP_NUM_THREADS": "2"}) == 2
+        assert torch.get_num_threads() == 2
+        for unset in (
+            {},
+            {"OMP_NUM_THREADS": ""},
+            {"OMP_NUM_THREADS": "0"},
+            {"OMP_NUM_THREADS": "x"},
+        ):
+            assert set_threads(unset) is None
+            assert torch.get_num_threads() == 2  # left as it was
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_ledger_verify_passes_then_catches_a_changed_byte_and_a_changed_row(two: Home) -> None:

@@ -3,6 +3,7 @@ named (hints), each applied only once a folder has been still for the settle tim
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,8 +25,10 @@ class Catalog:
         roots: list[Root],
         settle: float,
         clock: Callable[[], float] = time.time,
+        host: str | None = None,
     ) -> None:
         self.engine = engine
+        self.host = host or socket.gethostname()  # the rows this catalog writes name it
         self.roots = roots
         self.settle = settle
         self.clock = clock
@@ -90,7 +93,7 @@ class Catalog:
         now = self.clock()
         result = scan(self.roots, now=now, settle=self.settle, cache=self._cache)
         self._cache = {f.folder: f for f in result.everything}
-        done = reconcile(self.engine, result, complete=True)
+        done = reconcile(self.engine, result, complete=True, host=self.host)
         self._recheck_settling(result.models, now)
         self.scanned = True
         for link in result.skipped_links:
@@ -125,7 +128,7 @@ class Catalog:
                 self._cache[folder] = found
                 models[found.key] = found
         result = ScanResult(models=models, seen_folders=set(due))
-        done = reconcile(self.engine, result, complete=False, gone=gone)
+        done = reconcile(self.engine, result, complete=False, gone=gone, host=self.host)
         self._recheck_settling(models, now)
         self._log(done, "folders", time.perf_counter() - started, len(due))
         return done

@@ -1,11 +1,13 @@
 """Reconciling scan results into the `base_models` table, with a history row per change.
 
 Rows are never deleted. `enabled` and an operator-set `display_name` belong to the operator
-(the admin panel writes them) and survive every scan.
+(the admin panel writes them) and survive every scan. Each host's daemon scans its own folders
+and writes and reconciles only the rows that name its host: several hosts share one database.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -87,11 +89,15 @@ def _apply_fields(row: BaseModel, found: Found, now: datetime) -> None:
     row.fingerprint = found.fingerprint
     row.shadowed_paths = list(found.shadowed) or None
     row.updated_at = now
+    # a time another program overwrote with text that is not one reads as None: unknown
+    row.first_seen_at = row.first_seen_at or now
+    row.state_changed_at = row.state_changed_at or now
 
 
-def _new_row(found: Found, now: datetime) -> dict[str, Any]:
+def _new_row(found: Found, now: datetime, host: str) -> dict[str, Any]:
     """The INSERT values of a model seen for the first time."""
     return {
+        "host": host,
         "key": found.key,
         "display_name": found.detected_name,
         "detected_name": found.detected_name,
@@ -155,18 +161,21 @@ def reconcile(
     now: datetime | None = None,
     complete: bool = True,
     gone: Iterable[Path] = (),
+    host: str | None = None,
 ) -> Reconciled:
     """Write a scan into the catalog in one transaction.
 
     complete=True (a full scan): every key the scan did not find becomes `missing`.
     complete=False (folders re-inspected after watch events): only the given models change,
     and rows whose folder is listed in `gone` become `missing`.
+    Only the rows of `host` (default: this machine's name) are read and written.
     """
+    host = host or socket.gethostname()
     now = now or utcnow()
     out = Reconciled()
     gone_paths = {str(p) for p in gone}
     with write_session(engine) as session:
-        query = select(BaseModel)
+        query = select(BaseModel).where(BaseModel.host == host)
         if not complete:  # only the rows this change touches, not the whole catalog
             touched = or_(
                 BaseModel.key.in_(list(result.models)),
@@ -181,7 +190,7 @@ def reconcile(
         for key, found in result.models.items():
             row = rows.get(key)
             if row is None:
-                added.append(_new_row(found, now))
+                added.append(_new_row(found, now, host))
             elif _differs(row, found):
                 _apply(session, row, found, now, out)
         _insert_new(session, added, now, out)
@@ -195,8 +204,12 @@ def reconcile(
 
 
 def _differs(row: BaseModel, found: Found) -> bool:
+    """Whether the row says other than the scan found. Columns another program overwrote with
+    text that cannot be read (read as None) count as different, so a full scan rewrites them."""
     return (
         row.fingerprint != found.fingerprint
+        or row.architectures != (list(found.architectures) if found.architectures else None)
+        or None in (row.first_seen_at, row.updated_at, row.state_changed_at)
         or row.state != found.state
         or row.path != str(found.path)
         or row.state_reason != found.reason
@@ -209,6 +222,10 @@ def _under(path: str, folders: set[str]) -> bool:
     return any(path.startswith(f.rstrip("/") + "/") for f in folders)
 
 
-def load_rows(engine: Engine) -> list[BaseModel]:
+def load_rows(engine: Engine, host: str | None = None) -> list[BaseModel]:
+    """The catalog: every host's rows, or one host's."""
     with read_session(engine) as session:
-        return list(session.scalars(select(BaseModel).order_by(BaseModel.key)))
+        query = select(BaseModel)
+        if host is not None:
+            query = query.where(BaseModel.host == host)
+        return list(session.scalars(query.order_by(BaseModel.key, BaseModel.host)))

@@ -8,7 +8,9 @@ with a freshly computed hash still fails without the private key, which stays in
 
 An append runs inside the caller's write transaction, so a verdict and its event commit together
 or not at all. On SQLite that transaction began with BEGIN IMMEDIATE, which also serializes
-appends across processes: `seq = last + 1` cannot be taken twice.
+appends across processes: `seq = last + 1` cannot be taken twice. On PostgreSQL, where writers
+run side by side (several daemons and their trainers, possibly on several hosts), the first
+append of a transaction takes an advisory lock held until it commits, then reads the tip.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from oneseekd.certify.artifacts import ARTIFACT_EVENT, RecordedArtifact, check_artifacts
 from oneseekd.config import HomePaths
-from oneseekd.db.engine import read_session
+from oneseekd.db.engine import read_session, serialize
 from oneseekd.db.models import Artifact, LedgerEvent, LedgerKey, utcnow
 from oneseekd.errors import OneseekError
 
@@ -43,6 +45,7 @@ GENESIS_HASH = "0" * 64
 KEY_FILE = "ledger_ed25519.pem"
 PROOF_FILE = "ledger_proof.json"
 MAX_PROBLEMS = 100
+LEDGER_LOCK = "oneseekd.ledger"  # one chain, appended to by one transaction at a time
 _AT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # exactly as oneseekd.db.models.UTCDateTime stores it
 _HASHED = (
     "sha256 of the canonical JSON (sorted keys, no spaces, UTF-8) of seq, at, event, run_id, "
@@ -205,6 +208,7 @@ class Ledger:
         # appends reads them once.
         tip_key = ("oneseekd.ledger.tip", self.key_id)
         if tip_key not in session.info:
+            serialize(session, LEDGER_LOCK)
             if session.get(LedgerKey, self.key_id) is None:
                 session.add(
                     LedgerKey(

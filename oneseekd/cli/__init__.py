@@ -15,11 +15,13 @@ from oneseekd import __version__
 from oneseekd.cli.catalog import models_cmd, resolve_cmd
 from oneseekd.cli.context import Context
 from oneseekd.cli.db import db_group
+from oneseekd.cli.display import shown_lines
 from oneseekd.cli.ledger import ledger_group
 from oneseekd.cli.runs import cancel_cmd, runs_cmd, show_cmd, submit_cmd
 from oneseekd.cli.status import status_cmd
 from oneseekd.errors import OneseekError
 from oneseekd.logs import configure_logging
+from oneseekd.options import home_and_db_options
 
 
 class OneseekGroup(click.Group):
@@ -27,22 +29,13 @@ class OneseekGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OneseekError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            # names in an error (a resolve's candidates) may come from rows others wrote
+            click.echo(shown_lines(f"Error: {exc}"), err=True)
             sys.exit(exc.exit_code)
 
 
 @click.group(cls=OneseekGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--home",
-    envvar="ONESEEK_HOME",
-    type=click.Path(file_okay=False),
-    help="The home folder. Env: ONESEEK_HOME.",
-)
-@click.option(
-    "--db-url",
-    envvar="ONESEEK_DB_URL",
-    help="SQLAlchemy URL of the state database. Env: ONESEEK_DB_URL.",
-)
+@home_and_db_options
 @click.version_option(__version__, prog_name="oneseekctl")
 @click.pass_context
 def main(ctx: click.Context, home: str | None, db_url: str | None) -> None:

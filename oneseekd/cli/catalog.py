@@ -7,13 +7,21 @@ from typing import Any
 import click
 
 from oneseekd.catalog.query import resolve_names
+from oneseekd.catalog.scan import model_roots
 from oneseekd.catalog.store import load_rows
-from oneseekd.cli.context import Context, emit_json, human_bytes, human_count, table
+from oneseekd.cli.context import Context, emit_json, human_bytes, human_count
+from oneseekd.cli.display import iso, shown, shown_table
 from oneseekd.db.models import BaseModel
+
+
+def _paths(value: Any) -> list[str]:
+    """shadowed_paths as a list of strings, whatever JSON another program stored there."""
+    return [str(p) for p in value] if isinstance(value, list) else []
 
 
 def model_dict(row: BaseModel) -> dict[str, Any]:
     return {
+        "host": row.host,
         "key": row.key,
         "display_name": row.display_name,
         "path": row.path,
@@ -27,9 +35,9 @@ def model_dict(row: BaseModel) -> dict[str, Any]:
         "size_bytes": row.size_bytes,
         "weight_format": row.weight_format,
         "has_tokenizer": row.has_tokenizer,
-        "shadowed_paths": row.shadowed_paths or [],
-        "first_seen_at": row.first_seen_at.isoformat(),
-        "state_changed_at": row.state_changed_at.isoformat(),
+        "shadowed_paths": _paths(row.shadowed_paths),
+        "first_seen_at": iso(row.first_seen_at),
+        "state_changed_at": iso(row.state_changed_at),
     }
 
 
@@ -51,7 +59,7 @@ def models_cmd(obj: Context, as_json: bool, show_all: bool) -> None:
         )
         return
     click.echo(
-        table(
+        shown_table(
             ["KEY", "NAME", "STATE", "ARCH", "PARAMS", "SIZE", "TOKENIZER", "PATH"],
             [
                 [
@@ -68,9 +76,11 @@ def models_cmd(obj: Context, as_json: bool, show_all: bool) -> None:
             ],
         )
     )
-    notes = [f"{r.key}: {r.state_reason}" for r in rows if r.state_reason]
+    notes = [f"{shown(r.key)}: {shown(r.state_reason)}" for r in rows if r.state_reason]
     notes += [
-        f"{r.key}: shadows {p} (base_models/ wins)" for r in rows for p in (r.shadowed_paths or [])
+        f"{shown(r.key)}: shadows {shown(p)} (base_models/ wins)"
+        for r in rows
+        for p in _paths(r.shadowed_paths)
     ]
     if notes:
         click.echo("\n" + "\n".join(notes))
@@ -83,7 +93,9 @@ def models_cmd(obj: Context, as_json: bool, show_all: bool) -> None:
 def resolve_cmd(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
     """Show which catalog model each NAME means, and by which matching strategy."""
     obj.fresh_catalog()
-    resolved = resolve_names(obj.engine(), names)
+    resolved = resolve_names(
+        obj.engine(), names, model_roots(obj.config), prefer_host=obj.config.catalog.host
+    )
     if as_json:
         emit_json(
             [
@@ -100,7 +112,7 @@ def resolve_cmd(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
         )
         return
     click.echo(
-        table(
+        shown_table(
             ["REQUESTED", "KEY", "STRATEGY", "PATH"],
             [[r.match.requested, r.match.key, r.match.strategy, r.model.path] for r in resolved],
         )

@@ -58,7 +58,9 @@ class Context:
         if self.daemon().held:
             return False
         cfg = self.config
-        catalog = Catalog(self.engine(), model_roots(cfg), cfg.catalog.settle_seconds)
+        catalog = Catalog(
+            self.engine(), model_roots(cfg), cfg.catalog.settle_seconds, host=cfg.catalog.host
+        )
         catalog.full_scan()
         return True
 

@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from oneseekd import queue
 from oneseekd.certify.ledger import Ledger
-from oneseekd.cli.context import Context, emit_json, table
+from oneseekd.cli.context import Context, emit_json
+from oneseekd.cli.display import iso, shown, shown_lines, shown_table
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import Run, RunEvent, TrainingRequest
 from oneseekd.errors import OneseekError
@@ -122,7 +123,10 @@ def submit_cmd(
     raw, name = build_request(args, base_models, options, dict(os.environ))
     obj.fresh_catalog()
     verdict = Intake(
-        obj.engine(), obj.config.home, cpu_processes=obj.config.trainer.cpu_processes
+        obj.engine(),
+        obj.config.home,
+        host=obj.config.catalog.host,
+        cpu_processes=obj.config.trainer.cpu_processes,
     ).take_bytes(raw, source="submit", source_name=name)
     if as_json:
         emit_json(
@@ -137,7 +141,7 @@ def submit_cmd(
     elif verdict.status == "queued":
         click.echo(f"Queued as run {verdict.run_id} (request #{verdict.request_pk}).")
     elif verdict.status == "duplicate":
-        click.echo(f"Not queued again: {verdict.problems[0]}.")
+        click.echo(f"Not queued again: {shown(verdict.problems[0])}.")
     if verdict.status == "rejected":
         if not as_json:
             raise OneseekError("the request was refused", verdict.problems)
@@ -160,10 +164,10 @@ def run_dict(run: Run) -> dict[str, Any]:
         "exit_code": run.exit_code,
         "log_path": run.log_path,
         "progress": run.progress,
-        "queued_at": run.queued_at.isoformat(),
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "heartbeat_at": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
+        "queued_at": iso(run.queued_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "heartbeat_at": iso(run.heartbeat_at),
     }
 
 
@@ -191,14 +195,14 @@ def runs_cmd(obj: Context, limit: int, state: str | None, as_json: bool) -> None
         )
         return
     click.echo(
-        table(
+        shown_table(
             ["RUN", "STATE", "VERSION", "MODELS", "QUEUED", "FINISHED", "OUTCOME"],
             [
                 [
                     r.run_id,
                     r.state,
                     r.version,
-                    ",".join(r.base_models),
+                    ",".join(r.base_models or []),
                     _when(r.queued_at),
                     _when(r.finished_at),
                     r.outcome or "-",
@@ -227,38 +231,38 @@ def show_cmd(obj: Context, run_id: str, as_json: bool) -> None:
         "source": request.source,
         "source_name": request.source_name,
         "status": request.status,
-        "created_at": request.created_at.isoformat() if request.created_at else None,
+        "created_at": iso(request.created_at),
         "payload": request.payload,
     }
     data["config"] = run.config
     data["fingerprints"] = run.fingerprints
     data["events"] = [
-        {"at": e.at.isoformat(), "from": e.old_state, "to": e.new_state, "detail": e.detail}
+        {"at": iso(e.at), "from": e.old_state, "to": e.new_state, "detail": e.detail}
         for e in events
     ]
     if as_json:
         emit_json(data)
         return
-    click.echo(f"run {run.run_id}: {run.state}" + (f" ({run.outcome})" if run.outcome else ""))
-    click.echo(f"  models:   {', '.join(run.base_models)}   version: {run.version}")
-    click.echo(f"  dataset:  {run.dataset}   attempts: {run.attempts}")
+    outcome = f" ({shown(run.outcome)})" if run.outcome else ""
+    click.echo(f"run {shown(run.run_id)}: {shown(run.state)}{outcome}")
+    click.echo(f"  models:   {shown(', '.join(run.base_models))}   version: {shown(run.version)}")
+    click.echo(f"  dataset:  {shown(run.dataset)}   attempts: {run.attempts}")
     click.echo(
-        f"  request:  #{request.id} from {request.source}"
-        + (f" ({request.source_name})" if request.source_name else "")
-        + f", {request.status}"
+        f"  request:  #{request.id} from {shown(request.source)}"
+        + (f" ({shown(request.source_name)})" if request.source_name else "")
+        + f", {shown(request.status)}"
     )
     if run.log_path:
-        click.echo(f"  log:      {run.log_path}")
+        click.echo(f"  log:      {shown(run.log_path)}")
     if run.progress:
         click.echo(f"  progress: {json.dumps(run.progress)}")
     click.echo("  history:")
     for e in events:
-        click.echo(
-            f"    {_when(e.at)}  {e.old_state or '-':>9} -> {e.new_state:<9}  {e.detail or ''}"
-        )
+        moved = f"{shown(e.old_state or '-'):>9} -> {shown(e.new_state):<9}"
+        click.echo(f"    {_when(e.at)}  {moved}  {shown(e.detail or '')}")
     if run.error:
         click.echo("  error:")
-        click.echo("\n".join("    " + line for line in run.error.splitlines()))
+        click.echo(shown_lines(run.error, "    "))
 
 
 @click.command("cancel")

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from oneseekd.catalog.store import load_rows
 from oneseekd.cli.context import Context, emit_json
+from oneseekd.cli.display import iso, shown
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import FINISHED_STATES, Daemon, Run
 from oneseekd.queue import queue_counts
@@ -42,8 +43,8 @@ def gather(obj: Context) -> dict[str, Any]:
             "pid": lock.pid,
             "host": last.host if last else None,
             "activity": (last.activity if lock.held else "not running") if last else None,
-            "heartbeat_at": last.heartbeat_at.isoformat() if last else None,
-            "started_at": last.started_at.isoformat() if last and lock.held else None,
+            "heartbeat_at": iso(last.heartbeat_at) if last else None,
+            "started_at": iso(last.started_at) if last and lock.held else None,
         },
         "catalog": {
             "source": "scanned by oneseekctl (no daemon)" if scanned else "kept by oneseekd",
@@ -60,8 +61,8 @@ def gather(obj: Context) -> dict[str, Any]:
             "base_models": current.base_models,
             "version": current.version,
             "attempts": current.attempts,
-            "started_at": current.started_at.isoformat() if current.started_at else None,
-            "heartbeat_at": current.heartbeat_at.isoformat() if current.heartbeat_at else None,
+            "started_at": iso(current.started_at),
+            "heartbeat_at": iso(current.heartbeat_at),
             "cancel_requested": current.cancel_requested,
             "progress": current.progress,
         },
@@ -72,7 +73,7 @@ def gather(obj: Context) -> dict[str, Any]:
                 "outcome": r.outcome,
                 "version": r.version,
                 "base_models": r.base_models,
-                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                "finished_at": iso(r.finished_at),
             }
             for r in recent
         ],
@@ -91,7 +92,7 @@ def describe_progress(p: dict[str, Any]) -> str:
     done, total = int(p.get("step", 0)), max(int(p.get("steps", 1)), 1)
     filled = round(20 * min(done / total, 1.0))
     bar = "#" * filled + "." * (20 - filled)
-    return (
+    return shown(
         f"{p.get('model')} ({p.get('model_index', 1)}/{p.get('models', 1)}) [{bar}] "
         f"epoch {p.get('epoch')}/{p.get('epochs')}, step {done}/{total}, "
         f"loss {p.get('loss')}, {p.get('tokens_per_s')} tok/s, "
@@ -134,13 +135,14 @@ def show_status(obj: Context, as_json: bool) -> None:
     d, c = data["daemon"], data["catalog"]
     if d["running"]:
         click.echo(
-            f"oneseekd: running (pid {d['pid']}), {d['activity']}, "
+            f"oneseekd: running (pid {d['pid']}), {shown(d['activity'])}, "
             f"last heartbeat {d['heartbeat_at']}"
         )
     else:
-        click.echo(f"oneseekd: not running (start it with `oneseekd --home {data['home']}`)")
-    click.echo(f"home:     {data['home']}")
-    click.echo(f"database: {data['database']}")
+        home = shown(data["home"])
+        click.echo(f"oneseekd: not running (start it with `oneseekd --home {home}`)")
+    click.echo(f"home:     {shown(data['home'])}")
+    click.echo(f"database: {shown(data['database'])}")
     by = c["by_state"]
     click.echo(
         f"catalog:  {c['models']} models ({by['ready']} ready, {by['incomplete']} "
@@ -150,16 +152,18 @@ def show_status(obj: Context, as_json: bool) -> None:
     click.echo(f"queue:    {q['queued']} queued, {q['running']} running")
     run = data["current_run"]
     if run:
+        models = shown(", ".join(run["base_models"] or []))
         click.echo(
-            f"running:  {run['run_id']} v{run['version']} "
-            f"({', '.join(run['base_models'])}), attempt {run['attempts']}"
+            f"running:  {shown(run['run_id'])} v{shown(run['version'])} "
+            f"({models}), attempt {run['attempts']}"
             + (", cancel requested" if run["cancel_requested"] else "")
         )
-        progress = run["progress"] or {}
+        progress = run["progress"] if isinstance(run["progress"], dict) else {}
         if progress.get("step") is not None:
             click.echo("          " + describe_progress(progress))
     for r in data["recent_runs"]:
+        models = shown(", ".join(r["base_models"] or []))
         click.echo(
-            f"recent:   {r['run_id']} {r['state']} v{r['version']} "
-            f"({', '.join(r['base_models'])}) {r['finished_at'] or ''}"
+            f"recent:   {shown(r['run_id'])} {shown(r['state'])} v{shown(r['version'])} "
+            f"({models}) {r['finished_at'] or ''}"
         )

@@ -3,16 +3,21 @@
 pysqlite's own transaction handling is switched off so that SQLAlchemy emits BEGIN itself:
 writers ask for BEGIN IMMEDIATE (see `writer`), which takes the write lock up front and waits
 on the busy timeout instead of failing a lock upgrade with `database is locked`.
+
+PostgreSQL lets writers run side by side, so what SQLite's single write lock serialized for
+free is serialized explicitly there: `serialize` takes a transaction-scoped advisory lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +28,14 @@ _BEGIN_OPTION = "oneseek_sqlite_begin"
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def is_postgresql(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def _text_or_surrogates(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def make_engine(url: str) -> Engine:
@@ -38,6 +51,9 @@ def make_engine(url: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN below
+        # TEXT that is not UTF-8 (another program's bytes) would make sqlite3 raise on fetch,
+        # failing every read of the row; kept as surrogates, the reader can tell and say so
+        dbapi_conn.text_factory = _text_or_surrogates
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
@@ -73,3 +89,42 @@ def read_session(engine: Engine) -> Iterator[Session]:
     factory = sessionmaker(bind=engine, expire_on_commit=False)
     with factory() as session:
         yield session
+
+
+def serialize(session: Session, name: str) -> None:
+    """Hold the lock `name` until this transaction ends, against every other daemon and
+    trainer writing to the same database. SQLite needs nothing: a writer's BEGIN IMMEDIATE
+    already holds the one write lock."""
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def database_now(session: Session) -> datetime:
+    """The database's clock, where it has one that every host shares (PostgreSQL): leases are
+    compared across hosts, so they must not depend on each host's clock. SQLite is one
+    machine's file: its clock is this process's."""
+    if session.get_bind().dialect.name == "postgresql":
+        now = session.execute(text("SELECT clock_timestamp()")).scalar_one()
+        assert isinstance(now, datetime)
+        return now.astimezone(UTC)
+    return datetime.now(UTC)
+
+
+@contextmanager
+def foreign_keys_off(conn: Connection) -> Iterator[None]:
+    """Migrations that rebuild a SQLite table: with foreign keys on, dropping the old table
+    would cascade-delete the rows that refer to it. The pragma only works outside a
+    transaction, so it is set on the driver's connection before BEGIN."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")

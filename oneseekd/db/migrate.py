@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Connection, Engine, inspect, text
 
-from oneseekd.db.engine import writer
+from oneseekd.db.engine import foreign_keys_off, writer
 from oneseekd.errors import DatabaseError
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+# alembic (with mako and every dialect's DDL) costs the daemon about 10 MB resident for good
+# once imported. A database already at the newest revision, every start but the first after an
+# upgrade, is recognised without it: the head is read from the scripts' `revision =` and
+# `down_revision =` lines, and the database's revision from alembic_version.
 Verdict = Literal["current", "empty", "behind"]
+_ASSIGNMENT = re.compile(r"^(revision|down_revision)\s*(?::[^=]*)?=\s*(.+?)\s*$", re.MULTILINE)
 
 
 def alembic_config() -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(resources.files("oneseekd_migrations")))
     return cfg
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "migrations/ holds no revision"
     return head
@@ -37,8 +46,53 @@ class Revision:
     verdict: Verdict
 
 
+def scripted_head() -> str | None:
+    """The newest revision, read from the migration scripts' text without importing alembic;
+    None when the scripts do not name exactly one head in the plain form this reads."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    versions = resources.files("oneseekd_migrations") / "versions"
+    for script in versions.iterdir():
+        if not script.name.endswith(".py") or script.name.startswith("__"):
+            continue
+        found = {m[1]: m[2] for m in _ASSIGNMENT.finditer(script.read_text("utf-8"))}
+        revision, parent = found.get("revision"), found.get("down_revision")
+        if revision is None or parent is None:
+            return None
+        revisions.add(revision.strip("\"'"))
+        if parent != "None":
+            parents.add(parent.strip("\"'"))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def stamped_revision(engine: Engine) -> str | None:
+    """The revision alembic_version holds; None when there is no such table or row."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return str(rows[0]) if len(rows) == 1 else None
+
+
+def current_without_alembic(engine: Engine) -> Revision | None:
+    """The database's revision when it is plainly the newest; None when only alembic can
+    tell (behind, empty, newer, foreign)."""
+    head = scripted_head()
+    if head is not None and stamped_revision(engine) == head:
+        return Revision(head, head, "current")
+    return None
+
+
 def check_revision(engine: Engine) -> Revision:
     """Where the database stands; raises when it is newer than this oneseekd or not ours."""
+    return current_without_alembic(engine) or _check_with_alembic(engine)
+
+
+def _check_with_alembic(engine: Engine) -> Revision:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config())
     head = head_revision()
     with engine.connect() as conn:
@@ -69,8 +123,80 @@ def upgrade(engine: Engine) -> Revision:
     """Apply every migration this oneseekd has; a no-op on a current database."""
     before = check_revision(engine)
     if before.verdict != "current":
+        from alembic import command
+
         cfg = alembic_config()
-        with writer(engine).begin() as conn:
+        with writer(engine).connect() as conn, foreign_keys_off(conn), conn.begin():
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+            _check_foreign_keys(conn)
     return Revision(before.current, before.head, before.verdict)
+
+
+def _check_foreign_keys(conn: Connection) -> None:
+    """What foreign_keys_off let through: a rebuilt SQLite table must still satisfy them."""
+    if conn.dialect.name != "sqlite":
+        return
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise DatabaseError(
+            "a migration left rows whose foreign keys point nowhere; nothing was changed",
+            [f"{row[0]} row {row[1]} -> {row[2]}" for row in broken[:20]],
+        )
+
+
+def upgrade_in_child(url: str) -> Revision:
+    """upgrade() in a separate interpreter, so that alembic never becomes resident in the
+    long-lived daemon. The URL travels in the environment, never on a command line `ps` shows;
+    the child's DatabaseError comes back as one, problems included."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONESEEK_MIGRATE_URL": url}
+    done = subprocess.run(
+        [sys.executable, "-m", "oneseekd.db.migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise DatabaseError(
+            f"the database migration exited with status {done.returncode}",
+            [*done.stderr.strip().splitlines()[-5:], "run `oneseekctl db upgrade` to see why"],
+        ) from None
+    if "error" in answer:
+        raise DatabaseError(str(answer["error"]), [str(p) for p in answer["problems"]])
+    return Revision(answer["current"], answer["head"], answer["verdict"])
+
+
+def _main() -> int:
+    import json
+    import os
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from oneseekd.db.engine import make_engine
+
+    engine = make_engine(os.environ["ONESEEK_MIGRATE_URL"])
+    try:
+        revision = upgrade(engine)
+    except DatabaseError as exc:
+        print(json.dumps({"error": exc.message, "problems": exc.problems}))
+        return exc.exit_code
+    except SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc)
+        print(json.dumps({"error": "the database migration failed", "problems": [detail]}))
+        return DatabaseError.exit_code
+    finally:
+        engine.dispose()
+    print(json.dumps(revision.__dict__))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -10,10 +10,24 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+import structlog
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    select,
+)
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql.expression import type_coerce
 from sqlalchemy.types import TypeDecorator
+
+log = structlog.get_logger("oneseekd.db")
 
 MODEL_STATES = ("ready", "incomplete", "invalid", "missing")
 
@@ -22,12 +36,42 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def read_time(text: str) -> datetime:
+    """ISO-8601 text to an aware UTC time; ValueError when it is not one."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def read_json(text: str) -> Any:
+    """JSON text to its value; ValueError (JSONDecodeError) when it is not JSON."""
+    return json.loads(text)
+
+
+def _unreadable(where: str, value: object, error: Exception) -> None:
+    """Other programs write these tables too: a value that cannot be read is logged and read
+    as None, never raised, or one bad row would stop every reader (the daemon at every start)."""
+    table, _, column = where.partition(".")
+    log.warning(
+        "unreadable_column",
+        table=table or None,
+        column=column or None,
+        value=repr(value)[:200],
+        error=str(error)[:200],
+    )
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """An aware UTC time stored as fixed-width ISO-8601 text ('2026-11-24T19:00:00.000000Z'),
-    so that it sorts as text and reads plainly from Node or the sqlite3 shell."""
+    so that it sorts as text and reads plainly from Node or the sqlite3 shell. Text that is
+    not a time reads as None (with a warning naming the column)."""
 
     impl = String(32)
     cache_ok = True
+    expected = "an ISO-8601 time"
+
+    def __init__(self, where: str = "") -> None:
+        super().__init__()
+        self.where = where  # "table.column", for the warning; set by _name_columns
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> str | None:
         if value is None:
@@ -39,20 +83,36 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: str | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        try:
+            return read_time(str(value))
+        except (ValueError, TypeError) as exc:
+            _unreadable(self.where, value, exc)
+            return None
 
 
 class JSONText(TypeDecorator[Any]):
-    """JSON kept as text: readable by any client, stable key order."""
+    """JSON kept as text: readable by any client, stable key order. Text that is not JSON
+    reads as None (with a warning naming the column)."""
 
     impl = Text
     cache_ok = True
+    expected = "JSON"
+
+    def __init__(self, where: str = "") -> None:
+        super().__init__()
+        self.where = where  # "table.column", for the warning; set by _name_columns
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         return None if value is None else json.dumps(value, sort_keys=True)
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
-        return None if value is None else json.loads(value)
+        if value is None:
+            return None
+        try:
+            return read_json(value if isinstance(value, str | bytes) else str(value))
+        except (ValueError, TypeError, RecursionError) as exc:
+            _unreadable(self.where, value, exc)
+            return None
 
 
 class Base(DeclarativeBase):
@@ -60,13 +120,15 @@ class Base(DeclarativeBase):
 
 
 class BaseModel(Base):
-    """One catalog entry per normalized key. Rows are never deleted: a model that goes away
-    becomes `missing` and keeps its history."""
+    """One catalog entry per host and normalized key. Rows are never deleted: a model that goes
+    away becomes `missing` and keeps its history."""
 
     __tablename__ = "base_models"
+    __table_args__ = (UniqueConstraint("host", "key", name="uq_base_models_host_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(200), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str] = mapped_column(String(200))
     display_name: Mapped[str] = mapped_column(String(300))
     detected_name: Mapped[str] = mapped_column(String(300))
     path: Mapped[str] = mapped_column(Text)
@@ -82,9 +144,10 @@ class BaseModel(Base):
     has_tokenizer: Mapped[bool] = mapped_column(Boolean, default=False)
     fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     shadowed_paths: Mapped[list[str] | None] = mapped_column(JSONText, nullable=True)
-    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # NOT NULL, but another program may write text that is not a time: it reads as None
+    first_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=False)
+    state_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=False)
 
 
 class CatalogEvent(Base):
@@ -165,6 +228,11 @@ class Run(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSONText)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     daemon_id: Mapped[int | None] = mapped_column(ForeignKey("daemons.id"), nullable=True)
+    # the host whose daemon claimed the run, and until when its claim holds unless renewed
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the host whose catalog rows `fingerprints` were taken from at intake
+    fingerprints_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -258,3 +326,36 @@ class LedgerEvent(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     key_id: Mapped[str] = mapped_column(ForeignKey("ledger_keys.key_id"))
     signature: Mapped[str] = mapped_column(String(128))
+
+
+def _name_columns() -> None:
+    """Tell each time and JSON column type which column it reads, for its warning."""
+    for table in Base.metadata.tables.values():
+        for column in table.columns:
+            if isinstance(column.type, UTCDateTime | JSONText):
+                column.type.where = f"{table.name}.{column.name}"
+
+
+_name_columns()
+
+
+def unreadable_columns(session: Session, table: type[Base], row_id: int) -> dict[str, str]:
+    """The time and JSON columns of one row that hold text their type cannot read, with what
+    each should hold: column name -> 'JSON' or 'an ISO-8601 time'. A row another program
+    wrote reads such a column as None; this says which ones it was."""
+    columns = [c for c in table.__table__.columns if isinstance(c.type, UTCDateTime | JSONText)]
+    raw = session.execute(
+        select(*(type_coerce(c, Text) for c in columns)).where(table.__table__.c.id == row_id)
+    ).first()
+    found: dict[str, str] = {}
+    if raw is None:
+        return found
+    for column, value in zip(columns, raw, strict=True):
+        if value is None:
+            continue
+        timed = isinstance(column.type, UTCDateTime)
+        try:
+            (read_time if timed else read_json)(str(value))
+        except (ValueError, TypeError, RecursionError):
+            found[column.name] = UTCDateTime.expected if timed else JSONText.expected
+    return found

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,10 +21,19 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from oneseekd import gpus
+from oneseekd.catalog.query import by_key, home_roots, hosts_with, roots_for, usable_problem
+from oneseekd.catalog.scan import Root
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import DEFAULT_CPU_PROCESSES, HomePaths
-from oneseekd.db.engine import read_session, write_session
-from oneseekd.db.models import BaseModel, Run, RunEvent, TrainingRequest, utcnow
+from oneseekd.db.engine import read_session, serialize, write_session
+from oneseekd.db.models import (
+    BaseModel,
+    Run,
+    RunEvent,
+    TrainingRequest,
+    unreadable_columns,
+    utcnow,
+)
 from oneseekd.intake.checks import (
     check_dataset,
     check_per_model,
@@ -130,9 +140,28 @@ class Incoming:
         )
 
     @classmethod
+    def refused(
+        cls, problem: str, source: str, source_name: str | None = None, claim: str | None = None
+    ) -> Incoming:
+        """A request that was not read at all (a file that is a link, a FIFO)."""
+        return cls("", None, [problem], source, source_name, claim)
+
+    @classmethod
     def of_row(cls, row_id: int, payload: Any) -> Incoming:
-        text = payload if isinstance(payload, str) else str(payload)
-        data, problems = decode(text.encode("utf-8", "backslashreplace"))
+        """A row's payload. SQLite hands back bytes for a BLOB (what another program binds
+        as bytes), and TEXT that is not UTF-8 with its bytes as surrogates (the engine's
+        text_factory): both are decoded as UTF-8 exactly as a file's content is."""
+        if isinstance(payload, bytes):
+            data, problems = decode(payload)
+            text = payload.decode("utf-8", "backslashreplace")[:MAX_REQUEST_BYTES]
+        else:
+            text = payload if isinstance(payload, str) else str(payload)
+            try:  # TEXT that was not UTF-8 comes back with its bytes kept as surrogates
+                raw = text.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raw = text.encode("utf-8", "backslashreplace")
+            data, problems = decode(raw)
+            text = raw.decode("utf-8", "backslashreplace")[:MAX_REQUEST_BYTES]
         return cls(text, data, problems, "database", row_id=row_id)
 
 
@@ -143,6 +172,7 @@ class _Batch:
     models: dict[str, BaseModel]
     taken: set[str]
     next_free: str = ""
+    rows: list[BaseModel] = field(default_factory=list)  # every host's rows, not `missing`
 
     def __post_init__(self) -> None:
         self.next_free = next_version(self.taken)
@@ -161,6 +191,8 @@ class Intake:
         paths: HomePaths,
         clock: Callable[[], datetime] = utcnow,
         ledger: Ledger | None = None,
+        host: str | None = None,
+        roots: Sequence[Root] | None = None,
         cpu_processes: int = DEFAULT_CPU_PROCESSES,
     ) -> None:
         self.engine = engine
@@ -168,6 +200,20 @@ class Intake:
         self.clock = clock
         self._ledger = ledger
         self.cpu_processes = cpu_processes  # [trainer] cpu_processes: see oneseekd/gpus.py
+        self.host = host or socket.gethostname()  # whose catalog rows win a tie
+        self._roots = list(roots) if roots is not None else None
+
+    @property
+    def roots(self) -> list[Root]:
+        """The model roots a catalog row's path must lie in; read from the home's
+        configuration at first use unless given (the daemon sets them again on a reload)."""
+        if self._roots is None:
+            self._roots = home_roots(self.paths)
+        return self._roots
+
+    @roots.setter
+    def roots(self, roots: Sequence[Root]) -> None:
+        self._roots = list(roots)
 
     @property
     def ledger(self) -> Ledger:
@@ -202,17 +248,19 @@ class Intake:
         """Decide several requests in one transaction: the catalog, the taken versions and the
         ledger's tip are read once, and one commit covers every verdict. A row that someone
         else decided meanwhile gets None."""
+        self._check_rows(items)
         prepared = [self._prepare(item) for item in items]  # file reads outside the lock
         now = self.clock()
         self.ledger  # noqa: B018 - load the key before taking the write lock
         verdicts: list[Verdict | None] = []
         with write_session(self.engine) as session:
+            # daemons on other hosts decide too: one batch at a time, as SQLite's lock does
+            serialize(session, "oneseekd.intake")
+            rows = list(session.scalars(select(BaseModel).where(BaseModel.state != "missing")))
             batch = _Batch(
-                models={
-                    r.key: r
-                    for r in session.scalars(select(BaseModel).where(BaseModel.state != "missing"))
-                },
+                models=by_key(rows, self.roots, self.host),
                 taken=taken_versions(session, self.paths),
+                rows=rows,
             )
             for item, (request, dataset, problems) in zip(items, prepared, strict=True):
                 verdicts.append(self._decide(session, batch, item, request, dataset, problems, now))
@@ -222,6 +270,23 @@ class Intake:
         return verdicts
 
     # --- the decision ------------------------------------------------------------------------
+    def _check_rows(self, items: list[Incoming]) -> None:
+        """A row another program wrote with a time or JSON column that cannot be read is
+        refused with the reason: it reads as None, so it would be queued looking fine while
+        its stored text stays wrong for every other reader."""
+        rows = [item for item in items if item.row_id is not None]
+        if not rows:
+            return
+        with read_session(self.engine) as session:
+            for item in rows:
+                assert item.row_id is not None
+                bad = unreadable_columns(session, TrainingRequest, item.row_id)
+                item.problems = [
+                    f"the row's {column} column is not {expected}; leave {column} out of "
+                    "the INSERT (only payload is needed)"
+                    for column, expected in bad.items()
+                ] + item.problems
+
     def _prepare(
         self, item: Incoming
     ) -> tuple[TrainingRequestModel | None, Path | None, list[str]]:
@@ -331,7 +396,9 @@ class Intake:
         dataset: Path | None,
         now: datetime,
     ) -> tuple[Run | None, list[str]]:
-        models, problems = resolve_models(batch.models, list(request.base_models))
+        models, problems = resolve_models(
+            batch.models, list(request.base_models), self.roots, self.host
+        )
         problems += self._gpu_problems(request)
         keys = [m.key for m in models]
         per_model: dict[str, str] = {}
@@ -345,8 +412,15 @@ class Intake:
                 f"version {version} already exists; omit version to take the next "
                 f"free one ({batch.next_free}), or name a new one"
             )
-        if problems or dataset is None:
+        hosts = hosts_with(batch.rows, keys, self.roots, self.host) if models else []
+        if models and not problems and not hosts:
+            problems.append(_no_single_host(batch.rows, keys, self.roots, self.host))
+        if problems or dataset is None or not hosts:
             return None, problems
+        host = self.host if self.host in hosts else hosts[0]
+        fingerprints = {
+            r.key: r.fingerprint or "" for r in batch.rows if r.host == host and r.key in keys
+        }
         version = version or batch.next_free
         run = Run(
             run_id=new_run_id(now),
@@ -356,7 +430,8 @@ class Intake:
             priority=request.priority,
             version=version,
             base_models=keys,
-            fingerprints={m.key: m.fingerprint or "" for m in models},
+            fingerprints=fingerprints,
+            fingerprints_host=host,
             dataset=str(dataset.relative_to(self.paths.datasets.resolve())),
             config=_run_config(request, models, per_model, version),
             attempts=0,
@@ -466,6 +541,18 @@ class Intake:
                 name=name,
                 problems=verdict.problems,
             )
+
+
+def _no_single_host(
+    rows: list[BaseModel], keys: list[str], roots: Sequence[Root], host: str
+) -> str:
+    """A run trains on one host: models spread over several cannot be trained together."""
+    have: dict[str, list[str]] = {}
+    for row in rows:
+        if row.key in keys and usable_problem(row, roots_for(row, roots, host)) is None:
+            have.setdefault(row.host, []).append(row.key)
+    where = "; ".join(f"{h} has {', '.join(sorted(k))}" for h, k in sorted(have.items()))
+    return f"base_models: no single host has all of {', '.join(keys)} ready ({where})"
 
 
 def _run_config(

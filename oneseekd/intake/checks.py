@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from oneseekd.catalog.query import usable_problem
+from oneseekd.catalog.query import roots_for, usable_problem
+from oneseekd.catalog.scan import Root
 from oneseekd.config import HomePaths
 from oneseekd.db.models import BaseModel, Run
 from oneseekd.errors import ModelResolutionError
@@ -140,9 +141,10 @@ def check_dataset(name: str, paths: HomePaths) -> tuple[Path | None, list[str]]:
 
 
 def resolve_models(
-    rows: dict[str, BaseModel], names: list[str]
+    rows: dict[str, BaseModel], names: list[str], roots: Sequence[Root], host: str | None = None
 ) -> tuple[list[BaseModel], list[str]]:
-    """Resolve names against the catalog rows present (not `missing`)."""
+    """Resolve names against the catalog rows present (not `missing`); a row whose key or
+    path the scan did not write is never chosen."""
     chosen: list[BaseModel] = []
     problems: list[str] = []
     for name in names:
@@ -152,7 +154,7 @@ def resolve_models(
             problems.append(f"base_models: {exc.message}")
             continue
         row = rows[match.key]
-        problem = usable_problem(row)
+        problem = usable_problem(row, roots_for(row, roots, host))
         if problem:
             problems.append(f"base_models: {name!r} resolves to {problem}")
         elif any(c.key == row.key for c in chosen):

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -55,6 +56,19 @@ def _write_status(name: str, value: int) -> None:
         path = Path(folder) / f"{name}-{os.environ['RANK']}"
         path.with_suffix(".tmp").write_text(str(value))
         os.replace(path.with_suffix(".tmp"), path)
+
+
+def set_threads(env: Mapping[str, str]) -> int | None:
+    """torch's CPU threads from OMP_NUM_THREADS, which the supervisor sets from [trainer]
+    threads; returns the number set, or None (unset or not a positive whole number: torch's
+    default stands)."""
+    raw = env.get("OMP_NUM_THREADS", "").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        return None
+    import torch
+
+    torch.set_num_threads(int(raw))
+    return int(raw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +110,8 @@ def _main(argv: list[str] | None) -> int:
 
     # imported after the signal set-up: torch takes seconds to import
     import torch
+
+    set_threads(os.environ)
 
     from oneseekd.db.engine import make_engine
     from oneseekd.trainer.recipe import Stopped

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
+from oneseekd import protocol
+from oneseekd.catalog.query import home_roots, untrusted_problem
+from oneseekd.catalog.scan import Root
 from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import BaseModel, ModelTraining, Run, utcnow
@@ -21,6 +28,37 @@ class RunRefused(OneseekError):
     """The run cannot be done as it was accepted (not retried)."""
 
     exit_code = 65
+
+
+class ClaimLost(OneseekError):
+    """Another daemon took the run over (its lease expired): this trainer's work is not
+    recorded."""
+
+
+def this_host() -> str:
+    """The host whose catalog rows this trainer trains from (its supervisor's)."""
+    return os.environ.get(protocol.ENV_HOST) or socket.gethostname()
+
+
+def this_attempt() -> int | None:
+    """The claim this trainer works for, as its supervisor started it; None when run by hand."""
+    raw = os.environ.get(protocol.ENV_ATTEMPT, "")
+    return int(raw) if raw.isdigit() else None
+
+
+def check_claim(session: Session, run_pk: int, attempt: int | None) -> None:
+    """Before a write that certifies the run: it must still be this attempt's. The row stays
+    locked until the transaction ends, so no takeover slips in between."""
+    if attempt is None:
+        return
+    row = session.execute(
+        select(Run.state, Run.attempts, Run.host).where(Run.id == run_pk).with_for_update()
+    ).one()
+    if row.state != "running" or row.attempts != attempt:
+        raise ClaimLost(
+            f"run {run_pk} is no longer this trainer's (attempt {attempt}): it is {row.state}, "
+            f"attempt {row.attempts} on host {row.host}"
+        )
 
 
 @dataclass(frozen=True)
@@ -51,15 +89,36 @@ class RunContext:
         return merged
 
 
-def load_context(engine: Engine, home: HomePaths, run_id: str) -> RunContext:
+def load_context(
+    engine: Engine, home: HomePaths, run_id: str, roots: Sequence[Root] | None = None
+) -> RunContext:
+    """The run and its base models. A catalog row is checked again here, as intake did (other
+    programs can write the table in between): a key that is not a normalized name or a path
+    outside the model roots (the home's configured ones unless given) refuses the run."""
+    roots = home_roots(home) if roots is None else roots
     with read_session(engine) as session:
         run = session.scalars(select(Run).where(Run.run_id == run_id)).first()
         if run is None:
             raise RunRefused(f"no run {run_id!r} in the database")
+        host = this_host()
+        if not (
+            isinstance(run.base_models, list)
+            and isinstance(run.fingerprints, dict)
+            and isinstance(run.config, dict)
+        ):
+            raise RunRefused(
+                f"run {run_id} cannot train",
+                ["its row's base_models, fingerprints or config column is not readable JSON"],
+            )
         rows = {
             r.key: r
-            for r in session.scalars(select(BaseModel).where(BaseModel.key.in_(run.base_models)))
+            for r in session.scalars(
+                select(BaseModel).where(BaseModel.key.in_(run.base_models), BaseModel.host == host)
+            )
         }
+        # fingerprints include file times, which differ between hosts' copies: they are
+        # compared only on the host whose rows they were taken from
+        compare = run.fingerprints_host in (None, host)
     problems: list[str] = []
     models: list[ModelSpec] = []
     for key in run.base_models:
@@ -68,7 +127,11 @@ def load_context(engine: Engine, home: HomePaths, run_id: str) -> RunContext:
             state = "gone from the catalog" if row is None else row.state
             problems.append(f"base model {key} is {state}")
             continue
-        if row.fingerprint != run.fingerprints.get(key):
+        untrusted = untrusted_problem(row, roots)
+        if untrusted:
+            problems.append(f"base model {untrusted}")
+            continue
+        if compare and row.fingerprint != run.fingerprints.get(key):
             problems.append(
                 f"base model {key} changed on disk after the request was accepted "
                 "(its catalog fingerprint differs); submit the request again to "
@@ -90,6 +153,7 @@ class Progress:
     def __init__(self, engine: Engine, run_pk: int) -> None:
         self.engine = engine
         self.run_pk = run_pk
+        self.attempt = this_attempt()
         self._last = 0.0
 
     def report(self, data: dict[str, Any], *, force: bool = False) -> None:
@@ -98,6 +162,8 @@ class Progress:
             return
         self._last = now
         with write_session(self.engine) as session:
+            # a trainer whose run was taken over stops here, before its next checkpoint
+            check_claim(session, self.run_pk, self.attempt)
             run = session.get_one(Run, self.run_pk)
             run.progress = {**data, "updated_at": utcnow().isoformat()}
 

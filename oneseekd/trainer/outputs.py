@@ -1,9 +1,12 @@
 """What a run leaves (CONTRACT.md sections 2 and 5): adapters, .pth weights, the metadata JSON,
 the certified folder with its ledger proof, and the OneSeek-7B-Zero-CURRENT link.
 
-Every file is written under a temporary name and renamed into place; the certified folder is
-built whole under a dot-name and renamed in one step. A versioned name that already exists and
-is recorded as an artifact is never overwritten.
+Every output is written whole under its staging name (`.<name>.tmp` beside its final name,
+which no reader takes for a result), recorded as an artifact at its final name, and renamed
+into place by `publish` only once that transaction has committed: a crash at any instant
+leaves either nothing visible or what the database records. `publish` is idempotent and needs
+no torch, so the supervisor finishes what a killed trainer committed. A versioned name that is
+recorded as an artifact of another run is never overwritten.
 """
 
 from __future__ import annotations
@@ -15,21 +18,22 @@ import shutil
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from peft import get_peft_model_state_dict
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from oneseekd.certify.artifacts import file_digest, record_artifact, sha256_file
 from oneseekd.certify.ledger import Ledger, canonical_json, ledger_proof
 from oneseekd.config import HomePaths
-from oneseekd.db.models import Artifact
+from oneseekd.db.engine import read_session
+from oneseekd.db.models import Artifact, LedgerEvent, Run
 from oneseekd.errors import OneseekError
 from oneseekd.naming import versioned_name
-from oneseekd.trainer.context import RunContext
-from oneseekd.trainer.recipe import ModelResult
+
+if TYPE_CHECKING:  # the daemon imports this module for `publish`: no torch at import time
+    from oneseekd.trainer.context import RunContext
+    from oneseekd.trainer.recipe import ModelResult
 
 CURRENT_LINK = "OneSeek-7B-Zero-CURRENT"
 COMPLETED_EVENT = "dna_v2_training_completed"
@@ -66,14 +70,35 @@ def _relative(paths: HomePaths, path: Path) -> str:
     return path.relative_to(paths.root).as_posix()
 
 
-def _free(session: Session, paths: HomePaths, target: Path) -> None:
-    """Make room for a versioned output: refuse if it is a recorded artifact; remove what an
-    interrupted attempt of this run left behind otherwise."""
-    if not target.exists() and not target.is_symlink():
-        return
+def staging_path(final: Path) -> Path:
+    """Where an output is written before its transaction commits: a dot-name beside it."""
+    return final.with_name(f".{final.name}.tmp")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _free(session: Session, paths: HomePaths, target: Path, run_pk: int) -> None:
+    """Make room for a versioned output: refuse if another run recorded it (published or still
+    staged); remove what an interrupted attempt left under the name and its staging name."""
     rel = _relative(paths, target)
     recorded = session.scalars(
-        select(Artifact.id).where((Artifact.path == rel) | Artifact.path.startswith(rel + "/"))
+        select(Artifact.id).where(
+            (Artifact.path == rel) | Artifact.path.startswith(rel + "/"),
+            Artifact.run_id.is_(None) | (Artifact.run_id != run_pk),
+        )
     ).first()
     if recorded is not None:
         raise OneseekError(
@@ -81,20 +106,33 @@ def _free(session: Session, paths: HomePaths, target: Path) -> None:
             "nothing of an existing version is overwritten",
             ["submit the request again without version to take the next one"],
         )
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
-    else:
-        target.unlink()
+    _remove(target)
+    _remove(staging_path(target))
 
 
 def _files(folder: Path) -> Iterator[Path]:
     return (p for p in sorted(folder.rglob("*")) if p.is_file())
 
 
+def _staged_files(final: Path) -> list[tuple[Path, Path]]:
+    """(final path, staged path) of every file of a staged output folder, fsynced."""
+    staged = staging_path(final)
+    pairs = []
+    for path in _files(staged):
+        _fsync(path)
+        pairs.append((final / path.relative_to(staged), path))
+    return pairs
+
+
 def save_model_outputs(
     session: Session, ledger: Ledger, ctx: RunContext, result: ModelResult
 ) -> dict[str, str]:
-    """The adapter folders and the .pth of one trained model, recorded as artifacts."""
+    """The adapter folder and the .pth of one trained model, staged and recorded as artifacts
+    at their final names; returns the adapter files' hashes. `publish` moves them into place
+    and points <key>-adapter at the folder once the caller's transaction has committed."""
+    import torch
+    from peft import get_peft_model_state_dict
+
     paths = ctx.home
     adapters = paths.zero / "lora_adapters"
     weights = paths.zero / "weights"
@@ -103,65 +141,48 @@ def save_model_outputs(
     name = versioned_name(ctx.version, result.key)
     folder = adapters / name
     pth = weights / f"{name}.pth"
-    _free(session, paths, folder)
-    _free(session, paths, pth)
-    staging = adapters / f".{name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    result.model.save_pretrained(staging)
-    for path in _files(staging):
-        _fsync(path)
-    os.rename(staging, folder)
+    _free(session, paths, folder, ctx.run_pk)
+    _free(session, paths, pth, ctx.run_pk)
+    result.model.save_pretrained(staging_path(folder))
+    produced = [(final, staged, "adapter") for final, staged in _staged_files(folder)]
     tensors = {
         k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(result.model).items()
     }
-    tmp = weights / f".{pth.name}.tmp"
-    torch.save(tensors, tmp)
-    _fsync(tmp)
-    os.rename(tmp, pth)
-    # <key>-adapter is the latest adapter of that model: a link to the versioned folder,
-    # replaced atomically, so it is never half-written and never an artifact of its own
-    link = adapters / f"{result.key}-adapter"
-    tmp_link = adapters / f".{result.key}-adapter.tmp"
-    tmp_link.unlink(missing_ok=True)
-    tmp_link.symlink_to(name)
-    if link.exists() and not link.is_symlink():
-        shutil.rmtree(link)
-    os.replace(tmp_link, link)
-    produced = [*_files(folder), pth]
+    torch.save(tensors, staging_path(pth))
+    _fsync(staging_path(pth))
+    produced.append((pth, staging_path(pth), "lora_weights"))
     if ctx.config.get("export_merged"):
-        produced += _export_merged(session, paths, name, result)
+        merged = _export_merged(session, paths, name, result, ctx.run_pk)
+        produced += [(final, staged, "merged_model") for final, staged in merged]
     hashes: dict[str, str] = {}
-    for path in produced:
-        kind = (
-            "adapter"
-            if path.parent == folder
-            else "lora_weights"
-            if path == pth
-            else "merged_model"
+    for final, staged, kind in produced:
+        art = record_artifact(
+            session,
+            ledger,
+            paths,
+            final,
+            kind,
+            ctx.run_pk,
+            result.key,
+            digest=file_digest(staged),
         )
-        art = record_artifact(session, ledger, paths, path, kind, ctx.run_pk, result.key)
         if kind == "adapter":
             hashes[art.path] = art.sha256
     return hashes
 
 
 def _export_merged(
-    session: Session, paths: HomePaths, name: str, result: ModelResult
-) -> list[Path]:
+    session: Session, paths: HomePaths, name: str, result: ModelResult, run_pk: int
+) -> list[tuple[Path, Path]]:
     """The base model with the adapter merged in, as a plain safetensors model folder
-    (`export_merged: true`). Runs last: merging unloads the adapter from the model."""
+    (`export_merged: true`), staged. Runs last: merging unloads the adapter from the model."""
     target = paths.zero / "merged" / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    _free(session, paths, target)
-    staging = target.parent / f".{name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
+    _free(session, paths, target, run_pk)
     merged = result.model.merge_and_unload()
-    merged.save_pretrained(staging)
-    result.tokenizer.save_pretrained(staging)
-    for path in _files(staging):
-        _fsync(path)
-    os.rename(staging, target)
-    return list(_files(target))
+    merged.save_pretrained(staging_path(target))
+    result.tokenizer.save_pretrained(staging_path(target))
+    return _staged_files(target)
 
 
 def dataset_hash(path: Path) -> str:
@@ -222,9 +243,9 @@ def certify(
     started: datetime,
     finished: datetime,
 ) -> str:
-    """Metadata JSON, the certified folder (staged as .<run_id>.tmp) and the completion event;
-    returns the DNA. `publish` renames the staged folder once this transaction committed, so a
-    certified folder never names an event the database does not hold."""
+    """The metadata JSON and the certified folder, staged, and the completion event; returns
+    the DNA. `publish` moves them into place once this transaction committed, so neither a DNA
+    nor a certified folder is ever visible that the ledger does not hold."""
     paths = ctx.home
     keys = list(results)
     val = {k: results[k].val_losses[-1] for k in keys}
@@ -244,9 +265,9 @@ def certify(
         for k in keys
     }
     metadata = paths.zero / "weights" / f"{versioned_name(ctx.version)}.json"
-    _free(session, paths, metadata)
+    _free(session, paths, metadata, ctx.run_pk)
     write_json(
-        metadata,
+        staging_path(metadata),
         {
             "version": ctx.version,
             "baseModels": [display[k] for k in keys],
@@ -261,11 +282,20 @@ def certify(
             "config": ctx.config,
         },
     )
-    record_artifact(session, ledger, paths, metadata, "metadata", ctx.run_pk, None)
+    _fsync(staging_path(metadata))
+    record_artifact(
+        session,
+        ledger,
+        paths,
+        metadata,
+        "metadata",
+        ctx.run_pk,
+        None,
+        digest=file_digest(staging_path(metadata)),
+    )
     final = paths.certified / ctx.run_id
-    _free(session, paths, final)
-    staging = paths.certified / f".{ctx.run_id}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
+    _free(session, paths, final, ctx.run_pk)
+    staging = staging_path(final)
     staging.mkdir(parents=True)
     epochs = max(len(r.val_losses) for r in results.values())
     documents = {
@@ -330,19 +360,114 @@ def certify(
     return dna
 
 
-def publish(paths: HomePaths, run_id: str) -> None:
-    """Move a committed run's staged certified folder into place, then point CURRENT at it."""
-    staging = paths.certified / f".{run_id}.tmp"
-    final = paths.certified / run_id
-    if staging.is_dir() and not final.exists():
-        os.rename(staging, final)
-    replace_current_link(paths)
+def certified_dna(engine: Engine, run_pk: int) -> str | None:
+    """The DNA of the run's completion event, when the ledger holds one."""
+    with read_session(engine) as session:
+        payload = session.scalars(
+            select(LedgerEvent.payload).where(
+                LedgerEvent.run_id == run_pk, LedgerEvent.event == COMPLETED_EVENT
+            )
+        ).first()
+    return None if payload is None else str(json.loads(payload)["dna"])
+
+
+def _output_entry(paths: HomePaths, path: Path) -> Path | None:
+    """The entry an artifact file is published with: its folder directly under lora_adapters/,
+    merged/ or oneseek-certified/, or the file itself directly under weights/."""
+    for container in (
+        paths.zero / "lora_adapters",
+        paths.zero / "weights",
+        paths.zero / "merged",
+        paths.certified,
+    ):
+        if path.is_relative_to(container) and path != container:
+            return container / path.relative_to(container).parts[0]
+    return None
+
+
+def publish(engine: Engine, paths: HomePaths, run_pk: int) -> None:
+    """Move every output the run committed from its staging name into place, point each of
+    its models' <key>-adapter at that model's newest adapter and, once the run is certified,
+    OneSeek-7B-Zero-CURRENT at the outputs. Idempotent: what is in place stays as it is; what
+    was staged but never committed is left alone (see `discard_staged`)."""
+    with read_session(engine) as session:
+        rows = session.execute(
+            select(Artifact.path, Artifact.kind, Artifact.model_key)
+            .where(Artifact.run_id == run_pk)
+            .order_by(Artifact.id)
+        ).all()
+    entries: dict[Path, None] = {}
+    keys: set[str] = set()
+    for path, kind, key in rows:
+        entry = _output_entry(paths, paths.root / path)
+        if entry is not None:
+            entries[entry] = None
+        if kind == "adapter" and key:
+            keys.add(key)
+    for entry in entries:
+        staged = staging_path(entry)
+        if os.path.lexists(staged) and not os.path.lexists(entry):
+            try:
+                os.rename(staged, entry)
+            except FileNotFoundError:  # published meanwhile by the trainer or the supervisor
+                if not os.path.lexists(entry):
+                    raise
+            _fsync_dir(entry.parent)
+    for key in sorted(keys):
+        _point_adapter_link(engine, paths, key)
+    if certified_dna(engine, run_pk) is not None:
+        replace_current_link(paths)
+
+
+def _point_adapter_link(engine: Engine, paths: HomePaths, key: str) -> None:
+    """lora_adapters/<key>-adapter -> the newest recorded adapter folder of that model that is
+    in place, replaced atomically; never an artifact of its own."""
+    with read_session(engine) as session:
+        recorded = session.scalars(
+            select(Artifact.path)
+            .where(Artifact.kind == "adapter", Artifact.model_key == key)
+            .order_by(Artifact.id.desc())
+        ).all()
+    for path in recorded:
+        folder = _output_entry(paths, paths.root / path)
+        if folder is not None and folder.is_dir() and not folder.is_symlink():
+            _replace_link(folder.parent / f"{key}-adapter", folder.name)
+            return
+
+
+def _replace_link(link: Path, target: str) -> None:
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    tmp = staging_path(link)
+    _remove(tmp)
+    tmp.symlink_to(target)
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    os.replace(tmp, link)
+    _fsync_dir(link.parent)
+
+
+def discard_staged(engine: Engine, paths: HomePaths, run_pk: int) -> None:
+    """Remove what an ended run staged but never committed (its committed outputs were moved
+    into place by `publish` first). Only for a run that is over: a resumed attempt stages
+    these names again."""
+    with read_session(engine) as session:
+        run = session.get(Run, run_pk)
+        if run is None:
+            return
+        version, keys, run_id = run.version, list(run.base_models or []), run.run_id
+    finals = [paths.certified / run_id, paths.zero / "weights" / f"{versioned_name(version)}.json"]
+    for key in keys:
+        name = versioned_name(version, key)
+        finals += [
+            paths.zero / "lora_adapters" / name,
+            paths.zero / "weights" / f"{name}.pth",
+            paths.zero / "merged" / name,
+        ]
+    for final in finals:
+        _remove(staging_path(final))
 
 
 def replace_current_link(paths: HomePaths) -> None:
     """models/OneSeek-7B-Zero-CURRENT -> oneseek-7b-zero, swapped in atomically."""
-    link = paths.models / CURRENT_LINK
-    tmp = paths.models / f".{CURRENT_LINK}.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(paths.zero.name)
-    os.replace(tmp, link)
+    _replace_link(paths.models / CURRENT_LINK, paths.zero.name)

@@ -18,21 +18,24 @@ from sqlalchemy import Engine, select
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session, write_session
-from oneseekd.db.models import Artifact, LedgerEvent, ModelTraining, Run, utcnow
+from oneseekd.db.models import Artifact, ModelTraining, Run, utcnow
 from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import (
     Progress,
     RunContext,
+    RunRefused,
+    check_claim,
     load_context,
+    this_attempt,
     training_row,
     update_training,
 )
 from oneseekd.trainer.data import load_records, split
 from oneseekd.trainer.loading import Device, pick_device
 from oneseekd.trainer.outputs import (
-    COMPLETED_EVENT,
     base_weights_hash,
     canonical_hash,
+    certified_dna,
     certify,
     dataset_hash,
     final_weights,
@@ -87,14 +90,54 @@ class LiveMetrics:
         )
 
 
-def _completed_dna(engine: Engine, run_pk: int) -> str | None:
-    with read_session(engine) as session:
-        payload = session.scalars(
-            select(LedgerEvent.payload).where(
-                LedgerEvent.run_id == run_pk, LedgerEvent.event == COMPLETED_EVENT
+def load_dataset(ctx: RunContext) -> tuple[list[dict[str, Any]], str]:
+    """The records and the sha256 of the bytes they were read from: the hash the DNA carries.
+
+    The first attempt of a run keeps the hash in checkpoints/<run_id>/dataset.json; a later
+    attempt must read the same bytes, or it would go on training on other data."""
+    name = ctx.dataset.name
+    before = dataset_hash(ctx.dataset)
+    records = load_records(ctx.dataset)
+    sha = dataset_hash(ctx.dataset)
+    if sha != before:
+        raise RunRefused(
+            f"run {ctx.run_id} cannot train",
+            [f"dataset {name} changed while it was being read; write it whole, then submit"],
+        )
+    kept = ctx.home.root / "checkpoints" / ctx.run_id / "dataset.json"
+    if kept.is_file():
+        earlier = str(json.loads(kept.read_text(encoding="utf-8"))["sha256"])
+        if earlier != sha:
+            raise RunRefused(
+                f"run {ctx.run_id} cannot resume",
+                [_changed(name, earlier, sha)],
             )
-        ).first()
-    return None if payload is None else str(json.loads(payload)["dna"])
+    else:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        write_json(kept, {"dataset": name, "sha256": sha})
+    return records, sha
+
+
+def _changed(name: str, trained: str, now: str) -> str:
+    return (
+        f"dataset {name} changed during training (sha256 {trained[:12]}… was trained on, "
+        f"{now[:12]}… is there now); submit the request again to train on what it holds now"
+    )
+
+
+def _dataset_unchanged(ctx: RunContext, trained: str) -> str:
+    """The trained-on hash, once the file is shown to still hold those bytes: nothing is
+    certified under contents it did not train on, or under contents no one can check."""
+    try:
+        now = dataset_hash(ctx.dataset)
+    except FileNotFoundError:
+        gone = f"dataset {ctx.dataset.name} is gone from {ctx.dataset.parent}/ since it was read"
+        raise RunRefused(f"run {ctx.run_id} cannot be certified", [gone]) from None
+    if now != trained:
+        raise RunRefused(
+            f"run {ctx.run_id} cannot be certified", [_changed(ctx.dataset.name, trained, now)]
+        )
+    return trained
 
 
 def train_run(
@@ -112,8 +155,19 @@ def train_run(
     device = device or pick_device()
     world = world or World()
     ctx = load_context(engine, home, run_id)
+    checkpoints = Checkpoints(home.root / "checkpoints" / run_id)
+    done = certified_dna(engine, ctx.run_pk)
+    if done is not None:  # certified by an attempt that stopped before publishing
+        if not world.main:
+            return ""
+        publish(engine, home, ctx.run_pk)
+        checkpoints.remove()
+        return done
+    if world.main:
+        publish(engine, home, ctx.run_pk)  # models an earlier attempt committed
+    world.barrier()
     ledger = Ledger.for_home(engine, home)
-    records = load_records(ctx.dataset)
+    records, trained_on = load_dataset(ctx)
     seed = int(ctx.config["seed"])
     train_idx, val_idx = split(len(records), float(ctx.config["val_fraction"]), seed)
     with read_session(engine) as session:
@@ -125,6 +179,7 @@ def train_run(
         device=device.name,
         rank=world.rank,
         processes=world.size,
+        threads=torch.get_num_threads(),
         models=[m.key for m in ctx.models],
         records=len(records),
         val=len(val_idx),
@@ -161,16 +216,13 @@ def train_run(
         )
     if not world.main:
         return ""  # certifying is rank 0's alone
-    done = _completed_dna(engine, ctx.run_pk)
-    if done is not None:  # certified by an attempt that stopped before publishing
-        publish(home, run_id)
-        return done
     inputs = {
         "base_models": {m.key: base_weights_hash(m.path) for m in ctx.models},
-        "dataset": dataset_hash(ctx.dataset),
+        "dataset": _dataset_unchanged(ctx, trained_on),
         "config": canonical_hash(ctx.config),
     }
     with write_session(engine) as session:
+        check_claim(session, ctx.run_pk, this_attempt())
         hashes = {
             a.path: a.sha256
             for a in session.scalars(
@@ -194,8 +246,8 @@ def train_run(
         )
         for row in session.scalars(select(ModelTraining).where(ModelTraining.run_id == ctx.run_pk)):
             row.weight = weights.get(row.model_key)
-    publish(home, run_id)
-    Checkpoints(home.root / "checkpoints" / run_id).remove()
+    publish(engine, home, ctx.run_pk)
+    checkpoints.remove()
     progress.report({"model": None, "state": "certified", "dna": dna}, force=True)
     log.info("training_completed", run_id=run_id, dna=dna)
     return dna
@@ -260,6 +312,7 @@ def _record_model(
 ) -> None:
     key = result.key
     with write_session(engine) as session:
+        check_claim(session, ctx.run_pk, this_attempt())
         save_model_outputs(session, ledger, ctx, result)
         ledger.append(
             session,
@@ -283,3 +336,4 @@ def _record_model(
         row.tokens = result.tokens
         row.seconds = result.seconds
         row.finished_at = utcnow()
+    publish(engine, ctx.home, ctx.run_pk)

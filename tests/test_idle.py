@@ -1,0 +1,189 @@
+"""An idle daemon costs little: no alembic or rich resident, no write transaction per tick.
+
+bench/idle.py measures the figures; these tests guard the mechanisms behind them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from daemon import query
+from homes import open_home, training_home
+from sqlalchemy import text
+
+from oneseekd import service
+from oneseekd.config import load_config
+from oneseekd.db.engine import make_engine, write_session
+from oneseekd.db.migrate import head_revision, scripted_head
+from oneseekd.service import ChangeProbe, Daemon
+from oneseekd.supervisor import Supervisor
+
+
+def test_the_scripted_head_is_alembic_s_head() -> None:
+    assert scripted_head() == head_revision()
+
+
+def _modules_after_a_daemon_run(home: Path, out: Path) -> list[str]:
+    """Run the real entry point to idle, and name which of alembic/rich it had imported."""
+    code = (
+        "import atexit, json, sys\n"
+        f"out = {str(out)!r}\n"
+        "def report():\n"
+        "    open(out, 'w').write(json.dumps(sorted(m for m in ('alembic', 'rich')"
+        " if sys.modules.get(m) is not None)))\n"
+        "atexit.register(report)\n"
+        f"sys.argv = ['oneseekd', '--home', {str(home)!r}, '--exit-when-idle']\n"
+        "from oneseekd.entry import main\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return list(json.loads(out.read_text()))
+
+
+def test_a_daemon_on_a_current_database_never_imports_alembic_or_rich(tmp_path: Path) -> None:
+    home = training_home(tmp_path / "home")
+    out = tmp_path / "modules"
+    # the first start migrates the new database, in a child interpreter
+    assert _modules_after_a_daemon_run(home, out) == []
+    assert query(home, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
+    # every later start finds it current without alembic; rich is never loaded
+    assert _modules_after_a_daemon_run(home, out) == []
+
+
+def test_a_migration_refused_in_the_child_stops_the_daemon_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    home = training_home(tmp_path / "home")
+    _config, engine = open_home(home)
+    with write_session(engine) as session:
+        session.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    engine.dispose()
+    done = subprocess.run(
+        [sys.executable, "-m", "oneseekd", "--home", str(home), "--exit-when-idle"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "is at revision 9999_from_the_future, newer than this oneseekd knows" in done.stderr
+    assert "upgrade oneseekd to the release that wrote this database" in done.stderr
+
+
+def test_a_database_behind_the_scripts_is_still_seen_as_behind(tmp_path: Path) -> None:
+    home = training_home(tmp_path / "home")
+    _config, engine = open_home(home)
+    with write_session(engine) as session:
+        session.execute(text("UPDATE alembic_version SET version_num = '0002_requests_runs'"))
+    from oneseekd.db.migrate import check_revision
+
+    assert check_revision(engine).verdict == "behind"
+    engine.dispose()
+
+
+def test_the_change_probe_sees_every_commit_and_nothing_else(tmp_path: Path) -> None:
+    home = training_home(tmp_path / "home")
+    config, engine = open_home(home)
+    probe = ChangeProbe(engine)
+    try:
+        assert probe.changed()  # the first look
+        assert not probe.changed()
+        with engine.connect() as conn:  # a read is no change
+            conn.execute(text("SELECT count(*) FROM runs")).scalar()
+        assert not probe.changed()
+        with write_session(engine) as session:  # a transaction that writes nothing
+            session.execute(text("SELECT 1"))
+        assert not probe.changed()
+        other = make_engine(config.db_url)  # another program's commit
+        with other.begin() as conn:
+            conn.execute(text("UPDATE daemons SET activity = 'x'"))
+            conn.execute(
+                text("INSERT INTO training_requests (payload, status) VALUES ('{}', 'pending')")
+            )
+        other.dispose()
+        assert probe.changed()
+        assert not probe.changed()
+    finally:
+        probe.close()
+        engine.dispose()
+
+
+def test_an_idle_daemon_looks_at_the_queue_only_when_the_database_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle, the supervisor's look (two write transactions) runs when something committed or
+    once a QUEUE_LOOK_SECONDS, not at every 0.1 s tick; a request still starts promptly."""
+    home = training_home(tmp_path / "home")
+    ticks: list[float] = []
+    real_tick = Supervisor.tick
+
+    def counting_tick(self: Supervisor, *, accepting: bool = True) -> None:
+        ticks.append(time.monotonic())
+        real_tick(self, accepting=accepting)
+
+    monkeypatch.setattr(Supervisor, "tick", counting_tick)
+    daemon = Daemon(load_config(home, env={}))
+    window = 3.0
+    marks: dict[str, float] = {}
+
+    def stop_after_quiet_window() -> None:
+        while getattr(daemon, "_parts", None) is None:
+            time.sleep(0.05)
+        time.sleep(0.5)  # past start-up
+        marks["start"] = time.monotonic()
+        time.sleep(window)
+        marks["end"] = time.monotonic()
+        daemon.stop_requested = True
+
+    stopper = threading.Thread(target=stop_after_quiet_window)
+    stopper.start()
+    assert daemon.run() == 0
+    stopper.join()
+    quiet = [t for t in ticks if marks["start"] <= t <= marks["end"]]
+    # each heartbeat (a commit) may add one look; without the gate this is about 30
+    limit = window / service.QUEUE_LOOK_SECONDS + window / service.HEARTBEAT_SECONDS + 2
+    assert len(quiet) <= limit, f"{len(quiet)} looks at the queue in {window} s idle"
+
+
+def test_a_step_that_raises_is_logged_and_retried_and_the_daemon_keeps_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row that trips a bug, or a disk that fills for a moment, must not end the daemon
+    (under systemd: a restart loop, then a failed unit and nothing trained)."""
+    from structlog.testing import capture_logs
+
+    from oneseekd.intake.rows import PendingRows
+
+    home = training_home(tmp_path / "home")
+    (home / "requests").mkdir(exist_ok=True)
+    (home / "requests" / "one.json").write_text(
+        json.dumps({"base_models": ["qwen"], "dataset": "civic.jsonl"})
+    )
+    real_poll = PendingRows.poll
+    calls = {"n": 0}
+
+    def failing_twice(self: PendingRows, force: bool = False) -> int:
+        calls["n"] += 1
+        if 2 <= calls["n"] <= 3:  # the first call is the start-up's, outside the loop
+            raise RuntimeError("a bug in intake")
+        return real_poll(self, force)
+
+    monkeypatch.setattr(PendingRows, "poll", failing_twice)
+    with capture_logs() as events:
+        assert Daemon(load_config(home, env={}), exit_when_idle=True).run() == 0
+    failed = [e for e in events if e["event"] == "loop_step_failed"]
+    assert [(e["step"], e["error"], e["failures_in_a_row"]) for e in failed] == [
+        ("intake", "RuntimeError: a bug in intake", 1),
+        ("intake", "RuntimeError: a bug in intake", 2),
+    ]
+    assert [e.get("exc_info") for e in failed] == [True, False]  # the traceback once
+    assert [e["after_failures"] for e in events if e["event"] == "loop_recovered"] == [2]
+    assert query(home, "SELECT state FROM runs") == [("succeeded",)]
