@@ -167,7 +167,8 @@ def train_run(
         publish(engine, home, ctx.run_pk)  # models an earlier attempt committed
     world.barrier()
     ledger = Ledger.for_home(engine, home)
-    records, trained_on = load_dataset(ctx)
+    # rank 0 keeps the hash first; the others then hold their bytes to it
+    records, trained_on = world.first(load_dataset, ctx)
     seed = int(ctx.config["seed"])
     train_idx, val_idx = split(len(records), float(ctx.config["val_fraction"]), seed)
     with read_session(engine) as session:
