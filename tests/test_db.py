@@ -82,9 +82,9 @@ def test_a_column_another_program_wrote_badly_reads_as_none_and_says_where(
     daemon loads every row at each start): it reads as None, with a warning naming it."""
     con = sqlite3.connect(config.home.db_file)
     con.execute(
-        "INSERT INTO base_models (key, display_name, detected_name, path, root, state, "
+        "INSERT INTO base_models (host, key, display_name, detected_name, path, root, state, "
         "architectures, shadowed_paths, first_seen_at, updated_at, state_changed_at) VALUES "
-        "('m', 'M', 'M', '/m', 'base_models', 'ready', 'LlamaForCausalLM', '[\"/a\"]', "
+        "('h', 'm', 'M', 'M', '/m', 'base_models', 'ready', 'LlamaForCausalLM', '[\"/a\"]', "
         "'2026-01-01T00:00:00.000000Z', 'yesterday', '2026-01-02T03:04:05Z')"
     )
     con.commit()

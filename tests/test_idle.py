@@ -5,6 +5,7 @@ bench/idle.py measures the figures; these tests guard the mechanisms behind them
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 from daemon import query
 from homes import open_home, training_home
 from sqlalchemy import text
@@ -177,8 +179,13 @@ def test_a_step_that_raises_is_logged_and_retried_and_the_daemon_keeps_serving(
         return real_poll(self, force)
 
     monkeypatch.setattr(PendingRows, "poll", failing_twice)
-    with capture_logs() as events:
-        assert Daemon(load_config(home, env={}), exit_when_idle=True).run() == 0
+    kept = structlog.get_config()  # an earlier test may have left the level at warning
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        with capture_logs() as events:
+            assert Daemon(load_config(home, env={}), exit_when_idle=True).run() == 0
+    finally:
+        structlog.configure(**kept)
     failed = [e for e in events if e["event"] == "loop_step_failed"]
     assert [(e["step"], e["error"], e["failures_in_a_row"]) for e in failed] == [
         ("intake", "RuntimeError: a bug in intake", 1),
