@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from oneseekd.catalog.scan import model_roots
 from oneseekd.catalog.watch import Watcher
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine, read_session, write_session
+from oneseekd.db.engine import ChangeProbe, make_engine, read_session, write_session
 from oneseekd.db.migrate import current_without_alembic, upgrade, upgrade_in_child
 from oneseekd.db.models import Daemon as DaemonRow
 from oneseekd.db.models import Run, utcnow
@@ -56,33 +55,6 @@ QUEUE_LOOK_SECONDS = 1.0
 # A step of the loop that raised is retried after this, doubling up to LOOP_BACKOFF_MAX.
 LOOP_BACKOFF_SECONDS = 0.5
 LOOP_BACKOFF_MAX = 30.0
-
-
-class ChangeProbe:
-    """Whether anyone (this daemon's own pooled connections included) committed to the SQLite
-    database since the last look, from `PRAGMA data_version` on a connection of its own: a
-    read of a counter in shared memory, where a look at the queue is a write transaction."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._probe: sqlite3.Connection | None = None
-        self._version: int | None = None
-        database = engine.url.database
-        if engine.dialect.name == "sqlite" and database and database != ":memory:":
-            self._probe = sqlite3.connect(database, timeout=30, check_same_thread=False)
-
-    def changed(self) -> bool:
-        """True after a commit anywhere; False when unchanged or when there is no probe."""
-        if self._probe is None:
-            return False
-        (version,) = self._probe.execute("PRAGMA data_version").fetchone()
-        if version == self._version:
-            return False
-        self._version = int(version)
-        return True
-
-    def close(self) -> None:
-        if self._probe is not None:
-            self._probe.close()
 
 
 def _in_memory(engine: Engine) -> bool:

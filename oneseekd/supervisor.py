@@ -187,16 +187,7 @@ class Supervisor:
         try:
             if problem:
                 self._settle_outputs(run.id, run.run_id)
-                queue.finish(
-                    self.engine,
-                    run.id,
-                    "failed",
-                    outcome="lost",
-                    error=problem,
-                    ledger=self.ledger,
-                    attempt=run.attempts,
-                )
-                log.error("run_failed", run_id=run.run_id, outcome="lost", error=problem)
+                self._fail(run.id, run.run_id, "lost", problem, attempt=run.attempts)
                 return
             adopted = queue.adopt(
                 self.engine,
@@ -364,10 +355,7 @@ class Supervisor:
         log_path = cfg.home.logs / f"{run.run_id}.log"
         launch = self._launch(run)
         if isinstance(launch, str):
-            queue.finish(
-                self.engine, run.id, "failed", outcome="error", error=launch, ledger=self.ledger
-            )
-            log.error("run_failed", run_id=run.run_id, outcome="error", error=launch)
+            self._fail(run.id, run.run_id, "error", launch, attempt=run.attempts)
             return
         argv, env, size, exit_dir = launch
         log_file = log_path.open("ab")
@@ -389,10 +377,7 @@ class Supervisor:
                 f"cannot start the trainer {argv[0]!r}: {exc.strerror}; check "
                 "[trainer] command in oneseekd.toml"
             )
-            queue.finish(
-                self.engine, run.id, "failed", outcome="error", error=error, ledger=self.ledger
-            )
-            log.error("run_failed", run_id=run.run_id, outcome="error", error=error)
+            self._fail(run.id, run.run_id, "error", error, attempt=run.attempts)
             return
         queue.set_child(self.engine, run.id, proc.pid, str(log_path))
         now = self.clock()
@@ -584,19 +569,40 @@ class Supervisor:
                 f"the trainer asked to be started again with {size} processes, as it was\n"
                 + log_tail(child.log_path)
             )
-            queue.finish(
-                self.engine,
+            self._fail(
                 child.run_pk,
-                "failed",
-                outcome="error",
-                error=error,
+                child.run_id,
+                "error",
+                error,
                 exit_code=protocol.EXIT_RELAUNCH,
-                ledger=self.ledger,
+                attempt=child.attempt,
             )
-            log.error("run_failed", run_id=child.run_id, outcome="error", error=error)
             return
         log.info("trainer_relaunched", run_id=child.run_id, processes=size)
         self._spawn(run)
+
+    def _fail(
+        self,
+        run_pk: int,
+        run_id: str,
+        outcome: str,
+        error: str,
+        *,
+        exit_code: int | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        """End a run `failed` with the reason (fenced on the claim's attempt when given)."""
+        queue.finish(
+            self.engine,
+            run_pk,
+            "failed",
+            outcome=outcome,
+            error=error,
+            exit_code=exit_code,
+            ledger=self.ledger,
+            attempt=attempt,
+        )
+        log.error("run_failed", run_id=run_id, outcome=outcome, error=error)
 
     def _finish_certified(self, run_pk: int, run_id: str, code: int | None) -> bool:
         """A run whose completion event the ledger holds succeeded, however its trainer ended

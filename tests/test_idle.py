@@ -20,9 +20,9 @@ from sqlalchemy import text
 
 from oneseekd import service
 from oneseekd.config import load_config
-from oneseekd.db.engine import make_engine, write_session
+from oneseekd.db.engine import ChangeProbe, make_engine, write_session
 from oneseekd.db.migrate import head_revision, scripted_head
-from oneseekd.service import ChangeProbe, Daemon
+from oneseekd.service import Daemon
 from oneseekd.supervisor import Supervisor
 
 

@@ -11,6 +11,7 @@ free is serialized explicitly there: `serialize` takes a transaction-scoped advi
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -128,3 +129,35 @@ def foreign_keys_off(conn: Connection) -> Iterator[None]:
         yield
     finally:
         raw.execute("PRAGMA foreign_keys=ON")
+
+
+class ChangeProbe:
+    """Whether anyone (this daemon's own pooled connections included) committed to the SQLite
+    database since the last look, from `PRAGMA data_version` on a connection of its own: a
+    read of a counter in shared memory, where a look at the queue is a write transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._probe: sqlite3.Connection | None = None
+        self._version: int | None = None
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            self._probe = sqlite3.connect(database, timeout=30, check_same_thread=False)
+
+    @property
+    def available(self) -> bool:
+        """Whether this database has such a counter (SQLite files do; others do not)."""
+        return self._probe is not None
+
+    def changed(self) -> bool:
+        """True after a commit anywhere; False when unchanged or when there is no probe."""
+        if self._probe is None:
+            return False
+        (version,) = self._probe.execute("PRAGMA data_version").fetchone()
+        if version == self._version:
+            return False
+        self._version = int(version)
+        return True
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()

@@ -7,11 +7,9 @@ rows, never the whole table. Other databases are simply polled through that inde
 
 from __future__ import annotations
 
-import sqlite3
-
 from sqlalchemy import Engine, Select, select
 
-from oneseekd.db.engine import read_session
+from oneseekd.db.engine import ChangeProbe, read_session
 from oneseekd.db.models import TrainingRequest
 from oneseekd.intake.accept import Incoming, Intake
 
@@ -22,22 +20,12 @@ class PendingRows:
     def __init__(self, intake: Intake, engine: Engine) -> None:
         self.intake = intake
         self.engine = engine
-        self._version: int | None = None
         self._more = False
-        self._probe: sqlite3.Connection | None = None
-        database = engine.url.database
-        if engine.dialect.name == "sqlite" and database and database != ":memory:":
-            self._probe = sqlite3.connect(database, timeout=30, check_same_thread=False)
+        self._probe = ChangeProbe(engine)
 
     def changed(self) -> bool:
         """Whether anyone committed since the last look (always True off SQLite)."""
-        if self._probe is None:
-            return True
-        (version,) = self._probe.execute("PRAGMA data_version").fetchone()
-        if version == self._version:
-            return False
-        self._version = int(version)
-        return True
+        return self._probe.changed() if self._probe.available else True
 
     def pending_ids(self) -> list[int]:
         with read_session(self.engine) as session:
@@ -65,5 +53,4 @@ class PendingRows:
         return len(rows)
 
     def close(self) -> None:
-        if self._probe is not None:
-            self._probe.close()
+        self._probe.close()
