@@ -125,11 +125,14 @@ def _crash_inside(root: Path, point: str, kill: str) -> None:
     [(run_id, state, outcome, attempts)] = _runs(home)
     log = (home / "logs" / f"{run_id}.log").read_text()
     assert f"crashharness: SIGKILL at {point} ({kill})" in log
+    certified = point in ("certify_committed", "published")
     if kill == "self":  # a killed trainer fails its run, unless the ledger already certifies it
-        certified = point in ("certify_committed", "published")
         expected = ("succeeded", "succeeded") if certified else ("failed", "signal")
         assert (state, outcome, attempts) == (*expected, 1), log[-3000:]
-    if kill == "both":  # a power cut costs the attempt it hit, not the run
+    if kill == "both" and certified:  # the next start ends it from what the ledger holds
+        assert (state, outcome, attempts) == ("succeeded", "succeeded", 1), log[-3000:]
+        assert "--- attempt 2" not in log  # not trained, nor even started, again
+    if kill == "both" and not certified:  # a power cut costs the attempt it hit, not the run
         assert (state, attempts) == ("succeeded", 2), log[-3000:]
         resumed = log.split("--- attempt 2")[1]
         if point.startswith("checkpoint"):  # from the checkpoint before the broken one

@@ -432,7 +432,7 @@ def test_the_daemon_fails_runs_whose_dataset_or_base_model_vanished_and_serves_t
         run_id = fault_in_flight(daemon, runs, "no-data", "tiny-llama", dataset.unlink)
         state, outcome, error = runs.ended(run_id)
         assert (state, outcome) == ("failed", "error")
-        assert f"No such file or directory: '{dataset}'" in error
+        assert f"dataset civic.jsonl is gone from {dataset.parent}/ since it was read" in error
         assert_nothing_half_written(home, run_id)
 
         qwen = home / ZERO / "base_models" / "Tiny-Qwen"
