@@ -202,3 +202,34 @@ def test_show_prints_text_other_programs_wrote_escaped_and_json_verbatim(
     assert not any(c in shown.stdout for c in "\x1b\x07\r")
     data = json.loads(ctl(home, "show", queued["run_id"], "--json").stdout)
     assert data["request"]["source_name"] == name
+
+
+def test_status_on_a_shared_database_names_what_other_hosts_have_and_train(home: Path) -> None:
+    import socket
+    import sqlite3
+
+    ids = [
+        json.loads(
+            ctl(home, "submit", "--base-models", m, "--dataset", "civic.jsonl", "--json").stdout
+        )["run_id"]
+        for m in ("qwen", "mistral")
+    ]
+    con = sqlite3.connect(home / "oneseek.db")
+    with con:
+        con.execute(
+            "UPDATE runs SET state = 'running', host = 'gpu-2', attempts = 1 WHERE run_id = ?",
+            (ids[1],),
+        )
+        columns = [r[1] for r in con.execute("PRAGMA table_info(base_models)") if r[1] != "id"]
+        listed = ", ".join(columns)
+        picked = ", ".join("'gpu-2'" if c == "host" else c for c in columns)
+        con.execute(f"INSERT INTO base_models ({listed}) SELECT {picked} FROM base_models")
+    con.close()
+    data = json.loads(ctl(home, "status", "--json").stdout)
+    assert data["host"] == socket.gethostname()
+    assert data["current_run"] is None  # nothing runs on this host
+    assert [(r["run_id"], r["host"]) for r in data["other_running_runs"]] == [(ids[1], "gpu-2")]
+    assert data["catalog"]["models"] == 3 and data["catalog"]["other_hosts_ready"] == {"gpu-2": 3}
+    lines = ctl(home, "status").stdout.splitlines()
+    assert "          3 ready on host gpu-2" in lines
+    assert f"elsewhere: {ids[1]} v1.1 (mistral-7b-instruct) on host gpu-2, attempt 1" in lines

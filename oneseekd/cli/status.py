@@ -17,15 +17,34 @@ from oneseekd.db.models import FINISHED_STATES, Daemon, Run
 from oneseekd.queue import queue_counts
 
 
+def _run_now(run: Run) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "host": run.host,
+        "base_models": run.base_models,
+        "version": run.version,
+        "attempts": run.attempts,
+        "started_at": iso(run.started_at),
+        "heartbeat_at": iso(run.heartbeat_at),
+        "cancel_requested": run.cancel_requested,
+        "progress": run.progress,
+    }
+
+
 def gather(obj: Context) -> dict[str, Any]:
     lock = obj.daemon()
     scanned = obj.fresh_catalog()
     engine = obj.engine()
+    host = obj.config.catalog.host
     with read_session(engine) as session:
-        last = session.scalars(select(Daemon).order_by(Daemon.id.desc()).limit(1)).first()
-    states = Counter(r.state for r in load_rows(engine))
+        last = session.scalars(
+            select(Daemon).where(Daemon.host == host).order_by(Daemon.id.desc()).limit(1)
+        ).first()
+    rows = load_rows(engine)
+    states = Counter(r.state for r in rows if r.host == host)
+    others = Counter(r.host for r in rows if r.host != host and r.state == "ready")
     with read_session(engine) as session:
-        current = session.scalars(select(Run).where(Run.state == "running")).first()
+        running = list(session.scalars(select(Run).where(Run.state == "running").order_by(Run.id)))
         recent = list(
             session.scalars(
                 select(Run)
@@ -34,10 +53,13 @@ def gather(obj: Context) -> dict[str, Any]:
                 .limit(5)
             )
         )
+    # this host's run first: on a shared database other hosts' daemons train theirs
+    current = next((r for r in running if r.host in (host, None)), None)
     counts = queue_counts(engine)
     return {
         "home": str(obj.config.home.root),
         "database": engine.url.render_as_string(hide_password=True),
+        "host": host,
         "daemon": {
             "running": lock.held,
             "pid": lock.pid,
@@ -52,20 +74,11 @@ def gather(obj: Context) -> dict[str, Any]:
             "by_state": {
                 s: states.get(s, 0) for s in ("ready", "incomplete", "invalid", "missing")
             },
+            "other_hosts_ready": dict(sorted(others.items())),
         },
         "queue": {"queued": counts.get("queued", 0), "running": counts.get("running", 0)},
-        "current_run": None
-        if current is None
-        else {
-            "run_id": current.run_id,
-            "base_models": current.base_models,
-            "version": current.version,
-            "attempts": current.attempts,
-            "started_at": iso(current.started_at),
-            "heartbeat_at": iso(current.heartbeat_at),
-            "cancel_requested": current.cancel_requested,
-            "progress": current.progress,
-        },
+        "current_run": None if current is None else _run_now(current),
+        "other_running_runs": [_run_now(r) for r in running if r is not current],
         "recent_runs": [
             {
                 "run_id": r.run_id,
@@ -148,6 +161,8 @@ def show_status(obj: Context, as_json: bool) -> None:
         f"catalog:  {c['models']} models ({by['ready']} ready, {by['incomplete']} "
         f"incomplete, {by['invalid']} invalid; {by['missing']} missing), {c['source']}"
     )
+    for other, ready in c["other_hosts_ready"].items():
+        click.echo(f"          {ready} ready on host {shown(other)}")
     q = data["queue"]
     click.echo(f"queue:    {q['queued']} queued, {q['running']} running")
     run = data["current_run"]
@@ -161,6 +176,12 @@ def show_status(obj: Context, as_json: bool) -> None:
         progress = run["progress"] if isinstance(run["progress"], dict) else {}
         if progress.get("step") is not None:
             click.echo("          " + describe_progress(progress))
+    for r in data["other_running_runs"]:
+        models = shown(", ".join(r["base_models"] or []))
+        click.echo(
+            f"elsewhere: {shown(r['run_id'])} v{shown(r['version'])} ({models}) on host "
+            f"{shown(r['host'])}, attempt {r['attempts']}"
+        )
     for r in data["recent_runs"]:
         models = shown(", ".join(r["base_models"] or []))
         click.echo(
