@@ -151,7 +151,10 @@ class Daemon:
         supervisor = Supervisor(engine, cfg, self._row_id, ledger=ledger)
         drops.recover()
         rows.poll(force=True)
-        supervisor.recover()
+        try:
+            supervisor.recover()
+        except Exception as exc:  # retried by the loop (the supervisor resumes its own run)
+            log.error("recover_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
         self._parts = _Parts(catalog, drops, rows, supervisor)
         watcher = Watcher(catalog)
         watcher.start()
@@ -195,6 +198,7 @@ class Daemon:
             try:
                 timeout = self._step(engine, parts, probe)
             except Exception as exc:  # one bad row or a full disk must not end the daemon
+                self._watch_anyway(parts)
                 failures += 1
                 timeout = min(LOOP_BACKOFF_SECONDS * 2 ** (failures - 1), LOOP_BACKOFF_MAX)
                 log.error(
@@ -214,6 +218,14 @@ class Daemon:
             if timeout:
                 self._wake.wait(timeout)
                 self._wake.clear()
+
+    def _watch_anyway(self, parts: _Parts) -> None:
+        """A step failed: the trainer must still be watched (its exit reaped, its lease kept
+        or given up in time), whatever else keeps failing."""
+        try:
+            parts.supervisor.watch()
+        except Exception as exc:
+            log.error("watch_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _step(self, engine: Engine, parts: _Parts, probe: ChangeProbe) -> float | None:
         """One turn of the loop; returns how long to sleep, or None when idle and asked to

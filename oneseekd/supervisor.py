@@ -180,12 +180,14 @@ class Supervisor:
     def _resume(self, run: Run, detail: str) -> None:
         if run.host == self.config.catalog.host and run.pid and _process_runs(run.pid, run.run_id):
             log.warning("orphan_trainer_stopped", run_id=run.run_id, pid=run.pid)
-            self._stop_pid(run.pid)
-        if self._finish_certified(run.id, run.run_id, None):
+            self._stop_pid(run.pid, signalled=True)
+        if self._finish_certified(run.id, run.run_id, None, attempt=run.attempts):
             return
         problem = self._cannot_resume(run)
         try:
             if problem:
+                if not queue.still_ours(self.engine, run.id, run.attempts):
+                    raise queue.ClaimLost(f"run {run.run_id} changed hands")
                 self._settle_outputs(run.id, run.run_id)
                 self._fail(run.id, run.run_id, "lost", problem, attempt=run.attempts)
                 return
@@ -257,14 +259,19 @@ class Supervisor:
             )
         return None
 
-    def _stop_pid(self, pid: int) -> None:
+    def _stop_pid(self, pid: int, *, signalled: bool = False) -> None:
+        """Stop a trainer this supervisor did not start. `signalled`: it was already sent
+        SIGTERM (an orphan gets it when its daemon dies) and may be writing its checkpoint, so
+        it is only waited for; a second SIGTERM would make it exit at once."""
         workers = _descendants(pid)  # a torchrun agent's: they outlive it for a while
+        first = 0 if signalled else signal.SIGTERM
         for sig, wait in (
-            (signal.SIGTERM, self.config.trainer.stop_grace_seconds),
+            (first, self.config.trainer.stop_grace_seconds),
             (signal.SIGKILL, 5.0),
         ):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+            if sig:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
             if sig == signal.SIGKILL:
                 for worker in workers:
                     with contextlib.suppress(ProcessLookupError):
@@ -379,7 +386,15 @@ class Supervisor:
             )
             self._fail(run.id, run.run_id, "error", error, attempt=run.attempts)
             return
-        queue.set_child(self.engine, run.id, proc.pid, str(log_path))
+        try:
+            queue.set_child(self.engine, run.id, proc.pid, str(log_path))
+        except BaseException:
+            # a trainer nobody records or watches must not go on: stop it, and let the run be
+            # resumed (tick's _resume_own) once the database answers again
+            _kill_tree(proc.pid, signal.SIGKILL, set())
+            proc.wait()
+            log_file.close()
+            raise
         now = self.clock()
         self.child = Child(
             run.id,
@@ -406,10 +421,11 @@ class Supervisor:
     # --- the loop ----------------------------------------------------------------------------
     def tick(self, *, accepting: bool = True) -> None:
         """Watch the child; when there is none and the daemon is accepting, start the next."""
+        self.watch()  # first: a failing write below must not keep the child unwatched
         for run_id in queue.cancel_queued_flagged(self.engine, ledger=self.ledger):
             log.info("run_cancelled", run_id=run_id, while_state="queued")
-        if self.child is not None:
-            self._watch(self.child)
+        if self.child is None and accepting and self._resume_own():
+            return
         if self.child is None and accepting and not self._take_over():
             run = queue.claim_next(
                 self.engine, self.daemon_id, ledger=self.ledger, claimant=self.claimant
@@ -417,12 +433,36 @@ class Supervisor:
             if run is not None:
                 self._spawn(run)
 
+    def watch(self) -> None:
+        """Only the child: its exit, heartbeat, lease and stop escalation. The daemon calls it
+        even when another step of its loop keeps failing."""
+        if self.child is not None:
+            self._watch(self.child)
+
+    def _resume_own(self) -> bool:
+        """A run of this host left `running` with no child here (its start failed after the
+        claim, a reap was cut short by an error, or it was abandoned while the database was
+        unreachable): resume it as a restart would. True when there was one."""
+        run = queue.running_run(self.engine, self.config.catalog.host)
+        if run is None:
+            return False
+        self._resume(
+            run, f"resumed after it was left without a trainer (attempt {run.attempts + 1})"
+        )
+        return True
+
     def _watch(self, child: Child) -> None:
         code = child.proc.poll()
         if code is not None:
             self._reap(child, code)
             return
         now = self.clock()
+        silent = now - child.renewed_at
+        if silent >= 0.8 * self.config.trainer.lease_seconds:
+            # whatever kept the lease from being renewed, another host may take the run over
+            log.error("run_lease_expiring", run_id=child.run_id, seconds=round(silent, 1))
+            self._abandon(child)
+            return
         if now - child.last_beat >= self.config.trainer.heartbeat_seconds:
             child.last_beat = now
             if child.world_size > 1:
@@ -510,7 +550,7 @@ class Supervisor:
         if code == protocol.EXIT_RELAUNCH and child.stop_reason is None:
             self._relaunch(child)
             return
-        if self._finish_certified(child.run_pk, child.run_id, code):
+        if self._finish_certified(child.run_pk, child.run_id, code, attempt=child.attempt):
             return
         if child.stop_reason == "shutdown":
             log.info(
@@ -559,7 +599,18 @@ class Supervisor:
         return child.workers
 
     def _relaunch(self, child: Child) -> None:
-        """The next model asks for another number of processes: start the run again."""
+        """The next model asks for another number of processes: start the run again, in the
+        same attempt, if the run is still this claim's."""
+        try:
+            queue.heartbeat(
+                self.engine,
+                child.run_pk,
+                attempt=child.attempt,
+                lease_seconds=self.config.trainer.lease_seconds,
+            )
+        except queue.ClaimLost as exc:
+            log.error("run_claim_lost", run_id=child.run_id, error=exc.message)
+            return
         with read_session(self.engine) as session:
             run = session.get_one(Run, child.run_pk)
             session.expunge(run)
@@ -569,14 +620,15 @@ class Supervisor:
                 f"the trainer asked to be started again with {size} processes, as it was\n"
                 + log_tail(child.log_path)
             )
-            self._fail(
-                child.run_pk,
-                child.run_id,
-                "error",
-                error,
-                exit_code=protocol.EXIT_RELAUNCH,
-                attempt=child.attempt,
-            )
+            with contextlib.suppress(queue.ClaimLost):  # then it is another daemon's to end
+                self._fail(
+                    child.run_pk,
+                    child.run_id,
+                    "error",
+                    error,
+                    exit_code=protocol.EXIT_RELAUNCH,
+                    attempt=child.attempt,
+                )
             return
         log.info("trainer_relaunched", run_id=child.run_id, processes=size)
         self._spawn(run)
@@ -604,24 +656,31 @@ class Supervisor:
         )
         log.error("run_failed", run_id=run_id, outcome=outcome, error=error)
 
-    def _finish_certified(self, run_pk: int, run_id: str, code: int | None) -> bool:
+    def _finish_certified(
+        self, run_pk: int, run_id: str, code: int | None, *, attempt: int | None
+    ) -> bool:
         """A run whose completion event the ledger holds succeeded, however its trainer ended
         (it may have been killed between the commit and the rename into place, or on its way
         out): publish what it committed and mark it so. False for any other run."""
         dna = certified_dna(self.engine, run_pk)
         if dna is None:
             return False
-        if not queue.still_ours(self.engine, run_pk, None):
-            return True  # another daemon saw the completion first and ended the run
+        if not queue.still_ours(self.engine, run_pk, attempt):
+            return True  # ended already, or another daemon's attempt now: nothing of ours
         self._settle_outputs(run_pk, run_id)
-        queue.finish(
-            self.engine,
-            run_pk,
-            "succeeded",
-            outcome="succeeded",
-            exit_code=code,
-            ledger=self.ledger,
-        )
+        try:
+            queue.finish(
+                self.engine,
+                run_pk,
+                "succeeded",
+                outcome="succeeded",
+                exit_code=code,
+                ledger=self.ledger,
+                attempt=attempt,
+            )
+        except queue.ClaimLost as exc:
+            log.info("run_claimed_elsewhere", run_id=run_id, error=exc.message)
+            return True
         log.info("run_succeeded", run_id=run_id, outcome="succeeded", exit_code=code, dna=dna)
         return True
 

@@ -16,13 +16,14 @@ import pytest
 from daemon import wait_for
 from homes import fake_behaviour, fake_starts, request, training_home
 from pg import Outsider
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine
+from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.migrate import upgrade
 from oneseekd.intake.accept import Intake
 from oneseekd.supervisor import Supervisor
@@ -348,3 +349,123 @@ def test_the_supervisor_imports_no_torch() -> None:
         check=True,
     )
     assert done.stdout == "[]\n"
+
+
+# --- errors inside the supervisor: nothing is left stuck, unwatched or trained twice --------------
+def _db_down(*_args: object, **_kwargs: object) -> None:
+    raise OperationalError("SELECT 1", {}, Exception("could not connect to server"))
+
+
+def _run_row(w: World, run_id: str, sql: str) -> None:
+    with write_session(w.engine) as session:
+        session.execute(text(sql), {"r": run_id})
+
+
+def test_a_start_that_fails_after_the_claim_is_resumed_once_the_cause_is_gone(
+    world: World,
+) -> None:
+    first, second = world.submit("1.0"), world.submit("1.1")
+    world.config.home.logs.mkdir(parents=True, exist_ok=True)
+    (world.config.home.logs / f"{first}.log").mkdir()  # stands in for a full or read-only disk
+    with pytest.raises(IsADirectoryError):
+        world.supervisor.tick()
+    (world.config.home.logs / f"{first}.log").rmdir()
+    world.drive(lambda: world.finished(first) and world.finished(second))
+    assert [world.run(r)["state"] for r in (first, second)] == ["succeeded", "succeeded"]
+
+
+def test_a_reap_cut_short_by_a_database_error_is_finished_later(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = world.submit("1.0", exit=3), world.submit("1.1")
+    world.supervisor.tick()
+    child = world.supervisor.child
+    assert child is not None
+    child.proc.wait()
+    real = queue.still_ours
+    monkeypatch.setattr(queue, "still_ours", _db_down)  # one transient failure
+    with pytest.raises(OperationalError):
+        world.supervisor.tick()
+    monkeypatch.setattr(queue, "still_ours", real)
+    world.drive(lambda: world.finished(first) and world.finished(second))
+    assert (world.run(first)["state"], world.run(second)["state"]) == ("failed", "succeeded")
+
+
+def test_a_database_outage_stops_the_trainer_before_its_lease_can_expire(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = world.submit("1.0", sleep=30)
+    world.drive(lambda: world.started(run_id))
+    child = world.supervisor.child
+    assert child is not None
+    monkeypatch.setattr(queue, "cancel_queued_flagged", _db_down)  # every query fails
+    monkeypatch.setattr(queue, "heartbeat", _db_down)
+    child.renewed_at -= world.config.trainer.lease_seconds  # past 80 % of the lease
+    with pytest.raises(OperationalError):
+        world.supervisor.tick()
+    assert child.proc.poll() is not None and world.supervisor.child is None
+
+
+def test_a_run_given_up_while_the_database_flapped_is_resumed_by_its_own_host(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = world.submit("1.0", sleep=30)
+    world.drive(lambda: world.started(run_id))
+    child = world.supervisor.child
+    assert child is not None
+    monkeypatch.setattr(queue, "heartbeat", _db_down)
+    child.renewed_at -= world.config.trainer.lease_seconds
+    world.supervisor.tick()
+    assert child.proc.poll() is not None  # given up, the trainer stopped
+    monkeypatch.undo()
+    world.drive(lambda: world.supervisor.child not in (None, child))
+    assert world.supervisor.child.attempt == 2 and world.run(run_id)["attempts"] == 2
+
+
+def test_a_relaunch_after_the_run_was_taken_over_starts_nothing(world: World) -> None:
+    run_id = world.submit("1.0", exit=77, sleep=0.5)
+    world.drive(lambda: world.started(run_id))
+    child = world.supervisor.child
+    assert child is not None and child.attempt == 1
+    child.world_size = 2  # as for a torchrun launch
+    _run_row(world, run_id, "UPDATE runs SET attempts = 2, host = 'gpu-b' WHERE run_id = :r")
+    child.proc.wait()
+    world.supervisor.tick()  # reaps the relaunch request of a run that is no longer its own
+    assert world.supervisor.child is None
+    row = world.run(run_id)
+    assert (row["state"], row["attempts"], row["host"]) == ("running", 2, "gpu-b")
+
+
+def test_a_certified_run_taken_over_meanwhile_is_left_to_its_new_owner(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oneseekd import supervisor as module
+
+    run_id = world.submit("1.0", sleep=0.3)
+    world.drive(lambda: world.started(run_id))
+    child = world.supervisor.child
+    assert child is not None
+    _run_row(world, run_id, "UPDATE runs SET attempts = 2, host = 'gpu-b' WHERE run_id = :r")
+    monkeypatch.setattr(module, "certified_dna", lambda _e, _pk: "OneSeek-7B-Zero.v1.0.abcdef")
+    settled: list[str] = []
+    monkeypatch.setattr(Supervisor, "_settle_outputs", lambda _s, _pk, rid: settled.append(rid))
+    child.proc.wait()
+    world.supervisor.tick()
+    assert settled == []  # another host's staged outputs are not touched
+    assert (world.run(run_id)["state"], world.run(run_id)["attempts"]) == ("running", 2)
+
+
+def test_a_trainer_whose_start_cannot_be_recorded_is_stopped_and_the_run_resumed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = world.submit("1.0", sleep=30)
+    real = queue.set_child
+    monkeypatch.setattr(queue, "set_child", _db_down)
+    with pytest.raises(OperationalError):
+        world.supervisor.tick()
+    monkeypatch.setattr(queue, "set_child", real)
+    started = world.home / "fake" / f"started-{run_id}"
+    if started.exists():  # it got far enough to say so: it must not be running now
+        assert not Path(f"/proc/{int(started.read_text())}").exists()
+    world.drive(lambda: world.supervisor.child is not None)
+    assert world.supervisor.child.attempt == 2
