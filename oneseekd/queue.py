@@ -20,7 +20,7 @@ the trainer, which appends `dna_v2_training_completed` with its artifacts.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from oneseekd.config import DEFAULT_LEASE_SECONDS
 from oneseekd.db.engine import database_now, read_session, write_session
-from oneseekd.db.models import FINISHED_STATES, BaseModel, Run, RunEvent, utcnow
+from oneseekd.db.models import FINISHED_STATES, BaseModel, Daemon, Run, RunEvent, utcnow
 from oneseekd.errors import OneseekError
 
 if TYPE_CHECKING:
@@ -172,6 +172,24 @@ def _claim(session: Session, run: Run, who: Claimant, db_now: datetime) -> None:
     run.pid = None
 
 
+# whether this host can launch a run (its GPUs), from its base models and stored config
+Launchable = Callable[[list[str], dict[str, object]], bool]
+
+
+def other_hosts_alive(engine: Engine, host: str, within_seconds: float) -> bool:
+    """Whether a daemon of another host has beaten its heart lately (a shared database)."""
+    since = utcnow() - timedelta(seconds=within_seconds)
+    with read_session(engine) as session:
+        return (
+            session.scalars(
+                select(Daemon.id).where(
+                    Daemon.host != host, Daemon.stopped_at.is_(None), Daemon.heartbeat_at > since
+                )
+            ).first()
+            is not None
+        )
+
+
 def claim_next(
     engine: Engine,
     daemon_id: int | None,
@@ -179,9 +197,11 @@ def claim_next(
     *,
     ledger: Ledger | None = None,
     claimant: Claimant | None = None,
+    launchable: Launchable | None = None,
 ) -> Run | None:
     """Move the first queued run (highest priority, then oldest) that this host can train to
-    running; None when there is none or this host already runs one."""
+    running; None when there is none or this host already runs one. `launchable` leaves the
+    runs this host could not start (more GPUs than it has) to hosts that can."""
     now = now or utcnow()
     who = claimant or Claimant.local(daemon_id)
     try:
@@ -199,6 +219,10 @@ def claim_next(
                 run = _lock(session, pk, Run.state == "queued")
                 if run is None:
                     continue  # another daemon is claiming it right now
+                if launchable is not None and not launchable(
+                    list(run.base_models or []), dict(run.config or {})
+                ):
+                    continue
                 _change(session, run, "running", now, f"claimed by host {who.host}")
                 _claim(session, run, who, database_now(session))
                 run.started_at = now
@@ -244,6 +268,8 @@ class Expired:
     run_id: str
     host: str | None
     attempts: int
+    base_models: list[str]
+    config: dict[str, object]
 
 
 def expired_runs(engine: Engine, claimant: Claimant) -> list[Expired]:
@@ -255,7 +281,7 @@ def expired_runs(engine: Engine, claimant: Claimant) -> list[Expired]:
             return []
         now = database_now(session)
         rows = session.execute(
-            select(Run.id, Run.run_id, Run.host, Run.attempts, Run.base_models)
+            select(Run.id, Run.run_id, Run.host, Run.attempts, Run.base_models, Run.config)
             .where(
                 Run.state == "running",
                 or_(Run.host.is_(None), Run.host != claimant.host),
@@ -266,7 +292,11 @@ def expired_runs(engine: Engine, claimant: Claimant) -> list[Expired]:
         if not rows:
             return []
         ok = set(_trainable_here(session, claimant.host, ((r.id, r.base_models) for r in rows)))
-    return [Expired(r.id, r.run_id, r.host, r.attempts) for r in rows if r.id in ok]
+    return [
+        Expired(r.id, r.run_id, r.host, r.attempts, list(r.base_models or []), dict(r.config or {}))
+        for r in rows
+        if r.id in ok
+    ]
 
 
 def take_over(

@@ -213,7 +213,10 @@ class Supervisor:
         if now < self._next_takeover_check:
             return False
         self._next_takeover_check = now + self.config.trainer.heartbeat_seconds
+        launchable = self._launchable()
         for expired in queue.expired_runs(self.engine, self.claimant):
+            if launchable is not None and not launchable(expired.base_models, expired.config):
+                continue  # a host with the GPUs it asks for takes it, or its own host resumes it
             if expired.attempts >= self.config.trainer.max_attempts:
                 run = queue.take_over(
                     self.engine, expired, self.claimant, "lease expired", ledger=self.ledger
@@ -281,6 +284,28 @@ class Supervisor:
                 if not any(Path(f"/proc/{p}").exists() for p in [pid, *workers]):
                     return
                 time.sleep(0.05)
+
+    def _launchable(self) -> queue.Launchable | None:
+        """Which runs this host can start, by the GPUs each model asks for; None (any) when no
+        other host's daemon is alive: then a run this host cannot start is failed with the
+        reason at launch, not left queued where no one would ever train it."""
+        trainer = self.config.trainer
+        if not queue.other_hosts_alive(
+            self.engine, self.config.catalog.host, 3 * trainer.lease_seconds
+        ):
+            return None
+        here = gpus.host_gpus()
+
+        def fits(models: list[str], config: dict[str, object]) -> bool:
+            try:
+                return all(
+                    gpus.too_many(gpus.asked_for(config, key), here, trainer.cpu_processes) is None
+                    for key in models
+                )
+            except (TypeError, ValueError, AttributeError):
+                return True  # an unreadable config: the trainer refuses it with the reason
+
+        return fits
 
     def _world(self, run: Run) -> tuple[dict[str, int], int, str | None]:
         """Processes per model of the run, the number the next untrained model needs, and
@@ -428,7 +453,11 @@ class Supervisor:
             return
         if self.child is None and accepting and not self._take_over():
             run = queue.claim_next(
-                self.engine, self.daemon_id, ledger=self.ledger, claimant=self.claimant
+                self.engine,
+                self.daemon_id,
+                ledger=self.ledger,
+                claimant=self.claimant,
+                launchable=self._launchable(),
             )
             if run is not None:
                 self._spawn(run)

@@ -469,3 +469,41 @@ def test_a_trainer_whose_start_cannot_be_recorded_is_stopped_and_the_run_resumed
         assert not Path(f"/proc/{int(started.read_text())}").exists()
     world.drive(lambda: world.supervisor.child is not None)
     assert world.supervisor.child.attempt == 2
+
+
+def _gpu_request(world: World, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A run asking for 8 GPUs, accepted on an 8-GPU host, then seen from a 1-GPU one."""
+    from oneseekd import gpus
+
+    monkeypatch.setattr(gpus, "host_gpus", lambda *_a, **_k: 8)
+    verdict = world.intake.take_bytes(
+        json.dumps(request(version="1.0", gpus=8)).encode(), source="submit"
+    )
+    assert verdict.run_id is not None, verdict.problems
+    monkeypatch.setattr(gpus, "host_gpus", lambda *_a, **_k: 1)
+    return verdict.run_id
+
+
+def test_a_run_this_host_cannot_launch_is_left_to_a_live_host_that_can(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oneseekd.db.models import Daemon, utcnow
+
+    run_id = _gpu_request(world, monkeypatch)
+    with write_session(world.engine) as session:
+        now = utcnow()
+        session.add(Daemon(host="gpu-b", pid=1, version="x", started_at=now, heartbeat_at=now))
+    world.supervisor.tick()
+    assert world.supervisor.child is None
+    row = world.run(run_id)
+    assert (row["state"], row["attempts"]) == ("queued", 0)
+
+
+def test_a_run_no_live_host_can_launch_fails_with_the_reason(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = _gpu_request(world, monkeypatch)
+    world.supervisor.tick()
+    row = world.run(run_id)
+    assert (row["state"], row["outcome"]) == ("failed", "error")
+    assert "asks for 8 GPUs, but this host has 1" in str(row["error"])
