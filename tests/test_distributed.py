@@ -219,11 +219,18 @@ def test_cancel_stops_every_rank_and_sigkill_of_the_agent_leaves_no_worker(box: 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
 def test_a_two_process_run_resumes_from_its_checkpoint_where_it_would_have_ended(
-    box: Box, tmp_path: Path, cache: Path
+    box: Box, tmp_path: Path, cache: Path, sharding: str
 ) -> None:
-    # dropout on: each rank's own RNG state must come back from the checkpoint
-    request = {"gpus": 2, "epochs": 8, "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}
+    # dropout on: each rank's own RNG state must come back from the checkpoint; sharded, the
+    # gathered adapter and optimizer state must go back into each rank's shards
+    request = {
+        "gpus": 2,
+        "epochs": 8,
+        "sharding": sharding,
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+    }
     plain = box.submit(["llama"], **request)
     assert box.drive(plain, timeout=240)["state"] == "succeeded", box.log(plain)[-3000:]
     expected = box.results(plain)["metrics"]["tiny-llama"]  # type: ignore[index]
