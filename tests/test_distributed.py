@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from daemon import wait_for
 from sqlalchemy import Engine
 from trainhomes import FAST, tiny_home
@@ -28,6 +29,7 @@ from oneseekd.supervisor import Supervisor
 # dropout off: with it each rank draws its own masks, and the runs differ by that noise
 SAME = {**FAST, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
 TOLERANCE = 1e-5  # float sums in another order over 27 steps: measured under 3e-7
+FSDP_TOLERANCE = 1e-5  # sharded, 2 epochs: measured under 2e-7
 
 
 @pytest.fixture(autouse=True)
@@ -217,11 +219,18 @@ def test_cancel_stops_every_rank_and_sigkill_of_the_agent_leaves_no_worker(box: 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
 def test_a_two_process_run_resumes_from_its_checkpoint_where_it_would_have_ended(
-    box: Box, tmp_path: Path, cache: Path
+    box: Box, tmp_path: Path, cache: Path, sharding: str
 ) -> None:
-    # dropout on: each rank's own RNG state must come back from the checkpoint
-    request = {"gpus": 2, "epochs": 8, "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}
+    # dropout on: each rank's own RNG state must come back from the checkpoint; sharded, the
+    # gathered adapter and optimizer state must go back into each rank's shards
+    request = {
+        "gpus": 2,
+        "epochs": 8,
+        "sharding": sharding,
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+    }
     plain = box.submit(["llama"], **request)
     assert box.drive(plain, timeout=240)["state"] == "succeeded", box.log(plain)[-3000:]
     expected = box.results(plain)["metrics"]["tiny-llama"]  # type: ignore[index]
@@ -313,4 +322,100 @@ def test_gpus_is_a_whole_number_or_all() -> None:
     ]
     assert parse_request({**base, "perModel": {"llama": {"gpus": "2"}}})[1] == [
         "per_model.llama.gpus: must be a whole number of GPUs from 1 to 1024, or \"all\" (got '2')"
+    ]
+
+
+@pytest.mark.timeout(400)
+def test_a_sharded_two_process_run_leaves_what_one_leaves_with_the_same_losses_and_adapter(
+    box: Box, tmp_path: Path, cache: Path
+) -> None:
+    """FSDP over gloo: each rank holds half of every weight, and what rank 0 writes (the
+    adapter, the .pth, the merged model) is gathered whole from both."""
+    request = {"epochs": 2, "export_merged": True}
+    two = box.submit(["llama"], gpus=2, sharding="fsdp", **request)
+    done = box.drive(two, timeout=240)
+    assert (done["state"], done["exit_code"]) == ("succeeded", 0), box.log(two)[-3000:]
+    decided = [line for line in box.log(two).splitlines() if "model_sharding" in line]
+    assert len(decided) == 2 and all('"sharding": "fsdp"' in line for line in decided), decided
+    single = Box(tmp_path / "one", cache, {"Tiny-Llama": "llama"})
+    try:
+        one = single.submit(["llama"], sharding="fsdp", **request)  # one process: unsharded
+        assert single.drive(one, timeout=240)["state"] == "succeeded", single.log(one)[-3000:]
+        assert any(
+            "model_sharding" in line and '"sharding": "none"' in line
+            for line in single.log(one).splitlines()
+        )
+        assert box.layout(two) == single.layout(one)
+        a = box.results(two)["metrics"]["tiny-llama"]  # type: ignore[index]
+        b = single.results(one)["metrics"]["tiny-llama"]  # type: ignore[index]
+        adapters = [
+            h.root / "models" / "oneseek-7b-zero" / "lora_adapters" / "tiny-llama-adapter"
+            for h in (box, single)
+        ]
+        merged = [
+            next((h.root / "models" / "oneseek-7b-zero" / "merged").iterdir())
+            for h in (box, single)
+        ]
+        base = box.root / "models" / "oneseek-7b-zero" / "base_models" / "Tiny-Llama"
+        logits = [_adapter_logits(base, adapter) for adapter in adapters]
+        whole = [_merged_logits(folder) for folder in merged]
+    finally:
+        single.engine.dispose()
+    print("losses, 2 sharded processes:", a["train_losses"], a["val_losses"])
+    print("losses, 1 process:          ", b["train_losses"], b["val_losses"])
+    assert (a["steps"], a["tokens"]) == (b["steps"], b["tokens"])
+    pairs = list(
+        zip(a["train_losses"] + a["val_losses"], b["train_losses"] + b["val_losses"], strict=True)
+    )
+    print("largest loss difference:", max(abs(x - y) for x, y in pairs))
+    for x, y in pairs:
+        assert x == pytest.approx(y, abs=FSDP_TOLERANCE)
+    assert a["train_losses"][-1] < a["train_losses"][0]
+    print("largest logit difference, adapter:", float((logits[0] - logits[1]).abs().max()))
+    print("largest logit difference, merged: ", float((whole[0] - whole[1]).abs().max()))
+    assert float((logits[0] - logits[1]).abs().max()) < 1e-4
+    assert float((whole[0] - whole[1]).abs().max()) < 1e-4
+    assert float((logits[0] - whole[0]).abs().max()) < 1e-4  # the merge is of this adapter
+    assert trainers_of(two) == []
+
+
+def _probe() -> torch.Tensor:
+    return torch.arange(3, 40).reshape(1, -1)
+
+
+def _adapter_logits(base: Path, adapter: Path) -> torch.Tensor:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+    model = PeftModel.from_pretrained(model, adapter).eval()
+    with torch.no_grad():
+        logits: torch.Tensor = model(input_ids=_probe()).logits
+    return logits
+
+
+def _merged_logits(folder: Path) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    with torch.no_grad():
+        logits: torch.Tensor = model(input_ids=_probe()).logits
+    return logits
+
+
+def test_sharding_is_ddp_fsdp_or_auto() -> None:
+    from oneseekd.intake.schema import parse_request
+
+    base = {"base_models": ["llama"], "dataset": "civic.jsonl"}
+    request, problems = parse_request({**base, "perModel": {"llama": {"sharding": "fsdp"}}})
+    assert request is not None and problems == []
+    assert (request.sharding, request.per_model["llama"].sharding) == ("ddp", "fsdp")
+    choices = (
+        'must be "ddp" (each GPU holds the whole model), "fsdp" (the GPUs share one copy, for '
+        'a model too large for one) or "auto" (fsdp when the weights take more than 50% of one '
+        "GPU's memory)"
+    )
+    assert parse_request({**base, "sharding": "zero3"})[1] == [f"sharding: {choices} (got 'zero3')"]
+    assert parse_request({**base, "per_model": {"llama": {"sharding": True}}})[1] == [
+        f"per_model.llama.sharding: {choices} (got True)"
     ]

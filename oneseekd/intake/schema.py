@@ -7,7 +7,7 @@ pydantic checks shapes, types and ranges and reports every problem at once; stri
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
+
+from oneseekd.config import FSDP_AUTO_FRACTION
 
 VERSION = re.compile(r"^v?(\d{1,4})\.(\d{1,4})$")
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
@@ -63,6 +65,20 @@ def _gpus(value: Any) -> int | Literal["all"]:
 Gpus = Annotated[int | Literal["all"], PlainValidator(_gpus)]
 
 
+def _sharding(value: Any) -> Literal["ddp", "fsdp", "auto"]:
+    if isinstance(value, str) and value in ("ddp", "fsdp", "auto"):
+        return cast(Literal["ddp", "fsdp", "auto"], value)
+    raise ValueError(
+        'must be "ddp" (each GPU holds the whole model), "fsdp" (the GPUs share one copy, '
+        f'for a model too large for one) or "auto" (fsdp when the weights take more than '
+        f"{FSDP_AUTO_FRACTION:.0%} of one GPU's memory)"
+    )
+
+
+# how the processes of a multi-GPU model hold it (docs/training.md); one process ignores it
+Sharding = Annotated[Literal["ddp", "fsdp", "auto"], PlainValidator(_sharding)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -95,6 +111,7 @@ class ModelOverrides(_Strict):
     batch_size: int | None = Field(None, ge=1, le=4096)
     lora: LoraOverride | None = None
     gpus: Gpus | None = None
+    sharding: Sharding | None = None
 
 
 class TrainingRequestModel(_Strict):
@@ -116,6 +133,7 @@ class TrainingRequestModel(_Strict):
     gradient_checkpointing: bool = False
     export_merged: bool = False
     gpus: Gpus = 1
+    sharding: Sharding = "ddp"
     lora: LoraSettings = LoraSettings()
     per_model: dict[Annotated[str, Field(min_length=1, max_length=200)], ModelOverrides] = Field(
         default_factory=dict, max_length=16

@@ -12,12 +12,13 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from peft import set_peft_model_state_dict
 
 KEEP = 2  # checkpoints kept per model: the newest, and the one before in case it is damaged
 
@@ -76,27 +77,25 @@ class Checkpoints:
 
     def save(
         self,
-        model: Any,
-        optimizer: torch.optim.Optimizer,
+        adapter: dict[str, torch.Tensor],
+        optimizer: dict[str, Any],
         scheduler: Any,
         scaler: torch.amp.GradScaler | None,
         position: Position,
         ranks: list[dict[str, Any]] | None = None,
     ) -> Path:
-        """Written by one process; `ranks` holds every rank's RNG state in a multi-process
-        run (the weights and optimizer state are the same on every rank)."""
+        """Written by one process from the full LoRA tensors and the full optimizer state
+        (gathered first when the model is sharded); `ranks` holds every rank's RNG state in a
+        multi-process run."""
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"step-{position.step:08d}-e{position.epoch}b{position.batch}"
         tmp = self.folder / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        adapter = {
-            k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()
-        }
         torch.save(adapter, tmp / "adapter.pt")
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer,
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
             },
@@ -121,21 +120,26 @@ class Checkpoints:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
 
+    @staticmethod
+    def load_adapter(path: Path, model: Any, device: str) -> None:
+        """The LoRA weights, into the model before it is wrapped or sharded."""
+        adapter = torch.load(path / "adapter.pt", map_location=device, weights_only=True)
+        set_peft_model_state_dict(model, adapter)
+
     def load(
         self,
         path: Path,
-        model: Any,
-        optimizer: torch.optim.Optimizer,
+        optimizer: Callable[[dict[str, Any]], None],
         scheduler: Any,
         scaler: torch.amp.GradScaler | None,
         device: str,
         rank: int = 0,
         world_size: int = 1,
     ) -> Position:
-        adapter = torch.load(path / "adapter.pt", map_location=device, weights_only=True)
-        set_peft_model_state_dict(model, adapter)
+        """Everything but the LoRA weights (load_adapter); `optimizer` takes the full
+        optimizer state (each rank keeps its shard of it when the model is sharded)."""
         states = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
-        optimizer.load_state_dict(states["optimizer"])
+        optimizer(states["optimizer"])
         scheduler.load_state_dict(states["scheduler"])
         if scaler is not None and states["scaler"] is not None:
             scaler.load_state_dict(states["scaler"])

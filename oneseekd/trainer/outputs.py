@@ -143,16 +143,19 @@ def save_model_outputs(
     pth = weights / f"{name}.pth"
     _free(session, paths, folder, ctx.run_pk)
     _free(session, paths, pth, ctx.run_pk)
-    result.model.save_pretrained(staging_path(folder))
+    # a sharded model's own parameters are this rank's shards: save the gathered weights
+    result.model.save_pretrained(staging_path(folder), state_dict=result.trainable)
     produced = [(final, staged, "adapter") for final, staged in _staged_files(folder)]
     tensors = {
-        k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(result.model).items()
+        k: v.detach().cpu().contiguous()
+        for k, v in get_peft_model_state_dict(result.model, state_dict=result.trainable).items()
     }
     torch.save(tensors, staging_path(pth))
     _fsync(staging_path(pth))
     produced.append((pth, staging_path(pth), "lora_weights"))
     if ctx.config.get("export_merged"):
-        merged = _export_merged(session, paths, name, result, ctx.run_pk)
+        base = next(m.path for m in ctx.models if m.key == result.key)
+        merged = _export_merged(session, paths, name, result, ctx.run_pk, base)
         produced += [(final, staged, "merged_model") for final, staged in merged]
     hashes: dict[str, str] = {}
     for final, staged, kind in produced:
@@ -172,17 +175,40 @@ def save_model_outputs(
 
 
 def _export_merged(
-    session: Session, paths: HomePaths, name: str, result: ModelResult, run_pk: int
+    session: Session,
+    paths: HomePaths,
+    name: str,
+    result: ModelResult,
+    run_pk: int,
+    base: Path,
 ) -> list[tuple[Path, Path]]:
     """The base model with the adapter merged in, as a plain safetensors model folder
-    (`export_merged: true`), staged. Runs last: merging unloads the adapter from the model."""
+    (`export_merged: true`), staged. Runs last: merging unloads the adapter from the model.
+    A sharded model holds only a shard of its base weights here, so the base is loaded
+    again whole, on the CPU, and the gathered adapter put into it."""
     target = paths.zero / "merged" / name
     target.parent.mkdir(parents=True, exist_ok=True)
     _free(session, paths, target, run_pk)
-    merged = result.model.merge_and_unload()
+    model = result.model if result.trainable is None else _whole(result, base)
+    merged = model.merge_and_unload()
     merged.save_pretrained(staging_path(target))
     result.tokenizer.save_pretrained(staging_path(target))
     return _staged_files(target)
+
+
+def _whole(result: ModelResult, base: Path) -> Any:
+    """The trained PEFT model rebuilt unsharded on the CPU, from its base folder and the
+    gathered LoRA weights."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    from oneseekd.trainer.loading import Device, load_model
+
+    config = result.model.peft_config["default"]
+    dtype = result.model.get_base_model().dtype  # the base's own, as under DDP
+    model = get_peft_model(load_model(base, Device("cpu", dtype, scaler=False)), config)
+    adapter = get_peft_model_state_dict(result.model, state_dict=result.trainable)
+    set_peft_model_state_dict(model, adapter)
+    return model
 
 
 def dataset_hash(path: Path) -> str:

@@ -5,8 +5,9 @@ Laid out like torchtune's single-device LoRA recipe: everything the loop needs i
 ends where an uninterrupted one does.
 
 With several processes (`World`), each rank takes its share of every batch and scales its loss
-so that DDP's average of the ranks' gradients is the gradient of the whole batch: the same
-optimizer step as one process taking the batch whole.
+so that the average of the ranks' gradients (DDP's all-reduce, or FSDP's reduce-scatter when the
+model is sharded: see sharding.py) is the gradient of the whole batch: the same optimizer step as
+one process taking the batch whole.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any
 
 import structlog
 import torch
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import LoraConfig, TaskType, get_peft_model, get_peft_model_state_dict
 
+from oneseekd.trainer import sharding
 from oneseekd.trainer.checkpoint import Checkpoints, Position, rng_state
 from oneseekd.trainer.context import ModelSpec, Progress
 from oneseekd.trainer.data import Encoded, batch_order, collate, encode, padding_fraction, render
@@ -54,6 +56,9 @@ class ModelResult:
     targets: list[str]
     model: Any  # the PEFT model, for saving
     tokenizer: Any
+    # the full LoRA weights under the model's names, gathered on rank 0 when the model was
+    # sharded (its own parameters then hold only this rank's shard); None otherwise
+    trainable: dict[str, Any] | None = None
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -132,10 +137,31 @@ class LoraRecipe:
                 else None
             )
             base.enable_input_require_grads()
+        self.sharding = sharding.decide(str(hp.get("sharding", "ddp")), base, self.world)
+        if self.sharding == "fsdp" and self.device.scaler:
+            raise ModelRefused(
+                f'{self.spec.key}: sharding "fsdp" on a GPU without bf16 needs a gradient '
+                "scaler that works on sharded gradients, which oneseekd does not have",
+                ['ask for sharding "ddp" on this host'],
+            )
         self.model = get_peft_model(base, lora)
         for param in self.model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()  # trainable weights in fp32 under autocast
+        latest = self.checkpoints.latest()
+        if latest is not None:  # every rank reads the whole adapter, before any sharding
+            self.checkpoints.load_adapter(latest, self.model, self.device.type)
+        if self.sharding == "fsdp":
+            sharding.shard(self.model)  # in place: the parameters become this rank's shards
+            self.net = self.model
+        else:
+            self.net = self.world.wrap(self.model)  # what the training forward pass calls
+        log.info(
+            "model_sharding",
+            model=self.spec.key,
+            sharding=self.sharding,
+            weight_bytes=sharding.weight_bytes(base),
+        )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=float(hp["learning_rate"]), weight_decay=0.0
@@ -151,12 +177,10 @@ class LoraRecipe:
         )
         self.scaler = torch.amp.GradScaler("cuda") if self.device.scaler else None
         self.position = Position()
-        latest = self.checkpoints.latest()
         if latest is not None:
             self.position = self.checkpoints.load(
                 latest,
-                self.model,
-                self.optimizer,
+                self._load_optimizer,
                 self.scheduler,
                 self.scaler,
                 self.device.type,
@@ -170,7 +194,16 @@ class LoraRecipe:
                 epoch=self.position.epoch,
                 step=self.position.step,
             )
-        self.net = self.world.wrap(self.model)  # what the training forward pass calls
+
+    @property
+    def sharded(self) -> bool:
+        return self.sharding == "fsdp"
+
+    def _load_optimizer(self, state: dict[str, Any]) -> None:
+        if self.sharded:
+            sharding.load_optimizer_state(self.model, self.optimizer, state)
+        else:
+            self.optimizer.load_state_dict(state)
 
     def _autocast(self) -> Any:
         if self.device.type == "cuda":
@@ -230,6 +263,7 @@ class LoraRecipe:
             self.targets,
             self.model,
             self.tokenizer,
+            sharding.trainable_state(self.model) if self.sharded else None,
         )
 
     def _micro_step(self, batches: list[list[int]], pos: Position, pad_id: int) -> bool:
@@ -240,8 +274,10 @@ class LoraRecipe:
         batch = {k: v.to(self.device.type) for k, v in batch.items()}
         boundary = (pos.batch + 1) % self.accum == 0 or pos.batch + 1 == len(batches)
         world = self.world
-        # gradients are averaged over the ranks at the accumulation boundary only
-        sync = self.net.no_sync() if world.distributed and not boundary else nullcontext()
+        # under DDP, gradients are averaged over the ranks at the accumulation boundary only;
+        # FSDP reduces each micro-batch's into the shards (unsharded ones would cost memory)
+        skip = world.distributed and not boundary and not self.sharded
+        sync = self.net.no_sync() if skip else nullcontext()
         tokens = int((batch["labels"][:, 1:] != -100).sum())
         share = 1.0
         if world.distributed:  # the loss is a mean over this rank's tokens: reweigh it
@@ -308,12 +344,17 @@ class LoraRecipe:
         total, count = 0.0, 0
         order = sorted(range(len(data.ids)), key=lambda i: len(data.ids[i]))
         starts = list(range(0, len(order), self.batch_size))
-        for start in starts[self.world.rank :: self.world.size]:  # each rank its batches
-            batch = collate(data, order[start : start + self.batch_size], pad_id)
+        mine: list[int | None] = list(starts[self.world.rank :: self.world.size])
+        if self.sharded:  # every forward pass gathers weights: all ranks run as many
+            rounds = math.ceil(len(starts) / self.world.size)
+            mine += [None] * (rounds - len(mine))
+        for start in mine:  # each rank its batches; None: the first one again, not counted
+            first = starts[0] if start is None else start
+            batch = collate(data, order[first : first + self.batch_size], pad_id)
             batch = {k: v.to(self.device.type) for k, v in batch.items()}
             with self._autocast():
                 loss = self.model(**batch).loss
-            tokens = int((batch["labels"][:, 1:] != -100).sum())
+            tokens = int((batch["labels"][:, 1:] != -100).sum()) if start is not None else 0
             total += float(loss) * tokens
             count += tokens
         self.model.train()
@@ -321,11 +362,21 @@ class LoraRecipe:
         return total / max(summed, 1)
 
     def save_checkpoint(self) -> None:
-        """Written by rank 0 (the weights and optimizer are the same on every rank), with
-        every rank's RNG state; the others wait until it is in place."""
+        """Written by rank 0, with every rank's RNG state; the others wait until it is in
+        place. Under DDP the weights and optimizer are the same on every rank; sharded, every
+        rank first helps gather them whole onto rank 0."""
         ranks = self.world.gather(rng_state()) if self.world.distributed else None
+        if self.sharded:
+            adapter = sharding.adapter_state(self.model, sharding.trainable_state(self.model))
+            optimizer = sharding.optimizer_state(self.model, self.optimizer)
+        elif self.world.main:
+            adapter = {
+                k: v.detach().cpu().contiguous()
+                for k, v in get_peft_model_state_dict(self.model).items()
+            }
+            optimizer = self.optimizer.state_dict()
         if self.world.main:
             self.checkpoints.save(
-                self.model, self.optimizer, self.scheduler, self.scaler, self.position, ranks
+                adapter, optimizer, self.scheduler, self.scaler, self.position, ranks
             )
         self.world.barrier()
