@@ -133,13 +133,20 @@ def bench_scan(home: Path, roots: list[Root], n: int, repeat: int) -> None:
     warm_s = best(catalog.full_scan, repeat)
     catalog.engine.dispose()
     print(f"  {'phase':<28}{'total s':>9}{'µs/folder':>11}{'x baseline':>12}")
-    for label, secs in (("baseline (bare loop)", base_s), ("scan(), no cache", scan_s),
-                        ("full_scan(), fresh DB", min(cold)), ("full_scan(), warm", warm_s)):
+    for label, secs in (
+        ("baseline (bare loop)", base_s),
+        ("scan(), no cache", scan_s),
+        ("full_scan(), fresh DB", min(cold)),
+        ("full_scan(), warm", warm_s),
+    ):
         print(f"  {label:<28}{secs:>9.3f}{secs / n * 1e6:>11.1f}{secs / base_s:>12.2f}")
     goal = SCAN_GOAL_S * n / SCAN_GOAL_N
     scope = "goal" if n == SCAN_GOAL_N else f"goal scaled to {n:,} folders"
-    for label, secs in (("scan()", scan_s), ("full_scan() fresh DB", min(cold)),
-                        ("full_scan() warm", warm_s)):
+    for label, secs in (
+        ("scan()", scan_s),
+        ("full_scan() fresh DB", min(cold)),
+        ("full_scan() warm", warm_s),
+    ):
         verdict = "PASS" if secs < goal else "MISS"
         print(f"  {scope} < {goal:.2f} s, {label}: {verdict} ({secs:.3f} s)")
 
@@ -207,10 +214,14 @@ def bench_latency(home: Path, roots: list[Root], settle: float, count: int) -> N
         return
     med, worst = statistics.median(latency), max(latency)
     print(f"  event latency, settle {settle:g} s, {len(latency)} of {count} new folders:")
-    print(f"    rename -> first watch event: median {statistics.median(delivery) * 1e3:.1f} ms, "
-          f"max {max(delivery) * 1e3:.1f} ms")
-    print(f"    rename -> ready: median {med:.3f} s, max {worst:.3f} s "
-          f"(x settle: {med / settle:.2f} / {worst / settle:.2f})")
+    print(
+        f"    rename -> first watch event: median {statistics.median(delivery) * 1e3:.1f} ms, "
+        f"max {max(delivery) * 1e3:.1f} ms"
+    )
+    print(
+        f"    rename -> ready: median {med:.3f} s, max {worst:.3f} s "
+        f"(x settle: {med / settle:.2f} / {worst / settle:.2f})"
+    )
     print(f"    beyond settle:   median {med - settle:.3f} s, max {worst - settle:.3f} s")
     goal = settle + LATENCY_SLACK_S
     verdict = "PASS" if worst < goal and len(latency) == count else "MISS"
@@ -226,8 +237,10 @@ def run(n: int, repeat: int, settle: float, count: int) -> None:
         started = time.perf_counter()
         for i in range(n):
             make_folder(roots[0].path / f"synth-model-{i:05d}")
-        print(f"\nN = {n:,} folders (built in {time.perf_counter() - started:.1f} s), "
-              f"best of {repeat}")
+        print(
+            f"\nN = {n:,} folders (built in {time.perf_counter() - started:.1f} s), "
+            f"best of {repeat}"
+        )
         bench_scan(home, roots, n, repeat)
         bench_latency(home, roots, settle, count)
     finally:

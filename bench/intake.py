@@ -65,8 +65,10 @@ def body(seed: int, bad: bool) -> bytes:
 
 def summary(values: list[float]) -> str:
     p95 = statistics.quantiles(values, n=20, method="inclusive")[18]
-    return (f"median {statistics.median(values) * 1e3:7.1f} ms, p95 {p95 * 1e3:7.1f} ms, "
-            f"max {max(values) * 1e3:7.1f} ms")
+    return (
+        f"median {statistics.median(values) * 1e3:7.1f} ms, p95 {p95 * 1e3:7.1f} ms, "
+        f"max {max(values) * 1e3:7.1f} ms"
+    )
 
 
 def start_daemon(root: Path, settle: float) -> DaemonProcess:
@@ -118,8 +120,10 @@ def bench_single(root: Path, settle: float, samples: int, rng: random.Random) ->
     goal = settle + SINGLE_SLACK_S
     verdict = "PASS" if max(latency) < goal else "MISS"
     print(f"  single drop, settle {settle:g} s, {samples} drops: {summary(latency)}")
-    print(f"    beyond settle: median {(statistics.median(latency) - settle) * 1e3:.1f} ms, "
-          f"max {(max(latency) - settle) * 1e3:.1f} ms")
+    print(
+        f"    beyond settle: median {(statistics.median(latency) - settle) * 1e3:.1f} ms, "
+        f"max {(max(latency) - settle) * 1e3:.1f} ms"
+    )
     print(f"    goal max < settle + {SINGLE_SLACK_S} s = {goal:.2f} s: {verdict}")
     return latency
 
@@ -129,8 +133,7 @@ def insert_rows(db: Path, bodies: list[bytes], submitted: dict[object, float]) -
     con.execute("PRAGMA busy_timeout = 60000")
     try:
         for raw in bodies:
-            cur = con.execute("INSERT INTO training_requests (payload) VALUES (?)",
-                              (raw.decode(),))
+            cur = con.execute("INSERT INTO training_requests (payload) VALUES (?)", (raw.decode(),))
             assert cur.lastrowid is not None
             submitted[cur.lastrowid] = time.time()
     finally:
@@ -181,8 +184,10 @@ def bench_burst(root: Path, settle: float, count: int, base_s: float) -> None:
     sent_rows: dict[object, float] = {}
     done: dict[str, float] = {}
     try:
-        threads = [threading.Thread(target=drop_files, args=(requests, files, sent_files)),
-                   threading.Thread(target=insert_rows, args=(db, rows, sent_rows))]
+        threads = [
+            threading.Thread(target=drop_files, args=(requests, files, sent_files)),
+            threading.Thread(target=insert_rows, args=(db, rows, sent_rows)),
+        ]
         for thread in threads:
             thread.start()
         con = sqlite3.connect(db, timeout=60)
@@ -192,26 +197,35 @@ def bench_burst(root: Path, settle: float, count: int, base_s: float) -> None:
             if daemon.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited: {daemon.log_path.read_text()[-2000:]}")
             now = time.time()
-            placed = sum(n.startswith("burst-") and not n.endswith(".error.json")
-                         for sub in ("accepted", "rejected") for n in os.listdir(requests / sub))
+            placed = sum(
+                n.startswith("burst-") and not n.endswith(".error.json")
+                for sub in ("accepted", "rejected")
+                for n in os.listdir(requests / sub)
+            )
             if placed >= count:
                 done.setdefault("files", now)
-            (decided,) = con.execute("SELECT count(*) FROM training_requests WHERE source = "
-                                     "'database' AND status != 'pending'").fetchone()
+            (decided,) = con.execute(
+                "SELECT count(*) FROM training_requests WHERE source = "
+                "'database' AND status != 'pending'"
+            ).fetchone()
             if decided >= count:
                 done.setdefault("rows", now)
         for thread in threads:
             thread.join()
-        got = con.execute("SELECT id, source, source_name, status, decided_at FROM "
-                          "training_requests WHERE decided_at IS NOT NULL").fetchall()
+        got = con.execute(
+            "SELECT id, source, source_name, status, decided_at FROM "
+            "training_requests WHERE decided_at IS NOT NULL"
+        ).fetchall()
         con.close()
     finally:
         stop_daemon(daemon)
     if len(done) < 2:
         print(f"  burst: verdicts still missing after 600 s ({sorted(done)} complete)")
         return
-    print(f"  burst, settle {settle:g} s: {count:,} files and {count:,} rows submitted at once, "
-          f"1 in 10 bad")
+    print(
+        f"  burst, settle {settle:g} s: {count:,} files and {count:,} rows submitted at once, "
+        f"1 in 10 bad"
+    )
     for kind, sent, source in (("files", sent_files, "file"), ("rows", sent_rows, "database")):
         lat: dict[str, list[float]] = {}
         for pk, src, name, status, decided_at in got:
@@ -221,25 +235,36 @@ def bench_burst(root: Path, settle: float, count: int, base_s: float) -> None:
         every = [x for xs in lat.values() for x in xs]
         counts = ", ".join(f"{s} {len(xs)}" for s, xs in sorted(lat.items()))
         span = max(sent.values()) - min(sent.values())
-        print(f"    {kind}: {counts}; submitted in {span:.2f} s; last submit -> all verdicts "
-              f"{done[kind] - max(sent.values()):.2f} s")
+        print(
+            f"    {kind}: {counts}; submitted in {span:.2f} s; last submit -> all verdicts "
+            f"{done[kind] - max(sent.values()):.2f} s"
+        )
         print(f"      latency, all:      {summary(every)}")
         if "rejected" in lat:
             print(f"      latency, rejected: {summary(lat['rejected'])}")
     last_sent = max(*sent_files.values(), *sent_rows.values())
     first_sent = min(*sent_files.values(), *sent_rows.values())
-    first_decided = min(stamp(at) for _, src, name, _, at in got
-                        if src == "database" or (name or "").startswith("burst-"))
+    first_decided = min(
+        stamp(at)
+        for _, src, name, _, at in got
+        if src == "database" or (name or "").startswith("burst-")
+    )
     last_done = max(done.values())
     per_request = (last_done - first_decided) / (2 * count)
-    print(f"    first submit -> last verdict {last_done - first_sent:.2f} s; daemon busy "
-          f"{last_done - first_decided:.2f} s = {per_request * 1e3:.2f} ms per request")
-    print(f"    baseline (read + json.loads + 1 INSERT txn): {base_s * 1e3:.3f} ms per request;"
-          f" daemon per-request cost = {per_request / base_s:.1f} x baseline")
+    print(
+        f"    first submit -> last verdict {last_done - first_sent:.2f} s; daemon busy "
+        f"{last_done - first_decided:.2f} s = {per_request * 1e3:.2f} ms per request"
+    )
+    print(
+        f"    baseline (read + json.loads + 1 INSERT txn): {base_s * 1e3:.3f} ms per request;"
+        f" daemon per-request cost = {per_request / base_s:.1f} x baseline"
+    )
     tail = last_done - last_sent
     verdict = "PASS" if tail < BURST_GOAL_S else "MISS"
-    print(f"    goal every verdict < {BURST_GOAL_S:g} s after the last submit: {verdict} "
-          f"({tail:.2f} s)")
+    print(
+        f"    goal every verdict < {BURST_GOAL_S:g} s after the last submit: {verdict} "
+        f"({tail:.2f} s)"
+    )
 
 
 def main() -> None:
@@ -252,8 +277,10 @@ def main() -> None:
     args = parser.parse_args()
     count, samples = (200, 10) if args.quick else (args.count, args.samples)
     rng = random.Random(args.seed)
-    print(f"intake bench: python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"intake bench: python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, "
+        f"{os.cpu_count()} CPUs"
+    )
     scratch = Path(tempfile.mkdtemp(prefix="oneseek-intake-bench-"))
     try:
         (scratch / "baseline").mkdir()

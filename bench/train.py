@@ -60,8 +60,14 @@ SMOL = ROOT / "demo-home/models/oneseek-7b-zero/base_models" / embedded.MODEL_NA
 CPU = Device("cpu", torch.float32, scaler=False)
 BATCH = 8
 HYPER: dict[str, Any] = {  # checkpoint_every: never within the run (train() still saves one)
-    "epochs": 1, "batch_size": BATCH, "learning_rate": 2e-4, "seed": 42, "max_seq_len": 128,
-    "gradient_accumulation_steps": 1, "warmup_ratio": 0.03, "checkpoint_every": 10**9,
+    "epochs": 1,
+    "batch_size": BATCH,
+    "learning_rate": 2e-4,
+    "seed": 42,
+    "max_seq_len": 128,
+    "gradient_accumulation_steps": 1,
+    "warmup_ratio": 0.03,
+    "checkpoint_every": 10**9,
     "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
 }
 BARE_GOAL, HF_GOAL = 0.95, 1.2
@@ -128,8 +134,13 @@ class Padder:
 def lora_model(w: Workload) -> Any:
     torch.manual_seed(HYPER["seed"])
     lora = HYPER["lora"]
-    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                        target_modules=lora["target_modules"], task_type=TaskType.CAUSAL_LM)
+    config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        task_type=TaskType.CAUSAL_LM,
+    )
     return get_peft_model(load_model(w.path, CPU), config)
 
 
@@ -147,9 +158,17 @@ def run_trainer(w: Workload, tmp: Path, profile: cProfile.Profile | None = None)
     folder = Path(tempfile.mkdtemp(dir=tmp))  # fresh, so nothing is resumed
     n = len(w.ids)
     progress: Any = SimpleNamespace(report=lambda *a, **k: None)  # LoraRecipe only reports
-    recipe = LoraRecipe(ModelSpec("bench", "bench", w.path, ""), HYPER, w.records,
-                        (list(range(n)), [n]), CPU, Checkpoints(folder), progress,
-                        lambda: False, {})
+    recipe = LoraRecipe(
+        ModelSpec("bench", "bench", w.path, ""),
+        HYPER,
+        w.records,
+        (list(range(n)), [n]),
+        CPU,
+        Checkpoints(folder),
+        progress,
+        lambda: False,
+        {},
+    )
     recipe.setup()
     assert recipe.train_data.ids == w.ids, "the trainer encoded the records differently"
     spent = [0.0]  # seconds in the end-of-epoch evaluation and checkpoint
@@ -190,11 +209,23 @@ def run_bare(w: Workload, tmp: Path, limit: int | None = None) -> Outcome:
 def run_hf(w: Workload, tmp: Path) -> Outcome:
     pad = Padder(w.pad_id)
     args = TrainingArguments(
-        output_dir=str(tmp / "hf"), per_device_train_batch_size=BATCH, num_train_epochs=1,
-        learning_rate=HYPER["learning_rate"], weight_decay=0.0, lr_scheduler_type="cosine",
-        warmup_steps=w.warmup, max_grad_norm=1.0, seed=HYPER["seed"], use_cpu=True,
-        report_to=[], save_strategy="no", logging_strategy="no", eval_strategy="no",
-        disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False,
+        output_dir=str(tmp / "hf"),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=1,
+        learning_rate=HYPER["learning_rate"],
+        weight_decay=0.0,
+        lr_scheduler_type="cosine",
+        warmup_steps=w.warmup,
+        max_grad_norm=1.0,
+        seed=HYPER["seed"],
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        eval_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
     )
     data = [{"input_ids": ids} for ids in w.ids]
     trainer = Trainer(model=lora_model(w), args=args, train_dataset=data, data_collator=pad)
@@ -205,14 +236,19 @@ def run_hf(w: Workload, tmp: Path) -> Outcome:
 
 
 RUNNERS: dict[str, Callable[[Workload, Path], Outcome]] = {
-    "trainer": run_trainer, "bare loop": run_bare, "HF Trainer": run_hf}
+    "trainer": run_trainer,
+    "bare loop": run_bare,
+    "HF Trainer": run_hf,
+}
 
 
 def bench(name: str, path: Path, steps: int, repeat: int, tmp: Path, profile: bool) -> None:
     w = workload(path, steps)
     tokens = sum(len(x) for x in w.ids)
-    print(f"\n{name}: {path.name}, {len(w.ids)} records ({tokens} tokens), {steps} steps of "
-          f"{BATCH}, best of {repeat}, order rotated each round")
+    print(
+        f"\n{name}: {path.name}, {len(w.ids)} records ({tokens} tokens), {steps} steps of "
+        f"{BATCH}, best of {repeat}, order rotated each round"
+    )
     run_bare(w, tmp, limit=2)  # warm-up: first-call costs in torch, untimed
     runs: dict[str, list[Outcome]] = {m: [] for m in METHODS}
     for r in range(repeat):
@@ -220,15 +256,21 @@ def bench(name: str, path: Path, steps: int, repeat: int, tmp: Path, profile: bo
             out = RUNNERS[method](w, tmp)
             runs[method].append(out)
             extra = f", {out.epoch_end:.2f} s evaluating + checkpointing" if out.epoch_end else ""
-            print(f"  round {r + 1} {method:<11}{out.rate:>10.1f} tokens/s "
-                  f"({out.seconds:.2f} s{extra})")
+            print(
+                f"  round {r + 1} {method:<11}{out.rate:>10.1f} tokens/s "
+                f"({out.seconds:.2f} s{extra})"
+            )
     best = {m: max(runs[m], key=lambda o: o.rate) for m in METHODS}
     bare, hf = best["bare loop"].rate, best["HF Trainer"].rate
-    print(f"  {'method':<12}{'s':>8}{'tokens/s':>10}{'x bare':>8}{'x HF':>7}{'padding':>9}"
-          f"{'padded tok/s':>14}")
+    print(
+        f"  {'method':<12}{'s':>8}{'tokens/s':>10}{'x bare':>8}{'x HF':>7}{'padding':>9}"
+        f"{'padded tok/s':>14}"
+    )
     for m, o in best.items():
-        print(f"  {m:<12}{o.seconds:>8.2f}{o.rate:>10.1f}{o.rate / bare:>8.2f}{o.rate / hf:>7.2f}"
-              f"{o.padding:>9.1%}{o.rate / (1 - o.padding):>14.1f}")
+        print(
+            f"  {m:<12}{o.seconds:>8.2f}{o.rate:>10.1f}{o.rate / bare:>8.2f}{o.rate / hf:>7.2f}"
+            f"{o.padding:>9.1%}{o.rate / (1 - o.padding):>14.1f}"
+        )
     ours = best["trainer"].rate
     for label, base, goal in (("bare loop", bare, BARE_GOAL), ("HF Trainer", hf, HF_GOAL)):
         verdict = "PASS" if ours >= goal * base else "MISS"
@@ -253,8 +295,10 @@ def main() -> None:
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     warnings.filterwarnings("ignore", category=FutureWarning)
-    print(f"train bench: python {sys.version.split()[0]}, torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads")
+    print(
+        f"train bench: python {sys.version.split()[0]}, torch {torch.__version__}, "
+        f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
+    )
     tmp = Path(tempfile.mkdtemp(prefix="oneseek-train-bench-"))
     try:
         if args.model in ("tiny", "both"):
