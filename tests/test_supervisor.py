@@ -26,7 +26,7 @@ from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.migrate import upgrade
 from oneseekd.intake.accept import Intake
-from oneseekd.supervisor import Supervisor
+from oneseekd.supervisor import Child, Supervisor
 
 
 class World:
@@ -356,6 +356,15 @@ def _db_down(*_args: object, **_kwargs: object) -> None:
     raise OperationalError("SELECT 1", {}, Exception("could not connect to server"))
 
 
+def _training(world: World, **spec: object) -> tuple[str, Child]:
+    """A run whose (fake) trainer is up: its id and the supervisor's child."""
+    run_id = world.submit("1.0", **spec)
+    world.drive(lambda: world.started(run_id))
+    child = world.supervisor.child
+    assert child is not None
+    return run_id, child
+
+
 def _run_row(w: World, run_id: str, sql: str) -> None:
     with write_session(w.engine) as session:
         session.execute(text(sql), {"r": run_id})
@@ -394,10 +403,7 @@ def test_a_reap_cut_short_by_a_database_error_is_finished_later(
 def test_a_database_outage_stops_the_trainer_before_its_lease_can_expire(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_id = world.submit("1.0", sleep=30)
-    world.drive(lambda: world.started(run_id))
-    child = world.supervisor.child
-    assert child is not None
+    _run_id, child = _training(world, sleep=30)
     monkeypatch.setattr(queue, "cancel_queued_flagged", _db_down)  # every query fails
     monkeypatch.setattr(queue, "heartbeat", _db_down)
     child.renewed_at -= world.config.trainer.lease_seconds  # past 80 % of the lease
@@ -409,10 +415,7 @@ def test_a_database_outage_stops_the_trainer_before_its_lease_can_expire(
 def test_a_run_given_up_while_the_database_flapped_is_resumed_by_its_own_host(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_id = world.submit("1.0", sleep=30)
-    world.drive(lambda: world.started(run_id))
-    child = world.supervisor.child
-    assert child is not None
+    run_id, child = _training(world, sleep=30)
     monkeypatch.setattr(queue, "heartbeat", _db_down)
     child.renewed_at -= world.config.trainer.lease_seconds
     world.supervisor.tick()
@@ -441,10 +444,7 @@ def test_a_certified_run_taken_over_meanwhile_is_left_to_its_new_owner(
 ) -> None:
     from oneseekd import supervisor as module
 
-    run_id = world.submit("1.0", sleep=0.3)
-    world.drive(lambda: world.started(run_id))
-    child = world.supervisor.child
-    assert child is not None
+    run_id, child = _training(world, sleep=0.3)
     _run_row(world, run_id, "UPDATE runs SET attempts = 2, host = 'gpu-b' WHERE run_id = :r")
     monkeypatch.setattr(module, "certified_dna", lambda _e, _pk: "OneSeek-7B-Zero.v1.0.abcdef")
     settled: list[str] = []
