@@ -390,13 +390,18 @@ def finish(
     now: datetime | None = None,
     ledger: Ledger | None = None,
     attempt: int | None = None,
+    before: Callable[[], None] | None = None,
 ) -> Run:
-    """End a run. With `attempt`, only the claim of that attempt may end it (else ClaimLost)."""
+    """End a run. With `attempt`, only the claim of that attempt may end it (else ClaimLost).
+    `before` runs once the claim is checked and the row held, inside the transaction that
+    ends the run: what it does (publishing the run's files) cannot race a takeover."""
     now = now or utcnow()
     with write_session(engine) as session:
         run = session.get_one(Run, run_pk, with_for_update=attempt is not None)
         if attempt is not None and (run.state != "running" or run.attempts != attempt):
             raise ClaimLost(f"run {run.run_id} is no longer this daemon's; its outcome is not ours")
+        if before is not None:
+            before()
         detail = outcome if error is None else f"{outcome}: {error.splitlines()[-1][:300]}"
         _change(session, run, state, now, detail)
         run.outcome = outcome

@@ -186,10 +186,14 @@ class Supervisor:
         problem = self._cannot_resume(run)
         try:
             if problem:
-                if not queue.still_ours(self.engine, run.id, run.attempts):
-                    raise queue.ClaimLost(f"run {run.run_id} changed hands")
-                self._settle_outputs(run.id, run.run_id)
-                self._fail(run.id, run.run_id, "lost", problem, attempt=run.attempts)
+                self._fail(
+                    run.id,
+                    run.run_id,
+                    "lost",
+                    problem,
+                    attempt=run.attempts,
+                    before=lambda: self._settle_outputs(run.id, run.run_id),
+                )
                 return
             adopted = queue.adopt(
                 self.engine,
@@ -590,10 +594,6 @@ class Supervisor:
             )
             return  # stays `running`: recover() resumes it at the next start
         state, outcome, error = self._outcome(child, code)
-        if not queue.still_ours(self.engine, child.run_pk, child.attempt):
-            log.error("run_claim_lost", run_id=child.run_id, error="taken over by another daemon")
-            return
-        self._settle_outputs(child.run_pk, child.run_id)
         try:
             queue.finish(
                 self.engine,
@@ -604,6 +604,7 @@ class Supervisor:
                 exit_code=code,
                 ledger=self.ledger,
                 attempt=child.attempt,
+                before=lambda: self._settle_outputs(child.run_pk, child.run_id),
             )
         except queue.ClaimLost as exc:
             log.error("run_claim_lost", run_id=child.run_id, error=exc.message)
@@ -671,6 +672,7 @@ class Supervisor:
         *,
         exit_code: int | None = None,
         attempt: int | None = None,
+        before: Callable[[], None] | None = None,
     ) -> None:
         """End a run `failed` with the reason (fenced on the claim's attempt when given)."""
         queue.finish(
@@ -682,6 +684,7 @@ class Supervisor:
             exit_code=exit_code,
             ledger=self.ledger,
             attempt=attempt,
+            before=before,
         )
         log.error("run_failed", run_id=run_id, outcome=outcome, error=error)
 
@@ -696,7 +699,6 @@ class Supervisor:
             return False
         if not queue.still_ours(self.engine, run_pk, attempt):
             return True  # ended already, or another daemon's attempt now: nothing of ours
-        self._settle_outputs(run_pk, run_id)
         try:
             queue.finish(
                 self.engine,
@@ -706,6 +708,7 @@ class Supervisor:
                 exit_code=code,
                 ledger=self.ledger,
                 attempt=attempt,
+                before=lambda: self._settle_outputs(run_pk, run_id),
             )
         except queue.ClaimLost as exc:
             log.info("run_claimed_elsewhere", run_id=run_id, error=exc.message)

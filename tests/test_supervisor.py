@@ -391,11 +391,11 @@ def test_a_reap_cut_short_by_a_database_error_is_finished_later(
     child = world.supervisor.child
     assert child is not None
     child.proc.wait()
-    real = queue.still_ours
-    monkeypatch.setattr(queue, "still_ours", _db_down)  # one transient failure
+    real = queue.finish
+    monkeypatch.setattr(queue, "finish", _db_down)  # one transient failure
     with pytest.raises(OperationalError):
         world.supervisor.tick()
-    monkeypatch.setattr(queue, "still_ours", real)
+    monkeypatch.setattr(queue, "finish", real)
     world.drive(lambda: world.finished(first) and world.finished(second))
     assert (world.run(first)["state"], world.run(second)["state"]) == ("failed", "succeeded")
 
