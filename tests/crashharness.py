@@ -533,13 +533,24 @@ class CrashRun:
     def _entries(self, trigger: str) -> set[tuple[str, int, int]]:
         out = set()
         for pattern in FILE_TRIGGERS[trigger]:
-            for path in self.home.glob(pattern):
+            for path in self._glob(pattern):
                 try:
                     st = path.stat()
                 except OSError:
                     continue  # renamed or removed meanwhile
                 out.add((str(path), st.st_ino, st.st_mtime_ns))
         return out
+
+    def _glob(self, pattern: str) -> list[Path]:
+        """The matches of a pattern under the home; the trainer removes checkpoint folders
+        while they are listed (pathlib's glob then raises), so a vanished folder means a
+        fresh look."""
+        for _ in range(20):
+            try:
+                return list(self.home.glob(pattern))
+            except FileNotFoundError:
+                continue
+        return []
 
     def _trainer_events(self) -> list[str]:
         events = []
