@@ -369,16 +369,6 @@ def cancel_requested(engine: Engine, run_pk: int) -> bool:
         return bool(session.scalars(select(Run.cancel_requested).where(Run.id == run_pk)).one())
 
 
-def still_ours(engine: Engine, run_pk: int, attempt: int | None) -> bool:
-    """Whether the run is still `running` (in the given attempt, when one is given): not
-    taken over by another daemon after a lease this one failed to renew."""
-    with read_session(engine) as session:
-        run = session.get(Run, run_pk)
-        if run is None or run.state != "running":
-            return False
-        return attempt is None or run.attempts == attempt
-
-
 def finish(
     engine: Engine,
     run_pk: int,

@@ -318,8 +318,9 @@ class Daemon:
                 "full_scan", trigger="interval", seconds=new.catalog.rescan_interval_seconds
             )
         if new.catalog.extra_roots != old.catalog.extra_roots:
-            catalog.roots = model_roots(new)
-            parts.rows.intake.roots = model_roots(new)  # the drop folder shares this intake
+            roots = model_roots(new)
+            catalog.roots = roots
+            parts.rows.intake.roots = roots  # the drop folder shares this intake
             self._watcher.stop()
             self._watcher = Watcher(catalog)
             self._watcher.start()

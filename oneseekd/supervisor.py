@@ -180,7 +180,7 @@ class Supervisor:
     def _resume(self, run: Run, detail: str) -> None:
         if run.host == self.config.catalog.host and run.pid and _process_runs(run.pid, run.run_id):
             log.warning("orphan_trainer_stopped", run_id=run.run_id, pid=run.pid)
-            self._stop_pid(run.pid, signalled=True)
+            self._stop_pid(run.pid)
         if self._finish_certified(run.id, run.run_id, None, attempt=run.attempts):
             return
         problem = self._cannot_resume(run)
@@ -210,32 +210,29 @@ class Supervisor:
         log.info("run_resumed", run_id=run.run_id, attempt=adopted.attempts, detail=detail)
         self._spawn(adopted)
 
-    def _take_over(self) -> bool:
+    def _take_over(self, launchable: queue.Launchable | None) -> bool:
         """Claim a run whose owner's lease expired (its daemon died, or lost the database);
         True when one was found. Checked about once per heartbeat, not every tick."""
         now = self.clock()
         if now < self._next_takeover_check:
             return False
         self._next_takeover_check = now + self.config.trainer.heartbeat_seconds
-        launchable = self._launchable()
         for expired in queue.expired_runs(self.engine, self.claimant):
             if launchable is not None and not launchable(expired.base_models, expired.config):
                 continue  # a host with the GPUs it asks for takes it, or its own host resumes it
-            if expired.attempts >= self.config.trainer.max_attempts:
-                run = queue.take_over(
-                    self.engine, expired, self.claimant, "lease expired", ledger=self.ledger
-                )
-                if run is not None:  # counted as one more attempt, then failed as lost
-                    self._resume(run, "")
-                    return True
-                continue
+            spent = expired.attempts >= self.config.trainer.max_attempts
             detail = (
-                f"taken over from host {expired.host} after its lease expired "
+                "lease expired"
+                if spent
+                else f"taken over from host {expired.host} after its lease expired "
                 f"(attempt {expired.attempts + 1})"
             )
             run = queue.take_over(self.engine, expired, self.claimant, detail, ledger=self.ledger)
             if run is None:
                 continue  # renewed meanwhile, or another daemon was first
+            if spent:  # counted as one more attempt, then failed as lost
+                self._resume(run, "")
+                return True
             log.warning(
                 "run_taken_over", run_id=run.run_id, from_host=expired.host, attempt=run.attempts
             )
@@ -266,23 +263,17 @@ class Supervisor:
             )
         return None
 
-    def _stop_pid(self, pid: int, *, signalled: bool = False) -> None:
-        """Stop a trainer this supervisor did not start. `signalled`: it was already sent
-        SIGTERM (an orphan gets it when its daemon dies) and may be writing its checkpoint, so
-        it is only waited for; a second SIGTERM would make it exit at once."""
+    def _stop_pid(self, pid: int) -> None:
+        """Stop the trainer a dead daemon left behind. It was already told to stop (its
+        daemon's death reached it as SIGTERM, or its ranks see the daemon gone at the next
+        step) and may be writing its checkpoint: it gets the stop grace, then SIGKILL; a second
+        SIGTERM would make it exit at once."""
         workers = _descendants(pid)  # a torchrun agent's: they outlive it for a while
-        first = 0 if signalled else signal.SIGTERM
-        for sig, wait in (
-            (first, self.config.trainer.stop_grace_seconds),
-            (signal.SIGKILL, 5.0),
-        ):
-            if sig:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            if sig == signal.SIGKILL:
-                for worker in workers:
+        for kill, wait in ((False, self.config.trainer.stop_grace_seconds), (True, 5.0)):
+            if kill:
+                for target in [pid, *workers]:
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(worker, sig)
+                        os.kill(target, signal.SIGKILL)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
                 if not any(Path(f"/proc/{p}").exists() for p in [pid, *workers]):
@@ -453,15 +444,16 @@ class Supervisor:
         self.watch()  # first: a failing write below must not keep the child unwatched
         for run_id in queue.cancel_queued_flagged(self.engine, ledger=self.ledger):
             log.info("run_cancelled", run_id=run_id, while_state="queued")
-        if self.child is None and accepting and self._resume_own():
+        if self.child is not None or not accepting or self._resume_own():
             return
-        if self.child is None and accepting and not self._take_over():
+        launchable = self._launchable()
+        if not self._take_over(launchable):
             run = queue.claim_next(
                 self.engine,
                 self.daemon_id,
                 ledger=self.ledger,
                 claimant=self.claimant,
-                launchable=self._launchable(),
+                launchable=launchable,
             )
             if run is not None:
                 self._spawn(run)
@@ -492,7 +484,8 @@ class Supervisor:
         now = self.clock()
         silent = now - child.renewed_at
         if silent >= 0.8 * self.config.trainer.lease_seconds:
-            # whatever kept the lease from being renewed, another host may take the run over
+            # a daemon that cannot renew stops its trainer before the lease can expire (on its
+            # own clock), so that a takeover never finds it still training
             log.error("run_lease_expiring", run_id=child.run_id, seconds=round(silent, 1))
             self._abandon(child)
             return
@@ -509,28 +502,21 @@ class Supervisor:
 
     def _renew(self, child: Child, now: float) -> bool:
         """Beat the run's heart and renew its lease; False when the run is no longer ours.
-
-        A daemon that cannot reach the database stops its trainer before its lease can expire
-        (at 80% of it, on its own clock), so that a takeover never finds it still training."""
-        trainer = self.config.trainer
+        A renewal that fails is retried at the next heartbeat; _watch stops the trainer once
+        80 % of the lease has passed without one."""
         try:
             cancel = queue.heartbeat(
                 self.engine,
                 child.run_pk,
                 attempt=child.attempt,
-                lease_seconds=trainer.lease_seconds,
+                lease_seconds=self.config.trainer.lease_seconds,
             )
         except queue.ClaimLost as exc:
             log.error("run_claim_lost", run_id=child.run_id, error=exc.message)
             self._abandon(child)
             return False
         except SQLAlchemyError as exc:
-            silent = now - child.renewed_at
             log.warning("heartbeat_failed", run_id=child.run_id, error=str(exc).splitlines()[0])
-            if silent >= 0.8 * trainer.lease_seconds:
-                log.error("run_lease_expiring", run_id=child.run_id, seconds=round(silent, 1))
-                self._abandon(child)
-                return False
             return True
         child.renewed_at = now
         if cancel and child.stop_reason is None:
@@ -697,8 +683,6 @@ class Supervisor:
         dna = certified_dna(self.engine, run_pk)
         if dna is None:
             return False
-        if not queue.still_ours(self.engine, run_pk, attempt):
-            return True  # ended already, or another daemon's attempt now: nothing of ours
         try:
             queue.finish(
                 self.engine,
@@ -710,7 +694,7 @@ class Supervisor:
                 attempt=attempt,
                 before=lambda: self._settle_outputs(run_pk, run_id),
             )
-        except queue.ClaimLost as exc:
+        except queue.ClaimLost as exc:  # ended already, or another daemon's attempt now
             log.info("run_claimed_elsewhere", run_id=run_id, error=exc.message)
             return True
         log.info("run_succeeded", run_id=run_id, outcome="succeeded", exit_code=code, dna=dna)

@@ -96,8 +96,7 @@ def serialize(session: Session, name: str) -> None:
     """Hold the lock `name` until this transaction ends, against every other daemon and
     trainer writing to the same database. SQLite needs nothing: a writer's BEGIN IMMEDIATE
     already holds the one write lock."""
-    bind = session.get_bind()
-    if bind.dialect.name != "postgresql":
+    if not is_postgresql(session.get_bind()):
         return
     key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
@@ -107,7 +106,7 @@ def database_now(session: Session) -> datetime:
     """The database's clock, where it has one that every host shares (PostgreSQL): leases are
     compared across hosts, so they must not depend on each host's clock. SQLite is one
     machine's file: its clock is this process's."""
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session.get_bind()):
         now = session.execute(text("SELECT clock_timestamp()")).scalar_one()
         assert isinstance(now, datetime)
         return now.astimezone(UTC)
