@@ -105,15 +105,15 @@ def by_key(
     return best
 
 
-def hosts_with(
-    rows: Iterable[BaseModel], keys: list[str], roots: Sequence[Root], host: str | None
-) -> list[str]:
-    """The hosts on which every one of the keys is usable, sorted by name."""
+def usable_by_host(
+    rows: Iterable[BaseModel], roots: Sequence[Root], host: str | None
+) -> dict[str, set[str]]:
+    """The keys each host can train now (its usable rows), by host name."""
     have: dict[str, set[str]] = {}
     for row in rows:
         if usable_problem(row, roots_for(row, roots, host)) is None:
             have.setdefault(row.host, set()).add(row.key)
-    return sorted(host for host, got in have.items() if set(keys) <= got)
+    return have
 
 
 def resolve_names(

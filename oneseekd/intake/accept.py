@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from oneseekd import gpus
-from oneseekd.catalog.query import by_key, home_roots, hosts_with, roots_for, usable_problem
+from oneseekd.catalog.query import by_key, home_roots, usable_by_host
 from oneseekd.catalog.scan import Root
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import DEFAULT_CPU_PROCESSES, HomePaths
@@ -173,6 +173,8 @@ class _Batch:
     taken: set[str]
     next_free: str = ""
     rows: list[BaseModel] = field(default_factory=list)  # every host's rows, not `missing`
+    # the keys each host can train now: judged once a batch (a row's check resolves its path)
+    usable: dict[str, set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.next_free = next_version(self.taken)
@@ -261,6 +263,7 @@ class Intake:
                 models=by_key(rows, self.roots, self.host),
                 taken=taken_versions(session, self.paths),
                 rows=rows,
+                usable=usable_by_host(rows, self.roots, self.host),
             )
             for item, (request, dataset, problems) in zip(items, prepared, strict=True):
                 verdicts.append(self._decide(session, batch, item, request, dataset, problems, now))
@@ -412,9 +415,9 @@ class Intake:
                 f"version {version} already exists; omit version to take the next "
                 f"free one ({batch.next_free}), or name a new one"
             )
-        hosts = hosts_with(batch.rows, keys, self.roots, self.host) if models else []
+        hosts = sorted(h for h, got in batch.usable.items() if set(keys) <= got) if models else []
         if models and not problems and not hosts:
-            problems.append(_no_single_host(batch.rows, keys, self.roots, self.host))
+            problems.append(_no_single_host(batch.usable, keys))
         if problems or dataset is None or not hosts:
             return None, problems
         host = self.host if self.host in hosts else hosts[0]
@@ -543,15 +546,14 @@ class Intake:
             )
 
 
-def _no_single_host(
-    rows: list[BaseModel], keys: list[str], roots: Sequence[Root], host: str
-) -> str:
+def _no_single_host(usable: dict[str, set[str]], keys: list[str]) -> str:
     """A run trains on one host: models spread over several cannot be trained together."""
-    have: dict[str, list[str]] = {}
-    for row in rows:
-        if row.key in keys and usable_problem(row, roots_for(row, roots, host)) is None:
-            have.setdefault(row.host, []).append(row.key)
-    where = "; ".join(f"{h} has {', '.join(sorted(k))}" for h, k in sorted(have.items()))
+    wanted = set(keys)
+    where = "; ".join(
+        f"{h} has {', '.join(sorted(got & wanted))}"
+        for h, got in sorted(usable.items())
+        if got & wanted
+    )
     return f"base_models: no single host has all of {', '.join(keys)} ready ({where})"
 
 
