@@ -461,3 +461,22 @@ def queue_counts(engine: Engine) -> dict[str, int]:
     with read_session(engine) as session:
         rows = session.execute(select(Run.state, func.count()).group_by(Run.state)).all()
     return {state: int(count) for state, count in rows}
+
+
+def record_attempt_end(engine: Engine, run_pk: int, attempt: int, detail: str) -> None:
+    """How an attempt ended while the run stays `running` (a stop the daemon asked for): a
+    `running -> running` event that oneseekd.attempts reads to count failures, not stops.
+    Nothing is written when the run is no longer this attempt's."""
+    with write_session(engine) as session:
+        run = session.get(Run, run_pk)
+        if run is None or run.state != "running" or run.attempts != attempt:
+            return
+        session.add(
+            RunEvent(
+                run_id=run_pk,
+                at=utcnow(),
+                old_state="running",
+                new_state="running",
+                detail=f"attempt {attempt} {detail}",
+            )
+        )

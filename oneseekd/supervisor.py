@@ -29,7 +29,7 @@ import structlog
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from oneseekd import gpus, protocol, queue
+from oneseekd import attempts, gpus, protocol, queue
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config
 from oneseekd.db.engine import read_session
@@ -220,7 +220,9 @@ class Supervisor:
         for expired in queue.expired_runs(self.engine, self.claimant):
             if launchable is not None and not launchable(expired.base_models, expired.config):
                 continue  # a host with the GPUs it asks for takes it, or its own host resumes it
-            spent = expired.attempts >= self.config.trainer.max_attempts
+            spent = attempts.attempts_of(self.engine, expired.run_pk, expired.attempts).spent(
+                self.config.trainer.max_attempts
+            )
             detail = (
                 "lease expired"
                 if spent
@@ -242,10 +244,11 @@ class Supervisor:
 
     def _cannot_resume(self, run: Run) -> str | None:
         limit = self.config.trainer.max_attempts
-        if run.attempts >= limit:
+        so_far = attempts.attempts_of(self.engine, run.id, run.attempts)
+        if so_far.spent(limit):
             return (
-                f"the trainer was interrupted {run.attempts} times (trainer.max_attempts = "
-                f"{limit}); see {run.log_path or 'the run log'}, then submit it again"
+                f"{so_far.message(limit)}; see {run.log_path or 'the run log'}, then submit "
+                "it again"
             )
         with read_session(self.engine) as session:
             rows = session.execute(
@@ -572,10 +575,23 @@ class Supervisor:
         if self._finish_certified(child.run_pk, child.run_id, code, attempt=child.attempt):
             return
         if child.stop_reason == "shutdown":
+            # a checkpointed stop the daemon asked for is not a failed attempt (max_attempts)
+            planned = code == protocol.EXIT_STOPPED and not child.killed
+            ending = (
+                attempts.stopped_detail("shutdown")
+                if planned
+                else attempts.failed_detail(code, "shutdown")
+            )
+            try:
+                if child.attempt is not None:
+                    queue.record_attempt_end(self.engine, child.run_pk, child.attempt, ending)
+            except SQLAlchemyError as exc:  # then the attempt counts as failed: never lost
+                log.error("attempt_end_unrecorded", run_id=child.run_id, error=str(exc))
             log.info(
                 "run_interrupted",
                 run_id=child.run_id,
                 exit_code=code,
+                counted_as_failure=not planned,
                 detail="resumes at the next start",
             )
             return  # stays `running`: recover() resumes it at the next start
