@@ -7,8 +7,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import TypeVar
 
 import click
 import structlog
@@ -22,7 +24,14 @@ from oneseekd.catalog.scan import model_roots
 from oneseekd.catalog.watch import Watcher
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config, load_config
-from oneseekd.db.engine import ChangeProbe, make_engine, read_session, write_session
+from oneseekd.db.engine import (
+    ChangeProbe,
+    DatabaseChanged,
+    DatabaseFile,
+    make_engine,
+    read_session,
+    write_session,
+)
 from oneseekd.db.migrate import current_without_alembic, upgrade, upgrade_in_child
 from oneseekd.db.models import Daemon as DaemonRow
 from oneseekd.db.models import Run, utcnow
@@ -37,6 +46,7 @@ from oneseekd.options import home_and_db_options
 from oneseekd.supervisor import Supervisor
 
 log = structlog.get_logger("oneseekd")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,8 @@ class Daemon:
         self._full_scan_due = False
         self._reload_due = False
         self._row_id: int | None = None
+        self._failing: dict[str, int] = {}  # part of the loop -> failures in a row
+        self._database_problem: str | None = None
         self._wake = threading.Event()
         self.notifier = Notifier()
 
@@ -130,6 +142,7 @@ class Daemon:
         )
         cfg.home.ensure()
         engine = open_database(cfg.db_url)
+        self._database = DatabaseFile(engine)
         self._register(engine)
         catalog = Catalog(
             engine, model_roots(cfg), cfg.catalog.settle_seconds, host=cfg.catalog.host
@@ -147,6 +160,7 @@ class Daemon:
             cpu_processes=cfg.trainer.cpu_processes,
         )
         drops = DropFolder(intake, cfg.home, cfg.intake.settle_seconds)
+        drops.database = self._database  # a file is moved only once its row is in this file
         rows = PendingRows(intake, engine)
         supervisor = Supervisor(engine, cfg, self._row_id, ledger=ledger)
         drops.recover()
@@ -178,8 +192,20 @@ class Daemon:
             rows.close()
             scheduler.shutdown(wait=False)
             self._watcher.stop()
-            self._heartbeat(engine, "stopped", stopped=True)
+            try:
+                self._heartbeat(engine, "stopped", stopped=True)
+            except SQLAlchemyError as exc:  # the database went away: nothing more to record
+                log.error("heartbeat_failed", error=str(exc))
             engine.dispose()
+        if self._database_problem is not None:
+            log.error(
+                "daemon_stopped",
+                reason="database file changed",
+                error=self._database_problem,
+                exit_status=DatabaseChanged.exit_code,
+                detail="restart (systemd does) to open the database file now at the path",
+            )
+            return DatabaseChanged.exit_code
         log.info("daemon_stopped", reason=getattr(self, "_signal", "idle"))
         return 0
 
@@ -219,6 +245,27 @@ class Daemon:
                 self._wake.wait(timeout)
                 self._wake.clear()
 
+    def _alone(self, part: str, step: Callable[[], T]) -> T | None:
+        """Run one part of a turn so that its failure stops only itself: logged when it starts
+        failing (and every 100th time after), and when it works again."""
+        try:
+            result = step()
+        except Exception as exc:
+            failures = self._failing.get(part, 0) + 1
+            self._failing[part] = failures
+            if failures == 1 or failures % 100 == 0:
+                log.error(
+                    "part_failed",
+                    part=part,
+                    error=f"{type(exc).__name__}: {exc}",
+                    failures_in_a_row=failures,
+                    exc_info=failures == 1,
+                )
+            return None
+        if self._failing.pop(part, 0):
+            log.info("part_recovered", part=part)
+        return result
+
     def _watch_anyway(self, parts: _Parts) -> None:
         """A step failed: the trainer must still be watched (its exit reaped, its lease kept
         or given up in time), whatever else keeps failing."""
@@ -231,6 +278,20 @@ class Daemon:
         """One turn of the loop; returns how long to sleep, or None when idle and asked to
         exit when idle."""
         catalog = parts.catalog
+        self._doing = "database check"
+        problem = self._database.problem()
+        if problem is not None:
+            # nothing more is taken into a file nobody else sees; the next start opens the
+            # file at the path (a run in progress checkpoints and resumes, if it is there)
+            self._database_problem = problem
+            self.stop_requested = True
+            log.error(
+                "database_file_changed",
+                error=problem,
+                detail="no more requests are taken; the daemon stops and exits "
+                f"{DatabaseChanged.exit_code} to be restarted on the file now at the path",
+            )
+            return 0.0
         self._doing = "reload"
         if self._reload_due:
             self._reload_due = False
@@ -242,13 +303,17 @@ class Daemon:
         self._doing = "catalog"
         if self._full_scan_due:
             self._full_scan_due = False
-            catalog.full_scan()
-        catalog.process_due()
+            self._alone("catalog", catalog.full_scan)
+        self._alone("catalog", catalog.process_due)
         taken = 0
         self._doing = "intake"
         if not catalog.pending():
-            # requests wait while a model folder settles: a request never races a copy
-            taken = parts.drops.poll() + parts.rows.poll()
+            # requests wait while a model folder settles: a request never races a copy. Each
+            # door fails alone: an unreadable requests/ never stops the rows another
+            # program INSERTs, nor the queue behind them
+            taken = (self._alone("files", parts.drops.poll) or 0) + (
+                self._alone("rows", parts.rows.poll) or 0
+            )
         self._doing = "supervisor"
         now = time.monotonic()
         # a look at the queue is a write transaction: idle, take one only when something

@@ -7,7 +7,6 @@ file must reach are known from the first few kilobytes.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import struct
@@ -15,8 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oneseekd import boundedjson
+
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the format's own limit
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# the index of a 400-shard model is under 2 MB; one far larger is not an index but an attack
+MAX_INDEX_BYTES = 16 * 1024 * 1024
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json")
 SHARD_NAME = re.compile(r".+-\d{5}-of-(\d{5})\.(safetensors|bin)$")
 
@@ -47,10 +50,14 @@ def read_config(folder: Path, files: dict[str, int]) -> dict[str, Any]:
             f"a model config is far below {MAX_CONFIG_BYTES}",
         )
     try:
-        data = json.loads((folder / "config.json").read_bytes())
+        data = boundedjson.read(
+            folder / "config.json", max_bytes=MAX_CONFIG_BYTES, what="config.json"
+        )
     except OSError as exc:
         raise FolderProblem("invalid", f"config.json cannot be read: {exc.strerror}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except boundedjson.JSONBoundError as exc:
+        raise FolderProblem("invalid", str(exc)) from exc
+    except ValueError as exc:  # UnicodeDecodeError, json.JSONDecodeError
         raise FolderProblem("invalid", f"config.json is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise FolderProblem("invalid", "config.json is not a JSON object")
@@ -85,10 +92,14 @@ def safetensors_parameters(path: Path, size: int) -> int:
                     "incomplete",
                     f"{name} is truncated ({size} bytes, header alone needs {8 + length})",
                 )
-            header = json.loads(fh.read(length))
+            header = boundedjson.loads(
+                fh.read(length), max_bytes=MAX_SAFETENSORS_HEADER, what=f"{name}'s header"
+            )
     except OSError as exc:
         raise FolderProblem("invalid", f"{name} cannot be read: {exc.strerror}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except boundedjson.JSONBoundError as exc:
+        raise FolderProblem("invalid", f"{name} has a malformed safetensors header: {exc}") from exc
+    except ValueError as exc:  # UnicodeDecodeError, json.JSONDecodeError
         raise FolderProblem("invalid", f"{name} has a malformed safetensors header") from exc
     if not isinstance(header, dict):
         raise FolderProblem("invalid", f"{name} has a malformed safetensors header")
@@ -109,19 +120,19 @@ def safetensors_parameters(path: Path, size: int) -> int:
     return count
 
 
-def _index_shards(folder: Path, index_name: str) -> list[str]:
+def _index_shards(folder: Path, index_name: str, size: int) -> list[str]:
+    if size > MAX_INDEX_BYTES:
+        raise FolderProblem(
+            "invalid",
+            f"{index_name} is {size} bytes; a shard index is far below {MAX_INDEX_BYTES}",
+        )
     try:
-        index = json.loads((folder / index_name).read_bytes())
+        index = boundedjson.read(folder / index_name, max_bytes=MAX_INDEX_BYTES, what=index_name)
         weight_map = index["weight_map"]
         shards = sorted(set(weight_map.values()))
-    except (
-        OSError,
-        UnicodeDecodeError,
-        json.JSONDecodeError,
-        KeyError,
-        TypeError,
-        AttributeError,
-    ) as exc:
+    except boundedjson.JSONBoundError as exc:
+        raise FolderProblem("invalid", f"{index_name} is not a valid shard index: {exc}") from exc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise FolderProblem("invalid", f"{index_name} is not a valid shard index") from exc
     if not shards or not all(isinstance(s, str) and "/" not in s for s in shards):
         raise FolderProblem("invalid", f"{index_name} names no usable shard files")
@@ -145,7 +156,7 @@ def find_weights(folder: Path, files: dict[str, int]) -> Weights:
         ("pytorch_model.bin.index.json", "pytorch-bin-sharded"),
     ):
         if index_name in files:
-            shards = _index_shards(folder, index_name)
+            shards = _index_shards(folder, index_name, files[index_name])
             _require(shards, files, index_name)
             if fmt == "safetensors-sharded":
                 total = sum(safetensors_parameters(folder / s, files[s]) for s in shards)

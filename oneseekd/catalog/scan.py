@@ -8,6 +8,7 @@ places the first root wins and the others are reported as shadowed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
@@ -37,7 +38,19 @@ class Root:
 
     @property
     def resolved(self) -> Path:
-        return self.path.resolve()
+        return resolve(self.path) or self.path.absolute()
+
+
+def resolve(path: Path) -> Path | None:
+    """path.resolve(), or None for a symbolic link loop (Python raises RuntimeError for
+    those, not an OSError) or a path that cannot be resolved."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
+LOOP = "a symbolic link loop"
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,7 @@ class Listing:
     partial: list[str]  # files of a copy or download still in progress
     newest: float  # the newest mtime or ctime
     fingerprint: str  # of names, sizes and times
+    loops: list[str] = field(default_factory=list)  # links that lead round in a circle
 
 
 def _list_files(folder: Path, roots: list[Root]) -> Listing:
@@ -97,6 +111,7 @@ def _list_files(folder: Path, roots: list[Root]) -> Listing:
     """
     files: dict[str, int] = {}
     partial: list[str] = []
+    loops: list[str] = []
     digest = hashlib.sha256()
     newest = _changed(os.stat(folder))
     pending = [("", os.fspath(folder))]  # (relative prefix, absolute path), depth first
@@ -122,15 +137,22 @@ def _list_files(folder: Path, roots: list[Root]) -> Listing:
                     continue
                 if entry.name.startswith("."):
                     continue
-                if entry.is_symlink() and not _inside(Path(entry.path).resolve(), roots):
-                    continue
+                if entry.is_symlink():
+                    target = resolve(Path(entry.path))
+                    if target is None:
+                        loops.append(rel)
+                        continue
+                    if not _inside(target, roots):
+                        continue
                 st = entry.stat()  # a link's target: the hub cache links snapshots to blobs
-            except OSError:
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    loops.append(rel)
                 continue  # vanished between listing and stat: the next scan sees it settled
             files[rel] = st.st_size
             newest = max(newest, _changed(st))
             digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
-    return Listing(files, partial, newest, digest.hexdigest())
+    return Listing(files, partial, newest, digest.hexdigest(), loops)
 
 
 def _changed(st: os.stat_result) -> float:
@@ -147,14 +169,24 @@ def inspect_folder(
     previous: Found | None = None,
 ) -> Found | None:
     """Inspect one candidate folder; None when it holds nothing model-like at all."""
+    key = normalize_model_name(folder.name.removeprefix(HUB_PREFIX).split("--")[-1])
     try:
         listing = _list_files(path, roots)
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            return None
+        return Found(
+            key=key,
+            folder=folder,
+            path=path,
+            root=root,
+            state="invalid",
+            reason=f"the folder is {LOOP}; point the link at a model folder or remove it",
+            detected_name=folder.name,
+        )
     files = listing.files
-    if not files and not listing.partial:
+    if not files and not listing.partial and not listing.loops:
         return None
-    key = normalize_model_name(folder.name.removeprefix(HUB_PREFIX).split("--")[-1])
     base = Found(
         key=key,
         folder=folder,
@@ -167,6 +199,13 @@ def inspect_folder(
         fingerprint=listing.fingerprint,
         changed_at=listing.newest,
     )
+    if listing.loops:
+        shown = ", ".join(listing.loops[:3])
+        return replace(
+            base,
+            state="invalid",
+            reason=f"{shown} is {LOOP}; fix the link or remove it",
+        )
     if listing.partial:
         shown = ", ".join(listing.partial[:3])
         return replace(
@@ -239,7 +278,9 @@ def candidate(
         return None
     try:
         if folder.is_symlink():
-            target = folder.resolve()
+            target = resolve(folder)
+            if target is None:
+                return folder, folder  # inspected as invalid: a loop is shown, not hidden
             if not _inside(target, roots):
                 skipped.append(folder)
                 return None

@@ -10,10 +10,11 @@ import sys
 from typing import Any
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from oneseekd import __version__
 from oneseekd.cli.catalog import models_cmd, resolve_cmd
-from oneseekd.cli.context import Context
+from oneseekd.cli.context import Context, machine_error
 from oneseekd.cli.db import db_group
 from oneseekd.cli.display import shown_lines
 from oneseekd.cli.ledger import ledger_group
@@ -32,6 +33,12 @@ class OneseekGroup(click.Group):
             # names in an error (a resolve's candidates) may come from rows others wrote
             click.echo(shown_lines(f"Error: {exc}"), err=True)
             sys.exit(exc.exit_code)
+        except (SQLAlchemyError, OSError) as exc:  # read-only, full disk: never a traceback
+            error = machine_error(exc, ctx.obj) if isinstance(ctx.obj, Context) else None
+            if error is None:
+                raise
+            click.echo(shown_lines(f"Error: {error}"), err=True)
+            sys.exit(error.exit_code)
 
 
 @click.group(cls=OneseekGroup, context_settings={"help_option_names": ["-h", "--help"]})

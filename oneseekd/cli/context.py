@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -9,13 +10,14 @@ from typing import Any
 
 import click
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import check_revision, upgrade
-from oneseekd.errors import DatabaseError
+from oneseekd.errors import ConfigError, DatabaseError, OneseekError
 from oneseekd.lock import LockState, probe
 
 
@@ -26,10 +28,24 @@ class Context:
     _config: Config | None = field(default=None, init=False)
     _engine: Engine | None = field(default=None, init=False)
 
+    create: bool = field(default=False, init=False)  # `db upgrade` may create a new home
+
     @property
     def config(self) -> Config:
         if self._config is None:
-            self._config = load_config(self.home, self.db_url)
+            config = load_config(self.home, self.db_url)
+            root = config.home.root
+            if not self.create and not root.exists():
+                # a typo must not become a new, empty home that reports 0 models
+                raise ConfigError(
+                    f"the home {root} does not exist",
+                    [
+                        "check --home / ONESEEK_HOME for a typo",
+                        f"to make a new home there, run `oneseekd --home {root}` or "
+                        f"`oneseekctl --home {root} db upgrade`",
+                    ],
+                )
+            self._config = config
         return self._config
 
     def daemon(self) -> LockState:
@@ -94,3 +110,76 @@ def human_bytes(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+# --- failures of the machine, not of the command: an `Error:` line with the fix ----------------
+_SQLITE_FIXES = (
+    (
+        "readonly database",
+        "is read-only",
+        "give this user write permission on {path} and its folder (SQLite also writes "
+        "{name}-wal and {name}-shm beside it), or run oneseekctl as the daemon's user",
+    ),
+    (
+        "disk is full",
+        "cannot be written: the disk is full",
+        "free space on the file system that holds {path}, then run the command again",
+    ),
+    (
+        "unable to open database file",
+        "cannot be opened",
+        "check that {path} and its folder exist and that this user may read and write them",
+    ),
+    (
+        "file is not a database",
+        "is damaged",
+        "restore {path} from a backup, or move it away and start oneseekd to create a new one",
+    ),
+    (
+        "malformed",
+        "is damaged",
+        "restore {path} from a backup, or move it away and start oneseekd to create a new one",
+    ),
+)
+
+
+def machine_error(exc: BaseException, context: Context) -> OneseekError | None:
+    """A database or file system failure (read-only, full disk, damaged file) as the error a
+    user reads, exit status 3; None for anything else (a bug: its traceback is wanted)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError):
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        where = _database_path(context)
+        name = where.rsplit("/", 1)[-1]
+        for needle, what, fix in _SQLITE_FIXES:
+            if needle in reason:
+                return DatabaseError(
+                    f"the database {where} {what} ({reason})",
+                    [fix.format(path=where, name=name)],
+                )
+        return DatabaseError(
+            f"the database {where} cannot be used ({reason})",
+            ["check --db-url / ONESEEK_DB_URL, the file's permissions and free disk space"],
+        )
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DatabaseError(
+            f"cannot write {exc.filename or 'a file'}: the disk is full ({exc.strerror})",
+            ["free space on that file system, then run the command again"],
+        )
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return DatabaseError(
+            f"cannot write {exc.filename or 'a file'}: {exc.strerror}",
+            ["give this user write permission there, or run oneseekctl as the daemon's user"],
+        )
+    return None
+
+
+def _database_path(context: Context) -> str:
+    try:
+        url = make_url(context.config.db_url)
+    except OneseekError:
+        return "(the configured database)"
+    if url.get_backend_name() == "sqlite" and url.database:
+        return url.database
+    return url.render_as_string(hide_password=True)

@@ -19,6 +19,7 @@ def db_group() -> None:
 @click.pass_obj
 def upgrade_cmd(obj: Context, as_json: bool) -> None:
     """Apply the Alembic migrations in migrations/ (the daemon also does this at start)."""
+    obj.create = True  # this command, like oneseekd, makes a new home
     engine = make_engine(obj.config.db_url)
     revision = upgrade(engine)
     if as_json:

@@ -1,4 +1,4 @@
-"""oneseekctl ledger verify."""
+"""oneseekctl ledger verify and ledger tip."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from dataclasses import asdict
 
 import click
 
-from oneseekd.certify.ledger import verify
+from oneseekd.certify.keys import pinned_key_id
+from oneseekd.certify.tip import read_tip
+from oneseekd.certify.verify import verify
 from oneseekd.cli.context import Context, emit_json
 from oneseekd.errors import OneseekError
 
@@ -38,3 +40,31 @@ def verify_cmd(obj: Context, as_json: bool) -> None:
     if report.proofs:
         checked.append(_count(report.proofs, "ledger proof"))
     click.echo(f"Ledger OK: {', '.join(checked)} verified.")
+
+
+@ledger_group.command("tip")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def tip_cmd(obj: Context, as_json: bool) -> None:
+    """Print the anchored tip (HOME/ledger.tip: the newest event's seq, hash and signature)
+    and the pinned key, for a witness kept elsewhere; `ledger verify` on this host cannot
+    catch an attacker who rewrites every copy of the tip here."""
+    tip = read_tip(obj.config.home)
+    if isinstance(tip, str):
+        raise OneseekError(tip, ["restore ledger.tip from a copy, or wait for the next event"])
+    if tip is None:
+        raise OneseekError(
+            "no ledger tip yet: ledger.tip is written at the first ledger event",
+            ["start oneseekd, or submit a request, then ask again"],
+        )
+    pinned = pinned_key_id(obj.config.home)
+    data = {**asdict(tip), "pinned_key_id": pinned}
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"seq {tip.seq}")
+    click.echo(f"hash {tip.hash}")
+    click.echo(f"signature {tip.signature}")
+    click.echo(f"key_id {tip.key_id}")
+    click.echo(f"at {tip.at}")
+    click.echo(f"pinned_key_id {pinned}")

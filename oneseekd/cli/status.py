@@ -166,7 +166,14 @@ def show_status(obj: Context, as_json: bool) -> None:
     q = data["queue"]
     click.echo(f"queue:    {q['queued']} queued, {q['running']} running")
     run = data["current_run"]
-    if run:
+    if run and not d["running"]:  # nobody trains it: no live bar, it waits for the daemon
+        models = shown(", ".join(run["base_models"] or []))
+        click.echo(
+            f"waiting:  {shown(run['run_id'])} v{shown(run['version'])} ({models}), attempt "
+            f"{run['attempts']}: the daemon is down; the run resumes from its last checkpoint "
+            "when oneseekd starts"
+        )
+    elif run:
         models = shown(", ".join(run["base_models"] or []))
         click.echo(
             f"running:  {shown(run['run_id'])} v{shown(run['version'])} "

@@ -11,6 +11,7 @@ free is serialized explicitly there: `serialize` takes a transaction-scoped advi
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from oneseekd.config import SQLITE_BUSY_TIMEOUT_MS
+from oneseekd.errors import DatabaseError
 
 _BEGIN_OPTION = "oneseek_sqlite_begin"
 
@@ -160,3 +162,48 @@ class ChangeProbe:
     def close(self) -> None:
         if self._probe is not None:
             self._probe.close()
+
+
+class DatabaseFile:
+    """The SQLite file the daemon opened, checked each tick: deleted, replaced by another file
+    (a new inode at the path) or truncated, the daemon's open connections would go on writing
+    into a file nobody else sees, or fail with `database is locked`. `problem()` says which,
+    or None while the file at the path is still the one that was opened (and other databases,
+    which have no file, never have one).
+
+    Only stat() is used: opening and closing the file here would drop the POSIX locks SQLite
+    holds on it in this process (closing any descriptor of a file releases them all)."""
+
+    def __init__(self, engine: Engine) -> None:
+        database = engine.url.database
+        self.path: Path | None = None
+        self._identity: tuple[int, int] | None = None
+        self._size = 0  # the largest size seen: a WAL database may be empty until a checkpoint
+        if is_sqlite(engine) and database and database != ":memory:":
+            self.path = Path(database)
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
+            self._size = st.st_size
+
+    def problem(self) -> str | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"the database file {self.path} was deleted"
+        except OSError as exc:
+            return f"the database file {self.path} cannot be read: {exc.strerror}"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return f"the database file {self.path} was replaced by another file"
+        if st.st_size == 0 and self._size > 0:
+            return f"the database file {self.path} was truncated to 0 bytes"
+        self._size = max(self._size, st.st_size)
+        return None
+
+
+class DatabaseChanged(DatabaseError):
+    """The database file was deleted, replaced or truncated under the daemon. It exits with
+    this status, which systemd restarts (RestartForceExitStatus=), on the file now there."""
+
+    exit_code = 76

@@ -110,6 +110,23 @@ def _sniff_array(text: str, shown: str) -> list[str]:
 
 def check_dataset(name: str, paths: HomePaths) -> tuple[Path | None, list[str]]:
     """The dataset file under DIR/datasets/, refusing anything that leads outside it."""
+    resolved, problems = confined_dataset(name, paths)
+    if resolved is None:
+        return None, problems
+    shown = repr(name)
+    if resolved.suffix.lower() not in DATASET_SUFFIXES:
+        return None, [f"dataset {shown} must be JSONL (.jsonl) or a JSON array (.json)"]
+    try:
+        problems = _sniff(resolved, shown)
+    except OSError as exc:
+        return None, [f"dataset {shown} cannot be read: {exc.strerror}"]
+    return (None if problems else resolved), problems
+
+
+def confined_dataset(name: str, paths: HomePaths) -> tuple[Path | None, list[str]]:
+    """The resolved dataset file, when name leads to a file inside DIR/datasets/; else why
+    not. Intake checks it, and the trainer again at load: the file may have been swapped for
+    a link leading elsewhere after the request was accepted."""
     shown = repr(name)
     fix = f"put the file under {paths.datasets}/ and name it relative to that folder"
     if "\x00" in name or "\\" in name:
@@ -131,13 +148,7 @@ def check_dataset(name: str, paths: HomePaths) -> tuple[Path | None, list[str]]:
         return None, [f"dataset {shown} is a link leading outside {paths.datasets}/; {fix}"]
     if not resolved.is_file():
         return None, [f"dataset {shown} is not a file"]
-    if resolved.suffix.lower() not in DATASET_SUFFIXES:
-        return None, [f"dataset {shown} must be JSONL (.jsonl) or a JSON array (.json)"]
-    try:
-        problems = _sniff(resolved, shown)
-    except OSError as exc:
-        return None, [f"dataset {shown} cannot be read: {exc.strerror}"]
-    return (None if problems else resolved), problems
+    return resolved, []
 
 
 def resolve_models(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -24,101 +23,19 @@ import structlog
 from sqlalchemy import select
 
 from oneseekd.config import HomePaths
-from oneseekd.db.engine import read_session
+from oneseekd.db.engine import DatabaseChanged, DatabaseFile, read_session
 from oneseekd.db.models import TrainingRequest
 from oneseekd.intake.accept import MAX_REQUEST_BYTES, Incoming, Intake, Verdict, safe_text
+from oneseekd.intake.placing import error_path, place, short_name, write_error
+
+__all__ = ["LINK", "DropFolder", "place", "short_name", "write_error"]
 
 log = structlog.get_logger("oneseekd.intake")
 
 CLAIMED = ".claimed"
 SEPARATOR = "__"
 BATCH = 64  # requests decided per transaction
-
-
-def _same(a: Path, b: Path) -> bool:
-    """Whether two names are one file (links themselves compared, never their targets)."""
-    try:
-        sa, sb = os.lstat(a), os.lstat(b)
-    except FileNotFoundError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
-def _error_is_free(target: Path, request_pk: int) -> bool:
-    """Whether target's NAME.error.json is absent or already explains this request."""
-    try:
-        body = json.loads(error_path(target).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return True
-    except (OSError, ValueError):
-        return False  # someone's, unreadable: leave it and take another name
-    return isinstance(body, dict) and body.get("request") == request_pk
-
-
-def place(src: Path, folder: Path, name: str, rejected: tuple[Verdict, str] | None = None) -> Path:
-    """Move src into folder as name, or name.2, name.3 ... : never over an existing file
-    (os.link fails on an existing target, so two writers cannot pick the same name).
-
-    `rejected` (the verdict and the original name) writes NAME.error.json before the file is
-    linked in, so no crash leaves a rejected file unexplained; a name whose error file
-    explains another request is passed over. A target that already is src (a crash between
-    link and unlink) is kept: one request never gets two verdict files. Links are moved as
-    links, never followed."""
-    stem, dot, suffix = name.rpartition(".")
-    if not dot:
-        stem, suffix = name, ""
-    for n in itertools.count(1):
-        candidate = name if n == 1 else f"{stem}.{n}{dot}{suffix}"
-        target = folder / candidate
-        if _same(src, target):
-            if rejected is not None:
-                write_error(target, *rejected)
-            os.unlink(src)
-            return target
-        if os.path.lexists(target):
-            continue
-        if rejected is not None:
-            if not _error_is_free(target, rejected[0].request_pk):
-                continue
-            write_error(target, *rejected)
-        try:
-            os.link(src, target, follow_symlinks=False)
-        except FileExistsError:
-            continue
-        os.unlink(src)
-        return target
-    raise AssertionError("unreachable")
-
-
-def error_path(target: Path) -> Path:
-    stem = target.name[: -len(".json")] if target.name.endswith(".json") else target.name
-    return target.with_name(f"{stem}.error.json")
-
-
-def write_error(target: Path, verdict: Verdict, original: str) -> None:
-    body = {
-        "file": original,
-        "status": verdict.status,
-        "request": verdict.request_pk,
-        "problems": verdict.problems,
-        "duplicate_of_run": verdict.duplicate_of,
-        "fix": (
-            "this request repeats one already queued; nothing to do"
-            if verdict.status == "duplicate"
-            else "correct every problem listed, then drop the file into requests/ again "
-            "(write NAME.json.tmp, then rename it to NAME.json)"
-        ),
-    }
-    path = error_path(target)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(body, fh, indent=2, ensure_ascii=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.rename(tmp, path)
-
-
+UNCLAIMABLE = "the request file cannot be claimed (renamed into requests/.claimed/): {}; {}"
 LINK = (
     "the request file is a symbolic link; links in requests/ are never followed: drop the "
     "file itself (write NAME.json.tmp, then rename it to NAME.json)"
@@ -151,6 +68,11 @@ def incoming(path: Path, original: str, token: str) -> Incoming:
     return Incoming.of_bytes(content, "file", original, token)
 
 
+def _identity(name: str, st: os.stat_result) -> tuple[str, int, int, int]:
+    """A file as it is now: a changed file (written again, replaced) is a new one."""
+    return name, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class DropFolder:
     def __init__(
         self,
@@ -164,17 +86,38 @@ class DropFolder:
         self.settle = settle
         self.clock = clock
         self.claimed = paths.requests / CLAIMED
+        # when each file (name, inode, size, mtime) was first seen: a file whose mtime lies in
+        # the future settles after `settle` seconds of wall clock from then
+        self._first_seen: dict[tuple[str, int, int, int], float] = {}
+        # files that could not be claimed, with why: never retried until they change
+        self._refused: dict[tuple[str, int, int, int], str] = {}
+        self._unreadable: str | None = None  # why requests/ cannot be listed, logged once
+        self._stuck: set[str] = set()  # claimed files that could not be finished
+        self.database: DatabaseFile | None = None  # the daemon's; None: not checked
 
     def waiting(self) -> int:
-        """Request files not yet taken in (claimed ones included)."""
-        return len(self._candidates()) + len(self._claimed_files())
+        """Request files not yet taken in (claimed ones included); files that cannot be
+        claimed, and claimed ones that cannot be finished, are not waiting: they were logged
+        with their reason and are retried only once they change."""
+        unclaimable = set(self._refused)
+        waiting = 0
+        for entry in self._candidates():
+            try:
+                if _identity(entry.name, entry.stat(follow_symlinks=False)) in unclaimable:
+                    continue
+            except OSError:
+                continue
+            waiting += 1
+        return waiting + len(self._claimed_files())
 
     def _candidates(self) -> list[os.DirEntry[str]]:
         """Every *.json in requests/ that is not a folder: links and other non-regular files
-        too, so each gets a verdict (they are claimed, never followed or read)."""
+        too, so each gets a verdict (they are claimed, never followed or read). A requests/
+        that cannot be listed is logged once per change of state and holds nothing: the
+        other doors keep serving."""
         try:
             with os.scandir(self.paths.requests) as entries:
-                return sorted(
+                found = sorted(
                     (
                         e
                         for e in entries
@@ -186,11 +129,37 @@ class DropFolder:
                 )
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            self._cannot_list(exc)
+            return []
+        if self._unreadable is not None:
+            log.info("requests_folder_readable", path=str(self.paths.requests))
+            self._unreadable = None
+        return found
+
+    def _cannot_list(self, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        if reason != self._unreadable:
+            log.error(
+                "requests_folder_unreadable",
+                path=str(self.paths.requests),
+                error=reason,
+                fix="give the daemon's user read, write and search permission on the folder "
+                f"(chmod u+rwx {self.paths.requests}); submit and database rows keep working",
+            )
+            self._unreadable = reason
 
     def _claimed_files(self) -> list[Path]:
         try:
-            return sorted(p for p in self.claimed.iterdir() if SEPARATOR in p.name)
+            return sorted(
+                p
+                for p in self.claimed.iterdir()
+                if SEPARATOR in p.name and p.name not in self._stuck
+            )
         except FileNotFoundError:
+            return []
+        except OSError as exc:
+            self._cannot_list(exc)
             return []
 
     def recover(self) -> int:
@@ -199,21 +168,39 @@ class DropFolder:
         claimed files were finished."""
         done = 0
         for path in self._claimed_files():
-            token, _, original = path.name.partition(SEPARATOR)
-            with read_session(self.intake.engine) as session:
-                row = session.scalars(
-                    select(TrainingRequest).where(TrainingRequest.claim == token)
-                ).first()
-                decided = (
-                    None
-                    if row is None or row.status == "pending"
-                    else Verdict(row.status, row.id, problems=row.problems or [])
+            try:
+                self._recover_one(path)
+            except (OSError, ValueError) as exc:  # one bad file never stops a start
+                self._stuck.add(path.name)
+                log.error(
+                    "claimed_file_unfinished",
+                    path=safe_text(str(path)),
+                    error=f"{type(exc).__name__}: {exc}",
+                    fix="move the file out of requests/.claimed/ by hand, then restart",
                 )
-            verdict = decided or self._take(path, original, token)
-            self._finish(path, original, verdict)
+                continue
             done += 1
-        self._explain_rejected()
+        try:
+            self._explain_rejected()
+        except (OSError, ValueError) as exc:
+            log.error("rejected_files_unexplained", error=f"{type(exc).__name__}: {exc}")
         return done
+
+    def _recover_one(self, path: Path) -> None:
+        token, _, original = path.name.partition(SEPARATOR)
+        with read_session(self.intake.engine) as session:
+            row = session.scalars(
+                select(TrainingRequest).where(TrainingRequest.claim == token)
+            ).first()
+            decided = (
+                None
+                if row is None or row.status == "pending"
+                else Verdict(row.status, row.id, problems=row.problems or [])
+            )
+            if row is not None and row.source_name:
+                original = row.source_name  # the full name, when a long one was shortened
+        verdict = decided or self._take(path, original, token)
+        self._finish(path, original, verdict)
 
     def _explain_rejected(self) -> None:
         """Write the missing NAME.error.json of each file in rejected/ from its request's
@@ -280,6 +267,9 @@ class DropFolder:
         one intake transaction; returns how many."""
         now = self.clock()
         claimed: list[tuple[Path, str, str]] = []
+        seen: dict[tuple[str, int, int, int], float] = {}
+        present: set[tuple[str, int, int, int]] = set()
+        refusals: list[Incoming] = []
         for entry in self._candidates():
             if len(claimed) >= limit:
                 break
@@ -287,28 +277,75 @@ class DropFolder:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if now - max(st.st_mtime, st.st_ctime) < self.settle:
+            identity = _identity(entry.name, st)
+            present.add(identity)
+            if identity in self._refused:
+                continue  # logged with its reason; retried once the file changes
+            seen[identity] = first = self._first_seen.get(identity, now)
+            # a file dated in the future settles by the wall clock from when it was first seen
+            if now - min(max(st.st_mtime, st.st_ctime), first) < self.settle:
                 continue  # still being written
-            token = secrets.token_hex(8)
-            path = self.claimed / f"{token}{SEPARATOR}{entry.name}"
-            self.claimed.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(entry.path, path)
-            except FileNotFoundError:
-                continue  # someone else claimed it
-            claimed.append((path, entry.name, token))
+            taken = self._claim(entry, identity)
+            if isinstance(taken, str):
+                refusals.append(Incoming.refused(taken, "file", entry.name))
+            elif taken is not None:
+                claimed.append(taken)
+        self._first_seen = seen
+        self._refused = {k: v for k, v in self._refused.items() if k in present}
+        if refusals:  # a row says why, for `oneseekctl runs`; the file stays where it is
+            self.intake.take_batch(refusals)
         self._take_all(claimed)
-        return len(claimed)
+        return len(claimed) + len(refusals)
+
+    def _claim(
+        self, entry: os.DirEntry[str], identity: tuple[str, int, int, int]
+    ) -> tuple[Path, str, str] | str | None:
+        """Rename a file into .claimed/ under a unique token (a long name shortened); a file
+        that cannot be renamed is refused: the reason is returned and logged once, and the
+        file is not tried again until it changes."""
+        token = secrets.token_hex(8)
+        path = self.claimed / f"{token}{SEPARATOR}{short_name(entry.name)}"
+        try:
+            self.claimed.mkdir(parents=True, exist_ok=True)
+            os.rename(entry.path, path)
+        except FileNotFoundError:
+            return None  # someone else claimed it
+        except OSError as exc:
+            return self._refuse(entry, identity, exc)
+        return path, entry.name, token
+
+    def _refuse(
+        self, entry: os.DirEntry[str], identity: tuple[str, int, int, int], exc: OSError
+    ) -> str:
+        fix = (
+            "give the daemon's user write permission on requests/ and its .claimed/"
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+            else "move the file out of requests/ and drop it again"
+        )
+        reason = UNCLAIMABLE.format(exc.strerror or exc, fix)
+        self._refused[identity] = reason
+        log.error("request_file_unclaimable", path=safe_text(entry.path), error=reason)
+        return reason
 
     def _take_all(self, claimed: list[tuple[Path, str, str]]) -> None:
         items = [incoming(path, original, token) for path, original, token in claimed]
         verdicts = self.intake.take_batch(items) if items else []
+        self._check_database()
         for (path, original, _), verdict in zip(claimed, verdicts, strict=True):
             assert verdict is not None  # files are never decided by anyone else
             self._finish(path, original, verdict)
 
+    def _check_database(self) -> None:
+        """A verdict committed into a database file that is no longer the one at the path
+        (deleted, replaced) is lost: its files stay claimed, and the next start, on the
+        file now there, takes them in again."""
+        problem = self.database.problem() if self.database is not None else None
+        if problem is not None:
+            raise DatabaseChanged(problem, ["the claimed files stay in requests/.claimed/"])
+
     def _take(self, path: Path, original: str, token: str) -> Verdict:
         verdict = self.intake.take_batch([incoming(path, original, token)])[0]
+        self._check_database()
         assert verdict is not None  # files are never decided by anyone else
         return verdict
 

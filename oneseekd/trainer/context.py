@@ -20,6 +20,7 @@ from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import BaseModel, ModelTraining, Run, utcnow
 from oneseekd.errors import OneseekError
+from oneseekd.intake.checks import confined_dataset
 
 PROGRESS_SECONDS = 1.0
 
@@ -142,6 +143,8 @@ def load_context(
     dataset = home.datasets / run.dataset
     if not dataset.is_file():
         problems.append(f"dataset {run.dataset} is gone from {home.datasets}/")
+    else:  # confined again, as intake checked it: it may be a link leading out by now
+        problems += confined_dataset(run.dataset, home)[1]
     if problems:
         raise RunRefused(f"run {run_id} cannot train", problems)
     return RunContext(run.id, run.run_id, run.version, run.config, dataset, models, home)
