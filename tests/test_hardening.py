@@ -403,3 +403,161 @@ def test_status_without_a_daemon_shows_the_run_waiting_not_live(tmp_path: Path) 
         ) in lines
     finally:
         close(w)
+
+
+# --- item 4: a ledger that proves its completeness and its key ---------------------------------
+def ledger_home(tmp_path: Path) -> Path:
+    """A home with two ledger events (an accepted and a rejected request)."""
+    home = training_home(tmp_path / "home")
+    assert (
+        ctl(home, "submit", "--base-models", "kb-llama", "--dataset", "civic.jsonl").exit_code == 0
+    )
+    assert ctl(home, "submit", "--base-models", "falcon", "--dataset", "civic.jsonl").exit_code == 1
+    return home
+
+
+def verify_problems(home: Path) -> list[str]:
+    result = ctl(home, "ledger", "verify", "--json")
+    report = json.loads(result.stdout)
+    assert result.exit_code == (0 if report["ok"] else 1)
+    return list(report["problems"])
+
+
+def tamper(home: Path, sql: str, *args: object) -> None:
+    con = sqlite3.connect(home / "oneseek.db", isolation_level=None)
+    try:
+        con.execute(sql, args)
+    finally:
+        con.close()
+
+
+def test_a_deleted_last_ledger_row_is_caught_by_the_anchored_tip(tmp_path: Path) -> None:
+    home = ledger_home(tmp_path)
+    assert verify_problems(home) == []
+    tamper(home, "DELETE FROM ledger_events WHERE seq = 2")
+    assert verify_problems(home) == [
+        "ledger.tip anchors ledger event #2, but the ledger ends at #1: the events after #1 "
+        "were deleted"
+    ]
+
+
+def test_an_emptied_ledger_is_caught_by_the_anchored_tip(tmp_path: Path) -> None:
+    home = ledger_home(tmp_path)
+    tamper(home, "DELETE FROM ledger_events")
+    assert verify_problems(home) == [
+        "ledger.tip anchors ledger event #2, but the ledger is empty: its events were deleted"
+    ]
+
+
+def resign(home: Path, key: object, seq: int, payload: dict[str, object]) -> str:
+    """Rewrite event `seq` with payload, hashed and signed with `key` (an attacker's)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from oneseekd.certify.keys import key_id_of, raw_public
+    from oneseekd.certify.ledger import canonical_json, event_hash
+
+    assert isinstance(key, Ed25519PrivateKey)
+    raw = raw_public(key)
+    key_id = key_id_of(raw)
+    con = sqlite3.connect(home / "oneseek.db", isolation_level=None)
+    try:
+        con.execute(
+            "INSERT OR IGNORE INTO ledger_keys (key_id, algorithm, public_key, created_at) "
+            "VALUES (?, 'ed25519', ?, '2026-01-01T00:00:00.000000Z')",
+            (key_id, raw.hex()),
+        )
+        at, event, run_pk = con.execute(
+            "SELECT at, event, run_id FROM ledger_events WHERE seq = ?", (seq,)
+        ).fetchone()
+        before = con.execute("SELECT hash FROM ledger_events WHERE seq = ?", (seq - 1,)).fetchone()
+        prev = before[0] if before else "0" * 64  # chained anew, as a forger would
+        digest = event_hash(seq, at, event, run_pk, payload, prev, key_id)
+        con.execute(
+            "UPDATE ledger_events SET payload = ?, prev_hash = ?, hash = ?, key_id = ?, "
+            "signature = ? WHERE seq = ?",
+            (
+                canonical_json(payload).decode(),
+                prev,
+                digest,
+                key_id,
+                key.sign(bytes.fromhex(digest)).hex(),
+                seq,
+            ),
+        )
+    finally:
+        con.close()
+    return key_id
+
+
+def test_an_attackers_key_in_the_keys_table_is_not_trusted(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    home = ledger_home(tmp_path)
+    (payload,) = query(home, "SELECT payload FROM ledger_events WHERE seq = 2")[0]
+    forged = {**json.loads(payload), "problems": ["nothing to see"]}
+    attacker = resign(home, Ed25519PrivateKey.generate(), 2, forged)
+    (tip_hash,) = query(home, "SELECT hash FROM ledger_events WHERE seq = 2")[0]
+    anchored = json.loads((home / "ledger.tip").read_text())["hash"]
+    assert verify_problems(home) == [
+        f"ledger event #2 (request_rejected) is signed by key {attacker[:16]}, which is not "
+        "pinned in keys/trusted_keys",
+        f"ledger.tip anchors ledger event #2 with hash {anchored[:16]}, but the ledger's #2 "
+        f"has hash {tip_hash[:16]}: the chain was rewritten",
+    ]
+
+
+def test_a_replaced_key_file_stops_the_daemon_and_its_signatures_do_not_verify(
+    tmp_path: Path,
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    home = ledger_home(tmp_path)
+    pinned = json.loads((home / "ledger.tip").read_text())["key_id"]
+    key_file = home / "keys" / "ledger_ed25519.pem"
+    new = Ed25519PrivateKey.generate()
+    key_file.write_bytes(
+        new.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    # the whole chain re-signed with the new key
+    for seq, payload in query(home, "SELECT seq, payload FROM ledger_events ORDER BY seq"):
+        attacker = resign(home, new, seq, json.loads(payload))
+    done = run_until_idle(home, timeout=60)
+    assert done.returncode == 1
+    assert (
+        f"Error: the ledger signing key {key_file} (key {attacker[:16]}) is not the key pinned "
+        f"in {home / 'keys' / 'oneseekd.pub'} (key {pinned[:16]}): the key file was replaced\n"
+        f"  - restore {key_file} from a backup; nothing signed with another key verifies\n"
+        f"  - to sign with a new key on purpose, move {home / 'keys' / 'oneseekd.pub'} away: the "
+        "next start pins the new key, and keys/trusted_keys keeps the old one for the events "
+        "it signed\n"
+    ) in done.stderr
+    problems = verify_problems(home)
+    assert problems[:2] == [
+        f"ledger event #1 (request_accepted) is signed by key {attacker[:16]}, which is not "
+        "pinned in keys/trusted_keys",
+        f"ledger event #2 (request_rejected) is signed by key {attacker[:16]}, which is not "
+        "pinned in keys/trusted_keys",
+    ]
+
+
+def test_ledger_tip_prints_the_anchor_for_a_witness(tmp_path: Path) -> None:
+    home = ledger_home(tmp_path)
+    (seq, digest, signature, key_id) = query(
+        home, "SELECT seq, hash, signature, key_id FROM ledger_events ORDER BY seq DESC LIMIT 1"
+    )[0]
+    result = ctl(home, "ledger", "tip", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["seq"], data["hash"], data["signature"], data["key_id"]) == (
+        seq,
+        digest,
+        signature,
+        key_id,
+    )
+    assert data["pinned_key_id"] == key_id
+    assert ctl(home, "ledger", "tip").stdout.splitlines()[:2] == [f"seq {seq}", f"hash {digest}"]

@@ -253,7 +253,12 @@ def test_the_key_is_created_private_once_and_then_reused(world: World) -> None:
     key = serialization.load_pem_private_key(pem, password=None)
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     assert first.key_id == sha256_hex(raw)
-    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+    # no temporary file left behind; the public key pinned beside it (keys/trusted_keys too)
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "ledger_ed25519.pem",
+        "oneseekd.pub",
+        "trusted_keys",
+    ]
 
 
 def test_a_key_open_to_other_users_is_refused(world: World) -> None:
@@ -425,6 +430,8 @@ def test_a_rewritten_chain_fails_its_signatures(certified: World) -> None:
         f"with key {key}",
         f"{proof_file(certified).relative_to(certified.paths.root)} does not match ledger "
         "event #4: its hash differs",
+        f"ledger.tip anchors ledger event #4 with hash {rows[3]['hash'][:16]}, but the "
+        f"ledger's #4 has hash {prev[:16]}: the chain was rewritten",
     ]
 
 

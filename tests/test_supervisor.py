@@ -243,7 +243,10 @@ def test_a_run_interrupted_too_often_fails_with_the_reason(world: World) -> None
     world.supervisor.recover()
     run = world.run(run_id)
     assert (run["state"], run["outcome"]) == ("failed", "lost")
-    assert str(run["error"]).startswith("the trainer was interrupted 3 times")
+    assert str(run["error"]).startswith(
+        "the trainer failed 3 times (trainer.max_attempts = 3): attempts 1, 2 and 3 ended "
+        "without a checkpointed stop"
+    )
 
 
 # a trainer that stages a certified folder, records its file and (when told) commits the
