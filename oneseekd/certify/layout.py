@@ -169,3 +169,28 @@ def run_dna(paths: HomePaths, run_id: str) -> str | None:
         return None
     target = os.readlink(link)
     return target if is_dna(target) else None
+
+
+def certified_run_id(paths: HomePaths, dna: str) -> str | None:
+    """The run a certified folder belongs to, as its oneseek_dna.json says (an artifact, not a
+    view: metadata.json may have been rewritten by another program)."""
+    import json
+
+    try:
+        data = json.loads((certified_dir(paths, dna) / "oneseek_dna.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    run_id = data.get("run_id") if isinstance(data, dict) else None
+    return run_id if isinstance(run_id, str) else None
+
+
+def current_summary(paths: HomePaths) -> dict[str, str | None]:
+    """What `status`, `runs` and `show` report as current: the DNA CURRENT names, its run,
+    which pointer said so, and what is wrong when it names nothing usable. No database."""
+    now = resolve_current(paths)
+    return {
+        "dna": now.dna,
+        "run_id": certified_run_id(paths, now.dna) if now.dna else None,
+        "pointer": now.source,
+        "problem": now.problem,
+    }

@@ -113,13 +113,13 @@ def _point_adapter_link(engine: Engine, paths: HomePaths, key: str) -> None:
 
 def discard_staged(engine: Engine, paths: HomePaths, run_pk: int) -> None:
     """Remove what an ended run staged but never committed (its committed outputs were moved
-    into place by `publish` first). Only for a run that is over: a resumed attempt stages
-    these names again."""
+    into place by `publish` first), and the live folder of a run that ended uncertified. Only
+    for a run that is over: a resumed attempt stages these names again."""
     with read_session(engine) as session:
         run = session.get(Run, run_pk)
         if run is None:
             return
-        version, keys = run.version, list(run.base_models or [])
+        version, keys, run_id = run.version, list(run.base_models or []), run.run_id
         staged_dnas = [
             p.name.removeprefix(".").removesuffix(".tmp")
             for p in paths.certified.glob(".OneSeek-7B-Zero.v*.tmp")
@@ -138,3 +138,6 @@ def discard_staged(engine: Engine, paths: HomePaths, run_pk: int) -> None:
         ]
     for final in finals:
         remove(staging_path(final))
+    live = run_link(paths, run_id)
+    if live.is_dir() and not live.is_symlink():  # the live folder of a run never certified
+        remove(live)
