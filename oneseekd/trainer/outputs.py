@@ -84,9 +84,14 @@ def _save_adapter(result: ModelResult, folder: Path, base_name: str) -> None:
     result.model.save_pretrained(folder, state_dict=result.trainable)
     config_file = folder / "adapter_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))
+    loaded_from = config.get("base_model_name_or_path")
     config["base_model_name_or_path"] = base_name
     # the form PEFT writes (sorted keys, indent 2)
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    card = folder / "README.md"  # PEFT's model card names the base in its front matter
+    if card.is_file() and isinstance(loaded_from, str) and loaded_from:
+        text = card.read_text(encoding="utf-8")
+        card.write_text(text.replace(loaded_from, base_name), encoding="utf-8")
     result.tokenizer.save_pretrained(folder)
 
 
