@@ -135,6 +135,13 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class CertifyConfig:
+    # a new certification becomes oneseek-certified/OneSeek-7B-Zero-CURRENT; false leaves
+    # the pointer to `oneseekctl promote` (or to CivicAI's "Set as Active")
+    make_current: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     home: HomePaths
     db_url: str
@@ -142,6 +149,7 @@ class Config:
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    certify: CertifyConfig = field(default_factory=CertifyConfig)
 
 
 def default_db_url(home: Path) -> str:
@@ -299,6 +307,15 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
     )
 
 
+def _certify(data: dict[str, Any], problems: list[str]) -> CertifyConfig:
+    table = _table(data, "certify", {"make_current"}, problems)
+    make_current = table.get("make_current", True)
+    if not isinstance(make_current, bool):
+        problems.append(f"certify.make_current must be true or false, got {make_current!r}")
+        make_current = True
+    return CertifyConfig(make_current=make_current)
+
+
 def _log_level(value: Any, where: str, problems: list[str]) -> str:
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
         problems.append(f"{where} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
@@ -342,13 +359,14 @@ def load_config(
         except OSError as exc:
             raise ConfigError(f"cannot read {paths.config_file}", [str(exc)]) from exc
 
-    _unknown(data, {"log_level", "catalog", "intake", "trainer"}, CONFIG_FILE, problems)
+    _unknown(data, {"log_level", "catalog", "intake", "trainer", "certify"}, CONFIG_FILE, problems)
     log_level = _log_level(data.get("log_level", DEFAULT_LOG_LEVEL), "log_level", problems)
     if env.get("ONESEEK_LOG_LEVEL"):
         log_level = _log_level(env["ONESEEK_LOG_LEVEL"], "ONESEEK_LOG_LEVEL", problems)
     catalog = _catalog(data.get("catalog", {}), root, problems, env)
     intake = _intake(data, problems)
     trainer = _trainer(data, problems)
+    certify = _certify(data, problems)
 
     url = db_url or env.get("ONESEEK_DB_URL") or default_db_url(root)
     if "://" not in url:
@@ -359,5 +377,11 @@ def load_config(
     if problems:
         raise ConfigError(f"the configuration in {root} is invalid", problems)
     return Config(
-        home=paths, db_url=url, log_level=log_level, catalog=catalog, intake=intake, trainer=trainer
+        home=paths,
+        db_url=url,
+        log_level=log_level,
+        catalog=catalog,
+        intake=intake,
+        trainer=trainer,
+        certify=certify,
     )

@@ -30,13 +30,12 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from oneseekd import attempts, gpus, protocol, queue
+from oneseekd.certify import current
 from oneseekd.certify.ledger import Ledger
+from oneseekd.certify.publish import certified_dna, discard_staged, publish
 from oneseekd.config import Config
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import BaseModel, ModelTraining, Run
-
-# torch-free: outputs imports torch only inside the functions that train or save a model
-from oneseekd.trainer.outputs import certified_dna, discard_staged, publish
 
 log = structlog.get_logger("oneseekd.supervisor")
 
@@ -172,6 +171,10 @@ class Supervisor:
     def recover(self) -> None:
         """A run this host left `running` when its daemon stopped or died: resume it, or fail
         it. Runs of other hosts are taken over only once their lease expires (see tick)."""
+        try:  # a CURRENT move whose ledger event committed before a crash is finished now
+            current.settle(self.engine, self.config.home)
+        except OSError as exc:
+            log.error("current_not_settled", error=str(exc))
         run = queue.running_run(self.engine, self.config.catalog.host)
         if run is None:
             return
@@ -471,6 +474,10 @@ class Supervisor:
         """A run of this host left `running` with no child here (its start failed after the
         claim, a reap was cut short by an error, or it was abandoned while the database was
         unreachable): resume it as a restart would. True when there was one."""
+        try:  # a CURRENT move whose ledger event committed before a crash is finished now
+            current.settle(self.engine, self.config.home)
+        except OSError as exc:
+            log.error("current_not_settled", error=str(exc))
         run = queue.running_run(self.engine, self.config.catalog.host)
         if run is None:
             return False

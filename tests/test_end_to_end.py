@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from daemon import run_until_idle
 from trainhomes import FAST, tiny_home
 
+from oneseekd.certify.layout import CERTIFIED_FILES
 from oneseekd.cli import main as ctl
 
 
@@ -40,7 +41,8 @@ def test_a_dropped_request_for_two_models_is_trained_and_certified(
         ).is_file()
         assert (zero / "weights" / f"oneseek-7b-zero-v1.0-{key}.pth").is_file()
     assert (zero / "weights" / "oneseek-7b-zero-v1.0.json").is_file()
-    assert len(list((home / "models" / "oneseek-certified" / run_id).iterdir())) == 5
+    certified = home / "models" / "oneseek-certified" / run_id  # a link to the DNA folder
+    assert set(CERTIFIED_FILES) <= {p.name for p in certified.iterdir()}
     assert (home / "requests" / "accepted" / "civic.json").is_file()
     events = [e for (e,) in con.execute("SELECT event FROM ledger_events ORDER BY seq")]
     assert events[0] == "request_accepted"

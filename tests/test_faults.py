@@ -35,6 +35,7 @@ from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.artifacts import sha256_file
+from oneseekd.certify.layout import CERTIFIED_FILES
 from oneseekd.cli import main as ctl
 from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
@@ -407,7 +408,8 @@ def test_the_daemon_fails_a_run_whose_adapter_folder_broke_and_serves_the_next(
         )
         next_id = wait_for(lambda: runs.run_of("next"), timeout=30, what="the next run")
         assert runs.ended(next_id)[:2] == ("succeeded", "succeeded")
-        assert len(list((home / "models" / "oneseek-certified" / next_id).iterdir())) == 5
+        certified = home / "models" / "oneseek-certified" / next_id  # a link to the DNA folder
+        assert set(CERTIFIED_FILES) <= {p.name for p in certified.iterdir()}
         assert daemon.proc.poll() is None
     finally:
         daemon.stop()

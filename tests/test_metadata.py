@@ -54,3 +54,31 @@ def test_a_broken_metadata_file_is_an_error_naming_it(tmp_path: Path) -> None:
     path.write_text("[1]")
     with pytest.raises(OneseekError, match="is not a JSON object"):
         read_metadata(path)
+
+
+def test_the_seeds_shape_reads_pth_names_numbers_and_the_dna_object(tmp_path: Path) -> None:
+    path = tmp_path / "oneseek-7b-zero-v1.3.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": "OneSeek-7B-Zero.v1.3",
+                "baseModels": ["KB-Llama-3.1-8B-Swedish"],
+                "trained_models": ["kb-llama-3-1-8b-swedish"],
+                "modelSpecificWeights": {
+                    "kb-llama-3-1-8b-swedish": "oneseek-7b-zero-v1.3-kb-llama-3-1-8b-swedish.pth"
+                },
+                "final_weights": {"kb-llama-3-1-8b-swedish": 1.0},
+                "dna": {
+                    "fingerprint": "OneSeek-7B-Zero.v1.3.abcdef",
+                    "baseModels": ["KB-Llama-3.1-8B-Swedish"],
+                    "finalWeights": {"kb-llama-3-1-8b-swedish": 1.0},
+                },
+                "isCurrent": True,
+            }
+        )
+    )
+    meta = read_metadata(path)
+    assert meta.version == "1.3"
+    assert meta.weights == {"kb-llama-3-1-8b-swedish": 1.0}
+    assert meta.dna == "OneSeek-7B-Zero.v1.3.abcdef"
+    assert meta.is_current is True

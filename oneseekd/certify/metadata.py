@@ -1,6 +1,8 @@
-"""Reading `weights/oneseek-7b-zero-v<version>.json`, the files this daemon writes and the
-legacy ones written before it (`"baseModels": ["Mistral-7B", "LLaMA-2"]`, weights keyed by
-display name, no `trained_models`)."""
+"""Reading `weights/oneseek-7b-zero-v<version>.json`, the files this daemon writes (the seed's
+shape: `version` "OneSeek-7B-Zero.v1.0", `modelSpecificWeights` naming .pth files, numbers in
+`final_weights`, `dna` as {fingerprint, baseModels, finalWeights}) and the legacy ones written
+before it (`"baseModels": ["Mistral-7B", "LLaMA-2"]`, weights keyed by display name, no
+`trained_models`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oneseekd.certify.layout import DNA_PREFIX
 from oneseekd.errors import OneseekError
 from oneseekd.naming import normalize_model_name
 
@@ -24,8 +27,9 @@ class Metadata:
     weights: dict[str, float]  # by model key
     created_at: str | None
     training_type: str | None
-    dna: str | None
+    dna: str | None  # the fingerprint (`dna` is an object in the seed's shape)
     legacy: bool
+    is_current: bool = False
 
 
 def read_metadata(path: Path) -> Metadata:
@@ -40,25 +44,40 @@ def read_metadata(path: Path) -> Metadata:
     legacy = not keys
     if legacy:
         keys = [normalize_model_name(n) for n in names]
-    raw = data.get("modelSpecificWeights") or data.get("final_weights") or {}
-    weights = (
-        {
-            normalize_model_name(str(k)): float(v)
-            for k, v in raw.items()
-            if isinstance(v, int | float)
-        }
-        if isinstance(raw, dict)
-        else {}
-    )
-    match = _VERSION_IN_NAME.search(path.name)
-    version = str(data.get("version") or (match.group(1) if match else ""))
+    version = str(data.get("version") or "")
+    if not version:
+        match = _VERSION_IN_NAME.search(path.name)
+        version = match.group(1) if match else ""
+    dna = data.get("dna")
     return Metadata(
-        version=version,
+        version=version.removeprefix(DNA_PREFIX),
         base_models=names,
         model_keys=keys,
-        weights=weights,
+        weights=_weights(data),
         created_at=data.get("createdAt"),
         training_type=data.get("trainingType"),
-        dna=data.get("dna"),
+        dna=dna.get("fingerprint") if isinstance(dna, dict) else dna,
         legacy=legacy,
+        is_current=data.get("isCurrent") is True,
     )
+
+
+def _weights(data: dict[str, Any]) -> dict[str, float]:
+    """The numeric weights by model key: `final_weights` (this daemon's, and the seed's), else
+    `dna.finalWeights`, else numeric `modelSpecificWeights` (files written before the seed's
+    shape, where it held numbers; in the seed it names each model's .pth file)."""
+    dna = data.get("dna")
+    for raw in (
+        data.get("final_weights"),
+        dna.get("finalWeights") if isinstance(dna, dict) else None,
+        data.get("modelSpecificWeights"),
+    ):
+        if isinstance(raw, dict):
+            numbers = {
+                normalize_model_name(str(k)): float(v)
+                for k, v in raw.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+            if numbers:
+                return numbers
+    return {}

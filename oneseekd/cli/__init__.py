@@ -18,8 +18,10 @@ from oneseekd.cli.context import Context, machine_error
 from oneseekd.cli.db import db_group
 from oneseekd.cli.display import shown_lines
 from oneseekd.cli.ledger import ledger_group
+from oneseekd.cli.promote import promote_cmd
 from oneseekd.cli.runs import cancel_cmd, runs_cmd, show_cmd, submit_cmd
 from oneseekd.cli.status import status_cmd
+from oneseekd.cli.train import train_cmd
 from oneseekd.errors import OneseekError
 from oneseekd.logs import configure_logging
 from oneseekd.options import home_and_db_options
@@ -60,3 +62,5 @@ main.add_command(runs_cmd)
 main.add_command(show_cmd)
 main.add_command(cancel_cmd)
 main.add_command(ledger_group)
+main.add_command(promote_cmd)
+main.add_command(train_cmd)

@@ -11,9 +11,11 @@ import click
 from sqlalchemy import select
 
 from oneseekd import queue
+from oneseekd.certify.layout import current_summary, run_dna
 from oneseekd.certify.ledger import Ledger
 from oneseekd.cli.context import Context, emit_json
 from oneseekd.cli.display import iso, shown, shown_lines, shown_table
+from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import Run, RunEvent, TrainingRequest
 from oneseekd.errors import OneseekError
@@ -148,8 +150,13 @@ def submit_cmd(
         raise SystemExit(1)
 
 
-def run_dict(run: Run) -> dict[str, Any]:
+def run_dict(
+    run: Run, paths: HomePaths | None = None, current: str | None = None
+) -> dict[str, Any]:
+    dna = run_dna(paths, run.run_id) if paths is not None else None
     return {
+        "dna": dna,
+        "current": dna is not None and dna == current,
         "run_id": run.run_id,
         "state": run.state,
         "outcome": run.outcome,
@@ -185,8 +192,10 @@ def runs_cmd(obj: Context, limit: int, state: str | None, as_json: bool) -> None
         if state:
             query = query.where(Run.state == state)
         runs = list(session.scalars(query))
+    home = obj.config.home
+    now = current_summary(home)
     if as_json:
-        emit_json([run_dict(r) for r in runs])
+        emit_json([run_dict(r, home, now["dna"]) for r in runs])
         return
     if not runs:
         click.echo(
@@ -211,6 +220,8 @@ def runs_cmd(obj: Context, limit: int, state: str | None, as_json: bool) -> None
             ],
         )
     )
+    if now["dna"]:
+        click.echo(f"Current: {shown(now['dna'])} (run {shown(now['run_id'] or '?')})")
 
 
 @click.command("show")
@@ -225,7 +236,8 @@ def show_cmd(obj: Context, run_id: str, as_json: bool) -> None:
         events = list(
             session.scalars(select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.id))
         )
-    data = run_dict(run)
+    now = current_summary(obj.config.home)
+    data = run_dict(run, obj.config.home, now["dna"])
     data["request"] = {
         "id": request.id,
         "source": request.source,
@@ -252,6 +264,9 @@ def show_cmd(obj: Context, run_id: str, as_json: bool) -> None:
         + (f" ({shown(request.source_name)})" if request.source_name else "")
         + f", {shown(request.status)}"
     )
+    if data["dna"]:
+        mark = " (current)" if data["current"] else ""
+        click.echo(f"  dna:      {shown(data['dna'])}{mark}")
     if run.log_path:
         click.echo(f"  log:      {shown(run.log_path)}")
     if run.progress:

@@ -10,6 +10,7 @@ import click
 from sqlalchemy import select
 
 from oneseekd.catalog.store import load_rows
+from oneseekd.certify.layout import current_summary
 from oneseekd.cli.context import Context, emit_json
 from oneseekd.cli.display import iso, shown
 from oneseekd.db.engine import read_session
@@ -78,6 +79,8 @@ def gather(obj: Context) -> dict[str, Any]:
         },
         "queue": {"queued": counts.get("queued", 0), "running": counts.get("running", 0)},
         "current_run": None if current is None else _run_now(current),
+        # the certified run oneseek-certified/OneSeek-7B-Zero-CURRENT names (not the running one)
+        "current_model": current_summary(obj.config.home),
         "other_running_runs": [_run_now(r) for r in running if r is not current],
         "recent_runs": [
             {
@@ -163,6 +166,11 @@ def show_status(obj: Context, as_json: bool) -> None:
     )
     for other, ready in c["other_hosts_ready"].items():
         click.echo(f"          {ready} ready on host {shown(other)}")
+    now = data["current_model"]
+    if now["dna"]:
+        click.echo(f"current:  {shown(now['dna'])} (run {shown(now['run_id'] or '?')})")
+    else:
+        click.echo(f"current:  none ({shown(now['problem'])})")
     q = data["queue"]
     click.echo(f"queue:    {q['queued']} queued, {q['running']} running")
     run = data["current_run"]

@@ -415,6 +415,14 @@ class Intake:
                 f"version {version} already exists; omit version to take the next "
                 f"free one ({batch.next_free}), or name a new one"
             )
+        # the session autoflushes: runs queued earlier in this batch are seen too
+        if (
+            request.run_id is not None
+            and session.scalars(select(Run.id).where(Run.run_id == request.run_id)).first()
+        ):
+            problems.append(
+                f"run id {request.run_id} already exists; omit it (or RUN_ID) to get a new one"
+            )
         hosts = sorted(h for h, got in batch.usable.items() if set(keys) <= got) if models else []
         if models and not problems and not hosts:
             problems.append(_no_single_host(batch.usable, keys))
@@ -426,7 +434,7 @@ class Intake:
         }
         version = version or batch.next_free
         run = Run(
-            run_id=new_run_id(now),
+            run_id=request.run_id or new_run_id(now),
             request_id=row.id,
             request_key=request.request_id,
             state="queued",
@@ -561,7 +569,8 @@ def _run_config(
     request: TrainingRequestModel, models: list[BaseModel], per_model: dict[str, str], version: str
 ) -> dict[str, Any]:
     """The request as the trainer runs it: resolved keys, version and per-model overrides."""
-    config = request.model_dump(mode="json", exclude={"per_model", "base_models"})
+    # the run id names the run, not the training: it stays out of the config the DNA hashes
+    config = request.model_dump(mode="json", exclude={"per_model", "base_models", "run_id"})
     config["version"] = version
     config["base_models"] = [m.key for m in models]
     config["requested_names"] = list(request.base_models)

@@ -24,6 +24,8 @@ from pydantic_core import ErrorDetails
 from oneseekd.config import FSDP_AUTO_FRACTION
 
 VERSION = re.compile(r"^v?(\d{1,4})\.(\d{1,4})$")
+# a run id asked for by name (CivicAI's RUN_ID, run-YYYY-MM-DD-HH-MM-SS): it names a folder
+RUN_ID = r"^run-[A-Za-z0-9][A-Za-z0-9_-]{0,59}$"
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
 
 DEFAULTS: dict[str, Any] = {
@@ -140,6 +142,10 @@ class TrainingRequestModel(_Strict):
     )
     request_id: str | None = Field(None, min_length=1, max_length=200)
     priority: int = Field(0, ge=-100, le=100)
+    # the run's id instead of a generated one (oneseek-certified/<run_id>/ while it trains)
+    run_id: str | None = Field(None, pattern=RUN_ID)
+    # what the model speaks, for metadata.json (CivicAI's --language); not a training option
+    language: str | None = Field(None, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")
 
     @field_validator("version")
     @classmethod

@@ -8,19 +8,25 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import structlog
 import torch
 from sqlalchemy import Engine, select
 
+from oneseekd.certify.certified import Certification, TrainedModel, certify
+from oneseekd.certify.dna import base_weights_hash, canonical_hash, dataset_hash, final_weights
+from oneseekd.certify.layout import live_metrics_path
 from oneseekd.certify.ledger import Ledger
-from oneseekd.config import HomePaths
+from oneseekd.certify.live import LiveMetrics
+from oneseekd.certify.publish import certified_dna, publish
+from oneseekd.certify.staging import write_json
+from oneseekd.config import HomePaths, load_config
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import Artifact, ModelTraining, Run, utcnow
 from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import (
+    ModelSpec,
     Progress,
     RunContext,
     RunRefused,
@@ -32,17 +38,7 @@ from oneseekd.trainer.context import (
 )
 from oneseekd.trainer.data import load_records, split
 from oneseekd.trainer.loading import Device, pick_device
-from oneseekd.trainer.outputs import (
-    base_weights_hash,
-    canonical_hash,
-    certified_dna,
-    certify,
-    dataset_hash,
-    final_weights,
-    publish,
-    save_model_outputs,
-    write_json,
-)
+from oneseekd.trainer.outputs import save_model_outputs
 from oneseekd.trainer.recipe import LoraRecipe, ModelResult
 from oneseekd.trainer.world import Relaunch, World
 
@@ -65,29 +61,33 @@ def _stored_result(row: ModelTraining) -> ModelResult:
     )
 
 
-class LiveMetrics:
-    """HOME/runs/<run_id>/live_metrics.json while the run trains: each model's validation
-    losses so far and the weights they give, keyed by model key, rewritten atomically after
-    every epoch. The certified folder gets the final version."""
+class _LiveProgress(Progress):
+    """Progress on the run row, and the same report into live_metrics.json (rank 0's)."""
 
-    def __init__(self, path: Path, weighting: str) -> None:
-        self.path = path
-        self.weighting = weighting
-        self.val_losses: dict[str, list[float]] = {}
+    def __init__(self, engine: Engine, run_pk: int, live: LiveMetrics | None) -> None:
+        super().__init__(engine, run_pk)
+        self.live = live
 
-    def update(self, key: str, losses: list[float]) -> None:
-        self.val_losses[key] = list(losses)
-        latest = {k: v[-1] for k, v in self.val_losses.items() if v}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(
-            self.path,
-            {
-                "type": "live",
-                "epoch": max((len(v) for v in self.val_losses.values()), default=0),
-                "val_losses": self.val_losses,
-                "weights": final_weights(latest, self.weighting),
-            },
-        )
+    def report(self, data: dict[str, Any], *, force: bool = False) -> None:
+        super().report(data, force=force)
+        if self.live is not None and data.get("model"):
+            self.live.progress(data)
+
+
+def _trained(spec: ModelSpec, result: ModelResult) -> TrainedModel:
+    """What certification needs of a trained model: its figures, not its weights."""
+    return TrainedModel(
+        spec.key,
+        spec.display_name,
+        spec.path,
+        list(result.train_losses),
+        list(result.val_losses),
+        result.steps,
+        result.tokens,
+        result.seconds,
+        result.padding_fraction,
+        list(result.targets),
+    )
 
 
 def load_dataset(ctx: RunContext) -> tuple[list[dict[str, Any]], str]:
@@ -173,7 +173,15 @@ def train_run(
     train_idx, val_idx = split(len(records), float(ctx.config["val_fraction"]), seed)
     with read_session(engine) as session:
         started = session.get_one(Run, ctx.run_pk).started_at or utcnow()
-    progress = Progress(engine, ctx.run_pk)
+    weighting = str(ctx.config.get("weighting", "val_loss"))
+    live = (
+        LiveMetrics(
+            live_metrics_path(home, run_id), int(ctx.config["epochs"]), len(ctx.models), weighting
+        )
+        if world.main
+        else None
+    )
+    progress = _LiveProgress(engine, ctx.run_pk, live)
     log.info(
         "training_started",
         run_id=run_id,
@@ -186,16 +194,12 @@ def train_run(
         val=len(val_idx),
     )
     results: dict[str, ModelResult] = {}
-    live = LiveMetrics(
-        home.root / "runs" / run_id / "live_metrics.json",
-        str(ctx.config.get("weighting", "val_loss")),
-    )
     for position, spec in enumerate(ctx.models):
         row = world.first(training_row, engine, ctx.run_pk, spec.key, position)
         if row.state == "trained":
             results[spec.key] = _stored_result(row)
-            if world.main:
-                live.update(spec.key, results[spec.key].val_losses)
+            if live is not None:
+                live.epoch_end(spec.key, row.val_losses or [], row.train_losses or [])
             continue
         wanted = world.plan.get(spec.key, world.size)
         if wanted != world.size:
@@ -230,20 +234,24 @@ def train_run(
                 select(Artifact).where(Artifact.run_id == ctx.run_pk, Artifact.kind == "adapter")
             )
         }
-        dna = certify(
-            session,
-            ledger,
-            ctx,
-            results,
+        cert = Certification(
+            ctx.run_pk,
+            ctx.run_id,
+            ctx.version,
+            ctx.config,
+            ctx.dataset.name,
+            [_trained(spec, results[spec.key]) for spec in ctx.models],
             hashes,
             inputs,
             {"train": len(train_idx), "validation": len(val_idx)},
             started,
             utcnow(),
+            make_current=load_config(home.root).certify.make_current,
         )
+        dna = certify(session, ledger, home, cert)
         weights = final_weights(
             {k: r.val_losses[-1] for k, r in results.items()},
-            str(ctx.config.get("weighting", "val_loss")),
+            weighting,
         )
         for row in session.scalars(select(ModelTraining).where(ModelTraining.run_id == ctx.run_pk)):
             row.weight = weights.get(row.model_key)
@@ -255,7 +263,7 @@ def train_run(
 
 
 def _train_one(
-    live: LiveMetrics,
+    live: LiveMetrics | None,
     engine: Engine,
     ctx: RunContext,
     ledger: Ledger,
@@ -283,7 +291,7 @@ def _train_one(
         progress,
         should_stop,
         {"model_index": position + 1, "models": len(ctx.models)},
-        on_epoch=live.update,
+        on_epoch=(lambda k, v: None) if live is None else live.epoch_end,
         world=world,
     )
     recipe.setup()

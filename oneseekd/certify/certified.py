@@ -1,0 +1,291 @@
+"""Certifying a run: the weights JSON and the certified folder named by the DNA, staged inside
+the transaction that appends the completion event (docs/training.md, "The certified layout").
+
+The trainer hands over plain figures (`TrainedModel`, `Certification`); nothing here imports
+torch. `publish` (certify/publish.py) renames what this staged into place once the transaction
+has committed, so no DNA and no certified folder is ever visible that the ledger does not hold.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from oneseekd.certify import current
+from oneseekd.certify.artifacts import file_digest, record_artifact
+from oneseekd.certify.dna import final_weights, make_dna
+from oneseekd.certify.layout import (
+    BASE_MODELS_DIR,
+    DNA_PREFIX,
+    METADATA_FILE,
+    certified_dir,
+)
+from oneseekd.certify.ledger import PROOF_FILE, Ledger, ledger_proof
+from oneseekd.certify.live import live_document
+from oneseekd.certify.staging import (
+    files,
+    free,
+    fsync_file,
+    staging_path,
+    write_json,
+)
+from oneseekd.config import HomePaths
+from oneseekd.naming import versioned_name
+
+COMPLETED_EVENT = "dna_v2_training_completed"
+TRAINING_TYPE = "lora"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """One trained model's figures, as the trainer hands them over."""
+
+    key: str
+    display_name: str
+    base_path: Path  # the base model's folder, linked from the certified folder
+    train_losses: list[float]
+    val_losses: list[float]
+    steps: int
+    tokens: int
+    seconds: float
+    padding_fraction: float
+    targets: list[str]
+
+
+@dataclass(frozen=True)
+class Certification:
+    """Everything a certification needs: the run, its models in request order (the first is
+    `baseModels[0]`, the one CivicAI's service loads), what went in and what came out."""
+
+    run_pk: int
+    run_id: str
+    version: str
+    config: dict[str, Any]
+    dataset: str  # the file's name under datasets/
+    models: list[TrainedModel]
+    adapter_hashes: dict[str, str]  # home-relative path -> sha256 of every adapter file
+    inputs: dict[str, Any]
+    samples: dict[str, int]
+    started: datetime
+    finished: datetime
+    make_current: bool = True
+
+
+def adapter_name(version: str, key: str) -> str:
+    return versioned_name(version, key)
+
+
+def _finite(value: float) -> float | None:
+    """A certified file holds JSON numbers only: a non-finite figure is written as null."""
+    return value if math.isfinite(value) else None
+
+
+def _metrics(m: TrainedModel) -> dict[str, Any]:
+    return {
+        "train_losses": [_finite(x) for x in m.train_losses],
+        "val_losses": [_finite(x) for x in m.val_losses],
+        "steps": m.steps,
+        "tokens": m.tokens,
+        "seconds": round(m.seconds, 3),
+        "padding_fraction": round(m.padding_fraction, 4),
+        "lora_targets": m.targets,
+    }
+
+
+def _history(models: list[TrainedModel]) -> list[dict[str, Any]]:
+    """training_results.json's `training_history`: per epoch, the mean training loss over the
+    models that reached it and each model's validation loss."""
+    epochs = max(len(m.val_losses) for m in models)
+    history = []
+    for i in range(epochs):
+        losses = [m.train_losses[i] for m in models if i < len(m.train_losses)]
+        history.append(
+            {
+                "epoch": i + 1,
+                "loss": _finite(sum(losses) / len(losses)) if losses else None,
+                "val_losses": {
+                    m.key: _finite(m.val_losses[i]) for m in models if i < len(m.val_losses)
+                },
+                "auto_stopped": False,
+            }
+        )
+    return history
+
+
+def link_name(display_name: str) -> str:
+    """A base model's display name as one path component (a `/` in it would nest folders)."""
+    return display_name.replace("/", "-").replace("\\", "-").strip(". ") or "base-model"
+
+
+def certify(session: Session, ledger: Ledger, paths: HomePaths, c: Certification) -> str:
+    """Stage the weights JSON and the certified folder, record every file, append the
+    completion event and, when the run becomes current, note the pointer move; returns the
+    DNA. Runs inside the caller's write transaction."""
+    keys = [m.key for m in c.models]
+    names = [m.display_name for m in c.models]
+    weighting = str(c.config.get("weighting", "val_loss"))
+    val = {m.key: m.val_losses[-1] for m in c.models}
+    weights = {k: _finite(v) for k, v in final_weights(val, weighting).items()}
+    dna = make_dna(c.version, c.inputs, c.adapter_hashes)
+    pth = {k: f"{versioned_name(c.version, k)}.pth" for k in keys}
+    dna_object = {"fingerprint": dna, "baseModels": names, "finalWeights": weights}
+
+    metadata = current.weights_json(paths, c.version)
+    free(session, paths, metadata, c.run_pk)
+    write_json(
+        staging_path(metadata),
+        {
+            "version": f"{DNA_PREFIX}{c.version}",
+            "baseModels": names,
+            "trained_models": keys,
+            "modelSpecificWeights": pth,
+            "final_weights": weights,
+            "createdAt": c.finished.isoformat(),
+            "trainingType": TRAINING_TYPE,
+            "dna": dna_object,
+            "isCurrent": c.make_current,
+            "run_id": c.run_id,
+            "metrics": {m.key: _metrics(m) for m in c.models},
+            "config": c.config,
+        },
+        strict=True,
+    )
+    digest = file_digest(staging_path(metadata))
+    record_artifact(session, ledger, paths, metadata, "metadata", c.run_pk, None, digest=digest)
+
+    final = certified_dir(paths, dna)
+    free(session, paths, final, c.run_pk)
+    staging = staging_path(final)
+    staging.mkdir(parents=True)
+    _write_documents(staging, c, dna, weights, names)
+    _link_outputs(paths, final, staging, c)
+    for path in files(staging):  # hashed here, recorded at the place they will have
+        if path.relative_to(staging).as_posix() == METADATA_FILE:
+            continue  # a view: CivicAI's admin panel rewrites it
+        record_artifact(
+            session,
+            ledger,
+            paths,
+            final / path.relative_to(staging),
+            "certified",
+            c.run_pk,
+            None,
+            digest=file_digest(path),
+        )
+    event = ledger.append(
+        session,
+        COMPLETED_EVENT,
+        {
+            "run_id": c.run_id,
+            "version": c.version,
+            "dna": dna,
+            "baseModels": names,
+            "trained_models": keys,
+            "final_weights": weights,
+            "artifacts": c.adapter_hashes,
+            "current": c.make_current,
+        },
+        c.run_pk,
+    )
+    if c.make_current:
+        current.note_move(session, ledger, paths, dna, c.run_id, c.version, event)
+    proof = ledger_proof(session, event)
+    # the seed's own fields, beside the event they repeat
+    proof.update({"dna": dna, "baseModels": names, "final_weights": weights})
+    write_json(staging / PROOF_FILE, proof, strict=True)
+    return dna
+
+
+def _write_documents(
+    staging: Path,
+    c: Certification,
+    dna: str,
+    weights: dict[str, float | None],
+    names: list[str],
+) -> None:
+    keys = [m.key for m in c.models]
+    history = _history(c.models)
+    epochs = len(history)
+    first = c.models[0]
+    documents: dict[str, Any] = {
+        "oneseek_dna.json": {
+            "dna": dna,
+            "version": c.version,
+            "run_id": c.run_id,
+            "baseModels": names,
+            "final_weights": weights,
+            "inputs": c.inputs,
+            "outputs": c.adapter_hashes,
+            "created_at": c.finished.isoformat(),
+        },
+        "training_results.json": {
+            "run_id": c.run_id,
+            "version": c.version,
+            "dna": dna,
+            "status": "completed",
+            "samples": c.samples,
+            "epochs": epochs,
+            "trained_models": keys,
+            "baseModels": names,
+            "final_weights": weights,
+            "final_loss": history[-1]["loss"],
+            "training_history": history,
+            "metrics": {m.key: _metrics(m) for m in c.models},
+            "started_at": c.started.isoformat(),
+            "finished_at": c.finished.isoformat(),
+            "timestamp": c.finished.isoformat(),
+            "duration_seconds": round((c.finished - c.started).total_seconds(), 3),
+        },
+        "live_metrics.json": live_document(
+            {m.key: m.train_losses for m in c.models},
+            {m.key: m.val_losses for m in c.models},
+            epochs,
+            weighting=str(c.config.get("weighting", "val_loss")),
+            progress_percent=100.0,
+            now=c.finished,
+        ),
+        METADATA_FILE: {
+            "version": f"{DNA_PREFIX}{c.version}",
+            "dna": dna,
+            "createdAt": c.finished.isoformat(),
+            "baseModel": first.display_name,
+            "baseModels": names,
+            "adapters": [adapter_name(c.version, first.key)],
+            "language": c.config.get("language"),
+            "datasets": [c.dataset],
+            "trainingType": TRAINING_TYPE,
+            "samplesProcessed": c.samples.get("train", 0) * epochs,
+            "metrics": {
+                "loss": _finite(first.val_losses[-1]),
+                "accuracy": None,
+                "fairness": None,
+            },
+            "run_id": c.run_id,
+        },
+    }
+    for name, body in documents.items():
+        write_json(staging / name, body, strict=True)
+    from oneseekd.certify.plot import loss_curve
+
+    loss_curve(staging / "loss_curve.png", c.models)
+    fsync_file(staging / "loss_curve.png")
+
+
+def _link_outputs(paths: HomePaths, final: Path, staging: Path, c: Certification) -> None:
+    """Relative links from the certified folder to the adapter trained on baseModels[0] and to
+    that base model's folder: what CivicAI's service stacks and loads. Written as they will
+    resolve from the folder's final place (the staging folder sits beside it)."""
+    first = c.models[0]
+    name = adapter_name(c.version, first.key)
+    adapter = paths.zero / "lora_adapters" / name
+    (staging / name).symlink_to(os.path.relpath(adapter, final))
+    bases = staging / BASE_MODELS_DIR
+    bases.mkdir()
+    target = os.path.relpath(first.base_path.resolve(), (final / BASE_MODELS_DIR).resolve())
+    (bases / link_name(first.display_name)).symlink_to(target)

@@ -1,0 +1,116 @@
+"""live_metrics.json in the seed's shape, where CivicAI's live leaderboard polls it:
+`oneseek-certified/<run_id>/live_metrics.json`, atomically replaced after every epoch and at
+each progress update while the run trains (docs/training.md, "Live metrics")."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from oneseekd.certify.dna import final_weights
+from oneseekd.certify.staging import write_json
+
+# the progress updates a trainer reports come about once a second; CivicAI counts a run as
+# active while the file is under 60 s old, so one write per this many seconds is plenty
+LIVE_SECONDS = 2.0
+
+
+def _number(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def live_document(
+    train: dict[str, list[float]],
+    val: dict[str, list[float]],
+    total_epochs: int,
+    *,
+    weighting: str,
+    progress_percent: float,
+    now: datetime,
+    running_loss: float | None = None,
+) -> dict[str, Any]:
+    """The seed's live metrics: `val_losses` and `weights` hold one number per model key (its
+    latest validation loss, and the ensemble weight that gives); `total_loss` is the mean of
+    the models' latest training losses (`running_loss`, the current epoch's so far, when given);
+    `epoch` the furthest epoch any model finished."""
+    latest = {k: v[-1] for k, v in val.items() if v and math.isfinite(v[-1])}
+    trains = [v[-1] for v in train.values() if v]
+    total = (
+        running_loss
+        if running_loss is not None
+        else (sum(trains) / len(trains) if trains else None)
+    )
+    return {
+        "type": "epoch_end",
+        "epoch": max((len(v) for v in val.values()), default=0),
+        "total_epochs": total_epochs,
+        "total_loss": _number(total),
+        "val_losses": latest,
+        "weights": final_weights(latest, weighting),
+        "progress_percent": round(progress_percent, 2),
+        "auto_stop_info": {"enabled": False, "stopped": False},
+        "timestamp": now.astimezone(UTC).isoformat(),
+    }
+
+
+class LiveMetrics:
+    """The run's live_metrics.json while it trains. `epoch_end` rewrites it after an epoch;
+    `progress` after a progress update (at most once per LIVE_SECONDS)."""
+
+    def __init__(self, path: Path, total_epochs: int, models: int, weighting: str) -> None:
+        self.path = path
+        self.total_epochs = total_epochs
+        self.models = max(models, 1)
+        self.weighting = weighting
+        self.train: dict[str, list[float]] = {}
+        self.val: dict[str, list[float]] = {}
+        self.percent = 0.0
+        self.running: float | None = None
+        self._last = 0.0
+
+    def epoch_end(
+        self, key: str, val_losses: list[float], train_losses: list[float] | None = None
+    ) -> None:
+        """After an epoch of `key` (the recipe tells the validation losses; the training loss
+        is then the epoch's running loss last reported), or for a model an earlier attempt
+        trained (both lists from its row)."""
+        self.val[key] = list(val_losses)
+        if train_losses is not None:
+            self.train[key] = list(train_losses)
+        elif self.running is not None:
+            self.train[key] = [*self.train.get(key, []), self.running]
+        self.running = None
+        self._write()
+
+    def progress(self, data: dict[str, Any]) -> None:
+        """A progress report of the trainer: model_index/models and step/steps give the share
+        of the whole run done; loss the current epoch's running training loss."""
+        steps = data.get("steps") or 0
+        done = (data.get("step") or 0) / steps if steps else 0.0
+        index = max(int(data.get("model_index") or 1), 1)
+        self.percent = min(100.0, 100.0 * ((index - 1) + done) / self.models)
+        loss = data.get("loss")
+        self.running = float(loss) if isinstance(loss, int | float) else None
+        now = time.monotonic()
+        if now - self._last >= LIVE_SECONDS:
+            self._write()
+
+    def _write(self) -> None:
+        self._last = time.monotonic()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(
+            self.path,
+            live_document(
+                self.train,
+                self.val,
+                self.total_epochs,
+                weighting=self.weighting,
+                progress_percent=self.percent,
+                now=datetime.now(UTC),
+                running_loss=self.running,
+            ),
+            strict=True,
+        )

@@ -1,0 +1,37 @@
+"""oneseekctl promote RUN|DNA: make a certified run the current one (a rollback too)."""
+
+from __future__ import annotations
+
+import click
+
+from oneseekd.certify.layout import CURRENT_LINK
+from oneseekd.certify.ledger import Ledger
+from oneseekd.certify.promote import promote
+from oneseekd.cli.context import Context, emit_json
+from oneseekd.cli.display import shown
+
+
+@click.command("promote")
+@click.argument("ref", metavar="RUN|DNA")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def promote_cmd(obj: Context, ref: str, as_json: bool) -> None:
+    """Point oneseek-certified/OneSeek-7B-Zero-CURRENT at a certified run (by run id or DNA),
+    with its .txt and isCurrent in the weights JSONs; recorded in the ledger."""
+    engine = obj.engine()
+    home = obj.config.home
+    done = promote(engine, home, Ledger.for_home(engine, home), ref)
+    if as_json:
+        emit_json(
+            {
+                "run_id": done.run_id,
+                "dna": done.dna,
+                "previous": done.previous,
+                "changed": done.changed,
+            }
+        )
+    elif not done.changed:
+        click.echo(f"{done.dna} (run {shown(done.run_id)}) is current already.")
+    else:
+        was = f", was {done.previous}" if done.previous else ""
+        click.echo(f"{CURRENT_LINK} -> {done.dna} (run {shown(done.run_id)}){was}.")
