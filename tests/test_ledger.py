@@ -36,6 +36,7 @@ from oneseekd.db.models import LedgerEvent
 from oneseekd.errors import OneseekError
 from oneseekd.intake.accept import Intake, Verdict
 
+DNA = "OneSeek-7B-Zero.v1.0.abc123"
 WEIGHTS = "models/oneseek-7b-zero/weights/oneseek-7b-zero-v1.0-kb-llama-3-1-8b-swedish.pth"
 
 
@@ -306,9 +307,11 @@ def certified(world: World) -> World:
             run_pk,
             "kb-llama-3-1-8b-swedish",
         )
-        last = world.ledger.append(session, "dna_v2_training_completed", {"run_id": first.run_id})
+        last = world.ledger.append(
+            session, "dna_v2_training_completed", {"run_id": first.run_id, "dna": DNA}
+        )
         proof = ledger_proof(session, last)
-    folder = world.paths.certified / first.run_id
+    folder = world.paths.certified / DNA  # a certified folder is named by its DNA
     folder.mkdir()
     (folder / "ledger_proof.json").write_text(json.dumps(proof, indent=2))
     assert verify(world.engine, world.paths).problems == []
@@ -527,6 +530,7 @@ def test_ctl_ledger_verify(tmp_path: Path) -> None:
         "events": 2,
         "artifacts": 0,
         "proofs": 0,
+        "current": None,
         "problems": [
             "ledger event #2 (request_accepted) was altered: its hash does not match its content"
         ],

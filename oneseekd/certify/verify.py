@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -19,8 +20,10 @@ from sqlalchemy.orm import Session
 from oneseekd import boundedjson
 from oneseekd.certify.artifacts import ARTIFACT_EVENT, RecordedArtifact, check_artifacts
 from oneseekd.certify.keys import TRUSTED_FILE, key_id_of, raw_public, trusted_keys
+from oneseekd.certify.layout import is_dna
 from oneseekd.certify.ledger import ALGORITHM, GENESIS_HASH, PROOF_FILE, event_hash
 from oneseekd.certify.tip import TIP_FILE, Tip, read_tip, tip_of
+from oneseekd.certify.walk import COMPLETED_EVENT, Signed, check_layout
 from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import Artifact, LedgerKey
@@ -36,6 +39,7 @@ class VerifyReport:
     artifacts: int
     problems: list[str] = field(default_factory=list)
     proofs: int = 0
+    current: str | None = None  # the certified run OneSeek-7B-Zero-CURRENT names
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,12 @@ class _Stored:
     @property
     def name(self) -> str:
         return f"ledger event #{self.seq} ({self.event})"
+
+    def parsed(self) -> tuple[str, Any]:
+        try:
+            return self.event, json.loads(self.payload)
+        except ValueError:
+            return self.event, None
 
     def recomputed(self) -> str | None:
         try:
@@ -94,10 +104,12 @@ def verify(engine: Engine, paths: HomePaths) -> VerifyReport:
     proofs = _proof_files(paths)
     problems.extend(_check_proofs(proofs, events, keys, paths))
     problems.extend(_check_tip(paths, events, keys))
+    layout_problems, current = check_layout(paths, Signed.of([ev.parsed() for ev in events]))
+    problems.extend(layout_problems)
     if len(problems) > MAX_PROBLEMS:
         more = len(problems) - MAX_PROBLEMS
         problems = [*problems[:MAX_PROBLEMS], f"... and {more} more problems"]
-    return VerifyReport(not problems, len(events), len(artifacts), problems, len(proofs))
+    return VerifyReport(not problems, len(events), len(artifacts), problems, len(proofs), current)
 
 
 def _beyond(name: str, seq: int, events: list[_Stored]) -> str:
@@ -163,7 +175,10 @@ def _proof_files(paths: HomePaths) -> list[Path]:
     if not paths.certified.is_dir():
         return []
     found = paths.certified.glob(f"*/{PROOF_FILE}")
-    return sorted(p for p in found if not p.parent.name.startswith("."))
+    # a <run id> link leads to its certified folder: that proof is counted once, there
+    return sorted(
+        p for p in found if not p.parent.name.startswith(".") and not p.parent.is_symlink()
+    )
 
 
 def _public_keys(session: Session, problems: list[str]) -> dict[str, Ed25519PublicKey]:
@@ -302,3 +317,8 @@ def _check_proofs(
         key = keys.get(ev.key_id)
         if key is not None and data.get("public_key") != raw_public(key).hex():
             yield f"{name} carries a public key that is not ledger key {ev.key_id[:16]}"
+            continue
+        folder = proof_path.parent.name
+        dna = data["payload"].get("dna") if isinstance(data["payload"], dict) else None
+        if ev.event == COMPLETED_EVENT and is_dna(folder) and dna != folder:
+            yield f"{name} proves the certification of {dna}, not of {folder} (a copied proof)"
