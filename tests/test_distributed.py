@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from daemon import wait_for
+from pausetrainer import pause_command, paused
 from sqlalchemy import Engine
 from trainhomes import FAST, tiny_home
 
@@ -42,11 +43,19 @@ def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
 class Box:
     """A home whose [trainer] lets two CPU processes stand in for two GPUs."""
 
-    def __init__(self, root: Path, cache: Path, models: dict[str, str]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        cache: Path,
+        models: dict[str, str],
+        command: list[str] | None = None,
+    ) -> None:
         tiny_home(root, cache, models)
         with (root / "oneseekd.toml").open("a") as fh:
             fh.write("cpu_processes = 2\ncollective_timeout_seconds = 60\n")
             fh.write("cancel_grace_seconds = 20\nstop_grace_seconds = 30\n")
+            if command:  # e.g. tests/pausetrainer.py: the trainer stopped at a chosen step
+                fh.write(f"command = {json.dumps(command)}\n")
         self.config: Config = load_config(root, env={})
         self.config.home.ensure()
         self.engine: Engine = make_engine(self.config.db_url)
@@ -235,16 +244,18 @@ def test_a_two_process_run_resumes_from_its_checkpoint_where_it_would_have_ended
     assert box.drive(plain, timeout=240)["state"] == "succeeded", box.log(plain)[-3000:]
     expected = box.results(plain)["metrics"]["tiny-llama"]  # type: ignore[index]
 
-    other = Box(tmp_path / "again", cache, {"Tiny-Llama": "llama"})
+    # the first attempt pauses right after its checkpoint at step 6 and waits for the stop:
+    # a deterministic point, never a race with a run that may end before a poll sees it
+    pauses = tmp_path / "pauses"
+    other = Box(tmp_path / "again", cache, {"Tiny-Llama": "llama"}, pause_command(pauses, 5))
     try:
         run_id = other.submit(["llama"], **request)
 
-        def past_a_checkpoint() -> bool:
-            other.supervisor.tick()
-            progress = other.run(run_id)["progress"]
-            return progress is not None and json.loads(str(progress)).get("step", 0) >= 5
+        def at_the_pause() -> bool:
+            other.supervisor.tick()  # heartbeats and the lease go on while it waits
+            return paused(pauses, run_id)
 
-        wait_for(past_a_checkpoint, timeout=120, interval=0.05, what="step 5")
+        wait_for(at_the_pause, timeout=180, interval=0.05, what="the trainer paused at step 6")
         other.supervisor.shutdown()  # the daemon stopping: checkpoint, exit, stay running
         assert other.run(run_id)["state"] == "running"
         assert trainers_of(run_id) == []

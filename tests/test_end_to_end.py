@@ -58,9 +58,9 @@ def test_a_dropped_request_for_two_models_is_trained_and_certified(
 @pytest.mark.timeout(600)
 def test_sigterm_during_training_checkpoints_and_the_next_start_resumes(tmp_path: Path) -> None:
     import signal
-    import time
 
     from daemon import DaemonProcess, wait_for
+    from pausetrainer import pause_command, paused
 
     home = tiny_home(tmp_path / "home", tmp_path / "cache", {"Tiny-Llama": "llama"})
     (home / "requests").mkdir()
@@ -71,25 +71,18 @@ def test_sigterm_during_training_checkpoints_and_the_next_start_resumes(tmp_path
         "epochs": 20,
         "checkpoint_every": 1000,
     }
+    # the trainer pauses right after its checkpoint at step 3 until the stop: a deterministic
+    # point, never a race with a run that may end before a poll sees it
+    pauses = home / "pauses"
+    with (home / "oneseekd.toml").open("a") as fh:
+        fh.write(f"command = {json.dumps(pause_command(pauses, 3))}\n")
     (home / "requests" / "long.json.tmp").write_text(json.dumps(body))
     os.rename(home / "requests" / "long.json.tmp", home / "requests" / "long.json")
     daemon = DaemonProcess(home)
     try:
         run_id = daemon.wait_event("run_started", timeout=60)["run_id"]
-        db = home / "oneseek.db"
-
-        def step() -> int:
-            con = sqlite3.connect(db, timeout=30)
-            try:
-                (progress,) = con.execute("SELECT progress FROM runs").fetchone()
-            finally:
-                con.close()
-            return int(json.loads(progress).get("step", 0)) if progress else 0
-
-        wait_for(lambda: step() >= 3, timeout=120)
-        stopped_at = time.monotonic()
+        wait_for(lambda: paused(pauses, run_id), timeout=120, what="the trainer paused at step 3")
         assert daemon.stop(signal.SIGTERM, timeout=60) == 0
-        assert time.monotonic() - stopped_at < 30  # one step and a checkpoint, not the run
     finally:
         daemon.kill()
     checkpoint = home / "checkpoints" / run_id / "tiny-llama"

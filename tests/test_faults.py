@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ import pytest
 from click.testing import CliRunner
 from daemon import DaemonProcess, model_state, wait_for
 from homes import training_home
+from pausetrainer import arm, pause_command, paused, release
 from sqlalchemy import Engine
 from trainhomes import FAST, tiny_home
 
@@ -324,24 +324,29 @@ class Runs:
 
 
 def fault_in_flight(
-    daemon: DaemonProcess, runs: Runs, request_file: str, key: str, fault: Callable[[], None]
+    daemon: DaemonProcess,
+    runs: Runs,
+    request_file: str,
+    key: str,
+    fault: Callable[[], None],
+    body: dict[str, object],
 ) -> str:
-    """Freeze the trainer child once its first checkpoint exists, apply the fault, let it go
-    on; returns the run id. The run has not written any output when the fault lands."""
+    """Drop the request, let its trainer pause right after its first checkpoint (a hook in
+    tests/pausetrainer.py: never a race with a run that may end before a poll sees it), apply
+    the fault, let it go on; returns the run id. The run has written no output yet."""
+    pauses = daemon.home / "pauses"
+    arm(pauses)
+    drop(daemon.home, request_file, body)
     run_id = wait_for(lambda: runs.run_of(request_file), timeout=30, what="the run")
-    latest = daemon.home / "checkpoints" / run_id / key / "latest"
-    wait_for(latest.exists, timeout=180, interval=0.01, what="the first checkpoint")
-    row = runs.one("SELECT pid FROM runs WHERE run_id = ?", run_id)
-    assert row is not None and row[0]
-    pid = int(str(row[0]))
-    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: paused(pauses, run_id), timeout=180, what="the trainer paused")
     try:
         assert runs.state(run_id) == "running"
+        assert (daemon.home / "checkpoints" / run_id / key / "latest").exists()
         outputs = daemon.home / ZERO / "lora_adapters"
         assert not outputs.is_dir() or not any(outputs.glob(f"*{key}*"))
         fault()
     finally:
-        os.kill(pid, signal.SIGCONT)
+        release(pauses, run_id)
     return run_id
 
 
@@ -373,6 +378,8 @@ def daemon_home(tmp_path: Path, cache: Path, models: dict[str, str]) -> Path:
     config = home / "oneseekd.toml"
     config.write_text(
         config.read_text().replace("rescan_interval_seconds = 3600", "rescan_interval_seconds = 1")
+        # a run started by fault_in_flight pauses after its first checkpoint
+        + f"command = {json.dumps(pause_command(home / 'pauses', 1, armed=True))}\n"
     )
     return home
 
@@ -388,9 +395,8 @@ def test_the_daemon_fails_a_run_whose_adapter_folder_broke_and_serves_the_next(
     try:
         daemon.wait_event("daemon_ready", timeout=30)
         body = {"base_models": ["llama"], "dataset": "civic.jsonl", **FAST, "epochs": 2}
-        drop(home, "broken", body)
         run_id = fault_in_flight(
-            daemon, runs, "broken", "tiny-llama", lambda: replace_with_file(adapters)
+            daemon, runs, "broken", "tiny-llama", lambda: replace_with_file(adapters), body
         )
         state, outcome, error = runs.ended(run_id)
         assert (state, outcome) == ("failed", "error")
@@ -430,8 +436,7 @@ def test_the_daemon_fails_runs_whose_dataset_or_base_model_vanished_and_serves_t
     try:
         daemon.wait_event("daemon_ready", timeout=30)
         body = {"base_models": ["llama"], "dataset": "civic.jsonl", **FAST, "epochs": 2}
-        drop(home, "no-data", body)
-        run_id = fault_in_flight(daemon, runs, "no-data", "tiny-llama", dataset.unlink)
+        run_id = fault_in_flight(daemon, runs, "no-data", "tiny-llama", dataset.unlink, body)
         state, outcome, error = runs.ended(run_id)
         assert (state, outcome) == ("failed", "error")
         assert f"dataset civic.jsonl is gone from {dataset.parent}/ since it was read" in error
@@ -439,8 +444,9 @@ def test_the_daemon_fails_runs_whose_dataset_or_base_model_vanished_and_serves_t
 
         qwen = home / ZERO / "base_models" / "Tiny-Qwen"
         body = {"base_models": ["qwen"], "dataset": "other.jsonl", **FAST, "epochs": 2}
-        drop(home, "no-model", body)
-        run_id = fault_in_flight(daemon, runs, "no-model", "tiny-qwen", lambda: shutil.rmtree(qwen))
+        run_id = fault_in_flight(
+            daemon, runs, "no-model", "tiny-qwen", lambda: shutil.rmtree(qwen), body
+        )
         state, outcome, error = runs.ended(run_id)
         assert (state, outcome) == ("failed", "error")
         assert f"No such file or directory: '{qwen}'" in error
