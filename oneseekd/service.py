@@ -7,10 +7,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import TypeVar
 
 import click
 import structlog
@@ -19,6 +17,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from oneseekd import __version__, queue
+from oneseekd.alone import Alone
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.catalog.watch import Watcher
@@ -46,7 +45,6 @@ from oneseekd.options import home_and_db_options
 from oneseekd.supervisor import Supervisor
 
 log = structlog.get_logger("oneseekd")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,7 @@ class Daemon:
         self._full_scan_due = False
         self._reload_due = False
         self._row_id: int | None = None
-        self._failing: dict[str, int] = {}  # part of the loop -> failures in a row
+        self._parts_alone = Alone()  # the doors and the catalog fail (and back off) alone
         self._database_problem: str | None = None
         self._wake = threading.Event()
         self.notifier = Notifier()
@@ -245,27 +243,6 @@ class Daemon:
                 self._wake.wait(timeout)
                 self._wake.clear()
 
-    def _alone(self, part: str, step: Callable[[], T]) -> T | None:
-        """Run one part of a turn so that its failure stops only itself: logged when it starts
-        failing (and every 100th time after), and when it works again."""
-        try:
-            result = step()
-        except Exception as exc:
-            failures = self._failing.get(part, 0) + 1
-            self._failing[part] = failures
-            if failures == 1 or failures % 100 == 0:
-                log.error(
-                    "part_failed",
-                    part=part,
-                    error=f"{type(exc).__name__}: {exc}",
-                    failures_in_a_row=failures,
-                    exc_info=failures == 1,
-                )
-            return None
-        if self._failing.pop(part, 0):
-            log.info("part_recovered", part=part)
-        return result
-
     def _watch_anyway(self, parts: _Parts) -> None:
         """A step failed: the trainer must still be watched (its exit reaped, its lease kept
         or given up in time), whatever else keeps failing."""
@@ -303,16 +280,16 @@ class Daemon:
         self._doing = "catalog"
         if self._full_scan_due:
             self._full_scan_due = False
-            self._alone("catalog", catalog.full_scan)
-        self._alone("catalog", catalog.process_due)
+            self._parts_alone.run("catalog", catalog.full_scan)
+        self._parts_alone.run("catalog", catalog.process_due)
         taken = 0
         self._doing = "intake"
         if not catalog.pending():
             # requests wait while a model folder settles: a request never races a copy. Each
             # door fails alone: an unreadable requests/ never stops the rows another
             # program INSERTs, nor the queue behind them
-            taken = (self._alone("files", parts.drops.poll) or 0) + (
-                self._alone("rows", parts.rows.poll) or 0
+            taken = (self._parts_alone.run("files", parts.drops.poll) or 0) + (
+                self._parts_alone.run("rows", parts.rows.poll) or 0
             )
         self._doing = "supervisor"
         now = time.monotonic()
@@ -327,7 +304,7 @@ class Daemon:
             parts.supervisor.tick(accepting=not self.stop_requested)
             self._last_look = now
         self._doing = "idle check"
-        if self.exit_when_idle and self._idle(engine, parts):
+        if self.exit_when_idle and not self._parts_alone.failing and self._idle(engine, parts):
             return None
         self._doing = "heartbeat"
         if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:

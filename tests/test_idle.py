@@ -186,11 +186,12 @@ def test_a_step_that_raises_is_logged_and_retried_and_the_daemon_keeps_serving(
             assert Daemon(load_config(home, env={}), exit_when_idle=True).run() == 0
     finally:
         structlog.configure(**kept)
-    failed = [e for e in events if e["event"] == "loop_step_failed"]
-    assert [(e["step"], e["error"], e["failures_in_a_row"]) for e in failed] == [
-        ("intake", "RuntimeError: a bug in intake", 1),
-        ("intake", "RuntimeError: a bug in intake", 2),
+    # the row door fails alone, backing off on its own; the files door kept serving
+    failed = [e for e in events if e["event"] == "part_failed"]
+    assert [(e["part"], e["error"], e["failures_in_a_row"]) for e in failed] == [
+        ("rows", "RuntimeError: a bug in intake", 1),
+        ("rows", "RuntimeError: a bug in intake", 2),
     ]
     assert [e.get("exc_info") for e in failed] == [True, False]  # the traceback once
-    assert [e["after_failures"] for e in events if e["event"] == "loop_recovered"] == [2]
+    assert [e["after_failures"] for e in events if e["event"] == "part_recovered"] == [2]
     assert query(home, "SELECT state FROM runs") == [("succeeded",)]

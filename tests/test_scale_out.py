@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from daemon import DaemonProcess, wait_for
 from homes import fake_behaviour, fake_starts, request, training_home
+from pausetrainer import pause_command, paused
 from pg import Outsider
 from sqlalchemy import Engine
 from trainhomes import FAST, tiny_home
@@ -156,6 +157,21 @@ def linked_home(owner: Path, name: str, *, lease: float, heartbeat: float) -> Pa
     return home
 
 
+def trust_each_other(*homes: Path) -> None:
+    """What an operator does on a shared database: every host's pinned ledger key goes into
+    every host's keys/trusted_keys, so `ledger verify` on any host trusts the others' events."""
+    lines = sorted(
+        {
+            line
+            for home in homes
+            for line in (home / "keys" / "trusted_keys").read_text().splitlines()
+            if line and not line.startswith("#")
+        }
+    )
+    for home in homes:
+        (home / "keys" / "trusted_keys").write_text("\n".join(lines) + "\n")
+
+
 def daemon_env(host: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONESEEK_")}
     return {**env, "ONESEEK_HOST": host, "PYTHONUNBUFFERED": "1"}
@@ -204,6 +220,7 @@ def test_two_daemons_train_twenty_requests_exactly_once(tmp_path: Path, pg_url: 
         db.execute("SELECT count(*) FROM training_requests WHERE status = 'queued'").fetchone()[0]
         == 20
     )
+    trust_each_other(home_a, home_b)
     report = verify(engine, HomePaths(home_a))
     assert (report.problems, report.events) == ([], 2 * 20)  # accepted and started, per run
     db.close()
@@ -229,6 +246,9 @@ def test_a_killed_daemons_run_is_taken_over_and_resumed_from_its_checkpoint(
     home_b = tiny_home(tmp_path / "home-b", tmp_path / "cache", {"Tiny-Llama": "llama"})
     lease = 3.0
     home_a = linked_home(home_b, "home-a", lease=lease, heartbeat=0.2)
+    pauses = tmp_path / "pauses"
+    with (home_a / "oneseekd.toml").open("a") as fh:  # host-a's trainer: attempt 1 only
+        fh.write(f"command = {json.dumps(pause_command(pauses, 1))}\n")
     shared = home_b
     db = Outsider(pg_url, home_a / "oneseek.db")
     first = DaemonProcess(home_a, "--db-url", pg_url, env={"ONESEEK_HOST": A})
@@ -239,7 +259,8 @@ def test_a_killed_daemons_run_is_taken_over_and_resumed_from_its_checkpoint(
         db.execute("INSERT INTO training_requests (payload) VALUES (?)", json.dumps(body))
         run_id = first.wait_event("run_started", timeout=30)["run_id"]
         checkpoints = shared / "checkpoints" / run_id / "tiny-llama"
-        wait_for(lambda: (checkpoints / "latest").exists(), timeout=60, what="a checkpoint")
+        # paused right after its first checkpoint: the host dies mid-run, never after it ended
+        wait_for(lambda: paused(pauses, run_id), timeout=60, what="the trainer paused")
         [(pid,)] = db.execute("SELECT pid FROM runs WHERE run_id = ?", run_id).fetchall()
         os.kill(pid, signal.SIGKILL)  # the host dies: its daemon and its trainer at once
         first.kill()
@@ -278,6 +299,7 @@ def test_a_killed_daemons_run_is_taken_over_and_resumed_from_its_checkpoint(
     ]
     assert f"taken over from host {A} after its lease expired (attempt 2)" in details
     engine = make_engine(pg_url)
+    trust_each_other(home_a, home_b)
     assert verify(engine, HomePaths(home_b)).problems == []
     engine.dispose()
     db.close()
