@@ -133,8 +133,11 @@ def _check_live_folder(
 ) -> Iterator[str]:
     """A run's folder while it trains: live_metrics.json, a view, and nothing else."""
     for path in sorted(entry.rglob("*")):
-        if path.name == LIVE_METRICS_FILE and path.parent == entry:
-            continue
+        if path.parent == entry and (
+            path.name == LIVE_METRICS_FILE
+            or (path.name.startswith(f".{LIVE_METRICS_FILE}") and path.name.endswith(".tmp"))
+        ):
+            continue  # the view, or its replacement cut short by a crash
         rel = _rel(paths, path)
         if path.is_dir() and not path.is_symlink():
             continue
