@@ -272,6 +272,7 @@ class VerifyReport:
     artifacts: int
     problems: list[str] = field(default_factory=list)
     proofs: int = 0
+    current: str | None = None  # the DNA oneseek-certified/OneSeek-7B-Zero-CURRENT names
 
 
 @dataclass(frozen=True)
@@ -321,10 +322,33 @@ def verify(engine: Engine, paths: HomePaths) -> VerifyReport:
     problems.extend(check_artifacts(artifacts, _recorded_artifacts(events), paths))
     proofs = _proof_files(paths)
     problems.extend(_check_proofs(proofs, events, keys, paths))
+    current = _check_current(paths, events, problems)
     if len(problems) > MAX_PROBLEMS:
         more = len(problems) - MAX_PROBLEMS
         problems = [*problems[:MAX_PROBLEMS], f"... and {more} more problems"]
-    return VerifyReport(not problems, len(events), len(artifacts), problems, len(proofs))
+    return VerifyReport(not problems, len(events), len(artifacts), problems, len(proofs), current)
+
+
+def _check_current(paths: HomePaths, events: list[_Stored], problems: list[str]) -> str | None:
+    """CURRENT (a view: other programs may re-point it) must name a run this ledger certified."""
+    from oneseekd.certify.layout import resolve_current
+
+    now = resolve_current(paths)
+    if now.source is None:
+        return None  # nothing is current yet
+    if now.dna is None:
+        problems.append(str(now.problem))
+        return None
+    certified = {
+        json.loads(ev.payload).get("dna")
+        for ev in events
+        if ev.event == "dna_v2_training_completed" and ev.recomputed() == ev.hash
+    }
+    if now.dna not in certified:
+        problems.append(
+            f"OneSeek-7B-Zero-CURRENT names {now.dna}, which this ledger never certified"
+        )
+    return now.dna
 
 
 def _proof_files(paths: HomePaths) -> list[Path]:

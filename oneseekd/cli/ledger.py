@@ -38,3 +38,5 @@ def verify_cmd(obj: Context, as_json: bool) -> None:
     if report.proofs:
         checked.append(_count(report.proofs, "ledger proof"))
     click.echo(f"Ledger OK: {', '.join(checked)} verified.")
+    if report.current:
+        click.echo(f"Current: {report.current}")
