@@ -356,7 +356,10 @@ def _proof_files(paths: HomePaths) -> list[Path]:
     if not paths.certified.is_dir():
         return []
     found = paths.certified.glob(f"*/{PROOF_FILE}")
-    return sorted(p for p in found if not p.parent.name.startswith("."))
+    # <run_id> and CURRENT are links to certified folders: each proof is read once
+    return sorted(
+        p for p in found if not p.parent.name.startswith(".") and not p.parent.is_symlink()
+    )
 
 
 def _public_keys(session: Session, problems: list[str]) -> dict[str, Ed25519PublicKey]:
