@@ -520,6 +520,7 @@ def test_ctl_ledger_verify(tmp_path: Path) -> None:
         "events": 2,
         "artifacts": 0,
         "proofs": 0,
+        "current": None,
         "problems": [
             "ledger event #2 (request_accepted) was altered: its hash does not match its content"
         ],
