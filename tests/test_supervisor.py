@@ -338,19 +338,20 @@ def test_trainer_threads_reach_the_child_s_environment(
     assert seen == ["- -", "3 3"]
 
 
-def test_the_supervisor_imports_no_torch() -> None:
+def test_the_supervisor_and_certify_import_no_torch_nor_the_trainer() -> None:
     done = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys, oneseekd.supervisor; "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))",
+            "import sys, oneseekd.supervisor, oneseekd.certify.publish, oneseekd.certify.promote; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules), "
+            "sorted(m for m in sys.modules if m.startswith('oneseekd.trainer')))",
         ],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert done.stdout == "[]\n"
+    assert done.stdout == "[] []\n"
 
 
 # --- errors inside the supervisor: nothing is left stuck, unwatched or trained twice --------------
