@@ -38,8 +38,13 @@ if [ "$state" != "succeeded" ]; then
   "$BIN/oneseekctl" --home "$HOME_DIR" show "$run"
   exit 1
 fi
-echo "== the certified folder of $run"
-ls -l "$HOME_DIR/models/oneseek-certified/$run"
-"$BIN/python" -c 'import json,sys; d=json.load(open(sys.argv[1])); print("DNA:", d["dna"]); print("losses:", json.dumps(d["metrics"], indent=1)[:600])' "$HOME_DIR/models/oneseek-certified/$run/training_results.json"
+certified="$HOME_DIR/models/oneseek-certified"
+dna=$(readlink "$certified/$run")
 echo "== oneseekctl ledger verify"
 "$BIN/oneseekctl" --home "$HOME_DIR" ledger verify
+echo "== the certified folder of $run, named by its DNA: $certified/$dna"
+ls -l "$certified/$dna" "$certified/$dna/base_models"
+"$BIN/python" -c 'import json,sys; d=json.load(open(sys.argv[1])); print("metadata.json:", json.dumps({k: d[k] for k in ("version", "dna", "baseModel", "adapters", "metrics")}))' "$certified/$dna/metadata.json"
+echo "== the current pointer (what CivicAI's inference service loads)"
+ls -l "$certified" | grep -E -- "-> |CURRENT"
+echo "OneSeek-7B-Zero-CURRENT.txt: $(cat "$certified/OneSeek-7B-Zero-CURRENT.txt")"

@@ -47,6 +47,9 @@ CERTIFIED_FILES = frozenset(
         "ledger_proof.json",
     }
 )
+VIEWS = frozenset({"metadata.json", "OneSeek-7B-Zero-CURRENT", "OneSeek-7B-Zero-CURRENT.txt"})
+CURRENT = "OneSeek-7B-Zero-CURRENT"
+DNA_PREFIX = "OneSeek-7B-Zero.v"
 VERDICT_EVENTS = ("request_accepted", "request_rejected", "request_duplicate")
 COMPLETED_EVENT = "dna_v2_training_completed"
 # How a run may fail when the only faults are SIGKILLs: its trainer was killed ("signal"),
@@ -206,13 +209,15 @@ def _check_outputs(home: Path, con: sqlite3.Connection) -> list[str]:
     for folder in (zero / "lora_adapters", zero / "weights", home / "models" / "oneseek-certified"):
         for path in _visible_files(folder):
             rel = path.relative_to(home).as_posix()
+            if path.parent == home / "models" / "oneseek-certified" and path.is_symlink():
+                continue  # <run_id> and CURRENT: _check_certified judges them
             if path.is_symlink():  # <key>-adapter: must name a recorded adapter folder
                 target = path.resolve()
                 if not any(
                     r.startswith(target.relative_to(home).as_posix() + "/") for r in recorded
                 ):
                     problems.append(f"{rel} points at {target.name}, which no artifact records")
-            elif rel not in recorded and path.name != "ledger_proof.json":
+            elif rel not in recorded and path.name not in VIEWS | {"ledger_proof.json"}:
                 problems.append(f"{rel} is visible but no artifact records it")
     return problems
 
@@ -342,30 +347,78 @@ def _sha256(path: Path) -> str:
 
 
 def _check_certified(home: Path, con: sqlite3.Connection) -> list[str]:
+    """The certified layout: each folder named by a DNA is whole (its files, metadata.json,
+    its adapter and base model links resolving) and belongs to a succeeded run; each run link
+    and CURRENT name such a folder (never dangling); a succeeded run has its run link; a live
+    folder is left by no ended run."""
     problems = []
     root = home / "models" / "oneseek-certified"
-    folders = (
+    entries = (
         {p.name: p for p in root.iterdir() if not p.name.startswith(".")} if root.is_dir() else {}
     )
     states = dict(con.execute("SELECT run_id, state FROM runs"))
     recorded = {
         path for (path,) in con.execute("SELECT path FROM artifacts WHERE kind = 'certified'")
     }
-    for name, folder in sorted(folders.items()):
-        files = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-        if files != CERTIFIED_FILES:
-            problems.append(
-                f"certified folder {name} is partial: missing {sorted(CERTIFIED_FILES - files)}, "
-                f"unexpected {sorted(files - CERTIFIED_FILES)}"
-            )
-        for file in sorted(files & CERTIFIED_FILES - {"ledger_proof.json"}):  # verify checks it
-            if f"models/oneseek-certified/{name}/{file}" not in recorded:
-                problems.append(f"certified file {name}/{file} is not a recorded artifact")
-        if name not in states:
-            problems.append(f"certified folder {name} belongs to no run")
+    dnas = {}
+    for (payload,) in con.execute(
+        "SELECT payload FROM ledger_events WHERE event = ?", (COMPLETED_EVENT,)
+    ):
+        data = json.loads(payload)
+        dnas[data["dna"]] = data["run_id"]
+    for name, entry in sorted(entries.items()):
+        if name == f"{CURRENT}.txt":
+            target = Path(entry.read_text().strip())
+            if target.parent.resolve() != root.resolve() or target.name not in dnas:
+                problems.append(f"{name} names {target}, which is not a certified folder")
+        elif entry.is_symlink():
+            target = entry.resolve()
+            if not target.is_dir() or target.parent != root.resolve():
+                problems.append(f"{name} is a dangling link (to {os.readlink(entry)})")
+            elif target.name not in dnas:
+                problems.append(f"{name} points at {target.name}, which the ledger never certified")
+            elif name != CURRENT and dnas[target.name] != name:
+                problems.append(f"{name} points at the certified folder of {dnas[target.name]}")
+        elif name.startswith(DNA_PREFIX):
+            problems += _check_dna_folder(home, entry, recorded)
+            if name not in dnas:
+                problems.append(f"certified folder {name} is not certified by the ledger")
+            elif dnas[name] not in states:
+                problems.append(f"certified folder {name} belongs to no run")
+        elif name in states and states[name] not in ("succeeded", "failed", "cancelled"):
+            continue  # the live folder of a run still going
+        else:
+            problems.append(f"{name} in oneseek-certified/ is neither certified nor live")
     for run_id, state in sorted(states.items()):
-        if state == "succeeded" and run_id not in folders:
+        if state == "succeeded" and not (root / run_id).is_symlink():
             problems.append(f"run {run_id} succeeded but has no certified folder")
+    return problems
+
+
+def _check_dna_folder(home: Path, folder: Path, recorded: set[str]) -> list[str]:
+    name = folder.name
+    problems = []
+    files = {p.name for p in folder.iterdir() if p.is_file() and not p.is_symlink()}
+    expected = CERTIFIED_FILES | {"metadata.json"}
+    if files != expected:
+        problems.append(
+            f"certified folder {name} is partial: missing {sorted(expected - files)}, "
+            f"unexpected {sorted(files - expected)}"
+        )
+    for file in sorted(files & CERTIFIED_FILES - {"ledger_proof.json"}):  # verify checks it
+        if f"models/oneseek-certified/{name}/{file}" not in recorded:
+            problems.append(f"certified file {name}/{file} is not a recorded artifact")
+    links = [p for p in folder.iterdir() if p.is_symlink()]
+    links += (
+        [p for p in (folder / "base_models").iterdir()] if (folder / "base_models").is_dir() else []
+    )
+    if len(links) != 2:
+        problems.append(
+            f"certified folder {name} links {len(links)} folders, not its adapter and base"
+        )
+    for link in links:
+        if not link.is_symlink() or not link.resolve().is_dir() or os.path.isabs(os.readlink(link)):
+            problems.append(f"{name}/{link.relative_to(folder)} is not a relative link to a folder")
     return problems
 
 
@@ -682,7 +735,24 @@ CRASH_POINTS = {
     "certify_staged": "the metadata JSON and the certified folder staged, nothing committed",
     "certify_committed": "the completion event committed, metadata and certified folder staged",
     "published": "the certified outputs renamed into place, the trainer not yet exited",
+    "certified_named": "the certified folder renamed into place, <run_id> still the live folder",
+    "run_linked": "<run_id> linked to the certified folder, CURRENT not yet moved",
+    "current_linked": "CURRENT re-pointed, its .txt and the weights JSONs not yet",
+    "current_settled": "CURRENT, its .txt and the weights JSONs moved, the intent note not removed",
 }
+# `oneseekctl promote` killed at each of its steps (python crashharness.py --promote-crash-at)
+PROMOTE_POINTS = {
+    "promote_noted": "the promotion event appended and its intent note written, not committed",
+    "run_linked": "the promotion committed, nothing moved yet",
+    "current_linked": CRASH_POINTS["current_linked"],
+    "current_settled": CRASH_POINTS["current_settled"],
+}
+
+
+def promote_command(point: str) -> list[str]:
+    """An argv that runs `oneseekctl` and SIGKILLs it at `point` of a promotion."""
+    assert point in PROMOTE_POINTS
+    return [sys.executable, str(HARNESS), "--promote-crash-at", point]
 
 
 def crash_command(point: str, kill: str, attempt: int = 1) -> list[str]:
@@ -702,6 +772,8 @@ def crash_command(point: str, kill: str, attempt: int = 1) -> list[str]:
 
 
 def _install_crash(point: str, kill: str) -> None:
+    import oneseekd.certify.certified as certified
+    import oneseekd.certify.publish as published
     import oneseekd.trainer.outputs as outputs
     import oneseekd.trainer.run as run
     from oneseekd.trainer.checkpoint import Checkpoints
@@ -711,6 +783,9 @@ def _install_crash(point: str, kill: str) -> None:
         if kill == "both":
             os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
+
+    if _install_pointer_crash(point, die):
+        return
 
     def nth(count: int, test: Callable[..., bool]) -> Callable[..., bool]:
         seen = [0]
@@ -758,19 +833,19 @@ def _install_crash(point: str, kill: str) -> None:
 
         Checkpoints.remove = crash_remove  # type: ignore[method-assign]
     elif point == "certify_staged":
-        proof = outputs.ledger_proof
+        proof = certified.ledger_proof
 
         def crash_proof(*a: Any) -> Any:
             die()
             return proof(*a)
 
-        outputs.ledger_proof = crash_proof
+        certified.ledger_proof = crash_proof
     else:
         publish = run.publish
 
         # train_run publishes after every model too: only the publish of a certified run counts
         def crash_publish(engine: Any, paths: Any, run_pk: int) -> None:
-            certified = outputs.certified_dna(engine, run_pk) is not None
+            certified = published.certified_dna(engine, run_pk) is not None
             if certified and point == "certify_committed":
                 die()
             publish(engine, paths, run_pk)
@@ -780,7 +855,66 @@ def _install_crash(point: str, kill: str) -> None:
         run.publish = crash_publish
 
 
+def _install_pointer_crash(point: str, die: Callable[[], None]) -> bool:
+    """The steps after a certification's or a promotion's commit (certify/publish.py,
+    certify/current.py); False for any other point."""
+    import oneseekd.certify.current as current
+    import oneseekd.certify.publish as published
+
+    if point == "certified_named":
+        link = published.replace_link
+
+        def crash_link(path: Path, target: str) -> None:
+            if path.parent.name == "oneseek-certified" and target.startswith(DNA_PREFIX):
+                die()
+            link(path, target)
+
+        published.replace_link = crash_link
+    elif point == "run_linked":  # the settle that finds a note: the pointer moves next
+        settle = current.settle
+
+        def crash_settle(engine: Any, paths: Any) -> Any:
+            if current.note_path(paths).exists():
+                die()
+            return settle(engine, paths)
+
+        current.settle = crash_settle
+    elif point == "current_linked":
+        replace = current.replace_link
+
+        def crash_replace(path: Path, target: str) -> None:
+            replace(path, target)
+            if path.name == CURRENT:
+                die()
+
+        current.replace_link = crash_replace
+    elif point == "current_settled":
+        current._clear_note = lambda paths: die()
+    elif point == "promote_noted":
+        write = current._write_note
+
+        def crash_note(paths: Any, note: Any) -> None:
+            write(paths, note)
+            die()
+
+        current._write_note = crash_note
+    else:
+        return False
+    return True
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--promote-crash-at"]:  # oneseekctl ARGS..., killed at one step
+        point = argv[1]
+
+        def die() -> None:
+            print(f"crashharness: SIGKILL at {point}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        _install_pointer_crash(point, die)
+        from oneseekd.cli import main as ctl
+
+        return int(ctl.main(argv[2:], standalone_mode=False) or 0)
     parser = argparse.ArgumentParser(prog="crashharness")
     parser.add_argument("--crash-at", choices=sorted(CRASH_POINTS), required=True)
     parser.add_argument("--crash-kill", choices=("self", "both"), required=True)

@@ -184,7 +184,8 @@ def test_civicai_finds_lists_activates_and_loads_every_certified_run(home: Home)
     pk = home_rows(home, "SELECT id FROM runs WHERE run_id = ?", second_run)[0][0]
     publish(home.engine, home.config.home, int(pk))
     assert resolve_current(home.config.home).dna == first
-    assert home.ctl("ledger", "verify").exit_code == 0
+    verified = home.ctl("ledger", "verify")
+    assert verified.exit_code == 0 and verified.stdout.endswith(f"Current: {first}\n")
     status = json.loads(home.ctl("status", "--json").stdout)
     assert status["current_model"]["dna"] == first
     assert status["current_model"]["run_id"] == first_run
@@ -193,6 +194,15 @@ def test_civicai_finds_lists_activates_and_loads_every_certified_run(home: Home)
     assert runs[second_run]["dna"] == second
     shown = home.ctl("show", first_run).stdout
     assert f"  dna:      {first} (current)\n" in shown
+    # a CURRENT that names no certified run of this home is reported
+    os.unlink(certified / CURRENT_LINK)
+    os.symlink("OneSeek-7B-Zero.v9.9.abcdef", certified / CURRENT_LINK)
+    bad = home.ctl("ledger", "verify")
+    assert bad.exit_code == 1
+    assert (
+        "OneSeek-7B-Zero-CURRENT points at OneSeek-7B-Zero.v9.9.abcdef, which does not exist"
+        in bad.output
+    )
 
 
 def home_rows(home: Home, sql: str, *args: object) -> list[tuple[Any, ...]]:

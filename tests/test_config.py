@@ -61,7 +61,8 @@ def test_a_bad_config_is_refused_with_every_problem_listed(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path, env={})
     assert err.value.problems == [
-        "oneseekd.toml: unknown setting 'workers' (known: catalog, intake, log_level, trainer)",
+        "oneseekd.toml: unknown setting 'workers' "
+        "(known: catalog, certify, intake, log_level, trainer)",
         "log_level must be one of debug, info, warning, error, got 'loud'",
         "catalog.settle_seconds must be at least 0, got -1",
         "catalog.rescan_interval_seconds must be a number of seconds, got 'often'",
@@ -101,3 +102,13 @@ def test_trainer_threads_must_be_a_whole_number(tmp_path: Path, value: str) -> N
     assert err.value.problems == [
         f"trainer.threads must be a whole number of CPU threads (0: torch's default), got {shown}"
     ]
+
+
+def test_make_current_defaults_to_true_and_must_be_a_boolean(tmp_path: Path) -> None:
+    assert load_config(tmp_path, env={}).certify.make_current is True
+    (tmp_path / "oneseekd.toml").write_text("[certify]\nmake_current = false\n")
+    assert load_config(tmp_path, env={}).certify.make_current is False
+    (tmp_path / "oneseekd.toml").write_text('[certify]\nmake_current = "no"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, env={})
+    assert info.value.problems == ["certify.make_current must be true or false, got 'no'"]

@@ -101,7 +101,19 @@ DEFAULT_CASES = [
     ("certify_staged", "self"),
     ("certify_committed", "self"),
     ("published", "self"),
+    ("current_linked", "self"),
 ]
+# the points after the completion event committed: the run is certified whatever follows
+COMMITTED_POINTS = frozenset(
+    {
+        "certify_committed",
+        "published",
+        "certified_named",
+        "run_linked",
+        "current_linked",
+        "current_settled",
+    }
+)
 
 
 def _case(point: str, kill: str) -> object:
@@ -125,7 +137,7 @@ def _crash_inside(root: Path, point: str, kill: str) -> None:
     [(run_id, state, outcome, attempts)] = _runs(home)
     log = (home / "logs" / f"{run_id}.log").read_text()
     assert f"crashharness: SIGKILL at {point} ({kill})" in log
-    certified = point in ("certify_committed", "published")
+    certified = point in COMMITTED_POINTS
     if kill == "self":  # a killed trainer fails its run, unless the ledger already certifies it
         expected = ("succeeded", "succeeded") if certified else ("failed", "signal")
         assert (state, outcome, attempts) == (*expected, 1), log[-3000:]
@@ -184,8 +196,14 @@ def _flip_a_byte(home: Path) -> None:
 
 
 def _partial_certified(home: Path) -> None:
-    [folder] = (home / "models" / "oneseek-certified").iterdir()
+    [folder] = (home / "models" / "oneseek-certified").glob("OneSeek-7B-Zero.v*")
     (folder / "loss_curve.png").unlink()
+
+
+def _dangling_current(home: Path) -> None:
+    link = home / "models" / "oneseek-certified" / "OneSeek-7B-Zero-CURRENT"
+    link.unlink()
+    link.symlink_to("OneSeek-7B-Zero.v9.9.abcdef")
 
 
 def _sql(statement: str) -> Callable[[Path], None]:
@@ -251,6 +269,7 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "database-corrupt": (_corrupt_an_index, "integrity_check"),
     "unrecorded-output": (_unrecorded_output, "v9.9.json is visible but no artifact records it"),
+    "current-dangling": (_dangling_current, "OneSeek-7B-Zero-CURRENT is a dangling link"),
 }
 
 

@@ -268,16 +268,17 @@ args = parser.parse_args()
 paths = HomePaths(Path(args.home))
 engine = make_engine(args.db_url)
 ledger = Ledger.for_home(engine, paths)
-staged = paths.certified / f".{args.run_id}.tmp"
+dna = "OneSeek-7B-Zero.v1.0.abcdef"  # the certified folder is named by the DNA
+staged = paths.certified / f".{dna}.tmp"
 staged.mkdir(parents=True)
 (staged / "oneseek_dna.json").write_text("{}")
 with write_session(engine) as session:
     run = session.scalars(select(Run).where(Run.run_id == args.run_id)).one()
-    final = paths.certified / args.run_id / "oneseek_dna.json"
+    final = paths.certified / dna / "oneseek_dna.json"
     digest = file_digest(staged / "oneseek_dna.json")
     record_artifact(session, ledger, paths, final, "certified", run.id, None, digest=digest)
-    dna = {"dna": "OneSeek-7B-Zero.v1.0.abcdef"}
-    ledger.append(session, "dna_v2_training_completed", dna, run.id)
+    payload = {"dna": dna, "run_id": args.run_id}
+    ledger.append(session, "dna_v2_training_completed", payload, run.id)
     if args.commit != "yes":
         os.kill(os.getpid(), signal.SIGKILL)
 os.kill(os.getpid(), signal.SIGKILL)
@@ -297,7 +298,7 @@ def test_a_trainer_killed_before_publishing_is_ended_by_what_the_ledger_holds(
         w.drive(lambda: w.finished(run_id), timeout=30)
         run = w.run(run_id)
         certified = w.config.home.certified
-        assert not (certified / f".{run_id}.tmp").exists()  # published, or discarded
+        assert not (certified / ".OneSeek-7B-Zero.v1.0.abcdef.tmp").exists()  # published, or gone
         current = w.config.home.models / "OneSeek-7B-Zero-CURRENT"
         if committed:
             assert (run["state"], run["outcome"], run["exit_code"]) == (
@@ -305,6 +306,7 @@ def test_a_trainer_killed_before_publishing_is_ended_by_what_the_ledger_holds(
                 "succeeded",
                 -9,
             )
+            assert (certified / run_id).readlink() == Path("OneSeek-7B-Zero.v1.0.abcdef")
             assert (certified / run_id / "oneseek_dna.json").read_text() == "{}"
             assert current.readlink() == Path("oneseek-7b-zero")
         else:
@@ -339,19 +341,20 @@ def test_trainer_threads_reach_the_child_s_environment(
     assert seen == ["- -", "3 3"]
 
 
-def test_the_supervisor_imports_no_torch() -> None:
+def test_the_supervisor_and_certify_import_no_torch_nor_the_trainer() -> None:
     done = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys, oneseekd.supervisor; "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))",
+            "import sys, oneseekd.supervisor, oneseekd.certify.publish, oneseekd.certify.promote; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules), "
+            "sorted(m for m in sys.modules if m.startswith('oneseekd.trainer')))",
         ],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert done.stdout == "[]\n"
+    assert done.stdout == "[] []\n"
 
 
 # --- errors inside the supervisor: nothing is left stuck, unwatched or trained twice --------------

@@ -288,9 +288,10 @@ class Admin {
   }
 
   /**
-   * The run's live_metrics.json ({type: 'live' | 'final', epoch, val_losses, weights}, keyed
-   * by model key): the certified copy once the run is certified, else the one the trainer
-   * rewrites after each epoch; null before the first epoch ends.
+   * The run's live_metrics.json in the seed's shape ({type: 'epoch_end', epoch, total_epochs,
+   * total_loss, val_losses, weights, progress_percent, ...}, one number per model key):
+   * HOME/models/oneseek-certified/<run_id>/ holds it while the run trains and, once it is
+   * certified, links to the certified folder's final copy; null before the first write.
    */
   liveMetrics(runId) {
     checkRunId(runId);
@@ -298,7 +299,6 @@ class Admin {
     if (this.sql.runState.get(runId) === undefined) throw new Error(`unknown run "${runId}"`);
     const candidates = [
       path.join(this.home, 'models', 'oneseek-certified', runId, 'live_metrics.json'),
-      path.join(this.home, 'runs', runId, 'live_metrics.json'),
     ];
     for (const file of candidates) {
       let text;

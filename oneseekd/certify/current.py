@@ -102,9 +102,17 @@ def note_move(
             record_artifact(
                 session, ledger, paths, path, WEIGHTS_JSON_KIND, owner, None, digest=digest
             )
+    _write_note(paths, {"dna": dna, "run_id": run_id, "version": version, "event": event.hash})
+
+
+def _write_note(paths: HomePaths, note: dict[str, str]) -> None:
     paths.certified.mkdir(parents=True, exist_ok=True)
-    note = {"dna": dna, "run_id": run_id, "version": version, "event": event.hash}
     write_bytes(note_path(paths), render_json(note))
+    fsync_dir(paths.certified)
+
+
+def _clear_note(paths: HomePaths) -> None:
+    note_path(paths).unlink(missing_ok=True)
     fsync_dir(paths.certified)
 
 
@@ -131,8 +139,7 @@ def settle(engine: Engine, paths: HomePaths) -> str | None:
             select(LedgerEvent.seq).where(LedgerEvent.hash == event)
         ).first()
     if committed is None:
-        path.unlink(missing_ok=True)
-        fsync_dir(paths.certified)
+        _clear_note(paths)
         return None
     folder = paths.certified / dna
     if not is_certified_dir(folder):
@@ -145,8 +152,7 @@ def settle(engine: Engine, paths: HomePaths) -> str | None:
         new = flipped(weights, weights == target) if weights.is_file() else None
         if new is not None:
             write_bytes(weights, new)
-    path.unlink(missing_ok=True)
-    fsync_dir(paths.certified)
+    _clear_note(paths)
     log.info("current_moved", dna=dna)
     return dna
 

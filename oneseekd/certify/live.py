@@ -5,17 +5,12 @@ each progress update while the run trains (docs/training.md, "Live metrics")."""
 from __future__ import annotations
 
 import math
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from oneseekd.certify.dna import final_weights
 from oneseekd.certify.staging import write_json
-
-# the progress updates a trainer reports come about once a second; CivicAI counts a run as
-# active while the file is under 60 s old, so one write per this many seconds is plenty
-LIVE_SECONDS = 2.0
 
 
 def _number(value: float | None) -> float | None:
@@ -58,7 +53,8 @@ def live_document(
 
 class LiveMetrics:
     """The run's live_metrics.json while it trains. `epoch_end` rewrites it after an epoch;
-    `progress` after a progress update (at most once per LIVE_SECONDS)."""
+    `progress` at each progress update (the trainer's are about a second apart; CivicAI counts
+    a run as active while the file is under 60 s old)."""
 
     def __init__(self, path: Path, total_epochs: int, models: int, weighting: str) -> None:
         self.path = path
@@ -69,7 +65,6 @@ class LiveMetrics:
         self.val: dict[str, list[float]] = {}
         self.percent = 0.0
         self.running: float | None = None
-        self._last = 0.0
 
     def epoch_end(
         self, key: str, val_losses: list[float], train_losses: list[float] | None = None
@@ -94,12 +89,9 @@ class LiveMetrics:
         self.percent = min(100.0, 100.0 * ((index - 1) + done) / self.models)
         loss = data.get("loss")
         self.running = float(loss) if isinstance(loss, int | float) else None
-        now = time.monotonic()
-        if now - self._last >= LIVE_SECONDS:
-            self._write()
+        self._write()
 
     def _write(self) -> None:
-        self._last = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json(
             self.path,

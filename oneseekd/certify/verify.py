@@ -39,7 +39,7 @@ class VerifyReport:
     artifacts: int
     problems: list[str] = field(default_factory=list)
     proofs: int = 0
-    current: str | None = None  # the certified run OneSeek-7B-Zero-CURRENT names
+    current: str | None = None  # the DNA oneseek-certified/OneSeek-7B-Zero-CURRENT names
 
 
 @dataclass(frozen=True)

@@ -211,14 +211,13 @@ def _check_adapter_links(paths: HomePaths, signed: Signed) -> Iterator[str]:
 
 
 def _current(paths: HomePaths, signed: Signed) -> tuple[str | None, str | None]:
-    """(which certified run CURRENT names, the problem with it)."""
+    """(the DNA CURRENT names, the problem with it)."""
     now = resolve_current(paths)
     if now.source is None:
         return None, None  # nothing certified yet, or never made current
     if now.dna is None:
         return None, f"{now.problem}: CivicAI would load no certified model of this home"
-    run_id = signed.certified.get(now.dna)
-    if run_id is None:
+    if now.dna not in signed.certified:
         where = CURRENT_LINK if now.source == "link" else CURRENT_TXT
-        return None, f"{where} names {now.dna}, which no ledger event certified"
-    return f"{now.dna} (run {run_id})", None
+        return now.dna, f"{where} names {now.dna}, which this ledger never certified"
+    return now.dna, None

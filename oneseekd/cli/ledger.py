@@ -41,7 +41,7 @@ def verify_cmd(obj: Context, as_json: bool) -> None:
         checked.append(_count(report.proofs, "ledger proof"))
     click.echo(f"Ledger OK: {', '.join(checked)} verified.")
     if report.current:
-        click.echo(f"Current: {report.current}, certified by this home's ledger.")
+        click.echo(f"Current: {report.current}")
 
 
 @ledger_group.command("tip")

@@ -69,8 +69,10 @@ class _LiveProgress(Progress):
         self.live = live
 
     def report(self, data: dict[str, Any], *, force: bool = False) -> None:
+        before = self._last
         super().report(data, force=force)
-        if self.live is not None and data.get("model"):
+        # the same throttle: live_metrics.json is rewritten at each update the row gets
+        if self.live is not None and data.get("model") and self._last != before:
             self.live.progress(data)
 
 

@@ -1,0 +1,172 @@
+"""`oneseekctl train`: CivicAI's training start, with the admin panel's argv and environment
+(issue 11, item 5)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import civic
+import pytest
+from click.testing import CliRunner
+from daemon import DaemonProcess, query, run_state, wait_for
+from trainhomes import tiny_home
+
+from oneseekd.cli import main as ctl
+from oneseekd.cli.train import FLAGS, build_request
+
+# what admin.js spawns (CIVICAI.md, "The training start"), less the options oneseekd refuses
+ARGV = [
+    "--dataset",
+    "datasets/civic.jsonl",
+    "--epochs",
+    "2",
+    "--learning-rate",
+    "0.005",
+    "--seed",
+    "7",
+    "--language",
+    "sv",
+    "--lora-rank",
+    "4",
+    "--lora-alpha",
+    "8",
+    "--max-seq-length",
+    "64",
+    "--batch-size",
+    "4",
+]
+
+
+def _env(home: Path, **more: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONESEEK_")}
+    env.update(
+        BASE_MODELS="Tiny-Llama",
+        RUN_ID="run-2026-12-01-10-00-00",
+        USE_DDP="false",
+        MODELS_DIR=str(home / "models"),
+        **more,
+    )
+    return env
+
+
+def test_the_admin_panels_argv_and_environment_make_a_request(tmp_path: Path) -> None:
+    env = {"BASE_MODELS": "A,B", "RUN_ID": "run-2026-12-01-10-00-00", "USE_DDP": "true"}
+    data = build_request([*ARGV, "--target-modules", "q_proj,v_proj"], env, tmp_path / "models")
+    assert data == {
+        "dataset": "civic.jsonl",
+        "epochs": 2,
+        "learning_rate": 0.005,
+        "seed": 7,
+        "language": "sv",
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "max_seq_len": 64,
+        "batch_size": 4,
+        "base_models": ["A", "B"],
+        "run_id": "run-2026-12-01-10-00-00",
+        "sharding": "ddp",
+    }
+    # --base-models wins over BASE_MODELS; a bare dataset id names the same file
+    data = build_request(
+        ["--base-models", "C", "D", "--dataset", "civic.jsonl"], env, tmp_path / "models"
+    )
+    assert (data["base_models"], data["dataset"]) == (["C", "D"], "civic.jsonl")
+
+
+def test_options_oneseekd_does_not_take_yet_are_refused_by_name(tmp_path: Path) -> None:
+    tiny_home(tmp_path / "home", tmp_path / "cache", {})
+    argv = [*ARGV, "--auto-stop-threshold", "0.01", "--load-in-4bit", "--deepspeed-stage", "2"]
+    done = CliRunner().invoke(
+        ctl, ["--home", str(tmp_path / "home"), "train", *argv, "--bogus"], env=_env(tmp_path)
+    )
+    assert done.exit_code == 2
+    assert done.output == (
+        "Error: the training start was refused\n"
+        "  - unknown argument '--bogus'\n"
+        "  - oneseekd does not support --auto-stop-threshold, --load-in-4bit, "
+        "--deepspeed-stage yet; leave them out (nothing is ignored silently)\n"
+        f"  - MODELS_DIR={tmp_path}/models is not this home's models folder "
+        f"{tmp_path}/home/models; run with --home (or ONESEEK_HOME) set to the folder that "
+        "holds it\n"
+    )
+    # every refused flag is a known one: supporting it is one line of the table
+    assert all(FLAGS[f] is None for f in ("--auto-stop-threshold", "--load-in-4bit"))
+
+
+def test_without_a_daemon_it_says_so_and_queues_nothing(tmp_path: Path) -> None:
+    home = tiny_home(tmp_path / "home", tmp_path / "cache", {})
+    done = CliRunner().invoke(ctl, ["--home", str(home), "train", *ARGV], env=_env(home))
+    assert done.exit_code == 1
+    assert done.output == (
+        f"Error: no oneseekd serves {home}: nothing was queued\n"
+        f"  - start it (`systemctl start oneseekd`, or `oneseekd --home {home}`), "
+        "then run this again\n"
+    )
+    assert not (home / "oneseek.db").exists() or query(home, "SELECT * FROM runs") == []
+
+
+def _train(home: Path, argv: list[str], **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "oneseekd.cli", "--home", str(home), "train", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(home, **env),
+    )
+
+
+@pytest.mark.timeout(600)
+def test_a_training_start_prints_what_the_admin_panel_parses(tmp_path: Path) -> None:
+    home = tiny_home(tmp_path / "home", tmp_path / "cache", {"Tiny-Llama": "llama"})
+    daemon = DaemonProcess(home)
+    try:
+        daemon.wait_event("daemon_ready", timeout=60)
+        done = _train(home, ARGV)
+        out, err = done.communicate(timeout=500)
+        assert done.returncode == 0, out + err
+        lines = out.splitlines()
+        epochs = [m.groups() for m in map(civic.EPOCH.search, lines) if m]
+        assert ("1", "2") in epochs and ("2", "2") in epochs
+        assert [float(m.group(1)) for m in map(civic.LOSS.search, lines) if m]
+        dna = civic.DNA.search(lines[-1])
+        assert dna is not None and lines[-1] == f"DNA: {dna.group(1)}"
+        certified = home / "models" / "oneseek-certified"
+        assert os.readlink(certified / "run-2026-12-01-10-00-00") == dna.group(1)
+        # refused by the validator: exit 2, nothing queued
+        again = _train(home, ARGV)  # the same RUN_ID again
+        out, err = again.communicate(timeout=60)
+        assert again.returncode == 2, out + err
+        assert "run id run-2026-12-01-10-00-00 already exists" in err
+        assert len(query(home, "SELECT * FROM runs")) == 1
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(600)
+def test_a_kill_cancels_the_run(tmp_path: Path) -> None:
+    home = tiny_home(tmp_path / "home", tmp_path / "cache", {"Tiny-Llama": "llama"})
+    daemon = DaemonProcess(home)
+    try:
+        daemon.wait_event("daemon_ready", timeout=60)
+        argv = [*ARGV]
+        argv[argv.index("--epochs") + 1] = "50"
+        proc = _train(home, argv)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        while not line.startswith("Epoch "):  # the run is training: stop it as the panel does
+            assert line, proc.stderr.read() if proc.stderr else ""
+            line = proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert "Cancelled run run-2026-12-01-10-00-00 (SIGTERM)" in err
+        wait_for(
+            lambda: run_state(home, "run-2026-12-01-10-00-00") == "cancelled",
+            timeout=120,
+            what="the run cancelled",
+        )
+    finally:
+        daemon.stop()
