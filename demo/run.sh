@@ -23,10 +23,8 @@ mv "$HOME_DIR/requests/$name.tmp" "$HOME_DIR/requests/$name"
 echo "== oneseekd --home $HOME_DIR --exit-when-idle   (JSON log: $HOME_DIR/oneseekd.log)"
 "$BIN/oneseekd" --home "$HOME_DIR" --exit-when-idle 2>> "$HOME_DIR/oneseekd.log" &
 daemon=$!
-while kill -0 "$daemon" 2>/dev/null; do
-  sleep 5
-  "$BIN/oneseekctl" --home "$HOME_DIR" status 2>/dev/null | grep -A1 '^running:' || true
-done
+# one progress line, redrawn on a terminal (one line per change otherwise), naming each phase
+"$BIN/python" demo/watch.py "$BIN" "$HOME_DIR" "$daemon"
 wait "$daemon"
 echo "== oneseekctl status"
 "$BIN/oneseekctl" --home "$HOME_DIR" status
@@ -43,3 +41,8 @@ ls -l "$HOME_DIR/models/oneseek-certified/$run"
 "$BIN/python" -c 'import json,sys; d=json.load(open(sys.argv[1])); print("DNA:", d["dna"]); print("losses:", json.dumps(d["metrics"], indent=1)[:600])' "$HOME_DIR/models/oneseek-certified/$run/training_results.json"
 echo "== oneseekctl ledger verify"
 "$BIN/oneseekctl" --home "$HOME_DIR" ledger verify
+echo
+echo "== next: oneseekctl is in $BIN/ (or run: source $BIN/activate)"
+echo "   $BIN/oneseekctl --home $HOME_DIR status"
+echo "   $BIN/oneseekctl --home $HOME_DIR runs"
+echo "   $BIN/oneseekctl --home $HOME_DIR show $run"

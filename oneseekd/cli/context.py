@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import Engine
 
-from oneseekd.catalog.live import Catalog
-from oneseekd.catalog.scan import model_roots
 from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine
-from oneseekd.db.migrate import check_revision, upgrade
 from oneseekd.errors import DatabaseError
 from oneseekd.lock import LockState, probe
+from oneseekd.times import utc_text
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+# SQLAlchemy, the catalog and the migrations are imported where they are used: the read
+# commands (oneseekd/cli/read.py) answer without them.
 
 
 @dataclass
@@ -38,6 +41,9 @@ class Context:
     def engine(self) -> Engine:
         """The database, created when new; an outdated one is left to `db upgrade`."""
         if self._engine is None:
+            from oneseekd.db.engine import make_engine
+            from oneseekd.db.migrate import check_revision, upgrade
+
             engine = make_engine(self.config.db_url)
             revision = check_revision(engine)
             if revision.verdict == "empty":
@@ -57,6 +63,9 @@ class Context:
         Returns True when this command scanned, False when the daemon's catalog is used."""
         if self.daemon().held:
             return False
+        from oneseekd.catalog.live import Catalog
+        from oneseekd.catalog.scan import model_roots
+
         cfg = self.config
         catalog = Catalog(
             self.engine(), model_roots(cfg), cfg.catalog.settle_seconds, host=cfg.catalog.host
@@ -65,8 +74,13 @@ class Context:
         return True
 
 
+def _json_default(value: Any) -> Any:
+    # a time that reached the output unformatted still reads in the one format
+    return utc_text(value) if isinstance(value, datetime) else str(value)
+
+
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(json.dumps(data, indent=2, default=_json_default))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -30,6 +30,7 @@ from oneseekd.db.engine import read_session
 from oneseekd.db.models import Artifact, LedgerEvent, Run
 from oneseekd.errors import OneseekError
 from oneseekd.naming import versioned_name
+from oneseekd.times import utc_text
 
 if TYPE_CHECKING:  # the daemon imports this module for `publish`: no torch at import time
     from oneseekd.trainer.context import RunContext
@@ -300,7 +301,7 @@ def certify(
             "trained_models": keys,
             "modelSpecificWeights": weights,
             "final_weights": weights,
-            "createdAt": finished.isoformat(),
+            "createdAt": utc_text(finished),
             "trainingType": "lora",
             "dna": dna,
             "run_id": ctx.run_id,
@@ -331,7 +332,7 @@ def certify(
             "run_id": ctx.run_id,
             "inputs": inputs,
             "outputs": adapter_hashes,
-            "created_at": finished.isoformat(),
+            "created_at": utc_text(finished),
         },
         "training_results.json": {
             "run_id": ctx.run_id,
@@ -343,8 +344,8 @@ def certify(
             "baseModels": [display[k] for k in keys],
             "final_weights": weights,
             "metrics": metrics,
-            "started_at": started.isoformat(),
-            "finished_at": finished.isoformat(),
+            "started_at": utc_text(started),
+            "finished_at": utc_text(finished),
             "duration_seconds": round((finished - started).total_seconds(), 3),
         },
         "live_metrics.json": {
