@@ -176,7 +176,7 @@ def did_you_mean(name: str, known: list[str]) -> str:
     """' (did you mean 'epochs'?)' for a close known name, else ''. camelCase is compared
     in snake_case, as the schema accepts both spellings."""
     snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
-    close = difflib.get_close_matches(snake, known, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(snake, known, n=1, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -218,7 +218,7 @@ def _known_lists(errors: list[ErrorDetails]) -> list[str]:
             if scope not in scopes:
                 scopes.append(scope)
     lines = []
-    for scope in scopes:
+    for scope in sorted(scopes):  # the request's own fields ("") first
         known = _known_in(scope)
         if known:
             lines.append(f"known fields{' of ' + scope if scope else ''}: {', '.join(known)}")
