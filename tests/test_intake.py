@@ -126,7 +126,7 @@ def test_one_verdict_lists_the_schema_the_model_and_the_dataset_problems(
     setup: tuple,
 ) -> None:
     """The schema stage failing (epochs) does not stop the model and dataset checks."""
-    config, _, intake = setup
+    _, _, intake = setup
     verdict = take(
         intake, {"base_models": ["no-such-model"], "dataset": "../oneseekd.toml", "epochs": 0}
     )
@@ -165,7 +165,8 @@ def test_a_request_is_created_before_it_is_decided(setup: tuple) -> None:
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", decided)
         assert created <= decided
     queued = con.execute(
-        "SELECT r.created_at, u.queued_at FROM training_requests r JOIN runs u ON u.request_id = r.id"
+        "SELECT r.created_at, u.queued_at FROM training_requests r "
+        "JOIN runs u ON u.request_id = r.id"
     ).fetchone()
     assert queued[0] <= queued[1]
 
@@ -390,9 +391,9 @@ def test_a_cancelled_run_keeps_its_version_unless_named_again_and_it_left_nothin
     # without a version: the next one, not the cancelled run's again
     second = take(intake, request(epochs=2))
     assert second.status == "queued", second.problems
-    assert con.execute("SELECT version FROM runs WHERE run_id = ?", (second.run_id,)).fetchone() == (
-        "1.1",
-    )
+    assert con.execute(
+        "SELECT version FROM runs WHERE run_id = ?", (second.run_id,)
+    ).fetchone() == ("1.1",)
     # named explicitly: the cancelled run produced nothing, so 1.0 may be taken again
     queue.request_cancel(engine, str(second.run_id))
     con.execute(
