@@ -31,7 +31,7 @@ def test_utc_text_is_fixed_width_utc_with_microseconds() -> None:
 
 def test_a_naive_time_is_refused() -> None:
     with pytest.raises(ValueError, match="naive datetime"):
-        utc_text(datetime(2026, 11, 24))  # noqa: DTZ001 - the point of the test
+        utc_text(datetime(2026, 11, 24))  # a naive time: the point of the test
 
 
 def test_json_output_writes_a_stray_datetime_in_the_one_format(
