@@ -51,7 +51,7 @@ def queued_home(tmp_path: Path) -> tuple[Path, str]:
     return home, verdict.run_id
 
 
-def imported_by(home: Path, *args: str) -> tuple[list[str], str]:
+def imported_by(home: Path, *args: str, db_url: str | None = None) -> tuple[list[str], str]:
     """The heavy modules a fresh interpreter has imported after one oneseekctl command."""
     script = textwrap.dedent(
         f"""
@@ -60,7 +60,7 @@ def imported_by(home: Path, *args: str) -> tuple[list[str], str]:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             try:
-                main({["--home", str(home), *args]!r})
+                main({["--home", str(home), *(["--db-url", db_url] if db_url else []), *args]!r})
             except SystemExit as exc:
                 assert not exc.code, exc.code
         print(json.dumps([[m for m in {HEAVY!r} if m in sys.modules], out.getvalue()]))
@@ -149,3 +149,44 @@ def test_an_unknown_run_is_an_error_naming_the_fix(queued_home: tuple[Path, str]
     code, _, err = ctl(home, "show", "run-nope")
     assert code == 1
     assert err.strip() == ("Error: no run 'run-nope'\n  - list the runs with `oneseekctl runs`")
+
+
+def test_another_database_is_read_with_sqlalchemy_core_only(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the same queries through SQLAlchemy Core, never the ORM, and the same
+    answer as the full path."""
+    home = training_home(tmp_path / "home")
+    config, engine = open_home_at(home, pg_url)
+    verdict = Intake(engine, config.home).take_bytes(
+        json.dumps(request()).encode(), source="submit"
+    )
+    engine.dispose()
+    heavy, output = imported_by(home, "show", str(verdict.run_id), "--json", db_url=pg_url)
+    assert "sqlalchemy" in heavy
+    assert [m for m in heavy if m != "sqlalchemy"] == []
+    light = json.loads(output)
+    assert light["run_id"] == verdict.run_id
+    _full_path_only(monkeypatch)
+    result = CliRunner().invoke(
+        main,
+        ["--home", str(home), "--db-url", pg_url, "show", str(verdict.run_id), "--json"],
+        env={"ONESEEK_HOME": None, "ONESEEK_DB_URL": None},
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == light
+
+
+def open_home_at(home: Path, db_url: str) -> tuple:
+    from oneseekd.catalog.live import Catalog
+    from oneseekd.catalog.scan import model_roots
+    from oneseekd.config import load_config
+    from oneseekd.db.engine import make_engine
+    from oneseekd.db.migrate import upgrade
+
+    config = load_config(home, db_url, env={})
+    config.home.ensure()
+    engine = make_engine(db_url)
+    upgrade(engine)
+    Catalog(engine, model_roots(config), settle=0, host=config.catalog.host).full_scan()
+    return config, engine

@@ -19,7 +19,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
+
 from oneseekd.config import SQLITE_BUSY_TIMEOUT_MS
+from oneseekd.db.heads import scripted_head
+from oneseekd.errors import DatabaseError
 from oneseekd.times import read_time
 
 if TYPE_CHECKING:
@@ -82,13 +86,33 @@ Query = Callable[[str, dict[str, Any]], tuple[list[str], list[Sequence[Any]]]]
 class Reader:
     """The queries of the read commands, over sqlite3 or a SQLAlchemy Core connection."""
 
-    def __init__(self, query: Query, url: str, light: bool) -> None:
+    def __init__(
+        self,
+        query: Query,
+        url: str,
+        light: bool,
+        errors: tuple[type[Exception], ...] = (),
+        close: Callable[[], None] | None = None,
+    ) -> None:
         self._query = query
-        self.url = url  # shown by status, without a password
-        self.light = light  # True: sqlite3 alone, no SQLAlchemy
+        self.url = url  # shown by status
+        self.light = light  # True: none of the full machinery (the ORM, structlog, ...)
+        self._errors = errors
+        self._close = close
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+            self._close = None
 
     def rows(self, sql: str, **params: Any) -> list[Row]:
-        names, rows = self._query(sql, params)
+        try:
+            names, rows = self._query(sql, params)
+        except self._errors as exc:
+            raise DatabaseError(
+                f"cannot read the database: {exc}",
+                ["check that the database is reachable, then run the command again"],
+            ) from exc
         return [Row((n, _value(n, v)) for n, v in zip(names, r, strict=True)) for r in rows]
 
     def one(self, sql: str, **params: Any) -> Row | None:
@@ -161,37 +185,81 @@ def _sqlite_file(db_url: str) -> Path | None:
     return Path(db_url.removeprefix(prefix))
 
 
-def _light(obj: Context, catalog: bool) -> Reader | None:
-    """The sqlite3 reader, or None when only the full path can answer exactly."""
-    cfg = obj.config
-    db_file = _sqlite_file(cfg.db_url)
-    if db_file is None or not cfg.home.root.is_dir() or not db_file.is_file():
-        return None
-    from oneseekd.db.heads import scripted_head
-
+def _sqlite_query(db_file: Path) -> tuple[Query, Callable[[], None]] | None:
     try:
         con = sqlite3.connect(
             f"file:{db_file}?mode=rw", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
         )
+        con.execute("PRAGMA query_only = 1")
     except sqlite3.Error:
         return None
+    # TEXT another program wrote that is not UTF-8 reads as surrogates, as the engine reads
+    # it (oneseekd/db/engine.py), and is shown escaped
+    con.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
 
     def query(sql: str, params: dict[str, Any]) -> tuple[list[str], list[Sequence[Any]]]:
         cursor = con.execute(sql, params)
         return [d[0] for d in cursor.description or ()], cursor.fetchall()
 
-    reader = Reader(query, cfg.db_url, light=True)
+    return query, con.close
+
+
+def _core_query(db_url: str) -> tuple[Query, Callable[[], None]] | None:
+    """Another database (PostgreSQL): SQLAlchemy Core, never the ORM."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
-        con.execute("PRAGMA query_only = 1")
-        revision = con.execute("SELECT version_num FROM alembic_version").fetchall()
-        if [r[0] for r in revision] != [scripted_head()]:
-            con.close()
+        engine = create_engine(db_url, pool_pre_ping=True)
+        conn = engine.connect()
+    except (SQLAlchemyError, ImportError, ValueError):
+        return None
+
+    def query(sql: str, params: dict[str, Any]) -> tuple[list[str], list[Sequence[Any]]]:
+        result = conn.execute(text(sql), params)
+        return list(result.keys()), [tuple(r) for r in result]
+
+    def close() -> None:
+        conn.close()
+        engine.dispose()
+
+    return query, close
+
+
+def _light(obj: Context, catalog: bool) -> Reader | None:
+    """A reader that needs none of the full machinery, or None when only the full path can
+    answer exactly (no database yet, one behind the newest revision, a changed catalog)."""
+    cfg = obj.config
+    if not cfg.home.root.is_dir():
+        return None
+    db_file = _sqlite_file(cfg.db_url)
+    shown_url = cfg.db_url
+    if db_file is not None:
+        opened = _sqlite_query(db_file) if db_file.is_file() else None
+        errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    elif cfg.db_url.startswith("sqlite"):
+        return None  # a URL with options: the full path reads it as given
+    else:
+        opened = _core_query(cfg.db_url)
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import SQLAlchemyError
+
+        errors = (SQLAlchemyError,)
+        shown_url = make_url(cfg.db_url).render_as_string(hide_password=True)
+    if opened is None:
+        return None
+    query, close = opened
+    reader = Reader(query, shown_url, light=True, errors=errors, close=close)
+    try:
+        _, revision = query("SELECT version_num FROM alembic_version", {})
+        current = [r[0] for r in revision] == [scripted_head()]
+        if not current or (
+            catalog and not obj.daemon().held and not catalog_is_current(obj, reader)
+        ):
+            close()
             return None
-        if catalog and not obj.daemon().held and not catalog_is_current(obj, reader):
-            con.close()
-            return None
-    except sqlite3.Error:
-        con.close()
+    except errors:
+        close()
         return None
     return reader
 
@@ -204,11 +272,12 @@ def open_reader(obj: Context, *, catalog: bool = False) -> tuple[Reader, bool]:
     scan, and leaves a changed catalog to the full path, which records the change."""
     reader = _light(obj, catalog)
     if reader is not None:
-        return reader, catalog and not obj.daemon().held
+        return _closed_with_the_command(reader), catalog and not obj.daemon().held
     full_machinery()
     scanned = obj.fresh_catalog() if catalog else False
     engine = obj.engine()
     from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
 
     conn = engine.connect()
 
@@ -216,7 +285,17 @@ def open_reader(obj: Context, *, catalog: bool = False) -> tuple[Reader, bool]:
         result = conn.execute(text(sql), params)
         return list(result.keys()), [tuple(r) for r in result]
 
-    return Reader(query, engine.url.render_as_string(hide_password=True), light=False), scanned
+    url = engine.url.render_as_string(hide_password=True)
+    reader = Reader(query, url, light=False, errors=(SQLAlchemyError,), close=conn.close)
+    return _closed_with_the_command(reader), scanned
+
+
+def _closed_with_the_command(reader: Reader) -> Reader:
+    """The connection ends with the command (its click context), not at interpreter exit."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(reader.close)
+    return reader
 
 
 def full_machinery() -> None:
