@@ -52,6 +52,9 @@ LIBRARY_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     ("`is_gradient_checkpointing` is deprecated", FutureWarning),
     # peft saves the embeddings when they are LoRA targets (lm_head on tied models): intended
     ("Setting `save_embedding_layers` to `True`", UserWarning),
+    # peft checks the base model's vocabulary when saving; a base model removed mid-run
+    # fails the run with its own message, naming the model
+    ("Could not find a config file in", UserWarning),
 )
 
 
