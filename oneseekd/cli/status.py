@@ -30,16 +30,19 @@ def _run_now(run: Row) -> dict[str, Any]:
 def gather(obj: Context) -> dict[str, Any]:
     lock = obj.daemon()
     reader, scanned = open_reader(obj, catalog=True)
-    host = obj.config.catalog.host
-    last = reader.last_daemon(host)
-    rows = reader.models()
+    try:  # closed at once: `--watch` reads again every few seconds for hours
+        host = obj.config.catalog.host
+        last = reader.last_daemon(host)
+        rows = reader.models()
+        running = reader.running()
+        recent = reader.recent(5)
+        counts = reader.queue_counts()
+    finally:
+        reader.close()
     states = Counter(r.state for r in rows if r.host == host)
     others = Counter(r.host for r in rows if r.host != host and r.state == "ready")
-    running = reader.running()
-    recent = reader.recent(5)
     # this host's run first: on a shared database other hosts' daemons train theirs
     current = next((r for r in running if r.host in (host, None)), None)
-    counts = reader.queue_counts()
     return {
         "home": str(obj.config.home.root),
         "database": reader.url,
