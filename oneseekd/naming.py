@@ -5,6 +5,7 @@ Pure functions only: no I/O, so the daemon, the CLI and the intake agree exactly
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -34,8 +35,15 @@ def _squash(key: str) -> str:
     return key.replace("-", "")
 
 
+HUB_CACHE_PREFIX = "models--"
+
+
 def display_name(config: Mapping[str, Any] | None, folder_name: str) -> str:
-    """config.json's `model_name`, else the last segment of `_name_or_path`, else the folder."""
+    """config.json's `model_name`, else the last segment of `_name_or_path`, else the folder
+    (for a hub cache's `models--org--name`, the repository name)."""
+    if folder_name.startswith(HUB_CACHE_PREFIX):
+        # a Hugging Face hub cache folder, models--org--name: the repository's name
+        folder_name = folder_name.removeprefix(HUB_CACHE_PREFIX).split("--")[-1] or folder_name
     if config:
         model_name = config.get("model_name")
         if isinstance(model_name, str) and model_name.strip():
@@ -89,8 +97,10 @@ def match_model(requested: str, keys: Iterable[str]) -> Match:
                 f"it matches {', '.join(found)}; use the full key of one of them"
             )
     available = ", ".join(pool) if pool else "none (the catalog is empty)"
+    close = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ModelResolutionError(
-        f"model name {requested!r} matches no base model; available: {available}"
+        f"model name {requested!r} matches no base model{hint}; available: {available}"
     )
 
 

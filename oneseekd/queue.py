@@ -33,6 +33,7 @@ from oneseekd.config import DEFAULT_LEASE_SECONDS
 from oneseekd.db.engine import database_now, read_session, write_session
 from oneseekd.db.models import FINISHED_STATES, BaseModel, Daemon, Run, RunEvent, utcnow
 from oneseekd.errors import OneseekError
+from oneseekd.errors import RunNotFound as RunNotFound  # raised here, defined light
 
 if TYPE_CHECKING:
     from oneseekd.certify.ledger import Ledger
@@ -41,10 +42,6 @@ TRANSITIONS = {
     "queued": ("running", "cancelled", "failed"),
     "running": ("running", "succeeded", "failed", "cancelled"),
 }
-
-
-class RunNotFound(OneseekError):
-    pass
 
 
 class ClaimLost(OneseekError):

@@ -35,7 +35,9 @@ from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.publish import certified_dna, discard_staged, publish
 from oneseekd.config import Config
 from oneseekd.db.engine import read_session
-from oneseekd.db.models import BaseModel, ModelTraining, Run
+from oneseekd.db.models import BaseModel, ModelTraining, Run, utcnow
+from oneseekd.logs import render_log_line
+from oneseekd.times import utc_text
 
 log = structlog.get_logger("oneseekd.supervisor")
 
@@ -71,7 +73,8 @@ def log_tail(path: Path) -> str:
             text = fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-TAIL_LINES:])
+    # the log is JSON lines: the error an operator reads shows them as text
+    return "\n".join(render_log_line(line) for line in text.splitlines()[-TAIL_LINES:])
 
 
 def _signal_name(number: int) -> str:
@@ -392,7 +395,10 @@ class Supervisor:
             return
         argv, env, size, exit_dir = launch
         log_file = log_path.open("ab")
-        log_file.write(f"--- attempt {run.attempts}: {' '.join(argv)}\n".encode())
+        started: dict[str, object] = {"timestamp": utc_text(utcnow()), "level": "info"}
+        started |= {"event": "trainer_started", "run_id": run.run_id, "attempt": run.attempts}
+        started["argv"] = argv
+        log_file.write((json.dumps(started) + "\n").encode())  # the run log is JSON lines
         log_file.flush()
         try:
             proc = subprocess.Popen(

@@ -12,6 +12,14 @@ from sqlalchemy import Engine
 from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
+from oneseekd.logs import ignore_library_warnings
+
+
+@pytest.fixture(autouse=True)
+def _quiet_library_warnings() -> None:
+    """The named third-party warnings of oneseekd.logs.LIBRARY_WARNINGS, silenced in every
+    test as in the trainer (inside pytest's per-test warning capture)."""
+    ignore_library_warnings()
 
 
 @pytest.fixture

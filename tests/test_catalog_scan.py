@@ -195,6 +195,8 @@ def test_hugging_face_hub_cache_as_an_extra_root(home: Path, tmp_path: Path) -> 
     assert found.state == "ready" and found.path == snap
     assert found.root.kind == "extra"
     assert found.parameter_count == tensor_count(TINY_TENSORS)
+    # transformers 5 writes no _name_or_path: the name is the repository's, not the folder's
+    assert found.detected_name == "SmolLM2-135M-Instruct"
 
 
 def test_removed_model_becomes_missing_and_keeps_its_history(

@@ -34,6 +34,9 @@ from daemon import DaemonProcess, model_state, run_until_idle, wait_for
 from homes import request, training_home
 from modelfactory import make_model
 
+# the supervisor's JSON line that starts a run's second attempt (the run log is JSON lines)
+ATTEMPT_2 = '"attempt": 2, "argv"'
+
 
 @pytest.fixture(autouse=True)
 def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
@@ -143,10 +146,10 @@ def _crash_inside(root: Path, point: str, kill: str) -> None:
         assert (state, outcome, attempts) == (*expected, 1), log[-3000:]
     if kill == "both" and certified:  # the next start ends it from what the ledger holds
         assert (state, outcome, attempts) == ("succeeded", "succeeded", 1), log[-3000:]
-        assert "--- attempt 2" not in log  # not trained, nor even started, again
+        assert ATTEMPT_2 not in log  # not trained, nor even started, again
     if kill == "both" and not certified:  # a power cut costs the attempt it hit, not the run
         assert (state, attempts) == ("succeeded", 2), log[-3000:]
-        resumed = log.split("--- attempt 2")[1]
+        resumed = log.split(ATTEMPT_2)[1]
         if point.startswith("checkpoint"):  # from the checkpoint before the broken one
             assert '"event": "checkpoint_loaded"' in resumed
         if point == "model_committed":  # the committed model is not trained again

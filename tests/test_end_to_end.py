@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from pathlib import Path
 
@@ -53,6 +54,23 @@ def test_a_dropped_request_for_two_models_is_trained_and_certified(
     assert verify.exit_code == 0, verify.output
     status = json.loads(CliRunner().invoke(ctl, ["--home", str(home), "status", "--json"]).stdout)
     assert status["recent_runs"][0]["run_id"] == run_id
+    # the run log is JSON lines, the libraries' warnings and output included (issue 12)
+    for line in log.splitlines():
+        assert isinstance(json.loads(line), dict), line
+    # one time format everywhere: the database, the JSON files, --json, the progress
+    weights = json.loads((zero / "weights" / "oneseek-7b-zero-v1.0.json").read_text())
+    models = json.loads(CliRunner().invoke(ctl, ["--home", str(home), "models", "--json"]).stdout)
+    [progress] = con.execute("SELECT progress FROM runs").fetchone()
+    times = [
+        weights["createdAt"],
+        status["recent_runs"][0]["finished_at"],
+        models[0]["first_seen_at"],
+        json.loads(progress)["updated_at"],
+        *con.execute("SELECT created_at, decided_at FROM training_requests").fetchone(),
+    ]
+    for text in times:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", text), text
+    assert times[-2] <= times[-1]  # created before it was decided
 
 
 @pytest.mark.timeout(600)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +12,10 @@ import pytest
 from homes import open_home, request, training_home
 from sqlalchemy import Engine
 
+from oneseekd import queue
 from oneseekd.config import Config
 from oneseekd.intake.accept import Incoming, Intake, Verdict
+from oneseekd.intake.schema import TrainingRequestModel
 
 
 @pytest.fixture
@@ -89,8 +92,83 @@ def test_every_problem_is_reported_at_once(setup: tuple) -> None:
         "learning_rate: input should be a valid number (got 'fast')",
         "lora.r: input should be greater than or equal to 1 (got 0)",
     ]
-    assert verdict.problems[3].startswith("unknown field 'colour'; known fields: base_models,")
-    assert len(verdict.problems) == 4
+    assert verdict.problems[3] == "unknown field 'colour'"
+    assert verdict.problems[4].startswith("known fields: base_models, batch_size,")
+    assert len(verdict.problems) == 5
+
+
+def test_unknown_fields_get_a_close_match_and_the_known_fields_once(setup: tuple) -> None:
+    _, _, intake = setup
+    verdict = take(
+        intake,
+        {
+            "base_model": ["KB-Llama-3.1-8B-Swedish"],
+            "dataset": "civic.jsonl",
+            "epoch": 2,
+            "learningRat": 1e-4,
+            "lora": {"rank": 8},
+        },
+    )
+    assert verdict.status == "rejected"
+    known = ", ".join(sorted(TrainingRequestModel.model_fields))
+    assert verdict.problems == [
+        "base_models is required",
+        "unknown field 'rank' in lora",
+        "unknown field 'base_model' (did you mean 'base_models'?)",
+        "unknown field 'epoch' (did you mean 'epochs'?)",
+        "unknown field 'learningRat' (did you mean 'learning_rate'?)",
+        f"known fields: {known}",
+        "known fields of lora: alpha, dropout, r, target_modules",
+    ]
+
+
+def test_one_verdict_lists_the_schema_the_model_and_the_dataset_problems(
+    setup: tuple,
+) -> None:
+    """The schema stage failing (epochs) does not stop the model and dataset checks."""
+    _, _, intake = setup
+    verdict = take(
+        intake, {"base_models": ["no-such-model"], "dataset": "../oneseekd.toml", "epochs": 0}
+    )
+    assert verdict.status == "rejected"
+    assert verdict.problems[0] == "epochs: input should be greater than or equal to 1 (got 0)"
+    assert verdict.problems[1].startswith(
+        "dataset '../oneseekd.toml' climbs out of the datasets folder with '..'"
+    )
+    assert verdict.problems[2] == (
+        "base_models: model name 'no-such-model' matches no base model; available: "
+        "kb-llama-3-1-8b-swedish, mistral-7b-instruct, qwen-2-5-7b"
+    )
+    assert len(verdict.problems) == 3
+
+
+def test_an_unknown_model_close_to_a_key_gets_a_did_you_mean(setup: tuple) -> None:
+    _, _, intake = setup
+    verdict = take(intake, request(base_models=["mistral-7b-instrukt-v2"]))
+    assert verdict.problems == [
+        "base_models: model name 'mistral-7b-instrukt-v2' matches no base model (did you mean "
+        "'mistral-7b-instruct'?); available: kb-llama-3-1-8b-swedish, mistral-7b-instruct, "
+        "qwen-2-5-7b"
+    ]
+
+
+def test_a_request_is_created_before_it_is_decided(setup: tuple) -> None:
+    """created_at <= decided_at, and both in the one time format (microseconds, Z)."""
+    config, _, intake = setup
+    take(intake, request())
+    take(intake, request(epochs=0))
+    con = sqlite3.connect(config.home.db_file)
+    rows = con.execute("SELECT created_at, decided_at FROM training_requests").fetchall()
+    assert len(rows) == 2
+    for created, decided in rows:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", created)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", decided)
+        assert created <= decided
+    queued = con.execute(
+        "SELECT r.created_at, u.queued_at FROM training_requests r "
+        "JOIN runs u ON u.request_id = r.id"
+    ).fetchone()
+    assert queued[0] <= queued[1]
 
 
 def test_unknown_and_ambiguous_models_name_the_candidates(setup: tuple) -> None:
@@ -296,4 +374,40 @@ def test_versions_within_one_batch_never_collide(setup: tuple) -> None:
         "1.2",
         "1.6",
         "1.7",
+    ]
+
+
+def test_a_cancelled_run_keeps_its_version_unless_named_again_and_it_left_nothing(
+    setup: tuple,
+) -> None:
+    """`runs` never shows one version twice unless the operator asked for it by name, and a
+    version that left a file is never given again."""
+    config, engine, intake = setup
+    first = take(intake, request())
+    assert first.status == "queued"
+    queue.request_cancel(engine, str(first.run_id))
+    con = sqlite3.connect(config.home.db_file)
+    assert con.execute("SELECT version, state FROM runs").fetchall() == [("1.0", "cancelled")]
+    # without a version: the next one, not the cancelled run's again
+    second = take(intake, request(epochs=2))
+    assert second.status == "queued", second.problems
+    assert con.execute(
+        "SELECT version FROM runs WHERE run_id = ?", (second.run_id,)
+    ).fetchone() == ("1.1",)
+    # named explicitly: the cancelled run produced nothing, so 1.0 may be taken again
+    queue.request_cancel(engine, str(second.run_id))
+    con.execute(
+        "INSERT INTO artifacts (run_id, path, kind, bytes, sha256, created_at) "
+        "SELECT id, 'models/x.pth', 'weights', 1, ?, '2026-01-01T00:00:00.000000Z' FROM runs "
+        "WHERE run_id = ?",
+        ("0" * 64, second.run_id),
+    )
+    con.commit()
+    again = take(intake, request(version="1.0", epochs=3))
+    assert again.status == "queued", again.problems
+    # 1.1 left a file: it stays taken, even when named
+    refused = take(intake, request(version="1.1", epochs=4))
+    assert refused.problems == [
+        "version 1.1 already exists; omit version to take the next free "
+        "one (1.2), or name a new one"
     ]

@@ -193,7 +193,7 @@ def inspect_folder(
         path=path,
         root=root,
         state="incomplete",
-        detected_name=folder.name,
+        detected_name=display_name(None, folder.name),
         size_bytes=sum(files.values()),
         has_tokenizer=has_tokenizer(files),
         fingerprint=listing.fingerprint,

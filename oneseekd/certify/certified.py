@@ -37,6 +37,7 @@ from oneseekd.certify.staging import (
 )
 from oneseekd.config import HomePaths
 from oneseekd.naming import versioned_name
+from oneseekd.times import utc_text
 
 COMPLETED_EVENT = "dna_v2_training_completed"
 TRAINING_TYPE = "lora"
@@ -146,7 +147,7 @@ def certify(session: Session, ledger: Ledger, paths: HomePaths, c: Certification
             "trained_models": keys,
             "modelSpecificWeights": pth,
             "final_weights": weights,
-            "createdAt": c.finished.isoformat(),
+            "createdAt": utc_text(c.finished),
             "trainingType": TRAINING_TYPE,
             "dna": dna_object,
             "isCurrent": c.make_current,
@@ -222,7 +223,7 @@ def _write_documents(
             "final_weights": weights,
             "inputs": c.inputs,
             "outputs": c.adapter_hashes,
-            "created_at": c.finished.isoformat(),
+            "created_at": utc_text(c.finished),
         },
         "training_results.json": {
             "run_id": c.run_id,
@@ -237,9 +238,9 @@ def _write_documents(
             "final_loss": history[-1]["loss"],
             "training_history": history,
             "metrics": {m.key: _metrics(m) for m in c.models},
-            "started_at": c.started.isoformat(),
-            "finished_at": c.finished.isoformat(),
-            "timestamp": c.finished.isoformat(),
+            "started_at": utc_text(c.started),
+            "finished_at": utc_text(c.finished),
+            "timestamp": utc_text(c.finished),
             "duration_seconds": round((c.finished - c.started).total_seconds(), 3),
         },
         "live_metrics.json": live_document(
@@ -253,7 +254,7 @@ def _write_documents(
         METADATA_FILE: {
             "version": f"{DNA_PREFIX}{c.version}",
             "dna": dna,
-            "createdAt": c.finished.isoformat(),
+            "createdAt": utc_text(c.finished),
             "baseModel": first.display_name,
             "baseModels": names,
             "adapters": [adapter_name(c.version, first.key)],

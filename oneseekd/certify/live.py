@@ -11,6 +11,7 @@ from typing import Any
 
 from oneseekd.certify.dna import final_weights
 from oneseekd.certify.staging import write_json
+from oneseekd.times import utc_text
 
 
 def _number(value: float | None) -> float | None:
@@ -47,7 +48,7 @@ def live_document(
         "weights": final_weights(latest, weighting),
         "progress_percent": round(progress_percent, 2),
         "auto_stop_info": {"enabled": False, "stopped": False},
-        "timestamp": now.astimezone(UTC).isoformat(),
+        "timestamp": utc_text(now),
     }
 
 

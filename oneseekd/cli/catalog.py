@@ -1,4 +1,4 @@
-"""oneseekctl models / resolve."""
+"""oneseekctl models (light: oneseekd/cli/read.py) / resolve (the full catalog query)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,9 @@ from typing import Any
 
 import click
 
-from oneseekd.catalog.query import resolve_names
-from oneseekd.catalog.scan import model_roots
-from oneseekd.catalog.store import load_rows
 from oneseekd.cli.context import Context, emit_json, human_bytes, human_count
 from oneseekd.cli.display import iso, shown, shown_table
-from oneseekd.db.models import BaseModel
+from oneseekd.cli.read import Row, open_reader
 
 
 def _paths(value: Any) -> list[str]:
@@ -19,7 +16,7 @@ def _paths(value: Any) -> list[str]:
     return [str(p) for p in value] if isinstance(value, list) else []
 
 
-def model_dict(row: BaseModel) -> dict[str, Any]:
+def model_dict(row: Row) -> dict[str, Any]:
     return {
         "host": row.host,
         "key": row.key,
@@ -47,8 +44,8 @@ def model_dict(row: BaseModel) -> dict[str, Any]:
 @click.pass_obj
 def models_cmd(obj: Context, as_json: bool, show_all: bool) -> None:
     """List the catalog of base models."""
-    obj.fresh_catalog()
-    rows = [r for r in load_rows(obj.engine()) if show_all or r.state != "missing"]
+    reader = open_reader(obj, catalog=True)[0]
+    rows = [r for r in reader.models() if show_all or r.state != "missing"]
     if as_json:
         emit_json([model_dict(r) for r in rows])
         return
@@ -92,6 +89,9 @@ def models_cmd(obj: Context, as_json: bool, show_all: bool) -> None:
 @click.pass_obj
 def resolve_cmd(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
     """Show which catalog model each NAME means, and by which matching strategy."""
+    from oneseekd.catalog.query import resolve_names
+    from oneseekd.catalog.scan import model_roots
+
     obj.fresh_catalog()
     resolved = resolve_names(
         obj.engine(), names, model_roots(obj.config), prefer_host=obj.config.catalog.host

@@ -6,19 +6,21 @@ import errno
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 
-from oneseekd.catalog.live import Catalog
-from oneseekd.catalog.scan import model_roots
 from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine
-from oneseekd.db.migrate import check_revision, upgrade
 from oneseekd.errors import ConfigError, DatabaseError, OneseekError
 from oneseekd.lock import LockState, probe
+from oneseekd.times import utc_text
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+# SQLAlchemy, the catalog and the migrations are imported where they are used: the read
+# commands (oneseekd/cli/read.py) answer without them.
 
 
 @dataclass
@@ -54,6 +56,9 @@ class Context:
     def engine(self) -> Engine:
         """The database, created when new; an outdated one is left to `db upgrade`."""
         if self._engine is None:
+            from oneseekd.db.engine import make_engine
+            from oneseekd.db.migrate import check_revision, upgrade
+
             engine = make_engine(self.config.db_url)
             revision = check_revision(engine)
             if revision.verdict == "empty":
@@ -73,6 +78,9 @@ class Context:
         Returns True when this command scanned, False when the daemon's catalog is used."""
         if self.daemon().held:
             return False
+        from oneseekd.catalog.live import Catalog
+        from oneseekd.catalog.scan import model_roots
+
         cfg = self.config
         catalog = Catalog(
             self.engine(), model_roots(cfg), cfg.catalog.settle_seconds, host=cfg.catalog.host
@@ -81,8 +89,13 @@ class Context:
         return True
 
 
+def _json_default(value: Any) -> Any:
+    # a time that reached the output unformatted still reads in the one format
+    return utc_text(value) if isinstance(value, datetime) else str(value)
+
+
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(json.dumps(data, indent=2, default=_json_default))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -146,9 +159,10 @@ _SQLITE_FIXES = (
 def machine_error(exc: BaseException, context: Context) -> OneseekError | None:
     """A database or file system failure (read-only, full disk, damaged file) as the error a
     user reads, exit status 3; None for anything else (a bug: its traceback is wanted)."""
-    from sqlalchemy.exc import SQLAlchemyError
+    import sys
 
-    if isinstance(exc, SQLAlchemyError):
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")  # never loaded: no SQLAlchemy error
+    if sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.SQLAlchemyError):
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         where = _database_path(context)
         name = where.rsplit("/", 1)[-1]
@@ -177,7 +191,9 @@ def machine_error(exc: BaseException, context: Context) -> OneseekError | None:
 
 def _database_path(context: Context) -> str:
     try:
-        url = make_url(context.config.db_url)
+        from sqlalchemy.engine import make_url
+
+    url = make_url(context.config.db_url)
     except OneseekError:
         return "(the configured database)"
     if url.get_backend_name() == "sqlite" and url.database:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from oneseekd.cli.context import table
+from oneseekd.times import utc_text
 
 
 def shown(value: object) -> str:
@@ -41,5 +42,5 @@ def shown_lines(text: str, indent: str = "") -> str:
 
 
 def iso(value: datetime | None) -> str | None:
-    """A time for JSON output; None for one that is unset or could not be read."""
-    return value.isoformat() if value is not None else None
+    """A time for JSON output, in the one format; None for one unset or unreadable."""
+    return utc_text(value) if value is not None else None

@@ -1,4 +1,4 @@
-"""oneseekctl status."""
+"""oneseekctl status: light (oneseekd/cli/read.py), it imports no SQLAlchemy on a SQLite home."""
 
 from __future__ import annotations
 
@@ -7,18 +7,14 @@ from collections import Counter
 from typing import Any
 
 import click
-from sqlalchemy import select
 
-from oneseekd.catalog.store import load_rows
 from oneseekd.certify.layout import current_summary
 from oneseekd.cli.context import Context, emit_json
 from oneseekd.cli.display import iso, shown
-from oneseekd.db.engine import read_session
-from oneseekd.db.models import FINISHED_STATES, Daemon, Run
-from oneseekd.queue import queue_counts
+from oneseekd.cli.read import Row, open_reader
 
 
-def _run_now(run: Run) -> dict[str, Any]:
+def _run_now(run: Row) -> dict[str, Any]:
     return {
         "run_id": run.run_id,
         "host": run.host,
@@ -34,32 +30,23 @@ def _run_now(run: Run) -> dict[str, Any]:
 
 def gather(obj: Context) -> dict[str, Any]:
     lock = obj.daemon()
-    scanned = obj.fresh_catalog()
-    engine = obj.engine()
-    host = obj.config.catalog.host
-    with read_session(engine) as session:
-        last = session.scalars(
-            select(Daemon).where(Daemon.host == host).order_by(Daemon.id.desc()).limit(1)
-        ).first()
-    rows = load_rows(engine)
+    reader, scanned = open_reader(obj, catalog=True)
+    try:  # closed at once: `--watch` reads again every few seconds for hours
+        host = obj.config.catalog.host
+        last = reader.last_daemon(host)
+        rows = reader.models()
+        running = reader.running()
+        recent = reader.recent(5)
+        counts = reader.queue_counts()
+    finally:
+        reader.close()
     states = Counter(r.state for r in rows if r.host == host)
     others = Counter(r.host for r in rows if r.host != host and r.state == "ready")
-    with read_session(engine) as session:
-        running = list(session.scalars(select(Run).where(Run.state == "running").order_by(Run.id)))
-        recent = list(
-            session.scalars(
-                select(Run)
-                .where(Run.state.in_(FINISHED_STATES))
-                .order_by(Run.finished_at.desc())
-                .limit(5)
-            )
-        )
     # this host's run first: on a shared database other hosts' daemons train theirs
     current = next((r for r in running if r.host in (host, None)), None)
-    counts = queue_counts(engine)
     return {
         "home": str(obj.config.home.root),
-        "database": engine.url.render_as_string(hide_password=True),
+        "database": reader.url,
         "host": host,
         "daemon": {
             "running": lock.held,
@@ -103,8 +90,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+# what a run does outside its training steps, as its progress names it (oneseekd/trainer/run.py)
+PHASES = {
+    "certifying": "certifying: hashing the inputs and outputs, writing the certified folder "
+    "and the ledger",
+    "certified": "certified as {dna}",
+}
+
+
 def describe_progress(p: dict[str, Any]) -> str:
-    """`model (1/2) [#####.....] epoch 1/3, step 5/12, loss 4.365, 812 tok/s, ETA 2m49s`"""
+    """`model (1/2) [#####.....] epoch 1/3, step 5/12, loss 4.365, 812 tok/s, ETA 2m49s`, or
+    the phase a run is in outside its training steps (certifying, certified)."""
+    if p.get("step") is None:
+        phase = PHASES.get(str(p.get("state")), str(p.get("state") or "starting"))
+        return shown(phase.format(**{"dna": "?", **p}))
     done, total = int(p.get("step", 0)), max(int(p.get("steps", 1)), 1)
     filled = round(20 * min(done / total, 1.0))
     bar = "#" * filled + "." * (20 - filled)
@@ -149,9 +148,14 @@ def show_status(obj: Context, as_json: bool) -> None:
         emit_json(data)
         return
     d, c = data["daemon"], data["catalog"]
+    run = data["current_run"]
     if d["running"]:
+        activity = str(d["activity"])
+        if run and activity.startswith("training "):
+            # the run's own line below is the one source of its progress on this screen
+            activity = activity.split(":", 1)[0]
         click.echo(
-            f"oneseekd: running (pid {d['pid']}), {shown(d['activity'])}, "
+            f"oneseekd: running (pid {d['pid']}), {shown(activity)}, "
             f"last heartbeat {d['heartbeat_at']}"
         )
     else:
@@ -173,7 +177,6 @@ def show_status(obj: Context, as_json: bool) -> None:
         click.echo(f"current:  none ({shown(now['problem'])})")
     q = data["queue"]
     click.echo(f"queue:    {q['queued']} queued, {q['running']} running")
-    run = data["current_run"]
     if run and not d["running"]:  # nobody trains it: no live bar, it waits for the daemon
         models = shown(", ".join(run["base_models"] or []))
         click.echo(
@@ -189,7 +192,7 @@ def show_status(obj: Context, as_json: bool) -> None:
             + (", cancel requested" if run["cancel_requested"] else "")
         )
         progress = run["progress"] if isinstance(run["progress"], dict) else {}
-        if progress.get("step") is not None:
+        if progress:
             click.echo("          " + describe_progress(progress))
     for r in data["other_running_runs"]:
         models = shown(", ".join(r["base_models"] or []))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Literal
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy import Connection, Engine, inspect, text
 
 from oneseekd.db.engine import foreign_keys_off, writer
+from oneseekd.db.heads import scripted_head
 from oneseekd.errors import DatabaseError
 
 if TYPE_CHECKING:
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 # upgrade, is recognised without it: the head is read from the scripts' `revision =` and
 # `down_revision =` lines, and the database's revision from alembic_version.
 Verdict = Literal["current", "empty", "behind"]
-_ASSIGNMENT = re.compile(r"^(revision|down_revision)\s*(?::[^=]*)?=\s*(.+?)\s*$", re.MULTILINE)
 
 
 def alembic_config() -> AlembicConfig:
@@ -44,26 +43,6 @@ class Revision:
     current: str | None
     head: str
     verdict: Verdict
-
-
-def scripted_head() -> str | None:
-    """The newest revision, read from the migration scripts' text without importing alembic;
-    None when the scripts do not name exactly one head in the plain form this reads."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    versions = resources.files("oneseekd_migrations") / "versions"
-    for script in versions.iterdir():
-        if not script.name.endswith(".py") or script.name.startswith("__"):
-            continue
-        found = {m[1]: m[2] for m in _ASSIGNMENT.finditer(script.read_text("utf-8"))}
-        revision, parent = found.get("revision"), found.get("down_revision")
-        if revision is None or parent is None:
-            return None
-        revisions.add(revision.strip("\"'"))
-        if parent != "None":
-            parents.add(parent.strip("\"'"))
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
 
 
 def stamped_revision(engine: Engine) -> str | None:

@@ -7,7 +7,7 @@ UPDATE of `enabled` and `display_name`). Everything else is the daemon's alone.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -27,19 +27,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql.expression import type_coerce
 from sqlalchemy.types import TypeDecorator
 
+# read_time and utcnow are imported from here by much of the package: kept importable
+from oneseekd.times import read_time as read_time
+from oneseekd.times import utc_text
+from oneseekd.times import utcnow as utcnow
+
 log = structlog.get_logger("oneseekd.db")
 
 MODEL_STATES = ("ready", "incomplete", "invalid", "missing")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def read_time(text: str) -> datetime:
-    """ISO-8601 text to an aware UTC time; ValueError when it is not one."""
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def read_json(text: str) -> Any:
@@ -76,9 +71,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> str | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return utc_text(value)
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -27,6 +27,7 @@ from oneseekd.certify.ledger import Ledger
 from oneseekd.config import DEFAULT_CPU_PROCESSES, HomePaths
 from oneseekd.db.engine import read_session, serialize, write_session
 from oneseekd.db.models import (
+    Artifact,
     BaseModel,
     Run,
     RunEvent,
@@ -42,7 +43,7 @@ from oneseekd.intake.checks import (
     taken_versions,
     version_key,
 )
-from oneseekd.intake.schema import TrainingRequestModel, parse_request
+from oneseekd.intake.schema import TrainingRequestModel, checkable_parts, parse_request
 
 log = structlog.get_logger("oneseekd.intake")
 
@@ -166,18 +167,31 @@ class Incoming:
 
 
 @dataclass
+class _Prepared:
+    """A request as far as it could be read outside the write lock."""
+
+    request: TrainingRequestModel | None
+    dataset: Path | None
+    problems: list[str]
+    model_names: list[str] = field(default_factory=list)  # resolved in the batch's catalog
+
+
+@dataclass
 class _Batch:
     """What a batch of decisions reads once: the catalog and the versions already taken."""
 
     models: dict[str, BaseModel]
-    taken: set[str]
+    taken: set[str]  # refused when asked for by name
     next_free: str = ""
+    # versions of cancelled or failed runs that left nothing: never taken again by a request
+    # without a version, but given to one that names it (docs/interface.md, "Versions")
+    reserved: set[str] = field(default_factory=set)
     rows: list[BaseModel] = field(default_factory=list)  # every host's rows, not `missing`
     # the keys each host can train now: judged once a batch (a row's check resolves its path)
     usable: dict[str, set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.next_free = next_version(self.taken)
+        self.next_free = next_version(self.taken | self.reserved)
 
     def take(self, version: str) -> None:
         self.taken.add(version)
@@ -250,23 +264,27 @@ class Intake:
         """Decide several requests in one transaction: the catalog, the taken versions and the
         ledger's tip are read once, and one commit covers every verdict. A row that someone
         else decided meanwhile gets None."""
+        # a request is created when it arrives, before it is judged: created_at <= decided_at
+        received = self.clock()
         self._check_rows(items)
         prepared = [self._prepare(item) for item in items]  # file reads outside the lock
-        now = self.clock()
+        now = max(self.clock(), received)
         self.ledger  # noqa: B018 - load the key before taking the write lock
         verdicts: list[Verdict | None] = []
         with write_session(self.engine) as session:
             # daemons on other hosts decide too: one batch at a time, as SQLite's lock does
             serialize(session, "oneseekd.intake")
             rows = list(session.scalars(select(BaseModel).where(BaseModel.state != "missing")))
+            produced, reserved = _ended_versions(session)
             batch = _Batch(
                 models=by_key(rows, self.roots, self.host),
-                taken=taken_versions(session, self.paths),
+                taken=taken_versions(session, self.paths) | produced,
+                reserved=reserved,
                 rows=rows,
                 usable=usable_by_host(rows, self.roots, self.host),
             )
-            for item, (request, dataset, problems) in zip(items, prepared, strict=True):
-                verdicts.append(self._decide(session, batch, item, request, dataset, problems, now))
+            for item, ready in zip(items, prepared, strict=True):
+                verdicts.append(self._decide(session, batch, item, ready, now, received))
         for item, verdict in zip(items, verdicts, strict=True):
             if verdict is not None:
                 self._log(verdict, item.source, item.source_name)
@@ -290,16 +308,19 @@ class Intake:
                     for column, expected in bad.items()
                 ] + item.problems
 
-    def _prepare(
-        self, item: Incoming
-    ) -> tuple[TrainingRequestModel | None, Path | None, list[str]]:
+    def _prepare(self, item: Incoming) -> _Prepared:
         if item.problems:
-            return None, None, list(item.problems)
+            return _Prepared(None, None, list(item.problems))
         request, problems = parse_request(item.data)
         if request is None:
-            return None, None, problems
+            # the schema refused it; the model and dataset checks still run on those fields
+            # if they are well-formed, so one verdict lists every problem
+            names, dataset_name = checkable_parts(item.data)
+            if dataset_name is not None:
+                problems += check_dataset(dataset_name, self.paths)[1]
+            return _Prepared(None, None, problems, names or [])
         dataset, problems = check_dataset(request.dataset, self.paths)
-        return request, dataset, problems
+        return _Prepared(request, dataset, problems, list(request.base_models))
 
     def _gpu_problems(self, request: TrainingRequestModel) -> list[str]:
         """A request for more GPUs than this host has can never run: refuse it now."""
@@ -321,21 +342,12 @@ class Intake:
         session: Session,
         batch: _Batch,
         item: Incoming,
-        request: TrainingRequestModel | None,
-        dataset: Path | None,
-        problems: list[str],
+        ready: _Prepared,
         now: datetime,
+        received: datetime,
     ) -> Verdict | None:
-        row = self._request_row(
-            session,
-            item.payload,
-            item.source,
-            item.source_name,
-            item.claim,
-            item.sha,
-            item.row_id,
-            request,
-        )
+        request, dataset, problems = ready.request, ready.dataset, ready.problems
+        row = self._request_row(session, item, request, received)
         if row is None:  # a pending row someone else decided meanwhile
             return None
         first = self._first_of(session, request, item.sha, item.source)
@@ -345,31 +357,31 @@ class Intake:
         if request is not None:
             run, more = self._queue(session, batch, row, request, dataset, now)
             problems = problems + more
+        elif ready.model_names:
+            more = resolve_models(batch.models, ready.model_names, self.roots, self.host)[1]
+            problems = problems + more
         return self._record(session, row, run, problems, now)
 
     def _request_row(
         self,
         session: Session,
-        payload: str,
-        source: str,
-        source_name: str | None,
-        claim: str | None,
-        sha: str | None,
-        row_id: int | None,
+        item: Incoming,
         request: TrainingRequestModel | None,
+        received: datetime,
     ) -> TrainingRequest | None:
-        if row_id is not None:
-            row = session.get(TrainingRequest, row_id)
+        if item.row_id is not None:
+            row = session.get(TrainingRequest, item.row_id)
             if row is None or row.status != "pending":
                 return None
         else:
             row = TrainingRequest(
-                payload=payload, status="pending", source=source, created_at=self.clock()
+                payload=item.payload, status="pending", source=item.source, created_at=received
             )
             session.add(row)
+        source_name = item.source_name
         row.source_name = safe_text(source_name) if source_name else row.source_name
-        row.claim = claim
-        row.content_sha256 = sha
+        row.claim = item.claim
+        row.content_sha256 = item.sha
         row.request_key = request.request_id if request else None
         session.flush()
         return row
@@ -552,6 +564,25 @@ class Intake:
                 name=name,
                 problems=verdict.problems,
             )
+
+
+def _ended_versions(session: Session) -> tuple[set[str], set[str]]:
+    """The versions of cancelled and failed runs: (those that recorded an artifact, those
+    that left nothing). A version that produced a file stays taken; one that produced
+    nothing may be named again explicitly, but is never the next free one, so that `runs`
+    never shows two runs that took the same version without the operator asking."""
+    ended = session.execute(
+        select(Run.id, Run.version).where(Run.state.in_(("cancelled", "failed")))
+    ).all()
+    if not ended:
+        return set(), set()
+    with_files = set(
+        session.scalars(
+            select(Artifact.run_id).where(Artifact.run_id.in_([pk for pk, _ in ended])).distinct()
+        )
+    )
+    produced = {version for pk, version in ended if pk in with_files}
+    return produced, {version for _, version in ended} - produced
 
 
 def _no_single_host(usable: dict[str, set[str]], keys: list[str]) -> str:

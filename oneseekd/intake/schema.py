@@ -6,6 +6,7 @@ pydantic checks shapes, types and ranges and reports every problem at once; stri
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any, Literal, cast
 
@@ -160,6 +161,30 @@ class TrainingRequestModel(_Strict):
 
 KNOWN_FIELDS = sorted(TrainingRequestModel.model_fields)
 
+# the fields of each nested object, by the name of the field that holds it
+_NESTED: dict[str, type[_Strict]] = {"lora": LoraSettings, "per_model": ModelOverrides}
+
+
+def _known_in(scope: str) -> list[str]:
+    """The field names allowed where an unknown one was found ("" for the request itself)."""
+    if not scope:
+        return KNOWN_FIELDS
+    head = scope.split(".")[-1]
+    if head in _NESTED:
+        return sorted(_NESTED[head].model_fields)
+    parent = scope.split(".")[0]  # per_model.<name>: a model's overrides
+    if parent == "per_model":
+        return sorted(ModelOverrides.model_fields)
+    return []
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """' (did you mean 'epochs'?)' for a close known name, else ''. camelCase is compared
+    in snake_case, as the schema accepts both spellings."""
+    snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+    close = difflib.get_close_matches(snake, known, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 def _where(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
@@ -177,10 +202,9 @@ def _describe(error: ErrorDetails) -> str:
     given = error.get("input")
     if kind == "extra_forbidden":
         field = where.rsplit(".", 1)[-1]
-        scope = where.rsplit(".", 1)[0] if "." in where else "the request"
-        if scope == "the request":
-            return f"unknown field {field!r}; known fields: {', '.join(KNOWN_FIELDS)}"
-        return f"unknown field {field!r} in {scope}"
+        scope = where.rsplit(".", 1)[0] if "." in where else ""
+        hint = did_you_mean(field, _known_in(scope))
+        return f"unknown field {field!r}" + (f" in {scope}" if scope else "") + hint
     if kind == "missing":
         return f"{where} is required"
     shown = repr(given)
@@ -190,6 +214,23 @@ def _describe(error: ErrorDetails) -> str:
     return f"{where}: {message[0].lower()}{message[1:]} (got {shown})"
 
 
+def _known_lists(errors: list[ErrorDetails]) -> list[str]:
+    """The known fields, once per object that had an unknown one (not once per field)."""
+    scopes: list[str] = []
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            where = _where(tuple(error["loc"]))
+            scope = where.rsplit(".", 1)[0] if "." in where else ""
+            if scope not in scopes:
+                scopes.append(scope)
+    lines = []
+    for scope in sorted(scopes):  # the request's own fields ("") first
+        known = _known_in(scope)
+        if known:
+            lines.append(f"known fields{' of ' + scope if scope else ''}: {', '.join(known)}")
+    return lines
+
+
 def parse_request(data: Any) -> tuple[TrainingRequestModel | None, list[str]]:
     """The request and no problems, or None and every problem found."""
     if not isinstance(data, dict):
@@ -197,4 +238,25 @@ def parse_request(data: Any) -> tuple[TrainingRequestModel | None, list[str]]:
     try:
         return TrainingRequestModel.model_validate(data), []
     except ValidationError as exc:
-        return None, [_describe(e) for e in exc.errors(include_url=False)]
+        errors = exc.errors(include_url=False)
+        return None, [_describe(e) for e in errors] + _known_lists(errors)
+
+
+def checkable_parts(data: Any) -> tuple[list[str] | None, str | None]:
+    """The base model names and the dataset of a request the schema refused, where those two
+    fields are well-formed themselves: the model and dataset checks run on them anyway, so
+    that one verdict lists every problem (CONTRACT.md section 4)."""
+    if not isinstance(data, dict):
+        return None, None
+    names = data.get("base_models", data.get("baseModels"))
+    models: list[str] | None = None
+    if (
+        isinstance(names, list)
+        and 1 <= len(names) <= 16
+        and all(isinstance(n, str) and 1 <= len(n) <= 200 for n in names)
+    ):
+        models = list(names)
+    dataset = data.get("dataset")
+    if not isinstance(dataset, str) or not 1 <= len(dataset) <= 1000:
+        dataset = None
+    return models, dataset

@@ -16,15 +16,18 @@ import ctypes
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
+import structlog
+
 from oneseekd import protocol
 from oneseekd.config import HomePaths
 from oneseekd.errors import OneseekError
-from oneseekd.logs import configure_logging
+from oneseekd.logs import capture_library_output, configure_logging, library_loggers_propagate
+
+log = structlog.get_logger("oneseekd.trainer")
 
 _stop = {"requested": 0}
 
@@ -88,7 +91,9 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--db-url", required=True)
     parser.add_argument("--run-id", required=True)
     args = parser.parse_args(argv)
-    configure_logging(os.environ.get("ONESEEK_LOG_LEVEL", "info"))
+    level = os.environ.get("ONESEEK_LOG_LEVEL", "info")
+    configure_logging(level)
+    capture_library_output(level)  # the run log is JSON lines, libraries' output included
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
     launched = "TORCHELASTIC_RUN_ID" in os.environ  # a rank: torchrun's agent is the parent
@@ -111,6 +116,7 @@ def _main(argv: list[str] | None) -> int:
     # imported after the signal set-up: torch takes seconds to import
     import torch
 
+    library_loggers_propagate()
     set_threads(os.environ)
 
     from oneseekd.db.engine import make_engine
@@ -129,16 +135,16 @@ def _main(argv: list[str] | None) -> int:
             world=world,
         )
     except Relaunch as exc:
-        print(f"to be started again: {exc}", file=sys.stderr)
+        log.info("trainer_relaunch", text=f"to be started again: {exc}")
         return protocol.EXIT_RELAUNCH
     except Stopped:
-        print("stopped on request after writing a checkpoint", file=sys.stderr)
+        log.info("trainer_stopped", text="stopped on request after writing a checkpoint")
         return protocol.EXIT_STOPPED
-    except (torch.OutOfMemoryError, MemoryError):
-        traceback.print_exc()
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        log.error("trainer_out_of_memory", error=f"{type(exc).__name__}: {exc}", exc_info=True)
         return protocol.EXIT_OOM
     except OneseekError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        log.error("trainer_refused", error=f"Error: {exc}")
         return (
             protocol.EXIT_REFUSED
             if exc.exit_code == protocol.EXIT_REFUSED

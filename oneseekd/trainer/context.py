@@ -21,6 +21,7 @@ from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import BaseModel, ModelTraining, Run, utcnow
 from oneseekd.errors import OneseekError
 from oneseekd.intake.checks import confined_dataset
+from oneseekd.times import utc_text
 
 PROGRESS_SECONDS = 1.0
 
@@ -168,7 +169,7 @@ class Progress:
             # a trainer whose run was taken over stops here, before its next checkpoint
             check_claim(session, self.run_pk, self.attempt)
             run = session.get_one(Run, self.run_pk)
-            run.progress = {**data, "updated_at": utcnow().isoformat()}
+            run.progress = {**data, "updated_at": utc_text(utcnow())}
 
 
 def training_row(engine: Engine, run_pk: int, key: str, position: int) -> ModelTraining:

@@ -223,6 +223,7 @@ def train_run(
         )
     if not world.main:
         return ""  # certifying is rank 0's alone
+    progress.report({"model": None, "state": "certifying"}, force=True)  # seconds, named
     inputs = {
         "base_models": {m.key: base_weights_hash(m.path) for m in ctx.models},
         "dataset": _dataset_unchanged(ctx, trained_on),

@@ -1,0 +1,186 @@
+"""oneseekctl submit / cancel: the commands that write, through the intake and the queue."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from oneseekd import queue
+from oneseekd.certify.ledger import Ledger
+from oneseekd.cli.context import Context, emit_json
+from oneseekd.cli.display import shown
+from oneseekd.errors import OneseekError
+from oneseekd.intake.accept import Intake
+
+# flag -> request field
+_FLAGS = {
+    "dataset": "dataset",
+    "version": "version",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "learning_rate": "learning_rate",
+    "seed": "seed",
+    "max_seq_len": "max_seq_len",
+    "request_id": "request_id",
+    "priority": "priority",
+}
+_LORA_FLAGS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}
+
+
+def build_request(
+    args: tuple[str, ...],
+    base_models: tuple[str, ...],
+    options: dict[str, Any],
+    env: dict[str, str],
+) -> tuple[bytes, str | None]:
+    """The request file (if any) with the flags laid over it, as the bytes a file would hold."""
+    files = [a for a in args if a.endswith(".json") or Path(a).is_file()]
+    extra = [a for a in args if a not in files]
+    if len(files) > 1:
+        raise OneseekError("submit takes one request file", [f"got {', '.join(files)}"])
+    if extra and not base_models:
+        raise OneseekError(
+            f"unexpected argument {extra[0]!r}", ["name base models with --base-models A B ..."]
+        )
+    if files:
+        path = Path(files[0])
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise OneseekError(f"cannot read {path}: {exc.strerror}") from exc
+        if not any(options.values()) and not base_models and not env.get("BASE_MODELS"):
+            return raw, path.name
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return raw, path.name  # refused by the intake with the exact reason
+        if not isinstance(data, dict):
+            return raw, path.name
+    else:
+        data = {}
+    models = [*base_models, *extra]
+    if models:
+        data["base_models"] = [m for name in models for m in name.split(",") if m]
+    elif "base_models" not in data and "baseModels" not in data and env.get("BASE_MODELS"):
+        data["base_models"] = [m.strip() for m in env["BASE_MODELS"].split(",") if m.strip()]
+    for flag, field in _FLAGS.items():
+        if options.get(flag) is not None:
+            data[field] = options[flag]
+    lora = {
+        key: options[flag] for flag, key in _LORA_FLAGS.items() if options.get(flag) is not None
+    }
+    if options.get("target_modules"):
+        lora["target_modules"] = [m for m in options["target_modules"].split(",") if m]
+    if lora:
+        existing = data.get("lora")
+        data["lora"] = {**(existing if isinstance(existing, dict) else {}), **lora}
+    return json.dumps(data).encode(), Path(files[0]).name if files else None
+
+
+# the problems of a request without a file, worded with the flags that fix them
+_FLAG_FIXES = {
+    "base_models is required": "base_models is required: name them with --base-models A B "
+    "(or A,B; BASE_MODELS=a,b in the environment)",
+    "dataset is required": "dataset is required: name a file under HOME/datasets/ with "
+    "--dataset FILE",
+}
+
+
+@click.command("submit")
+@click.argument("args", nargs=-1, metavar="[FILE.json]")
+@click.option(
+    "--base-models",
+    "base_models",
+    multiple=True,
+    help="Base models to train (A B ... or A,B). Env fallback: BASE_MODELS.",
+)
+@click.option("--dataset", help="Dataset file under HOME/datasets/.")
+@click.option("--version", help="MAJOR.MINOR; the next free one when omitted.")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--learning-rate", type=float)
+@click.option("--seed", type=int)
+@click.option("--max-seq-len", type=int)
+@click.option("--lora-r", type=int)
+@click.option("--lora-alpha", type=int)
+@click.option("--lora-dropout", type=float)
+@click.option("--target-modules", help="Comma-separated LoRA target modules.")
+@click.option("--request-id", help="Idempotency key: the same key is never queued twice.")
+@click.option("--priority", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def submit_cmd(
+    obj: Context,
+    /,
+    args: tuple[str, ...],
+    base_models: tuple[str, ...],
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Validate a request (FILE.json and/or flags) and queue it, exactly as a dropped file.
+
+    \b
+    oneseekctl submit request.json
+    oneseekctl submit --base-models SmolLM2-135M-Instruct --dataset civic.jsonl --epochs 1
+    """
+    env = dict(os.environ)
+    if not args and not base_models and not env.get("BASE_MODELS") and not any(options.values()):
+        raise OneseekError(
+            "nothing to submit",
+            [
+                "give a request file: oneseekctl submit FILE.json",
+                "or flags: oneseekctl submit --base-models A B --dataset FILE [--epochs N ...]",
+            ],
+        )
+    raw, name = build_request(args, base_models, options, env)
+    obj.fresh_catalog()
+    verdict = Intake(
+        obj.engine(),
+        obj.config.home,
+        host=obj.config.catalog.host,
+        cpu_processes=obj.config.trainer.cpu_processes,
+    ).take_bytes(raw, source="submit", source_name=name)
+    if as_json:
+        emit_json(
+            {
+                "status": verdict.status,
+                "request": verdict.request_pk,
+                "run_id": verdict.run_id,
+                "duplicate_of": verdict.duplicate_of,
+                "problems": verdict.problems,
+            }
+        )
+    elif verdict.status == "queued":
+        click.echo(f"Queued as run {verdict.run_id} (request #{verdict.request_pk}).")
+    elif verdict.status == "duplicate":
+        click.echo(f"Not queued again: {shown(verdict.problems[0])}.")
+    if verdict.status == "rejected":
+        if not as_json:
+            problems = (
+                verdict.problems if name else [_FLAG_FIXES.get(p, p) for p in verdict.problems]
+            )
+            raise OneseekError("the request was refused", problems)
+        raise SystemExit(1)
+
+
+@click.command("cancel")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def cancel_cmd(obj: Context, run_id: str, as_json: bool) -> None:
+    """Cancel a queued run now, or ask a running one to stop at its next step."""
+    ledger = Ledger.for_home(obj.engine(), obj.config.home)
+    result = queue.request_cancel(obj.engine(), run_id, ledger=ledger)
+    if as_json:
+        emit_json({"run_id": result.run_id, "state": result.state, "immediate": result.immediate})
+    elif result.immediate:
+        click.echo(f"Cancelled run {result.run_id} (it was still queued).")
+    else:
+        click.echo(
+            f"Asked run {result.run_id} to stop at its next step; the daemon stops it "
+            "for good after the grace period."
+        )
