@@ -61,7 +61,9 @@ def _fsync(path: Path) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # allow_nan=False: JSON has no NaN, and a certified file never holds one
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    tmp.write_text(text + "\n", encoding="utf-8")
     _fsync(tmp)
     os.replace(tmp, path)
 
@@ -287,6 +289,7 @@ def certify(
             "seconds": round(results[k].seconds, 3),
             "padding_fraction": round(results[k].padding_fraction, 4),
             "lora_targets": results[k].targets,
+            **results[k].counts,  # label_tokens, truncated_records
         }
         for k in keys
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from sqlalchemy import Engine, select
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session, write_session
-from oneseekd.db.models import Artifact, ModelTraining, Run, utcnow
+from oneseekd.db.models import Artifact, LedgerEvent, ModelTraining, Run, utcnow
+from oneseekd.errors import OneseekError
 from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import (
     Progress,
@@ -30,7 +32,7 @@ from oneseekd.trainer.context import (
     training_row,
     update_training,
 )
-from oneseekd.trainer.data import load_records, split
+from oneseekd.trainer.data import Records, duplicates, load_records, split
 from oneseekd.trainer.loading import Device, pick_device
 from oneseekd.trainer.outputs import (
     base_weights_hash,
@@ -49,8 +51,25 @@ from oneseekd.trainer.world import Relaunch, World
 log = structlog.get_logger("oneseekd.trainer")
 
 
-def _stored_result(row: ModelTraining) -> ModelResult:
-    """A model trained by an earlier attempt of this run: its figures, without the model."""
+class TrainingDiverged(OneseekError):
+    """A loss that is not a finite number: nothing is certified from it."""
+
+
+def _stored_result(engine: Engine, run_pk: int, row: ModelTraining) -> ModelResult:
+    """A model trained by an earlier attempt or launch of this run: its figures, without the
+    model. Those the row has no column for come from the model's signed `model_trained`
+    event, so they are certified as the attempt that trained it measured them."""
+    with read_session(engine) as session:
+        payloads = session.scalars(
+            select(LedgerEvent.payload).where(
+                LedgerEvent.run_id == run_pk, LedgerEvent.event == "model_trained"
+            )
+        ).all()
+    figures: dict[str, Any] = {}
+    for payload in payloads:
+        data = json.loads(payload)
+        if data.get("model") == row.model_key:
+            figures = data
     return ModelResult(
         row.model_key,
         list(row.train_losses or []),
@@ -58,11 +77,25 @@ def _stored_result(row: ModelTraining) -> ModelResult:
         row.steps,
         row.tokens,
         row.seconds,
-        0.0,
-        [],
+        float(figures.get("padding_fraction", 0.0)),
+        list(figures.get("lora_targets", [])),
         None,
         None,
+        counts=dict(figures.get("counts", {})),
     )
+
+
+def _check_finite(result: ModelResult) -> None:
+    """Never a non-finite number into a certified file (JSON has none; a NaN loss would make
+    every model's final weight NaN)."""
+    for name, losses in (("training", result.train_losses), ("validation", result.val_losses)):
+        for epoch, loss in enumerate(losses, start=1):
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{result.key}: the {name} loss of epoch {epoch} is {loss}: training "
+                    "diverged, and nothing of it is certified",
+                    ["submit the request again with a lower learning_rate"],
+                )
 
 
 class LiveMetrics:
@@ -90,7 +123,7 @@ class LiveMetrics:
         )
 
 
-def load_dataset(ctx: RunContext) -> tuple[list[dict[str, Any]], str]:
+def load_dataset(ctx: RunContext) -> tuple[Records, str]:
     """The records and the sha256 of the bytes they were read from: the hash the DNA carries.
 
     The first attempt of a run keeps the hash in checkpoints/<run_id>/dataset.json; a later
@@ -170,7 +203,7 @@ def train_run(
     # rank 0 keeps the hash first; the others then hold their bytes to it
     records, trained_on = world.first(load_dataset, ctx)
     seed = int(ctx.config["seed"])
-    train_idx, val_idx = split(len(records), float(ctx.config["val_fraction"]), seed)
+    train_idx, val_idx = split(records.items, float(ctx.config["val_fraction"]), seed)
     with read_session(engine) as session:
         started = session.get_one(Run, ctx.run_pk).started_at or utcnow()
     progress = Progress(engine, ctx.run_pk)
@@ -184,6 +217,7 @@ def train_run(
         models=[m.key for m in ctx.models],
         records=len(records),
         val=len(val_idx),
+        duplicates=duplicates(records.items),
     )
     results: dict[str, ModelResult] = {}
     live = LiveMetrics(
@@ -193,7 +227,7 @@ def train_run(
     for position, spec in enumerate(ctx.models):
         row = world.first(training_row, engine, ctx.run_pk, spec.key, position)
         if row.state == "trained":
-            results[spec.key] = _stored_result(row)
+            results[spec.key] = _stored_result(engine, ctx.run_pk, row)
             if world.main:
                 live.update(spec.key, results[spec.key].val_losses)
             continue
@@ -237,7 +271,11 @@ def train_run(
             results,
             hashes,
             inputs,
-            {"train": len(train_idx), "validation": len(val_idx)},
+            {
+                "train": len(train_idx),
+                "validation": len(val_idx),
+                "duplicates": duplicates(records.items),
+            },
             started,
             utcnow(),
         )
@@ -261,7 +299,7 @@ def _train_one(
     ledger: Ledger,
     key: str,
     position: int,
-    records: list[dict[str, Any]],
+    records: Records,
     parts: tuple[list[int], list[int]],
     device: Device,
     progress: Progress,
@@ -285,6 +323,7 @@ def _train_one(
         {"model_index": position + 1, "models": len(ctx.models)},
         on_epoch=live.update,
         world=world,
+        dataset=ctx.dataset.name,
     )
     recipe.setup()
     log.info(
@@ -295,10 +334,12 @@ def _train_one(
         resumed_at_step=recipe.position.step,
     )
     result = recipe.train()
+    _check_finite(result)
     if world.main:
         _record_model(engine, ctx, ledger, result, row_id)
         checkpoints.remove()
-    world.barrier()  # the next model starts once this one's outputs are recorded
+    if position < len(ctx.models) - 1:  # after the last model the others are done: released
+        world.wait_for_main()  # the next model starts once this one's outputs are recorded
     log.info("model_trained", model=key, val_loss=result.val_losses[-1])
     result.model = None  # free the weights before the next model
     del recipe
@@ -325,6 +366,10 @@ def _record_model(
                 "val_losses": result.val_losses,
                 "steps": result.steps,
                 "tokens": result.tokens,
+                "seconds": result.seconds,
+                "padding_fraction": result.padding_fraction,
+                "lora_targets": result.targets,
+                "counts": result.counts,
             },
             ctx.run_pk,
         )
