@@ -6,6 +6,8 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -24,7 +26,9 @@ from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
 from oneseekd.intake.accept import Intake
+from oneseekd.trainer import recipe as recipe_module
 from oneseekd.trainer.__main__ import set_threads
+from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import RunRefused
 from oneseekd.trainer.loading import ModelRefused
 from oneseekd.trainer.recipe import Stopped
@@ -57,6 +61,12 @@ class Home:
         claimed = queue.claim_next(self.engine, None)
         assert claimed is not None and claimed.run_id == run_id
         return run_id
+
+    def results(self) -> dict[str, Any]:
+        """The training_results.json of the home's only certified run."""
+        [folder] = (self.root / "models" / "oneseek-certified").iterdir()
+        data: dict[str, Any] = json.loads((folder / "training_results.json").read_text())
+        return data
 
     def rows(self, sql: str, *args: object) -> list[tuple[object, ...]]:
         con = sqlite3.connect(self.config.home.db_file)
@@ -186,7 +196,9 @@ def test_saved_adapter_and_pth_reload_to_identical_logits(two: Home) -> None:
     assert not torch.allclose(a, base_logits)  # and training changed the model
 
 
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path, cache: Path) -> None:
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     whole = Home(tmp_path / "whole", cache, {"Tiny-Llama": "llama", "Tiny-Mistral": "mistral"})
     cut = Home(tmp_path / "cut", cache, {"Tiny-Llama": "llama", "Tiny-Mistral": "mistral"})
     models = ["tiny-llama", "tiny-mistral"]
@@ -204,7 +216,15 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path, cach
 
     with pytest.raises(Stopped):  # 5 steps into the first model
         train_run(cut.engine, cut.config.home, run_id, should_stop=stop_at(5))
-    with pytest.raises(Stopped):  # the first model finishes, then 5 steps into the second
+    latest = Checkpoints(cut.root / "checkpoints" / run_id / "tiny-llama").latest()
+    assert latest is not None
+    before = json.loads((latest / "state.json").read_text())["seconds"]  # attempt 1 trained
+    assert before > 0
+    # the next attempt's clock stands still: the first model's time is the first attempt's
+    frozen = SimpleNamespace(monotonic=lambda: 1000.0)
+    with monkeypatch.context() as patch, pytest.raises(Stopped):
+        patch.setattr(recipe_module, "time", frozen)
+        # the first model finishes, then 5 steps into the second
         train_run(cut.engine, cut.config.home, run_id, should_stop=stop_at(30))
     assert cut.rows("SELECT model_key, state FROM model_trainings ORDER BY position") == [
         ("tiny-llama", "trained"),
@@ -225,6 +245,19 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path, cach
             strict=True,
         ):
             assert abs(x - y) < 1e-4
+    # the certified figures of a model trained in an earlier attempt, or across attempts,
+    # are those an uninterrupted run certifies
+    expected = whole.results()["metrics"]
+    certified = cut.results()["metrics"]
+    for key in models:
+        a, b = dict(expected[key]), dict(certified[key])
+        assert a.pop("seconds") > 0
+        seconds = b.pop("seconds")
+        if key == "tiny-llama":  # trained across attempts 1 and 2: both counted
+            assert seconds == round(before, 3)
+        assert a == b
+        assert a["lora_targets"] == ["q_proj", "v_proj"]
+        assert a["label_tokens"] > 0 and a["truncated_records"] == 0
 
 
 def test_a_run_resumed_over_a_changed_dataset_is_refused(tmp_path: Path, cache: Path) -> None:
