@@ -230,3 +230,19 @@ def test_copies_of_a_record_never_straddle_the_split() -> None:
     b = {"output": "y", "instruction": "x", "input": "", "note": 1}
     assert duplicates([a, b]) == 1
     assert Records([a, b], ["line 1", "line 2"]).where == ["line 1", "line 2"]
+
+
+def test_train_on_prompt_and_truncation_side_are_request_fields() -> None:
+    from oneseekd.intake.schema import parse_request
+
+    base = {"base_models": ["llama"], "dataset": "d.jsonl"}
+    request, problems = parse_request(
+        {**base, "trainOnPrompt": True, "perModel": {"llama": {"trainOnPrompt": False}}}
+    )
+    assert problems == [] and request is not None
+    assert request.train_on_prompt and request.per_model["llama"].train_on_prompt is False
+    assert request.truncation_side == "right"
+    assert parse_request(base)[0].train_on_prompt is False  # type: ignore[union-attr]
+    assert parse_request({**base, "truncation_side": "middle"})[1] == [
+        "truncation_side: input should be 'right' or 'left' (got 'middle')"
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -196,6 +197,7 @@ def test_saved_adapter_and_pth_reload_to_identical_logits(two: Home) -> None:
     assert not torch.allclose(a, base_logits)  # and training changed the model
 
 
+@pytest.mark.timeout(400)
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
     tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -387,3 +389,42 @@ def test_export_merged_writes_a_plain_model_with_the_adapter_folded_in(two: Home
         assert torch.allclose(peft(ids).logits, merged(ids).logits, atol=1e-4)
     kinds = {k for (k,) in two.rows("SELECT DISTINCT kind FROM artifacts")}
     assert "merged_model" in kinds
+
+
+def _echo_dataset(path: Path, n: int = 48) -> None:
+    """Prompts of random letters, one fixed response: only the response can be learned."""
+    rng = random.Random(5)
+    letters = "abcdefghijklmnopqrstuvwxyzåäö"
+    lines = []
+    for _ in range(n):
+        words = " ".join("".join(rng.choices(letters, k=rng.randint(3, 8))) for _ in range(4))
+        record = {"instruction": "Svara", "input": words, "output": "Riksdagen."}
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+@pytest.mark.timeout(900)
+def test_the_loss_is_on_the_response_unless_asked_to_train_on_the_prompt(
+    tmp_path: Path, cache: Path
+) -> None:
+    targets = ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj", "lm_head"]
+    fields = {
+        "dataset": "echo.jsonl",
+        "epochs": 6,
+        "batch_size": 2,
+        "learning_rate": 3e-2,
+        "max_seq_len": 96,
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": targets},
+    }
+    final = {}
+    for train_on_prompt in (False, True):
+        home = Home(tmp_path / f"home-{train_on_prompt}", cache, {"Tiny-Llama": "llama"})
+        _echo_dataset(home.root / "datasets" / "echo.jsonl")
+        run_id = home.start(["tiny-llama"], trainOnPrompt=train_on_prompt, **fields)
+        train_run(home.engine, home.config.home, run_id)
+        [(val,)] = home.rows("SELECT val_losses FROM model_trainings")
+        final[train_on_prompt] = json.loads(str(val))[-1]
+        home.engine.dispose()
+    print("final validation losses:", final)
+    assert final[False] < 0.05  # the fixed response, learned (measured 0.0004)
+    assert final[True] > 2.0  # random letters cannot be

@@ -27,7 +27,6 @@ from oneseekd.trainer import sharding
 from oneseekd.trainer.checkpoint import Checkpoints, Position, rng_state
 from oneseekd.trainer.context import ModelSpec, Progress
 from oneseekd.trainer.data import (
-    IGNORE_INDEX,
     Records,
     batch_order,
     collate,
@@ -44,6 +43,7 @@ from oneseekd.trainer.loading import (
     lora_targets,
     wants_checkpointing,
 )
+from oneseekd.trainer.losses import loss_sum, lr_lambda, validation_loss
 from oneseekd.trainer.world import World
 
 log = structlog.get_logger("oneseekd.trainer")
@@ -71,30 +71,6 @@ class ModelResult:
     # label_tokens (what the loss was taken over; `tokens` counts every real token fed) and
     # truncated_records, reported per model in the results
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to 10% of the peak rate."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(total - warmup, 1)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
-def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The summed (not averaged) next-token loss over the labelled positions, in fp32: a sum
-    over no labels is 0, never NaN, and sums add up across micro-batches and ranks."""
-    shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        shifted.reshape(-1).to(logits.device),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
 
 
 class LoraRecipe:
@@ -125,6 +101,7 @@ class LoraRecipe:
         self.on_epoch = on_epoch  # told each epoch's validation losses (live_metrics.json)
         self.world = world or World()
         self.dataset = dataset  # its file name, for errors
+        self._window_loss = torch.zeros(())  # the summed loss of the window so far
 
     # --- setup -------------------------------------------------------------------------------
     def _encode(self, vocab: int) -> None:
@@ -383,34 +360,17 @@ class LoraRecipe:
             }
         )
 
-    @torch.no_grad()
     def evaluate(self, pad_id: int) -> float:
         """Token-weighted mean loss on the validation split (the train split if it is empty),
         over the same labels training uses."""
         data = self.val_data if self.val_data.ids else self.train_data
-        counts = data.label_counts()
         self.model.eval()
-        total: torch.Tensor | float = 0.0
-        count = 0
-        order = sorted(range(len(data.ids)), key=lambda i: len(data.ids[i]))
-        starts = list(range(0, len(order), self.batch_size))
-        mine: list[int | None] = list(starts[self.world.rank :: self.world.size])
-        if self.sharded:  # every forward pass gathers weights: all ranks run as many
-            rounds = math.ceil(len(starts) / self.world.size)
-            mine += [None] * (rounds - len(mine))
-        for start in mine:  # each rank its batches; None: the first one again, not counted
-            rows = order[(starts[0] if start is None else start) :][: self.batch_size]
-            batch = collate(data, rows, pad_id)
-            labels = batch.pop("labels")
-            batch = {k: v.to(self.device.type) for k, v in batch.items()}
-            with self._autocast():
-                summed = loss_sum(self.model(**batch).logits, labels)
-            if start is not None:
-                total = total + summed
-                count += sum(counts[i] for i in rows)
+        with self._autocast():
+            loss = validation_loss(
+                self.model, data, pad_id, self.batch_size, self.world, self.sharded, self.device
+            )
         self.model.train()
-        summed_total, summed_count = self.world.sum([float(total), float(count)])
-        return summed_total / max(summed_count, 1)
+        return loss
 
     def _where(self, pos: Position) -> tuple[int, int, int]:
         return (pos.epoch, pos.batch, pos.step)
