@@ -426,5 +426,5 @@ def test_the_loss_is_on_the_response_unless_asked_to_train_on_the_prompt(
         final[train_on_prompt] = json.loads(str(val))[-1]
         home.engine.dispose()
     print("final validation losses:", final)
-    assert final[False] < 0.05  # the fixed response, learned (measured 0.0004)
+    assert final[False] < 0.05  # the fixed response, learned (measured 5e-5; 2.6 below)
     assert final[True] > 2.0  # random letters cannot be
