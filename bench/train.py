@@ -50,7 +50,8 @@ from transformers.utils import logging as hf_logging
 from oneseekd.trainer import embedded
 from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import ModelSpec
-from oneseekd.trainer.data import encode, load_records, render
+from oneseekd.trainer.data import Records, load_records
+from oneseekd.trainer.labels import Encoder
 from oneseekd.trainer.loading import Device, load_model, load_tokenizer
 from oneseekd.trainer.recipe import LoraRecipe, lr_lambda
 from oneseekd.trainer.tiny import tiny_model
@@ -100,11 +101,11 @@ class Outcome:
 
 
 def workload(path: Path, steps: int) -> Workload:
-    base = load_records(ROOT / "demo/civic.jsonl")
+    base = load_records(ROOT / "demo/civic.jsonl").items
     records = [base[i % len(base)] for i in range(steps * BATCH + 1)]
     tokenizer = load_tokenizer(path)
-    texts = [render(r, tokenizer) for r in records[:-1]]
-    ids = encode(texts, tokenizer, HYPER["max_seq_len"]).ids
+    encoder = Encoder(tokenizer, HYPER["max_seq_len"], train_on_prompt=True)
+    ids = [encoder.encode(r).ids for r in records[:-1]]
     return Workload(path, records, ids, int(tokenizer.pad_token_id))
 
 
@@ -160,8 +161,8 @@ def run_trainer(w: Workload, tmp: Path, profile: cProfile.Profile | None = None)
     progress: Any = SimpleNamespace(report=lambda *a, **k: None)  # LoraRecipe only reports
     recipe = LoraRecipe(
         ModelSpec("bench", "bench", w.path, ""),
-        HYPER,
-        w.records,
+        {**HYPER, "train_on_prompt": True},  # the other loops train on every token too
+        Records(w.records, [f"record {i}" for i in range(len(w.records))]),
         (list(range(n)), [n]),
         CPU,
         Checkpoints(folder),

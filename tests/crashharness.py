@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -730,6 +731,8 @@ class CrashRun:
 CRASH_POINTS = {
     "checkpoint_staged": "a checkpoint folder written under its .tmp name, not yet renamed",
     "checkpoint_named": "a checkpoint folder renamed into place, `latest` not yet updated",
+    "checkpoint_lost": "the checkpoint folder `latest` names lost (as a crash between removing "
+    "it and renaming its rewrite left it), an older one kept",
     "outputs_unrecorded": "a model's adapter and .pth staged, not yet recorded",
     "model_committed": "a model's outputs committed and published, its checkpoints not yet removed",
     "certify_staged": "the metadata JSON and the certified folder staged, nothing committed",
@@ -755,10 +758,18 @@ def promote_command(point: str) -> list[str]:
     return [sys.executable, str(HARNESS), "--promote-crash-at", point]
 
 
+# Points that must never be reached: the trainer is brought to the brink and SIGKILLed only if
+# it goes over it.
+GUARD_POINTS = {
+    "checkpoint_resaved": "a stop that lands on a checkpoint step: the trainer is killed if it "
+    "removes the whole checkpoint folder `latest` names to write the same position again",
+}
+
+
 def crash_command(point: str, kill: str, attempt: int = 1) -> list[str]:
     """A `[trainer] command` that runs the real trainer and SIGKILLs it at `point` in attempt
     `attempt` (kill = "self": the trainer only; "both": its daemon first, then itself)."""
-    assert point in CRASH_POINTS and kill in ("self", "both")
+    assert point in {**CRASH_POINTS, **GUARD_POINTS} and kill in ("self", "both")
     return [
         sys.executable,
         str(HARNESS),
@@ -816,6 +827,42 @@ def _install_crash(point: str, kill: str) -> None:
             replace(src, dst, *a, **k)
 
         os.replace = crash_replace
+    elif point == "checkpoint_lost":
+        save, saves = Checkpoints.save, [0]
+
+        def lose_latest(self: Checkpoints, *a: Any, **k: Any) -> Path:
+            final = save(self, *a, **k)
+            saves[0] += 1
+            if saves[0] == 2:
+                shutil.rmtree(final)
+                die()
+            return final
+
+        Checkpoints.save = lose_latest  # type: ignore[method-assign]
+    elif point == "checkpoint_resaved":
+        save, saves, rmtree = Checkpoints.save, [0], shutil.rmtree
+
+        def stop_after(self: Checkpoints, *a: Any, **k: Any) -> Path:
+            final = save(self, *a, **k)
+            saves[0] += 1
+            if saves[0] == 2:  # checkpoint_every = 1: the stop lands on a checkpoint step
+                os.kill(os.getpid(), signal.SIGTERM)
+            return final
+
+        def guard(path: Any, *a: Any, **k: Any) -> None:
+            folder = Path(path)
+            named = folder.parent / "latest"
+            if (
+                folder.name.startswith("step-")
+                and (folder / "state.json").is_file()
+                and named.is_file()
+                and named.read_text().strip() == folder.name
+            ):
+                die()
+            rmtree(path, *a, **k)
+
+        Checkpoints.save = stop_after  # type: ignore[method-assign]
+        shutil.rmtree = guard  # type: ignore[assignment]
     elif point == "outputs_unrecorded":
         original = outputs.record_artifact
 
@@ -916,7 +963,9 @@ def main(argv: list[str]) -> int:
 
         return int(ctl.main(argv[2:], standalone_mode=False) or 0)
     parser = argparse.ArgumentParser(prog="crashharness")
-    parser.add_argument("--crash-at", choices=sorted(CRASH_POINTS), required=True)
+    parser.add_argument(
+        "--crash-at", choices=sorted({**CRASH_POINTS, **GUARD_POINTS}), required=True
+    )
     parser.add_argument("--crash-kill", choices=("self", "both"), required=True)
     parser.add_argument("--crash-attempt", type=int, default=1)
     ours, rest = parser.parse_known_args(argv)

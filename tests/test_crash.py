@@ -99,7 +99,10 @@ def test_ten_seeds_of_ten_sigkills_leave_a_whole_home(tmp_path: Path, seed: int)
 # - certify_committed: a kill between the completion commit and publish() failed the run and
 #   left its certified folder staged, so `ledger verify` found its artifacts missing
 # - published: a kill after publish(), before the trainer exited, failed a certified run
+# - checkpoint_lost (a power cut): `latest` named a folder that was gone, and the next attempt
+#   started over at step 0 although an older checkpoint was kept
 DEFAULT_CASES = [
+    ("checkpoint_lost", "both"),
     ("outputs_unrecorded", "self"),
     ("certify_staged", "self"),
     ("certify_committed", "self"),
@@ -175,6 +178,30 @@ def test_every_exact_crash_point_both_ways_leaves_a_whole_home(
     tmp_path: Path, point: str, kill: str
 ) -> None:
     _crash_inside(tmp_path, point, kill)
+
+
+@pytest.mark.timeout(300)
+def test_a_stop_on_a_checkpoint_step_never_removes_the_checkpoint_latest_names(
+    tmp_path: Path,
+) -> None:
+    """The trainer asks itself to stop right after a checkpoint step (every step is one
+    here); it used to save that position again, removing the folder `latest` names first, so
+    a crash in between left `latest` dangling. The harness kills it if it does."""
+    home = crash_home(
+        tmp_path / "home",
+        tmp_path / "cache",
+        trainer_command=crash_command("checkpoint_resaved", "self"),
+    )
+    drop(home, "crash.json", small_request(7))
+    done = run_until_idle(home, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [(run_id, state, outcome, attempts)] = _runs(home)
+    log = (home / "logs" / f"{run_id}.log").read_text()
+    assert "crashharness: SIGKILL" not in log, log[-3000:]
+    assert "stopped on request after writing a checkpoint" in log
+    assert (state, outcome, attempts) == ("failed", "stopped", 1)
+    problems = check_invariants(home, ["crash.json"]) + check_outputs(home)
+    assert problems == [], "\n".join(problems)
 
 
 # --- the checks can fail ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from daemon import wait_for
+from gloo import spawn, train_slowly_exported
 from pausetrainer import pause_command, paused
 from sqlalchemy import Engine
 from trainhomes import FAST, tiny_home
@@ -430,3 +431,35 @@ def test_sharding_is_ddp_fsdp_or_auto() -> None:
     assert parse_request({**base, "per_model": {"llama": {"sharding": True}}})[1] == [
         f"per_model.llama.sharding: {choices} (got True)"
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_other_ranks_wait_out_a_slow_export_longer_than_the_collective_timeout(
+    tmp_path: Path, cache: Path
+) -> None:
+    """Rank 0 alone writes each model's outputs (under FSDP with export_merged, loading the
+    whole base again): here 12 s each, against a collective timeout of 6 s. The other rank
+    waits on a group whose timeout fits that work, and after the last model it is released."""
+    box = Box(tmp_path / "slow", cache, {"Tiny-Llama": "llama", "Tiny-Qwen2.5": "qwen2"})
+    try:
+        run_id = box.submit(["llama", "qwen2"], gpus=2, epochs=1)
+        claimed = queue.claim_next(box.engine, None)
+        assert claimed is not None and claimed.run_id == run_id
+        dna, rest = spawn(
+            train_slowly_exported,
+            2,
+            tmp_path / "ranks",
+            box.root,
+            box.config.db_url,
+            run_id,
+            12.0,
+            timeout=6.0,
+        )
+        assert dna.startswith("OneSeek-7B-Zero.v") and rest == ""
+        assert set(box.results(run_id)["trained_models"]) == {  # type: ignore[arg-type]
+            "tiny-llama",
+            "tiny-qwen2-5",
+        }
+    finally:
+        box.engine.dispose()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -24,7 +27,9 @@ from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
 from oneseekd.intake.accept import Intake
+from oneseekd.trainer import recipe as recipe_module
 from oneseekd.trainer.__main__ import set_threads
+from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import RunRefused
 from oneseekd.trainer.loading import ModelRefused
 from oneseekd.trainer.recipe import Stopped
@@ -57,6 +62,12 @@ class Home:
         claimed = queue.claim_next(self.engine, None)
         assert claimed is not None and claimed.run_id == run_id
         return run_id
+
+    def results(self) -> dict[str, Any]:
+        """The training_results.json of the home's only certified run."""
+        [folder] = (self.root / "models" / "oneseek-certified").iterdir()
+        data: dict[str, Any] = json.loads((folder / "training_results.json").read_text())
+        return data
 
     def rows(self, sql: str, *args: object) -> list[tuple[object, ...]]:
         con = sqlite3.connect(self.config.home.db_file)
@@ -124,7 +135,8 @@ def test_two_models_train_and_leave_every_file_named_with_their_keys(two: Home) 
     assert set(live["val_losses"]) == set(live["weights"]) == {"tiny-llama", "tiny-qwen2-5"}
     assert all(isinstance(v, float) for v in live["val_losses"].values())
     results = json.loads((certified / "training_results.json").read_text())
-    assert results["samples"] == {"train": 36, "validation": 12}
+    # 48 records, 13 distinct: copies stay on one side of the split, so 16 validate
+    assert results["samples"] == {"train": 32, "validation": 16, "duplicates": 35}
     assert results["epochs"] == 3
     assert dna.startswith("OneSeek-7B-Zero.v1.0.") and len(dna.rsplit(".", 1)[1]) == 6
     assert json.loads((certified / "oneseek_dna.json").read_text())["dna"] == dna
@@ -194,7 +206,10 @@ def test_saved_adapter_and_pth_reload_to_identical_logits(two: Home) -> None:
     assert not torch.allclose(a, base_logits)  # and training changed the model
 
 
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path, cache: Path) -> None:
+@pytest.mark.timeout(400)
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     whole = Home(tmp_path / "whole", cache, {"Tiny-Llama": "llama", "Tiny-Mistral": "mistral"})
     cut = Home(tmp_path / "cut", cache, {"Tiny-Llama": "llama", "Tiny-Mistral": "mistral"})
     models = ["tiny-llama", "tiny-mistral"]
@@ -212,7 +227,15 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path, cach
 
     with pytest.raises(Stopped):  # 5 steps into the first model
         train_run(cut.engine, cut.config.home, run_id, should_stop=stop_at(5))
-    with pytest.raises(Stopped):  # the first model finishes, then 5 steps into the second
+    latest = Checkpoints(cut.root / "checkpoints" / run_id / "tiny-llama").latest()
+    assert latest is not None
+    before = json.loads((latest / "state.json").read_text())["seconds"]  # attempt 1 trained
+    assert before > 0
+    # the next attempt's clock stands still: the first model's time is the first attempt's
+    frozen = SimpleNamespace(monotonic=lambda: 1000.0)
+    with monkeypatch.context() as patch, pytest.raises(Stopped):
+        patch.setattr(recipe_module, "time", frozen)
+        # the first model finishes, then 5 steps into the second
         train_run(cut.engine, cut.config.home, run_id, should_stop=stop_at(30))
     assert cut.rows("SELECT model_key, state FROM model_trainings ORDER BY position") == [
         ("tiny-llama", "trained"),
@@ -233,6 +256,19 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path, cach
             strict=True,
         ):
             assert abs(x - y) < 1e-4
+    # the certified figures of a model trained in an earlier attempt, or across attempts,
+    # are those an uninterrupted run certifies
+    expected = whole.results()["metrics"]
+    certified = cut.results()["metrics"]
+    for key in models:
+        a, b = dict(expected[key]), dict(certified[key])
+        assert a.pop("seconds") > 0
+        seconds = b.pop("seconds")
+        if key == "tiny-llama":  # trained across attempts 1 and 2: both counted
+            assert seconds == round(before, 3)
+        assert a == b
+        assert a["lora_targets"] == ["q_proj", "v_proj"]
+        assert a["label_tokens"] > 0 and a["truncated_records"] == 0
 
 
 def test_a_run_resumed_over_a_changed_dataset_is_refused(tmp_path: Path, cache: Path) -> None:
@@ -362,3 +398,42 @@ def test_export_merged_writes_a_plain_model_with_the_adapter_folded_in(two: Home
         assert torch.allclose(peft(ids).logits, merged(ids).logits, atol=1e-4)
     kinds = {k for (k,) in two.rows("SELECT DISTINCT kind FROM artifacts")}
     assert "merged_model" in kinds
+
+
+def _echo_dataset(path: Path, n: int = 48) -> None:
+    """Prompts of random letters, one fixed response: only the response can be learned."""
+    rng = random.Random(5)
+    letters = "abcdefghijklmnopqrstuvwxyzåäö"
+    lines = []
+    for _ in range(n):
+        words = " ".join("".join(rng.choices(letters, k=rng.randint(3, 8))) for _ in range(4))
+        record = {"instruction": "Svara", "input": words, "output": "Riksdagen."}
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+@pytest.mark.timeout(900)
+def test_the_loss_is_on_the_response_unless_asked_to_train_on_the_prompt(
+    tmp_path: Path, cache: Path
+) -> None:
+    targets = ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj", "lm_head"]
+    fields = {
+        "dataset": "echo.jsonl",
+        "epochs": 6,
+        "batch_size": 2,
+        "learning_rate": 3e-2,
+        "max_seq_len": 96,
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": targets},
+    }
+    final = {}
+    for train_on_prompt in (False, True):
+        home = Home(tmp_path / f"home-{train_on_prompt}", cache, {"Tiny-Llama": "llama"})
+        _echo_dataset(home.root / "datasets" / "echo.jsonl")
+        run_id = home.start(["tiny-llama"], trainOnPrompt=train_on_prompt, **fields)
+        train_run(home.engine, home.config.home, run_id)
+        [(val,)] = home.rows("SELECT val_losses FROM model_trainings")
+        final[train_on_prompt] = json.loads(str(val))[-1]
+        home.engine.dispose()
+    print("final validation losses:", final)
+    assert final[False] < 0.05  # the fixed response, learned (measured 5e-5; 2.6 below)
+    assert final[True] > 2.0  # random letters cannot be

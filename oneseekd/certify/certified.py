@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ class TrainedModel:
     seconds: float
     padding_fraction: float
     targets: list[str]
+    counts: dict[str, int] = field(default_factory=dict)  # label_tokens, truncated_records
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def _metrics(m: TrainedModel) -> dict[str, Any]:
         "seconds": round(m.seconds, 3),
         "padding_fraction": round(m.padding_fraction, 4),
         "lora_targets": m.targets,
+        **m.counts,
     }
 
 

@@ -29,9 +29,12 @@ def record_problem(record: Any) -> str | None:
     """Why one dataset record is not of a supported shape, or None."""
     if not isinstance(record, dict):
         return f"is a JSON {type(record).__name__}, not an object"
+    # an empty text or response encodes to an eos alone: nothing to predict, a NaN loss
     if isinstance(record.get("text"), str):
-        return None
+        return None if record["text"].strip() else "has an empty text: nothing to train on"
     if isinstance(record.get("instruction"), str) and isinstance(record.get("output"), str):
+        if not record["output"].strip():
+            return "has an empty output: nothing to train on"
         return None
     messages = record.get("messages")
     if (

@@ -115,6 +115,7 @@ class ModelOverrides(_Strict):
     lora: LoraOverride | None = None
     gpus: Gpus | None = None
     sharding: Sharding | None = None
+    train_on_prompt: bool | None = None
 
 
 class TrainingRequestModel(_Strict):
@@ -133,7 +134,13 @@ class TrainingRequestModel(_Strict):
     val_fraction: Finite = Field(DEFAULTS["val_fraction"], ge=0, le=0.5)
     checkpoint_every: int = Field(DEFAULTS["checkpoint_every"], ge=1, le=10_000_000)
     weighting: Literal["val_loss", "equal"] = "val_loss"
-    gradient_checkpointing: bool = False
+    # None: on when the base weights take a large share of the GPU (docs/training.md)
+    gradient_checkpointing: bool | None = None
+    # false: the loss is on the responses only (docs/training.md); true: on every token
+    train_on_prompt: bool = False
+    # which end a record longer than max_seq_len loses: "right" (the end) or "left" (the
+    # start of the prompt, keeping the answer)
+    truncation_side: Literal["right", "left"] = "right"
     export_merged: bool = False
     gpus: Gpus = 1
     sharding: Sharding = "ddp"

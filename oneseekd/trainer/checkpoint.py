@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ import torch
 from peft import set_peft_model_state_dict
 
 KEEP = 2  # checkpoints kept per model: the newest, and the one before in case it is damaged
+NAME = re.compile(r"^step-(\d+)-e(\d+)b(\d+)$")
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Position:
     loss_sum: float = 0.0  # this epoch so far, weighted by tokens
     loss_tokens: int = 0
     tokens_seen: int = 0
+    labels_seen: int = 0  # the tokens the loss was taken over (tokens_seen counts all)
+    seconds: float = 0.0  # training time of this model, over every attempt until this one
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
 
@@ -67,13 +71,28 @@ class Checkpoints:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
+    def _valid(self) -> list[Path]:
+        """The checkpoint folders in place, oldest first (by step, epoch and batch)."""
+        found = []
+        for path in self.folder.glob("step-*") if self.folder.is_dir() else []:
+            match = NAME.match(path.name)
+            if match and (path / "state.json").is_file():
+                found.append((tuple(int(g) for g in match.groups()), path))
+        return [path for _, path in sorted(found)]
+
     def latest(self) -> Path | None:
+        """The folder `latest` names; when it names none in place (a crash, a lost folder),
+        the newest valid checkpoint there is, so training never silently starts over while
+        an older kept checkpoint exists."""
         try:
             name = (self.folder / "latest").read_text(encoding="utf-8").strip()
         except FileNotFoundError:
-            return None
+            name = ""
         path = self.folder / name
-        return path if (path / "state.json").is_file() else None
+        if name and NAME.match(name) and (path / "state.json").is_file():
+            return path
+        valid = self._valid()
+        return valid[-1] if valid else None
 
     def save(
         self,
@@ -89,6 +108,11 @@ class Checkpoints:
         multi-process run."""
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"step-{position.step:08d}-e{position.epoch}b{position.batch}"
+        if (final / "state.json").is_file():
+            # this very position is saved already (a stop on a checkpoint step): rewriting
+            # it would first remove the folder `latest` names
+            _write_text(self.folder / "latest", final.name)
+            return final
         tmp = self.folder / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -108,16 +132,16 @@ class Checkpoints:
         (tmp / "python_rng.json").write_text(json.dumps(random.getstate()))
         (tmp / "state.json").write_text(json.dumps(asdict(position)))
         _fsync_tree(tmp)
-        shutil.rmtree(final, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)  # a half-removed one, never a whole one
         os.rename(tmp, final)
         _write_text(self.folder / "latest", final.name)
         self._prune(final)
         return final
 
     def _prune(self, keep: Path) -> None:
-        done = sorted(p for p in self.folder.glob("step-*") if p.is_dir())
-        for old in done[:-KEEP]:
-            if old != keep:
+        kept = {*self._valid()[-KEEP:], keep}
+        for old in self.folder.glob("step-*"):
+            if old.is_dir() and old not in kept:
                 shutil.rmtree(old, ignore_errors=True)
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""Training data: load and check every record, render it to text, split, tokenize, batch.
+"""Training data: load and check every record, split, tokenize with labels, batch.
 
 Records are `{"text": ...}`, `{"instruction", "input"?, "output"}`, or `{"messages": [...]}`.
 Chat records use the tokenizer's chat template when it has one; otherwise, and for
@@ -7,12 +7,18 @@ instruction records, these plain templates (documented in docs/training.md):
     ### Instruction:\\n{instruction}\\n\\n### Input:\\n{input}\\n\\n### Response:\\n{output}
     <|{role}|>\\n{content}\\n   (one block per message)
 
+What is trained on (the labels) follows the record's structure (labels.py): the response of
+an instruction record, every assistant turn of a chat with its end-of-turn token, the whole of
+a text record; `train_on_prompt` labels everything.
+
+The validation split is by record content, so copies of one record all fall on one side.
 Batches are grouped by length (sorted within shuffled windows of 50 batches), which keeps
 padding low without giving up shuffling; the padding fraction is reported.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -26,17 +32,39 @@ from oneseekd.intake.checks import record_problem
 
 WINDOW_BATCHES = 50
 IGNORE_INDEX = -100
+SHOWN_PROBLEMS = 20
 
 
 class DataError(OneseekError):
     exit_code = 65
 
 
-def load_records(path: Path) -> list[dict[str, Any]]:
+def refuse(name: str, problems: list[str], what: str = "bad records") -> DataError:
+    """Every problem at once, the first SHOWN_PROBLEMS of them listed."""
+    shown = problems[:SHOWN_PROBLEMS] + (
+        [f"... and {len(problems) - SHOWN_PROBLEMS} more"] if len(problems) > SHOWN_PROBLEMS else []
+    )
+    return DataError(f"dataset {name} has {len(problems)} {what}", shown)
+
+
+@dataclass(frozen=True)
+class Records:
+    """The records of a dataset and where each was read (`line 3`, `record 2`), for errors
+    that name the record."""
+
+    items: list[dict[str, Any]]
+    where: list[str]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def load_records(path: Path) -> Records:
     """Every record of a JSONL file or JSON array; all bad records reported by line/index."""
     text = path.read_text(encoding="utf-8")
     problems: list[str] = []
     records: list[dict[str, Any]] = []
+    where: list[str] = []
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -55,70 +83,82 @@ def load_records(path: Path) -> list[dict[str, Any]]:
                 numbered.append((f"line {number}", json.loads(line)))
             except json.JSONDecodeError as exc:
                 problems.append(f"line {number}: not JSON ({exc.msg})")
-    for where, item in numbered:
+    for place, item in numbered:
         problem = record_problem(item)
         if problem:
-            problems.append(f"{where}: {problem}")
+            problems.append(f"{place}: {problem}")
         else:
             records.append(item)
+            where.append(place)
     if problems:
-        shown = problems[:20] + (
-            [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
-        )
-        raise DataError(f"dataset {path.name} has {len(problems)} bad records", shown)
+        raise refuse(path.name, problems)
     if len(records) < 2:
         raise DataError(f"dataset {path.name} has {len(records)} records; at least 2 are needed")
-    return records
+    return Records(records, where)
 
 
-def render(record: dict[str, Any], tokenizer: Any) -> str:
+def content_key(record: dict[str, Any]) -> str:
+    """The canonical JSON of what a record renders from (the fields `render` reads): two
+    records with the same key train the model on the same text."""
     if isinstance(record.get("text"), str):
-        return str(record["text"])
-    if "messages" in record:
-        messages = record["messages"]
-        if getattr(tokenizer, "chat_template", None):
-            return str(tokenizer.apply_chat_template(messages, tokenize=False))
-        return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
-    parts = [f"### Instruction:\n{record['instruction']}\n\n"]
-    if record.get("input"):
-        parts.append(f"### Input:\n{record['input']}\n\n")
-    parts.append(f"### Response:\n{record['output']}")
-    return "".join(parts)
+        used: Any = {"text": record["text"]}
+    elif "messages" in record:
+        used = {"messages": [[m["role"], m["content"]] for m in record["messages"]]}
+    else:
+        used = {k: record.get(k) or "" for k in ("instruction", "input", "output")}
+    return json.dumps(used, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A seeded, deterministic train/validation split of record indices."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_val = round(n * val_fraction) if val_fraction > 0 else 0
-    n_val = min(max(n_val, 1 if val_fraction > 0 else 0), n - 1)
-    return sorted(order[n_val:]), sorted(order[:n_val])
+def duplicates(records: list[dict[str, Any]]) -> int:
+    """How many records repeat an earlier one (reported in the run's results)."""
+    return len(records) - len({content_key(r) for r in records})
+
+
+def split(
+    records: list[dict[str, Any]], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """A seeded, deterministic train/validation split of record indices, by content: the
+    copies of a record fall on one side together, so no validation record is trained on.
+    Distinct records are ordered by a seeded hash of their content and taken into
+    validation until `val_fraction` of all records is reached (at least one record when the
+    fraction is above 0, and never every record)."""
+    groups: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        groups.setdefault(content_key(record), []).append(index)
+    n = len(records)
+    wanted = round(n * val_fraction) if val_fraction > 0 else 0
+    wanted = min(max(wanted, 1 if val_fraction > 0 else 0), n - 1)
+    order = sorted(groups, key=lambda k: hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest())
+    val: list[int] = []
+    for key in order:
+        if len(val) >= wanted:
+            break
+        if len(val) + len(groups[key]) < n:  # the training split never empties
+            val += groups[key]
+    chosen = set(val)
+    return [i for i in range(n) if i not in chosen], sorted(val)
 
 
 @dataclass(frozen=True)
 class Encoded:
     ids: list[list[int]]
+    # 1 where the token is a label (trained on), 0 where it is only input; None: every token
+    masks: list[list[int]] | None = None
 
     def lengths(self) -> list[int]:
         return [len(x) for x in self.ids]
 
+    def mask(self, i: int) -> list[int]:
+        return [1] * len(self.ids[i]) if self.masks is None else self.masks[i]
 
-def encode(texts: list[str], tokenizer: Any, max_len: int) -> Encoded:
-    eos = tokenizer.eos_token_id
-    out: list[list[int]] = []
-    for text in texts:
-        ids = list(
-            tokenizer(
-                text,
-                add_special_tokens=True,
-                truncation=True,
-                max_length=max_len - (1 if eos is not None else 0),
-            )["input_ids"]
-        )
-        if eos is not None and (not ids or ids[-1] != eos):
-            ids.append(eos)
-        out.append(ids)
-    return Encoded(out)
+    def label_counts(self) -> list[int]:
+        """The tokens each row's loss is taken over: labelled ones after the first (the
+        first token is predicted from nothing)."""
+        return [sum(self.mask(i)[1:]) for i in range(len(self.ids))]
+
+    def subset(self, indices: list[int]) -> Encoded:
+        masks = None if self.masks is None else [self.masks[i] for i in indices]
+        return Encoded([self.ids[i] for i in indices], masks)
 
 
 def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -141,10 +181,12 @@ def collate(encoded: Encoded, indices: list[int], pad_id: int) -> dict[str, torc
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for n, row in enumerate(rows):
+    labelled = torch.zeros((len(rows), width), dtype=torch.long)
+    for n, (index, row) in enumerate(zip(indices, rows, strict=True)):
         ids[n, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[n, : len(row)] = 1
-    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        labelled[n, : len(row)] = torch.tensor(encoded.mask(index), dtype=torch.long)
+    labels = ids.masked_fill(labelled == 0, IGNORE_INDEX)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

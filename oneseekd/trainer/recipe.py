@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -26,15 +26,24 @@ from peft import LoraConfig, TaskType, get_peft_model, get_peft_model_state_dict
 from oneseekd.trainer import sharding
 from oneseekd.trainer.checkpoint import Checkpoints, Position, rng_state
 from oneseekd.trainer.context import ModelSpec, Progress
-from oneseekd.trainer.data import Encoded, batch_order, collate, encode, padding_fraction, render
+from oneseekd.trainer.data import (
+    Records,
+    batch_order,
+    collate,
+    padding_fraction,
+)
+from oneseekd.trainer.labels import Encoder, encode_records
 from oneseekd.trainer.loading import (
     Device,
     ModelRefused,
     check_folder,
+    device_memory,
     load_model,
     load_tokenizer,
     lora_targets,
+    wants_checkpointing,
 )
+from oneseekd.trainer.losses import loss_sum, lr_lambda, validation_loss
 from oneseekd.trainer.world import World
 
 log = structlog.get_logger("oneseekd.trainer")
@@ -59,18 +68,9 @@ class ModelResult:
     # the full LoRA weights under the model's names, gathered on rank 0 when the model was
     # sharded (its own parameters then hold only this rank's shard); None otherwise
     trainable: dict[str, Any] | None = None
-
-
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to 10% of the peak rate."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(total - warmup, 1)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
+    # label_tokens (what the loss was taken over; `tokens` counts every real token fed) and
+    # truncated_records, reported per model in the results
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 class LoraRecipe:
@@ -78,7 +78,7 @@ class LoraRecipe:
         self,
         spec: ModelSpec,
         hyper: dict[str, Any],
-        records: list[dict[str, Any]],
+        records: Records,
         split: tuple[list[int], list[int]],
         device: Device,
         checkpoints: Checkpoints,
@@ -87,6 +87,7 @@ class LoraRecipe:
         label: dict[str, Any],
         on_epoch: Callable[[str, list[float]], None] = lambda key, losses: None,
         world: World | None = None,
+        dataset: str = "dataset",
     ) -> None:
         self.spec = spec
         self.hp = hyper
@@ -99,8 +100,30 @@ class LoraRecipe:
         self.label = label  # model index and count, for progress
         self.on_epoch = on_epoch  # told each epoch's validation losses (live_metrics.json)
         self.world = world or World()
+        self.dataset = dataset  # its file name, for errors
+        self._window_loss = torch.zeros(())  # the summed loss of the window so far
 
     # --- setup -------------------------------------------------------------------------------
+    def _encode(self, vocab: int) -> None:
+        hp = self.hp
+        encoder = Encoder(
+            self.tokenizer,
+            int(hp["max_seq_len"]),
+            bool(hp.get("train_on_prompt", False)),
+            str(hp.get("truncation_side", "right")),
+        )
+        encoded, self.truncated = encode_records(encoder, self.records, self.dataset, self.spec.key)
+        largest = max(max(ids) for ids in encoded.ids)
+        if largest >= vocab or self.tokenizer.pad_token_id >= vocab:
+            raise ModelRefused(
+                f"{self.spec.key}: its tokenizer produces token id {largest}, but "
+                f"the model has only {vocab} embeddings",
+                ["the tokenizer files do not belong to this model"],
+            )
+        self.train_data = encoded.subset(self.train_idx)
+        self.val_data = encoded.subset(self.val_idx)
+        self.train_counts = self.train_data.label_counts()
+
     def setup(self) -> None:
         hp = self.hp
         config = check_folder(self.spec.path)
@@ -110,17 +133,7 @@ class LoraRecipe:
         vocab = int(base.get_input_embeddings().num_embeddings)
         if self.tokenizer.pad_token_id >= vocab:  # a pad token added past the embeddings
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        texts = [render(r, self.tokenizer) for r in self.records]
-        encoded = encode(texts, self.tokenizer, int(hp["max_seq_len"]))
-        largest = max(max(ids) for ids in encoded.ids)
-        if largest >= vocab or self.tokenizer.pad_token_id >= vocab:
-            raise ModelRefused(
-                f"{self.spec.key}: its tokenizer produces token id {largest}, but "
-                f"the model has only {vocab} embeddings",
-                ["the tokenizer files do not belong to this model"],
-            )
-        self.train_data = Encoded([encoded.ids[i] for i in self.train_idx])
-        self.val_data = Encoded([encoded.ids[i] for i in self.val_idx])
+        self._encode(vocab)
         self.targets = lora_targets(base, config["model_type"], hp["lora"].get("target_modules"))
         lora = LoraConfig(
             r=int(hp["lora"]["r"]),
@@ -129,14 +142,14 @@ class LoraRecipe:
             target_modules=self.targets,
             task_type=TaskType.CAUSAL_LM,
         )
-        if hp.get("gradient_checkpointing"):
-            # DDP cannot follow reentrant checkpointing's second backward pass
-            base.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-                if self.world.distributed
-                else None
-            )
-            base.enable_input_require_grads()
+        memory = device_memory(self.device, self.world.local_rank)
+        self.checkpointing = wants_checkpointing(
+            hp.get("gradient_checkpointing"), sharding.weight_bytes(base), memory
+        )
+        if self.checkpointing:
+            # non-reentrant (the default), which DDP and FSDP can follow; it also makes the
+            # embeddings' output require grad, so frozen layers pass gradients to LoRA
+            base.activation_checkpointing_enable()
         self.sharding = sharding.decide(str(hp.get("sharding", "ddp")), base, self.world)
         if self.sharding == "fsdp" and self.device.scaler:
             raise ModelRefused(
@@ -148,6 +161,8 @@ class LoraRecipe:
         for param in self.model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()  # trainable weights in fp32 under autocast
+        # the LoRA weights start alike on every rank (seeded above); dropout masks must not
+        torch.manual_seed(int(hp["seed"]) + self.world.rank)
         latest = self.checkpoints.latest()
         if latest is not None:  # every rank reads the whole adapter, before any sharding
             self.checkpoints.load_adapter(latest, self.model, self.device.type)
@@ -161,6 +176,7 @@ class LoraRecipe:
             model=self.spec.key,
             sharding=self.sharding,
             weight_bytes=sharding.weight_bytes(base),
+            gradient_checkpointing=self.checkpointing,
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -194,6 +210,7 @@ class LoraRecipe:
                 epoch=self.position.epoch,
                 step=self.position.step,
             )
+        self._saved = self._where(self.position) if latest is not None else None
 
     @property
     def sharded(self) -> bool:
@@ -216,8 +233,8 @@ class LoraRecipe:
         epochs = int(self.hp["epochs"])
         lengths = self.train_data.lengths()
         pad_id = int(self.tokenizer.pad_token_id)
-        started = time.monotonic()
-        self._start = (pos.step, pos.tokens_seen)
+        self._started = time.monotonic()
+        self._before = (pos.step, pos.tokens_seen, pos.seconds)
         padding = padding_fraction(
             lengths, batch_order(lengths, self.batch_size, int(self.hp["seed"]), 0)
         )
@@ -229,11 +246,11 @@ class LoraRecipe:
                 if not boundary:
                     continue
                 if self.world.main:
-                    self._report(pos, started, epochs)
+                    self._report(pos, epochs)
                 if pos.step % int(self.hp["checkpoint_every"]) == 0:
                     self.save_checkpoint()
                 if self.world.any(self.should_stop()):
-                    self.save_checkpoint()
+                    self.save_checkpoint()  # not again when the step above just saved it
                     raise Stopped
             pos.train_losses.append(pos.loss_sum / max(pos.loss_tokens, 1))
             pos.val_losses.append(self.evaluate(pad_id))
@@ -258,50 +275,57 @@ class LoraRecipe:
             pos.val_losses,
             pos.step,
             pos.tokens_seen,
-            time.monotonic() - started,
+            self._seconds(),
             padding,
             self.targets,
             self.model,
             self.tokenizer,
             sharding.trainable_state(self.model) if self.sharded else None,
+            {"label_tokens": pos.labels_seen, "truncated_records": self.truncated},
         )
 
+    def _seconds(self) -> float:
+        """This model's training time: earlier attempts' (from the checkpoint) and this one's."""
+        return self._before[2] + time.monotonic() - self._started
+
     def _micro_step(self, batches: list[list[int]], pos: Position, pad_id: int) -> bool:
-        """One micro-batch; True when it completed an optimizer step."""
+        """One micro-batch; True when it completed an optimizer step.
+
+        The gradient is that of the summed loss over every label token of the accumulation
+        window (all its micro-batches, on every rank) divided by their number: each token
+        counts once, whatever the length of its row or the size of its micro-batch, and an
+        epoch's last, shorter window is a whole step too. Token counts come from the CPU-side
+        data (every rank knows every batch), so the loop reads the device once per step."""
         whole = batches[pos.batch]
-        rows, weight = self.world.shard(whole)
-        batch = collate(self.train_data, rows, pad_id)
-        batch = {k: v.to(self.device.type) for k, v in batch.items()}
-        boundary = (pos.batch + 1) % self.accum == 0 or pos.batch + 1 == len(batches)
         world = self.world
+        rows, weight = world.shard(whole)
+        counts = self.train_counts
+        first = pos.batch - pos.batch % self.accum
+        window = batches[first : first + self.accum]
+        window_labels = sum(counts[i] for batch in window for i in batch)
+        boundary = pos.batch + 1 == first + len(window)
+        batch = collate(self.train_data, rows, pad_id)
+        labels = batch.pop("labels")
+        batch = {k: v.to(self.device.type) for k, v in batch.items()}
         # under DDP, gradients are averaged over the ranks at the accumulation boundary only;
         # FSDP reduces each micro-batch's into the shards (unsharded ones would cost memory)
         skip = world.distributed and not boundary and not self.sharded
         sync = self.net.no_sync() if skip else nullcontext()
-        tokens = int((batch["labels"][:, 1:] != -100).sum())
-        share = 1.0
-        if world.distributed:  # the loss is a mean over this rank's tokens: reweigh it
-            lengths = self.train_data.lengths()
-            total = sum(max(lengths[i] - 1, 0) for i in whole)
-            share = weight * tokens * world.size / max(total, 1)
         with sync:
             with self._autocast():
-                loss = self.net(**batch).loss
-            scaled = loss * share / self.accum if world.distributed else loss / self.accum
+                summed = loss_sum(self.net(**batch).logits, labels) * weight
+            # DDP and FSDP average the ranks' gradients: each rank's counts size times
+            scaled = summed * (world.size / max(window_labels, 1))
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        loss_sum, loss_tokens, seen = world.sum(
-            [
-                float(loss.detach()) * tokens * weight,
-                tokens * weight,
-                int(batch["attention_mask"].sum()) * weight,
-            ]
-        )
-        pos.loss_sum += loss_sum
-        pos.loss_tokens += int(loss_tokens)
-        pos.tokens_seen += int(seen)
+        self._window_loss = summed.detach() + (self._window_loss if pos.batch > first else 0)
+        pos.tokens_seen += sum(len(self.train_data.ids[i]) for i in whole)
         pos.batch += 1
         if not boundary:
             return False
+        [loss] = world.sum([float(self._window_loss)])  # the one read of the device per step
+        pos.loss_sum += loss
+        pos.loss_tokens += window_labels
+        pos.labels_seen += window_labels
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -315,9 +339,9 @@ class LoraRecipe:
         pos.step += 1
         return True
 
-    def _report(self, pos: Position, started: float, epochs: int) -> None:
-        elapsed = max(time.monotonic() - started, 1e-9)
-        first_step, first_tokens = self._start
+    def _report(self, pos: Position, epochs: int) -> None:
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        first_step, first_tokens, _ = self._before
         rate = (pos.tokens_seen - first_tokens) / elapsed
         per_step = elapsed / max(pos.step - first_step, 1)
         remaining = self.total_steps - pos.step
@@ -336,35 +360,29 @@ class LoraRecipe:
             }
         )
 
-    @torch.no_grad()
     def evaluate(self, pad_id: int) -> float:
-        """Token-weighted mean loss on the validation split (the train split if it is empty)."""
+        """Token-weighted mean loss on the validation split (the train split if it is empty),
+        over the same labels training uses."""
         data = self.val_data if self.val_data.ids else self.train_data
         self.model.eval()
-        total, count = 0.0, 0
-        order = sorted(range(len(data.ids)), key=lambda i: len(data.ids[i]))
-        starts = list(range(0, len(order), self.batch_size))
-        mine: list[int | None] = list(starts[self.world.rank :: self.world.size])
-        if self.sharded:  # every forward pass gathers weights: all ranks run as many
-            rounds = math.ceil(len(starts) / self.world.size)
-            mine += [None] * (rounds - len(mine))
-        for start in mine:  # each rank its batches; None: the first one again, not counted
-            first = starts[0] if start is None else start
-            batch = collate(data, order[first : first + self.batch_size], pad_id)
-            batch = {k: v.to(self.device.type) for k, v in batch.items()}
-            with self._autocast():
-                loss = self.model(**batch).loss
-            tokens = int((batch["labels"][:, 1:] != -100).sum()) if start is not None else 0
-            total += float(loss) * tokens
-            count += tokens
+        with self._autocast():
+            loss = validation_loss(
+                self.model, data, pad_id, self.batch_size, self.world, self.sharded, self.device
+            )
         self.model.train()
-        total, summed = self.world.sum([total, float(count)])
-        return total / max(summed, 1)
+        return loss
+
+    def _where(self, pos: Position) -> tuple[int, int, int]:
+        return (pos.epoch, pos.batch, pos.step)
 
     def save_checkpoint(self) -> None:
         """Written by rank 0, with every rank's RNG state; the others wait until it is in
         place. Under DDP the weights and optimizer are the same on every rank; sharded, every
-        rank first helps gather them whole onto rank 0."""
+        rank first helps gather them whole onto rank 0. A position saved already is not
+        saved again (a stop that lands on a checkpoint step)."""
+        if self._saved == self._where(self.position):
+            return
+        self.position.seconds = self._seconds()
         ranks = self.world.gather(rng_state()) if self.world.distributed else None
         if self.sharded:
             adapter = sharding.adapter_state(self.model, sharding.trainable_state(self.model))
@@ -379,4 +397,5 @@ class LoraRecipe:
             self.checkpoints.save(
                 adapter, optimizer, self.scheduler, self.scaler, self.position, ranks
             )
+        self._saved = self._where(self.position)
         self.world.barrier()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,8 @@ from oneseekd.certify.publish import certified_dna, publish
 from oneseekd.certify.staging import write_json
 from oneseekd.config import HomePaths, load_config
 from oneseekd.db.engine import read_session, write_session
-from oneseekd.db.models import Artifact, ModelTraining, Run, utcnow
+from oneseekd.db.models import Artifact, LedgerEvent, ModelTraining, Run, utcnow
+from oneseekd.errors import OneseekError
 from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import (
     ModelSpec,
@@ -36,7 +38,7 @@ from oneseekd.trainer.context import (
     training_row,
     update_training,
 )
-from oneseekd.trainer.data import load_records, split
+from oneseekd.trainer.data import Records, duplicates, load_records, split
 from oneseekd.trainer.loading import Device, pick_device
 from oneseekd.trainer.outputs import save_model_outputs
 from oneseekd.trainer.recipe import LoraRecipe, ModelResult
@@ -45,8 +47,25 @@ from oneseekd.trainer.world import Relaunch, World
 log = structlog.get_logger("oneseekd.trainer")
 
 
-def _stored_result(row: ModelTraining) -> ModelResult:
-    """A model trained by an earlier attempt of this run: its figures, without the model."""
+class TrainingDiverged(OneseekError):
+    """A loss that is not a finite number: nothing is certified from it."""
+
+
+def _stored_result(engine: Engine, run_pk: int, row: ModelTraining) -> ModelResult:
+    """A model trained by an earlier attempt or launch of this run: its figures, without the
+    model. Those the row has no column for come from the model's signed `model_trained`
+    event, so they are certified as the attempt that trained it measured them."""
+    with read_session(engine) as session:
+        payloads = session.scalars(
+            select(LedgerEvent.payload).where(
+                LedgerEvent.run_id == run_pk, LedgerEvent.event == "model_trained"
+            )
+        ).all()
+    figures: dict[str, Any] = {}
+    for payload in payloads:
+        data = json.loads(payload)
+        if data.get("model") == row.model_key:
+            figures = data
     return ModelResult(
         row.model_key,
         list(row.train_losses or []),
@@ -54,11 +73,25 @@ def _stored_result(row: ModelTraining) -> ModelResult:
         row.steps,
         row.tokens,
         row.seconds,
-        0.0,
-        [],
+        float(figures.get("padding_fraction", 0.0)),
+        list(figures.get("lora_targets", [])),
         None,
         None,
+        counts=dict(figures.get("counts", {})),
     )
+
+
+def _check_finite(result: ModelResult) -> None:
+    """Never a non-finite number into a certified file (JSON has none; a NaN loss would make
+    every model's final weight NaN)."""
+    for name, losses in (("training", result.train_losses), ("validation", result.val_losses)):
+        for epoch, loss in enumerate(losses, start=1):
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{result.key}: the {name} loss of epoch {epoch} is {loss}: training "
+                    "diverged, and nothing of it is certified",
+                    ["submit the request again with a lower learning_rate"],
+                )
 
 
 class _LiveProgress(Progress):
@@ -89,10 +122,11 @@ def _trained(spec: ModelSpec, result: ModelResult) -> TrainedModel:
         result.seconds,
         result.padding_fraction,
         list(result.targets),
+        dict(result.counts),
     )
 
 
-def load_dataset(ctx: RunContext) -> tuple[list[dict[str, Any]], str]:
+def load_dataset(ctx: RunContext) -> tuple[Records, str]:
     """The records and the sha256 of the bytes they were read from: the hash the DNA carries.
 
     The first attempt of a run keeps the hash in checkpoints/<run_id>/dataset.json; a later
@@ -172,7 +206,7 @@ def train_run(
     # rank 0 keeps the hash first; the others then hold their bytes to it
     records, trained_on = world.first(load_dataset, ctx)
     seed = int(ctx.config["seed"])
-    train_idx, val_idx = split(len(records), float(ctx.config["val_fraction"]), seed)
+    train_idx, val_idx = split(records.items, float(ctx.config["val_fraction"]), seed)
     with read_session(engine) as session:
         started = session.get_one(Run, ctx.run_pk).started_at or utcnow()
     weighting = str(ctx.config.get("weighting", "val_loss"))
@@ -194,12 +228,13 @@ def train_run(
         models=[m.key for m in ctx.models],
         records=len(records),
         val=len(val_idx),
+        duplicates=duplicates(records.items),
     )
     results: dict[str, ModelResult] = {}
     for position, spec in enumerate(ctx.models):
         row = world.first(training_row, engine, ctx.run_pk, spec.key, position)
         if row.state == "trained":
-            results[spec.key] = _stored_result(row)
+            results[spec.key] = _stored_result(engine, ctx.run_pk, row)
             if live is not None:
                 live.epoch_end(spec.key, row.val_losses or [], row.train_losses or [])
             continue
@@ -246,7 +281,11 @@ def train_run(
             [_trained(spec, results[spec.key]) for spec in ctx.models],
             hashes,
             inputs,
-            {"train": len(train_idx), "validation": len(val_idx)},
+            {
+                "train": len(train_idx),
+                "validation": len(val_idx),
+                "duplicates": duplicates(records.items),
+            },
             started,
             utcnow(),
             make_current=load_config(home.root).certify.make_current,
@@ -272,7 +311,7 @@ def _train_one(
     ledger: Ledger,
     key: str,
     position: int,
-    records: list[dict[str, Any]],
+    records: Records,
     parts: tuple[list[int], list[int]],
     device: Device,
     progress: Progress,
@@ -296,6 +335,7 @@ def _train_one(
         {"model_index": position + 1, "models": len(ctx.models)},
         on_epoch=(lambda k, v: None) if live is None else live.epoch_end,
         world=world,
+        dataset=ctx.dataset.name,
     )
     recipe.setup()
     log.info(
@@ -306,10 +346,12 @@ def _train_one(
         resumed_at_step=recipe.position.step,
     )
     result = recipe.train()
+    _check_finite(result)
     if world.main:
         _record_model(engine, ctx, ledger, result, row_id)
         checkpoints.remove()
-    world.barrier()  # the next model starts once this one's outputs are recorded
+    if position < len(ctx.models) - 1:  # after the last model the others are done: released
+        world.wait_for_main()  # the next model starts once this one's outputs are recorded
     log.info("model_trained", model=key, val_loss=result.val_losses[-1])
     result.model = None  # free the weights before the next model
     del recipe
@@ -336,6 +378,10 @@ def _record_model(
                 "val_losses": result.val_losses,
                 "steps": result.steps,
                 "tokens": result.tokens,
+                "seconds": result.seconds,
+                "padding_fraction": result.padding_fraction,
+                "lora_targets": result.targets,
+                "counts": result.counts,
             },
             ctx.run_pk,
         )

@@ -57,10 +57,17 @@ def tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_model(parent: Path, name: str = "Tiny-Llama", arch: str = "llama", seed: int = 0) -> Path:
-    """Write parent/name: config.json, model.safetensors and the tokenizer files."""
+def tiny_model(
+    parent: Path,
+    name: str = "Tiny-Llama",
+    arch: str = "llama",
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+) -> Path:
+    """Write parent/name: config.json, model.safetensors and the tokenizer files (the tiny
+    BPE tokenizer unless one is given)."""
     config_cls, model_cls = ARCHS[arch]
-    tokenizer = tiny_tokenizer()
+    tokenizer = tokenizer or tiny_tokenizer()
     config = config_cls(
         vocab_size=len(tokenizer),
         hidden_size=64,

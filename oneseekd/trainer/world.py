@@ -24,6 +24,11 @@ from oneseekd import protocol
 from oneseekd.config import DEFAULT_COLLECTIVE_TIMEOUT_SECONDS
 
 T = TypeVar("T")
+# How long the other ranks wait while rank 0 alone records a model's outputs (under FSDP with
+# export_merged that means loading the whole base again on the CPU): far longer than a hung
+# collective should be given, so that wait has a process group of its own. A rank 0 that dies
+# meanwhile is seen by torchrun at once, which stops the others.
+OUTPUTS_WAIT_SECONDS = 6 * 3600
 
 
 class Relaunch(Exception):
@@ -36,6 +41,8 @@ class World:
     size: int = 1
     local_rank: int = 0
     plan: dict[str, int] = field(default_factory=dict)  # processes per model key
+    # a gloo group of every rank, with OUTPUTS_WAIT_SECONDS as its timeout (wait_for_main)
+    slow: Any = field(default=None, compare=False)
 
     @property
     def main(self) -> bool:
@@ -51,6 +58,13 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def wait_for_main(self) -> None:
+        """Wait while rank 0 works alone for long (a model's outputs, an export): a barrier
+        on the gloo group made for it, on the CPU, out of reach of the collective timeout
+        (and of NCCL's watchdog, which sees no pending collective meanwhile)."""
+        if self.distributed:
+            dist.barrier(group=self.slow)
 
     def sum(self, values: list[float]) -> list[float]:
         """Each value summed over the ranks (float64, so token counts stay exact)."""
@@ -113,7 +127,8 @@ def join(env: dict[str, str] | None = None) -> World:
     else:
         backend = "gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
-    return World(rank, size, local_rank, plan)
+    slow = dist.new_group(backend="gloo", timeout=timedelta(seconds=OUTPUTS_WAIT_SECONDS))
+    return World(rank, size, local_rank, plan, slow)
 
 
 def leave(world: World) -> None:
