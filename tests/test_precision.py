@@ -1,4 +1,4 @@
-"""The `precision` decision on faked hardware: bf16 only where it is native."""
+"""The `precision` decision on faked hardware: bf16 only where it is native, fp16 on older GPUs."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ AVX2_CPU = Hardware("cpu", cpu_bf16=False)
     [
         (AMPERE, "bf16", torch.bfloat16, torch.bfloat16),
         (Hardware("cuda", (9, 0), cuda_bf16=True), "bf16", torch.bfloat16, torch.bfloat16),
-        (TURING, "fp32", torch.float32, None),
-        (VOLTA_EMULATED, "fp32", torch.float32, None),
-        (Hardware("cuda", (8, 6), cuda_bf16=False), "fp32", torch.float32, None),
+        (TURING, "fp16", torch.float16, torch.float16),
+        (VOLTA_EMULATED, "fp16", torch.float16, torch.float16),
+        (Hardware("cuda", (8, 6), cuda_bf16=False), "fp16", torch.float16, torch.float16),
         (AMX_CPU, "bf16", torch.float32, torch.bfloat16),
         (AVX2_CPU, "fp32", torch.float32, None),
     ],
@@ -35,7 +35,7 @@ def test_auto_is_bf16_only_where_native(
         name,
         weights,
         autocast,
-        False,
+        name == "fp16",  # only fp16 needs the gradient scaler
     )
 
 

@@ -1,11 +1,13 @@
 """The `precision` option decided for this device: what the weights load as, what autocast
 computes in, and whether fp16's gradient scaler is needed.
 
-`"auto"` (the default) autocasts to bf16 wherever the device computes it natively, and stays in
-fp32 elsewhere: bf16 that is emulated is slower than fp32, not faster. Natively means a CUDA
-GPU of compute capability 8 or more (Ampere on), or a CPU with AVX512-BF16 or AMX, which
-oneDNN (mkldnn) reports. LoRA weights stay in fp32 under autocast (the recipe casts them), so
-only the frozen base's matmuls run in bf16.
+`"auto"` (the default) autocasts to bf16 wherever the device computes it natively: a CUDA GPU
+of compute capability 8 or more (Ampere on), or a CPU with AVX512-BF16 or AMX, which oneDNN
+(mkldnn) reports. bf16 that is emulated is slower than fp32, not faster, so elsewhere a CPU
+stays in fp32 and an older GPU (V100, T4) takes fp16 with a gradient scaler, which it does
+compute natively (what the trainer chose on such GPUs before this option existed). LoRA
+weights stay in fp32 under autocast (the recipe casts them), so only the frozen base's
+matmuls run in the lower precision.
 
 The probes are passed in (`Hardware`), so the decision is tested on any machine.
 """
@@ -72,7 +74,7 @@ def decide(asked: Asked, hw: Hardware) -> Precision:
     the CPU's speed-up is (oneDNN's bf16 kernels), with fp32 weights kept exact."""
     name = asked
     if asked == "auto":
-        name = "bf16" if hw.native_bf16 else "fp32"
+        name = "bf16" if hw.native_bf16 else "fp16" if hw.device == "cuda" else "fp32"
     if name == "fp32":
         return Precision("fp32", torch.float32, None, False)
     if name == "fp16":
