@@ -73,7 +73,7 @@ def head_of(model: Any) -> tuple[torch.nn.Module, Head]:
     cap = getattr(config, "final_logit_softcapping", None)
 
     def head(hidden: torch.Tensor) -> torch.Tensor:
-        logits = out(hidden)
+        logits: torch.Tensor = out(hidden)
         if scale is not None:
             logits = logits * scale
         if cap is not None:
