@@ -15,6 +15,7 @@ and train_dna_v2.py's flags are mapped in oneseekd/adminnames.py.
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -71,8 +72,29 @@ def _targets(value: Any) -> Any:
     return value
 
 
+MEMORY_UNITS = {"GB": 10**9, "GiB": 2**30, "MB": 10**6, "MiB": 2**20}
+
+
+def memory_bytes(text: str) -> int:
+    """A max_memory_per_gpu value ("9.5GB", "20GiB", "800MiB") in bytes: GB and MB are
+    decimal, GiB and MiB binary, as transformers' max_memory reads them."""
+    for unit, size in MEMORY_UNITS.items():
+        if text.endswith(unit):
+            return int(float(text.removesuffix(unit)) * size)
+    raise ValueError(f"{text!r} is not a size like 9.5GB or 20GiB")
+
+
 Targets = Annotated[list[str] | Literal["all-linear"] | None, BeforeValidator(_targets)]
-Memory = Annotated[str | None, Field(pattern=r"^\d{1,6}(\.\d{1,3})?(GB|GiB|MB|MiB)$")]
+SIZE = re.compile(r"^\d{1,6}(\.\d{1,3})?(GB|GiB|MB|MiB)$")
+
+
+def _memory(value: Any) -> Any:
+    if value is not None and not (isinstance(value, str) and SIZE.match(value)):
+        raise ValueError('must be a size like "9.5GB" or "20GiB" (GB, GiB, MB or MiB)')
+    return value
+
+
+Memory = Annotated[str | None, BeforeValidator(_memory)]
 
 
 class _Strict(BaseModel):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oneseekd.trainer.precision import Hardware, PrecisionRefused, decide, probe
+from oneseekd.runcheck import HostFacts
+from oneseekd.trainer.precision import Hardware, PrecisionRefused, decide, host_facts, probe
 
 AMPERE = Hardware("cuda", (8, 0), cuda_bf16=True)
 TURING = Hardware("cuda", (7, 5), cuda_bf16=False)
@@ -69,3 +70,10 @@ def test_probe_reads_this_cpu() -> None:
     assert here.device == "cpu"
     assert here.cpu_bf16 == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert decide("auto", here).name == ("bf16" if here.cpu_bf16 else "fp32")
+
+
+def test_host_facts_of_this_cpu_host() -> None:
+    # this machine: no GPU, bitsandbytes installed (pinned), so nothing to refuse for it
+    facts = host_facts()
+    assert (facts.gpus, facts.capability, facts.bitsandbytes) == (0, None, True)
+    assert facts == HostFacts.light(0)

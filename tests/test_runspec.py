@@ -25,6 +25,7 @@ from oneseekd.runspec import (
     build,
     from_legacy,
     load,
+    memory_bytes,
     parse_options,
     parse_overrides,
 )
@@ -521,3 +522,13 @@ def test_the_spec_needs_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_memory_per_gpu() -> None:
+    assert memory_bytes(options(maxMemoryPerGpu="9.5GB").max_memory_per_gpu or "") == 9_500_000_000
+    assert memory_bytes("20GiB") == 20 * 2**30
+    assert memory_bytes("800MiB") == 800 * 2**20
+    assert problems_of(maxMemoryPerGpu="lots") == [
+        'max_memory_per_gpu: must be a size like "9.5GB" or "20GiB" (GB, GiB, MB or MiB) '
+        "(got 'lots')"
+    ]

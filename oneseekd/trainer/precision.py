@@ -14,10 +14,12 @@ The probes are passed in (`Hardware`), so the decision is tested on any machine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
+
+from oneseekd.runcheck import HostFacts
 
 Asked = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -47,6 +49,14 @@ def probe(device: str) -> Hardware:
             torch.cuda.is_bf16_supported(including_emulation=False),
         )
     return Hardware("cpu", cpu_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+
+
+def host_facts() -> HostFacts:
+    """What runcheck.check needs to know about this host, probed with torch (the trainer's
+    second look, after intake's light one): the GPUs and the lowest compute capability."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    lowest = min(torch.cuda.get_device_capability(i) for i in range(gpus)) if gpus else None
+    return replace(HostFacts.light(gpus), capability=lowest)
 
 
 @dataclass(frozen=True)
