@@ -300,7 +300,10 @@ def parse_overrides(
         if field in shared:
             continue
         if field in ("lora", "auto_stop") and isinstance(value, dict):
-            value = {**(merged.get(field) or {}), **value}
+            inherited = dict(merged.get(field) or {})
+            if "scaling_factor" in value and "alpha" not in value:
+                inherited.pop("alpha", None)  # the model's own factor sets its alpha
+            value = {**inherited, **value}
         merged[field] = value
     try:
         options = ModelOptions.model_validate(merged)

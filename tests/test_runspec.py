@@ -254,6 +254,8 @@ def test_per_model_overrides_resolve_once() -> None:
     assert spec.for_model("llama-8b") == big
     assert spec.for_model("qwen-0.5b").load_in_4bit is False
     assert isinstance(spec.for_model("qwen-0.5b"), ModelOptions)
+    scaled, _ = parse_overrides(base, "Llama-8B", {"loraRank": 64, "loraScalingFactor": 2.0})
+    assert scaled is not None and (scaled.lora.r, scaled.lora.alpha) == (64, 128)
     _, bad = parse_overrides(base, "Llama-8B", {"seed": 1, "epochs": 0, "lora": {"r": 0}})
     assert bad == [
         "per_model.Llama-8B.seed: is the same for every model of a run",
