@@ -1,0 +1,114 @@
+"""The causal-LM loss in chunks of the sequence, never holding the whole logits tensor.
+
+A model's forward pass turns the last hidden states (batch x seq x hidden) into logits
+(batch x seq x vocab) and takes the cross-entropy of them: at batch 8 x 512 with a 49k
+vocabulary that is 805 MB in fp32, and autograd keeps several copies of it (the logits, their
+fp32 cast, the softmax) for the backward pass. Here the head runs on one chunk of positions
+at a time inside activation checkpointing, so only the hidden states are kept and a chunk's
+logits live only while that chunk is computed (once forward, once again in backward).
+
+The loss is the SUM over the labelled positions, with the count, so that gradient
+accumulation can divide by the label tokens of the whole window (every token counts once).
+Labels follow the trainer's convention: labels[:, t + 1] is predicted at position t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+# positions (over the whole batch) whose logits one chunk holds: 256 x 49k x 4 B = 50 MB,
+# against 805 MB for the whole tensor at 8 x 512 (a 152k vocabulary: 155 MB a chunk). The
+# head's matmul stays large enough (256 rows) to run at full speed.
+CHUNK_TOKENS = 256
+
+Head = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _chunk_loss(head: Head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def chunked_loss_sum(
+    hidden: torch.Tensor, head: Head, labels: torch.Tensor, chunk_tokens: int = CHUNK_TOKENS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, number of labelled positions) of `head(hidden)` against `labels`,
+    computed `chunk_tokens` positions at a time. Chunks without a label are skipped."""
+    targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    targets = targets.to(hidden.device)
+    labelled = targets != IGNORE_INDEX
+    rows, length = targets.shape
+    step = max(1, chunk_tokens // max(rows, 1))
+    # connected to the graph even when nothing is labelled: backward then gives zeros
+    total = hidden.sum() * 0.0
+    for start in range(0, length, step):
+        part = targets[:, start : start + step]
+        if not bool(labelled[:, start : start + step].any()):
+            continue
+        loss = checkpoint(
+            _chunk_loss, head, hidden[:, start : start + step], part, use_reentrant=False
+        )
+        total = total + loss
+    return total, labelled.sum()
+
+
+def head_of(model: Any) -> tuple[torch.nn.Module, Head]:
+    """The decoder (hidden states from input ids) and the head (logits from hidden states) of
+    a causal LM or a PEFT model around one, with the final-logit scaling some families apply
+    (Cohere's logit_scale, Gemma 2's soft-capping) so the logits are the model's own."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder: torch.nn.Module = base.get_decoder()
+    out: torch.nn.Module = base.get_output_embeddings()
+    config = base.config
+    scale = getattr(config, "logit_scale", None)
+    cap = getattr(config, "final_logit_softcapping", None)
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = out(hidden)
+        if scale is not None:
+            logits = logits * scale
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return decoder, head
+
+
+class ChunkedCausalLM(torch.nn.Module):
+    """A causal LM whose forward returns (summed loss, label count) from chunked logits.
+
+    Wrap the (PEFT) model in this before DDP wraps it, so DDP's forward is this forward; under
+    FSDP shard this wrapper (it is then the root that gathers the embeddings and the head)."""
+
+    def __init__(self, model: torch.nn.Module, chunk_tokens: int = CHUNK_TOKENS) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_tokens = chunk_tokens
+        # a tuple, not attributes: a module attribute would register the decoder twice
+        self._parts = head_of(model)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        decoder, head = self._parts
+        out = decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        )
+        return chunked_loss_sum(out.last_hidden_state, head, labels, self.chunk_tokens)

@@ -1,0 +1,79 @@
+"""The `precision` decision on faked hardware: bf16 only where it is native, fp16 on older GPUs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oneseekd.runcheck import HostFacts
+from oneseekd.trainer.precision import Hardware, PrecisionRefused, decide, host_facts, probe
+
+AMPERE = Hardware("cuda", (8, 0), cuda_bf16=True)
+TURING = Hardware("cuda", (7, 5), cuda_bf16=False)
+# a driver that reports bf16 on an old card only through emulation
+VOLTA_EMULATED = Hardware("cuda", (7, 0), cuda_bf16=True)
+AMX_CPU = Hardware("cpu", cpu_bf16=True)
+AVX2_CPU = Hardware("cpu", cpu_bf16=False)
+
+
+@pytest.mark.parametrize(
+    ("hw", "name", "weights", "autocast"),
+    [
+        (AMPERE, "bf16", torch.bfloat16, torch.bfloat16),
+        (Hardware("cuda", (9, 0), cuda_bf16=True), "bf16", torch.bfloat16, torch.bfloat16),
+        (TURING, "fp16", torch.float16, torch.float16),
+        (VOLTA_EMULATED, "fp16", torch.float16, torch.float16),
+        (Hardware("cuda", (8, 6), cuda_bf16=False), "fp16", torch.float16, torch.float16),
+        (AMX_CPU, "bf16", torch.float32, torch.bfloat16),
+        (AVX2_CPU, "fp32", torch.float32, None),
+    ],
+)
+def test_auto_is_bf16_only_where_native(
+    hw: Hardware, name: str, weights: torch.dtype, autocast: torch.dtype | None
+) -> None:
+    chosen = decide("auto", hw)
+    assert (chosen.name, chosen.weights, chosen.autocast, chosen.scaler) == (
+        name,
+        weights,
+        autocast,
+        name == "fp16",  # only fp16 needs the gradient scaler
+    )
+
+
+def test_explicit_choices() -> None:
+    assert decide("fp32", AMPERE).autocast is None
+    fp16 = decide("fp16", TURING)
+    assert (fp16.weights, fp16.autocast, fp16.scaler) == (torch.float16, torch.float16, True)
+    # asked for on a CPU without native bf16: honoured, in autocast over fp32 weights
+    slow = decide("bf16", AVX2_CPU)
+    assert (slow.weights, slow.autocast) == (torch.float32, torch.bfloat16)
+    assert decide("bf16", AMX_CPU).dtype == torch.bfloat16
+
+
+def test_refusals_name_the_fix() -> None:
+    with pytest.raises(PrecisionRefused) as cpu:
+        decide("fp16", AMX_CPU)
+    assert str(cpu.value) == (
+        'precision "fp16" needs a CUDA GPU, and this host trains on its CPU; '
+        'ask for "auto", "bf16" or "fp32"'
+    )
+    with pytest.raises(PrecisionRefused) as old:
+        decide("bf16", TURING)
+    assert str(old.value) == (
+        'precision "bf16" needs a GPU of compute capability 8.0 or more; this one is 7.5: '
+        'ask for "fp16", "fp32" or "auto"'
+    )
+
+
+def test_probe_reads_this_cpu() -> None:
+    here = probe("cpu")
+    assert here.device == "cpu"
+    assert here.cpu_bf16 == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert decide("auto", here).name == ("bf16" if here.cpu_bf16 else "fp32")
+
+
+def test_host_facts_of_this_cpu_host() -> None:
+    # this machine: no GPU, bitsandbytes installed (pinned), so nothing to refuse for it
+    facts = host_facts()
+    assert (facts.gpus, facts.capability, facts.bitsandbytes) == (0, None, True)
+    assert facts == HostFacts.light(0)

@@ -1,0 +1,127 @@
+"""QLoRA on the CPU: a tiny Llama in 4-bit NF4 with double quantization, and in 8 bits,
+trains with a falling loss and leaves an adapter PEFT loads."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from oneseekd.trainer.quant import (
+    Quantization,
+    QuantizationRefused,
+    load_quantized,
+    prepare,
+    quantization,
+    quantized_bytes,
+)
+from oneseekd.trainer.tiny import tiny_model
+
+NF4 = Quantization(4, "nf4", torch.float32, double=True)
+INT8 = Quantization(8)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("models"))
+
+
+def batch() -> dict[str, torch.Tensor]:
+    ids = torch.randint(3, 300, (4, 32), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "labels": ids}
+
+
+@pytest.mark.parametrize("q", [NF4, INT8], ids=["nf4-double", "int8"])
+def test_qlora_trains_and_saves_an_adapter_peft_loads(
+    tiny: Path, tmp_path: Path, q: Quantization
+) -> None:
+    warnings.filterwarnings("ignore", message="MatMul8bitLt")  # bnb: fp32 inputs run as fp16
+    base = load_quantized(tiny, q, "cpu")
+    kind = bnb.nn.Linear4bit if q.bits == 4 else bnb.nn.Linear8bitLt
+    assert isinstance(base.model.layers[0].self_attn.q_proj, kind)
+    if q.bits == 4:
+        state = base.model.layers[0].self_attn.q_proj.weight.quant_state
+        assert (state.quant_type, state.nested) == ("nf4", True)
+    torch.manual_seed(0)
+    model = get_peft_model(
+        prepare(base, gradient_checkpointing=True),
+        LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]),
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    losses = []
+    model.train()
+    for _ in range(12):
+        loss = model(**batch(), use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] - 0.05, losses
+
+    model.eval()
+    with torch.no_grad():
+        trained = model(input_ids=batch()["input_ids"]).logits
+    model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+    again = PeftModel.from_pretrained(load_quantized(tiny, q, "cpu"), tmp_path / "adapter")
+    again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=batch()["input_ids"]).logits, trained)
+    # and onto the unquantized base (serving without bitsandbytes): the same weights load
+    full = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32), tmp_path / "adapter"
+    )
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    loaded = {n: p for n, p in full.named_parameters() if "lora_" in n}
+    assert lora.keys() == loaded.keys()
+    for name, weight in lora.items():
+        assert torch.equal(weight.detach(), loaded[name].detach())
+
+
+def test_four_bit_weights_take_under_a_fifth_of_fp32(tiny: Path) -> None:
+    held, full = quantized_bytes(load_quantized(tiny, NF4, "cpu"))
+    ratio = held / full
+    print(f"4-bit NF4 + double quantization: {held} bytes for {full} in fp32 ({ratio:.3f}x)")
+    assert 0.12 < ratio < 0.2  # half a byte per weight of four, plus the block scales
+    whole = load_quantized(tiny, NF4, "cpu").get_memory_footprint()
+    fp32 = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).get_memory_footprint()
+    # a tiny model is mostly embeddings, which stay unquantized: the whole saves less
+    print(f"whole model: {whole} bytes against {fp32} in fp32 ({whole / fp32:.3f}x)")
+    assert whole < fp32
+
+
+def test_the_options_make_the_config() -> None:
+    q = quantization(True, False, "fp4", "bfloat16", False, None)
+    assert q == Quantization(4, "fp4", torch.bfloat16, False)
+    config = q.config()
+    assert (config.load_in_4bit, config.bnb_4bit_quant_type, config.bnb_4bit_use_double_quant) == (
+        True,
+        "fp4",
+        False,
+    )
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+    # auto computes in the training precision
+    assert quantization(True, False, "nf4", "auto", True, torch.bfloat16) == Quantization(
+        4, "nf4", torch.bfloat16, True
+    )
+    assert quantization(False, True, "nf4", "auto", True, None) == Quantization(8, "nf4")
+    assert quantization(False, False, "nf4", "auto", True, None) is None
+    with pytest.raises(QuantizationRefused, match="ask for one of them"):
+        quantization(True, True, "nf4", "auto", True, None)
+    assert NF4.describe() == {
+        "bits": 4,
+        "method": "nf4",
+        "compute_dtype": "float32",
+        "double_quantization": True,
+        "library": "bitsandbytes 0.50.2",
+    }
+    assert INT8.describe() == {"bits": 8, "method": "llm.int8", "library": "bitsandbytes 0.50.2"}
