@@ -190,10 +190,10 @@ def machine_error(exc: BaseException, context: Context) -> OneseekError | None:
 
 
 def _database_path(context: Context) -> str:
-    try:
-        from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url
 
-    url = make_url(context.config.db_url)
+    try:
+        url = make_url(context.config.db_url)
     except OneseekError:
         return "(the configured database)"
     if url.get_backend_name() == "sqlite" and url.database:
