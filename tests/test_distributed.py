@@ -96,10 +96,12 @@ class Box:
         return (self.root / "logs" / f"{run_id}.log").read_text(errors="replace")
 
     def layout(self, run_id: str) -> set[str]:
-        """Every file a run left under models/, its run id replaced by RUN."""
+        """Every file a run left under models/, its run id replaced by RUN and its DNA (the
+        name of its certified folder) by DNA."""
         models = self.root / "models"
+        dna = os.readlink(models / "oneseek-certified" / run_id)
         return {
-            p.relative_to(models).as_posix().replace(run_id, "RUN")
+            p.relative_to(models).as_posix().replace(run_id, "RUN").replace(dna, "DNA")
             for p in models.rglob("*")
             if p.is_file() and "base_models" not in p.parts
         }
