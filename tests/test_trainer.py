@@ -89,6 +89,7 @@ def two(tmp_path: Path, cache: Path) -> Iterator[Home]:
     home.engine.dispose()
 
 
+@pytest.mark.timeout(400)  # two models, 3 epochs each: over 2 minutes on a loaded machine
 def test_two_models_train_and_leave_every_file_named_with_their_keys(two: Home) -> None:
     run_id = two.start(["tiny-llama", "qwen2.5"])
     dna = train_run(two.engine, two.config.home, run_id)
