@@ -10,6 +10,8 @@ from click.testing import CliRunner, Result
 from homes import request, training_home
 
 from oneseekd.cli import main
+from oneseekd.config import load_config
+from oneseekd.lock import HomeLock
 
 
 @pytest.fixture
@@ -177,7 +179,13 @@ def test_status_shows_the_run_in_progress_with_a_progress_bar(home: Path) -> Non
         (json.dumps(progress), run_id),
     )
     con.commit()
-    lines = ctl(home, "status").stdout.splitlines()
+    # a run is shown as running, with its bar, only while a daemon holds the home
+    lock = HomeLock(load_config(home, env={}).home.lock_file)
+    lock.acquire()
+    try:
+        lines = ctl(home, "status").stdout.splitlines()
+    finally:
+        lock.release()
     at = next(i for i, line in enumerate(lines) if line.startswith("running:"))
     assert lines[at] == f"running:  {run_id} v1.0 (qwen-2-5-7b), attempt 0"
     assert lines[at + 1] == (
@@ -186,6 +194,9 @@ def test_status_shows_the_run_in_progress_with_a_progress_bar(home: Path) -> Non
     )
     data = json.loads(ctl(home, "status", "--json").stdout)
     assert data["current_run"]["progress"]["step"] == 10
+    down = ctl(home, "status").stdout
+    assert "running:" not in down and "[#####" not in down
+    assert f"waiting:  {run_id} v1.0 (qwen-2-5-7b), attempt 0: the daemon is down" in down
 
 
 def test_show_prints_text_other_programs_wrote_escaped_and_json_verbatim(

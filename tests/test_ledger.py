@@ -27,7 +27,8 @@ from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.artifacts import file_digest, record_artifact, sha256_file
-from oneseekd.certify.ledger import Ledger, canonical_json, key_path, ledger_proof, verify
+from oneseekd.certify.ledger import Ledger, canonical_json, key_path, ledger_proof
+from oneseekd.certify.verify import verify
 from oneseekd.cli import main
 from oneseekd.config import Config, HomePaths, load_config
 from oneseekd.db.engine import make_engine, write_session

@@ -29,7 +29,7 @@ from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import ScanResult, model_roots
 from oneseekd.catalog.store import load_rows, reconcile
-from oneseekd.certify.ledger import verify
+from oneseekd.certify.verify import verify
 from oneseekd.config import Config, HomePaths, load_config
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade

@@ -209,17 +209,12 @@ def ledger_proof(session: Session, event: LedgerEvent) -> dict[str, Any]:
     }
 
 
-# verifying lives in its own module; re-exported here, where callers have always found it
-from oneseekd.certify.verify import VerifyReport, verify  # noqa: E402
-
 __all__ = [
     "KEY_FILE",
     "Ledger",
-    "VerifyReport",
     "canonical_json",
     "event_hash",
     "key_id_of",
     "key_path",
     "ledger_proof",
-    "verify",
 ]
