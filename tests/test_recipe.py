@@ -14,10 +14,10 @@ import torch
 from gloo import dropout_masks, recipe, spawn, window_gradients
 from trainhomes import cached_tiny
 
+from oneseekd.certify.staging import write_json
 from oneseekd.intake.schema import parse_request
 from oneseekd.trainer.checkpoint import Checkpoints, Position
 from oneseekd.trainer.loading import CHECKPOINTING_SHARE, pick_device, wants_checkpointing
-from oneseekd.trainer.outputs import write_json
 from oneseekd.trainer.recipe import ModelResult, Stopped, loss_sum
 from oneseekd.trainer.run import TrainingDiverged, _check_finite
 
@@ -121,7 +121,7 @@ def test_a_batch_without_labels_adds_nothing_and_nan_never_reaches_a_certified_f
         "it is certified\n  - submit the request again with a lower learning_rate"
     )
     with pytest.raises(ValueError):
-        write_json(tmp_path / "x.json", {"loss": math.inf})
+        write_json(tmp_path / "x.json", {"loss": math.inf}, strict=True)  # as certify writes
     assert not (tmp_path / "x.json").exists()
 
 
