@@ -193,7 +193,7 @@ def _database_path(context: Context) -> str:
     try:
         from sqlalchemy.engine import make_url
 
-    url = make_url(context.config.db_url)
+        url = make_url(context.config.db_url)
     except OneseekError:
         return "(the configured database)"
     if url.get_backend_name() == "sqlite" and url.database:

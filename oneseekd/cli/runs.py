@@ -19,7 +19,9 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
-def run_dict(run: Row, paths: HomePaths | None = None, current: str | None = None) -> dict[str, Any]:
+def run_dict(
+    run: Row, paths: HomePaths | None = None, current: str | None = None
+) -> dict[str, Any]:
     dna = run_dna(paths, run.run_id) if paths is not None else None
     return {
         "dna": dna,
