@@ -139,11 +139,6 @@ def check(spec: RunSpec, host: HostFacts) -> list[str]:
 # into it option by option): asked for away from their default, they are refused by name
 # rather than accepted and silently ignored
 UNWIRED = (
-    "lr_scheduler",
-    "warmup_steps",
-    "weight_decay",
-    "max_grad_norm",
-    "optimizer",
     "precision",
     "torch_compile",
     "use_fast_tokenizer",
