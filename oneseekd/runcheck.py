@@ -141,7 +141,6 @@ def check(spec: RunSpec, host: HostFacts) -> list[str]:
 UNWIRED = (
     "precision",
     "torch_compile",
-    "use_fast_tokenizer",
     "packing",
     "load_in_4bit",
     "load_in_8bit",
@@ -157,10 +156,6 @@ def unwired(spec: RunSpec) -> list[str]:
     asked: list[str] = []
     for options in spec.models.values():
         fields = [f for f in UNWIRED if getattr(options, f) != getattr(defaults, f)]
-        if options.lora.use_rslora:
-            fields.append("lora.use_rslora")
-        if options.lora.target_modules == "all-linear":
-            fields.append('lora.target_modules "all-linear"')
         asked += [f for f in fields if f not in asked]
     return [
         f"{field}: this oneseekd accepts it but does not train with it yet; leave it out "

@@ -413,3 +413,31 @@ def test_a_cancelled_run_keeps_its_version_unless_named_again_and_it_left_nothin
         "version 1.1 already exists; omit version to take the next free "
         "one (1.2), or name a new one"
     ]
+
+
+def test_impossible_and_not_yet_trained_options_are_refused_with_their_fix_at_once(
+    setup: tuple,
+) -> None:
+    _, _, intake = setup
+    verdict = take(
+        intake,
+        request(
+            precision="fp16",
+            packingEnabled=True,
+            optimizer="paged_adamw_8bit",
+            per_model={"kb-llama": {"loraRank": 16, "useRslora": True}},
+        ),
+    )
+    assert verdict.status == "rejected"
+    assert verdict.problems == [
+        'precision "fp16" needs a CUDA GPU, and this host has none; ask for "auto", '
+        '"bf16" or "fp32"',
+        'optimizer "paged_adamw_8bit" pages through CUDA memory, and this host has no GPU; '
+        'ask for "adamw_8bit" (the same 8-bit state, unpaged) or "adamw_torch"',
+        "precision: this oneseekd accepts it but does not train with it yet; leave it out "
+        "(its default is used)",
+        "packing: this oneseekd accepts it but does not train with it yet; leave it out "
+        "(its default is used)",
+    ]
+    queued = take(intake, request(lr_scheduler="linear", warmupSteps=5, loraRank=16))
+    assert queued.status == "queued", queued.problems

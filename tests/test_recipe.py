@@ -218,3 +218,28 @@ def test_resume_equals_uninterrupted_with_accumulation_and_a_non_default_schedul
         assert torch.allclose(a[name], b[name], atol=1e-6), name
     # and the schedule is not the default's: the linear decay ends at 0
     assert lrs[0] == pytest.approx(0.0)
+
+
+def test_all_linear_targets_every_linear_layer_but_the_head_and_rslora_scales_by_sqrt_r(
+    model: Path, tmp_path: Path
+) -> None:
+    r = recipe(
+        model,
+        UNEVEN,
+        tmp_path / "ck",
+        lora={"r": 4, "alpha": 8, "target_modules": "all-linear", "use_rslora": True},
+    )
+    r.setup()
+    assert r.targets == [
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
+    config = r.model.peft_config["default"]
+    assert config.use_rslora and set(config.target_modules) == set(r.targets)
+    layer = r.model.get_base_model().model.layers[0].mlp.down_proj
+    assert layer.scaling["default"] == pytest.approx(8 / math.sqrt(4))

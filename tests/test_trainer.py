@@ -65,7 +65,9 @@ class Home:
 
     def results(self) -> dict[str, Any]:
         """The training_results.json of the home's only certified run."""
-        [folder] = (self.root / "models" / "oneseek-certified").iterdir()
+        certified = self.root / "models" / "oneseek-certified"
+        # the CURRENT pointer (a link and its .txt) sits beside the run's folder
+        [folder] = [p for p in certified.iterdir() if "-CURRENT" not in p.name]
         data: dict[str, Any] = json.loads((folder / "training_results.json").read_text())
         return data
 

@@ -128,7 +128,7 @@ class LoraRecipe:
     def setup(self) -> None:
         hp = self.hp
         config = check_folder(self.spec.path)
-        self.tokenizer = load_tokenizer(self.spec.path)
+        self.tokenizer = load_tokenizer(self.spec.path, bool(hp.get("use_fast_tokenizer", True)))
         torch.manual_seed(int(hp["seed"]))
         base = load_model(self.spec.path, self.device)
         vocab = int(base.get_input_embeddings().num_embeddings)
@@ -140,6 +140,7 @@ class LoraRecipe:
             r=int(hp["lora"]["r"]),
             lora_alpha=int(hp["lora"]["alpha"]),
             lora_dropout=float(hp["lora"]["dropout"]),
+            use_rslora=bool(hp["lora"].get("use_rslora", False)),  # alpha / sqrt(r)
             target_modules=self.targets,
             task_type=TaskType.CAUSAL_LM,
         )
