@@ -66,8 +66,12 @@ class Home:
     def results(self) -> dict[str, Any]:
         """The training_results.json of the home's only certified run."""
         certified = self.root / "models" / "oneseek-certified"
-        # the CURRENT pointer (a link and its .txt) sits beside the run's folder
-        [folder] = [p for p in certified.iterdir() if "-CURRENT" not in p.name]
+        # the CURRENT pointer (a link and its .txt) and live folders sit beside the run's
+        [folder] = [
+            p
+            for p in certified.iterdir()
+            if p.name.startswith("OneSeek-7B-Zero.v") and p.is_dir() and not p.is_symlink()
+        ]
         data: dict[str, Any] = json.loads((folder / "training_results.json").read_text())
         return data
 
