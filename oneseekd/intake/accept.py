@@ -47,7 +47,6 @@ from oneseekd.intake.schema import (
     TrainingRequestModel,
     checkable_parts,
     parse_request,
-    resolve_per_model,
 )
 from oneseekd.runcheck import HostFacts, unwired
 from oneseekd.runspec import RunOptions, RunSpec, build
@@ -333,7 +332,7 @@ class Intake:
         """A request for more GPUs than this host has can never run: refuse it now."""
         asked = [("gpus", request.gpus)] + [
             (f"per_model.{name}.gpus", o.gpus)
-            for name, o in resolve_per_model(request)[0].items()
+            for name, o in request.per_model.items()
             if o.gpus != request.gpus
         ]
         here = gpus.host_gpus()
@@ -615,7 +614,7 @@ def _run_spec(
     """The request as the trainer runs it (Run.config): the typed run spec over the resolved
     keys, each model's per_model options resolved once."""
     options = RunOptions.model_validate(request.model_dump(include=set(RunOptions.model_fields)))
-    overrides = {per_model[name]: o for name, o in resolve_per_model(request)[0].items()}
+    overrides = {per_model[name]: o for name, o in request.per_model.items()}
     # the run id names the run, not the training: it stays out of the config the DNA hashes
     return build(
         options,

@@ -54,7 +54,8 @@ class TrainingRequestModel(RunOptions):
     version: str | None = Field(None, max_length=20)
     # each model's own options (any of the request's model options), by the name it was asked by;
     # parse_request resolves and checks them with runspec.parse_overrides
-    per_model: dict[Annotated[str, Field(min_length=1, max_length=200)], dict[str, Any]] = Field(
+    # (Any: a non-object is reported by parse_overrides; once parsed, each is a ModelOptions)
+    per_model: dict[Annotated[str, Field(min_length=1, max_length=200)], Any] = Field(
         default_factory=dict, max_length=16
     )
     request_id: str | None = Field(None, min_length=1, max_length=200)
@@ -180,15 +181,19 @@ def parse_request(data: Any) -> tuple[TrainingRequestModel | None, list[str]]:
     except ValidationError as exc:
         errors = sorted(exc.errors(include_url=False), key=_rank)
         return None, problems + [_describe(e) for e in errors] + _known_lists(errors)
-    problems += resolve_per_model(request)[1]
-    return (None, problems) if problems else (request, [])
+    resolved, more = resolve_per_model(request)
+    problems += more
+    if problems:
+        return None, problems
+    # each model's options resolved once: what the spec and the GPU checks read
+    return request.model_copy(update={"per_model": resolved}), []
 
 
 def resolve_per_model(
     request: TrainingRequestModel,
 ) -> tuple[dict[str, ModelOptions], list[str]]:
-    """Each per_model entry's options laid over the request's, by the name it was given
-    under, and every problem of them."""
+    """Each per_model entry (as the request gave it) laid over the request's options, by
+    the name it was given under, and every problem of them."""
     resolved: dict[str, ModelOptions] = {}
     problems: list[str] = []
     for name, data in request.per_model.items():
