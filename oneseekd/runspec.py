@@ -23,7 +23,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
 from oneseekd.adminnames import normalize
-from oneseekd.intake.schema import MODULE_NAME, Gpus, Sharding
+from oneseekd.intake.fieldtypes import MODULE_NAME, Gpus, Sharding
 
 if TYPE_CHECKING:
     from oneseekd.runcheck import HostFacts
@@ -58,10 +58,14 @@ class SpecError(ValueError):
 
 def _targets(value: Any) -> Any:
     """A list of module names, the admin panel's comma string, or "all-linear"."""
+    given = value
     if isinstance(value, str) and value != "all-linear":
         value = [part.strip() for part in value.split(",") if part.strip()]
     if isinstance(value, list):
         bad = [m for m in value if not (isinstance(m, str) and MODULE_NAME.match(m))]
+        if bad and isinstance(given, list) and all(isinstance(m, str) for m in bad):
+            # a list's offenders are named; a comma string is shown whole below
+            raise ValueError(f"{', '.join(map(repr, bad))} is not a module name like q_proj")
         if bad or not value:
             raise ValueError(
                 'must name modules like "q_proj,v_proj" (a list or a comma string) or be '
@@ -224,6 +228,8 @@ class RunSpec(BaseModel):
     weighting: Literal["val_loss", "equal"] = "val_loss"
     export_merged: bool = False
     export_dequantized: bool = False
+    # what the model speaks, for metadata.json (CivicAI's --language); not a training option
+    language: str | None = None
     models: dict[str, ModelOptions]
 
     def for_model(self, key: str) -> ModelOptions:
@@ -269,6 +275,12 @@ def _canonical(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         "auto_stop": list(AutoStopOptions.model_fields),
     }
     return normalize(data, RunOptions.model_fields, nested)
+
+
+def normalize_options(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`data` with every option in the spec's own spelling (other fields pass through), and
+    the problems of spellings that disagree."""
+    return _canonical(data)
 
 
 def parse_options(data: dict[str, Any]) -> tuple[RunOptions | None, list[str]]:
@@ -319,6 +331,7 @@ def build(
     overrides: dict[str, ModelOptions] | None = None,
     requested_names: list[str] | None = None,
     display_names: dict[str, str] | None = None,
+    language: str | None = None,
 ) -> RunSpec:
     """The spec of a run over the models `keys`, each with its overrides (by key) or the
     request's options."""
@@ -330,6 +343,7 @@ def build(
         requested_names=list(requested_names or []),
         display_names=dict(display_names or {}),
         models={key: overrides.get(key, shared) for key in keys},
+        language=language,
         **{f: getattr(options, f) for f in RUN_FIELDS},
     )
 
@@ -344,6 +358,7 @@ LEGACY_RUN_KEYS = {
     "dataset",
     "request_id",
     "priority",
+    "language",
 }
 
 
@@ -380,6 +395,7 @@ def from_legacy(config: dict[str, Any]) -> RunSpec:
         overrides,
         [str(n) for n in config.get("requested_names") or []],
         {str(k): str(v) for k, v in (config.get("display_names") or {}).items()},
+        config.get("language"),
     )
 
 

@@ -35,7 +35,8 @@ def test_submit_a_file_queues_it(home: Path, tmp_path: Path) -> None:
     data = json.loads(result.stdout)
     assert data["status"] == "queued" and data["run_id"].startswith("run-")
     shown = json.loads(ctl(home, "show", data["run_id"], "--json").stdout)
-    assert shown["config"]["epochs"] == 2
+    # the typed run spec: each model's options resolved
+    assert [m["epochs"] for m in shown["config"]["models"].values()] == [2]
     assert shown["request"]["source"] == "submit"
     assert shown["request"]["source_name"] == "civic.json"
     assert [(e["from"], e["to"]) for e in shown["events"]] == [(None, "queued")]
@@ -63,13 +64,36 @@ def test_flags_build_and_override_the_request(home: Path, tmp_path: Path) -> Non
     run_id = json.loads(result.stdout)["run_id"]
     config = json.loads(ctl(home, "show", run_id, "--json").stdout)["config"]
     assert config["base_models"] == ["qwen-2-5-7b", "mistral-7b-instruct"]
-    assert config["epochs"] == 5
-    assert config["lora"] == {
-        "r": 16,
-        "alpha": 8,
-        "dropout": 0.1,
-        "target_modules": ["q_proj", "v_proj"],
-    }
+    assert [m["epochs"] for m in config["models"].values()] == [5, 5]
+    for model in config["models"].values():
+        assert model["lora"] == {
+            "r": 16,
+            "alpha": 8,
+            "dropout": 0.1,
+            "target_modules": ["q_proj", "v_proj"],
+            "use_rslora": False,
+        }
+
+
+def test_the_run_spec_options_are_flags_too(home: Path) -> None:
+    """Every train_dna_v2.py option flag sets its request field; the validator judges it."""
+    args = ["submit", "--base-models", "qwen", "--dataset", "civic.jsonl", "--json"]
+    flags = ["--lr-scheduler", "linear", "--warmup-steps", "5", "--lora-rank", "16"]
+    result = ctl(home, *args, *flags, "--no-fast-tokenizer", "--weight-decay", "0.01")
+    assert result.exit_code == 0, result.output
+    run_id = json.loads(result.stdout)["run_id"]
+    config = json.loads(ctl(home, "show", run_id, "--json").stdout)["config"]
+    [model] = config["models"].values()
+    assert (model["lr_scheduler"], model["warmup_steps"], model["lora"]["r"]) == ("linear", 5, 16)
+    assert (model["use_fast_tokenizer"], model["weight_decay"]) == (False, 0.01)
+    refused = ctl(home, *args, "--packing-enabled", "--use-deepspeed")
+    assert refused.exit_code == 1
+    assert json.loads(refused.stdout)["problems"] == [
+        'use_deepspeed: oneseekd does not run DeepSpeed; ask for sharding "fsdp" (the GPUs '
+        "share one copy of the model, as DeepSpeed ZeRO-3 does)",
+        "packing: this oneseekd accepts it but does not train with it yet; leave it out "
+        "(its default is used)",
+    ]
 
 
 def test_base_models_environment_is_the_fallback(home: Path) -> None:

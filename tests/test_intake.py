@@ -16,6 +16,7 @@ from oneseekd import queue
 from oneseekd.config import Config
 from oneseekd.intake.accept import Incoming, Intake, Verdict
 from oneseekd.intake.schema import TrainingRequestModel
+from oneseekd.runspec import load
 
 
 @pytest.fixture
@@ -49,9 +50,10 @@ def test_a_valid_request_is_queued_with_resolved_keys_and_fingerprints(setup: tu
     fingerprints = json.loads(prints)
     assert set(fingerprints) == {"kb-llama-3-1-8b-swedish", "qwen-2-5-7b"}
     assert all(len(v) == 64 for v in fingerprints.values())
-    cfg = json.loads(cfg)
-    assert cfg["epochs"] == 2
-    assert cfg["per_model"] == {"qwen-2-5-7b": {"learning_rate": 5e-5, "lora": {"r": 16}}}
+    spec = load(json.loads(cfg))  # the typed run spec, each model's options resolved once
+    llama, qwen = spec.for_model("kb-llama-3-1-8b-swedish"), spec.for_model("qwen-2-5-7b")
+    assert (llama.epochs, llama.learning_rate, llama.lora.r) == (2, 1e-4, 8)
+    assert (qwen.epochs, qwen.learning_rate, qwen.lora.r, qwen.lora.alpha) == (2, 5e-5, 16, 32)
     assert con.execute("SELECT status, run_id IS NOT NULL FROM training_requests").fetchone() == (
         "queued",
         1,
@@ -93,7 +95,7 @@ def test_every_problem_is_reported_at_once(setup: tuple) -> None:
         "lora.r: input should be greater than or equal to 1 (got 0)",
     ]
     assert verdict.problems[3] == "unknown field 'colour'"
-    assert verdict.problems[4].startswith("known fields: base_models, batch_size,")
+    assert verdict.problems[4].startswith("known fields: auto_stop, base_models, batch_size,")
     assert len(verdict.problems) == 5
 
 
@@ -118,7 +120,7 @@ def test_unknown_fields_get_a_close_match_and_the_known_fields_once(setup: tuple
         "unknown field 'epoch' (did you mean 'epochs'?)",
         "unknown field 'learningRat' (did you mean 'learning_rate'?)",
         f"known fields: {known}",
-        "known fields of lora: alpha, dropout, r, target_modules",
+        "known fields of lora: alpha, dropout, r, target_modules, use_rslora",
     ]
 
 
@@ -411,3 +413,31 @@ def test_a_cancelled_run_keeps_its_version_unless_named_again_and_it_left_nothin
         "version 1.1 already exists; omit version to take the next free "
         "one (1.2), or name a new one"
     ]
+
+
+def test_impossible_and_not_yet_trained_options_are_refused_with_their_fix_at_once(
+    setup: tuple,
+) -> None:
+    _, _, intake = setup
+    verdict = take(
+        intake,
+        request(
+            precision="fp16",
+            packingEnabled=True,
+            optimizer="paged_adamw_8bit",
+            per_model={"kb-llama": {"loraRank": 16, "useRslora": True}},
+        ),
+    )
+    assert verdict.status == "rejected"
+    assert verdict.problems == [
+        'precision "fp16" needs a CUDA GPU, and this host has none; ask for "auto", '
+        '"bf16" or "fp32"',
+        'optimizer "paged_adamw_8bit" pages through CUDA memory, and this host has no GPU; '
+        'ask for "adamw_8bit" (the same 8-bit state, unpaged) or "adamw_torch"',
+        "precision: this oneseekd accepts it but does not train with it yet; leave it out "
+        "(its default is used)",
+        "packing: this oneseekd accepts it but does not train with it yet; leave it out "
+        "(its default is used)",
+    ]
+    queued = take(intake, request(lr_scheduler="linear", warmupSteps=5, loraRank=16))
+    assert queued.status == "queued", queued.problems

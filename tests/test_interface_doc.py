@@ -10,7 +10,8 @@ import click
 import pytest
 
 from oneseekd.cli import main as oneseekctl
-from oneseekd.intake.schema import LoraSettings, ModelOverrides, TrainingRequestModel
+from oneseekd.intake.schema import TrainingRequestModel
+from oneseekd.runspec import AutoStopOptions, LoraOptions, ModelOptions
 from oneseekd.service import main as oneseekd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ def command_rows(text: str) -> list[str]:
 
 
 def field_rows(text: str) -> list[str]:
-    return re.findall(r"^\| `([a-zA-Z_.]+)` \|", _section(text, "## 4."), re.M)
+    return re.findall(r"^\| `([a-zA-Z0-9_.]+)` \|", _section(text, "## 4."), re.M)
 
 
 def _options(command: click.Command) -> set[str]:
@@ -68,9 +69,11 @@ def field_problems(name: str) -> list[str]:
     parts = name.split(".")
     model: type = TrainingRequestModel
     if parts[0] == "lora" and len(parts) == 2:
-        model, field = LoraSettings, parts[1]
+        model, field = LoraOptions, parts[1]
+    elif parts[0] == "auto_stop" and len(parts) == 2:
+        model, field = AutoStopOptions, parts[1]
     elif parts[0] == "per_model" and len(parts) == 3:
-        model, field = ModelOverrides, parts[2]
+        model, field = ModelOptions, parts[2]
     elif len(parts) == 1:
         field = parts[0]
     else:

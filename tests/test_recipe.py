@@ -173,3 +173,73 @@ def test_a_stop_on_a_checkpoint_step_writes_that_checkpoint_once(
     with pytest.raises(Stopped):
         r.train()
     assert [p.step for p in saves] == [2]  # the stop at step 2 did not save step 2 again
+
+
+def _lora_weights(r: object) -> dict[str, torch.Tensor]:
+    model = r.model  # type: ignore[attr-defined]
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_resume_equals_uninterrupted_with_accumulation_and_a_non_default_schedule(
+    model: Path, tmp_path: Path
+) -> None:
+    """The spec's optimizer options reach the recipe, and their state (the linear schedule's
+    position, sgd's momentum-free state, weight decay) is in the checkpoint: a run stopped
+    mid-epoch and resumed ends with the weights of one that never stopped."""
+    options = {
+        "epochs": 2,
+        "gradient_accumulation_steps": 2,
+        "lr_scheduler": "linear",
+        "warmup_steps": 1,
+        "weight_decay": 0.1,
+        "max_grad_norm": 0.5,
+        "optimizer": "adamw_torch",
+    }
+    whole = recipe(model, UNEVEN, tmp_path / "whole", **options)
+    whole.setup()
+    assert type(whole.scheduler).__name__ == "LambdaLR"
+    assert whole.optimizer.param_groups[0]["weight_decay"] == 0.1
+    whole.train()
+    lrs = [whole.scheduler.get_last_lr()[0]]
+    stopped = recipe(model, UNEVEN, tmp_path / "resumed", **options)
+    stopped.setup()
+    stops = iter([False, False, True])
+    stopped.should_stop = lambda: next(stops, True)
+    with pytest.raises(Stopped):
+        stopped.train()
+    resumed = recipe(model, UNEVEN, tmp_path / "resumed", **options)
+    resumed.setup()
+    assert resumed.position.step > 0  # it did resume from the stop's checkpoint
+    resumed.train()
+    assert resumed.scheduler.get_last_lr()[0] == pytest.approx(lrs[0])
+    a, b = _lora_weights(whole), _lora_weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    # and the schedule is not the default's: the linear decay ends at 0
+    assert lrs[0] == pytest.approx(0.0)
+
+
+def test_all_linear_targets_every_linear_layer_but_the_head_and_rslora_scales_by_sqrt_r(
+    model: Path, tmp_path: Path
+) -> None:
+    r = recipe(
+        model,
+        UNEVEN,
+        tmp_path / "ck",
+        lora={"r": 4, "alpha": 8, "target_modules": "all-linear", "use_rslora": True},
+    )
+    r.setup()
+    assert r.targets == [
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
+    config = r.model.peft_config["default"]
+    assert config.use_rslora and set(config.target_modules) == set(r.targets)
+    layer = r.model.get_base_model().model.layers[0].mlp.down_proj
+    assert layer.scaling["default"] == pytest.approx(8 / math.sqrt(4))

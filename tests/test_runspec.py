@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from oneseekd.adminnames import FLAGS, request_from_flags
-from oneseekd.intake.accept import _run_config
 from oneseekd.intake.schema import DEFAULTS, TrainingRequestModel, parse_request
 from oneseekd.runcheck import HostFacts
 from oneseekd.runspec import (
@@ -33,7 +31,9 @@ from oneseekd.runspec import (
 CPU = HostFacts(gpus=0)
 AMPERE = HostFacts(gpus=2, capability=(8, 0))
 TURING = HostFacts(gpus=2, capability=(7, 5))
-NOT_OPTIONS = {"base_models", "dataset", "version", "per_model", "request_id", "priority"}
+NOT_OPTIONS = {
+    "base_models", "dataset", "version", "per_model", "request_id", "priority", "run_id", "language"
+}  # fmt: skip
 
 
 def options(**fields: Any) -> RunOptions:
@@ -286,16 +286,27 @@ def test_a_spec_round_trips_through_the_database() -> None:
     )
 
 
+# the request fields Run.config held before the spec (intake's _run_config wrote them)
+LEGACY_FIELDS = {
+    "dataset", "version", "epochs", "batch_size", "learning_rate", "seed", "max_seq_len",
+    "gradient_accumulation_steps", "warmup_ratio", "val_fraction", "checkpoint_every",
+    "weighting", "gradient_checkpointing", "train_on_prompt", "truncation_side",
+    "export_merged", "gpus", "sharding", "lora", "request_id", "priority", "language",
+}  # fmt: skip
+
+
 def legacy_config(request: dict[str, Any]) -> dict[str, Any]:
-    """Run.config exactly as today's intake writes it."""
+    """Run.config exactly as intake wrote it before the spec."""
     parsed, problems = parse_request({"base_models": ["A", "B"], "dataset": "d.jsonl", **request})
     assert parsed is not None, problems
-    models = [
-        SimpleNamespace(key="a", display_name="A"),
-        SimpleNamespace(key="b", display_name="B"),
-    ]
-    per_model = {"A": "a", "B": "b"}
-    config = _run_config(parsed, models, per_model, "1.3")  # type: ignore[arg-type]
+    config = parsed.model_dump(mode="json", include=LEGACY_FIELDS)
+    config["lora"] = {k: config["lora"][k] for k in ("r", "alpha", "dropout", "target_modules")}
+    config["version"] = "1.3"
+    config["base_models"] = ["a", "b"]
+    config["requested_names"] = ["A", "B"]
+    config["display_names"] = {"a": "A", "b": "B"}
+    keys = {"A": "a", "B": "b"}
+    config["per_model"] = {keys[n]: o for n, o in request.get("per_model", {}).items()}
     return json.loads(json.dumps(config))
 
 

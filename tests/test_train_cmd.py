@@ -16,7 +16,7 @@ from daemon import DaemonProcess, query, run_state, wait_for
 from trainhomes import tiny_home
 
 from oneseekd.cli import main as ctl
-from oneseekd.cli.train import FLAGS, build_request
+from oneseekd.cli.train import TrainRefused, build_request
 
 # what admin.js spawns (CIVICAI.md, "The training start"), less the options oneseekd refuses
 ARGV = [
@@ -86,14 +86,38 @@ def test_options_oneseekd_does_not_take_yet_are_refused_by_name(tmp_path: Path) 
     assert done.output == (
         "Error: the training start was refused\n"
         "  - unknown argument '--bogus'\n"
-        "  - oneseekd does not support --auto-stop-threshold, --load-in-4bit, "
-        "--deepspeed-stage yet; leave them out (nothing is ignored silently)\n"
+        "  - oneseekd does not support --deepspeed-stage yet; leave it out (nothing is "
+        "ignored silently)\n"
         f"  - MODELS_DIR={tmp_path}/models is not this home's models folder "
         f"{tmp_path}/home/models; run with --home (or ONESEEK_HOME) set to the folder that "
         "holds it\n"
     )
-    # every refused flag is a known one: supporting it is one line of the table
-    assert all(FLAGS[f] is None for f in ("--auto-stop-threshold", "--load-in-4bit"))
+
+
+def test_every_admin_panel_option_flag_becomes_its_request_field(tmp_path: Path) -> None:
+    argv = [
+        *("--dataset", "civic.jsonl", "--auto-stop-threshold", "0.01", "--load-in-4bit"),
+        *("--lr-scheduler=linear", "--warmup-steps", "5", "--no-fast-tokenizer"),
+        *("--lora-scaling-factor", "2", "--num-gpus", "0", "--use-deepspeed"),
+    ]
+    data = build_request(argv, {}, tmp_path / "models")
+    assert data == {
+        "dataset": "civic.jsonl",
+        "auto_stop_threshold": 0.01,
+        "load_in_4bit": True,
+        "lr_scheduler": "linear",
+        "warmup_steps": 5,
+        "use_fast_tokenizer": False,
+        "lora_scaling_factor": 2.0,
+        "num_gpus": 0,
+        "use_deepspeed": True,
+    }
+    with pytest.raises(TrainRefused) as refused:
+        build_request(["--warmup-steps", "soon", "--load-in-4bit=yes"], {}, tmp_path / "models")
+    assert refused.value.problems == [
+        "--warmup-steps: 'soon' is not a int",
+        "--load-in-4bit takes no value (got 'yes')",
+    ]
 
 
 def test_without_a_daemon_it_says_so_and_queues_nothing(tmp_path: Path) -> None:

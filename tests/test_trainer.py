@@ -65,7 +65,13 @@ class Home:
 
     def results(self) -> dict[str, Any]:
         """The training_results.json of the home's only certified run."""
-        [folder] = (self.root / "models" / "oneseek-certified").iterdir()
+        certified = self.root / "models" / "oneseek-certified"
+        # the CURRENT pointer (a link and its .txt) and live folders sit beside the run's
+        [folder] = [
+            p
+            for p in certified.iterdir()
+            if p.name.startswith("OneSeek-7B-Zero.v") and p.is_dir() and not p.is_symlink()
+        ]
         data: dict[str, Any] = json.loads((folder / "training_results.json").read_text())
         return data
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from oneseekd import queue
+from oneseekd.adminnames import FLAGS as ADMIN_FLAGS
+from oneseekd.adminnames import request_from_flags
 from oneseekd.certify.ledger import Ledger
 from oneseekd.cli.context import Context, emit_json
 from oneseekd.cli.display import shown
@@ -70,6 +73,15 @@ def build_request(
     for flag, field in _FLAGS.items():
         if options.get(flag) is not None:
             data[field] = options[flag]
+    pairs = [
+        (f.flag, None if f.switch is not None else str(options[name]))
+        for name, f in _ADMIN.items()
+        if options.get(name) is not None and options.get(name) is not False
+    ]
+    fields, problems = request_from_flags(pairs)
+    if problems:  # click has typed the values; kept for a flag table out of step
+        raise OneseekError("the flags were refused", problems)
+    data.update(fields)
     lora = {
         key: options[flag] for flag, key in _LORA_FLAGS.items() if options.get(flag) is not None
     }
@@ -88,6 +100,33 @@ _FLAG_FIXES = {
     "dataset is required": "dataset is required: name a file under HOME/datasets/ with "
     "--dataset FILE",
 }
+
+
+# the options of the run spec as train_dna_v2.py's flags (oneseekd/adminnames.py), beside
+# the flags submit had before; each sets its request field, which the validator then judges
+_OWN_FLAGS = {
+    *("--dataset", "--version", "--epochs", "--batch-size", "--learning-rate", "--seed"),
+    *("--max-seq-len", "--lora-r", "--lora-alpha", "--lora-dropout", "--target-modules"),
+    *("--request-id", "--priority", "--json", "--base-models"),
+}
+_ADMIN = {
+    f.flag.removeprefix("--").replace("-", "_"): f for f in ADMIN_FLAGS if f.flag not in _OWN_FLAGS
+}
+
+
+def _admin_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for f in reversed(ADMIN_FLAGS):
+        if f.flag in _OWN_FLAGS:
+            continue
+        if f.switch is not None:
+            command = click.option(
+                f.flag, is_flag=True, default=None, help=f"sets {f.field} (docs/options.md)"
+            )(command)
+        else:
+            command = click.option(f.flag, type=f.kind, help=f"sets {f.field} (docs/options.md)")(
+                command
+            )
+    return command
 
 
 @click.command("submit")
@@ -111,6 +150,7 @@ _FLAG_FIXES = {
 @click.option("--target-modules", help="Comma-separated LoRA target modules.")
 @click.option("--request-id", help="Idempotency key: the same key is never queued twice.")
 @click.option("--priority", type=int)
+@_admin_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
 def submit_cmd(

@@ -24,6 +24,7 @@ import click
 from sqlalchemy import Engine, select
 
 from oneseekd import queue
+from oneseekd.adminnames import BY_FLAG, request_from_flags
 from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.publish import certified_dna
 from oneseekd.cli.context import Context
@@ -66,10 +67,11 @@ def _dataset(text: str) -> str:
     return path.removeprefix("datasets/")
 
 
-# Every flag CivicAI's admin panel may pass (../shared/CIVICAI.md, "The training start").
-# A flag oneseekd does not support yet maps to None and is refused by name, never ignored:
-# supporting one is this one line, naming the request field it sets.
-FLAGS: dict[str, Flag | None] = {
+# The flags that say what to train, and those read differently from train_dna_v2.py's own
+# table; every other option flag CivicAI's admin panel may pass is in adminnames.FLAGS,
+# which names the request field it sets (the validator then refuses, by name, an option
+# the trainer does not carry out yet: nothing is ignored silently).
+FLAGS: dict[str, Flag] = {
     "--dataset": Flag(("dataset",), _dataset),
     "--epochs": Flag(("epochs",), int),
     "--learning-rate": Flag(("learning_rate",), float),
@@ -83,32 +85,6 @@ FLAGS: dict[str, Flag | None] = {
     "--max-seq-length": Flag(("max_seq_len",), int),
     "--gradient-accumulation-steps": Flag(("gradient_accumulation_steps",), int),
     "--no-gradient-checkpointing": Flag(("gradient_checkpointing",), None, False),
-    "--auto-stop-threshold": None,
-    "--auto-stop-patience": None,
-    "--lr-scheduler": None,
-    "--warmup-steps": None,
-    "--weight-decay": None,
-    "--max-grad-norm": None,
-    "--precision": None,
-    "--optimizer": None,
-    "--no-torch-compile": None,
-    "--load-in-4bit": None,
-    "--load-in-8bit": None,
-    "--quantization-type": None,
-    "--compute-dtype": None,
-    "--double-quantization": None,
-    "--no-double-quantization": None,
-    "--use-nested-quant": None,
-    "--packing-enabled": None,
-    "--no-fast-tokenizer": None,
-    "--lora-scaling-factor": None,
-    "--max-memory-per-gpu": None,
-    "--use-multi-gpu": None,
-    "--num-gpus": None,
-    "--no-multi-gpu": None,
-    "--use-deepspeed": None,
-    "--use-ddp": None,
-    "--ddp-backend": None,
 }
 UNSUPPORTED_PREFIXES = ("--deepspeed-",)  # --deepspeed-stage, --deepspeed-config, ...
 
@@ -136,7 +112,15 @@ def build_request(argv: list[str], env: Mapping[str, str], models_dir: Path) -> 
                 models += _comma(argv[i])
                 i += 1
             continue
-        if name.startswith(UNSUPPORTED_PREFIXES) or (name in FLAGS and FLAGS[name] is None):
+        if name not in FLAGS and name in BY_FLAG:  # the run spec's options
+            takes_value = BY_FLAG[name].switch is None
+            if takes_value and inline is None and i < len(argv):
+                inline, i = argv[i], i + 1
+            fields, more = request_from_flags([(name, inline)])
+            data.update(fields)
+            problems += more
+            continue
+        if name.startswith(UNSUPPORTED_PREFIXES):
             unsupported.append(name)
             if inline is None and i < len(argv) and not argv[i].startswith("--"):
                 i += 1  # its value, if it has one

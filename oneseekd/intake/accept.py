@@ -43,7 +43,13 @@ from oneseekd.intake.checks import (
     taken_versions,
     version_key,
 )
-from oneseekd.intake.schema import TrainingRequestModel, checkable_parts, parse_request
+from oneseekd.intake.schema import (
+    TrainingRequestModel,
+    checkable_parts,
+    parse_request,
+)
+from oneseekd.runcheck import HostFacts, unwired
+from oneseekd.runspec import RunOptions, RunSpec, build
 
 log = structlog.get_logger("oneseekd.intake")
 
@@ -327,7 +333,7 @@ class Intake:
         asked = [("gpus", request.gpus)] + [
             (f"per_model.{name}.gpus", o.gpus)
             for name, o in request.per_model.items()
-            if o.gpus is not None
+            if o.gpus != request.gpus
         ]
         here = gpus.host_gpus()
         problems: list[str] = []
@@ -435,10 +441,16 @@ class Intake:
             problems.append(
                 f"run id {request.run_id} already exists; omit it (or RUN_ID) to get a new one"
             )
+        spec = None
+        if models and not problems:
+            version = version or batch.next_free
+            spec = _run_spec(request, models, per_model, version)
+            # impossible combinations, each with its fix, before a GPU is touched
+            problems += spec.check(HostFacts.light(gpus.host_gpus())) + unwired(spec)
         hosts = sorted(h for h, got in batch.usable.items() if set(keys) <= got) if models else []
         if models and not problems and not hosts:
             problems.append(_no_single_host(batch.usable, keys))
-        if problems or dataset is None or not hosts:
+        if problems or dataset is None or not hosts or spec is None:
             return None, problems
         host = self.host if self.host in hosts else hosts[0]
         fingerprints = {
@@ -456,7 +468,7 @@ class Intake:
             fingerprints=fingerprints,
             fingerprints_host=host,
             dataset=str(dataset.relative_to(self.paths.datasets.resolve())),
-            config=_run_config(request, models, per_model, version),
+            config=spec.to_config(),
             attempts=0,
             cancel_requested=False,
             queued_at=now,
@@ -596,18 +608,20 @@ def _no_single_host(usable: dict[str, set[str]], keys: list[str]) -> str:
     return f"base_models: no single host has all of {', '.join(keys)} ready ({where})"
 
 
-def _run_config(
+def _run_spec(
     request: TrainingRequestModel, models: list[BaseModel], per_model: dict[str, str], version: str
-) -> dict[str, Any]:
-    """The request as the trainer runs it: resolved keys, version and per-model overrides."""
+) -> RunSpec:
+    """The request as the trainer runs it (Run.config): the typed run spec over the resolved
+    keys, each model's per_model options resolved once."""
+    options = RunOptions.model_validate(request.model_dump(include=set(RunOptions.model_fields)))
+    overrides = {per_model[name]: o for name, o in request.per_model.items()}
     # the run id names the run, not the training: it stays out of the config the DNA hashes
-    config = request.model_dump(mode="json", exclude={"per_model", "base_models", "run_id"})
-    config["version"] = version
-    config["base_models"] = [m.key for m in models]
-    config["requested_names"] = list(request.base_models)
-    config["display_names"] = {m.key: m.display_name for m in models}
-    config["per_model"] = {
-        per_model[name]: overrides.model_dump(mode="json", exclude_none=True)
-        for name, overrides in request.per_model.items()
-    }
-    return config
+    return build(
+        options,
+        [m.key for m in models],
+        version,
+        overrides,
+        list(request.base_models),
+        {m.key: m.display_name for m in models},
+        request.language,
+    )

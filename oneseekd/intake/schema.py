@@ -8,26 +8,26 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    ValidationError,
-    field_validator,
-)
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
-from oneseekd.config import FSDP_AUTO_FRACTION
+from oneseekd.intake.fieldtypes import MODULE_NAME, Gpus, Sharding
+from oneseekd.runspec import (
+    AutoStopOptions,
+    LoraOptions,
+    ModelOptions,
+    RunOptions,
+    normalize_options,
+    parse_overrides,
+)
+
+__all__ = ["MODULE_NAME", "Gpus", "Sharding", "TrainingRequestModel", "parse_request"]
 
 VERSION = re.compile(r"^v?(\d{1,4})\.(\d{1,4})$")
 # a run id asked for by name (CivicAI's RUN_ID, run-YYYY-MM-DD-HH-MM-SS): it names a folder
 RUN_ID = r"^run-[A-Za-z0-9][A-Za-z0-9_-]{0,59}$"
-MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
 
 DEFAULTS: dict[str, Any] = {
     "epochs": 3,
@@ -43,109 +43,19 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _modules(value: list[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    bad = [m for m in value if not MODULE_NAME.match(m)]
-    if bad:
-        raise ValueError(f"{', '.join(map(repr, bad))} is not a module name like q_proj")
-    if len(set(value)) != len(value):
-        raise ValueError("names a module twice")
-    return value
+class TrainingRequestModel(RunOptions):
+    """A request: every option of the run spec (oneseekd/runspec.py RunOptions, so there is
+    one list of them), and the fields that say what to train and how to file it."""
 
-
-Finite = float  # NaN and infinities are refused by the model config (allow_inf_nan=False)
-Modules = Annotated[list[str] | None, Field(min_length=1, max_length=64), AfterValidator(_modules)]
-
-
-def _gpus(value: Any) -> int | Literal["all"]:
-    if value == "all" or (type(value) is int and 1 <= value <= 1024):
-        return "all" if value == "all" else int(value)
-    raise ValueError('must be a whole number of GPUs from 1 to 1024, or "all"')
-
-
-# processes (one per GPU) a model trains with; "all" is every GPU of the host
-Gpus = Annotated[int | Literal["all"], PlainValidator(_gpus)]
-
-
-def _sharding(value: Any) -> Literal["ddp", "fsdp", "auto"]:
-    if isinstance(value, str) and value in ("ddp", "fsdp", "auto"):
-        return cast(Literal["ddp", "fsdp", "auto"], value)
-    raise ValueError(
-        'must be "ddp" (each GPU holds the whole model), "fsdp" (the GPUs share one copy, '
-        f'for a model too large for one) or "auto" (fsdp when the weights take more than '
-        f"{FSDP_AUTO_FRACTION:.0%} of one GPU's memory)"
-    )
-
-
-# how the processes of a multi-GPU model hold it (docs/training.md); one process ignores it
-Sharding = Annotated[Literal["ddp", "fsdp", "auto"], PlainValidator(_sharding)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        alias_generator=to_camel,
-        populate_by_name=True,
-        loc_by_alias=False,
-        frozen=True,
-        allow_inf_nan=False,
-    )
-
-
-class LoraOverride(_Strict):
-    r: int | None = Field(None, ge=1, le=1024)
-    alpha: int | None = Field(None, ge=1, le=8192)
-    dropout: Finite | None = Field(None, ge=0, lt=1)
-    target_modules: Modules = None
-
-
-class LoraSettings(_Strict):
-    r: int = Field(DEFAULTS["lora"]["r"], ge=1, le=1024)
-    alpha: int = Field(DEFAULTS["lora"]["alpha"], ge=1, le=8192)
-    dropout: Finite = Field(DEFAULTS["lora"]["dropout"], ge=0, lt=1)
-    target_modules: Modules = None
-
-
-class ModelOverrides(_Strict):
-    learning_rate: Finite | None = Field(None, gt=0, le=1)
-    epochs: int | None = Field(None, ge=1, le=1000)
-    batch_size: int | None = Field(None, ge=1, le=4096)
-    lora: LoraOverride | None = None
-    gpus: Gpus | None = None
-    sharding: Sharding | None = None
-    train_on_prompt: bool | None = None
-
-
-class TrainingRequestModel(_Strict):
     base_models: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         min_length=1, max_length=16
     )
     dataset: str = Field(min_length=1, max_length=1000)
     version: str | None = Field(None, max_length=20)
-    epochs: int = Field(DEFAULTS["epochs"], ge=1, le=1000)
-    batch_size: int = Field(DEFAULTS["batch_size"], ge=1, le=4096)
-    learning_rate: Finite = Field(DEFAULTS["learning_rate"], gt=0, le=1)
-    seed: int = Field(DEFAULTS["seed"], ge=0, le=2**32 - 1)
-    max_seq_len: int = Field(DEFAULTS["max_seq_len"], ge=16, le=131072)
-    gradient_accumulation_steps: int = Field(DEFAULTS["gradient_accumulation_steps"], ge=1, le=4096)
-    warmup_ratio: Finite = Field(DEFAULTS["warmup_ratio"], ge=0, le=0.5)
-    val_fraction: Finite = Field(DEFAULTS["val_fraction"], ge=0, le=0.5)
-    checkpoint_every: int = Field(DEFAULTS["checkpoint_every"], ge=1, le=10_000_000)
-    weighting: Literal["val_loss", "equal"] = "val_loss"
-    # None: on when the base weights take a large share of the GPU (docs/training.md)
-    gradient_checkpointing: bool | None = None
-    # false: the loss is on the responses only (docs/training.md); true: on every token
-    train_on_prompt: bool = False
-    # which end a record longer than max_seq_len loses: "right" (the end) or "left" (the
-    # start of the prompt, keeping the answer)
-    truncation_side: Literal["right", "left"] = "right"
-    export_merged: bool = False
-    gpus: Gpus = 1
-    sharding: Sharding = "ddp"
-    lora: LoraSettings = LoraSettings()
-    per_model: dict[Annotated[str, Field(min_length=1, max_length=200)], ModelOverrides] = Field(
+    # each model's own options (any of the request's model options), by the name it was asked by;
+    # parse_request resolves and checks them with runspec.parse_overrides
+    # (Any: a non-object is reported by parse_overrides; once parsed, each is a ModelOptions)
+    per_model: dict[Annotated[str, Field(min_length=1, max_length=200)], Any] = Field(
         default_factory=dict, max_length=16
     )
     request_id: str | None = Field(None, min_length=1, max_length=200)
@@ -167,9 +77,31 @@ class TrainingRequestModel(_Strict):
 
 
 KNOWN_FIELDS = sorted(TrainingRequestModel.model_fields)
+# the order problems are reported in: what to train first, then the options in the order
+# requests had them before the run spec, then the spec's newer ones; unknown fields last
+_ORDER = [
+    *("base_models", "dataset", "version", "epochs", "batch_size", "learning_rate", "seed"),
+    *("max_seq_len", "gradient_accumulation_steps", "warmup_ratio", "val_fraction"),
+    *("checkpoint_every", "weighting", "gradient_checkpointing", "train_on_prompt"),
+    *("truncation_side", "export_merged", "gpus", "sharding", "lora", "per_model"),
+    *("request_id", "priority", "run_id", "language"),
+]
+_ORDER += [f for f in TrainingRequestModel.model_fields if f not in _ORDER]
+
+
+def _rank(error: ErrorDetails) -> int:
+    loc = tuple(error["loc"])
+    if not loc or (error["type"] == "extra_forbidden" and len(loc) == 1):
+        return len(_ORDER)
+    return _ORDER.index(str(loc[0])) if loc[0] in _ORDER else len(_ORDER)
+
 
 # the fields of each nested object, by the name of the field that holds it
-_NESTED: dict[str, type[_Strict]] = {"lora": LoraSettings, "per_model": ModelOverrides}
+_NESTED: dict[str, type[Any]] = {
+    "lora": LoraOptions,
+    "auto_stop": AutoStopOptions,
+    "per_model": ModelOptions,
+}
 
 
 def _known_in(scope: str) -> list[str]:
@@ -181,7 +113,7 @@ def _known_in(scope: str) -> list[str]:
         return sorted(_NESTED[head].model_fields)
     parent = scope.split(".")[0]  # per_model.<name>: a model's overrides
     if parent == "per_model":
-        return sorted(ModelOverrides.model_fields)
+        return sorted(ModelOptions.model_fields)
     return []
 
 
@@ -239,14 +171,37 @@ def _known_lists(errors: list[ErrorDetails]) -> list[str]:
 
 
 def parse_request(data: Any) -> tuple[TrainingRequestModel | None, list[str]]:
-    """The request and no problems, or None and every problem found."""
+    """The request and no problems, or None and every problem found. Any spelling of an
+    option is read (snake_case, camelCase, the admin panel's names: oneseekd/adminnames.py)."""
     if not isinstance(data, dict):
         return None, [f"a request is a JSON object, got {type(data).__name__}"]
+    canonical, problems = normalize_options(data)
     try:
-        return TrainingRequestModel.model_validate(data), []
+        request = TrainingRequestModel.model_validate(canonical)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        return None, [_describe(e) for e in errors] + _known_lists(errors)
+        errors = sorted(exc.errors(include_url=False), key=_rank)
+        return None, problems + [_describe(e) for e in errors] + _known_lists(errors)
+    resolved, more = resolve_per_model(request)
+    problems += more
+    if problems:
+        return None, problems
+    # each model's options resolved once: what the spec and the GPU checks read
+    return request.model_copy(update={"per_model": resolved}), []
+
+
+def resolve_per_model(
+    request: TrainingRequestModel,
+) -> tuple[dict[str, ModelOptions], list[str]]:
+    """Each per_model entry (as the request gave it) laid over the request's options, by
+    the name it was given under, and every problem of them."""
+    resolved: dict[str, ModelOptions] = {}
+    problems: list[str] = []
+    for name, data in request.per_model.items():
+        options, more = parse_overrides(request, name, data)
+        problems += more
+        if options is not None:
+            resolved[name] = options
+    return resolved, problems
 
 
 def checkable_parts(data: Any) -> tuple[list[str] | None, str | None]:

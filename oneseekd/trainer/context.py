@@ -7,13 +7,14 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from oneseekd import protocol
+from oneseekd import protocol, runspec
 from oneseekd.catalog.query import home_roots, untrusted_problem
 from oneseekd.catalog.scan import Root
 from oneseekd.config import HomePaths
@@ -21,6 +22,7 @@ from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import BaseModel, ModelTraining, Run, utcnow
 from oneseekd.errors import OneseekError
 from oneseekd.intake.checks import confined_dataset
+from oneseekd.runspec import RunSpec, SpecError
 from oneseekd.times import utc_text
 
 PROGRESS_SECONDS = 1.0
@@ -81,14 +83,14 @@ class RunContext:
     models: list[ModelSpec]
     home: HomePaths
 
+    @cached_property
+    def spec(self) -> RunSpec:
+        """The run's typed spec; configs stored before it existed are read by from_legacy."""
+        return runspec.load(self.config)
+
     def hyper(self, key: str) -> dict[str, Any]:
-        """The request's settings with this model's per_model overrides laid over them."""
-        merged = {k: v for k, v in self.config.items() if k != "per_model"}
-        override = self.config.get("per_model", {}).get(key, {})
-        lora = {**merged["lora"], **override.get("lora", {})}
-        merged.update({k: v for k, v in override.items() if k != "lora"})
-        merged["lora"] = lora
-        return merged
+        """One model's options with the run's, resolved once by the spec, as a flat dict."""
+        return self.spec.hyper(key)
 
 
 def load_context(
@@ -146,6 +148,10 @@ def load_context(
         problems.append(f"dataset {run.dataset} is gone from {home.datasets}/")
     else:  # confined again, as intake checked it: it may be a link leading out by now
         problems += confined_dataset(run.dataset, home)[1]
+    try:
+        runspec.load(run.config)
+    except SpecError as exc:
+        problems.append(str(exc))
     if problems:
         raise RunRefused(f"run {run_id} cannot train", problems)
     return RunContext(run.id, run.run_id, run.version, run.config, dataset, models, home)

@@ -98,10 +98,10 @@ def check_folder(path: Path) -> dict[str, Any]:
     return dict(config)
 
 
-def load_tokenizer(path: Path) -> Any:
+def load_tokenizer(path: Path, use_fast: bool = True) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=False
+            path, local_files_only=True, trust_remote_code=False, use_fast=use_fast
         )
     except (OSError, ValueError) as exc:
         raise ModelRefused(
@@ -129,14 +129,20 @@ def load_model(path: Path, device: Device) -> Any:
     return model
 
 
-def lora_targets(model: Any, model_type: str, requested: list[str] | None) -> list[str]:
-    """The requested LoRA targets, checked to exist, or the family's defaults."""
-    targets = requested or DEFAULT_TARGETS.get(model_type, FALLBACK_TARGETS)
+def lora_targets(model: Any, model_type: str, requested: list[str] | str | None) -> list[str]:
+    """The requested LoRA targets, checked to exist, or the family's defaults. "all-linear"
+    is every linear layer but the output head, as peft reads it, named explicitly so that
+    the adapter's config and the DNA say which they were."""
     leaves = {
         name.rsplit(".", 1)[-1]
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
     }
+    if requested == "all-linear":
+        head = model.get_output_embeddings()
+        heads = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is head}
+        return sorted(leaves - heads)
+    targets = requested or DEFAULT_TARGETS.get(model_type, FALLBACK_TARGETS)
     missing = [t for t in targets if t not in leaves]
     if missing:
         raise ModelRefused(

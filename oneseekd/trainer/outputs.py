@@ -55,7 +55,7 @@ def save_model_outputs(
     torch.save(tensors, staging_path(pth))
     fsync_file(staging_path(pth))
     produced.append((pth, staging_path(pth), "lora_weights"))
-    if ctx.config.get("export_merged"):
+    if ctx.spec.export_merged:
         merged = _export_merged(session, paths, name, result, ctx.run_pk, spec.path)
         produced += [(final, staged, "merged_model") for final, staged in merged]
     hashes: dict[str, str] = {}

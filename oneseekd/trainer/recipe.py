@@ -44,6 +44,7 @@ from oneseekd.trainer.loading import (
     wants_checkpointing,
 )
 from oneseekd.trainer.losses import loss_sum, lr_lambda, validation_loss
+from oneseekd.trainer.optim import build_optimizer, build_scheduler
 from oneseekd.trainer.world import World
 
 log = structlog.get_logger("oneseekd.trainer")
@@ -127,7 +128,7 @@ class LoraRecipe:
     def setup(self) -> None:
         hp = self.hp
         config = check_folder(self.spec.path)
-        self.tokenizer = load_tokenizer(self.spec.path)
+        self.tokenizer = load_tokenizer(self.spec.path, bool(hp.get("use_fast_tokenizer", True)))
         torch.manual_seed(int(hp["seed"]))
         base = load_model(self.spec.path, self.device)
         vocab = int(base.get_input_embeddings().num_embeddings)
@@ -139,6 +140,7 @@ class LoraRecipe:
             r=int(hp["lora"]["r"]),
             lora_alpha=int(hp["lora"]["alpha"]),
             lora_dropout=float(hp["lora"]["dropout"]),
+            use_rslora=bool(hp["lora"].get("use_rslora", False)),  # alpha / sqrt(r)
             target_modules=self.targets,
             task_type=TaskType.CAUSAL_LM,
         )
@@ -179,18 +181,31 @@ class LoraRecipe:
             gradient_checkpointing=self.checkpointing,
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=float(hp["learning_rate"]), weight_decay=0.0
+        self.optimizer = build_optimizer(
+            str(hp.get("optimizer", "adamw_torch")),
+            self.model,
+            float(hp["learning_rate"]),
+            float(hp.get("weight_decay", 0.0)),
+            device=self.device.type,
         )
+        self.max_grad_norm = float(hp.get("max_grad_norm", 1.0))
         self.batch_size = int(hp["batch_size"])
         self.accum = int(hp["gradient_accumulation_steps"])
         batches = math.ceil(len(self.train_data.ids) / self.batch_size)
         self.steps_per_epoch = math.ceil(batches / self.accum)
         self.total_steps = self.steps_per_epoch * int(hp["epochs"])
-        warmup = max(1, round(self.total_steps * float(hp["warmup_ratio"])))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(warmup, self.total_steps)
-        )
+        steps = hp.get("warmup_steps")
+        if steps is not None:
+            warmup = min(int(steps), self.total_steps)
+        else:
+            warmup = max(1, round(self.total_steps * float(hp["warmup_ratio"])))
+        name = str(hp.get("lr_scheduler", "cosine_with_min_lr"))
+        if name == "cosine_with_min_lr":  # oneseekd's own cosine to 10 %, as it always ran
+            self.scheduler: Any = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lr_lambda(warmup, self.total_steps)
+            )
+        else:  # transformers' schedule of that name; its state is checkpointed like ours
+            self.scheduler = build_scheduler(name, self.optimizer, self.total_steps, warmup)
         self.scaler = torch.amp.GradScaler("cuda") if self.device.scaler else None
         self.position = Position()
         if latest is not None:
@@ -328,7 +343,8 @@ class LoraRecipe:
         pos.labels_seen += window_labels
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        if self.max_grad_norm > 0:  # 0: no clipping
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -205,14 +205,17 @@ def train_run(
     ledger = Ledger.for_home(engine, home)
     # rank 0 keeps the hash first; the others then hold their bytes to it
     records, trained_on = world.first(load_dataset, ctx)
-    seed = int(ctx.config["seed"])
-    train_idx, val_idx = split(records.items, float(ctx.config["val_fraction"]), seed)
+    seed = ctx.spec.seed
+    train_idx, val_idx = split(records.items, ctx.spec.val_fraction, seed)
     with read_session(engine) as session:
         started = session.get_one(Run, ctx.run_pk).started_at or utcnow()
-    weighting = str(ctx.config.get("weighting", "val_loss"))
+    weighting = ctx.spec.weighting
     live = (
         LiveMetrics(
-            live_metrics_path(home, run_id), int(ctx.config["epochs"]), len(ctx.models), weighting
+            live_metrics_path(home, run_id),
+            max(o.epochs for o in ctx.spec.models.values()),
+            len(ctx.models),
+            weighting,
         )
         if world.main
         else None
