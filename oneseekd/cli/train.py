@@ -30,7 +30,7 @@ from oneseekd.certify.publish import certified_dna
 from oneseekd.cli.context import Context
 from oneseekd.cli.display import shown, shown_lines
 from oneseekd.db.engine import read_session
-from oneseekd.db.models import Run
+from oneseekd.db.models import ModelTraining, Run
 from oneseekd.errors import OneseekError
 from oneseekd.intake.accept import Intake
 
@@ -208,6 +208,7 @@ def train_cmd(obj: Context, argv: tuple[str, ...]) -> None:
 
 def _follow(obj: Context, engine: Engine, run_id: str, stop: _Stop) -> int:
     shown_progress: tuple[Any, ...] = ()
+    shown_epochs: set[tuple[str, Any]] = set()  # (model, epoch) that had a line
     while True:
         if stop.signal is not None:
             queue.request_cancel(engine, run_id, ledger=Ledger.for_home(engine, obj.config.home))
@@ -219,8 +220,12 @@ def _follow(obj: Context, engine: Engine, run_id: str, stop: _Stop) -> int:
         line = _progress_line(progress)
         if line and line[0] != shown_progress:
             shown_progress = line[0]
+            shown_epochs.add(line[0][:2])
             click.echo(line[1])
         if state == "succeeded":
+            # an epoch that ended between two looks still gets its line: the admin panel's
+            # progress parser counts every `Epoch i/N`
+            _missed_epochs(engine, pk, shown_epochs)
             click.echo(f"DNA: {certified_dna(engine, pk)}")
             return 0
         if state in ("failed", "cancelled"):
@@ -236,6 +241,23 @@ def _follow(obj: Context, engine: Engine, run_id: str, stop: _Stop) -> int:
             )
             return EXIT_FAILED
         time.sleep(POLL_SECONDS)
+
+
+def _missed_epochs(engine: Engine, run_pk: int, shown_epochs: set[tuple[str, Any]]) -> None:
+    with read_session(engine) as session:
+        rows = session.scalars(
+            select(ModelTraining)
+            .where(ModelTraining.run_id == run_pk)
+            .order_by(ModelTraining.position)
+        ).all()
+        trained = [(r.model_key, list(r.train_losses or [])) for r in rows]
+    for index, (key, losses) in enumerate(trained, start=1):
+        for epoch, loss in enumerate(losses, start=1):
+            if (key, epoch) not in shown_epochs:
+                click.echo(
+                    f"Epoch {epoch}/{len(losses)}  model {index}/{len(trained)}  {shown(key)}  "
+                    f"loss: {loss:.5f}"
+                )
 
 
 def _progress_line(progress: dict[str, Any]) -> tuple[tuple[Any, ...], str] | None:
