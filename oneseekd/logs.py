@@ -55,6 +55,8 @@ LIBRARY_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # peft checks the base model's vocabulary when saving; a base model removed mid-run
     # fails the run with its own message, naming the model
     ("Could not find a config file in", UserWarning),
+    # peft's k-bit preparation still calls the transformers 5.24 name for checkpointing
+    ("`gradient_checkpointing_enable` is deprecated", FutureWarning),
     # torch 2.13 warns when a library it loads still defines TorchScript methods
     ("`torch.jit.script_method` is deprecated", DeprecationWarning),
 )

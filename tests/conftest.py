@@ -15,6 +15,11 @@ from oneseekd.db.migrate import upgrade
 from oneseekd.logs import ignore_library_warnings
 
 
+def pytest_collectstart() -> None:
+    """The same list while test modules are imported (torch warns at import time)."""
+    ignore_library_warnings()
+
+
 @pytest.fixture(autouse=True)
 def _quiet_library_warnings() -> None:
     """The named third-party warnings of oneseekd.logs.LIBRARY_WARNINGS, silenced in every
