@@ -18,16 +18,8 @@ import torch
 from transformers import get_scheduler
 from transformers.optimization import Adafactor
 
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor")
-SCHEDULERS = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "cosine_with_min_lr",
-)
+from oneseekd.runspec import OPTIMIZERS, SCHEDULERS  # the names a request may give
+
 DEFAULT_SCHEDULER = "cosine_with_min_lr"
 MIN_LR_RATE = 0.1  # cosine_with_min_lr ends at this fraction of the peak rate
 # bitsandbytes keeps tensors smaller than this in 32-bit state: its own default
