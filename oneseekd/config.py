@@ -139,6 +139,17 @@ class CertifyConfig:
     # a new certification becomes oneseek-certified/OneSeek-7B-Zero-CURRENT; false leaves
     # the pointer to `oneseekctl promote` (or to CivicAI's "Set as Active")
     make_current: bool = True
+    # a run whose model does not beat its base on held-out bits per byte is refused
+    # certification (false: certified, but not made current)
+    require_improvement: bool = False
+    # a run on the base models of the current one becomes current only if no model of it is
+    # worse than the current one's on this run's held-out data
+    compare_with_current: bool = True
+    # the held-out tokens evaluated per model (a deterministic prefix of the validation split)
+    eval_tokens: int = 50_000
+    # greedy generations of base and trained for this many held-out prompts (samples.json)
+    sample_prompts: int = 3
+    sample_tokens: int = 48
 
 
 @dataclass(frozen=True)
@@ -308,12 +319,25 @@ def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
 
 
 def _certify(data: dict[str, Any], problems: list[str]) -> CertifyConfig:
-    table = _table(data, "certify", {"make_current"}, problems)
-    make_current = table.get("make_current", True)
-    if not isinstance(make_current, bool):
-        problems.append(f"certify.make_current must be true or false, got {make_current!r}")
-        make_current = True
-    return CertifyConfig(make_current=make_current)
+    flags = ("make_current", "require_improvement", "compare_with_current")
+    counts = ("eval_tokens", "sample_prompts", "sample_tokens")
+    table = _table(data, "certify", {*flags, *counts}, problems)
+    default = CertifyConfig()
+    values: dict[str, Any] = {}
+    for name in flags:
+        value = table.get(name, getattr(default, name))
+        if not isinstance(value, bool):
+            problems.append(f"certify.{name} must be true or false, got {value!r}")
+            value = getattr(default, name)
+        values[name] = value
+    for name in counts:
+        value = table.get(name, getattr(default, name))
+        low = 1 if name == "eval_tokens" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            problems.append(f"certify.{name} must be a whole number >= {low}, got {value!r}")
+            value = getattr(default, name)
+        values[name] = value
+    return CertifyConfig(**values)
 
 
 def _log_level(value: Any, where: str, problems: list[str]) -> str:

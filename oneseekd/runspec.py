@@ -201,7 +201,8 @@ class RunOptions(ModelOptions):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     val_fraction: float = Field(0.1, ge=0, le=0.5)
     checkpoint_every: int = Field(50, ge=1, le=10_000_000)
-    weighting: Literal["val_loss", "equal"] = "val_loss"
+    # final weights from held-out bits per byte (fair across tokenizers), per-token loss, or 1/n
+    weighting: Literal["bits_per_byte", "val_loss", "equal"] = "bits_per_byte"
     export_merged: bool = False
     # reload the base in full precision to merge into, when it trained quantized
     export_dequantized: bool = False
@@ -225,7 +226,8 @@ class RunSpec(BaseModel):
     seed: int = 42
     val_fraction: float = 0.1
     checkpoint_every: int = 50
-    weighting: Literal["val_loss", "equal"] = "val_loss"
+    # a stored spec without the field was weighted by per-token loss, as oneseekd did then
+    weighting: Literal["bits_per_byte", "val_loss", "equal"] = "val_loss"
     export_merged: bool = False
     export_dequantized: bool = False
     # what the model speaks, for metadata.json (CivicAI's --language); not a training option

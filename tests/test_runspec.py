@@ -61,7 +61,7 @@ def test_every_request_field_is_an_option_with_todays_default() -> None:
         1,
         "ddp",
         False,
-        "val_loss",
+        "bits_per_byte",
     )
     # the new options are off, or as before
     assert (spec.load_in_4bit, spec.load_in_8bit, spec.packing, spec.auto_stop) == (

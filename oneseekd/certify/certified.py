@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from oneseekd.certify import current
 from oneseekd.certify.artifacts import file_digest, record_artifact
-from oneseekd.certify.dna import final_weights, make_dna
+from oneseekd.certify.dna import final_weights, make_dna, weight_inputs
+from oneseekd.certify.gate import bpb, trained_figures
 from oneseekd.certify.layout import (
     BASE_MODELS_DIR,
     DNA_PREFIX,
@@ -58,6 +59,10 @@ class TrainedModel:
     padding_fraction: float
     targets: list[str]
     counts: dict[str, int] = field(default_factory=dict)  # label_tokens, truncated_records
+    # trainer/evaluate.py's figures: held_out, base, epochs, step_losses, current (the
+    # current run's model on the same rows, when compared)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)  # greedy, base and trained
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class Certification:
     started: datetime
     finished: datetime
     make_current: bool = True
+    gate: dict[str, Any] | None = None  # certify/gate.py's verdict (made_current, reasons)
 
 
 def adapter_name(version: str, key: str) -> str:
@@ -88,10 +94,42 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _clean(value: Any) -> Any:
+    """Figures as JSON numbers: a non-finite one as null, at any depth."""
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def evaluation(m: TrainedModel) -> dict[str, Any]:
+    """A model's held-out figures as certified: the rows, the base's, the trained model's (its
+    last epoch's), what it gained in bits per byte, and the current model's when compared."""
+    ev = m.evaluation
+    trained = trained_figures(ev)
+    base, after = bpb(ev.get("base")), bpb(trained)
+    cleaned: dict[str, Any] = _clean(
+        {
+            "held_out": ev.get("held_out"),
+            "base": ev.get("base"),
+            "trained": trained,
+            "bits_per_byte_gain": None if base is None or after is None else base - after,
+            "epochs": ev.get("epochs", []),
+            "current": ev.get("current"),
+        }
+    )
+    return cleaned
+
+
 def _metrics(m: TrainedModel) -> dict[str, Any]:
     return {
         "train_losses": [_finite(x) for x in m.train_losses],
         "val_losses": [_finite(x) for x in m.val_losses],
+        "step_losses": [_finite(x) for x in m.evaluation.get("step_losses", [])],
+        "evaluation": evaluation(m),
         "steps": m.steps,
         "tokens": m.tokens,
         "seconds": round(m.seconds, 3),
@@ -121,6 +159,15 @@ def _history(models: list[TrainedModel]) -> list[dict[str, Any]]:
     return history
 
 
+def weighed(models: list[TrainedModel], weighting: str) -> dict[str, float]:
+    """The figure each model's final weight is taken from (certify/dna.py)."""
+    return weight_inputs(
+        {m.key: m.val_losses[-1] for m in models},
+        {m.key: bpb(trained_figures(m.evaluation)) for m in models},
+        weighting,
+    )
+
+
 def link_name(display_name: str) -> str:
     """A base model's display name as one path component (a `/` in it would nest folders)."""
     return display_name.replace("/", "-").replace("\\", "-").strip(". ") or "base-model"
@@ -132,9 +179,10 @@ def certify(session: Session, ledger: Ledger, paths: HomePaths, c: Certification
     DNA. Runs inside the caller's write transaction."""
     keys = [m.key for m in c.models]
     names = [m.display_name for m in c.models]
-    weighting = str(c.config.get("weighting", "val_loss"))
-    val = {m.key: m.val_losses[-1] for m in c.models}
-    weights = {k: _finite(v) for k, v in final_weights(val, weighting).items()}
+    weighting = weighting_of(c)
+    weights = {
+        k: _finite(v) for k, v in final_weights(weighed(c.models, weighting), weighting).items()
+    }
     dna = make_dna(c.version, c.inputs, c.adapter_hashes)
     pth = {k: f"{versioned_name(c.version, k)}.pth" for k in keys}
     dna_object = {"fingerprint": dna, "baseModels": names, "finalWeights": weights}
@@ -153,6 +201,7 @@ def certify(session: Session, ledger: Ledger, paths: HomePaths, c: Certification
             "trainingType": TRAINING_TYPE,
             "dna": dna_object,
             "isCurrent": c.make_current,
+            "gate": c.gate,
             "run_id": c.run_id,
             "metrics": {m.key: _metrics(m) for m in c.models},
             "config": c.config,
@@ -193,6 +242,14 @@ def certify(session: Session, ledger: Ledger, paths: HomePaths, c: Certification
             "final_weights": weights,
             "artifacts": c.adapter_hashes,
             "current": c.make_current,
+            "gate": c.gate,
+            "bits_per_byte": {
+                m.key: {
+                    "base": _clean(bpb(m.evaluation.get("base"))),
+                    "trained": _clean(bpb(trained_figures(m.evaluation))),
+                }
+                for m in c.models
+            },
         },
         c.run_pk,
     )
@@ -203,6 +260,10 @@ def certify(session: Session, ledger: Ledger, paths: HomePaths, c: Certification
     proof.update({"dna": dna, "baseModels": names, "final_weights": weights})
     write_json(staging / PROOF_FILE, proof, strict=True)
     return dna
+
+
+def weighting_of(c: Certification) -> str:
+    return str(c.config.get("weighting", "val_loss"))
 
 
 def _write_documents(
@@ -225,6 +286,10 @@ def _write_documents(
             "final_weights": weights,
             "inputs": c.inputs,
             "outputs": c.adapter_hashes,
+            # what the outputs measure on held-out data, and what was decided from it: this
+            # file's hash is in the ledger, so the figures are signed with the weights
+            "evaluation": {m.key: evaluation(m) for m in c.models},
+            "gate": c.gate,
             "created_at": utc_text(c.finished),
         },
         "training_results.json": {
@@ -240,6 +305,8 @@ def _write_documents(
             "final_loss": history[-1]["loss"],
             "training_history": history,
             "metrics": {m.key: _metrics(m) for m in c.models},
+            "weighting": weighting_of(c),
+            "gate": c.gate,
             "started_at": utc_text(c.started),
             "finished_at": utc_text(c.finished),
             "timestamp": utc_text(c.finished),
@@ -249,10 +316,21 @@ def _write_documents(
             {m.key: m.train_losses for m in c.models},
             {m.key: m.val_losses for m in c.models},
             epochs,
-            weighting=str(c.config.get("weighting", "val_loss")),
+            weighting=weighting_of(c),
             progress_percent=100.0,
             now=c.finished,
+            bits_per_byte={
+                m.key: [e.get("bits_per_byte") for e in m.evaluation.get("epochs", [])]
+                for m in c.models
+            },
+            step_losses={m.key: m.evaluation.get("step_losses", []) for m in c.models},
         ),
+        "samples.json": {
+            "run_id": c.run_id,
+            "dna": dna,
+            "decoding": "greedy",
+            "models": {m.key: m.samples for m in c.models},
+        },
         METADATA_FILE: {
             "version": f"{DNA_PREFIX}{c.version}",
             "dna": dna,
@@ -264,11 +342,14 @@ def _write_documents(
             "datasets": [c.dataset],
             "trainingType": TRAINING_TYPE,
             "samplesProcessed": c.samples.get("train", 0) * epochs,
+            # baseModels[0]'s, the model CivicAI's service loads: its held-out loss and
+            # next-token accuracy; nothing measures fairness
             "metrics": {
                 "loss": _finite(first.val_losses[-1]),
-                "accuracy": None,
+                "accuracy": _clean((trained_figures(first.evaluation) or {}).get("accuracy")),
                 "fairness": None,
             },
+            "gate": c.gate,
             "run_id": c.run_id,
         },
     }

@@ -172,3 +172,30 @@ def point_at(paths: HomePaths, dna: str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, txt)
         fsync_dir(paths.certified)
+
+
+def current_adapter(paths: HomePaths, key: str) -> dict[str, Any] | None:
+    """The current certified run's adapter for base model `key`, to measure on another run's
+    held-out rows: {dna, run_id, version, base_hash, path}, or None when nothing is current
+    or the current run did not train `key`. Read from its oneseek_dna.json (an artifact)."""
+    from oneseekd.certify.layout import certified_dir, resolve_current
+
+    dna = resolve_current(paths).dna
+    if dna is None:
+        return None
+    try:
+        data = json.loads((certified_dir(paths, dna) / "oneseek_dna.json").read_bytes())
+        version = str(data["version"])
+        base_hash = data["inputs"]["base_models"][key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    folder = paths.zero / "lora_adapters" / versioned_name(version, key)
+    if not (folder / "adapter_config.json").is_file():
+        return None
+    return {
+        "dna": dna,
+        "run_id": data.get("run_id"),
+        "version": version,
+        "base_hash": base_hash,
+        "path": folder,
+    }

@@ -18,19 +18,37 @@ from oneseekd.certify.ledger import canonical_json
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin")
 
 
-def final_weights(val_losses: dict[str, float], weighting: str) -> dict[str, float]:
-    """How much each model counts in the ensemble.
+def final_weights(figures: dict[str, float], weighting: str) -> dict[str, float]:
+    """How much each model counts in the ensemble, from one figure per model (`weight_inputs`
+    picks it): lower is better. The weights sum to 1.
 
-    `val_loss` (the default): a softmax over the negative final validation losses,
-    w_i = exp(-L_i) / sum_j exp(-L_j), so a model whose loss is lower by ln 2 counts twice as
-    much. `equal`: 1/n each. The weights sum to 1."""
-    keys = list(val_losses)
+    `bits_per_byte` (the default): w_i = 2^(-b_i) / sum_j 2^(-b_j) over the held-out bits per
+    byte b_i: each model's geometric-mean probability of a byte of held-out text, so models
+    with different tokenizers are weighed on the same unit. `val_loss` (as oneseekd weighed
+    before): a softmax over the negative final per-token validation losses,
+    w_i = exp(-L_i) / sum_j exp(-L_j), which favours a tokenizer that cuts text finer.
+    `equal`: 1/n each."""
+    keys = list(figures)
     if weighting == "equal" or not keys:
         return {k: 1 / len(keys) for k in keys} if keys else {}
-    low = min(val_losses.values())
-    raw = {k: math.exp(-(val_losses[k] - low)) for k in keys}
+    scale = math.log(2) if weighting == "bits_per_byte" else 1.0
+    low = min(figures.values())
+    raw = {k: math.exp(-(figures[k] - low) * scale) for k in keys}
     total = sum(raw.values())
     return {k: raw[k] / total for k in keys}
+
+
+def weight_inputs(
+    val_losses: dict[str, float], bits_per_byte: dict[str, float | None], weighting: str
+) -> dict[str, float]:
+    """The figure `final_weights` weighs each model by: its held-out bits per byte under
+    `bits_per_byte` (its per-token loss for a model measured before bits per byte were),
+    its final validation loss otherwise."""
+    if weighting != "bits_per_byte":
+        return dict(val_losses)
+    if any(bits_per_byte.get(k) is None for k in val_losses):  # one unit for all, or none
+        return dict(val_losses)
+    return {k: float(bits_per_byte[k] or 0.0) for k in val_losses}
 
 
 def canonical_hash(obj: Any) -> str:

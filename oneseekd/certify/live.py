@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from oneseekd.certify.dna import final_weights
+from oneseekd.certify.dna import final_weights, weight_inputs
 from oneseekd.certify.staging import write_json
 from oneseekd.times import utc_text
 
@@ -27,12 +27,21 @@ def live_document(
     progress_percent: float,
     now: datetime,
     running_loss: float | None = None,
+    bits_per_byte: dict[str, list[float | None]] | None = None,
+    step_losses: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
     """The seed's live metrics: `val_losses` and `weights` hold one number per model key (its
     latest validation loss, and the ensemble weight that gives); `total_loss` is the mean of
     the models' latest training losses (`running_loss`, the current epoch's so far, when given);
-    `epoch` the furthest epoch any model finished."""
+    `epoch` the furthest epoch any model finished. oneseekd adds `val_bits_per_byte` (each
+    model's latest held-out bits per byte, what `bits_per_byte` weighting weighs) and
+    `step_losses` (every optimizer step's training loss, per model, for a live chart)."""
     latest = {k: v[-1] for k, v in val.items() if v and math.isfinite(v[-1])}
+    bpb = {
+        k: v[-1]
+        for k, v in (bits_per_byte or {}).items()
+        if v and v[-1] is not None and math.isfinite(v[-1])
+    }
     trains = [v[-1] for v in train.values() if v]
     total = (
         running_loss
@@ -45,7 +54,11 @@ def live_document(
         "total_epochs": total_epochs,
         "total_loss": _number(total),
         "val_losses": latest,
-        "weights": final_weights(latest, weighting),
+        "weights": final_weights(
+            weight_inputs(latest, {k: bpb.get(k) for k in latest}, weighting), weighting
+        ),
+        "val_bits_per_byte": bpb,
+        "step_losses": {k: [_number(x) for x in v] for k, v in (step_losses or {}).items()},
         "progress_percent": round(progress_percent, 2),
         "auto_stop_info": {"enabled": False, "stopped": False},
         "timestamp": utc_text(now),
@@ -64,16 +77,27 @@ class LiveMetrics:
         self.weighting = weighting
         self.train: dict[str, list[float]] = {}
         self.val: dict[str, list[float]] = {}
+        self.bpb: dict[str, list[float | None]] = {}
+        self.steps: dict[str, list[float]] = {}
         self.percent = 0.0
         self.running: float | None = None
 
     def epoch_end(
-        self, key: str, val_losses: list[float], train_losses: list[float] | None = None
+        self,
+        key: str,
+        val_losses: list[float],
+        train_losses: list[float] | None = None,
+        bits_per_byte: list[float | None] | None = None,
+        step_losses: list[float] | None = None,
     ) -> None:
         """After an epoch of `key` (the recipe tells the validation losses; the training loss
         is then the epoch's running loss last reported), or for a model an earlier attempt
         trained (both lists from its row)."""
         self.val[key] = list(val_losses)
+        if bits_per_byte is not None:
+            self.bpb[key] = list(bits_per_byte)
+        if step_losses is not None:
+            self.steps[key] = list(step_losses)
         if train_losses is not None:
             self.train[key] = list(train_losses)
         elif self.running is not None:
@@ -92,6 +116,11 @@ class LiveMetrics:
         self.running = float(loss) if isinstance(loss, int | float) else None
         self._write()
 
+    def step(self, key: str, losses: list[float]) -> None:
+        """Every optimizer step's training loss of `key` so far (the recipe's list, told after
+        each step): written with the next progress update, not at each step."""
+        self.steps[key] = losses
+
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json(
@@ -104,6 +133,8 @@ class LiveMetrics:
                 progress_percent=self.percent,
                 now=datetime.now(UTC),
                 running_loss=self.running,
+                bits_per_byte=self.bpb,
+                step_losses=self.steps,
             ),
             strict=True,
         )

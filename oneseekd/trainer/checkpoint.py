@@ -37,6 +37,11 @@ class Position:
     seconds: float = 0.0  # training time of this model, over every attempt until this one
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
+    # the held-out evaluation (trainer/evaluate.py): the base model's figures, each epoch's,
+    # and the training loss of every optimizer step
+    base_eval: dict[str, Any] | None = None
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
 
 
 def _fsync_tree(folder: Path) -> None:

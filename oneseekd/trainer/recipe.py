@@ -32,6 +32,7 @@ from oneseekd.trainer.data import (
     collate,
     padding_fraction,
 )
+from oneseekd.trainer.evaluate import held_out, measure
 from oneseekd.trainer.labels import Encoder, encode_records
 from oneseekd.trainer.loading import (
     Device,
@@ -43,7 +44,7 @@ from oneseekd.trainer.loading import (
     lora_targets,
     wants_checkpointing,
 )
-from oneseekd.trainer.losses import loss_sum, lr_lambda, validation_loss
+from oneseekd.trainer.losses import loss_sum, lr_lambda
 from oneseekd.trainer.optim import build_optimizer, build_scheduler
 from oneseekd.trainer.world import World
 
@@ -72,6 +73,9 @@ class ModelResult:
     # label_tokens (what the loss was taken over; `tokens` counts every real token fed) and
     # truncated_records, reported per model in the results
     counts: dict[str, int] = field(default_factory=dict)
+    # the held-out evaluation (trainer/evaluate.py): the rows, the base's figures, each
+    # epoch's, and the training loss of every optimizer step
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
 
 class LoraRecipe:
@@ -100,6 +104,8 @@ class LoraRecipe:
         self.should_stop = should_stop
         self.label = label  # model index and count, for progress
         self.on_epoch = on_epoch  # told each epoch's validation losses (live_metrics.json)
+        # told every optimizer step's training loss so far (live_metrics.json), on rank 0
+        self.on_step: Callable[[str, list[float]], None] = lambda key, losses: None
         self.world = world or World()
         self.dataset = dataset  # its file name, for errors
         self._window_loss = torch.zeros(())  # the summed loss of the window so far
@@ -124,6 +130,8 @@ class LoraRecipe:
         self.train_data = encoded.subset(self.train_idx)
         self.val_data = encoded.subset(self.val_idx)
         self.train_counts = self.train_data.label_counts()
+        limit = int(self.hp.get("eval_tokens", 50_000))
+        self.held = held_out(self.val_data, self.train_data, self.tokenizer, limit)
 
     def setup(self) -> None:
         hp = self.hp
@@ -253,6 +261,8 @@ class LoraRecipe:
         padding = padding_fraction(
             lengths, batch_order(lengths, self.batch_size, int(self.hp["seed"]), 0)
         )
+        if pos.base_eval is None:  # before the first step; kept in the checkpoints
+            pos.base_eval = self.evaluate_base(pad_id)
         self.model.train()
         while pos.epoch < epochs:
             batches = batch_order(lengths, self.batch_size, int(self.hp["seed"]), pos.epoch)
@@ -297,6 +307,12 @@ class LoraRecipe:
             self.tokenizer,
             sharding.trainable_state(self.model) if self.sharded else None,
             {"label_tokens": pos.labels_seen, "truncated_records": self.truncated},
+            {
+                "held_out": self.held.describe(),
+                "base": pos.base_eval,
+                "epochs": list(pos.evals),
+                "step_losses": list(pos.step_losses),
+            },
         )
 
     def _seconds(self) -> float:
@@ -339,6 +355,7 @@ class LoraRecipe:
             return False
         [loss] = world.sum([float(self._window_loss)])  # the one read of the device per step
         pos.loss_sum += loss
+        pos.step_losses.append(loss / max(window_labels, 1))
         pos.loss_tokens += window_labels
         pos.labels_seen += window_labels
         if self.scaler:
@@ -353,6 +370,8 @@ class LoraRecipe:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         pos.step += 1
+        if world.main:
+            self.on_step(self.spec.key, pos.step_losses)
         return True
 
     def _report(self, pos: Position, epochs: int) -> None:
@@ -377,16 +396,35 @@ class LoraRecipe:
         )
 
     def evaluate(self, pad_id: int) -> float:
-        """Token-weighted mean loss on the validation split (the train split if it is empty),
-        over the same labels training uses."""
-        data = self.val_data if self.val_data.ids else self.train_data
-        self.model.eval()
+        """Token-weighted mean loss on the held-out rows (trainer/evaluate.py: the validation
+        split, the train split if it is empty), over the same labels training uses; every
+        figure of it is kept in the position (checkpointed) for certification."""
         with self._autocast():
-            loss = validation_loss(
-                self.model, data, pad_id, self.batch_size, self.world, self.sharded, self.device
+            figures = measure(
+                self.model,
+                self.held,
+                pad_id,
+                self.batch_size,
+                self.world,
+                self.sharded,
+                self.device,
             )
-        self.model.train()
-        return loss
+        self.position.evals.append(figures.as_dict())
+        return figures.loss
+
+    def evaluate_base(self, pad_id: int) -> dict[str, Any]:
+        """The base model's figures on the same rows and batches: the adapter disabled."""
+        with self._autocast(), self.model.disable_adapter():
+            figures = measure(
+                self.model,
+                self.held,
+                pad_id,
+                self.batch_size,
+                self.world,
+                self.sharded,
+                self.device,
+            )
+        return figures.as_dict()
 
     def _where(self, pos: Position) -> tuple[int, int, int]:
         return (pos.epoch, pos.batch, pos.step)

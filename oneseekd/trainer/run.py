@@ -15,20 +15,19 @@ import structlog
 import torch
 from sqlalchemy import Engine, select
 
-from oneseekd.certify.certified import Certification, TrainedModel, certify
-from oneseekd.certify.dna import base_weights_hash, canonical_hash, dataset_hash, final_weights
+from oneseekd.certify.dna import base_weights_hash, canonical_hash, dataset_hash
+from oneseekd.certify.gate import not_current_note
 from oneseekd.certify.layout import live_metrics_path
 from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.live import LiveMetrics
 from oneseekd.certify.publish import certified_dna, publish
 from oneseekd.certify.staging import write_json
-from oneseekd.config import HomePaths, load_config
+from oneseekd.config import CertifyConfig, HomePaths, load_config
 from oneseekd.db.engine import read_session, write_session
-from oneseekd.db.models import Artifact, LedgerEvent, ModelTraining, Run, utcnow
+from oneseekd.db.models import LedgerEvent, ModelTraining, Run, utcnow
 from oneseekd.errors import OneseekError
 from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import (
-    ModelSpec,
     Progress,
     RunContext,
     RunRefused,
@@ -40,6 +39,12 @@ from oneseekd.trainer.context import (
 )
 from oneseekd.trainer.data import Records, duplicates, load_records, split
 from oneseekd.trainer.loading import Device, pick_device
+from oneseekd.trainer.measured import (
+    certify_run,
+    compare_with_current,
+    held_out_samples,
+    trained_model,
+)
 from oneseekd.trainer.outputs import save_model_outputs
 from oneseekd.trainer.recipe import LoraRecipe, ModelResult
 from oneseekd.trainer.world import Relaunch, World
@@ -78,6 +83,7 @@ def _stored_result(engine: Engine, run_pk: int, row: ModelTraining) -> ModelResu
         None,
         None,
         counts=dict(figures.get("counts", {})),
+        evaluation=dict(figures.get("evaluation", {})),
     )
 
 
@@ -107,23 +113,6 @@ class _LiveProgress(Progress):
         # the same throttle: live_metrics.json is rewritten at each update the row gets
         if self.live is not None and data.get("model") and self._last != before:
             self.live.progress(data)
-
-
-def _trained(spec: ModelSpec, result: ModelResult) -> TrainedModel:
-    """What certification needs of a trained model: its figures, not its weights."""
-    return TrainedModel(
-        spec.key,
-        spec.display_name,
-        spec.path,
-        list(result.train_losses),
-        list(result.val_losses),
-        result.steps,
-        result.tokens,
-        result.seconds,
-        result.padding_fraction,
-        list(result.targets),
-        dict(result.counts),
-    )
 
 
 def load_dataset(ctx: RunContext) -> tuple[Records, str]:
@@ -210,6 +199,7 @@ def train_run(
     with read_session(engine) as session:
         started = session.get_one(Run, ctx.run_pk).started_at or utcnow()
     weighting = ctx.spec.weighting
+    settings = load_config(home.root).certify
     live = (
         LiveMetrics(
             live_metrics_path(home, run_id),
@@ -239,7 +229,14 @@ def train_run(
         if row.state == "trained":
             results[spec.key] = _stored_result(engine, ctx.run_pk, row)
             if live is not None:
-                live.epoch_end(spec.key, row.val_losses or [], row.train_losses or [])
+                ev = results[spec.key].evaluation
+                live.epoch_end(
+                    spec.key,
+                    row.val_losses or [],
+                    row.train_losses or [],
+                    [e.get("bits_per_byte") for e in ev.get("epochs", [])],
+                    list(ev.get("step_losses", [])),
+                )
             continue
         wanted = world.plan.get(spec.key, world.size)
         if wanted != world.size:
@@ -258,6 +255,7 @@ def train_run(
             should_stop,
             row.id,
             world,
+            settings,
         )
     if not world.main:
         return ""  # certifying is rank 0's alone
@@ -267,42 +265,28 @@ def train_run(
         "dataset": _dataset_unchanged(ctx, trained_on),
         "config": canonical_hash(ctx.config),
     }
-    with write_session(engine) as session:
-        check_claim(session, ctx.run_pk, this_attempt())
-        hashes = {
-            a.path: a.sha256
-            for a in session.scalars(
-                select(Artifact).where(Artifact.run_id == ctx.run_pk, Artifact.kind == "adapter")
-            )
-        }
-        cert = Certification(
-            ctx.run_pk,
-            ctx.run_id,
-            ctx.version,
-            ctx.config,
-            ctx.dataset.name,
-            [_trained(spec, results[spec.key]) for spec in ctx.models],
-            hashes,
-            inputs,
-            {
-                "train": len(train_idx),
-                "validation": len(val_idx),
-                "duplicates": duplicates(records.items),
-            },
-            started,
-            utcnow(),
-            make_current=load_config(home.root).certify.make_current,
-        )
-        dna = certify(session, ledger, home, cert)
-        weights = final_weights(
-            {k: r.val_losses[-1] for k, r in results.items()},
-            weighting,
-        )
-        for row in session.scalars(select(ModelTraining).where(ModelTraining.run_id == ctx.run_pk)):
-            row.weight = weights.get(row.model_key)
+    dna, verdict = certify_run(
+        engine,
+        ledger,
+        ctx,
+        [trained_model(spec, results[spec.key]) for spec in ctx.models],
+        inputs,
+        {
+            "train": len(train_idx),
+            "validation": len(val_idx),
+            "duplicates": duplicates(records.items),
+        },
+        started,
+        settings,
+    )
     publish(engine, home, ctx.run_pk)
     checkpoints.remove()
-    progress.report({"model": None, "state": "certified", "dna": dna}, force=True)
+    note = not_current_note(verdict.as_dict())
+    progress.report(
+        {"model": None, "state": "certified", "dna": dna, "current": verdict.made_current}
+        | ({"not_current": note} if note else {}),
+        force=True,
+    )
     log.info("training_completed", run_id=run_id, dna=dna)
     return dna
 
@@ -321,14 +305,16 @@ def _train_one(
     should_stop: Callable[[], bool],
     row_id: int,
     world: World,
+    settings: CertifyConfig | None = None,
 ) -> ModelResult:
+    settings = settings or CertifyConfig()
     spec = next(m for m in ctx.models if m.key == key)
     if world.main:
         update_training(engine, row_id, state="training", started_at=utcnow())
     checkpoints = Checkpoints(ctx.home.root / "checkpoints" / ctx.run_id / key)
     recipe = LoraRecipe(
         spec,
-        ctx.hyper(key),
+        {**ctx.hyper(key), "eval_tokens": settings.eval_tokens},
         records,
         parts,
         device,
@@ -336,10 +322,23 @@ def _train_one(
         progress,
         should_stop,
         {"model_index": position + 1, "models": len(ctx.models)},
-        on_epoch=(lambda k, v: None) if live is None else live.epoch_end,
+        on_epoch=lambda k, v: None,
         world=world,
         dataset=ctx.dataset.name,
     )
+    if live is not None:
+        told = live  # for the closure: a name mypy sees is not None
+
+        def on_epoch(key: str, val_losses: list[float], r: LoraRecipe = recipe) -> None:
+            told.epoch_end(
+                key,
+                val_losses,
+                bits_per_byte=[e.get("bits_per_byte") for e in r.position.evals],
+                step_losses=r.position.step_losses,
+            )
+
+        recipe.on_epoch = on_epoch
+        recipe.on_step = live.step
     recipe.setup()
     log.info(
         "model_training",
@@ -350,6 +349,8 @@ def _train_one(
     )
     result = recipe.train()
     _check_finite(result)
+    result.evaluation["current"] = compare_with_current(recipe, spec, settings, ctx.home)
+    result.evaluation["samples"] = held_out_samples(recipe, records, settings)
     if world.main:
         _record_model(engine, ctx, ledger, result, row_id)
         checkpoints.remove()
@@ -385,6 +386,7 @@ def _record_model(
                 "padding_fraction": result.padding_fraction,
                 "lora_targets": result.targets,
                 "counts": result.counts,
+                "evaluation": result.evaluation,
             },
             ctx.run_pk,
         )

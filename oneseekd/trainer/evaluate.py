@@ -1,0 +1,269 @@
+"""The held-out evaluation of a model: what certifies that training improved it.
+
+Every figure is taken over the same rows (a deterministic prefix of the validation split,
+capped at `[certify] eval_tokens` tokens so evaluation stays a small share of a run), the same
+batches, and the same target tokens training is scored on (labels.py: the response of an
+instruction record, the assistant turns of a chat, the whole of a text):
+
+- `loss`: the mean next-token loss in nats per target token (the validation loss);
+- `perplexity`: exp(loss);
+- `bits_per_byte`: the summed target-token loss in nats / ln 2 / the UTF-8 bytes of the target
+  text. A token is not the same unit in two tokenizers (one that cuts text into more, shorter
+  tokens gets a lower loss per token without predicting the text any better); a byte is, so
+  this is the figure models are compared on and weighted by;
+- `accuracy`: top-1 next-token accuracy on the target tokens.
+
+The base model is measured with its adapter disabled, on the same batches, before the first
+optimizer step. `samples` generates greedily from a few held-out prompts with both.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from oneseekd.trainer.data import IGNORE_INDEX, Encoded, Records, collate
+from oneseekd.trainer.loading import Device
+from oneseekd.trainer.world import World
+
+
+@dataclass(frozen=True)
+class Figures:
+    loss: float
+    perplexity: float
+    bits_per_byte: float
+    accuracy: float
+    tokens: int  # target tokens scored
+    bytes: int  # UTF-8 bytes of their text
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The rows evaluated and the UTF-8 bytes of each row's target text."""
+
+    data: Encoded
+    target_bytes: list[int]
+    source: str  # "validation", or "train" when the run has no validation split
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "split": self.source,
+            "rows": len(self.data.ids),
+            "tokens": sum(self.data.lengths()),
+            "target_tokens": sum(self.data.label_counts()),
+            "target_bytes": sum(self.target_bytes),
+        }
+
+
+def spans(mask: list[int]) -> list[tuple[int, int]]:
+    """The runs of target positions (labels after the first token: it is predicted from
+    nothing), as [start, end) pairs."""
+    found: list[tuple[int, int]] = []
+    start = None
+    for i in range(1, len(mask) + 1):
+        inside = i < len(mask) and mask[i] == 1
+        if inside and start is None:
+            start = i
+        elif not inside and start is not None:
+            found.append((start, i))
+            start = None
+    return found
+
+
+def target_bytes(ids: list[int], mask: list[int], tokenizer: Any) -> int:
+    """The UTF-8 bytes of a row's target text: each run of target tokens decoded on its own,
+    special tokens (the eos that closes a response) counting no bytes."""
+    return sum(
+        len(
+            str(
+                tokenizer.decode(
+                    ids[a:b], skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
+            ).encode("utf-8")
+        )
+        for a, b in spans(mask)
+    )
+
+
+def held_out(val: Encoded, train: Encoded, tokenizer: Any, max_tokens: int) -> HeldOut:
+    """The validation rows in split order while their tokens stay within `max_tokens` (at least
+    one row); the training rows when there is no validation split (val_fraction 0)."""
+    data, source = (val, "validation") if val.ids else (train, "train")
+    chosen: list[int] = []
+    total = 0
+    for i, ids in enumerate(data.ids):
+        if chosen and total + len(ids) > max_tokens:
+            break
+        chosen.append(i)
+        total += len(ids)
+    rows = data.subset(chosen)
+    return HeldOut(
+        rows, [target_bytes(rows.ids[i], rows.mask(i), tokenizer) for i in chosen], source
+    )
+
+
+def _batches(data: Encoded, batch_size: int) -> list[list[int]]:
+    """Rows sorted by length (little padding), cut into batches: the same for every model."""
+    order = sorted(range(len(data.ids)), key=lambda i: (len(data.ids[i]), i))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def scored(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed next-token loss (fp32) and the number of top-1 hits over the labels."""
+    shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    shifted = shifted.to(logits.device)
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    loss = torch.nn.functional.cross_entropy(
+        flat, shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    hits = ((flat.argmax(-1) == shifted.reshape(-1)) & (shifted.reshape(-1) != IGNORE_INDEX)).sum()
+    return loss, hits
+
+
+def figures(loss_nats: float, hits: float, tokens: int, nbytes: int) -> Figures:
+    loss = loss_nats / max(tokens, 1)
+    return Figures(
+        loss=loss,
+        perplexity=math.exp(min(loss, 700.0)),  # finite in JSON, whatever the loss
+        bits_per_byte=loss_nats / math.log(2) / max(nbytes, 1),
+        accuracy=hits / max(tokens, 1),
+        tokens=tokens,
+        bytes=nbytes,
+    )
+
+
+@torch.no_grad()
+def measure(
+    model: Any,
+    held: HeldOut,
+    pad_id: int,
+    batch_size: int,
+    world: World,
+    sharded: bool,
+    device: Device,
+) -> Figures:
+    """Every figure of `model` on the held-out rows, each rank its share of the batches and
+    the sums all-reduced (in the fixed order of the batches, so the result is the same on
+    every run of the same weights)."""
+    data = held.data
+    counts = data.label_counts()
+    batches = _batches(data, batch_size)
+    mine: list[list[int] | None] = list(batches[world.rank :: world.size])
+    if sharded:  # every forward pass gathers weights: all ranks run as many
+        rounds = math.ceil(len(batches) / world.size)
+        mine += [None] * (rounds - len(mine))
+    loss_total = 0.0
+    hits_total = 0.0
+    was_training = model.training
+    model.eval()
+    try:
+        for rows in mine:  # None: the first batch again, not counted
+            batch = collate(data, batches[0] if rows is None else rows, pad_id)
+            labels = batch.pop("labels")
+            batch = {k: v.to(device.type) for k, v in batch.items()}
+            loss, hits = scored(model(**batch).logits, labels)
+            if rows is not None:
+                loss_total += float(loss)
+                hits_total += float(hits)
+    finally:
+        model.train(was_training)
+    loss_sum, hit_sum = world.sum([loss_total, hits_total])
+    return figures(loss_sum, hit_sum, sum(counts), sum(held.target_bytes))
+
+
+def measure_adapter(
+    model: Any,
+    folder: Any,
+    held: HeldOut,
+    pad_id: int,
+    batch_size: int,
+    world: World,
+    device: Device,
+) -> Figures:
+    """Another adapter of the same base (the current run's, from its folder) measured on these
+    held-out rows: loaded beside the trained one, made active, measured, then removed (the
+    trained adapter is active again, as it was)."""
+    name = "oneseekd_compared"
+    active = model.active_adapter
+    model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
+    try:
+        model.set_adapter(name)
+        autocast: Any = (
+            torch.autocast("cuda", dtype=device.dtype) if device.type == "cuda" else nullcontext()
+        )
+        with autocast:
+            return measure(model, held, pad_id, batch_size, world, False, device)
+    finally:
+        model.set_adapter(active)
+        model.delete_adapter(name)
+
+
+# --- samples ------------------------------------------------------------------------------
+def sample_prompts(records: Records, indices: list[int], count: int) -> list[int]:
+    """The first `count` held-out chat and instruction records (text records have no prompt)."""
+    return [i for i in indices if "text" not in records.items[i]][:count]
+
+
+def prompt_ids(ids: list[int], mask: list[int]) -> list[int]:
+    """The tokens before the first target: the prompt part, as the model saw it in training."""
+    first = next((i for i, m in enumerate(mask) if m and i > 0), len(ids))
+    return ids[:first]
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, ids: list[int], new_tokens: int, device: Device) -> str:
+    """A greedy continuation (deterministic), decoded without special tokens."""
+    inputs = torch.tensor([ids], dtype=torch.long, device=device.type)
+    out = model.generate(
+        input_ids=inputs,
+        attention_mask=torch.ones_like(inputs),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return str(tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True))
+
+
+def samples(
+    model: Any,
+    tokenizer: Any,
+    encoded: list[tuple[int, list[int], list[int]]],
+    records: Records,
+    new_tokens: int,
+    device: Device,
+) -> list[dict[str, Any]]:
+    """For each (record index, ids, mask): the prompt, the reference answer, and the greedy
+    answers of the base (adapter disabled) and the trained model."""
+    was_training = model.training
+    model.eval()
+    found = []
+    try:
+        for index, ids, mask in encoded:
+            prompt = prompt_ids(ids, mask)
+            if not prompt or len(prompt) == len(ids):
+                continue
+            reference = [ids[a:b] for a, b in spans(mask)][:1]
+            with model.disable_adapter():
+                base = generate(model, tokenizer, prompt, new_tokens, device)
+            trained = generate(model, tokenizer, prompt, new_tokens, device)
+            found.append(
+                {
+                    "record": records.where[index],
+                    "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
+                    "reference": tokenizer.decode(reference[0], skip_special_tokens=True)
+                    if reference
+                    else "",
+                    "base": base,
+                    "trained": trained,
+                }
+            )
+    finally:
+        model.train(was_training)
+    return found
