@@ -14,6 +14,10 @@ from typing import Any, Protocol
 from oneseekd.errors import OneseekError
 
 NOT_CURRENT_BY_CONFIG = "[certify] make_current is false: left to `oneseekctl promote`"
+# a model beats its base when its bits per byte are at least this share lower (and is worse
+# than the current model when at least this share higher): smaller differences are the
+# rounding of an evaluation in bf16, not something training did
+MARGIN = 0.001
 
 
 class Measured(Protocol):
@@ -60,9 +64,10 @@ def trained_figures(evaluation: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def judge(models: Sequence[Measured], make_current: bool, compare: bool = True) -> Verdict:
-    """The verdict on a run's models. A model without held-out figures (trained before they
-    were measured) cannot show it beat its base, and holds the run back. `compare`
-    (`[certify] compare_with_current`): a model worse than the current one holds it back."""
+    """The verdict on a run's models, each compared at MARGIN. A model without held-out
+    figures (trained before they were measured) cannot show it beat its base, and holds the
+    run back. `compare` (`[certify] compare_with_current`): a model worse than the current
+    one holds it back."""
     reasons: list[str] = []
     beat = True
     not_worse = True
@@ -73,7 +78,7 @@ def judge(models: Sequence[Measured], make_current: bool, compare: bool = True) 
             beat = False
             reasons.append(f"{m.key}: has no held-out bits per byte to compare with its base")
             continue
-        if not trained < base:
+        if not trained < base * (1 - MARGIN):
             beat = False
             reasons.append(
                 f"{m.key}: held-out bits per byte {trained:.4f} does not beat the base "
@@ -81,7 +86,7 @@ def judge(models: Sequence[Measured], make_current: bool, compare: bool = True) 
             )
         now = m.evaluation.get("current")
         held = bpb(now.get("figures")) if isinstance(now, dict) else None
-        if compare and isinstance(now, dict) and held is not None and trained > held:
+        if compare and isinstance(now, dict) and held is not None and trained > held * (1 + MARGIN):
             not_worse = False
             reasons.append(
                 f"{m.key}: held-out bits per byte {trained:.4f} is worse than the current "

@@ -22,6 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from oneseekd.config import HomePaths
 
@@ -194,3 +195,18 @@ def current_summary(paths: HomePaths) -> dict[str, str | None]:
         "pointer": now.source,
         "problem": now.problem,
     }
+
+
+def run_gate(paths: HomePaths, dna: str | None) -> dict[str, Any] | None:
+    """The gate's verdict a certified run's oneseek_dna.json records (certify/gate.py): for
+    `status`, `runs` and `show`, without the database. None before the gate existed."""
+    import json
+
+    if dna is None:
+        return None
+    try:
+        data = json.loads((certified_dir(paths, dna) / "oneseek_dna.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    gate = data.get("gate") if isinstance(data, dict) else None
+    return gate if isinstance(gate, dict) else None

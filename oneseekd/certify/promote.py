@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session
 
 from oneseekd.certify import current
 from oneseekd.certify.certified import COMPLETED_EVENT
-from oneseekd.certify.layout import certified_dir, is_certified_dir, is_dna, resolve_current
+from oneseekd.certify.gate import not_current_note
+from oneseekd.certify.layout import (
+    certified_dir,
+    is_certified_dir,
+    is_dna,
+    resolve_current,
+    run_gate,
+)
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import HomePaths
 from oneseekd.db.engine import write_session
@@ -64,9 +71,17 @@ def _certified(session: Session, ref: str) -> tuple[Run, str]:
 
 
 def promote(
-    engine: Engine, paths: HomePaths, ledger: Ledger, ref: str, *, now: datetime | None = None
+    engine: Engine,
+    paths: HomePaths,
+    ledger: Ledger,
+    ref: str,
+    *,
+    reason: str | None = None,
+    now: datetime | None = None,
 ) -> Promotion:
-    """Make the run (or DNA) `ref` current: the ledger event first, then the pointer."""
+    """Make the run (or DNA) `ref` current: the ledger event first, then the pointer. A run
+    the gate held back (certify/gate.py) is made current only with a `reason`, which the
+    event records with the gate's."""
     current.settle(engine, paths)  # finish a move a crash interrupted, before judging
     before = resolve_current(paths).dna
     with write_session(engine) as session:
@@ -88,10 +103,27 @@ def promote(
         )
         if before == dna and not needs_files:
             return Promotion(run.run_id, dna, before, False)
+        held = not_current_note(run_gate(paths, dna))
+        reason = (reason or "").strip() or None
+        if held and reason is None:
+            raise OneseekError(
+                f"run {run.run_id} was not made current when it was certified: {held}",
+                [
+                    "to make it current anyway, say why (it is recorded in the ledger): "
+                    f'oneseekctl promote {ref} --reason "..."'
+                ],
+            )
         event = ledger.append(
             session,
             current.PROMOTED_EVENT,
-            {"run_id": run.run_id, "dna": dna, "version": run.version, "previous": before},
+            {
+                "run_id": run.run_id,
+                "dna": dna,
+                "version": run.version,
+                "previous": before,
+                "reason": reason,
+                "overrides_gate": held,
+            },
             run.id,
             now=now,
         )

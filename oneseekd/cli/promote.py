@@ -13,14 +13,20 @@ from oneseekd.cli.display import shown
 
 @click.command("promote")
 @click.argument("ref", metavar="RUN|DNA")
+@click.option(
+    "--reason",
+    default=None,
+    help="Why (recorded in the ledger); needed for a run the gate did not make current.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
-def promote_cmd(obj: Context, ref: str, as_json: bool) -> None:
+def promote_cmd(obj: Context, ref: str, reason: str | None, as_json: bool) -> None:
     """Point oneseek-certified/OneSeek-7B-Zero-CURRENT at a certified run (by run id or DNA),
-    with its .txt and isCurrent in the weights JSONs; recorded in the ledger."""
+    with its .txt and isCurrent in the weights JSONs; recorded in the ledger. A run that did
+    not beat its base (or the current model) is made current only with --reason."""
     engine = obj.engine()
     home = obj.config.home
-    done = promote(engine, home, Ledger.for_home(engine, home), ref)
+    done = promote(engine, home, Ledger.for_home(engine, home), ref, reason=reason)
     if as_json:
         emit_json(
             {

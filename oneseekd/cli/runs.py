@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from oneseekd.certify.layout import current_summary, run_dna
+from oneseekd.certify.gate import not_current_note
+from oneseekd.certify.layout import current_summary, run_dna, run_gate
 from oneseekd.cli.context import Context, emit_json
 from oneseekd.cli.display import iso, shown, shown_lines, shown_table
 from oneseekd.cli.read import Row, open_reader
@@ -23,9 +24,13 @@ def run_dict(
     run: Row, paths: HomePaths | None = None, current: str | None = None
 ) -> dict[str, Any]:
     dna = run_dna(paths, run.run_id) if paths is not None else None
+    gate = run_gate(paths, dna) if paths is not None else None
     return {
         "dna": dna,
         "current": dna is not None and dna == current,
+        # certify/gate.py's verdict at certification: made_current, and the reasons if not
+        "gate": gate,
+        "held_back": not_current_note(gate),
         "run_id": run.run_id,
         "state": run.state,
         "outcome": run.outcome,
@@ -87,6 +92,19 @@ def runs_cmd(obj: Context, limit: int, state: str | None, as_json: bool) -> None
     )
     if now["dna"]:
         click.echo(f"Current: {shown(now['dna'])} (run {shown(now['run_id'] or '?')})")
+    for r in runs:
+        line = held_back_line(run_dict(r, home, now["dna"]))
+        if line:
+            click.echo(f"{shown(r.run_id)} {line}")
+
+
+def held_back_line(data: dict[str, Any]) -> str | None:
+    """Why a certified run was not made current (the gate, docs/training.md), or None."""
+    note = data.get("held_back")
+    if not note:
+        return None
+    since = ", promoted since" if data.get("current") else ""
+    return f"was not made current{since}: {shown(note)}"
 
 
 @click.command("show")
@@ -138,6 +156,11 @@ def show_cmd(obj: Context, run_id: str, as_json: bool) -> None:
     if data["dna"]:
         mark = " (current)" if data["current"] else ""
         click.echo(f"  dna:      {shown(data['dna'])}{mark}")
+        held = held_back_line(data)
+        if held:
+            click.echo(f"  gate:     {held}")
+        elif data["gate"]:
+            click.echo("  gate:     every model beat its base on held-out bits per byte")
     if run.log_path:
         click.echo(f"  log:      {shown(run.log_path)}")
     progress = run.progress if isinstance(run.progress, dict) else None

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from oneseekd.certify.layout import current_summary
+from oneseekd.certify.gate import not_current_note
+from oneseekd.certify.layout import current_summary, run_dna, run_gate
 from oneseekd.cli.context import Context, emit_json
 from oneseekd.cli.display import iso, shown
 from oneseekd.cli.read import Row, open_reader
@@ -77,6 +78,10 @@ def gather(obj: Context) -> dict[str, Any]:
                 "version": r.version,
                 "base_models": r.base_models,
                 "finished_at": iso(r.finished_at),
+                # why a certified run was not made current (certify/gate.py), else null
+                "held_back": not_current_note(
+                    run_gate(obj.config.home, run_dna(obj.config.home, r.run_id))
+                ),
             }
             for r in recent
         ],
@@ -103,6 +108,8 @@ def describe_progress(p: dict[str, Any]) -> str:
     the phase a run is in outside its training steps (certifying, certified)."""
     if p.get("step") is None:
         phase = PHASES.get(str(p.get("state")), str(p.get("state") or "starting"))
+        if p.get("not_current"):  # the gate held it back (trainer/run.py)
+            phase += ", not made current: {not_current}"
         return shown(phase.format(**{"dna": "?", **p}))
     done, total = int(p.get("step", 0)), max(int(p.get("steps", 1)), 1)
     filled = round(20 * min(done / total, 1.0))
@@ -206,3 +213,5 @@ def show_status(obj: Context, as_json: bool) -> None:
             f"recent:   {shown(r['run_id'])} {shown(r['state'])} v{shown(r['version'])} "
             f"({models}) {r['finished_at'] or ''}"
         )
+        if r["held_back"]:
+            click.echo(f"          not made current: {shown(r['held_back'])}")

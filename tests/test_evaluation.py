@@ -1,0 +1,174 @@
+"""The held-out figures (trainer/evaluate.py) against hand computation on a tiny model, the
+cap on evaluated tokens, and the weights taken from bits per byte."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from trainhomes import cached_tiny
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from oneseekd.certify.dna import final_weights, weight_inputs
+from oneseekd.certify.gate import judge
+from oneseekd.certify.plot import epoch_steps, smoothed
+from oneseekd.trainer.data import Encoded
+from oneseekd.trainer.evaluate import held_out, measure, spans, target_bytes
+from oneseekd.trainer.labels import Encoder
+from oneseekd.trainer.loading import Device
+from oneseekd.trainer.world import World
+
+CPU = Device("cpu", torch.float32, False)
+RECORDS = [
+    {"instruction": "Vem stiftar lagar?", "output": "Riksdagen stiftar lagar i Sverige."},
+    {
+        "instruction": "Sammanfatta",
+        "input": "Kommun 3",
+        "output": "Kommunerna ansvarar för skolan.",
+    },
+    {"text": "Riksdagen beslutar om budget och lagar. Åäö!"},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, object]:
+    folder = cached_tiny(tmp_path_factory.mktemp("tiny"), "Tiny-Llama", "llama")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return model, tokenizer
+
+
+def test_spans_are_the_runs_of_targets_after_the_first_token() -> None:
+    assert spans([1, 1, 0, 1, 1, 0, 0, 1]) == [(1, 2), (3, 5), (7, 8)]
+    assert spans([0, 0, 0]) == []
+
+
+def test_bits_per_byte_is_the_summed_target_loss_in_bits_over_the_target_texts_bytes(
+    tiny: tuple[object, object],
+) -> None:
+    model, tokenizer = tiny
+    encoder = Encoder(tokenizer, 256)
+    rows = [encoder.encode(r) for r in RECORDS]
+    data = Encoded([r.ids for r in rows], [r.mask for r in rows])
+    held = held_out(data, data, tokenizer, 10_000)
+    got = measure(model, held, tokenizer.pad_token_id, 2, World(), False, CPU)
+
+    # by hand: one row at a time, no padding, the log-probability of each target token
+    nats, hits, tokens = 0.0, 0, 0
+    with torch.no_grad():
+        for row in rows:
+            logp = torch.log_softmax(model(torch.tensor([row.ids])).logits[0].double(), -1)
+            for j in range(1, len(row.ids)):
+                if row.mask[j]:
+                    nats -= float(logp[j - 1, row.ids[j]])
+                    hits += int(int(logp[j - 1].argmax()) == row.ids[j])
+                    tokens += 1
+    # the target texts: the outputs (their eos counts no bytes) and the whole text record but
+    # its first token, which is predicted from nothing
+    first = tokenizer.decode(rows[2].ids[:1])
+    text = RECORDS[2]["text"]
+    assert text.startswith(first)
+    nbytes = sum(len(r["output"].encode()) for r in RECORDS[:2]) + len(text[len(first) :].encode())
+    assert held.target_bytes == [
+        len(RECORDS[0]["output"].encode()),
+        len(RECORDS[1]["output"].encode()),
+        len(text.encode()) - len(first.encode()),
+    ]
+    assert got.tokens == tokens and got.bytes == nbytes
+    assert got.bits_per_byte == pytest.approx(nats / math.log(2) / nbytes, rel=1e-5)
+    assert got.loss == pytest.approx(nats / tokens, rel=1e-5)
+    assert got.perplexity == pytest.approx(math.exp(nats / tokens), rel=1e-5)
+    assert got.accuracy == hits / tokens
+
+
+def test_the_evaluated_rows_are_capped_by_tokens_in_split_order(
+    tiny: tuple[object, object],
+) -> None:
+    _, tokenizer = tiny
+    data = Encoded([[1, 5, 6], [1, 7, 8, 9], [1, 5]], [[1, 1, 1], [0, 1, 1, 1], [1, 1]])
+    assert len(held_out(data, data, tokenizer, 7).data.ids) == 2  # 3 + 4 tokens
+    assert len(held_out(data, data, tokenizer, 6).data.ids) == 1
+    assert len(held_out(data, data, tokenizer, 1).data.ids) == 1  # never none
+    empty = Encoded([], [])
+    only_train = held_out(empty, data, tokenizer, 100)
+    assert only_train.source == "train" and len(only_train.data.ids) == 3
+    assert target_bytes([1, 5, 6], [1, 1, 1], tokenizer) == len(tokenizer.decode([5, 6]).encode())
+
+
+def test_final_weights_from_bits_per_byte_do_not_favour_a_finer_tokenizer() -> None:
+    # model a's tokenizer cuts text into twice as many tokens: half the loss per token, the
+    # same bits per byte; per-token weighting prefers it, bits per byte does not
+    losses = {"a": 1.0, "b": 2.0}
+    bpb: dict[str, float | None] = {"a": 1.5, "b": 1.5}
+    fair = final_weights(weight_inputs(losses, bpb, "bits_per_byte"), "bits_per_byte")
+    assert fair == {"a": 0.5, "b": 0.5}
+    token = final_weights(weight_inputs(losses, bpb, "val_loss"), "val_loss")
+    assert token["a"] == pytest.approx(math.e / (1 + math.e))
+    # one bit per byte better: twice the weight (2^-b)
+    better = final_weights({"a": 1.0, "b": 2.0}, "bits_per_byte")
+    assert better["a"] == pytest.approx(2 / 3)
+    # a model without bits per byte (trained before they were measured): per-token for all
+    assert weight_inputs(losses, {"a": 1.5, "b": None}, "bits_per_byte") == losses
+
+
+class _M:
+    def __init__(self, key: str, base: float, trained: float, now: float | None = None) -> None:
+        self.key = key
+        self.evaluation: dict[str, object] = {
+            "base": {"bits_per_byte": base},
+            "epochs": [{"bits_per_byte": trained + 1}, {"bits_per_byte": trained}],
+        }
+        if now is not None:
+            self.evaluation["current"] = {
+                "dna": "OneSeek-7B-Zero.v1.0.abcdef",
+                "run_id": "run-1",
+                "figures": {"bits_per_byte": now},
+            }
+
+
+def test_the_gate_wants_every_model_to_beat_its_base_and_none_worse_than_current() -> None:
+    assert judge([_M("a", 3.0, 2.5), _M("b", 3.0, 2.0, now=2.1)], True).made_current
+    verdict = judge([_M("a", 3.0, 3.0), _M("b", 3.0, 2.0)], True)
+    assert (verdict.beat_base, verdict.made_current) == (False, False)
+    assert verdict.reasons == [
+        "a: held-out bits per byte 3.0000 does not beat the base model's 3.0000"
+    ]
+    worse = judge([_M("a", 3.0, 2.5, now=2.4)], True)
+    assert (worse.beat_base, worse.not_worse, worse.made_current) == (True, False, False)
+    assert worse.reasons == [
+        "a: held-out bits per byte 2.5000 is worse than the current model's 2.4000 "
+        "(OneSeek-7B-Zero.v1.0.abcdef, run run-1) on this run's held-out data"
+    ]
+    assert judge([_M("a", 3.0, 2.5, now=2.4)], True, compare=False).made_current
+    held = judge([_M("a", 3.0, 2.5)], False)
+    assert (held.beat_base, held.made_current) == (True, False)
+    assert held.reasons == ["[certify] make_current is false: left to `oneseekctl promote`"]
+
+
+def test_the_smoothed_curve_starts_at_the_data_and_validation_sits_at_epoch_ends() -> None:
+    assert smoothed([4.0, 4.0, 4.0]) == pytest.approx([4.0, 4.0, 4.0])
+    assert smoothed([4.0, 2.0])[0] == 4.0
+    assert epoch_steps(12, 3) == [4, 8, 12]
+
+
+def test_a_model_without_figures_cannot_show_it_beat_its_base() -> None:
+    bare = _M("a", 3.0, 2.0)
+    bare.evaluation = {}
+    verdict = judge([bare], True)
+    assert not verdict.made_current
+    assert verdict.reasons == ["a: has no held-out bits per byte to compare with its base"]
+
+
+def test_held_out_rows_are_chosen_without_a_model(tmp_path: Path) -> None:
+    """The selection is a pure function of the split (the same for base, trained, current)."""
+    data = Encoded([[1, 2], [1, 3, 4]], [[1, 1], [1, 1, 1]])
+
+    class Tok:
+        def decode(self, ids: list[int], **_: object) -> str:
+            return "x" * len(ids)
+
+    a, b = held_out(data, data, Tok(), 4), held_out(data, data, Tok(), 4)
+    assert a == b and a.target_bytes == [1]
