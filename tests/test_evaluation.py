@@ -172,3 +172,35 @@ def test_held_out_rows_are_chosen_without_a_model(tmp_path: Path) -> None:
 
     a, b = held_out(data, data, Tok(), 4), held_out(data, data, Tok(), 4)
     assert a == b and a.target_bytes == [1]
+
+
+def test_the_certify_settings_have_defaults_and_are_checked(tmp_path: Path) -> None:
+    from oneseekd.config import load_config
+    from oneseekd.errors import ConfigError
+
+    got = load_config(tmp_path, env={}).certify
+    assert (got.require_improvement, got.compare_with_current, got.eval_tokens) == (
+        False,
+        True,
+        50_000,
+    )
+    (tmp_path / "oneseekd.toml").write_text(
+        "[certify]\nrequire_improvement = true\ncompare_with_current = false\n"
+        "eval_tokens = 2000\nsample_prompts = 0\n"
+    )
+    got = load_config(tmp_path, env={}).certify
+    assert (got.require_improvement, got.compare_with_current, got.eval_tokens) == (
+        True,
+        False,
+        2000,
+    )
+    assert got.sample_prompts == 0
+    (tmp_path / "oneseekd.toml").write_text(
+        '[certify]\nrequire_improvement = "yes"\neval_tokens = 0\n'
+    )
+    with pytest.raises(ConfigError) as bad:
+        load_config(tmp_path, env={})
+    assert bad.value.problems == [
+        "certify.require_improvement must be true or false, got 'yes'",
+        "certify.eval_tokens must be a whole number >= 1, got 0",
+    ]
