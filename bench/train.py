@@ -237,8 +237,11 @@ def evaluation_share(path: Path, steps: int, tmp: Path) -> None:
     held = recipe.held.describe()
     print(
         f"  evaluation share: {held['rows']} held-out rows ({held['tokens']} tokens, cap "
-        f"{settings.eval_tokens}), {train_n} train records x 3 epochs: evaluation "
-        f"{spent[0]:.2f} s + samples {sampled:.2f} s of {total:.2f} s = "
+        f"{settings.eval_tokens}), {train_n} train records x 3 epochs, {total:.2f} s in all:"
+    )
+    print(
+        f"    evaluation {spent[0]:.2f} s ({spent[0] / total:.1%}: grows with the run), samples "
+        f"{sampled:.2f} s ({sampled / total:.1%}: fixed), together "
         f"{(spent[0] + sampled) / total:.1%} of the run (goal: under 10 %)"
     )
 

@@ -46,6 +46,7 @@ CERTIFIED_FILES = frozenset(
         "live_metrics.json",
         "loss_curve.png",
         "ledger_proof.json",
+        "samples.json",
     }
 )
 VIEWS = frozenset({"metadata.json", "OneSeek-7B-Zero-CURRENT", "OneSeek-7B-Zero-CURRENT.txt"})

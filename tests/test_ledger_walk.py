@@ -66,7 +66,13 @@ def test_verify_names_every_forgery_in_the_certified_layout(home: Home) -> None:
         *(
             f"models/oneseek-certified/{forged} holds {name}, which no ledger event recorded"
             for name in sorted(
-                ["live_metrics.json", "loss_curve.png", "oneseek_dna.json", "training_results.json"]
+                [
+                    "live_metrics.json",
+                    "loss_curve.png",
+                    "oneseek_dna.json",
+                    "samples.json",
+                    "training_results.json",
+                ]
             )
         ),
     ]

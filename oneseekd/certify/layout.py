@@ -46,6 +46,7 @@ CERTIFIED_FILES = (
     LIVE_METRICS_FILE,
     "ledger_proof.json",
     "loss_curve.png",
+    "samples.json",
 )
 
 _DNA = re.compile(r"^OneSeek-7B-Zero\.v(\d+\.\d+)\.([0-9a-f]{6})$")

@@ -9,6 +9,7 @@ import gc
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -223,6 +224,19 @@ def train_run(
         val=len(val_idx),
         duplicates=duplicates(records.items),
     )
+    shared = SharedRun(
+        engine,
+        ctx,
+        ledger,
+        records,
+        (train_idx, val_idx),
+        device,
+        world,
+        progress,
+        live,
+        should_stop,
+        settings,
+    )
     results: dict[str, ModelResult] = {}
     for position, spec in enumerate(ctx.models):
         row = world.first(training_row, engine, ctx.run_pk, spec.key, position)
@@ -241,22 +255,7 @@ def train_run(
         wanted = world.plan.get(spec.key, world.size)
         if wanted != world.size:
             raise Relaunch(f"{spec.key} trains with {wanted} processes, not {world.size}")
-        results[spec.key] = _train_one(
-            live,
-            engine,
-            ctx,
-            ledger,
-            spec.key,
-            position,
-            records,
-            (train_idx, val_idx),
-            device,
-            progress,
-            should_stop,
-            row.id,
-            world,
-            settings,
-        )
+        results[spec.key] = _train_one(shared, spec.key, position, row.id)
     if not world.main:
         return ""  # certifying is rank 0's alone
     progress.report({"model": None, "state": "certifying"}, force=True)  # seconds, named
@@ -291,23 +290,29 @@ def train_run(
     return dna
 
 
-def _train_one(
-    live: LiveMetrics | None,
-    engine: Engine,
-    ctx: RunContext,
-    ledger: Ledger,
-    key: str,
-    position: int,
-    records: Records,
-    parts: tuple[list[int], list[int]],
-    device: Device,
-    progress: Progress,
-    should_stop: Callable[[], bool],
-    row_id: int,
-    world: World,
-    settings: CertifyConfig | None = None,
-) -> ModelResult:
-    settings = settings or CertifyConfig()
+@dataclass(frozen=True)
+class SharedRun:
+    """What every model of a run trains with: the run, its data and split, where it trains,
+    and where it reports."""
+
+    engine: Engine
+    ctx: RunContext
+    ledger: Ledger
+    records: Records
+    parts: tuple[list[int], list[int]]  # train and validation record indices
+    device: Device
+    world: World
+    progress: Progress
+    live: LiveMetrics | None  # rank 0's live_metrics.json
+    should_stop: Callable[[], bool]
+    settings: CertifyConfig
+
+
+def _train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelResult:
+    """Train one model of the run (`position` in request order, its training row `row_id`),
+    record its outputs and figures, and return them without its weights."""
+    engine, ctx, ledger, world, live = run.engine, run.ctx, run.ledger, run.world, run.live
+    records, device, settings = run.records, run.device, run.settings
     spec = next(m for m in ctx.models if m.key == key)
     if world.main:
         update_training(engine, row_id, state="training", started_at=utcnow())
@@ -316,11 +321,11 @@ def _train_one(
         spec,
         {**ctx.hyper(key), "eval_tokens": settings.eval_tokens},
         records,
-        parts,
+        run.parts,
         device,
         checkpoints,
-        progress,
-        should_stop,
+        run.progress,
+        run.should_stop,
         {"model_index": position + 1, "models": len(ctx.models)},
         on_epoch=lambda k, v: None,
         world=world,
