@@ -204,3 +204,14 @@ def test_the_certify_settings_have_defaults_and_are_checked(tmp_path: Path) -> N
         "certify.require_improvement must be true or false, got 'yes'",
         "certify.eval_tokens must be a whole number >= 1, got 0",
     ]
+
+
+def test_the_last_progress_line_says_a_certified_run_was_held_back() -> None:
+    from oneseekd.cli.status import describe_progress
+
+    dna = "OneSeek-7B-Zero.v1.0.abcdef"
+    assert describe_progress({"state": "certified", "dna": dna}) == f"certified as {dna}"
+    held = {"state": "certified", "dna": dna, "not_current": "a: {odd} does not beat"}
+    assert describe_progress(held) == (
+        f"certified as {dna}, not made current: a: {{odd}} does not beat"
+    )

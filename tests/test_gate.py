@@ -158,7 +158,7 @@ def test_a_run_that_learns_is_made_current_and_one_that_cannot_is_not(home: Home
     stuck = home.train(**CANNOT_LEARN)
     results = home.doc(stuck, "training_results.json")
     ev = _model(results)["evaluation"]
-    assert not ev["trained"]["bits_per_byte"] < ev["base"]["bits_per_byte"] * 0.999
+    assert not ev["trained"]["bits_per_byte"] < ev["base"]["bits_per_byte"] * 0.9999
     bpb = ev["trained"]["bits_per_byte"]
     now = ev["current"]  # the current (learned) model, measured on this run's rows
     assert (now["dna"], now["run_id"]) == (first, learned)
@@ -222,7 +222,7 @@ def test_a_run_worse_than_the_current_model_on_its_held_out_data_is_not_made_cur
     first = home.current()
     weaker = home.train(**{**LEARNS, "epochs": 1})
     ev = _model(home.doc(weaker, "training_results.json"))["evaluation"]
-    assert ev["trained"]["bits_per_byte"] < ev["base"]["bits_per_byte"] * 0.999  # it learned
+    assert ev["trained"]["bits_per_byte"] < ev["base"]["bits_per_byte"] * 0.9999  # it learned
     now = ev["current"]
     assert (now["dna"], now["run_id"]) == (first, best)
     # the current model measured on this run's rows (the same seed: the same split)

@@ -134,6 +134,7 @@ def test_two_models_train_and_leave_every_file_named_with_their_keys(two: Home) 
         "metadata.json",
         "oneseek-7b-zero-v1.0-tiny-llama",
         "oneseek_dna.json",
+        "samples.json",
         "training_results.json",
     ]
     assert (certified / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

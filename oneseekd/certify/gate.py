@@ -17,7 +17,7 @@ NOT_CURRENT_BY_CONFIG = "[certify] make_current is false: left to `oneseekctl pr
 # a model beats its base when its bits per byte are at least this share lower (and is worse
 # than the current model when at least this share higher): smaller differences are the
 # rounding of an evaluation in bf16, not something training did
-MARGIN = 0.001
+MARGIN = 1e-4
 
 
 class Measured(Protocol):

@@ -108,9 +108,10 @@ def describe_progress(p: dict[str, Any]) -> str:
     the phase a run is in outside its training steps (certifying, certified)."""
     if p.get("step") is None:
         phase = PHASES.get(str(p.get("state")), str(p.get("state") or "starting"))
+        text = phase.format(**{"dna": "?", **p})
         if p.get("not_current"):  # the gate held it back (trainer/run.py)
-            phase += ", not made current: {not_current}"
-        return shown(phase.format(**{"dna": "?", **p}))
+            text += f", not made current: {p['not_current']}"
+        return shown(text)
     done, total = int(p.get("step", 0)), max(int(p.get("steps", 1)), 1)
     filled = round(20 * min(done / total, 1.0))
     bar = "#" * filled + "." * (20 - filled)
