@@ -215,3 +215,19 @@ def test_the_last_progress_line_says_a_certified_run_was_held_back() -> None:
     assert describe_progress(held) == (
         f"certified as {dna}, not made current: a: {{odd}} does not beat"
     )
+
+
+def test_promote_overrides_a_measured_verdict_not_an_operators_make_current_false() -> None:
+    from oneseekd.certify.gate import not_current_note, overridden
+
+    by_config = judge([_M("a", 3.0, 2.5)], False).as_dict()
+    assert overridden(by_config) is None
+    assert not_current_note(by_config) == (
+        "[certify] make_current is false: left to `oneseekctl promote`"
+    )
+    measured = judge([_M("a", 3.0, 3.0)], False).as_dict()
+    assert overridden(measured) == (
+        "a: held-out bits per byte 3.0000 does not beat the base model's 3.0000"
+    )
+    assert overridden(judge([_M("a", 3.0, 2.5)], True).as_dict()) is None
+    assert overridden(None) is None  # a folder certified before the gate

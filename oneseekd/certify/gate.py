@@ -119,3 +119,13 @@ def not_current_note(gate: Any) -> str | None:
         return None
     reasons = [str(r) for r in gate.get("reasons") or []]
     return "; ".join(reasons) if reasons else "not made current"
+
+
+def overridden(gate: Any) -> str | None:
+    """What `promote` overrides when it makes this run current: the measured reasons it was
+    held back (not `[certify] make_current = false`, an operator's choice), or None."""
+    if not isinstance(gate, dict) or gate.get("made_current", True):
+        return None
+    reasons = [str(r) for r in gate.get("reasons") or [] if r != NOT_CURRENT_BY_CONFIG]
+    return "; ".join(reasons) if reasons else None
+

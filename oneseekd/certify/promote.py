@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from oneseekd.certify import current
 from oneseekd.certify.certified import COMPLETED_EVENT
-from oneseekd.certify.gate import not_current_note
+from oneseekd.certify.gate import overridden
 from oneseekd.certify.layout import (
     certified_dir,
     is_certified_dir,
@@ -103,7 +103,7 @@ def promote(
         )
         if before == dna and not needs_files:
             return Promotion(run.run_id, dna, before, False)
-        held = not_current_note(run_gate(paths, dna))
+        held = overridden(run_gate(paths, dna))
         reason = (reason or "").strip() or None
         if held and reason is None:
             raise OneseekError(
