@@ -128,4 +128,3 @@ def overridden(gate: Any) -> str | None:
         return None
     reasons = [str(r) for r in gate.get("reasons") or [] if r != NOT_CURRENT_BY_CONFIG]
     return "; ".join(reasons) if reasons else None
-

@@ -399,32 +399,21 @@ class LoraRecipe:
         """Token-weighted mean loss on the held-out rows (trainer/evaluate.py: the validation
         split, the train split if it is empty), over the same labels training uses; every
         figure of it is kept in the position (checkpointed) for certification."""
-        with self._autocast():
-            figures = measure(
-                self.model,
-                self.held,
-                pad_id,
-                self.batch_size,
-                self.world,
-                self.sharded,
-                self.device,
-            )
-        self.position.evals.append(figures.as_dict())
-        return figures.loss
+        figures = self._measure(pad_id)
+        self.position.evals.append(figures)
+        return float(figures["loss"])
 
     def evaluate_base(self, pad_id: int) -> dict[str, Any]:
         """The base model's figures on the same rows and batches: the adapter disabled."""
-        with self._autocast(), self.model.disable_adapter():
-            figures = measure(
-                self.model,
-                self.held,
-                pad_id,
-                self.batch_size,
-                self.world,
-                self.sharded,
-                self.device,
-            )
-        return figures.as_dict()
+        with self.model.disable_adapter():
+            return self._measure(pad_id)
+
+    def _measure(self, pad_id: int) -> dict[str, Any]:
+        world, device = self.world, self.device
+        with self._autocast():
+            return measure(
+                self.model, self.held, pad_id, self.batch_size, world, self.sharded, device
+            ).as_dict()
 
     def _where(self, pos: Position) -> tuple[int, int, int]:
         return (pos.epoch, pos.batch, pos.step)
