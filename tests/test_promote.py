@@ -39,7 +39,9 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("promote")
     home = crash_home(root / "home", root / "cache")
     drop(home, "one.json", small_request(3))
-    drop(home, "two.json", small_request(4))
+    # not seed 4: its split holds out every chat record, which the model then never trains
+    # on, and the gate (issue 18) rightly keeps a model worse on held-out data from current
+    drop(home, "two.json", small_request(5))
     done = run_until_idle(home, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return home
