@@ -58,6 +58,8 @@ class TrainedModel:
     padding_fraction: float
     targets: list[str]
     counts: dict[str, int] = field(default_factory=dict)  # label_tokens, truncated_records
+    auto_stop: dict[str, Any] | None = None  # its auto-stop state; None: it did not ask
+    quantization: dict[str, Any] | None = None  # how its base was held; None: unquantized
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ def _metrics(m: TrainedModel) -> dict[str, Any]:
         "padding_fraction": round(m.padding_fraction, 4),
         "lora_targets": m.targets,
         **m.counts,
+        **({"quantization": m.quantization} if m.quantization else {}),
+        **({"auto_stop": m.auto_stop} if m.auto_stop else {}),
     }
 
 
@@ -115,7 +119,10 @@ def _history(models: list[TrainedModel]) -> list[dict[str, Any]]:
                 "val_losses": {
                     m.key: _finite(m.val_losses[i]) for m in models if i < len(m.val_losses)
                 },
-                "auto_stopped": False,
+                # a model's training ended after this epoch by auto-stop
+                "auto_stopped": any(
+                    (m.auto_stop or {}).get("stopped_at_epoch") == i + 1 for m in models
+                ),
             }
         )
     return history
@@ -252,6 +259,7 @@ def _write_documents(
             weighting=str(c.config.get("weighting", "val_loss")),
             progress_percent=100.0,
             now=c.finished,
+            auto_stop={m.key: m.auto_stop for m in c.models if m.auto_stop},
         ),
         METADATA_FILE: {
             "version": f"{DNA_PREFIX}{c.version}",

@@ -27,11 +27,13 @@ def live_document(
     progress_percent: float,
     now: datetime,
     running_loss: float | None = None,
+    auto_stop: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The seed's live metrics: `val_losses` and `weights` hold one number per model key (its
     latest validation loss, and the ensemble weight that gives); `total_loss` is the mean of
     the models' latest training losses (`running_loss`, the current epoch's so far, when given);
-    `epoch` the furthest epoch any model finished."""
+    `epoch` the furthest epoch any model finished. `auto_stop` holds each model's auto-stop
+    state (trainer/autostop.py `info`), for the models that asked for it."""
     latest = {k: v[-1] for k, v in val.items() if v and math.isfinite(v[-1])}
     trains = [v[-1] for v in train.values() if v]
     total = (
@@ -47,8 +49,20 @@ def live_document(
         "val_losses": latest,
         "weights": final_weights(latest, weighting),
         "progress_percent": round(progress_percent, 2),
-        "auto_stop_info": {"enabled": False, "stopped": False},
+        "auto_stop_info": auto_stop_info(auto_stop or {}),
         "timestamp": utc_text(now),
+    }
+
+
+def auto_stop_info(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """live_metrics.json's `auto_stop_info`: enabled when any model asked for auto-stop,
+    stopped when any stopped early (the epoch each stopped after is in its entry)."""
+    if not models:
+        return {"enabled": False, "stopped": False}
+    return {
+        "enabled": True,
+        "stopped": any(info.get("stopped") for info in models.values()),
+        "models": models,
     }
 
 
@@ -66,6 +80,7 @@ class LiveMetrics:
         self.val: dict[str, list[float]] = {}
         self.percent = 0.0
         self.running: float | None = None
+        self.auto_stops: dict[str, dict[str, Any]] = {}
 
     def epoch_end(
         self, key: str, val_losses: list[float], train_losses: list[float] | None = None
@@ -79,6 +94,11 @@ class LiveMetrics:
         elif self.running is not None:
             self.train[key] = [*self.train.get(key, []), self.running]
         self.running = None
+        self._write()
+
+    def auto_stop(self, key: str, info: dict[str, Any]) -> None:
+        """Auto-stop's state of `key` after its latest epoch (told right after epoch_end)."""
+        self.auto_stops[key] = dict(info)
         self._write()
 
     def progress(self, data: dict[str, Any]) -> None:
@@ -104,6 +124,7 @@ class LiveMetrics:
                 progress_percent=self.percent,
                 now=datetime.now(UTC),
                 running_loss=self.running,
+                auto_stop=self.auto_stops,
             ),
             strict=True,
         )

@@ -15,7 +15,7 @@ Labels follow the trainer's convention: labels[:, t + 1] is predicted at positio
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -27,6 +27,18 @@ IGNORE_INDEX = -100
 CHUNK_TOKENS = 256
 
 Head = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LossSum(NamedTuple):
+    """What the chunked forward returns: a tuple (so DDP passes it through as it is) that
+    also answers `.loss`, the token mean a transformers model's output carries."""
+
+    loss_sum: torch.Tensor
+    label_count: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.loss_sum / self.label_count.clamp(min=1)
 
 
 def _chunk_loss(head: Head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -103,7 +115,7 @@ class ChunkedCausalLM(torch.nn.Module):
         labels: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> LossSum:
         decoder, head = self._parts
         out = decoder(
             input_ids=input_ids,
@@ -111,4 +123,4 @@ class ChunkedCausalLM(torch.nn.Module):
             position_ids=position_ids,
             use_cache=False,
         )
-        return chunked_loss_sum(out.last_hidden_state, head, labels, self.chunk_tokens)
+        return LossSum(*chunked_loss_sum(out.last_hidden_state, head, labels, self.chunk_tokens))

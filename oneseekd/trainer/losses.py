@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -38,9 +37,13 @@ def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+# a batch's tensors (labels taken out) and its labels -> the summed loss over its labels
+LossOf = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
 def validation_loss(
-    model: Any,
+    loss_of: LossOf,
     data: Encoded,
     pad_id: int,
     batch_size: int,
@@ -64,7 +67,7 @@ def validation_loss(
         batch = collate(data, rows, pad_id)
         labels = batch.pop("labels")
         batch = {k: v.to(device.type) for k, v in batch.items()}
-        summed = loss_sum(model(**batch).logits, labels)
+        summed = loss_of(batch, labels)
         if start is not None:
             total = total + summed
             count += sum(counts[i] for i in rows)
