@@ -53,9 +53,7 @@ def test_a_plateau_stops_after_patience_stale_epochs_and_never_before_min_epochs
 
 
 def test_a_falling_loss_runs_every_epoch(model: Path, tmp_path: Path) -> None:
-    r = recipe(
-        model, RECORDS, tmp_path, epochs=4, learning_rate=1e-2, auto_stop=stop(1e-4, 1, 1)
-    )
+    r = recipe(model, RECORDS, tmp_path, epochs=4, learning_rate=1e-2, auto_stop=stop(1e-4, 1, 1))
     r.setup()
     result = r.train()
     assert len(result.val_losses) == 4
@@ -131,8 +129,7 @@ def test_an_auto_stopped_run_succeeds_and_says_so_everywhere(home: OptionHome) -
     assert [h["auto_stopped"] for h in results["training_history"]] == [False, False, True]
     assert results["metrics"]["tiny-llama"]["auto_stop"]["stopped_at_epoch"] == 3
     live = json.loads(
-        (home.root / "models" / "oneseek-certified" / home.run_id / "live_metrics.json")
-        .read_text()
+        (home.root / "models" / "oneseek-certified" / home.run_id / "live_metrics.json").read_text()
     )
     info = live["auto_stop_info"]
     assert (info["enabled"], info["stopped"]) == (True, True)

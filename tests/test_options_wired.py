@@ -17,7 +17,8 @@ from oneseekd.trainer.loading import ModelRefused
 from oneseekd.trainer.loss import ChunkedCausalLM
 
 # eight records of different lengths: one batch of 8, or two of 4
-RECORDS = [{"text": " ".join(["Riksdagen beslutar om lagar"] * n)} for n in (1, 7, 2, 5, 3, 9, 1, 4)]
+LENGTHS = (1, 7, 2, 5, 3, 9, 1, 4)
+RECORDS = [{"text": " ".join(["Riksdagen beslutar om lagar"] * n)} for n in LENGTHS]
 
 
 @pytest.fixture(scope="module")
