@@ -90,6 +90,11 @@ def model_problems(
             "torch_compile on the CPU needs a C++ compiler, and this host has none; install "
             "g++ or set torch_compile: false"
         )
+    if options.max_memory_per_gpu is not None and not gpu:
+        found.append(
+            f"max_memory_per_gpu {options.max_memory_per_gpu} caps the memory each GPU gives "
+            "the trainer, and this host has no GPU; leave it out"
+        )
     if options.ddp_backend == "nccl" and not gpu:
         found.append(
             'ddp_backend "nccl" needs CUDA GPUs, and this host has none; ask for "gloo" or '
@@ -126,6 +131,12 @@ def check(spec: RunSpec, host: HostFacts) -> list[str]:
         problem if len(keys) == len(spec.models) else f"{', '.join(keys)}: {problem}"
         for problem, keys in by_problem.items()
     ]
+    backends = {o.ddp_backend for o in spec.models.values() if o.ddp_backend is not None}
+    if len(backends) > 1:
+        found.append(
+            f"ddp_backend differs between the models ({', '.join(sorted(backends))}): a run's "
+            "processes join one process group; give one ddp_backend for the whole run"
+        )
     stops = [k for k, o in spec.models.items() if o.auto_stop is not None]
     if stops and spec.val_fraction == 0:
         found.append(
@@ -133,32 +144,3 @@ def check(spec: RunSpec, host: HostFacts) -> list[str]:
             "split); set val_fraction above 0 or leave auto_stop out"
         )
     return found
-
-
-# options the spec takes that the trainer does not carry out yet (issue 16 is being wired
-# into it option by option): asked for away from their default, they are refused by name
-# rather than accepted and silently ignored
-UNWIRED = (
-    "precision",
-    "torch_compile",
-    "packing",
-    "load_in_4bit",
-    "load_in_8bit",
-    "auto_stop",
-    "max_memory_per_gpu",
-    "ddp_backend",
-)
-
-
-def unwired(spec: RunSpec) -> list[str]:
-    """The options this run asks for that the trainer does not carry out yet."""
-    defaults = ModelOptions()
-    asked: list[str] = []
-    for options in spec.models.values():
-        fields = [f for f in UNWIRED if getattr(options, f) != getattr(defaults, f)]
-        asked += [f for f in fields if f not in asked]
-    return [
-        f"{field}: this oneseekd accepts it but does not train with it yet; leave it out "
-        "(its default is used)"
-        for field in asked
-    ]

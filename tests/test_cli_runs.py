@@ -91,8 +91,6 @@ def test_the_run_spec_options_are_flags_too(home: Path) -> None:
     assert json.loads(refused.stdout)["problems"] == [
         'use_deepspeed: oneseekd does not run DeepSpeed; ask for sharding "fsdp" (the GPUs '
         "share one copy of the model, as DeepSpeed ZeRO-3 does)",
-        "packing: this oneseekd accepts it but does not train with it yet; leave it out "
-        "(its default is used)",
     ]
 
 

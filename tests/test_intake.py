@@ -415,7 +415,7 @@ def test_a_cancelled_run_keeps_its_version_unless_named_again_and_it_left_nothin
     ]
 
 
-def test_impossible_and_not_yet_trained_options_are_refused_with_their_fix_at_once(
+def test_impossible_options_are_refused_with_their_fix_at_once(
     setup: tuple,
 ) -> None:
     _, _, intake = setup
@@ -434,10 +434,6 @@ def test_impossible_and_not_yet_trained_options_are_refused_with_their_fix_at_on
         '"bf16" or "fp32"',
         'optimizer "paged_adamw_8bit" pages through CUDA memory, and this host has no GPU; '
         'ask for "adamw_8bit" (the same 8-bit state, unpaged) or "adamw_torch"',
-        "precision: this oneseekd accepts it but does not train with it yet; leave it out "
-        "(its default is used)",
-        "packing: this oneseekd accepts it but does not train with it yet; leave it out "
-        "(its default is used)",
     ]
     queued = take(intake, request(lr_scheduler="linear", warmupSteps=5, loraRank=16))
     assert queued.status == "queued", queued.problems

@@ -18,7 +18,7 @@ from trainhomes import tiny_home
 from oneseekd.cli import main as ctl
 from oneseekd.cli.train import TrainRefused, build_request
 
-# what admin.js spawns (CIVICAI.md, "The training start"), less the options oneseekd refuses
+# what admin.js spawns (CIVICAI.md, "The training start"): auto-stop's flags always
 ARGV = [
     "--dataset",
     "datasets/civic.jsonl",
@@ -26,6 +26,10 @@ ARGV = [
     "2",
     "--learning-rate",
     "0.005",
+    "--auto-stop-threshold",
+    "0.001",
+    "--auto-stop-patience",
+    "3",
     "--seed",
     "7",
     "--language",
@@ -60,6 +64,8 @@ def test_the_admin_panels_argv_and_environment_make_a_request(tmp_path: Path) ->
         "dataset": "civic.jsonl",
         "epochs": 2,
         "learning_rate": 0.005,
+        "auto_stop_threshold": 0.001,
+        "auto_stop_patience": 3,
         "seed": 7,
         "language": "sv",
         "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},

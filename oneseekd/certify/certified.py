@@ -63,6 +63,8 @@ class TrainedModel:
     # current run's model on the same rows, when compared)
     evaluation: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)  # greedy, base and trained
+    auto_stop: dict[str, Any] | None = None  # its auto-stop state; None: it did not ask
+    quantization: dict[str, Any] | None = None  # how its base was held; None: unquantized
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ def _metrics(m: TrainedModel) -> dict[str, Any]:
         "padding_fraction": round(m.padding_fraction, 4),
         "lora_targets": m.targets,
         **m.counts,
+        **({"quantization": m.quantization} if m.quantization else {}),
+        **({"auto_stop": m.auto_stop} if m.auto_stop else {}),
     }
 
 
@@ -153,7 +157,10 @@ def _history(models: list[TrainedModel]) -> list[dict[str, Any]]:
                 "val_losses": {
                     m.key: _finite(m.val_losses[i]) for m in models if i < len(m.val_losses)
                 },
-                "auto_stopped": False,
+                # a model's training ended after this epoch by auto-stop
+                "auto_stopped": any(
+                    (m.auto_stop or {}).get("stopped_at_epoch") == i + 1 for m in models
+                ),
             }
         )
     return history
@@ -324,6 +331,7 @@ def _write_documents(
                 for m in c.models
             },
             step_losses={m.key: m.evaluation.get("step_losses", []) for m in c.models},
+            auto_stop={m.key: m.auto_stop for m in c.models if m.auto_stop},
         ),
         "samples.json": {
             "run_id": c.run_id,

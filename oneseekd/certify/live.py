@@ -29,13 +29,16 @@ def live_document(
     running_loss: float | None = None,
     bits_per_byte: dict[str, list[float | None]] | None = None,
     step_losses: dict[str, list[float]] | None = None,
+    auto_stop: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The seed's live metrics: `val_losses` and `weights` hold one number per model key (its
     latest validation loss, and the ensemble weight that gives); `total_loss` is the mean of
     the models' latest training losses (`running_loss`, the current epoch's so far, when given);
     `epoch` the furthest epoch any model finished. oneseekd adds `val_bits_per_byte` (each
-    model's latest held-out bits per byte, what `bits_per_byte` weighting weighs) and
-    `step_losses` (every optimizer step's training loss, per model, for a live chart)."""
+    model's latest held-out bits per byte, what `bits_per_byte` weighting weighs),
+    `step_losses` (every optimizer step's training loss, per model, for a live chart) and
+    `auto_stop` (each model's auto-stop state, trainer/autostop.py `info`, for the models that
+    asked for it)."""
     latest = {k: v[-1] for k, v in val.items() if v and math.isfinite(v[-1])}
     bpb = {
         k: v[-1]
@@ -60,8 +63,20 @@ def live_document(
         "val_bits_per_byte": bpb,
         "step_losses": {k: [_number(x) for x in v] for k, v in (step_losses or {}).items()},
         "progress_percent": round(progress_percent, 2),
-        "auto_stop_info": {"enabled": False, "stopped": False},
+        "auto_stop_info": auto_stop_info(auto_stop or {}),
         "timestamp": utc_text(now),
+    }
+
+
+def auto_stop_info(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """live_metrics.json's `auto_stop_info`: enabled when any model asked for auto-stop,
+    stopped when any stopped early (the epoch each stopped after is in its entry)."""
+    if not models:
+        return {"enabled": False, "stopped": False}
+    return {
+        "enabled": True,
+        "stopped": any(info.get("stopped") for info in models.values()),
+        "models": models,
     }
 
 
@@ -81,6 +96,7 @@ class LiveMetrics:
         self.steps: dict[str, list[float]] = {}
         self.percent = 0.0
         self.running: float | None = None
+        self.auto_stops: dict[str, dict[str, Any]] = {}
 
     def epoch_end(
         self,
@@ -103,6 +119,11 @@ class LiveMetrics:
         elif self.running is not None:
             self.train[key] = [*self.train.get(key, []), self.running]
         self.running = None
+        self._write()
+
+    def auto_stop(self, key: str, info: dict[str, Any]) -> None:
+        """Auto-stop's state of `key` after its latest epoch (told right after epoch_end)."""
+        self.auto_stops[key] = dict(info)
         self._write()
 
     def progress(self, data: dict[str, Any]) -> None:
@@ -135,6 +156,7 @@ class LiveMetrics:
                 running_loss=self.running,
                 bits_per_byte=self.bpb,
                 step_losses=self.steps,
+                auto_stop=self.auto_stops,
             ),
             strict=True,
         )

@@ -120,10 +120,10 @@ def _admin_options(command: Callable[..., Any]) -> Callable[..., Any]:
             continue
         if f.switch is not None:
             command = click.option(
-                f.flag, is_flag=True, default=None, help=f"sets {f.field} (docs/options.md)"
+                f.flag, is_flag=True, default=None, help=f"sets {f.field} (docs/training.md)"
             )(command)
         else:
-            command = click.option(f.flag, type=f.kind, help=f"sets {f.field} (docs/options.md)")(
+            command = click.option(f.flag, type=f.kind, help=f"sets {f.field} (docs/training.md)")(
                 command
             )
     return command

@@ -48,7 +48,7 @@ from oneseekd.intake.schema import (
     checkable_parts,
     parse_request,
 )
-from oneseekd.runcheck import HostFacts, unwired
+from oneseekd.runcheck import HostFacts
 from oneseekd.runspec import RunOptions, RunSpec, build
 
 log = structlog.get_logger("oneseekd.intake")
@@ -446,7 +446,7 @@ class Intake:
             version = version or batch.next_free
             spec = _run_spec(request, models, per_model, version)
             # impossible combinations, each with its fix, before a GPU is touched
-            problems += spec.check(HostFacts.light(gpus.host_gpus())) + unwired(spec)
+            problems += spec.check(HostFacts.light(gpus.host_gpus()))
         hosts = sorted(h for h, got in batch.usable.items() if set(keys) <= got) if models else []
         if models and not problems and not hosts:
             problems.append(_no_single_host(batch.usable, keys))

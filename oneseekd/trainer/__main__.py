@@ -19,6 +19,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -26,6 +27,9 @@ from oneseekd import protocol
 from oneseekd.config import HomePaths
 from oneseekd.errors import OneseekError
 from oneseekd.logs import capture_library_output, configure_logging, library_loggers_propagate
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = structlog.get_logger("oneseekd.trainer")
 
@@ -72,6 +76,29 @@ def set_threads(env: Mapping[str, str]) -> int | None:
 
     torch.set_num_threads(int(raw))
     return int(raw)
+
+
+def run_backend(config: object) -> str | None:
+    """The ddp_backend a run's processes join over (runcheck makes every model that names
+    one name the same); None: the default for the device, or a config the run's own
+    loading will refuse with its reasons."""
+    from oneseekd import runspec
+
+    try:
+        spec = runspec.load(config if isinstance(config, dict) else {})
+    except runspec.SpecError:
+        return None
+    return next((o.ddp_backend for o in spec.models.values() if o.ddp_backend), None)
+
+
+def _stored_config(engine: Engine, run_id: str) -> object:
+    from sqlalchemy import select
+
+    from oneseekd.db.engine import read_session
+    from oneseekd.db.models import Run
+
+    with read_session(engine) as session:
+        return session.scalars(select(Run.config).where(Run.run_id == run_id)).first()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +151,12 @@ def _main(argv: list[str] | None) -> int:
     from oneseekd.trainer.run import train_run
     from oneseekd.trainer.world import Relaunch, join, leave
 
-    world = join()
     engine = make_engine(args.db_url)
+    try:
+        world = join(backend=run_backend(_stored_config(engine, args.run_id)))
+    except BaseException:
+        engine.dispose()
+        raise
     try:
         train_run(
             engine,

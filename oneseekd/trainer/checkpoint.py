@@ -1,7 +1,9 @@
 """Checkpoints: everything needed to go on exactly where training stopped.
 
-A checkpoint is a folder `step-<n>` holding the LoRA weights, optimizer, scheduler and scaler
-states, the RNG states, and the data position (state.json). It is written under a temporary
+A checkpoint is a folder `step-<n>` holding the LoRA weights, optimizer (8-bit state
+included), scheduler and scaler states, the RNG states, and the position (state.json: the
+epoch and the next batch, which is where an accumulation window starts, auto-stop's counters
+and the name of the epoch's packed or grouped batch order). It is written under a temporary
 name, fsynced, and renamed into place; `latest` (a small file naming the folder) is replaced
 the same way, so a crash at any instant leaves the previous checkpoint usable.
 """
@@ -42,6 +44,10 @@ class Position:
     base_eval: dict[str, Any] | None = None
     evals: list[dict[str, Any]] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
+    # auto-stop's counters (AutoStop.state_dict), None without auto-stop
+    auto_stop: dict[str, Any] | None = None
+    # the name of the epoch's batch order (batching.order_digest): a resume must see the same
+    order: str = ""
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -67,6 +67,16 @@ def device_memory(device: Device, index: int = 0) -> int | None:
     return int(torch.cuda.get_device_properties(index).total_memory)
 
 
+def memory_cap(cap: int, total: int, index: int = 0) -> int:
+    """max_memory_per_gpu carried out: this process may take at most `cap` bytes of GPU
+    `index` (torch's caching allocator raises out-of-memory past it, which the supervisor
+    reports as such), and the decisions sized by GPU memory (checkpointing) see the cap.
+    Returns the memory the process now has."""
+    allowed = min(cap, total)
+    torch.cuda.set_per_process_memory_fraction(allowed / total, index)
+    return allowed
+
+
 def wants_checkpointing(asked: bool | None, weights: int, memory: int | None) -> bool:
     """Whether to recompute activations in the backward pass: as asked, else when the
     weights take more than CHECKPOINTING_SHARE of the device's memory."""

@@ -15,7 +15,7 @@ Labels follow the trainer's convention: labels[:, t + 1] is predicted at positio
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -27,6 +27,18 @@ IGNORE_INDEX = -100
 CHUNK_TOKENS = 256
 
 Head = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LossSum(NamedTuple):
+    """What the chunked forward returns: a tuple (so DDP passes it through as it is) that
+    also answers `.loss`, the token mean a transformers model's output carries."""
+
+    loss_sum: torch.Tensor
+    label_count: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.loss_sum / self.label_count.clamp(min=1)
 
 
 def _chunk_loss(head: Head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -100,10 +112,19 @@ class ChunkedCausalLM(torch.nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        labels: torch.Tensor,
+        labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> Any:
+        """The summed loss over `labels`; without labels, the model's own output (its full
+        logits): what the held-out evaluation reads, through this root under FSDP."""
+        if labels is None:
+            return self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            )
         decoder, head = self._parts
         out = decoder(
             input_ids=input_ids,
@@ -111,4 +132,4 @@ class ChunkedCausalLM(torch.nn.Module):
             position_ids=position_ids,
             use_cache=False,
         )
-        return chunked_loss_sum(out.last_hidden_state, head, labels, self.chunk_tokens)
+        return LossSum(*chunked_loss_sum(out.last_hidden_state, head, labels, self.chunk_tokens))

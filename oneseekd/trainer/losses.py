@@ -1,17 +1,14 @@
-"""The numbers a step and an evaluation are made of: the summed token loss, the learning-rate
-schedule, and the validation loss over the ranks."""
+"""The numbers a step is made of: the summed token loss and the learning-rate schedule (the
+held-out figures are trainer/evaluate.py's)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from oneseekd.trainer.data import IGNORE_INDEX, Encoded, collate
-from oneseekd.trainer.loading import Device
-from oneseekd.trainer.world import World
+from oneseekd.trainer.data import IGNORE_INDEX
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -37,36 +34,3 @@ def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         reduction="sum",
     )
 
-
-@torch.no_grad()
-def validation_loss(
-    model: Any,
-    data: Encoded,
-    pad_id: int,
-    batch_size: int,
-    world: World,
-    sharded: bool,
-    device: Device,
-) -> float:
-    """The token-weighted mean loss over `data`'s labels, its batches shared by the ranks and
-    the sums all-reduced."""
-    counts = data.label_counts()
-    total: torch.Tensor | float = 0.0
-    count = 0
-    order = sorted(range(len(data.ids)), key=lambda i: len(data.ids[i]))
-    starts = list(range(0, len(order), batch_size))
-    mine: list[int | None] = list(starts[world.rank :: world.size])
-    if sharded:  # every forward pass gathers weights: all ranks run as many
-        rounds = math.ceil(len(starts) / world.size)
-        mine += [None] * (rounds - len(mine))
-    for start in mine:  # each rank its batches; None: the first one again, not counted
-        rows = order[(starts[0] if start is None else start) :][:batch_size]
-        batch = collate(data, rows, pad_id)
-        labels = batch.pop("labels")
-        batch = {k: v.to(device.type) for k, v in batch.items()}
-        summed = loss_sum(model(**batch).logits, labels)
-        if start is not None:
-            total = total + summed
-            count += sum(counts[i] for i in rows)
-    summed_total, summed_count = world.sum([float(total), float(count)])
-    return summed_total / max(summed_count, 1)

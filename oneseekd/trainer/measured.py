@@ -43,6 +43,8 @@ def trained_model(spec: ModelSpec, result: ModelResult) -> TrainedModel:
         dict(result.counts),
         {k: v for k, v in result.evaluation.items() if k != "samples"},
         list(result.evaluation.get("samples", [])),
+        result.auto_stop,
+        result.quantization,
     )
 
 

@@ -110,7 +110,10 @@ def _export_merged(
     target = paths.zero / "merged" / name
     target.parent.mkdir(parents=True, exist_ok=True)
     free(session, paths, target, run_pk)
-    model = result.model if result.trainable is None else _whole(result, base)
+    # a quantized base is merged into only reloaded in full precision (export_dequantized,
+    # which runcheck demands): merged into 4-bit weights the adapter would round away
+    rebuilt = result.trainable is not None or result.quantization is not None
+    model = _whole(result, base) if rebuilt else result.model
     merged = model.merge_and_unload()
     merged.save_pretrained(staging_path(target))
     result.tokenizer.save_pretrained(staging_path(target))
@@ -118,14 +121,16 @@ def _export_merged(
 
 
 def _whole(result: ModelResult, base: Path) -> Any:
-    """The trained PEFT model rebuilt unsharded on the CPU, from its base folder and the
-    gathered LoRA weights."""
+    """The trained PEFT model rebuilt unsharded (and unquantized) on the CPU, from its base
+    folder and the gathered LoRA weights."""
+    import torch
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     from oneseekd.trainer.loading import Device, load_model
 
     config = result.model.peft_config["default"]
-    dtype = result.model.get_base_model().dtype  # the base's own, as under DDP
+    # the base's own, as under DDP; fp32 for a base that trained quantized
+    dtype = torch.float32 if result.quantization else result.model.get_base_model().dtype
     model = get_peft_model(load_model(base, Device("cpu", dtype, scaler=False)), config)
     adapter = get_peft_model_state_dict(result.model, state_dict=result.trainable)
     set_peft_model_state_dict(model, adapter)

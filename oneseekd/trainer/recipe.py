@@ -12,7 +12,6 @@ one process taking the batch whole.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -21,32 +20,27 @@ from typing import Any
 
 import structlog
 import torch
-from peft import LoraConfig, TaskType, get_peft_model, get_peft_model_state_dict
+from peft import get_peft_model_state_dict
 
 from oneseekd.trainer import sharding
+from oneseekd.trainer.batching import (
+    Batch,
+    order_digest,
+    padding_share,
+    row_labels,
+    row_tokens,
+    tensors,
+)
 from oneseekd.trainer.checkpoint import Checkpoints, Position, rng_state
 from oneseekd.trainer.context import ModelSpec, Progress
-from oneseekd.trainer.data import (
-    Records,
-    batch_order,
-    collate,
-    padding_fraction,
-)
-from oneseekd.trainer.evaluate import held_out, measure
-from oneseekd.trainer.labels import Encoder, encode_records
-from oneseekd.trainer.loading import (
-    Device,
-    ModelRefused,
-    check_folder,
-    device_memory,
-    load_model,
-    load_tokenizer,
-    lora_targets,
-    wants_checkpointing,
-)
-from oneseekd.trainer.losses import loss_sum, lr_lambda
-from oneseekd.trainer.optim import build_optimizer, build_scheduler
+from oneseekd.trainer.data import Records
+from oneseekd.trainer.evaluate import measure
+from oneseekd.trainer.loading import Device
+from oneseekd.trainer.losses import loss_sum
+from oneseekd.trainer.setup import RecipeSetup
 from oneseekd.trainer.world import World
+
+__all__ = ["LoraRecipe", "ModelResult", "Stopped", "loss_sum"]
 
 log = structlog.get_logger("oneseekd.trainer")
 
@@ -76,9 +70,11 @@ class ModelResult:
     # the held-out evaluation (trainer/evaluate.py): the rows, the base's figures, each
     # epoch's, and the training loss of every optimizer step
     evaluation: dict[str, Any] = field(default_factory=dict)
+    auto_stop: dict[str, Any] | None = None  # AutoStop.info(); None without auto-stop
+    quantization: dict[str, Any] | None = None  # Quantization.describe(); None: not quantized
 
 
-class LoraRecipe:
+class LoraRecipe(RecipeSetup):
     def __init__(
         self,
         spec: ModelSpec,
@@ -93,6 +89,7 @@ class LoraRecipe:
         on_epoch: Callable[[str, list[float]], None] = lambda key, losses: None,
         world: World | None = None,
         dataset: str = "dataset",
+        on_auto_stop: Callable[[str, dict[str, Any]], None] = lambda key, info: None,
     ) -> None:
         self.spec = spec
         self.hp = hyper
@@ -106,149 +103,21 @@ class LoraRecipe:
         self.on_epoch = on_epoch  # told each epoch's validation losses (live_metrics.json)
         # told every optimizer step's training loss so far (live_metrics.json), on rank 0
         self.on_step: Callable[[str, list[float]], None] = lambda key, losses: None
+        self.on_auto_stop = on_auto_stop  # told auto-stop's state after each epoch (the same)
         self.world = world or World()
         self.dataset = dataset  # its file name, for errors
         self._window_loss = torch.zeros(())  # the summed loss of the window so far
 
-    # --- setup -------------------------------------------------------------------------------
-    def _encode(self, vocab: int) -> None:
-        hp = self.hp
-        encoder = Encoder(
-            self.tokenizer,
-            int(hp["max_seq_len"]),
-            bool(hp.get("train_on_prompt", False)),
-            str(hp.get("truncation_side", "right")),
-        )
-        encoded, self.truncated = encode_records(encoder, self.records, self.dataset, self.spec.key)
-        largest = max(max(ids) for ids in encoded.ids)
-        if largest >= vocab or self.tokenizer.pad_token_id >= vocab:
-            raise ModelRefused(
-                f"{self.spec.key}: its tokenizer produces token id {largest}, but "
-                f"the model has only {vocab} embeddings",
-                ["the tokenizer files do not belong to this model"],
-            )
-        self.train_data = encoded.subset(self.train_idx)
-        self.val_data = encoded.subset(self.val_idx)
-        self.train_counts = self.train_data.label_counts()
-        limit = int(self.hp.get("eval_tokens", 50_000))
-        self.held = held_out(self.val_data, self.train_data, self.tokenizer, limit)
+    def _loss(self, net: Any, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> Any:
+        """The summed loss over the batch's labels, through `net` (the chunked wrapper's own
+        forward, or the model's logits). No KV cache: packed records must not see each other,
+        and training has no use for one."""
+        if self.chunked:
+            return net(labels=labels, **batch).loss_sum
+        return loss_sum(net(**batch, use_cache=False).logits, labels)
 
-    def setup(self) -> None:
-        hp = self.hp
-        config = check_folder(self.spec.path)
-        self.tokenizer = load_tokenizer(self.spec.path, bool(hp.get("use_fast_tokenizer", True)))
-        torch.manual_seed(int(hp["seed"]))
-        base = load_model(self.spec.path, self.device)
-        vocab = int(base.get_input_embeddings().num_embeddings)
-        if self.tokenizer.pad_token_id >= vocab:  # a pad token added past the embeddings
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self._encode(vocab)
-        self.targets = lora_targets(base, config["model_type"], hp["lora"].get("target_modules"))
-        lora = LoraConfig(
-            r=int(hp["lora"]["r"]),
-            lora_alpha=int(hp["lora"]["alpha"]),
-            lora_dropout=float(hp["lora"]["dropout"]),
-            use_rslora=bool(hp["lora"].get("use_rslora", False)),  # alpha / sqrt(r)
-            target_modules=self.targets,
-            task_type=TaskType.CAUSAL_LM,
-        )
-        memory = device_memory(self.device, self.world.local_rank)
-        self.checkpointing = wants_checkpointing(
-            hp.get("gradient_checkpointing"), sharding.weight_bytes(base), memory
-        )
-        if self.checkpointing:
-            # non-reentrant (the default), which DDP and FSDP can follow; it also makes the
-            # embeddings' output require grad, so frozen layers pass gradients to LoRA
-            base.activation_checkpointing_enable()
-        self.sharding = sharding.decide(str(hp.get("sharding", "ddp")), base, self.world)
-        if self.sharding == "fsdp" and self.device.scaler:
-            raise ModelRefused(
-                f'{self.spec.key}: sharding "fsdp" on a GPU without bf16 needs a gradient '
-                "scaler that works on sharded gradients, which oneseekd does not have",
-                ['ask for sharding "ddp" on this host'],
-            )
-        self.model = get_peft_model(base, lora)
-        for param in self.model.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()  # trainable weights in fp32 under autocast
-        # the LoRA weights start alike on every rank (seeded above); dropout masks must not
-        torch.manual_seed(int(hp["seed"]) + self.world.rank)
-        latest = self.checkpoints.latest()
-        if latest is not None:  # every rank reads the whole adapter, before any sharding
-            self.checkpoints.load_adapter(latest, self.model, self.device.type)
-        if self.sharding == "fsdp":
-            sharding.shard(self.model)  # in place: the parameters become this rank's shards
-            self.net = self.model
-        else:
-            self.net = self.world.wrap(self.model)  # what the training forward pass calls
-        log.info(
-            "model_sharding",
-            model=self.spec.key,
-            sharding=self.sharding,
-            weight_bytes=sharding.weight_bytes(base),
-            gradient_checkpointing=self.checkpointing,
-        )
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(
-            str(hp.get("optimizer", "adamw_torch")),
-            self.model,
-            float(hp["learning_rate"]),
-            float(hp.get("weight_decay", 0.0)),
-            device=self.device.type,
-        )
-        self.max_grad_norm = float(hp.get("max_grad_norm", 1.0))
-        self.batch_size = int(hp["batch_size"])
-        self.accum = int(hp["gradient_accumulation_steps"])
-        batches = math.ceil(len(self.train_data.ids) / self.batch_size)
-        self.steps_per_epoch = math.ceil(batches / self.accum)
-        self.total_steps = self.steps_per_epoch * int(hp["epochs"])
-        steps = hp.get("warmup_steps")
-        if steps is not None:
-            warmup = min(int(steps), self.total_steps)
-        else:
-            warmup = max(1, round(self.total_steps * float(hp["warmup_ratio"])))
-        name = str(hp.get("lr_scheduler", "cosine_with_min_lr"))
-        if name == "cosine_with_min_lr":  # oneseekd's own cosine to 10 %, as it always ran
-            self.scheduler: Any = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lr_lambda(warmup, self.total_steps)
-            )
-        else:  # transformers' schedule of that name; its state is checkpointed like ours
-            self.scheduler = build_scheduler(name, self.optimizer, self.total_steps, warmup)
-        self.scaler = torch.amp.GradScaler("cuda") if self.device.scaler else None
-        self.position = Position()
-        if latest is not None:
-            self.position = self.checkpoints.load(
-                latest,
-                self._load_optimizer,
-                self.scheduler,
-                self.scaler,
-                self.device.type,
-                self.world.rank,
-                self.world.size,
-            )
-            log.info(
-                "checkpoint_loaded",
-                model=self.spec.key,
-                path=str(latest),
-                epoch=self.position.epoch,
-                step=self.position.step,
-            )
-        self._saved = self._where(self.position) if latest is not None else None
-
-    @property
-    def sharded(self) -> bool:
-        return self.sharding == "fsdp"
-
-    def _load_optimizer(self, state: dict[str, Any]) -> None:
-        if self.sharded:
-            sharding.load_optimizer_state(self.model, self.optimizer, state)
-        else:
-            self.optimizer.load_state_dict(state)
-
-    def _autocast(self) -> Any:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=self.device.dtype)
-        return nullcontext()
+    def _stopped_early(self) -> bool:
+        return self.auto_stop is not None and self.auto_stop.stopped
 
     # --- train -------------------------------------------------------------------------------
     def train(self) -> ModelResult:
@@ -258,14 +127,13 @@ class LoraRecipe:
         pad_id = int(self.tokenizer.pad_token_id)
         self._started = time.monotonic()
         self._before = (pos.step, pos.tokens_seen, pos.seconds)
-        padding = padding_fraction(
-            lengths, batch_order(lengths, self.batch_size, int(self.hp["seed"]), 0)
-        )
+        padding = padding_share(lengths, self._batches(0), self.packed)
         if pos.base_eval is None:  # before the first step; kept in the checkpoints
             pos.base_eval = self.evaluate_base(pad_id)
         self.model.train()
-        while pos.epoch < epochs:
-            batches = batch_order(lengths, self.batch_size, int(self.hp["seed"]), pos.epoch)
+        while pos.epoch < epochs and not self._stopped_early():
+            batches = self._batches(pos.epoch)
+            pos.order = order_digest(batches)
             while pos.batch < len(batches):
                 boundary = self._micro_step(batches, pos, pad_id)
                 if not boundary:
@@ -279,20 +147,26 @@ class LoraRecipe:
                     raise Stopped
             pos.train_losses.append(pos.loss_sum / max(pos.loss_tokens, 1))
             pos.val_losses.append(self.evaluate(pad_id))
+            stopping = self.auto_stop is not None and self.auto_stop.update(pos.val_losses[-1])
             log.info(
                 "epoch_finished",
                 model=self.spec.key,
                 epoch=pos.epoch + 1,
                 train_loss=round(pos.train_losses[-1], 5),
                 val_loss=round(pos.val_losses[-1], 5),
+                auto_stopped=stopping,
             )
             if self.world.main:
                 self.on_epoch(self.spec.key, list(pos.val_losses))
+                if self.auto_stop is not None:
+                    self.on_auto_stop(self.spec.key, self.auto_stop.info())
             pos.epoch += 1
             pos.batch = 0
             pos.loss_sum, pos.loss_tokens = 0.0, 0
+            pos.order = ""
             self.save_checkpoint()
-            if self.world.any(self.should_stop()) and pos.epoch < epochs:
+            done = pos.epoch >= epochs or self._stopped_early()
+            if self.world.any(self.should_stop()) and not done:
                 raise Stopped
         return ModelResult(
             self.spec.key,
@@ -305,7 +179,7 @@ class LoraRecipe:
             self.targets,
             self.model,
             self.tokenizer,
-            sharding.trainable_state(self.model) if self.sharded else None,
+            self._trainable() if self.sharded else None,
             {"label_tokens": pos.labels_seen, "truncated_records": self.truncated},
             {
                 "held_out": self.held.describe(),
@@ -313,13 +187,24 @@ class LoraRecipe:
                 "epochs": list(pos.evals),
                 "step_losses": list(pos.step_losses),
             },
+            auto_stop=self.auto_stop.info() if self.auto_stop is not None else None,
+            quantization=self.quantization.describe() if self.quantization else None,
         )
+
+    def _trainable(self) -> dict[str, Any]:
+        """The full LoRA weights of a sharded model (every rank gathers; rank 0 keeps them),
+        under the PEFT model's names: gathered from the root FSDP sharded (the chunked-loss
+        wrapper, when there is one, holds the PEFT model as `model`)."""
+        state = sharding.trainable_state(self.inner)
+        if self.inner is self.model:
+            return state
+        return {k.removeprefix("model."): v for k, v in state.items()}
 
     def _seconds(self) -> float:
         """This model's training time: earlier attempts' (from the checkpoint) and this one's."""
         return self._before[2] + time.monotonic() - self._started
 
-    def _micro_step(self, batches: list[list[int]], pos: Position, pad_id: int) -> bool:
+    def _micro_step(self, batches: list[Batch], pos: Position, pad_id: int) -> bool:
         """One micro-batch; True when it completed an optimizer step.
 
         The gradient is that of the summed loss over every label token of the accumulation
@@ -333,9 +218,9 @@ class LoraRecipe:
         counts = self.train_counts
         first = pos.batch - pos.batch % self.accum
         window = batches[first : first + self.accum]
-        window_labels = sum(counts[i] for batch in window for i in batch)
+        window_labels = sum(row_labels(counts, row) for batch in window for row in batch)
         boundary = pos.batch + 1 == first + len(window)
-        batch = collate(self.train_data, rows, pad_id)
+        batch = tensors(self.train_data, rows, pad_id, self.packed)
         labels = batch.pop("labels")
         batch = {k: v.to(self.device.type) for k, v in batch.items()}
         # under DDP, gradients are averaged over the ranks at the accumulation boundary only;
@@ -344,12 +229,12 @@ class LoraRecipe:
         sync = self.net.no_sync() if skip else nullcontext()
         with sync:
             with self._autocast():
-                summed = loss_sum(self.net(**batch).logits, labels) * weight
+                summed = self._loss(self.net, batch, labels) * weight
             # DDP and FSDP average the ranks' gradients: each rank's counts size times
             scaled = summed * (world.size / max(window_labels, 1))
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         self._window_loss = summed.detach() + (self._window_loss if pos.batch > first else 0)
-        pos.tokens_seen += sum(len(self.train_data.ids[i]) for i in whole)
+        pos.tokens_seen += sum(row_tokens(self.train_data, row) for row in whole)
         pos.batch += 1
         if not boundary:
             return False
@@ -409,10 +294,13 @@ class LoraRecipe:
             return self._measure(pad_id)
 
     def _measure(self, pad_id: int) -> dict[str, Any]:
+        # sharded, the forward must go through the root that gathers the weights (the chunked
+        # wrapper, asked for no labels, answers with the model's own output and its logits)
+        net = self.inner if self.sharded else self.model
         world, device = self.world, self.device
         with self._autocast():
             return measure(
-                self.model, self.held, pad_id, self.batch_size, world, self.sharded, device
+                net, self.held, pad_id, self.batch_size, world, self.sharded, device
             ).as_dict()
 
     def _where(self, pos: Position) -> tuple[int, int, int]:
@@ -426,10 +314,12 @@ class LoraRecipe:
         if self._saved == self._where(self.position):
             return
         self.position.seconds = self._seconds()
+        if self.auto_stop is not None:
+            self.position.auto_stop = self.auto_stop.state_dict()
         ranks = self.world.gather(rng_state()) if self.world.distributed else None
         if self.sharded:
-            adapter = sharding.adapter_state(self.model, sharding.trainable_state(self.model))
-            optimizer = sharding.optimizer_state(self.model, self.optimizer)
+            adapter = sharding.adapter_state(self.model, self._trainable())
+            optimizer = sharding.optimizer_state(self.inner, self.optimizer)
         elif self.world.main:
             adapter = {
                 k: v.detach().cpu().contiguous()

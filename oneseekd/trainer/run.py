@@ -47,6 +47,7 @@ from oneseekd.trainer.measured import (
     trained_model,
 )
 from oneseekd.trainer.outputs import save_model_outputs
+from oneseekd.trainer.precision import host_facts
 from oneseekd.trainer.recipe import LoraRecipe, ModelResult
 from oneseekd.trainer.world import Relaunch, World
 
@@ -85,6 +86,8 @@ def _stored_result(engine: Engine, run_pk: int, row: ModelTraining) -> ModelResu
         None,
         counts=dict(figures.get("counts", {})),
         evaluation=dict(figures.get("evaluation", {})),
+        auto_stop=figures.get("auto_stop"),
+        quantization=figures.get("quantization"),
     )
 
 
@@ -181,6 +184,10 @@ def train_run(
     device = device or pick_device()
     world = world or World()
     ctx = load_context(engine, home, run_id)
+    # intake's check again, with what torch sees of this host: nothing is loaded that cannot run
+    problems = ctx.spec.check(host_facts())
+    if problems:
+        raise RunRefused(f"run {run_id} cannot train on this host", problems)
     checkpoints = Checkpoints(home.root / "checkpoints" / run_id)
     done = certified_dna(engine, ctx.run_pk)
     if done is not None:  # certified by an attempt that stopped before publishing
@@ -251,6 +258,8 @@ def train_run(
                     [e.get("bits_per_byte") for e in ev.get("epochs", [])],
                     list(ev.get("step_losses", [])),
                 )
+                if results[spec.key].auto_stop:
+                    live.auto_stop(spec.key, results[spec.key].auto_stop or {})
             continue
         wanted = world.plan.get(spec.key, world.size)
         if wanted != world.size:
@@ -264,6 +273,9 @@ def train_run(
         "dataset": _dataset_unchanged(ctx, trained_on),
         "config": canonical_hash(ctx.config),
     }
+    held = {k: r.quantization for k, r in results.items() if r.quantization}
+    if held:  # the DNA names how each quantized base was held (the config says what was asked)
+        inputs["quantization"] = held
     dna, verdict = certify_run(
         engine,
         ledger,
@@ -330,6 +342,7 @@ def _train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelRes
         on_epoch=lambda k, v: None,
         world=world,
         dataset=ctx.dataset.name,
+        on_auto_stop=(lambda k, v: None) if live is None else live.auto_stop,
     )
     if live is not None:
         told = live  # for the closure: a name mypy sees is not None
@@ -363,6 +376,7 @@ def _train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelRes
         world.wait_for_main()  # the next model starts once this one's outputs are recorded
     log.info("model_trained", model=key, val_loss=result.val_losses[-1])
     result.model = None  # free the weights before the next model
+    recipe.cleanup()
     del recipe
     gc.collect()
     if device.type == "cuda":
@@ -392,9 +406,27 @@ def _record_model(
                 "lora_targets": result.targets,
                 "counts": result.counts,
                 "evaluation": result.evaluation,
+                "auto_stop": result.auto_stop,
+                "quantization": result.quantization,
             },
             ctx.run_pk,
         )
+        stop = result.auto_stop or {}
+        if stop.get("stopped"):
+            ledger.append(
+                session,
+                "model_auto_stopped",
+                {
+                    "run_id": ctx.run_id,
+                    "model": key,
+                    "epoch": stop["stopped_at_epoch"],
+                    "best_val_loss": stop["best_val_loss"],
+                    "threshold": stop["threshold"],
+                    "patience": stop["patience"],
+                    "min_epochs": stop["min_epochs"],
+                },
+                ctx.run_pk,
+            )
         row = session.get_one(ModelTraining, row_id)
         row.state = "trained"
         row.epochs_done = len(result.val_losses)

@@ -111,9 +111,10 @@ class World:
         return DistributedDataParallel(model)
 
 
-def join(env: dict[str, str] | None = None) -> World:
-    """The world torchrun's environment describes, its process group joined; one process
-    (nothing joined) when started without torchrun."""
+def join(env: dict[str, str] | None = None, backend: str | None = None) -> World:
+    """The world torchrun's environment describes, its process group joined over `backend`
+    (the run's ddp_backend; None: nccl on GPUs, gloo on CPUs); one process (nothing joined)
+    when started without torchrun."""
     env = dict(os.environ) if env is None else env
     plan = {k: int(v) for k, v in json.loads(env.get(protocol.ENV_WORLD_SIZES, "{}")).items()}
     size = int(env.get("WORLD_SIZE", "1"))
@@ -123,9 +124,7 @@ def join(env: dict[str, str] | None = None) -> World:
     timeout = float(env.get(protocol.ENV_COLLECTIVE_TIMEOUT, DEFAULT_COLLECTIVE_TIMEOUT_SECONDS))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)  # "cuda" now means this rank's GPU
-        backend = "nccl"
-    else:
-        backend = "gloo"
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
     slow = dist.new_group(backend="gloo", timeout=timedelta(seconds=OUTPUTS_WAIT_SECONDS))
     return World(rank, size, local_rank, plan, slow)

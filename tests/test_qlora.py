@@ -1,0 +1,146 @@
+"""QLoRA and 8-bit optimizers through the trainer, on the CPU (bitsandbytes 0.50.2 runs NF4
+and LLM.int8 there): a tiny Llama trains quantized with a falling loss, its adapter loads
+with PEFT onto the full-precision base, and the certified files say how the base was held."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from gloo import recipe
+from optionruns import OptionHome
+from peft import PeftModel
+from trainhomes import cached_tiny, civic_dataset
+from transformers import AutoModelForCausalLM
+
+from oneseekd.trainer.data import load_records
+from oneseekd.trainer.optim import uses_8bit_state
+from oneseekd.trainer.recipe import Stopped
+
+warnings.filterwarnings("ignore", message="MatMul8bitLt")  # bnb: fp32 inputs run as fp16
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cached_tiny(tmp_path_factory.mktemp("tiny"), "Tiny-Llama", "llama")
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    path = tmp_path_factory.mktemp("data") / "civic.jsonl"
+    civic_dataset(path, n=24)
+    return load_records(path).items
+
+
+@pytest.fixture
+def home(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OptionHome]:
+    h = OptionHome(tmp_path / "home", tmp_path_factory.mktemp("cache"), {"Tiny-Llama": "llama"})
+    yield h
+    h.engine.dispose()
+
+
+FAST = {"epochs": 3, "batch_size": 4, "learning_rate": 5e-3, "precision": "fp32"}
+
+
+@pytest.mark.timeout(600)
+def test_a_4bit_run_trains_certifies_its_quantization_and_leaves_an_adapter_peft_loads(
+    home: OptionHome,
+) -> None:
+    home.train(
+        ["tiny-llama"],
+        loadIn4Bit=True,
+        quantizationType="nf4",
+        doubleQuantization=True,
+        precision="fp32",
+    )
+    results = home.certified("training_results.json")
+    metrics = results["metrics"]["tiny-llama"]
+    assert metrics["train_losses"][-1] < metrics["train_losses"][0]
+    held = {
+        "bits": 4,
+        "method": "nf4",
+        "compute_dtype": "float32",
+        "double_quantization": True,
+        "library": "bitsandbytes 0.50.2",
+    }
+    assert metrics["quantization"] == held
+    assert home.certified("oneseek_dna.json")["inputs"]["quantization"] == {"tiny-llama": held}
+    [event] = home.events("model_trained")
+    assert event["quantization"] == held
+    zero = home.root / "models" / "oneseek-7b-zero"
+    adapter = zero / "lora_adapters" / "oneseek-7b-zero-v1.0-tiny-llama"
+    base = AutoModelForCausalLM.from_pretrained(
+        zero / "base_models" / "Tiny-Llama", dtype=torch.float32
+    )
+    loaded = PeftModel.from_pretrained(base, adapter)
+    assert any("lora_A" in name for name, _ in loaded.named_parameters())
+
+
+def test_an_unquantized_run_records_no_quantization(home: OptionHome) -> None:
+    home.train(["tiny-llama"], epochs=1)
+    assert "quantization" not in home.certified("training_results.json")["metrics"]["tiny-llama"]
+    assert "quantization" not in home.certified("oneseek_dna.json")["inputs"]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_the_recipe_trains_a_quantized_base_with_a_falling_loss(
+    model: Path, records: list[dict[str, Any]], tmp_path: Path, bits: int
+) -> None:
+    r = recipe(model, records, tmp_path / "ck", **FAST, **{f"load_in_{bits}bit": True})
+    r.setup()
+    kind = bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt
+    q_proj = r.model.get_base_model().model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, kind)
+    assert r.quantization is not None and r.quantization.bits == bits
+    result = r.train()
+    assert result.train_losses[-1] < result.train_losses[0]
+    assert result.quantization is not None and result.quantization["bits"] == bits
+    r.model.save_pretrained(tmp_path / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    loaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    for name, param in loaded.named_parameters():
+        if "lora_B" in name:
+            assert float(param.abs().max()) > 0, name  # trained, not the zero init
+
+
+def _weights(r: Any) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in r.model.named_parameters() if p.requires_grad}
+
+
+def test_adamw_8bit_runs_with_8bit_state_and_resumes_exactly(
+    model: Path, records: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """r 64: the LoRA matrices (64 x 64) are large enough for bitsandbytes to keep their
+    state in 8 bits; a run stopped after two steps and resumed ends where one that never
+    stopped ends."""
+    options: dict[str, Any] = {
+        **FAST,
+        "epochs": 2,
+        "optimizer": "adamw_8bit",
+        "lora": {"r": 64, "alpha": 64},
+    }
+    whole = recipe(model, records, tmp_path / "whole", **options)
+    whole.setup()
+    assert type(whole.optimizer).__name__ == "AdamW8bit"
+    result = whole.train()
+    assert uses_8bit_state(whole.optimizer)
+    assert result.train_losses[-1] < result.train_losses[0]
+    stopped = recipe(model, records, tmp_path / "resumed", **options)
+    stopped.setup()
+    stops = iter([False, True])
+    stopped.should_stop = lambda: next(stops, True)
+    with pytest.raises(Stopped):
+        stopped.train()
+    resumed = recipe(model, records, tmp_path / "resumed", **options)
+    resumed.setup()
+    assert resumed.position.step == 2 and uses_8bit_state(resumed.optimizer)
+    again = resumed.train()
+    assert again.train_losses == pytest.approx(result.train_losses, rel=1e-6)
+    a, b = _weights(whole), _weights(resumed)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
