@@ -11,7 +11,7 @@ from homes import request, training_home
 
 from oneseekd.cli import main
 from oneseekd.config import load_config
-from oneseekd.lock import HomeLock
+from oneseekd.daemon.lock import HomeLock
 
 
 @pytest.fixture

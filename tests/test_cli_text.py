@@ -16,7 +16,7 @@ from homes import open_home, request, training_home
 from oneseekd.cli import main
 from oneseekd.config import load_config
 from oneseekd.intake.accept import Intake
-from oneseekd.lock import HomeLock
+from oneseekd.daemon.lock import HomeLock
 
 PROGRESS = {
     "model": "kb-llama-3-1-8b-swedish",

@@ -22,7 +22,7 @@ from oneseekd.cli import main
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import DropFolder
 from oneseekd.intake.placing import short_name
-from oneseekd.supervisor import Supervisor
+from oneseekd.daemon.supervisor import Supervisor
 
 
 # --- item 5: attempts count failures, not stops ----------------------------------------------

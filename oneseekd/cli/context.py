@@ -13,7 +13,7 @@ import click
 
 from oneseekd.config import Config, load_config
 from oneseekd.errors import ConfigError, DatabaseError, OneseekError
-from oneseekd.lock import LockState, probe
+from oneseekd.daemon.lock import LockState, probe
 from oneseekd.times import utc_text
 
 if TYPE_CHECKING:

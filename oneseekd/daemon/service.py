@@ -38,11 +38,11 @@ from oneseekd.errors import DatabaseError, OneseekError
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import DropFolder
 from oneseekd.intake.rows import PendingRows
-from oneseekd.lock import HomeLock
+from oneseekd.daemon.lock import HomeLock
 from oneseekd.logs import configure_logging
-from oneseekd.notify import Notifier
+from oneseekd.daemon.notify import Notifier
 from oneseekd.options import home_and_db_options
-from oneseekd.supervisor import Supervisor
+from oneseekd.daemon.supervisor import Supervisor
 
 log = structlog.get_logger("oneseekd")
 
