@@ -306,12 +306,12 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float]]:
     from oneseekd.catalog.live import Catalog
     from oneseekd.catalog.scan import model_roots
     from oneseekd.config import load_config
+    from oneseekd.daemon.supervisor import Supervisor
     from oneseekd.db.engine import make_engine
     from oneseekd.db.migrate import upgrade
     from oneseekd.intake.accept import Intake
     from oneseekd.intake.dropfolder import DropFolder
     from oneseekd.intake.rows import PendingRows
-    from oneseekd.daemon.supervisor import Supervisor
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     root = Path(tempfile.mkdtemp(prefix="oneseek-idle-why-"))

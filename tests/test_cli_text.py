@@ -15,8 +15,8 @@ from homes import open_home, request, training_home
 
 from oneseekd.cli import main
 from oneseekd.config import load_config
-from oneseekd.intake.accept import Intake
 from oneseekd.daemon.lock import HomeLock
+from oneseekd.intake.accept import Intake
 
 PROGRESS = {
     "model": "kb-llama-3-1-8b-swedish",

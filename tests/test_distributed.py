@@ -23,10 +23,10 @@ from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.config import Config, load_config
+from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
 from oneseekd.intake.accept import Intake
-from oneseekd.daemon.supervisor import Supervisor
 
 # dropout off: with it each rank draws its own masks, and the runs differ by that noise
 SAME = {**FAST, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}

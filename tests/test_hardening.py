@@ -19,10 +19,10 @@ from test_supervisor import World, close
 
 from oneseekd.catalog.scan import model_roots, scan
 from oneseekd.cli import main
+from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import DropFolder
 from oneseekd.intake.placing import short_name
-from oneseekd.daemon.supervisor import Supervisor
 
 
 # --- item 5: attempts count failures, not stops ----------------------------------------------

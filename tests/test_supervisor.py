@@ -23,10 +23,10 @@ from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.config import Config, load_config
+from oneseekd.daemon.supervisor import Child, Supervisor
 from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.migrate import upgrade
 from oneseekd.intake.accept import Intake
-from oneseekd.daemon.supervisor import Child, Supervisor
 
 
 class World:
@@ -346,7 +346,8 @@ def test_the_supervisor_and_certify_import_no_torch_nor_the_trainer() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, oneseekd.daemon.supervisor, oneseekd.certify.publish, oneseekd.certify.promote; "
+            "import sys, oneseekd.daemon.supervisor, oneseekd.certify.publish, "
+            "oneseekd.certify.promote; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules), "
             "sorted(m for m in sys.modules if m.startswith('oneseekd.trainer')))",
         ],

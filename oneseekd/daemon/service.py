@@ -23,6 +23,9 @@ from oneseekd.catalog.scan import model_roots
 from oneseekd.catalog.watch import Watcher
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config, load_config
+from oneseekd.daemon.lock import HomeLock
+from oneseekd.daemon.notify import Notifier
+from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.db.engine import (
     ChangeProbe,
     DatabaseChanged,
@@ -38,11 +41,8 @@ from oneseekd.errors import DatabaseError, OneseekError
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import DropFolder
 from oneseekd.intake.rows import PendingRows
-from oneseekd.daemon.lock import HomeLock
 from oneseekd.logs import configure_logging
-from oneseekd.daemon.notify import Notifier
 from oneseekd.options import home_and_db_options
-from oneseekd.daemon.supervisor import Supervisor
 
 log = structlog.get_logger("oneseekd")
 
