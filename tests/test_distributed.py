@@ -138,7 +138,7 @@ def box(tmp_path: Path, cache: Path) -> Iterator[Box]:
     b = Box(tmp_path / "ddp", cache, {"Tiny-Llama": "llama"})
     yield b
     if b.supervisor.child is not None:
-        b.supervisor._kill(b.supervisor.child)
+        b.supervisor.child.kill()
     b.engine.dispose()
 
 

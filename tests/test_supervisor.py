@@ -23,7 +23,8 @@ from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.config import Config, load_config
-from oneseekd.daemon.supervisor import Child, Supervisor
+from oneseekd.daemon.procs import Child
+from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.migrate import upgrade
 from oneseekd.intake.accept import Intake
