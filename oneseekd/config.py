@@ -42,6 +42,13 @@ MAX_HOST_LENGTH = 255
 DEFAULT_TRAINER_THREADS = 0  # 0: torch's own choice (or the daemon's OMP_NUM_THREADS)
 
 
+def default_host(env: Mapping[str, str] | None = None) -> str:
+    """The host name rows and claims carry when none is configured: ONESEEK_HOST (what the
+    daemon hands its trainer), else the machine's name. The one fallback every module uses."""
+    env = os.environ if env is None else env
+    return (env.get("ONESEEK_HOST") or "").strip() or socket.gethostname()
+
+
 @dataclass(frozen=True)
 class HomePaths:
     """The layout of a home folder (CONTRACT.md section 2)."""
@@ -109,7 +116,7 @@ class CatalogConfig:
     rescan_interval_seconds: float = DEFAULT_RESCAN_INTERVAL_SECONDS
     extra_roots: tuple[Path, ...] = ()
     # the name this daemon's catalog rows and claimed runs carry (several hosts, one database)
-    host: str = field(default_factory=socket.gethostname)
+    host: str = field(default_factory=default_host)
 
 
 @dataclass(frozen=True)
@@ -222,7 +229,7 @@ def _catalog(table: Any, home: Path, problems: list[str], env: Mapping[str, str]
         settle_seconds=DEFAULT_SETTLE_SECONDS if settle is None else settle,
         rescan_interval_seconds=DEFAULT_RESCAN_INTERVAL_SECONDS if rescan is None else rescan,
         extra_roots=tuple(roots),
-        host=host or socket.gethostname(),
+        host=host or default_host(env),
     )
 
 

@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 
 from modelfactory import make_model
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine
+from oneseekd.db.engine import make_engine, read_session
 from oneseekd.db.migrate import upgrade
+from oneseekd.db.models import TrainingRequest
+from oneseekd.intake.accept import Incoming, Intake, Verdict
 
 FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
 MODELS = ("KB-Llama-3.1-8B-Swedish", "Qwen-2.5-7B", "Mistral-7B-Instruct")
@@ -77,3 +79,17 @@ def open_home(root: Path) -> tuple[Config, Engine]:
     upgrade(engine)
     Catalog(engine, model_roots(config), settle=0).full_scan()
     return config, engine
+
+
+def take_row(intake: Intake, row_id: int) -> Verdict | None:
+    """Decide one `pending` row another program INSERTed, as the daemon's row door does for a
+    batch of them; None when it is no longer pending."""
+    with read_session(intake.engine) as session:
+        payload = session.scalars(
+            select(TrainingRequest.payload).where(
+                TrainingRequest.id == row_id, TrainingRequest.status == "pending"
+            )
+        ).first()
+    if payload is None:
+        return None
+    return intake.take_batch([Incoming.of_row(row_id, payload)])[0]

@@ -23,7 +23,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from daemon import DaemonProcess, model_state, run_until_idle, wait_for
-from homes import open_home, training_home
+from homes import open_home, take_row, training_home
 from modelfactory import make_model
 from trainhomes import FAST, tiny_home
 
@@ -255,7 +255,7 @@ def test_a_row_whose_payload_is_not_utf8_is_rejected_as_such(tmp_path: Path) -> 
     try:
         raw = (CORPUS / "requests" / "invalid-utf8.json").read_bytes()
         row_id = insert(home, "INSERT INTO training_requests (payload) VALUES (?)", (raw,))
-        verdict = Intake(engine, _config.home).take_row(row_id)
+        verdict = take_row(Intake(engine, _config.home), row_id)
     finally:
         engine.dispose()
     assert verdict is not None and verdict.status == "rejected"
@@ -272,7 +272,7 @@ def test_a_text_payload_that_is_not_utf8_is_rejected_as_such(tmp_path: Path) -> 
             home, "INSERT INTO training_requests (payload) VALUES (CAST(? AS TEXT))", (raw,)
         )
         assert rows(home, "SELECT typeof(payload) FROM training_requests") == [("text",)]
-        verdict = Intake(engine, _config.home).take_row(row_id)
+        verdict = take_row(Intake(engine, _config.home), row_id)
     finally:
         engine.dispose()
     assert verdict is not None and verdict.status == "rejected"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,17 +19,16 @@ import structlog
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from oneseekd import gpus
+from oneseekd import gpus, queue
 from oneseekd.catalog.query import by_key, home_roots, usable_by_host
 from oneseekd.catalog.scan import Root
 from oneseekd.certify.ledger import Ledger
-from oneseekd.config import DEFAULT_CPU_PROCESSES, HomePaths
+from oneseekd.config import DEFAULT_CPU_PROCESSES, HomePaths, default_host
 from oneseekd.db.engine import read_session, serialize, write_session
 from oneseekd.db.models import (
     Artifact,
     BaseModel,
     Run,
-    RunEvent,
     TrainingRequest,
     unreadable_columns,
     utcnow,
@@ -222,7 +220,7 @@ class Intake:
         self.clock = clock
         self._ledger = ledger
         self.cpu_processes = cpu_processes  # [trainer] cpu_processes: see oneseekd/gpus.py
-        self.host = host or socket.gethostname()  # whose catalog rows win a tie
+        self.host = host or default_host()  # whose catalog rows win a tie
         self._roots = list(roots) if roots is not None else None
 
     @property
@@ -253,18 +251,6 @@ class Intake:
         verdict = self.take_batch([Incoming.of_bytes(raw, source, source_name, claim)])[0]
         assert verdict is not None  # only rows can be decided by someone else
         return verdict
-
-    def take_row(self, row_id: int) -> Verdict | None:
-        """A `pending` row another program INSERTed; None when it is no longer pending."""
-        with read_session(self.engine) as session:
-            payload = session.scalars(
-                select(TrainingRequest.payload).where(
-                    TrainingRequest.id == row_id, TrainingRequest.status == "pending"
-                )
-            ).first()
-        if payload is None:
-            return None
-        return self.take_batch([Incoming.of_row(row_id, payload)])[0]
 
     def take_batch(self, items: list[Incoming]) -> list[Verdict | None]:
         """Decide several requests in one transaction: the catalog, the taken versions and the
@@ -475,16 +461,7 @@ class Intake:
         )
         session.add(run)
         batch.take(version)  # later requests of the same batch see it taken
-        session.flush()
-        session.add(
-            RunEvent(
-                run_id=run.id,
-                at=now,
-                old_state=None,
-                new_state="queued",
-                detail=f"request #{row.id} from {row.source}",
-            )
-        )
+        queue.queued(session, run, now, f"request #{row.id} from {row.source}")
         return run, []
 
     def _record(
