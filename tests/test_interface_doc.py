@@ -10,7 +10,7 @@ import click
 import pytest
 
 from oneseekd.cli import main as oneseekctl
-from oneseekd.daemon.service import main as oneseekd
+from oneseekd.daemon.command import main as oneseekd
 from oneseekd.intake.schema import TrainingRequestModel
 from oneseekd.runspec import AutoStopOptions, LoraOptions, ModelOptions
 
