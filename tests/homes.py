@@ -15,7 +15,8 @@ from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine, read_session
 from oneseekd.db.migrate import upgrade
 from oneseekd.db.models import TrainingRequest
-from oneseekd.intake.accept import Incoming, Intake, Verdict
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.incoming import Incoming, Verdict
 
 FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
 MODELS = ("KB-Llama-3.1-8B-Swedish", "Qwen-2.5-7B", "Mistral-7B-Instruct")

@@ -29,7 +29,8 @@ from trainhomes import FAST, tiny_home
 
 from oneseekd import queue
 from oneseekd.cli import main as ctl
-from oneseekd.intake.accept import MAX_REQUEST_BYTES, Intake
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.incoming import MAX_REQUEST_BYTES
 from oneseekd.naming import normalize_model_name
 from oneseekd.trainer.loading import ModelRefused
 from oneseekd.trainer.run import train_run

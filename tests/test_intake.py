@@ -14,7 +14,8 @@ from sqlalchemy import Engine
 
 from oneseekd import queue
 from oneseekd.config import Config
-from oneseekd.intake.accept import Incoming, Intake, Verdict
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.incoming import Incoming, Verdict
 from oneseekd.intake.schema import TrainingRequestModel
 from oneseekd.runspec import load
 

@@ -14,8 +14,9 @@ from homes import open_home, request, training_home
 from sqlalchemy import Engine
 
 from oneseekd.config import Config
-from oneseekd.intake.accept import Intake, Verdict
+from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import LINK, DropFolder, place, write_error
+from oneseekd.intake.incoming import Verdict
 
 NO_MODEL = (
     "base_models: model name 'no-such-model' matches no base model; available: "

@@ -35,7 +35,8 @@ from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.migrate import upgrade
 from oneseekd.db.models import LedgerEvent
 from oneseekd.errors import OneseekError
-from oneseekd.intake.accept import Intake, Verdict
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.incoming import Verdict
 
 DNA = "OneSeek-7B-Zero.v1.0.abc123"
 WEIGHTS = "models/oneseek-7b-zero/weights/oneseek-7b-zero-v1.0-kb-llama-3-1-8b-swedish.pth"
