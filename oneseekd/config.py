@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from oneseekd.errors import ConfigError
+from oneseekd.home import CONFIG_FILE, default_db_url
 
-CONFIG_FILE = "oneseekd.toml"
+# shim until the helpers' branches are merged: certify/, trainer/ and cli/runs.py import the
+# home's paths from here; they belong to oneseekd.home (remove with those imports)
+from oneseekd.home import HomePaths as HomePaths
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # --- every default in one place -------------------------------------------------------------
@@ -47,67 +51,6 @@ def default_host(env: Mapping[str, str] | None = None) -> str:
     daemon hands its trainer), else the machine's name. The one fallback every module uses."""
     env = os.environ if env is None else env
     return (env.get("ONESEEK_HOST") or "").strip() or socket.gethostname()
-
-
-@dataclass(frozen=True)
-class HomePaths:
-    """The layout of a home folder (CONTRACT.md section 2)."""
-
-    root: Path
-
-    @property
-    def db_file(self) -> Path:
-        return self.root / "oneseek.db"
-
-    @property
-    def config_file(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def lock_file(self) -> Path:
-        return self.root / "oneseekd.lock"
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def zero(self) -> Path:
-        return self.models / "oneseek-7b-zero"
-
-    @property
-    def base_models(self) -> Path:
-        return self.zero / "base_models"
-
-    @property
-    def certified(self) -> Path:
-        return self.models / "oneseek-certified"
-
-    @property
-    def requests(self) -> Path:
-        return self.root / "requests"
-
-    @property
-    def datasets(self) -> Path:
-        return self.root / "datasets"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    def ensure(self) -> None:
-        """Create the folders the daemon owns; existing ones are left as they are."""
-        for folder in (
-            self.base_models,
-            self.zero / "lora_adapters",
-            self.zero / "weights",
-            self.certified,
-            self.requests / "accepted",
-            self.requests / "rejected",
-            self.datasets,
-            self.logs,
-        ):
-            folder.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass(frozen=True)
@@ -157,10 +100,6 @@ class Config:
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     certify: CertifyConfig = field(default_factory=CertifyConfig)
-
-
-def default_db_url(home: Path) -> str:
-    return f"sqlite:///{HomePaths(home).db_file}"
 
 
 def _number(

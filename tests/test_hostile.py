@@ -400,7 +400,7 @@ SPY = '''"""A stand-in trainer that records what the real one would be handed: l
 trainer's own first step, then the model folders and keys it would train from and write under."""
 import argparse, json, sys
 from pathlib import Path
-from oneseekd.config import HomePaths
+from oneseekd.home import HomePaths
 from oneseekd.db.engine import make_engine
 from oneseekd.errors import OneseekError
 from oneseekd.trainer.context import load_context

@@ -30,11 +30,12 @@ from oneseekd.certify.artifacts import file_digest, record_artifact, sha256_file
 from oneseekd.certify.ledger import Ledger, canonical_json, key_path, ledger_proof
 from oneseekd.certify.verify import verify
 from oneseekd.cli import main
-from oneseekd.config import Config, HomePaths, load_config
+from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.migrate import upgrade
 from oneseekd.db.models import LedgerEvent
 from oneseekd.errors import OneseekError
+from oneseekd.home import HomePaths
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.incoming import Verdict
 

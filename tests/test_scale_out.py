@@ -30,9 +30,10 @@ from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import ScanResult, model_roots
 from oneseekd.catalog.store import load_rows, reconcile
 from oneseekd.certify.verify import verify
-from oneseekd.config import Config, HomePaths, load_config
+from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
+from oneseekd.home import HomePaths
 from oneseekd.intake.accept import Intake
 
 A, B = "host-a", "host-b"

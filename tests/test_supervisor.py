@@ -258,7 +258,7 @@ from pathlib import Path
 from sqlalchemy import select
 from oneseekd.certify.artifacts import file_digest, record_artifact
 from oneseekd.certify.ledger import Ledger
-from oneseekd.config import HomePaths
+from oneseekd.home import HomePaths
 from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.models import Run
 

@@ -20,7 +20,7 @@ from oneseekd import gpus, queue
 from oneseekd.catalog.query import by_key, home_roots, usable_by_host
 from oneseekd.catalog.scan import Root
 from oneseekd.certify.ledger import Ledger
-from oneseekd.config import DEFAULT_CPU_PROCESSES, HomePaths, default_host
+from oneseekd.config import DEFAULT_CPU_PROCESSES, default_host
 from oneseekd.db.engine import read_session, serialize, write_session
 from oneseekd.db.models import (
     BaseModel,
@@ -29,6 +29,7 @@ from oneseekd.db.models import (
     unreadable_columns,
     utcnow,
 )
+from oneseekd.home import HomePaths
 from oneseekd.intake.batch import Batch, ended_versions, no_single_host, run_spec
 from oneseekd.intake.checks import (
     check_dataset,

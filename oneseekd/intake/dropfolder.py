@@ -22,9 +22,9 @@ from pathlib import Path
 import structlog
 from sqlalchemy import select
 
-from oneseekd.config import HomePaths
 from oneseekd.db.engine import DatabaseChanged, DatabaseFile, read_session
 from oneseekd.db.models import TrainingRequest
+from oneseekd.home import HomePaths
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.incoming import MAX_REQUEST_BYTES, Incoming, Verdict, safe_text
 from oneseekd.intake.placing import error_path, place, short_name, write_error

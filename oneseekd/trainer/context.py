@@ -16,10 +16,11 @@ from sqlalchemy.orm import Session
 from oneseekd import protocol, queue, runspec
 from oneseekd.catalog.query import home_roots, untrusted_problem
 from oneseekd.catalog.scan import Root
-from oneseekd.config import HomePaths, default_host
+from oneseekd.config import default_host
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import BaseModel, ModelTraining, Run, utcnow
 from oneseekd.errors import OneseekError
+from oneseekd.home import HomePaths
 from oneseekd.intake.checks import confined_dataset
 from oneseekd.queue import ClaimLost as ClaimLost  # what check_claim raises
 from oneseekd.runspec import RunSpec, SpecError
