@@ -20,6 +20,13 @@ def pytest_collectstart() -> None:
     ignore_library_warnings()
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """CI runs plain `pytest -q`: tests marked slow run only when `-m` selects them."""
+    expr = item.config.option.markexpr or ""
+    if item.get_closest_marker("slow") and ("slow" not in expr or "not slow" in expr):
+        pytest.skip("a slow test: run with pytest -m slow")
+
+
 @pytest.fixture(autouse=True)
 def _quiet_library_warnings() -> None:
     """The named third-party warnings of oneseekd.logs.LIBRARY_WARNINGS, silenced in every

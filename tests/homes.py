@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
+from click.testing import CliRunner, Result
 from modelfactory import make_model
 from sqlalchemy import Engine, select
 
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
+from oneseekd.cli import main as oneseekctl
 from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine, read_session
 from oneseekd.db.migrate import upgrade
@@ -94,3 +97,39 @@ def take_row(intake: Intake, row_id: int) -> Verdict | None:
     if payload is None:
         return None
     return intake.take_batch([Incoming.of_row(row_id, payload)])[0]
+
+
+def drop(home: Path, name: str | bytes, body: object) -> None:
+    """Drop a request as a well-behaved writer does: NAME.tmp, then a rename to NAME. `body`
+    is written as it is when it is bytes or text, else as JSON; `name` may be bytes (a name
+    that is not UTF-8)."""
+    if isinstance(body, bytes):
+        raw = body
+    elif isinstance(body, str):
+        raw = body.encode()
+    else:
+        raw = json.dumps(body).encode()
+    where = os.fsencode(home / "requests")
+    tmp = os.path.join(where, os.fsencode(name) + b".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(raw)
+    os.rename(tmp, os.path.join(where, os.fsencode(name)))
+
+
+# what a caller's shell may have set: never leaks into a test's oneseekctl
+CTL_ENV: dict[str, str | None] = {"ONESEEK_HOME": None, "ONESEEK_DB_URL": None, "BASE_MODELS": None}
+
+
+def ctl(home: Path, *args: str, env: dict[str, str | None] | None = None) -> Result:
+    """`oneseekctl --home HOME ARGS...` in this process."""
+    return CliRunner().invoke(
+        oneseekctl, ["--home", str(home), *args], env={**CTL_ENV, **(env or {})}
+    )
+
+
+def ctl_text(
+    home: Path, *args: str, env: dict[str, str | None] | None = None
+) -> tuple[int, str, str]:
+    """The exit status, stdout and stderr of `oneseekctl --home HOME ARGS...`."""
+    result = ctl(home, *args, env=env)
+    return result.exit_code, result.stdout, result.stderr

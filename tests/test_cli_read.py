@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from homes import open_home, request, training_home
+from homes import ctl_text, open_home, request, training_home
 from modelfactory import make_model
 
 from oneseekd.cli import main
@@ -29,13 +29,6 @@ HEAVY = (
     "apscheduler",
     "cryptography",
 )
-
-
-def ctl(home: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(
-        main, ["--home", str(home), *args], env={"ONESEEK_HOME": None, "ONESEEK_DB_URL": None}
-    )
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture
@@ -107,9 +100,9 @@ def test_the_light_and_the_full_path_read_the_same(
     home, run_id = queued_home
     if args == ("show",):
         args = ("show", run_id, "--json")
-    light = ctl(home, *args)
+    light = ctl_text(home, *args)
     _full_path_only(monkeypatch)
-    full = ctl(home, *args)
+    full = ctl_text(home, *args)
     assert light[0] == full[0] == 0
     assert json.loads(light[1]) == json.loads(full[1])
 
@@ -146,7 +139,7 @@ def test_catalog_is_current_agrees_with_the_scan(queued_home: tuple[Path, str]) 
 
 def test_an_unknown_run_is_an_error_naming_the_fix(queued_home: tuple[Path, str]) -> None:
     home, _ = queued_home
-    code, _, err = ctl(home, "show", "run-nope")
+    code, _, err = ctl_text(home, "show", "run-nope")
     assert code == 1
     assert err.strip() == ("Error: no run 'run-nope'\n  - list the runs with `oneseekctl runs`")
 

@@ -10,10 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from homes import open_home, request, training_home
+from homes import ctl_text, open_home, request, training_home
 
-from oneseekd.cli import main
 from oneseekd.config import load_config
 from oneseekd.daemon.lock import HomeLock
 from oneseekd.intake.accept import Intake
@@ -32,15 +30,6 @@ PROGRESS = {
     "device": "cpu/float32",
     "updated_at": "2026-12-01T22:00:00.000000Z",
 }
-
-
-def ctl(home: Path, *args: str, env: dict[str, str | None] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(
-        main,
-        ["--home", str(home), *args],
-        env={"ONESEEK_HOME": None, "ONESEEK_DB_URL": None, "BASE_MODELS": None, **(env or {})},
-    )
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture
@@ -74,14 +63,14 @@ def test_show_reads_as_text_without_repeating_the_state(queued: tuple[Path, str]
             {"model": None, "state": "certified", "dna": "OneSeek-7B-Zero.v1.0.abc123"}
         ),
     )
-    code, out, _ = ctl(home, "show", run_id)
+    code, out, _ = ctl_text(home, "show", run_id)
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == f"run {run_id}: succeeded"
     assert "  last step: certified as OneSeek-7B-Zero.v1.0.abc123" in lines
     assert "{" not in out  # no raw JSON
     _set(home, run_id, state="failed", outcome="oom", progress=json.dumps(PROGRESS))
-    code, out, _ = ctl(home, "show", run_id)
+    code, out, _ = ctl_text(home, "show", run_id)
     lines = out.splitlines()
     assert lines[0] == f"run {run_id}: failed (oom)"
     at = lines.index(
@@ -107,7 +96,7 @@ def test_status_shows_the_step_once_from_the_run_itself(queued: tuple[Path, str]
     lock = HomeLock(config.home.lock_file)
     lock.acquire()
     try:
-        code, out, _ = ctl(home, "status")
+        code, out, _ = ctl_text(home, "status")
     finally:
         lock.release()
     assert code == 0
@@ -121,7 +110,7 @@ def test_status_shows_the_step_once_from_the_run_itself(queued: tuple[Path, str]
 
 def test_submit_with_nothing_names_the_file_and_the_flags(tmp_path: Path) -> None:
     home = training_home(tmp_path / "home")
-    code, _, err = ctl(home, "submit")
+    code, _, err = ctl_text(home, "submit")
     assert code == 1
     assert err.strip() == (
         "Error: nothing to submit\n"
@@ -133,7 +122,7 @@ def test_submit_with_nothing_names_the_file_and_the_flags(tmp_path: Path) -> Non
 
 def test_submit_with_a_missing_field_names_the_flag(tmp_path: Path) -> None:
     home = training_home(tmp_path / "home")
-    code, _, err = ctl(home, "submit", "--epochs", "1")
+    code, _, err = ctl_text(home, "submit", "--epochs", "1")
     assert code == 1
     assert err.strip() == (
         "Error: the request was refused\n"
@@ -144,6 +133,6 @@ def test_submit_with_a_missing_field_names_the_flag(tmp_path: Path) -> None:
 
 
 def test_submit_help_shows_the_request_file(tmp_path: Path) -> None:
-    code, out, _ = ctl(tmp_path, "submit", "--help")
+    code, out, _ = ctl_text(tmp_path, "submit", "--help")
     assert code == 0
     assert out.splitlines()[0] == "Usage: main submit [OPTIONS] [FILE.json]"

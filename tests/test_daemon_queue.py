@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from daemon import DaemonProcess, query, run_state, run_until_idle, wait_for
-from homes import fake_behaviour, fake_starts, request, training_home
+from homes import drop, fake_behaviour, fake_starts, request, training_home
 
 from oneseekd.cli import main as ctl_main
 
@@ -32,12 +32,6 @@ def daemon(home: Path) -> Iterator[DaemonProcess]:
     proc.wait_event("daemon_ready")
     yield proc
     proc.kill()
-
-
-def drop(home: Path, name: str, body: object) -> None:
-    tmp = home / "requests" / f"{name}.tmp"
-    tmp.write_text(json.dumps(body))
-    os.rename(tmp, home / "requests" / name)
 
 
 INSERT = """

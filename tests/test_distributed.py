@@ -34,13 +34,6 @@ TOLERANCE = 1e-5  # float sums in another order over 27 steps: measured under 3e
 FSDP_TOLERANCE = 1e-5  # sharded, 2 epochs: measured under 2e-7
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
-    expr = request.config.getoption("-m") or ""
-    if request.node.get_closest_marker("slow") and ("slow" not in expr or "not slow" in expr):
-        pytest.skip("a slow multi-process test: run with pytest -m slow")
-
-
 class Box:
     """A home whose [trainer] lets two CPU processes stand in for two GPUs."""
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sqlite3
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from daemon import DaemonProcess, model_state, wait_for
-from homes import training_home
+from homes import drop, training_home
 from pausetrainer import arm, pause_command, paused, release
 from sqlalchemy import Engine
 from trainhomes import FAST, tiny_home
@@ -48,14 +47,6 @@ from oneseekd.trainer.run import train_run
 ZERO = Path("models") / "oneseek-7b-zero"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 FAULT_STEP = 3  # optimizer steps into the first model: past setup and the first checkpoint
-
-
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
-    """CI runs plain `pytest -q`: tests marked slow run only when `-m` selects them."""
-    expr = request.config.option.markexpr or ""
-    if request.node.get_closest_marker("slow") and ("slow" not in expr or "not slow" in expr):
-        pytest.skip("a slow test: run with pytest -m slow")
 
 
 @pytest.fixture(scope="session")
@@ -279,13 +270,6 @@ def test_writing_run_outputs_leaves_the_base_models_in_the_catalog(home: Home) -
 
 
 # --- through the real daemon -------------------------------------------------------------------
-
-
-def drop(home: Path, name: str, body: dict[str, object]) -> None:
-    requests = home / "requests"
-    requests.mkdir(exist_ok=True)
-    (requests / f"{name}.json.tmp").write_text(json.dumps(body))
-    os.rename(requests / f"{name}.json.tmp", requests / f"{name}.json")
 
 
 class Runs:

@@ -23,7 +23,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from daemon import DaemonProcess, model_state, run_until_idle, wait_for
-from homes import open_home, take_row, training_home
+from homes import drop, open_home, take_row, training_home
 from modelfactory import make_model
 from trainhomes import FAST, tiny_home
 
@@ -64,25 +64,7 @@ TOO_BIG = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
-    """CI runs plain `pytest -q`: tests marked slow run only when `-m` selects them."""
-    expr = request.config.option.markexpr or ""
-    if request.node.get_closest_marker("slow") and ("slow" not in expr or "not slow" in expr):
-        pytest.skip("a slow test: run with pytest -m slow")
-
-
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def drop(home: Path, name: str | bytes, raw: bytes) -> None:
-    """Write requests/NAME.json.tmp, then rename it to NAME.json, as writers must."""
-    folder = os.fsencode(home / "requests")
-    name = os.fsencode(name)
-    tmp = os.path.join(folder, name + b".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(raw)
-    os.rename(tmp, os.path.join(folder, name))
 
 
 def decided(home: Path, name: str | bytes) -> str | None:

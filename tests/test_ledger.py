@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from homes import request, training_home
+from homes import ctl, request, training_home
 from pg import Outsider
 from sqlalchemy import Engine, select
 
@@ -29,7 +28,6 @@ from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.artifacts import file_digest, record_artifact, sha256_file
 from oneseekd.certify.ledger import Ledger, canonical_json, key_path, ledger_proof
 from oneseekd.certify.verify import verify
-from oneseekd.cli import main
 from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.migrate import upgrade
@@ -501,12 +499,6 @@ def test_an_artifact_outside_the_home_is_refused(world: World, tmp_path: Path) -
 
 
 # --- oneseekctl ledger verify ------------------------------------------------------------------
-def ctl(home: Path, *args: str) -> Result:
-    return CliRunner().invoke(
-        main, ["--home", str(home), *args], env={"ONESEEK_HOME": None, "BASE_MODELS": None}
-    )
-
-
 def test_ctl_ledger_verify(tmp_path: Path) -> None:
     home = training_home(tmp_path / "home")
     empty = ctl(home, "ledger", "verify")
