@@ -41,6 +41,12 @@ def home(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where tiny models are built once a session (trainhomes.tiny_home copies them)."""
+    return tmp_path_factory.mktemp("tiny-models")
+
+
 @pytest.fixture
 def config(home: Path) -> Config:
     return load_config(home, env={})

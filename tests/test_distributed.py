@@ -121,11 +121,6 @@ def trainers_of(run_id: str) -> list[int]:
     return found
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-models")
-
-
 @pytest.fixture
 def box(tmp_path: Path, cache: Path) -> Iterator[Box]:
     b = Box(tmp_path / "ddp", cache, {"Tiny-Llama": "llama"})

@@ -27,68 +27,21 @@ from click.testing import CliRunner
 from daemon import DaemonProcess, model_state, wait_for
 from homes import drop, training_home
 from pausetrainer import arm, pause_command, paused, release
-from sqlalchemy import Engine
 from trainhomes import FAST, tiny_home
+from trainhomes import TinyHome as Home
 
-from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.artifacts import sha256_file
 from oneseekd.certify.layout import CERTIFIED_FILES
 from oneseekd.cli import main as ctl
-from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine
-from oneseekd.db.migrate import upgrade
 from oneseekd.errors import OneseekError
-from oneseekd.intake.accept import Intake
 from oneseekd.trainer.context import RunRefused
 from oneseekd.trainer.run import train_run
 
 ZERO = Path("models") / "oneseek-7b-zero"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 FAULT_STEP = 3  # optimizer steps into the first model: past setup and the first checkpoint
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-models")
-
-
-class Home:
-    """A migrated, scanned home with tiny models, for train_run in this process."""
-
-    def __init__(self, root: Path, cache: Path, models: dict[str, str]) -> None:
-        tiny_home(root, cache, models)
-        self.config: Config = load_config(root, env={})
-        self.config.home.ensure()
-        self.engine: Engine = make_engine(self.config.db_url)
-        upgrade(self.engine)
-        self.scan()
-
-    @property
-    def root(self) -> Path:
-        return self.config.home.root
-
-    def scan(self) -> None:
-        Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
-
-    def start(self, models: list[str], **fields: object) -> str:
-        """Queue a request and claim its run, as the supervisor does before the trainer."""
-        body = {"base_models": models, "dataset": "civic.jsonl", **FAST, **fields}
-        verdict = Intake(self.engine, self.config.home).take_bytes(
-            json.dumps(body).encode(), source="submit"
-        )
-        assert verdict.run_id, verdict.problems
-        claimed = queue.claim_next(self.engine, None)
-        assert claimed is not None and claimed.run_id == verdict.run_id
-        return verdict.run_id
-
-    def rows(self, sql: str, *args: object) -> list[tuple[object, ...]]:
-        con = sqlite3.connect(self.config.home.db_file)
-        try:
-            return con.execute(sql, args).fetchall()
-        finally:
-            con.close()
 
 
 @pytest.fixture

@@ -516,11 +516,6 @@ class Payload:
         return (exec, (f"open({self.marker!r}, 'w').write('unpickled')",))
 
 
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-models")
-
-
 @pytest.fixture
 def markers(tmp_path: Path) -> Iterator[Path]:
     """Where every payload would leave its marker; checked empty at the end of each test."""
