@@ -133,3 +133,16 @@ def ctl_text(
     """The exit status, stdout and stderr of `oneseekctl --home HOME ARGS...`."""
     result = ctl(home, *args, env=env)
     return result.exit_code, result.stdout, result.stderr
+
+
+def home_with_a_queued_run(root: Path) -> tuple[Path, str]:
+    """A migrated, scanned training home with one queued run, no daemon: the home and the
+    run's id."""
+    home = training_home(root)
+    config, engine = open_home(home)
+    verdict = Intake(engine, config.home).take_bytes(
+        json.dumps(request()).encode(), source="submit"
+    )
+    engine.dispose()
+    assert verdict.run_id is not None
+    return home, verdict.run_id

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from homes import ctl_text, open_home, request, training_home
+from homes import ctl_text, home_with_a_queued_run, request, training_home
 from modelfactory import make_model
 
 from oneseekd.cli import main
@@ -34,14 +34,7 @@ HEAVY = (
 @pytest.fixture
 def queued_home(tmp_path: Path) -> tuple[Path, str]:
     """A migrated, scanned home with one queued run, no daemon."""
-    home = training_home(tmp_path / "home")
-    config, engine = open_home(home)
-    verdict = Intake(engine, config.home).take_bytes(
-        json.dumps(request()).encode(), source="submit"
-    )
-    engine.dispose()
-    assert verdict.run_id is not None
-    return home, verdict.run_id
+    return home_with_a_queued_run(tmp_path / "home")
 
 
 def imported_by(home: Path, *args: str, db_url: str | None = None) -> tuple[list[str], str]:

@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from homes import ctl_text, open_home, request, training_home
+from homes import ctl_text, home_with_a_queued_run, training_home
 
 from oneseekd.config import load_config
 from oneseekd.daemon.lock import HomeLock
-from oneseekd.intake.accept import Intake
 
 PROGRESS = {
     "model": "kb-llama-3-1-8b-swedish",
@@ -34,14 +33,7 @@ PROGRESS = {
 
 @pytest.fixture
 def queued(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    home = training_home(tmp_path / "home")
-    config, engine = open_home(home)
-    verdict = Intake(engine, config.home).take_bytes(
-        json.dumps(request()).encode(), source="submit"
-    )
-    engine.dispose()
-    assert verdict.run_id is not None
-    yield home, verdict.run_id
+    yield home_with_a_queued_run(tmp_path / "home")
 
 
 def _set(home: Path, run_id: str, **columns: object) -> None:
