@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import DaemonProcess, model_state, run_until_idle, wait_for
+from daemon import DaemonProcess, model_state, ready_daemon, run_until_idle, wait_for
 from modelfactory import TINY_TENSORS, make_model, safetensors_bytes, write_config
 
 SETTLE = 0.4
@@ -32,10 +32,8 @@ def live_home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def daemon(live_home: Path) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess(live_home)
-    proc.wait_event("daemon_ready")
-    yield proc
-    proc.kill()
+    with ready_daemon(live_home) as proc:
+        yield proc
 
 
 def ready_transitions(home: Path, key: str) -> int:

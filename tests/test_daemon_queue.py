@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from daemon import DaemonProcess, query, run_state, run_until_idle, wait_for
+from daemon import DaemonProcess, query, ready_daemon, run_state, run_until_idle, wait_for
 from homes import drop, fake_behaviour, fake_starts, request, training_home
 
 from oneseekd.cli import main as ctl_main
@@ -28,10 +28,8 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def daemon(home: Path) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess(home)
-    proc.wait_event("daemon_ready")
-    yield proc
-    proc.kill()
+    with ready_daemon(home) as proc:
+        yield proc
 
 
 INSERT = """
