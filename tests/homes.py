@@ -75,12 +75,18 @@ def request(**fields: object) -> dict[str, object]:
     return body
 
 
-def open_home(root: Path) -> tuple[Config, Engine]:
-    """A home that is configured, migrated and scanned, as the daemon leaves it at start."""
-    config = load_config(root, env={})
+def migrated(root: Path, db_url: str | None = None) -> tuple[Config, Engine]:
+    """A home that is configured and migrated (on `db_url` when given), not yet scanned."""
+    config = load_config(root, db_url, env={})
     config.home.ensure()
     engine = make_engine(config.db_url)
     upgrade(engine)
+    return config, engine
+
+
+def open_home(root: Path, db_url: str | None = None) -> tuple[Config, Engine]:
+    """A home that is configured, migrated and scanned, as the daemon leaves it at start."""
+    config, engine = migrated(root, db_url)
     Catalog(engine, model_roots(config), settle=0).full_scan()
     return config, engine
 

@@ -129,15 +129,20 @@ def test_sigint_stops_cleanly(daemon: DaemonProcess) -> None:
     assert daemon.events()[-1]["event"] == "daemon_stopped"
 
 
-def test_a_second_daemon_on_the_same_home_is_refused(
-    daemon: DaemonProcess, live_home: Path
-) -> None:
-    second = subprocess.run(
-        [sys.executable, "-m", "oneseekd", "--home", str(live_home)],
+def refused_start(home: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m oneseekd --home HOME` where it must not start: its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "oneseekd", "--home", str(home)],
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_a_second_daemon_on_the_same_home_is_refused(
+    daemon: DaemonProcess, live_home: Path
+) -> None:
+    second = refused_start(live_home)
     assert second.returncode == 4
     assert (
         f"Error: another oneseekd (pid {daemon.proc.pid}) already runs on {live_home}"
@@ -157,12 +162,7 @@ def test_exit_when_idle_exits_once_the_catalog_is_current(live_home: Path) -> No
 
 def test_a_bad_config_stops_the_daemon_with_every_problem(live_home: Path) -> None:
     (live_home / "oneseekd.toml").write_text('log_level = "loud"\n[catalog]\nsettle = 1\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "oneseekd", "--home", str(live_home)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = refused_start(live_home)
     assert done.returncode == 2
     assert "Error: the configuration in" in done.stderr
     assert "log_level must be one of debug, info, warning, error, got 'loud'" in done.stderr

@@ -305,6 +305,18 @@ def quiet(daemon: DaemonProcess, seconds: float = 1.5, timeout: float = 30.0) ->
     wait_for(still, timeout=timeout, interval=0.05, what="the daemon to go quiet")
 
 
+def next_request_succeeds(daemon: DaemonProcess, runs: Runs) -> str:
+    """Once the fault is repaired: the model is ready again and a new request trains and is
+    certified; its run id."""
+    home = daemon.home
+    quiet(daemon)
+    wait_for(lambda: model_state(home, "tiny-llama") == "ready", timeout=30)
+    drop(home, "next", {"base_models": ["llama"], "dataset": "civic.jsonl", **FAST, "epochs": 1})
+    next_id: str = wait_for(lambda: runs.run_of("next"), timeout=30, what="the next run")
+    assert runs.ended(next_id)[:2] == ("succeeded", "succeeded")
+    return next_id
+
+
 def ledger_verifies(home: Path) -> None:
     result = CliRunner().invoke(ctl, ["--home", str(home), "ledger", "verify"])
     assert result.exit_code == 0, result.output
@@ -347,13 +359,7 @@ def test_the_daemon_fails_a_run_whose_adapter_folder_broke_and_serves_the_next(
         # the operator puts the folder back; the next request trains and is certified
         adapters.unlink()
         adapters.mkdir()
-        quiet(daemon)
-        wait_for(lambda: model_state(home, "tiny-llama") == "ready", timeout=30)
-        drop(
-            home, "next", {"base_models": ["llama"], "dataset": "civic.jsonl", **FAST, "epochs": 1}
-        )
-        next_id = wait_for(lambda: runs.run_of("next"), timeout=30, what="the next run")
-        assert runs.ended(next_id)[:2] == ("succeeded", "succeeded")
+        next_id = next_request_succeeds(daemon, runs)
         certified = home / "models" / "oneseek-certified" / next_id  # a link to the DNA folder
         assert set(CERTIFIED_FILES) <= {p.name for p in certified.iterdir()}
         assert daemon.proc.poll() is None
@@ -395,13 +401,7 @@ def test_the_daemon_fails_runs_whose_dataset_or_base_model_vanished_and_serves_t
         assert daemon.proc.poll() is None
 
         dataset.write_bytes(original)
-        quiet(daemon)
-        wait_for(lambda: model_state(home, "tiny-llama") == "ready", timeout=30)
-        drop(
-            home, "next", {"base_models": ["llama"], "dataset": "civic.jsonl", **FAST, "epochs": 1}
-        )
-        next_id = wait_for(lambda: runs.run_of("next"), timeout=30, what="the next run")
-        assert runs.ended(next_id)[:2] == ("succeeded", "succeeded")
+        next_request_succeeds(daemon, runs)
         assert daemon.proc.poll() is None
     finally:
         daemon.stop()

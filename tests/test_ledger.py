@@ -18,19 +18,16 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from homes import ctl, request, training_home
+from homes import ctl, open_home, request, training_home
 from pg import Outsider
 from sqlalchemy import Engine, select
 
 from oneseekd import queue
-from oneseekd.catalog.live import Catalog
-from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.artifacts import file_digest, record_artifact, sha256_file
 from oneseekd.certify.ledger import Ledger, canonical_json, key_path, ledger_proof
 from oneseekd.certify.verify import verify
-from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine, write_session
-from oneseekd.db.migrate import upgrade
+from oneseekd.config import Config
+from oneseekd.db.engine import write_session
 from oneseekd.db.models import LedgerEvent
 from oneseekd.errors import OneseekError
 from oneseekd.home import HomePaths
@@ -72,12 +69,7 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path, db_url: str | None) -> Iterator[World]:
-    home = training_home(tmp_path / "home")
-    config = load_config(home, db_url, env={})
-    config.home.ensure()
-    engine = make_engine(config.db_url)
-    upgrade(engine)
-    Catalog(engine, model_roots(config), settle=0).full_scan()
+    config, engine = open_home(training_home(tmp_path / "home"), db_url)
     outsider = Outsider(db_url, config.home.db_file)
     yield World(config, engine, Intake(engine, config.home), outsider)
     outsider.close()
