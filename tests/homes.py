@@ -116,6 +116,7 @@ def drop(home: Path, name: str | bytes, body: object) -> None:
     else:
         raw = json.dumps(body).encode()
     where = os.fsencode(home / "requests")
+    os.makedirs(where, exist_ok=True)
     tmp = os.path.join(where, os.fsencode(name) + b".tmp")
     with open(tmp, "wb") as fh:
         fh.write(raw)

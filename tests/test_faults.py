@@ -276,7 +276,7 @@ def fault_in_flight(
     the fault, let it go on; returns the run id. The run has written no output yet."""
     pauses = daemon.home / "pauses"
     arm(pauses)
-    drop(daemon.home, request_file, body)
+    drop(daemon.home, f"{request_file}.json", body)
     run_id = wait_for(lambda: runs.run_of(request_file), timeout=30, what="the run")
     wait_for(lambda: paused(pauses, run_id), timeout=180, what="the trainer paused")
     try:
@@ -311,7 +311,9 @@ def next_request_succeeds(daemon: DaemonProcess, runs: Runs) -> str:
     home = daemon.home
     quiet(daemon)
     wait_for(lambda: model_state(home, "tiny-llama") == "ready", timeout=30)
-    drop(home, "next", {"base_models": ["llama"], "dataset": "civic.jsonl", **FAST, "epochs": 1})
+    drop(
+        home, "next.json", {"base_models": ["llama"], "dataset": "civic.jsonl", **FAST, "epochs": 1}
+    )
     next_id: str = wait_for(lambda: runs.run_of("next"), timeout=30, what="the next run")
     assert runs.ended(next_id)[:2] == ("succeeded", "succeeded")
     return next_id
@@ -419,7 +421,7 @@ def test_the_daemon_still_knows_its_models_after_run_outputs_appear(tmp_path: Pa
         adapter.mkdir(parents=True)
         (adapter / "adapter_config.json").write_text("{}")
         quiet(daemon, seconds=1.0)
-        drop(home, "next", {"base_models": ["qwen"], "dataset": "civic.jsonl"})
+        drop(home, "next.json", {"base_models": ["qwen"], "dataset": "civic.jsonl"})
         wait_for(
             lambda: any(
                 (home / "requests" / d / "next.json").exists() for d in ("accepted", "rejected")
