@@ -23,7 +23,7 @@ Goals (issue 6): under 80 MB RSS and under 1% of one core.
 `--why` adds the diagnosis of where the figures come from:
 
 - memory: the RSS each group of imports adds, in the order the daemon imports them, measured
-  in a fresh interpreter (`python -X importtime -c "import oneseekd.service"` names the
+  in a fresh interpreter (`python -X importtime -c "import oneseekd.daemon.service"` names the
   modules behind each group);
 - CPU: the CPU time of each thing the main loop does on every idle tick (it ticks every
   TICK_SECONDS), timed in this process on a home of the same size, and what that costs as a
@@ -267,7 +267,7 @@ IMPORT_GROUPS = (
     ("alembic (+ mako, every dialect's DDL)", "alembic.command"),
     ("oneseekd.db", "oneseekd.db.migrate"),
     ("oneseekd.intake (pydantic schema)", "oneseekd.intake.accept"),
-    ("oneseekd.service (the rest)", "oneseekd.service"),
+    ("oneseekd.daemon.service (the rest)", "oneseekd.daemon.service"),
 )
 
 _IMPORT_PROBE = """
@@ -306,12 +306,12 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float]]:
     from oneseekd.catalog.live import Catalog
     from oneseekd.catalog.scan import model_roots
     from oneseekd.config import load_config
+    from oneseekd.daemon.supervisor import Supervisor
     from oneseekd.db.engine import make_engine
     from oneseekd.db.migrate import upgrade
     from oneseekd.intake.accept import Intake
     from oneseekd.intake.dropfolder import DropFolder
     from oneseekd.intake.rows import PendingRows
-    from oneseekd.supervisor import Supervisor
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     root = Path(tempfile.mkdtemp(prefix="oneseek-idle-why-"))
@@ -357,7 +357,7 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float]]:
 
 
 def report_why(models: int) -> None:
-    from oneseekd.service import TICK_SECONDS
+    from oneseekd.daemon.service import TICK_SECONDS
 
     print()
     print("why, memory: RSS after each group of imports (fresh interpreter)")

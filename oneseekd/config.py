@@ -1,22 +1,26 @@
 """Configuration: flags and ONESEEK_* environment for where things are, oneseekd.toml for the rest.
 
-Every default lives in this module. A bad configuration is refused with every problem listed.
+Every default lives in this module. oneseekd.toml is checked by one schema: a frozen dataclass
+per [section], each setting carrying its default and the rule that checks it, walked by one
+validator that lists every problem at once. (Not pydantic, as requests are: every oneseekctl
+command reads the configuration, and its read path must not import pydantic.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from oneseekd.errors import ConfigError
+from oneseekd.home import CONFIG_FILE, HomePaths, default_db_url
 
-CONFIG_FILE = "oneseekd.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # --- every default in one place -------------------------------------------------------------
@@ -42,114 +46,167 @@ MAX_HOST_LENGTH = 255
 DEFAULT_TRAINER_THREADS = 0  # 0: torch's own choice (or the daemon's OMP_NUM_THREADS)
 
 
-@dataclass(frozen=True)
-class HomePaths:
-    """The layout of a home folder (CONTRACT.md section 2)."""
+def default_host(env: Mapping[str, str] | None = None) -> str:
+    """The host name rows and claims carry when none is configured: ONESEEK_HOST (what the
+    daemon hands its trainer), else the machine's name. The one fallback every module uses."""
+    env = os.environ if env is None else env
+    return (env.get("ONESEEK_HOST") or "").strip() or socket.gethostname()
 
-    root: Path
 
-    @property
-    def db_file(self) -> Path:
-        return self.root / "oneseek.db"
+# --- the schema: one frozen dataclass per section, each setting with the rule that checks it ---
+class _Problem(Exception):
+    """A value a rule refused, worded for the operator."""
 
-    @property
-    def config_file(self) -> Path:
-        return self.root / CONFIG_FILE
 
-    @property
-    def lock_file(self) -> Path:
-        return self.root / "oneseekd.lock"
+Rule = Callable[[Any, str, Path], Any]  # (value, where, home) -> the value as the daemon uses it
 
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
 
-    @property
-    def zero(self) -> Path:
-        return self.models / "oneseek-7b-zero"
+def _seconds(minimum: float) -> Rule:
+    def check(value: Any, where: str, _home: Path) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Problem(f"{where} must be a number of seconds, got {value!r}")
+        if value < minimum:
+            raise _Problem(f"{where} must be at least {minimum:g}, got {value!r}")
+        return float(value)
 
-    @property
-    def base_models(self) -> Path:
-        return self.zero / "base_models"
+    return check
 
-    @property
-    def certified(self) -> Path:
-        return self.models / "oneseek-certified"
 
-    @property
-    def requests(self) -> Path:
-        return self.root / "requests"
+def _whole(minimum: int, what: str) -> Rule:
+    def check(value: Any, where: str, _home: Path) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _Problem(f"{where} must be {what}, got {value!r}")
+        return value
 
-    @property
-    def datasets(self) -> Path:
-        return self.root / "datasets"
+    return check
 
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
 
-    def ensure(self) -> None:
-        """Create the folders the daemon owns; existing ones are left as they are."""
-        for folder in (
-            self.base_models,
-            self.zero / "lora_adapters",
-            self.zero / "weights",
-            self.certified,
-            self.requests / "accepted",
-            self.requests / "rejected",
-            self.datasets,
-            self.logs,
-        ):
-            folder.mkdir(parents=True, exist_ok=True)
+def _boolean(value: Any, where: str, _home: Path) -> bool:
+    if not isinstance(value, bool):
+        raise _Problem(f"{where} must be true or false, got {value!r}")
+    return value
+
+
+def _log_level(value: Any, where: str, _home: Path) -> str:
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        raise _Problem(f"{where} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return value.lower()
+
+
+def _host(value: Any, where: str, _home: Path) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_HOST_LENGTH:
+        raise _Problem(
+            f"{where} must be a host name of 1 to {MAX_HOST_LENGTH} characters, got {value!r}"
+        )
+    return value.strip()
+
+
+def _command(value: Any, where: str, _home: Path) -> tuple[str, ...]:
+    if not (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)):
+        raise _Problem(f"{where} must be a non-empty list of strings (an argv), got {value!r}")
+    return tuple(value)
+
+
+def _roots(value: Any, where: str, home: Path) -> tuple[Path, ...]:
+    """Folders, relative to the home when not absolute; each must exist."""
+    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+        raise _Problem(f"{where} must be a list of folder paths, got {value!r}")
+    roots: list[Path] = []
+    problems: list[str] = []
+    for raw in value:
+        root = Path(raw).expanduser()
+        root = root if root.is_absolute() else home / root
+        if root.is_dir():
+            roots.append(root)
+        else:
+            problems.append(
+                f"{where}: {raw!r} is not a folder ({root}); create it or remove it from the list"
+            )
+    if problems:
+        raise _Problem(*problems)
+    return tuple(roots)
+
+
+def _setting(default: Any, rule: Rule, *, factory: Callable[[], Any] | None = None) -> Any:
+    """A setting of the schema: its default and the rule a value in the file must pass."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
 
 
 @dataclass(frozen=True)
 class CatalogConfig:
-    settle_seconds: float = DEFAULT_SETTLE_SECONDS
-    rescan_interval_seconds: float = DEFAULT_RESCAN_INTERVAL_SECONDS
-    extra_roots: tuple[Path, ...] = ()
     # the name this daemon's catalog rows and claimed runs carry (several hosts, one database)
-    host: str = field(default_factory=socket.gethostname)
+    host: str = _setting(None, _host, factory=default_host)
+    settle_seconds: float = _setting(DEFAULT_SETTLE_SECONDS, _seconds(0.0))
+    rescan_interval_seconds: float = _setting(
+        DEFAULT_RESCAN_INTERVAL_SECONDS, _seconds(MIN_RESCAN_INTERVAL_SECONDS)
+    )
+    extra_roots: tuple[Path, ...] = _setting((), _roots)
 
 
 @dataclass(frozen=True)
 class IntakeConfig:
-    settle_seconds: float = DEFAULT_INTAKE_SETTLE_SECONDS
+    settle_seconds: float = _setting(DEFAULT_INTAKE_SETTLE_SECONDS, _seconds(0.0))
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
     """The child process: what starts it, how it is stopped, how often it is retried."""
 
-    command: tuple[str, ...] = DEFAULT_TRAINER_COMMAND
-    cancel_grace_seconds: float = DEFAULT_CANCEL_GRACE_SECONDS
-    stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS
-    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    command: tuple[str, ...] = _setting(DEFAULT_TRAINER_COMMAND, _command)
+    max_attempts: int = _setting(DEFAULT_MAX_ATTEMPTS, _whole(1, "a whole number of at least 1"))
     # on a host without GPUs, how many CPU processes (DDP over gloo) stand in for them
-    cpu_processes: int = DEFAULT_CPU_PROCESSES
+    cpu_processes: int = _setting(DEFAULT_CPU_PROCESSES, _whole(1, "a whole number of at least 1"))
     # how long a rank of a multi-process run waits on the others before the run fails
-    collective_timeout_seconds: float = DEFAULT_COLLECTIVE_TIMEOUT_SECONDS
-    lease_seconds: float = DEFAULT_LEASE_SECONDS
-    threads: int = DEFAULT_TRAINER_THREADS  # CPU threads of the child's torch; 0: its default
+    collective_timeout_seconds: float = _setting(DEFAULT_COLLECTIVE_TIMEOUT_SECONDS, _seconds(1.0))
+    # CPU threads of the child's torch; 0: its default
+    threads: int = _setting(
+        DEFAULT_TRAINER_THREADS, _whole(0, "a whole number of CPU threads (0: torch's default)")
+    )
+    cancel_grace_seconds: float = _setting(DEFAULT_CANCEL_GRACE_SECONDS, _seconds(0.0))
+    stop_grace_seconds: float = _setting(DEFAULT_STOP_GRACE_SECONDS, _seconds(0.0))
+    heartbeat_seconds: float = _setting(DEFAULT_HEARTBEAT_SECONDS, _seconds(0.05))
+    lease_seconds: float = _setting(DEFAULT_LEASE_SECONDS, _seconds(1.0))
+
+    def problems(self) -> list[str]:
+        """What no single setting shows: checked on the values in force."""
+        if self.lease_seconds < 3 * self.heartbeat_seconds:
+            return [
+                f"trainer.lease_seconds ({self.lease_seconds:g}) must be at least three "
+                f"heartbeats (3 x trainer.heartbeat_seconds = {3 * self.heartbeat_seconds:g}), "
+                "or a live daemon could lose its run"
+            ]
+        return []
 
 
 @dataclass(frozen=True)
 class CertifyConfig:
     # a new certification becomes oneseek-certified/OneSeek-7B-Zero-CURRENT; false leaves
     # the pointer to `oneseekctl promote` (or to CivicAI's "Set as Active")
-    make_current: bool = True
+    make_current: bool = _setting(True, _boolean)
     # a run whose model does not beat its base on held-out bits per byte is refused
     # certification (false: certified, but not made current)
-    require_improvement: bool = False
+    require_improvement: bool = _setting(False, _boolean)
     # a run on the base models of the current one becomes current only if no model of it is
     # worse than the current one's on this run's held-out data
-    compare_with_current: bool = True
+    compare_with_current: bool = _setting(True, _boolean)
     # the held-out tokens evaluated per model (a deterministic prefix of the validation split)
-    eval_tokens: int = 50_000
+    eval_tokens: int = _setting(50_000, _whole(1, "a whole number >= 1"))
     # greedy generations of base and trained for this many held-out prompts (samples.json)
-    sample_prompts: int = 3
-    sample_tokens: int = 48
+    sample_prompts: int = _setting(3, _whole(0, "a whole number >= 0"))
+    sample_tokens: int = _setting(48, _whole(0, "a whole number >= 0"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """oneseekd.toml as a whole: the top-level settings and one table per section."""
+
+    log_level: str = _setting(DEFAULT_LOG_LEVEL, _log_level)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    certify: CertifyConfig = field(default_factory=CertifyConfig)
 
 
 @dataclass(frozen=True)
@@ -163,188 +220,69 @@ class Config:
     certify: CertifyConfig = field(default_factory=CertifyConfig)
 
 
-def default_db_url(home: Path) -> str:
-    return f"sqlite:///{HomePaths(home).db_file}"
+# a setting an ONESEEK_* variable overrides, checked by the setting's own rule after it
+OVERRIDDEN_BY = {("", "log_level"): "ONESEEK_LOG_LEVEL", ("catalog", "host"): "ONESEEK_HOST"}
 
 
-def _number(
-    table: Mapping[str, Any], key: str, where: str, problems: list[str], *, minimum: float
-) -> float | None:
-    if key not in table:
-        return None
-    value = table[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        problems.append(f"{where}.{key} must be a number of seconds, got {value!r}")
-        return None
-    if value < minimum:
-        problems.append(f"{where}.{key} must be at least {minimum:g}, got {value!r}")
-        return None
-    return float(value)
-
-
-def _unknown(table: Mapping[str, Any], known: set[str], where: str, problems: list[str]) -> None:
-    for key in sorted(set(table) - known):
-        allowed = ", ".join(sorted(known))
-        problems.append(f"{where}: unknown setting {key!r} (known: {allowed})")
-
-
-def _host(value: Any, where: str, problems: list[str]) -> str | None:
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_HOST_LENGTH:
-        problems.append(
-            f"{where} must be a host name of 1 to {MAX_HOST_LENGTH} characters, got {value!r}"
-        )
-        return None
-    return value.strip()
-
-
-def _catalog(table: Any, home: Path, problems: list[str], env: Mapping[str, str]) -> CatalogConfig:
+def _validate(
+    cls: type[Any],
+    table: Any,
+    section: str,
+    home: Path,
+    env: Mapping[str, str],
+    problems: list[str],
+) -> Any:
+    """One section (or the file itself, section ""): every setting checked by its rule, every
+    problem appended in the schema's order; a refused value leaves its default in force."""
+    where = f"[{section}]" if section else CONFIG_FILE
     if not isinstance(table, dict):
-        problems.append("[catalog] must be a table")
-        return CatalogConfig()
-    _unknown(
-        table,
-        {"settle_seconds", "rescan_interval_seconds", "extra_roots", "host"},
-        "[catalog]",
-        problems,
-    )
-    host = _host(table["host"], "catalog.host", problems) if "host" in table else None
-    if env.get("ONESEEK_HOST"):
-        host = _host(env["ONESEEK_HOST"], "ONESEEK_HOST", problems)
-    settle = _number(table, "settle_seconds", "catalog", problems, minimum=0.0)
-    rescan = _number(
-        table, "rescan_interval_seconds", "catalog", problems, minimum=MIN_RESCAN_INTERVAL_SECONDS
-    )
-    roots: list[Path] = []
-    raw_roots = table.get("extra_roots", [])
-    if not isinstance(raw_roots, list) or not all(isinstance(r, str) for r in raw_roots):
-        problems.append(f"catalog.extra_roots must be a list of folder paths, got {raw_roots!r}")
-    else:
-        for raw in raw_roots:
-            root = Path(raw).expanduser()
-            root = root if root.is_absolute() else home / root
-            if not root.is_dir():
-                problems.append(
-                    f"catalog.extra_roots: {raw!r} is not a folder ({root}); "
-                    "create it or remove it from the list"
-                )
-            else:
-                roots.append(root)
-    return CatalogConfig(
-        settle_seconds=DEFAULT_SETTLE_SECONDS if settle is None else settle,
-        rescan_interval_seconds=DEFAULT_RESCAN_INTERVAL_SECONDS if rescan is None else rescan,
-        extra_roots=tuple(roots),
-        host=host or socket.gethostname(),
-    )
-
-
-def _table(data: dict[str, Any], name: str, known: set[str], problems: list[str]) -> dict[str, Any]:
-    table = data.get(name, {})
-    if not isinstance(table, dict):
-        problems.append(f"[{name}] must be a table")
-        return {}
-    _unknown(table, known, f"[{name}]", problems)
-    return table
-
-
-def _intake(data: dict[str, Any], problems: list[str]) -> IntakeConfig:
-    table = _table(data, "intake", {"settle_seconds"}, problems)
-    settle = _number(table, "settle_seconds", "intake", problems, minimum=0.0)
-    return IntakeConfig(DEFAULT_INTAKE_SETTLE_SECONDS if settle is None else settle)
-
-
-def _trainer(data: dict[str, Any], problems: list[str]) -> TrainerConfig:
-    known = {
-        "command",
-        "cancel_grace_seconds",
-        "stop_grace_seconds",
-        "heartbeat_seconds",
-        "max_attempts",
-        "cpu_processes",
-        "collective_timeout_seconds",
-        "lease_seconds",
-        "threads",
-    }
-    table = _table(data, "trainer", known, problems)
-    command = table.get("command", list(DEFAULT_TRAINER_COMMAND))
-    if not (
-        isinstance(command, list) and command and all(isinstance(c, str) and c for c in command)
-    ):
-        problems.append(
-            f"trainer.command must be a non-empty list of strings (an argv), got {command!r}"
-        )
-        command = list(DEFAULT_TRAINER_COMMAND)
-    attempts = table.get("max_attempts", DEFAULT_MAX_ATTEMPTS)
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        problems.append(
-            f"trainer.max_attempts must be a whole number of at least 1, got {attempts!r}"
-        )
-        attempts = DEFAULT_MAX_ATTEMPTS
-    cpus = table.get("cpu_processes", DEFAULT_CPU_PROCESSES)
-    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
-        problems.append(f"trainer.cpu_processes must be a whole number of at least 1, got {cpus!r}")
-        cpus = DEFAULT_CPU_PROCESSES
-    collective = _number(table, "collective_timeout_seconds", "trainer", problems, minimum=1.0)
-    threads = table.get("threads", DEFAULT_TRAINER_THREADS)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        problems.append(
-            "trainer.threads must be a whole number of CPU threads (0: torch's default), "
-            f"got {threads!r}"
-        )
-        threads = DEFAULT_TRAINER_THREADS
-    cancel = _number(table, "cancel_grace_seconds", "trainer", problems, minimum=0.0)
-    stop = _number(table, "stop_grace_seconds", "trainer", problems, minimum=0.0)
-    beat = _number(table, "heartbeat_seconds", "trainer", problems, minimum=0.05)
-    lease = _number(table, "lease_seconds", "trainer", problems, minimum=1.0)
-    heartbeat = DEFAULT_HEARTBEAT_SECONDS if beat is None else beat
-    lease = DEFAULT_LEASE_SECONDS if lease is None else lease
-    if lease < 3 * heartbeat:
-        problems.append(
-            f"trainer.lease_seconds ({lease:g}) must be at least three heartbeats "
-            f"(3 x trainer.heartbeat_seconds = {3 * heartbeat:g}), or a live daemon could "
-            "lose its run"
-        )
-    return TrainerConfig(
-        command=tuple(command),
-        cancel_grace_seconds=DEFAULT_CANCEL_GRACE_SECONDS if cancel is None else cancel,
-        stop_grace_seconds=DEFAULT_STOP_GRACE_SECONDS if stop is None else stop,
-        heartbeat_seconds=heartbeat,
-        max_attempts=attempts,
-        cpu_processes=cpus,
-        collective_timeout_seconds=(
-            DEFAULT_COLLECTIVE_TIMEOUT_SECONDS if collective is None else collective
-        ),
-        lease_seconds=lease,
-        threads=threads,
-    )
-
-
-def _certify(data: dict[str, Any], problems: list[str]) -> CertifyConfig:
-    flags = ("make_current", "require_improvement", "compare_with_current")
-    counts = ("eval_tokens", "sample_prompts", "sample_tokens")
-    table = _table(data, "certify", {*flags, *counts}, problems)
-    default = CertifyConfig()
+        problems.append(f"{where} must be a table")
+        return cls()
+    settings = dataclasses.fields(cls)
+    known = {s.name for s in settings}
+    problems += [
+        f"{where}: unknown setting {key!r} (known: {', '.join(sorted(known))})"
+        for key in sorted(set(table) - known)
+    ]
     values: dict[str, Any] = {}
-    for name in flags:
-        value = table.get(name, getattr(default, name))
-        if not isinstance(value, bool):
-            problems.append(f"certify.{name} must be true or false, got {value!r}")
-            value = getattr(default, name)
-        values[name] = value
-    for name in counts:
-        value = table.get(name, getattr(default, name))
-        low = 1 if name == "eval_tokens" else 0
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            problems.append(f"certify.{name} must be a whole number >= {low}, got {value!r}")
-            value = getattr(default, name)
-        values[name] = value
-    return CertifyConfig(**values)
+    for setting in settings:
+        rule: Rule | None = setting.metadata.get("rule")
+        if rule is None:  # a section of the file
+            values[setting.name] = _validate(
+                SECTIONS[setting.name],
+                table.get(setting.name, {}),
+                setting.name,
+                home,
+                env,
+                problems,
+            )
+            continue
+        given = (
+            [(f"{section}.{setting.name}" if section else setting.name, table[setting.name])]
+            if setting.name in table
+            else []
+        )
+        variable = OVERRIDDEN_BY.get((section, setting.name))
+        if variable and env.get(variable):
+            given.append((variable, env[variable]))
+        for name, value in given:
+            try:
+                values[setting.name] = rule(value, name, home)
+            except _Problem as exc:
+                problems += [str(p) for p in exc.args]
+                values.pop(setting.name, None)
+    made = cls(**values)
+    if hasattr(made, "problems"):
+        problems += made.problems()
+    return made
 
 
-def _log_level(value: Any, where: str, problems: list[str]) -> str:
-    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
-        problems.append(f"{where} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
-        return DEFAULT_LOG_LEVEL
-    return value.lower()
+SECTIONS: dict[str, type[Any]] = {
+    "catalog": CatalogConfig,
+    "intake": IntakeConfig,
+    "trainer": TrainerConfig,
+    "certify": CertifyConfig,
+}
 
 
 def resolve_home(home: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
@@ -358,6 +296,20 @@ def resolve_home(home: str | os.PathLike[str] | None, env: Mapping[str, str]) ->
     return Path(raw).expanduser().resolve()
 
 
+def _read_toml(paths: HomePaths) -> dict[str, Any]:
+    if not paths.config_file.exists():
+        return {}
+    try:
+        return tomllib.loads(paths.config_file.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{paths.config_file} is not valid TOML",
+            [f"{exc}; fix the file or move it away to use the defaults"],
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {paths.config_file}", [str(exc)]) from exc
+
+
 def load_config(
     home: str | os.PathLike[str] | None,
     db_url: str | None = None,
@@ -367,31 +319,11 @@ def load_config(
     env = os.environ if env is None else env
     root = resolve_home(home, env)
     paths = HomePaths(root)
-    problems: list[str] = []
     if root.exists() and not root.is_dir():
         raise ConfigError(f"home {root} is not a folder", ["pass --home a folder path"])
-
-    data: dict[str, Any] = {}
-    if paths.config_file.exists():
-        try:
-            data = tomllib.loads(paths.config_file.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"{paths.config_file} is not valid TOML",
-                [f"{exc}; fix the file or move it away to use the defaults"],
-            ) from exc
-        except OSError as exc:
-            raise ConfigError(f"cannot read {paths.config_file}", [str(exc)]) from exc
-
-    _unknown(data, {"log_level", "catalog", "intake", "trainer", "certify"}, CONFIG_FILE, problems)
-    log_level = _log_level(data.get("log_level", DEFAULT_LOG_LEVEL), "log_level", problems)
-    if env.get("ONESEEK_LOG_LEVEL"):
-        log_level = _log_level(env["ONESEEK_LOG_LEVEL"], "ONESEEK_LOG_LEVEL", problems)
-    catalog = _catalog(data.get("catalog", {}), root, problems, env)
-    intake = _intake(data, problems)
-    trainer = _trainer(data, problems)
-    certify = _certify(data, problems)
-
+    problems: list[str] = []
+    toml = _read_toml(paths)
+    settings: Settings = _validate(Settings, toml, "", root, env, problems)
     url = db_url or env.get("ONESEEK_DB_URL") or default_db_url(root)
     if "://" not in url:
         problems.append(
@@ -400,12 +332,17 @@ def load_config(
         )
     if problems:
         raise ConfigError(f"the configuration in {root} is invalid", problems)
+    catalog = settings.catalog
+    if "host" not in toml.get("catalog", {}) and not env.get("ONESEEK_HOST"):
+        # the machine's name: `env` is the environment that counts here (not necessarily this
+        # process's), so default_host is not asked
+        catalog = dataclasses.replace(catalog, host=socket.gethostname())
     return Config(
         home=paths,
         db_url=url,
-        log_level=log_level,
+        log_level=settings.log_level,
         catalog=catalog,
-        intake=intake,
-        trainer=trainer,
-        certify=certify,
+        intake=settings.intake,
+        trainer=settings.trainer,
+        certify=settings.certify,
     )

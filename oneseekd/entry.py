@@ -14,6 +14,6 @@ import sys
 def main() -> None:
     if "rich" not in sys.modules:
         sys.modules["rich"] = None  # type: ignore[assignment]  # import rich -> ImportError
-    from oneseekd.service import main as run_daemon
+    from oneseekd.daemon.command import main as run_daemon
 
     run_daemon()

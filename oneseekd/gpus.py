@@ -35,12 +35,6 @@ def host_gpus(env: Mapping[str, str] | None = None, proc_root: Path = NVIDIA_GPU
     return min(len(named), present)
 
 
-def available(cpu_processes: int, env: Mapping[str, str] | None = None) -> int:
-    """The most processes a run may ask for here: the GPUs, or cpu_processes without one."""
-    gpus = host_gpus(env)
-    return gpus if gpus > 0 else cpu_processes
-
-
 def resolve(asked: int | str, devices: int) -> int:
     """A `gpus` value as a number of processes: "all" is every device there is."""
     return devices if asked == "all" else int(asked)

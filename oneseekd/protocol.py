@@ -14,7 +14,6 @@ EXIT_RELAUNCH = 77  # the next model asks for another number of processes: start
 
 ENV_RUN_ID = "ONESEEK_RUN_ID"
 ENV_ATTEMPT = "ONESEEK_ATTEMPT"
-ENV_RESUME = "ONESEEK_RESUME"  # "1" when an earlier attempt of the run was interrupted
 ENV_PARENT_PID = "ONESEEK_SUPERVISOR_PID"  # the child stops when this process goes away
 # multi-process runs (started through torchrun): {model key: processes}, JSON
 ENV_WORLD_SIZES = "ONESEEK_WORLD_SIZES"

@@ -20,6 +20,13 @@ def pytest_collectstart() -> None:
     ignore_library_warnings()
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """CI runs plain `pytest -q`: tests marked slow run only when `-m` selects them."""
+    expr = item.config.option.markexpr or ""
+    if item.get_closest_marker("slow") and ("slow" not in expr or "not slow" in expr):
+        pytest.skip("a slow test: run with pytest -m slow")
+
+
 @pytest.fixture(autouse=True)
 def _quiet_library_warnings() -> None:
     """The named third-party warnings of oneseekd.logs.LIBRARY_WARNINGS, silenced in every
@@ -32,6 +39,12 @@ def home(tmp_path: Path) -> Path:
     root = tmp_path / "home"
     (root / "models" / "oneseek-7b-zero" / "base_models").mkdir(parents=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where tiny models are built once a session (trainhomes.tiny_home copies them)."""
+    return tmp_path_factory.mktemp("tiny-models")
 
 
 @pytest.fixture

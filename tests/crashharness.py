@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import DaemonProcess, run_until_idle
+from homes import drop as drop  # test_crash and test_promote import it from here
 from trainhomes import civic_dataset, tiny_home
 
 HARNESS = Path(__file__).resolve()
@@ -99,13 +100,6 @@ def small_request(seed: int, models: list[str] | None = None) -> dict[str, Any]:
         "seed": seed,
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
     }
-
-
-def drop(home: Path, name: str, body: dict[str, Any]) -> None:
-    """As a well-behaved writer does it: NAME.json.tmp, then a rename."""
-    tmp = home / "requests" / f"{name}.tmp"
-    tmp.write_text(json.dumps(body))
-    os.rename(tmp, home / "requests" / name)
 
 
 # --- processes ---------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -122,3 +123,14 @@ def query(home: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
 def run_state(home: Path, run_id: str) -> str | None:
     rows = query(home, "SELECT state FROM runs WHERE run_id = ?", run_id)
     return str(rows[0][0]) if rows else None
+
+
+@contextmanager
+def ready_daemon(home: Path) -> Iterator[DaemonProcess]:
+    """A daemon on `home` that has logged daemon_ready; killed on the way out."""
+    proc = DaemonProcess(home)
+    try:
+        proc.wait_event("daemon_ready")
+        yield proc
+    finally:
+        proc.kill()

@@ -61,7 +61,8 @@ def main() -> int:
         "pid": os.getpid(),
         "start": time.time(),
         "attempt": os.environ.get("ONESEEK_ATTEMPT"),
-        "resume": os.environ.get("ONESEEK_RESUME"),
+        # an attempt after the first resumes (from a checkpoint, where the real trainer has one)
+        "resume": "1" if int(os.environ.get("ONESEEK_ATTEMPT") or 1) > 1 else "0",
     }
     parent = int(os.environ.get("ONESEEK_SUPERVISOR_PID", os.getppid()))
     deadline = time.monotonic() + float(spec.get("sleep", 0.05))

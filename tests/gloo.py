@@ -155,8 +155,8 @@ def train_slowly_exported(
     """train_run, rank 0 taking `seconds` longer over each model's outputs (as an export of
     a large merged model does)."""
     import oneseekd.trainer.run as run
-    from oneseekd.config import HomePaths
     from oneseekd.db.engine import make_engine
+    from oneseekd.home import HomePaths
 
     save = run.save_model_outputs
 

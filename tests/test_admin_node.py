@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from daemon import DaemonProcess, query, run_state, wait_for
+from homes import ctl_text
 from trainhomes import FAST, tiny_home
-
-from oneseekd.cli import main as ctl_main
 
 if shutil.which("node") is None:
     pytest.skip(
@@ -86,13 +84,6 @@ def node(script: str, timeout: float = 60, **values: Any) -> Any:
     assert done.returncode == 0, done.stderr
     assert "locked" not in done.stderr.lower(), done.stderr
     return json.loads(done.stdout)
-
-
-def ctl(home: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(
-        ctl_main, ["--home", str(home), *args], env={"ONESEEK_HOME": None, "ONESEEK_DB_URL": None}
-    )
-    return result.exit_code, result.stdout
 
 
 def assert_no_lock_errors(daemon: DaemonProcess) -> None:
@@ -370,7 +361,7 @@ def test_enabled_and_display_name_from_node_survive_rescans(daemon: DaemonProces
     )
 
     def catalog() -> dict[str, tuple[str, bool]]:
-        code, out = ctl(home, "models", "--json")
+        code, out, _ = ctl_text(home, "models", "--json")
         assert code == 0, out
         return {m["key"]: (m["display_name"], m["enabled"]) for m in json.loads(out)}
 
@@ -425,7 +416,7 @@ def test_node_errors_name_the_problem_and_never_create_a_database(tmp_path: Path
     sqlite3.connect(foreign / "oneseek.db").execute("CREATE TABLE t (x)").connection.close()
     home = tmp_path / "home"
     home.mkdir()
-    assert ctl(home, "db", "upgrade")[0] == 0
+    assert ctl_text(home, "db", "upgrade")[0] == 0
     out = node(
         """
         const errors = {

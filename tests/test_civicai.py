@@ -15,67 +15,27 @@ from typing import Any
 import civic
 import pytest
 import torch
-from click.testing import CliRunner
 from peft import PeftModel
-from sqlalchemy import Engine
-from trainhomes import FAST, tiny_home
+from trainhomes import FAST, TinyHome
 from transformers import AutoModelForCausalLM
 
 import oneseekd.certify.live as live_module
 from oneseekd import queue
-from oneseekd.catalog.live import Catalog
-from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.layout import CURRENT_LINK, CURRENT_TXT, resolve_current
 from oneseekd.certify.publish import publish
-from oneseekd.cli import main as ctl
-from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine
-from oneseekd.db.migrate import upgrade
-from oneseekd.intake.accept import Intake
 from oneseekd.trainer.run import train_run
 
 QUICK = {**FAST, "epochs": 2}
 
 
-class Home:
-    def __init__(self, root: Path, cache: Path, models: dict[str, str], toml: str = "") -> None:
-        tiny_home(root, cache, models)
-        if toml:
-            with (root / "oneseekd.toml").open("a") as fh:
-                fh.write(toml)
-        self.config: Config = load_config(root, env={})
-        self.config.home.ensure()
-        self.engine: Engine = make_engine(self.config.db_url)
-        upgrade(self.engine)
-        Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
-
-    @property
-    def root(self) -> Path:
-        return self.config.home.root
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
-
+class Home(TinyHome):
     def train(self, models: list[str], **fields: object) -> tuple[str, str]:
-        body = {"base_models": models, "dataset": "civic.jsonl", **QUICK, **fields}
-        verdict = Intake(self.engine, self.config.home).take_bytes(
-            json.dumps(body).encode(), source="submit"
-        )
-        assert verdict.run_id, verdict.problems
-        claimed = queue.claim_next(self.engine, None)
-        assert claimed is not None and claimed.run_id == verdict.run_id
-        dna = train_run(self.engine, self.config.home, verdict.run_id)
+        """Queue, claim and train a run in this process; its run id and DNA."""
+        run_id = self.submit(models, **{**QUICK, **fields})
+        claimed = self.claim(run_id)
+        dna = train_run(self.engine, self.config.home, run_id)
         queue.finish(self.engine, claimed.id, "succeeded", outcome="succeeded")
-        return verdict.run_id, dna
-
-    def ctl(self, *args: str) -> Any:
-        return CliRunner().invoke(ctl, ["--home", str(self.root), *args])
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-models")
+        return run_id, dna
 
 
 @pytest.fixture

@@ -10,17 +10,11 @@ from pathlib import Path
 
 from click.testing import CliRunner
 from daemon import DaemonProcess
+from homes import ctl_text
 from modelfactory import make_model
 
 from oneseekd.cli import main
 from oneseekd.db.migrate import head_revision
-
-
-def ctl(home: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(
-        main, ["--home", str(home), *args], env={"ONESEEK_HOME": None, "ONESEEK_DB_URL": None}
-    )
-    return result.exit_code, result.stdout, result.stderr
 
 
 def seed(home: Path) -> None:
@@ -35,7 +29,7 @@ def seed(home: Path) -> None:
 
 def test_models_json_lists_the_catalog_without_a_daemon(home: Path) -> None:
     seed(home)
-    code, out, _ = ctl(home, "models", "--json")
+    code, out, _ = ctl_text(home, "models", "--json")
     assert code == 0
     models = {m["key"]: m for m in json.loads(out)}
     assert sorted(models) == [
@@ -52,7 +46,7 @@ def test_models_json_lists_the_catalog_without_a_daemon(home: Path) -> None:
 
 def test_models_table_shows_states_and_reasons(home: Path) -> None:
     seed(home)
-    code, out, _ = ctl(home, "models")
+    code, out, _ = ctl_text(home, "models")
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == [
@@ -73,7 +67,7 @@ def test_models_table_shows_states_and_reasons(home: Path) -> None:
 
 def test_resolve_names_the_strategy(home: Path) -> None:
     seed(home)
-    code, out, _ = ctl(home, "resolve", "mistral", "llama-2", "--json")
+    code, out, _ = ctl_text(home, "resolve", "mistral", "llama-2", "--json")
     assert code == 0
     assert [(r["requested"], r["key"], r["strategy"]) for r in json.loads(out)] == [
         ("mistral", "mistral-7b-instruct", "containment"),
@@ -83,7 +77,7 @@ def test_resolve_names_the_strategy(home: Path) -> None:
 
 def test_resolve_refuses_ambiguity_naming_both_candidates(home: Path) -> None:
     seed(home)
-    code, _, err = ctl(home, "resolve", "llama")
+    code, _, err = ctl_text(home, "resolve", "llama")
     assert code == 1
     assert err.strip() == (
         "Error: model name 'llama' is ambiguous (containment match): it matches "
@@ -93,11 +87,11 @@ def test_resolve_refuses_ambiguity_naming_both_candidates(home: Path) -> None:
 
 def test_resolve_refuses_an_invalid_or_disabled_model(home: Path) -> None:
     seed(home)
-    ctl(home, "models")
+    ctl_text(home, "models")
     con = sqlite3.connect(home / "oneseek.db")
     con.execute("UPDATE base_models SET enabled = 0 WHERE key = 'llama-2-7b'")
     con.commit()
-    code, _, err = ctl(home, "resolve", "broken", "llama-2-7b")
+    code, _, err = ctl_text(home, "resolve", "broken", "llama-2-7b")
     assert code == 1
     assert err.splitlines() == [
         "Error: 2 of the requested model names cannot be used",
@@ -109,7 +103,7 @@ def test_resolve_refuses_an_invalid_or_disabled_model(home: Path) -> None:
 
 def test_status_without_and_with_the_daemon(home: Path) -> None:
     seed(home)
-    code, out, _ = ctl(home, "status", "--json")
+    code, out, _ = ctl_text(home, "status", "--json")
     assert code == 0
     data = json.loads(out)
     assert data["daemon"]["running"] is False
@@ -118,7 +112,7 @@ def test_status_without_and_with_the_daemon(home: Path) -> None:
     proc = DaemonProcess(home)
     try:
         proc.wait_event("daemon_ready")
-        code, out, _ = ctl(home, "status", "--json")
+        code, out, _ = ctl_text(home, "status", "--json")
         data = json.loads(out)
         assert data["daemon"]["running"] is True
         assert data["daemon"]["pid"] == proc.proc.pid
@@ -129,19 +123,19 @@ def test_status_without_and_with_the_daemon(home: Path) -> None:
 
 def test_db_upgrade_by_hand(home: Path) -> None:
     head = head_revision()
-    code, out, _ = ctl(home, "db", "upgrade")
+    code, out, _ = ctl_text(home, "db", "upgrade")
     assert (code, out.strip()) == (0, f"Upgraded the database from empty to {head}.")
-    code, out, _ = ctl(home, "db", "upgrade", "--json")
+    code, out, _ = ctl_text(home, "db", "upgrade", "--json")
     assert json.loads(out) == {"from": head, "to": head, "changed": False}
 
 
 def test_an_outdated_database_is_left_to_db_upgrade(home: Path) -> None:
-    ctl(home, "db", "upgrade")
+    ctl_text(home, "db", "upgrade")
     con = sqlite3.connect(home / "oneseek.db")
     con.execute("DELETE FROM alembic_version")
     con.execute("DROP TABLE daemons")
     con.commit()
-    code, _, err = ctl(home, "status")
+    code, _, err = ctl_text(home, "status")
     assert code == 3
     assert "holds tables but no oneseekd revision" in err
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from homes import open_home, request, training_home
+from homes import ctl_text, home_with_a_queued_run, request, training_home
 from modelfactory import make_model
 
 from oneseekd.cli import main
@@ -31,24 +31,10 @@ HEAVY = (
 )
 
 
-def ctl(home: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(
-        main, ["--home", str(home), *args], env={"ONESEEK_HOME": None, "ONESEEK_DB_URL": None}
-    )
-    return result.exit_code, result.stdout, result.stderr
-
-
 @pytest.fixture
 def queued_home(tmp_path: Path) -> tuple[Path, str]:
     """A migrated, scanned home with one queued run, no daemon."""
-    home = training_home(tmp_path / "home")
-    config, engine = open_home(home)
-    verdict = Intake(engine, config.home).take_bytes(
-        json.dumps(request()).encode(), source="submit"
-    )
-    engine.dispose()
-    assert verdict.run_id is not None
-    return home, verdict.run_id
+    return home_with_a_queued_run(tmp_path / "home")
 
 
 def imported_by(home: Path, *args: str, db_url: str | None = None) -> tuple[list[str], str]:
@@ -107,9 +93,9 @@ def test_the_light_and_the_full_path_read_the_same(
     home, run_id = queued_home
     if args == ("show",):
         args = ("show", run_id, "--json")
-    light = ctl(home, *args)
+    light = ctl_text(home, *args)
     _full_path_only(monkeypatch)
-    full = ctl(home, *args)
+    full = ctl_text(home, *args)
     assert light[0] == full[0] == 0
     assert json.loads(light[1]) == json.loads(full[1])
 
@@ -146,7 +132,7 @@ def test_catalog_is_current_agrees_with_the_scan(queued_home: tuple[Path, str]) 
 
 def test_an_unknown_run_is_an_error_naming_the_fix(queued_home: tuple[Path, str]) -> None:
     home, _ = queued_home
-    code, _, err = ctl(home, "show", "run-nope")
+    code, _, err = ctl_text(home, "show", "run-nope")
     assert code == 1
     assert err.strip() == ("Error: no run 'run-nope'\n  - list the runs with `oneseekctl runs`")
 

@@ -6,25 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-from homes import request, training_home
+from homes import ctl, request, training_home
 
-from oneseekd.cli import main
 from oneseekd.config import load_config
-from oneseekd.lock import HomeLock
+from oneseekd.daemon.lock import HomeLock
 
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return training_home(tmp_path / "home")
-
-
-def ctl(home: Path, *args: str, env: dict[str, str | None] | None = None) -> Result:
-    return CliRunner().invoke(
-        main,
-        ["--home", str(home), *args],
-        env={"ONESEEK_HOME": None, "BASE_MODELS": None, **(env or {})},
-    )
 
 
 def test_submit_a_file_queues_it(home: Path, tmp_path: Path) -> None:

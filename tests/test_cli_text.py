@@ -10,13 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from homes import open_home, request, training_home
+from homes import ctl_text, home_with_a_queued_run, training_home
 
-from oneseekd.cli import main
 from oneseekd.config import load_config
-from oneseekd.intake.accept import Intake
-from oneseekd.lock import HomeLock
+from oneseekd.daemon.lock import HomeLock
 
 PROGRESS = {
     "model": "kb-llama-3-1-8b-swedish",
@@ -34,25 +31,9 @@ PROGRESS = {
 }
 
 
-def ctl(home: Path, *args: str, env: dict[str, str | None] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(
-        main,
-        ["--home", str(home), *args],
-        env={"ONESEEK_HOME": None, "ONESEEK_DB_URL": None, "BASE_MODELS": None, **(env or {})},
-    )
-    return result.exit_code, result.stdout, result.stderr
-
-
 @pytest.fixture
 def queued(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    home = training_home(tmp_path / "home")
-    config, engine = open_home(home)
-    verdict = Intake(engine, config.home).take_bytes(
-        json.dumps(request()).encode(), source="submit"
-    )
-    engine.dispose()
-    assert verdict.run_id is not None
-    yield home, verdict.run_id
+    yield home_with_a_queued_run(tmp_path / "home")
 
 
 def _set(home: Path, run_id: str, **columns: object) -> None:
@@ -74,14 +55,14 @@ def test_show_reads_as_text_without_repeating_the_state(queued: tuple[Path, str]
             {"model": None, "state": "certified", "dna": "OneSeek-7B-Zero.v1.0.abc123"}
         ),
     )
-    code, out, _ = ctl(home, "show", run_id)
+    code, out, _ = ctl_text(home, "show", run_id)
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == f"run {run_id}: succeeded"
     assert "  last step: certified as OneSeek-7B-Zero.v1.0.abc123" in lines
     assert "{" not in out  # no raw JSON
     _set(home, run_id, state="failed", outcome="oom", progress=json.dumps(PROGRESS))
-    code, out, _ = ctl(home, "show", run_id)
+    code, out, _ = ctl_text(home, "show", run_id)
     lines = out.splitlines()
     assert lines[0] == f"run {run_id}: failed (oom)"
     at = lines.index(
@@ -107,7 +88,7 @@ def test_status_shows_the_step_once_from_the_run_itself(queued: tuple[Path, str]
     lock = HomeLock(config.home.lock_file)
     lock.acquire()
     try:
-        code, out, _ = ctl(home, "status")
+        code, out, _ = ctl_text(home, "status")
     finally:
         lock.release()
     assert code == 0
@@ -121,7 +102,7 @@ def test_status_shows_the_step_once_from_the_run_itself(queued: tuple[Path, str]
 
 def test_submit_with_nothing_names_the_file_and_the_flags(tmp_path: Path) -> None:
     home = training_home(tmp_path / "home")
-    code, _, err = ctl(home, "submit")
+    code, _, err = ctl_text(home, "submit")
     assert code == 1
     assert err.strip() == (
         "Error: nothing to submit\n"
@@ -133,7 +114,7 @@ def test_submit_with_nothing_names_the_file_and_the_flags(tmp_path: Path) -> Non
 
 def test_submit_with_a_missing_field_names_the_flag(tmp_path: Path) -> None:
     home = training_home(tmp_path / "home")
-    code, _, err = ctl(home, "submit", "--epochs", "1")
+    code, _, err = ctl_text(home, "submit", "--epochs", "1")
     assert code == 1
     assert err.strip() == (
         "Error: the request was refused\n"
@@ -144,6 +125,6 @@ def test_submit_with_a_missing_field_names_the_flag(tmp_path: Path) -> None:
 
 
 def test_submit_help_shows_the_request_file(tmp_path: Path) -> None:
-    code, out, _ = ctl(tmp_path, "submit", "--help")
+    code, out, _ = ctl_text(tmp_path, "submit", "--help")
     assert code == 0
     assert out.splitlines()[0] == "Usage: main submit [OPTIONS] [FILE.json]"

@@ -38,14 +38,6 @@ from modelfactory import make_model
 ATTEMPT_2 = '"attempt": 2, "argv"'
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
-    """CI runs plain `pytest -q`: tests marked slow run only when `-m` selects them."""
-    expr = request.config.option.markexpr or ""
-    if request.node.get_closest_marker("slow") and ("slow" not in expr or "not slow" in expr):
-        pytest.skip("a slow crash test: run with pytest -m slow")
-
-
 def _runs(home: Path) -> list[tuple[str, str, str | None, int]]:
     con = sqlite3.connect(home / "oneseek.db")
     try:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import DaemonProcess, model_state, run_until_idle, wait_for
+from daemon import DaemonProcess, model_state, ready_daemon, run_until_idle, wait_for
 from modelfactory import TINY_TENSORS, make_model, safetensors_bytes, write_config
 
 SETTLE = 0.4
@@ -32,10 +32,8 @@ def live_home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def daemon(live_home: Path) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess(live_home)
-    proc.wait_event("daemon_ready")
-    yield proc
-    proc.kill()
+    with ready_daemon(live_home) as proc:
+        yield proc
 
 
 def ready_transitions(home: Path, key: str) -> int:
@@ -131,15 +129,20 @@ def test_sigint_stops_cleanly(daemon: DaemonProcess) -> None:
     assert daemon.events()[-1]["event"] == "daemon_stopped"
 
 
-def test_a_second_daemon_on_the_same_home_is_refused(
-    daemon: DaemonProcess, live_home: Path
-) -> None:
-    second = subprocess.run(
-        [sys.executable, "-m", "oneseekd", "--home", str(live_home)],
+def refused_start(home: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m oneseekd --home HOME` where it must not start: its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "oneseekd", "--home", str(home)],
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_a_second_daemon_on_the_same_home_is_refused(
+    daemon: DaemonProcess, live_home: Path
+) -> None:
+    second = refused_start(live_home)
     assert second.returncode == 4
     assert (
         f"Error: another oneseekd (pid {daemon.proc.pid}) already runs on {live_home}"
@@ -159,12 +162,7 @@ def test_exit_when_idle_exits_once_the_catalog_is_current(live_home: Path) -> No
 
 def test_a_bad_config_stops_the_daemon_with_every_problem(live_home: Path) -> None:
     (live_home / "oneseekd.toml").write_text('log_level = "loud"\n[catalog]\nsettle = 1\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "oneseekd", "--home", str(live_home)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = refused_start(live_home)
     assert done.returncode == 2
     assert "Error: the configuration in" in done.stderr
     assert "log_level must be one of debug, info, warning, error, got 'loud'" in done.stderr

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from daemon import DaemonProcess, query, run_state, run_until_idle, wait_for
-from homes import fake_behaviour, fake_starts, request, training_home
+from daemon import DaemonProcess, query, ready_daemon, run_state, run_until_idle, wait_for
+from homes import drop, fake_behaviour, fake_starts, request, training_home
 
 from oneseekd.cli import main as ctl_main
 
@@ -28,16 +28,8 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def daemon(home: Path) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess(home)
-    proc.wait_event("daemon_ready")
-    yield proc
-    proc.kill()
-
-
-def drop(home: Path, name: str, body: object) -> None:
-    tmp = home / "requests" / f"{name}.tmp"
-    tmp.write_text(json.dumps(body))
-    os.rename(tmp, home / "requests" / name)
+    with ready_daemon(home) as proc:
+        yield proc
 
 
 INSERT = """

@@ -23,22 +23,15 @@ from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.config import Config, load_config
+from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
 from oneseekd.intake.accept import Intake
-from oneseekd.supervisor import Supervisor
 
 # dropout off: with it each rank draws its own masks, and the runs differ by that noise
 SAME = {**FAST, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
 TOLERANCE = 1e-5  # float sums in another order over 27 steps: measured under 3e-7
 FSDP_TOLERANCE = 1e-5  # sharded, 2 epochs: measured under 2e-7
-
-
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
-    expr = request.config.getoption("-m") or ""
-    if request.node.get_closest_marker("slow") and ("slow" not in expr or "not slow" in expr):
-        pytest.skip("a slow multi-process test: run with pytest -m slow")
 
 
 class Box:
@@ -128,17 +121,12 @@ def trainers_of(run_id: str) -> list[int]:
     return found
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-models")
-
-
 @pytest.fixture
 def box(tmp_path: Path, cache: Path) -> Iterator[Box]:
     b = Box(tmp_path / "ddp", cache, {"Tiny-Llama": "llama"})
     yield b
     if b.supervisor.child is not None:
-        b.supervisor._kill(b.supervisor.child)
+        b.supervisor.child.kill()
     b.engine.dispose()
 
 
@@ -288,7 +276,13 @@ def test_models_asking_for_different_gpu_counts_are_trained_in_separate_launches
         run_id = box.submit(["llama", "qwen2"], gpus=2, per_model={"qwen2": {"gpus": 1}}, epochs=1)
         done = box.drive(run_id, timeout=400)
         assert (done["state"], done["attempts"]) == ("succeeded", 1), box.log(run_id)[-3000:]
-        attempts = [line for line in box.log(run_id).splitlines() if line.startswith("--- ")]
+        # the supervisor's first line of each launch (the run log is JSON lines)
+        attempts = [
+            event["argv"]
+            for line in box.log(run_id).splitlines()
+            if line.startswith("{")
+            and (event := json.loads(line)).get("event") == "trainer_started"
+        ]
         assert len(attempts) == 2
         assert "--nproc-per-node=2" in attempts[0]
         assert "torch.distributed.run" not in attempts[1]

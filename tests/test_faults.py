@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sqlite3
 import time
@@ -26,78 +25,23 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from daemon import DaemonProcess, model_state, wait_for
-from homes import training_home
+from homes import drop, training_home
 from pausetrainer import arm, pause_command, paused, release
-from sqlalchemy import Engine
 from trainhomes import FAST, tiny_home
+from trainhomes import TinyHome as Home
 
-from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.artifacts import sha256_file
 from oneseekd.certify.layout import CERTIFIED_FILES
 from oneseekd.cli import main as ctl
-from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine
-from oneseekd.db.migrate import upgrade
 from oneseekd.errors import OneseekError
-from oneseekd.intake.accept import Intake
 from oneseekd.trainer.context import RunRefused
 from oneseekd.trainer.run import train_run
 
 ZERO = Path("models") / "oneseek-7b-zero"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 FAULT_STEP = 3  # optimizer steps into the first model: past setup and the first checkpoint
-
-
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
-    """CI runs plain `pytest -q`: tests marked slow run only when `-m` selects them."""
-    expr = request.config.option.markexpr or ""
-    if request.node.get_closest_marker("slow") and ("slow" not in expr or "not slow" in expr):
-        pytest.skip("a slow test: run with pytest -m slow")
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-models")
-
-
-class Home:
-    """A migrated, scanned home with tiny models, for train_run in this process."""
-
-    def __init__(self, root: Path, cache: Path, models: dict[str, str]) -> None:
-        tiny_home(root, cache, models)
-        self.config: Config = load_config(root, env={})
-        self.config.home.ensure()
-        self.engine: Engine = make_engine(self.config.db_url)
-        upgrade(self.engine)
-        self.scan()
-
-    @property
-    def root(self) -> Path:
-        return self.config.home.root
-
-    def scan(self) -> None:
-        Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
-
-    def start(self, models: list[str], **fields: object) -> str:
-        """Queue a request and claim its run, as the supervisor does before the trainer."""
-        body = {"base_models": models, "dataset": "civic.jsonl", **FAST, **fields}
-        verdict = Intake(self.engine, self.config.home).take_bytes(
-            json.dumps(body).encode(), source="submit"
-        )
-        assert verdict.run_id, verdict.problems
-        claimed = queue.claim_next(self.engine, None)
-        assert claimed is not None and claimed.run_id == verdict.run_id
-        return verdict.run_id
-
-    def rows(self, sql: str, *args: object) -> list[tuple[object, ...]]:
-        con = sqlite3.connect(self.config.home.db_file)
-        try:
-            return con.execute(sql, args).fetchall()
-        finally:
-            con.close()
 
 
 @pytest.fixture
@@ -281,13 +225,6 @@ def test_writing_run_outputs_leaves_the_base_models_in_the_catalog(home: Home) -
 # --- through the real daemon -------------------------------------------------------------------
 
 
-def drop(home: Path, name: str, body: dict[str, object]) -> None:
-    requests = home / "requests"
-    requests.mkdir(exist_ok=True)
-    (requests / f"{name}.json.tmp").write_text(json.dumps(body))
-    os.rename(requests / f"{name}.json.tmp", requests / f"{name}.json")
-
-
 class Runs:
     """The daemon's runs table, read the way another program would."""
 
@@ -339,7 +276,7 @@ def fault_in_flight(
     the fault, let it go on; returns the run id. The run has written no output yet."""
     pauses = daemon.home / "pauses"
     arm(pauses)
-    drop(daemon.home, request_file, body)
+    drop(daemon.home, f"{request_file}.json", body)
     run_id = wait_for(lambda: runs.run_of(request_file), timeout=30, what="the run")
     wait_for(lambda: paused(pauses, run_id), timeout=180, what="the trainer paused")
     try:
@@ -366,6 +303,20 @@ def quiet(daemon: DaemonProcess, seconds: float = 1.5, timeout: float = 30.0) ->
         return now - seen["since"] >= seconds
 
     wait_for(still, timeout=timeout, interval=0.05, what="the daemon to go quiet")
+
+
+def next_request_succeeds(daemon: DaemonProcess, runs: Runs) -> str:
+    """Once the fault is repaired: the model is ready again and a new request trains and is
+    certified; its run id."""
+    home = daemon.home
+    quiet(daemon)
+    wait_for(lambda: model_state(home, "tiny-llama") == "ready", timeout=30)
+    drop(
+        home, "next.json", {"base_models": ["llama"], "dataset": "civic.jsonl", **FAST, "epochs": 1}
+    )
+    next_id: str = wait_for(lambda: runs.run_of("next"), timeout=30, what="the next run")
+    assert runs.ended(next_id)[:2] == ("succeeded", "succeeded")
+    return next_id
 
 
 def ledger_verifies(home: Path) -> None:
@@ -410,13 +361,7 @@ def test_the_daemon_fails_a_run_whose_adapter_folder_broke_and_serves_the_next(
         # the operator puts the folder back; the next request trains and is certified
         adapters.unlink()
         adapters.mkdir()
-        quiet(daemon)
-        wait_for(lambda: model_state(home, "tiny-llama") == "ready", timeout=30)
-        drop(
-            home, "next", {"base_models": ["llama"], "dataset": "civic.jsonl", **FAST, "epochs": 1}
-        )
-        next_id = wait_for(lambda: runs.run_of("next"), timeout=30, what="the next run")
-        assert runs.ended(next_id)[:2] == ("succeeded", "succeeded")
+        next_id = next_request_succeeds(daemon, runs)
         certified = home / "models" / "oneseek-certified" / next_id  # a link to the DNA folder
         assert set(CERTIFIED_FILES) <= {p.name for p in certified.iterdir()}
         assert daemon.proc.poll() is None
@@ -458,13 +403,7 @@ def test_the_daemon_fails_runs_whose_dataset_or_base_model_vanished_and_serves_t
         assert daemon.proc.poll() is None
 
         dataset.write_bytes(original)
-        quiet(daemon)
-        wait_for(lambda: model_state(home, "tiny-llama") == "ready", timeout=30)
-        drop(
-            home, "next", {"base_models": ["llama"], "dataset": "civic.jsonl", **FAST, "epochs": 1}
-        )
-        next_id = wait_for(lambda: runs.run_of("next"), timeout=30, what="the next run")
-        assert runs.ended(next_id)[:2] == ("succeeded", "succeeded")
+        next_request_succeeds(daemon, runs)
         assert daemon.proc.poll() is None
     finally:
         daemon.stop()
@@ -482,7 +421,7 @@ def test_the_daemon_still_knows_its_models_after_run_outputs_appear(tmp_path: Pa
         adapter.mkdir(parents=True)
         (adapter / "adapter_config.json").write_text("{}")
         quiet(daemon, seconds=1.0)
-        drop(home, "next", {"base_models": ["qwen"], "dataset": "civic.jsonl"})
+        drop(home, "next.json", {"base_models": ["qwen"], "dataset": "civic.jsonl"})
         wait_for(
             lambda: any(
                 (home / "requests" / d / "next.json").exists() for d in ("accepted", "rejected")

@@ -10,19 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 from daemon import DaemonProcess, query, run_until_idle, wait_for
-from homes import fake_behaviour, open_home, request, training_home
+from homes import ctl, fake_behaviour, open_home, request, training_home
 from modelfactory import make_model
 from sqlalchemy import Engine, event
 from test_supervisor import World, close
 
 from oneseekd.catalog.scan import model_roots, scan
-from oneseekd.cli import main
+from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import DropFolder
 from oneseekd.intake.placing import short_name
-from oneseekd.supervisor import Supervisor
 
 
 # --- item 5: attempts count failures, not stops ----------------------------------------------
@@ -77,12 +75,6 @@ def test_a_run_that_crashed_too_often_says_which_attempts_failed_how(tmp_path: P
 
 
 # --- item 1: one bad input never stalls the rest ----------------------------------------------
-def ctl(home: Path, *args: str) -> Result:
-    return CliRunner().invoke(
-        main, ["--home", str(home), *args], env={"ONESEEK_HOME": None, "ONESEEK_DB_URL": None}
-    )
-
-
 def write_request(folder: Path, name: str, body: bytes) -> None:
     tmp = folder / ".writing.tmp"
     tmp.write_bytes(body)

@@ -23,13 +23,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from daemon import DaemonProcess, model_state, run_until_idle, wait_for
-from homes import open_home, training_home
+from homes import drop, open_home, take_row, training_home
 from modelfactory import make_model
 from trainhomes import FAST, tiny_home
 
 from oneseekd import queue
 from oneseekd.cli import main as ctl
-from oneseekd.intake.accept import MAX_REQUEST_BYTES, Intake
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.incoming import MAX_REQUEST_BYTES
 from oneseekd.naming import normalize_model_name
 from oneseekd.trainer.loading import ModelRefused
 from oneseekd.trainer.run import train_run
@@ -63,25 +64,7 @@ TOO_BIG = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
-    """CI runs plain `pytest -q`: tests marked slow run only when `-m` selects them."""
-    expr = request.config.option.markexpr or ""
-    if request.node.get_closest_marker("slow") and ("slow" not in expr or "not slow" in expr):
-        pytest.skip("a slow test: run with pytest -m slow")
-
-
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def drop(home: Path, name: str | bytes, raw: bytes) -> None:
-    """Write requests/NAME.json.tmp, then rename it to NAME.json, as writers must."""
-    folder = os.fsencode(home / "requests")
-    name = os.fsencode(name)
-    tmp = os.path.join(folder, name + b".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(raw)
-    os.rename(tmp, os.path.join(folder, name))
 
 
 def decided(home: Path, name: str | bytes) -> str | None:
@@ -255,7 +238,7 @@ def test_a_row_whose_payload_is_not_utf8_is_rejected_as_such(tmp_path: Path) -> 
     try:
         raw = (CORPUS / "requests" / "invalid-utf8.json").read_bytes()
         row_id = insert(home, "INSERT INTO training_requests (payload) VALUES (?)", (raw,))
-        verdict = Intake(engine, _config.home).take_row(row_id)
+        verdict = take_row(Intake(engine, _config.home), row_id)
     finally:
         engine.dispose()
     assert verdict is not None and verdict.status == "rejected"
@@ -272,7 +255,7 @@ def test_a_text_payload_that_is_not_utf8_is_rejected_as_such(tmp_path: Path) -> 
             home, "INSERT INTO training_requests (payload) VALUES (CAST(? AS TEXT))", (raw,)
         )
         assert rows(home, "SELECT typeof(payload) FROM training_requests") == [("text",)]
-        verdict = Intake(engine, _config.home).take_row(row_id)
+        verdict = take_row(Intake(engine, _config.home), row_id)
     finally:
         engine.dispose()
     assert verdict is not None and verdict.status == "rejected"
@@ -399,7 +382,7 @@ SPY = '''"""A stand-in trainer that records what the real one would be handed: l
 trainer's own first step, then the model folders and keys it would train from and write under."""
 import argparse, json, sys
 from pathlib import Path
-from oneseekd.config import HomePaths
+from oneseekd.home import HomePaths
 from oneseekd.db.engine import make_engine
 from oneseekd.errors import OneseekError
 from oneseekd.trainer.context import load_context
@@ -531,11 +514,6 @@ class Payload:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (exec, (f"open({self.marker!r}, 'w').write('unpickled')",))
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-models")
 
 
 @pytest.fixture

@@ -18,12 +18,12 @@ from daemon import query
 from homes import open_home, training_home
 from sqlalchemy import text
 
-from oneseekd import service
 from oneseekd.config import load_config
+from oneseekd.daemon import service
+from oneseekd.daemon.service import Daemon
+from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.db.engine import ChangeProbe, make_engine, write_session
 from oneseekd.db.migrate import head_revision, scripted_head
-from oneseekd.service import Daemon
-from oneseekd.supervisor import Supervisor
 
 
 def test_the_scripted_head_is_alembic_s_head() -> None:

@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from homes import open_home, request, training_home
+from homes import open_home, request, take_row, training_home
 from sqlalchemy import Engine
 
 from oneseekd import queue
 from oneseekd.config import Config
-from oneseekd.intake.accept import Incoming, Intake, Verdict
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.incoming import Incoming, Verdict
 from oneseekd.intake.schema import TrainingRequestModel
 from oneseekd.runspec import load
 
@@ -300,8 +301,8 @@ def test_a_pending_row_gets_its_verdict_written_back(setup: tuple) -> None:
     ).lastrowid
     con.commit()
     assert good is not None and bad is not None
-    assert intake.take_row(good) == Verdict("queued", good, run_id=intake_run(con, good))
-    verdict = intake.take_row(bad)
+    assert take_row(intake, good) == Verdict("queued", good, run_id=intake_run(con, good))
+    verdict = take_row(intake, bad)
     assert verdict is not None and verdict.status == "rejected"
     status, error = con.execute(
         "SELECT status, error FROM training_requests WHERE id = ?", (bad,)
@@ -311,7 +312,7 @@ def test_a_pending_row_gets_its_verdict_written_back(setup: tuple) -> None:
         "base_models: list should have at least 1 item after validation, not 0 "
         "(got [])\ndataset is required"
     )
-    assert intake.take_row(bad) is None  # decided rows are never taken twice
+    assert take_row(intake, bad) is None  # decided rows are never taken twice
 
 
 def test_a_row_with_a_column_that_cannot_be_read_is_rejected_saying_which(setup: tuple) -> None:
@@ -325,7 +326,7 @@ def test_a_row_with_a_column_that_cannot_be_read_is_rejected_saying_which(setup:
     ).lastrowid
     con.commit()
     assert row is not None
-    verdict = intake.take_row(row)
+    verdict = take_row(intake, row)
     assert verdict is not None and verdict.status == "rejected"
     assert verdict.problems == [
         "the row's problems column is not JSON; leave problems out of the INSERT "
@@ -347,7 +348,7 @@ def test_a_payload_stored_as_a_blob_is_read_as_utf8_text(setup: tuple) -> None:
     row = con.execute("INSERT INTO training_requests (payload) VALUES (?)", (raw,)).lastrowid
     con.commit()
     assert row is not None
-    verdict = intake.take_row(row)
+    verdict = take_row(intake, row)
     assert verdict is not None and verdict.status == "queued", verdict.problems
     assert con.execute("SELECT request_key FROM runs").fetchone() == ("blob-\u00e5",)
     assert Incoming.of_row(7, raw).payload == raw.decode("utf-8")

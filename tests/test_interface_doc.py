@@ -10,9 +10,9 @@ import click
 import pytest
 
 from oneseekd.cli import main as oneseekctl
+from oneseekd.daemon.command import main as oneseekd
 from oneseekd.intake.schema import TrainingRequestModel
 from oneseekd.runspec import AutoStopOptions, LoraOptions, ModelOptions
-from oneseekd.service import main as oneseekd
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERFACE = ROOT / "docs" / "interface.md"

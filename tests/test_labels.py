@@ -11,7 +11,7 @@ import pytest
 from tokenizers import processors
 from transformers import PreTrainedTokenizerFast
 
-from oneseekd.config import HomePaths
+from oneseekd.home import HomePaths
 from oneseekd.intake.checks import check_dataset
 from oneseekd.trainer.data import (
     IGNORE_INDEX,

@@ -16,26 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from homes import request, training_home
+from homes import ctl, open_home, request, training_home
 from pg import Outsider
 from sqlalchemy import Engine, select
 
 from oneseekd import queue
-from oneseekd.catalog.live import Catalog
-from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.artifacts import file_digest, record_artifact, sha256_file
 from oneseekd.certify.ledger import Ledger, canonical_json, key_path, ledger_proof
 from oneseekd.certify.verify import verify
-from oneseekd.cli import main
-from oneseekd.config import Config, HomePaths, load_config
-from oneseekd.db.engine import make_engine, write_session
-from oneseekd.db.migrate import upgrade
+from oneseekd.config import Config
+from oneseekd.db.engine import write_session
 from oneseekd.db.models import LedgerEvent
 from oneseekd.errors import OneseekError
-from oneseekd.intake.accept import Intake, Verdict
+from oneseekd.home import HomePaths
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.incoming import Verdict
 
 DNA = "OneSeek-7B-Zero.v1.0.abc123"
 WEIGHTS = "models/oneseek-7b-zero/weights/oneseek-7b-zero-v1.0-kb-llama-3-1-8b-swedish.pth"
@@ -72,12 +69,7 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path, db_url: str | None) -> Iterator[World]:
-    home = training_home(tmp_path / "home")
-    config = load_config(home, db_url, env={})
-    config.home.ensure()
-    engine = make_engine(config.db_url)
-    upgrade(engine)
-    Catalog(engine, model_roots(config), settle=0).full_scan()
+    config, engine = open_home(training_home(tmp_path / "home"), db_url)
     outsider = Outsider(db_url, config.home.db_file)
     yield World(config, engine, Intake(engine, config.home), outsider)
     outsider.close()
@@ -499,12 +491,6 @@ def test_an_artifact_outside_the_home_is_refused(world: World, tmp_path: Path) -
 
 
 # --- oneseekctl ledger verify ------------------------------------------------------------------
-def ctl(home: Path, *args: str) -> Result:
-    return CliRunner().invoke(
-        main, ["--home", str(home), *args], env={"ONESEEK_HOME": None, "BASE_MODELS": None}
-    )
-
-
 def test_ctl_ledger_verify(tmp_path: Path) -> None:
     home = training_home(tmp_path / "home")
     empty = ctl(home, "ledger", "verify")

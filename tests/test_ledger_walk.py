@@ -17,11 +17,6 @@ from test_civicai import Home
 from oneseekd.certify.layout import CURRENT_LINK, CURRENT_TXT
 
 
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-models")
-
-
 @pytest.fixture
 def home(tmp_path: Path, cache: Path) -> Iterator[Home]:
     h = Home(tmp_path / "home", cache, {"Tiny-Llama": "llama", "Tiny-Qwen2.5": "qwen2"})

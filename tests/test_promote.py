@@ -26,13 +26,6 @@ from daemon import query, run_until_idle
 CURRENT = "OneSeek-7B-Zero-CURRENT"
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
-    expr = request.config.option.markexpr or ""
-    if request.node.get_closest_marker("slow") and ("slow" not in expr or "not slow" in expr):
-        pytest.skip("a slow crash test: run with pytest -m slow")
-
-
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home with two certified runs, the second current."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from daemon import DaemonProcess, wait_for
-from homes import fake_behaviour, fake_starts, request, training_home
+from homes import fake_behaviour, fake_starts, migrated, request, training_home
 from pausetrainer import pause_command, paused
 from pg import Outsider
 from sqlalchemy import Engine
@@ -30,9 +30,10 @@ from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import ScanResult, model_roots
 from oneseekd.catalog.store import load_rows, reconcile
 from oneseekd.certify.verify import verify
-from oneseekd.config import Config, HomePaths, load_config
+from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
+from oneseekd.home import HomePaths
 from oneseekd.intake.accept import Intake
 
 A, B = "host-a", "host-b"
@@ -59,11 +60,7 @@ class Cluster:
 @pytest.fixture
 def two_hosts(tmp_path: Path, db_url: str | None) -> Iterator[Cluster]:
     """Two hosts' catalogs of the same three models in one database."""
-    home = training_home(tmp_path / "home")
-    config = load_config(home, db_url, env={})
-    config.home.ensure()
-    engine = make_engine(config.db_url)
-    upgrade(engine)
+    config, engine = migrated(training_home(tmp_path / "home"), db_url)
     c = Cluster(config, engine, Outsider(db_url, config.home.db_file))
     c.catalog(A).full_scan()
     c.catalog(B).full_scan()

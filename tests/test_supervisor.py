@@ -23,10 +23,11 @@ from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.config import Config, load_config
+from oneseekd.daemon.procs import Child
+from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.migrate import upgrade
 from oneseekd.intake.accept import Intake
-from oneseekd.supervisor import Child, Supervisor
 
 
 class World:
@@ -257,7 +258,7 @@ from pathlib import Path
 from sqlalchemy import select
 from oneseekd.certify.artifacts import file_digest, record_artifact
 from oneseekd.certify.ledger import Ledger
-from oneseekd.config import HomePaths
+from oneseekd.home import HomePaths
 from oneseekd.db.engine import make_engine, write_session
 from oneseekd.db.models import Run
 
@@ -346,7 +347,8 @@ def test_the_supervisor_and_certify_import_no_torch_nor_the_trainer() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, oneseekd.supervisor, oneseekd.certify.publish, oneseekd.certify.promote; "
+            "import sys, oneseekd.daemon.supervisor, oneseekd.certify.publish, "
+            "oneseekd.certify.promote; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules), "
             "sorted(m for m in sys.modules if m.startswith('oneseekd.trainer')))",
         ],
@@ -448,7 +450,7 @@ def test_a_relaunch_after_the_run_was_taken_over_starts_nothing(world: World) ->
 def test_a_certified_run_taken_over_meanwhile_is_left_to_its_new_owner(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from oneseekd import supervisor as module
+    from oneseekd.daemon import supervisor as module
 
     run_id, child = _training(world, sleep=0.3)
     _run_row(world, run_id, "UPDATE runs SET attempts = 2, host = 'gpu-b' WHERE run_id = :r")

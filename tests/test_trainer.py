@@ -8,25 +8,18 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import torch
 from click.testing import CliRunner
 from peft import PeftModel, set_peft_model_state_dict
-from sqlalchemy import Engine
-from trainhomes import FAST, tiny_home
+from trainhomes import TinyHome as Home
 from transformers import AutoModelForCausalLM
 
-from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.artifacts import sha256_file
 from oneseekd.cli import main as ctl
-from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine
-from oneseekd.db.migrate import upgrade
-from oneseekd.intake.accept import Intake
 from oneseekd.trainer import recipe as recipe_module
 from oneseekd.trainer.__main__ import set_threads
 from oneseekd.trainer.checkpoint import Checkpoints
@@ -34,58 +27,6 @@ from oneseekd.trainer.context import RunRefused
 from oneseekd.trainer.loading import ModelRefused
 from oneseekd.trainer.recipe import Stopped
 from oneseekd.trainer.run import train_run
-
-
-class Home:
-    def __init__(self, root: Path, cache: Path, models: dict[str, str]) -> None:
-        tiny_home(root, cache, models)
-        self.config: Config = load_config(root, env={})
-        self.config.home.ensure()
-        self.engine: Engine = make_engine(self.config.db_url)
-        upgrade(self.engine)
-        Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
-
-    @property
-    def root(self) -> Path:
-        return self.config.home.root
-
-    def submit(self, models: list[str], **fields: object) -> str:
-        body = {"base_models": models, "dataset": "civic.jsonl", **FAST, **fields}
-        verdict = Intake(self.engine, self.config.home).take_bytes(
-            json.dumps(body).encode(), source="submit"
-        )
-        assert verdict.run_id, verdict.problems
-        return verdict.run_id
-
-    def start(self, models: list[str], **fields: object) -> str:
-        run_id = self.submit(models, **fields)
-        claimed = queue.claim_next(self.engine, None)
-        assert claimed is not None and claimed.run_id == run_id
-        return run_id
-
-    def results(self) -> dict[str, Any]:
-        """The training_results.json of the home's only certified run."""
-        certified = self.root / "models" / "oneseek-certified"
-        # the CURRENT pointer (a link and its .txt) and live folders sit beside the run's
-        [folder] = [
-            p
-            for p in certified.iterdir()
-            if p.name.startswith("OneSeek-7B-Zero.v") and p.is_dir() and not p.is_symlink()
-        ]
-        data: dict[str, Any] = json.loads((folder / "training_results.json").read_text())
-        return data
-
-    def rows(self, sql: str, *args: object) -> list[tuple[object, ...]]:
-        con = sqlite3.connect(self.config.home.db_file)
-        try:
-            return con.execute(sql, args).fetchall()
-        finally:
-            con.close()
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-models")
 
 
 @pytest.fixture

@@ -1,11 +1,26 @@
-"""Homes with tiny generated models for the trainer's tests."""
+"""Homes with tiny generated models for the trainer's tests, and TinyHome: one migrated and
+scanned, whose runs a test trains in its own process (train_run)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
+from typing import Any
 
+from click.testing import Result
+from homes import ctl
+from sqlalchemy import Engine
+
+from oneseekd import queue
+from oneseekd.catalog.live import Catalog
+from oneseekd.catalog.scan import model_roots
+from oneseekd.config import Config, load_config
+from oneseekd.db.engine import make_engine
+from oneseekd.db.migrate import upgrade
+from oneseekd.db.models import Run
+from oneseekd.intake.accept import Intake
 from oneseekd.trainer.tiny import tiny_model
 
 _CACHE: dict[tuple[str, str], Path] = {}
@@ -65,3 +80,73 @@ FAST = {
     "checkpoint_every": 2,
     "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
 }
+
+
+class TinyHome:
+    """A migrated, scanned home with tiny models {folder name: arch}; `toml` is appended to
+    its oneseekd.toml."""
+
+    def __init__(self, root: Path, cache: Path, models: dict[str, str], toml: str = "") -> None:
+        tiny_home(root, cache, models)
+        if toml:
+            with (root / "oneseekd.toml").open("a") as fh:
+                fh.write(toml)
+        self.config: Config = load_config(root, env={})
+        self.config.home.ensure()
+        self.engine: Engine = make_engine(self.config.db_url)
+        upgrade(self.engine)
+        self.scan()
+
+    @property
+    def root(self) -> Path:
+        return self.config.home.root
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def scan(self) -> None:
+        Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
+
+    def submit(self, models: list[str], **fields: object) -> str:
+        """Queue a request (FAST, then `fields`); its run id."""
+        body = {"base_models": models, "dataset": "civic.jsonl", **FAST, **fields}
+        verdict = Intake(self.engine, self.config.home).take_bytes(
+            json.dumps(body).encode(), source="submit"
+        )
+        assert verdict.run_id, verdict.problems
+        return verdict.run_id
+
+    def claim(self, run_id: str) -> Run:
+        """Claim the run, as the supervisor does before it starts the trainer."""
+        claimed = queue.claim_next(self.engine, None)
+        assert claimed is not None and claimed.run_id == run_id
+        return claimed
+
+    def start(self, models: list[str], **fields: object) -> str:
+        """Queue a request and claim its run."""
+        run_id = self.submit(models, **fields)
+        self.claim(run_id)
+        return run_id
+
+    def results(self) -> dict[str, Any]:
+        """The training_results.json of the home's only certified run."""
+        certified = self.root / "models" / "oneseek-certified"
+        # the CURRENT pointer (a link and its .txt) and live folders sit beside the run's
+        [folder] = [
+            p
+            for p in certified.iterdir()
+            if p.name.startswith("OneSeek-7B-Zero.v") and p.is_dir() and not p.is_symlink()
+        ]
+        data: dict[str, Any] = json.loads((folder / "training_results.json").read_text())
+        return data
+
+    def rows(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        con = sqlite3.connect(self.config.home.db_file)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def ctl(self, *args: str) -> Result:
+        return ctl(self.root, *args)

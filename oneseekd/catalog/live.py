@@ -3,7 +3,6 @@ named (hints), each applied only once a folder has been still for the settle tim
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from sqlalchemy import Engine
 
 from oneseekd.catalog.scan import RESERVED, Found, Root, ScanResult, candidate, inspect_folder, scan
 from oneseekd.catalog.store import Reconciled, reconcile
+from oneseekd.config import default_host
 
 log = structlog.get_logger("oneseekd.catalog")
 
@@ -28,7 +28,7 @@ class Catalog:
         host: str | None = None,
     ) -> None:
         self.engine = engine
-        self.host = host or socket.gethostname()  # the rows this catalog writes name it
+        self.host = host or default_host()  # the rows this catalog writes name it
         self.roots = roots
         self.settle = settle
         self.clock = clock

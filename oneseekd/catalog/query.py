@@ -10,10 +10,11 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from oneseekd.catalog.scan import RESERVED, Root, model_roots
-from oneseekd.config import Config, HomePaths, load_config
+from oneseekd.config import Config, load_config
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import BaseModel
 from oneseekd.errors import ModelResolutionError, OneseekError
+from oneseekd.home import HomePaths
 from oneseekd.naming import Match, match_model, normalize_model_name
 
 NOT_SCANNED = "another program wrote this row, and it is never used"

@@ -7,7 +7,6 @@ and writes and reconciles only the rows that name its host: several hosts share 
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +17,7 @@ from sqlalchemy import Engine, insert, or_, select
 from sqlalchemy.orm import Session
 
 from oneseekd.catalog.scan import Found, ScanResult
+from oneseekd.config import default_host
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import BaseModel, CatalogEvent, utcnow
 
@@ -170,7 +170,7 @@ def reconcile(
     and rows whose folder is listed in `gone` become `missing`.
     Only the rows of `host` (default: this machine's name) are read and written.
     """
-    host = host or socket.gethostname()
+    host = host or default_host()
     now = now or utcnow()
     out = Reconciled()
     gone_paths = {str(p) for p in gone}

@@ -8,19 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirModifiedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
+from watchdog import events
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from oneseekd.catalog.live import Catalog
@@ -31,16 +20,10 @@ log = structlog.get_logger("oneseekd.catalog")
 # so the scan's own reads (and watchdog's re-walk after an overflow) flood the kernel queue:
 # at 10,000 folders it overflows again and again and real events are lost.
 CHANGES = [
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirModifiedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-]
+    getattr(events, f"{kind}{change}Event")
+    for kind in ("Dir", "File")
+    for change in ("Created", "Deleted", "Modified", "Moved")
+] + [events.FileClosedEvent]
 
 
 class _Hints(FileSystemEventHandler):

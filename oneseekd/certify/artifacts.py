@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from oneseekd.config import HomePaths
 from oneseekd.db.models import Artifact
 from oneseekd.errors import OneseekError
+from oneseekd.home import HomePaths
 
 if TYPE_CHECKING:
     from oneseekd.certify.ledger import Ledger

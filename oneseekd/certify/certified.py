@@ -36,7 +36,7 @@ from oneseekd.certify.staging import (
     staging_path,
     write_json,
 )
-from oneseekd.config import HomePaths
+from oneseekd.home import HomePaths
 from oneseekd.naming import versioned_name
 from oneseekd.times import utc_text
 

@@ -38,9 +38,9 @@ from oneseekd.certify.staging import (
     staging_path,
     write_bytes,
 )
-from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import Artifact, LedgerEvent
+from oneseekd.home import HomePaths
 from oneseekd.naming import versioned_name
 
 log = structlog.get_logger("oneseekd.certify")

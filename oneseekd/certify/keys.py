@@ -23,8 +23,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from oneseekd.config import HomePaths
 from oneseekd.errors import OneseekError
+from oneseekd.home import HomePaths
 
 log = structlog.get_logger("oneseekd.ledger")
 

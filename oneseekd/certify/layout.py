@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oneseekd.config import HomePaths
+from oneseekd.home import HomePaths
 
 DNA_PREFIX = "OneSeek-7B-Zero.v"
 CURRENT_LINK = "OneSeek-7B-Zero-CURRENT"

@@ -31,9 +31,9 @@ from sqlalchemy.orm import Session
 
 from oneseekd.certify.keys import KEY_FILE, key_id_of, key_path, load_or_create_key, raw_public
 from oneseekd.certify.tip import Tip, write_tip
-from oneseekd.config import HomePaths
 from oneseekd.db.engine import serialize
 from oneseekd.db.models import LedgerEvent, LedgerKey, utcnow
+from oneseekd.home import HomePaths
 
 log = structlog.get_logger("oneseekd.ledger")
 

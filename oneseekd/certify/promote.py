@@ -24,10 +24,10 @@ from oneseekd.certify.layout import (
     run_gate,
 )
 from oneseekd.certify.ledger import Ledger
-from oneseekd.config import HomePaths
 from oneseekd.db.engine import write_session
 from oneseekd.db.models import LedgerEvent, Run
 from oneseekd.errors import OneseekError
+from oneseekd.home import HomePaths
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from oneseekd.certify.layout import (
     run_link,
 )
 from oneseekd.certify.staging import fsync_dir, remove, replace_link, staging_path
-from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import Artifact, LedgerEvent, Run
+from oneseekd.home import HomePaths
 from oneseekd.naming import versioned_name
 
 

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from oneseekd.config import HomePaths
 from oneseekd.db.models import Artifact
 from oneseekd.errors import OneseekError
+from oneseekd.home import HomePaths
 
 
 def render_json(data: Any, *, strict: bool = False) -> bytes:

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from oneseekd import boundedjson
-from oneseekd.config import HomePaths
+from oneseekd.home import HomePaths
 
 log = structlog.get_logger("oneseekd.ledger")
 

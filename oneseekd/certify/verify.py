@@ -24,9 +24,9 @@ from oneseekd.certify.layout import is_dna
 from oneseekd.certify.ledger import ALGORITHM, GENESIS_HASH, PROOF_FILE, event_hash
 from oneseekd.certify.tip import TIP_FILE, Tip, read_tip, tip_of
 from oneseekd.certify.walk import COMPLETED_EVENT, Signed, check_layout
-from oneseekd.config import HomePaths
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import Artifact, LedgerKey
+from oneseekd.home import HomePaths
 
 MAX_PROBLEMS = 100
 MAX_PROOF_BYTES = 1024 * 1024

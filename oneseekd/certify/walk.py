@@ -33,7 +33,7 @@ from oneseekd.certify.layout import (
     is_dna,
     resolve_current,
 )
-from oneseekd.config import HomePaths
+from oneseekd.home import HomePaths
 
 COMPLETED_EVENT = "dna_v2_training_completed"
 ARTIFACT_EVENT = "artifact_recorded"

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from oneseekd.config import Config, load_config
+from oneseekd.daemon.lock import LockState, probe
 from oneseekd.errors import ConfigError, DatabaseError, OneseekError
-from oneseekd.lock import LockState, probe
 from oneseekd.times import utc_text
 
 if TYPE_CHECKING:

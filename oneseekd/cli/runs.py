@@ -12,8 +12,8 @@ from oneseekd.cli.context import Context, emit_json
 from oneseekd.cli.display import iso, shown, shown_lines, shown_table
 from oneseekd.cli.read import Row, open_reader
 from oneseekd.cli.status import describe_progress
-from oneseekd.config import HomePaths
 from oneseekd.errors import RunNotFound
+from oneseekd.home import HomePaths
 
 
 def _when(value: Any) -> str:

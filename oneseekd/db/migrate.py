@@ -6,11 +6,15 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Literal
 
+import structlog
 from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 
-from oneseekd.db.engine import foreign_keys_off, writer
+from oneseekd.db.engine import foreign_keys_off, make_engine, writer
 from oneseekd.db.heads import scripted_head
 from oneseekd.errors import DatabaseError
+
+log = structlog.get_logger("oneseekd")
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -175,6 +179,32 @@ def _main() -> int:
         engine.dispose()
     print(json.dumps(revision.__dict__))
     return 0
+
+
+def _in_memory(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
+
+
+def open_database(url: str) -> Engine:
+    """An engine on a database brought to the newest revision (refusing a newer one)."""
+    engine = make_engine(url)
+    try:
+        # the usual start finds the database current without alembic; a migration runs in a
+        # child interpreter so that alembic's ~10 MB never stay resident in the daemon
+        revision = current_without_alembic(engine)
+        if revision is None:
+            revision = upgrade(engine) if _in_memory(engine) else upgrade_in_child(url)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(
+            f"cannot open the database {engine.url!r}",
+            [
+                str(exc.orig if hasattr(exc, "orig") else exc),
+                "check --db-url / ONESEEK_DB_URL and the folder's permissions",
+            ],
+        ) from exc
+    if revision.verdict != "current":
+        log.info("database_migrated", from_revision=revision.current, to_revision=revision.head)
+    return engine
 
 
 if __name__ == "__main__":

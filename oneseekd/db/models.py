@@ -143,7 +143,16 @@ class BaseModel(Base):
     state_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=False)
 
 
-class CatalogEvent(Base):
+class _StateChange:
+    """The columns every history row has: when, from which state to which, and why."""
+
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    old_state: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    new_state: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class CatalogEvent(_StateChange, Base):
     """The history of a catalog entry: every appearance, state change and move."""
 
     __tablename__ = "catalog_events"
@@ -152,11 +161,7 @@ class CatalogEvent(Base):
     model_id: Mapped[int] = mapped_column(
         ForeignKey("base_models.id", ondelete="CASCADE"), index=True
     )
-    at: Mapped[datetime] = mapped_column(UTCDateTime)
     event: Mapped[str] = mapped_column(String(40))
-    old_state: Mapped[str | None] = mapped_column(String(20), nullable=True)
-    new_state: Mapped[str] = mapped_column(String(20))
-    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Daemon(Base):
@@ -239,17 +244,13 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
-class RunEvent(Base):
+class RunEvent(_StateChange, Base):
     """Every state change of a run, with its time and why."""
 
     __tablename__ = "run_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    at: Mapped[datetime] = mapped_column(UTCDateTime)
-    old_state: Mapped[str | None] = mapped_column(String(20), nullable=True)
-    new_state: Mapped[str] = mapped_column(String(20))
-    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ModelTraining(Base):

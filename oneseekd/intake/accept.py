@@ -1,175 +1,49 @@
 """One validator for every door: a request becomes a queued run, or a verdict saying why not.
 
+(incoming.py decodes what arrived; batch.py holds what a batch of decisions reads once.)
+
 Files, `oneseekctl submit` and rows INSERTed by other programs all end here, so the same
 request gets the same verdict whichever way it came in. Nothing here raises on bad input.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import secrets
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import structlog
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from oneseekd import gpus
+from oneseekd import gpus, queue
 from oneseekd.catalog.query import by_key, home_roots, usable_by_host
 from oneseekd.catalog.scan import Root
 from oneseekd.certify.ledger import Ledger
-from oneseekd.config import DEFAULT_CPU_PROCESSES, HomePaths
+from oneseekd.config import DEFAULT_CPU_PROCESSES, default_host
 from oneseekd.db.engine import read_session, serialize, write_session
 from oneseekd.db.models import (
-    Artifact,
     BaseModel,
     Run,
-    RunEvent,
     TrainingRequest,
     unreadable_columns,
     utcnow,
 )
+from oneseekd.home import HomePaths
+from oneseekd.intake.batch import Batch, ended_versions, no_single_host, run_spec
 from oneseekd.intake.checks import (
     check_dataset,
     check_per_model,
-    next_version,
     resolve_models,
     taken_versions,
-    version_key,
 )
+from oneseekd.intake.incoming import Incoming, Verdict, log_verdict, new_run_id, safe_text
 from oneseekd.intake.schema import (
     TrainingRequestModel,
     checkable_parts,
     parse_request,
 )
 from oneseekd.runcheck import HostFacts
-from oneseekd.runspec import RunOptions, RunSpec, build
-
-log = structlog.get_logger("oneseekd.intake")
-
-MAX_REQUEST_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Verdict:
-    status: str  # queued | rejected | duplicate
-    request_pk: int
-    run_id: str | None = None
-    problems: list[str] = field(default_factory=list)
-    duplicate_of: str | None = None
-
-    @property
-    def accepted(self) -> bool:
-        return self.status == "queued"
-
-
-def decode(raw: bytes) -> tuple[Any, list[str]]:
-    """Bytes to a JSON value, or the problems that stop it."""
-    if len(raw) > MAX_REQUEST_BYTES:
-        return None, [
-            f"the request is {len(raw)} bytes; a request is at most "
-            f"{MAX_REQUEST_BYTES} bytes (1 MiB): put data in datasets/, not here"
-        ]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, [f"the request is not UTF-8 text (invalid byte at offset {exc.start})"]
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, [
-            f"the request is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ]
-    except RecursionError:
-        return None, ["the request is nested too deeply to be a training request"]
-    if not isinstance(data, dict):
-        return None, [f"a request is a JSON object ({{...}}), got {type(data).__name__}"]
-    if _has_lone_surrogate(data):
-        return None, ["the request holds invalid Unicode (a lone surrogate \\ud800-\\udfff)"]
-    return data, []
-
-
-def _has_lone_surrogate(value: Any, depth: int = 0) -> bool:
-    if depth > 64:
-        return False
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(
-            _has_lone_surrogate(k, depth + 1) or _has_lone_surrogate(v, depth + 1)
-            for k, v in value.items()
-        )
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(v, depth + 1) for v in value)
-    return False
-
-
-def safe_text(text: str) -> str:
-    """Text that any database accepts (file names may carry undecodable bytes)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def new_run_id(now: datetime) -> str:
-    return f"run-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-@dataclass
-class Incoming:
-    """One request as it arrived, decoded (or with the problems that stopped decoding)."""
-
-    payload: str
-    data: Any
-    problems: list[str]
-    source: str
-    source_name: str | None = None
-    claim: str | None = None
-    sha: str | None = None
-    row_id: int | None = None
-
-    @classmethod
-    def of_bytes(
-        cls, raw: bytes, source: str, source_name: str | None = None, claim: str | None = None
-    ) -> Incoming:
-        data, problems = decode(raw)
-        payload = raw.decode("utf-8", "backslashreplace")[:MAX_REQUEST_BYTES]
-        return cls(
-            payload, data, problems, source, source_name, claim, hashlib.sha256(raw).hexdigest()
-        )
-
-    @classmethod
-    def refused(
-        cls, problem: str, source: str, source_name: str | None = None, claim: str | None = None
-    ) -> Incoming:
-        """A request that was not read at all (a file that is a link, a FIFO)."""
-        return cls("", None, [problem], source, source_name, claim)
-
-    @classmethod
-    def of_row(cls, row_id: int, payload: Any) -> Incoming:
-        """A row's payload. SQLite hands back bytes for a BLOB (what another program binds
-        as bytes), and TEXT that is not UTF-8 with its bytes as surrogates (the engine's
-        text_factory): both are decoded as UTF-8 exactly as a file's content is."""
-        if isinstance(payload, bytes):
-            data, problems = decode(payload)
-            text = payload.decode("utf-8", "backslashreplace")[:MAX_REQUEST_BYTES]
-        else:
-            text = payload if isinstance(payload, str) else str(payload)
-            try:  # TEXT that was not UTF-8 comes back with its bytes kept as surrogates
-                raw = text.encode("utf-8", "surrogateescape")
-            except UnicodeEncodeError:
-                raw = text.encode("utf-8", "backslashreplace")
-            data, problems = decode(raw)
-            text = raw.decode("utf-8", "backslashreplace")[:MAX_REQUEST_BYTES]
-        return cls(text, data, problems, "database", row_id=row_id)
 
 
 @dataclass
@@ -180,30 +54,6 @@ class _Prepared:
     dataset: Path | None
     problems: list[str]
     model_names: list[str] = field(default_factory=list)  # resolved in the batch's catalog
-
-
-@dataclass
-class _Batch:
-    """What a batch of decisions reads once: the catalog and the versions already taken."""
-
-    models: dict[str, BaseModel]
-    taken: set[str]  # refused when asked for by name
-    next_free: str = ""
-    # versions of cancelled or failed runs that left nothing: never taken again by a request
-    # without a version, but given to one that names it (docs/interface.md, "Versions")
-    reserved: set[str] = field(default_factory=set)
-    rows: list[BaseModel] = field(default_factory=list)  # every host's rows, not `missing`
-    # the keys each host can train now: judged once a batch (a row's check resolves its path)
-    usable: dict[str, set[str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.next_free = next_version(self.taken | self.reserved)
-
-    def take(self, version: str) -> None:
-        self.taken.add(version)
-        after = next_version({version})
-        if version_key(after) > version_key(self.next_free):
-            self.next_free = after
 
 
 class Intake:
@@ -222,7 +72,7 @@ class Intake:
         self.clock = clock
         self._ledger = ledger
         self.cpu_processes = cpu_processes  # [trainer] cpu_processes: see oneseekd/gpus.py
-        self.host = host or socket.gethostname()  # whose catalog rows win a tie
+        self.host = host or default_host()  # whose catalog rows win a tie
         self._roots = list(roots) if roots is not None else None
 
     @property
@@ -254,18 +104,6 @@ class Intake:
         assert verdict is not None  # only rows can be decided by someone else
         return verdict
 
-    def take_row(self, row_id: int) -> Verdict | None:
-        """A `pending` row another program INSERTed; None when it is no longer pending."""
-        with read_session(self.engine) as session:
-            payload = session.scalars(
-                select(TrainingRequest.payload).where(
-                    TrainingRequest.id == row_id, TrainingRequest.status == "pending"
-                )
-            ).first()
-        if payload is None:
-            return None
-        return self.take_batch([Incoming.of_row(row_id, payload)])[0]
-
     def take_batch(self, items: list[Incoming]) -> list[Verdict | None]:
         """Decide several requests in one transaction: the catalog, the taken versions and the
         ledger's tip are read once, and one commit covers every verdict. A row that someone
@@ -281,8 +119,8 @@ class Intake:
             # daemons on other hosts decide too: one batch at a time, as SQLite's lock does
             serialize(session, "oneseekd.intake")
             rows = list(session.scalars(select(BaseModel).where(BaseModel.state != "missing")))
-            produced, reserved = _ended_versions(session)
-            batch = _Batch(
+            produced, reserved = ended_versions(session)
+            batch = Batch(
                 models=by_key(rows, self.roots, self.host),
                 taken=taken_versions(session, self.paths) | produced,
                 reserved=reserved,
@@ -293,7 +131,7 @@ class Intake:
                 verdicts.append(self._decide(session, batch, item, ready, now, received))
         for item, verdict in zip(items, verdicts, strict=True):
             if verdict is not None:
-                self._log(verdict, item.source, item.source_name)
+                log_verdict(verdict, item.source, item.source_name)
         return verdicts
 
     # --- the decision ------------------------------------------------------------------------
@@ -346,7 +184,7 @@ class Intake:
     def _decide(
         self,
         session: Session,
-        batch: _Batch,
+        batch: Batch,
         item: Incoming,
         ready: _Prepared,
         now: datetime,
@@ -411,7 +249,7 @@ class Intake:
     def _queue(
         self,
         session: Session,
-        batch: _Batch,
+        batch: Batch,
         row: TrainingRequest,
         request: TrainingRequestModel,
         dataset: Path | None,
@@ -444,12 +282,12 @@ class Intake:
         spec = None
         if models and not problems:
             version = version or batch.next_free
-            spec = _run_spec(request, models, per_model, version)
+            spec = run_spec(request, models, per_model, version)
             # impossible combinations, each with its fix, before a GPU is touched
             problems += spec.check(HostFacts.light(gpus.host_gpus()))
         hosts = sorted(h for h, got in batch.usable.items() if set(keys) <= got) if models else []
         if models and not problems and not hosts:
-            problems.append(_no_single_host(batch.usable, keys))
+            problems.append(no_single_host(batch.usable, keys))
         if problems or dataset is None or not hosts or spec is None:
             return None, problems
         host = self.host if self.host in hosts else hosts[0]
@@ -475,16 +313,7 @@ class Intake:
         )
         session.add(run)
         batch.take(version)  # later requests of the same batch see it taken
-        session.flush()
-        session.add(
-            RunEvent(
-                run_id=run.id,
-                at=now,
-                old_state=None,
-                new_state="queued",
-                detail=f"request #{row.id} from {row.source}",
-            )
-        )
+        queue.queued(session, run, now, f"request #{row.id} from {row.source}")
         return run, []
 
     def _record(
@@ -557,71 +386,3 @@ class Intake:
             now=now,
         )
         return Verdict("duplicate", row.id, run_id=None, problems=[message], duplicate_of=first_run)
-
-    def _log(self, verdict: Verdict, source: str, source_name: str | None) -> None:
-        name = safe_text(source_name) if source_name else None
-        if verdict.status == "queued":
-            log.info(
-                "request_accepted",
-                request=verdict.request_pk,
-                run_id=verdict.run_id,
-                source=source,
-                name=name,
-            )
-        else:
-            log.info(
-                "request_" + ("rejected" if verdict.status == "rejected" else "duplicate"),
-                request=verdict.request_pk,
-                source=source,
-                name=name,
-                problems=verdict.problems,
-            )
-
-
-def _ended_versions(session: Session) -> tuple[set[str], set[str]]:
-    """The versions of cancelled and failed runs: (those that recorded an artifact, those
-    that left nothing). A version that produced a file stays taken; one that produced
-    nothing may be named again explicitly, but is never the next free one, so that `runs`
-    never shows two runs that took the same version without the operator asking."""
-    ended = session.execute(
-        select(Run.id, Run.version).where(Run.state.in_(("cancelled", "failed")))
-    ).all()
-    if not ended:
-        return set(), set()
-    with_files = set(
-        session.scalars(
-            select(Artifact.run_id).where(Artifact.run_id.in_([pk for pk, _ in ended])).distinct()
-        )
-    )
-    produced = {version for pk, version in ended if pk in with_files}
-    return produced, {version for _, version in ended} - produced
-
-
-def _no_single_host(usable: dict[str, set[str]], keys: list[str]) -> str:
-    """A run trains on one host: models spread over several cannot be trained together."""
-    wanted = set(keys)
-    where = "; ".join(
-        f"{h} has {', '.join(sorted(got & wanted))}"
-        for h, got in sorted(usable.items())
-        if got & wanted
-    )
-    return f"base_models: no single host has all of {', '.join(keys)} ready ({where})"
-
-
-def _run_spec(
-    request: TrainingRequestModel, models: list[BaseModel], per_model: dict[str, str], version: str
-) -> RunSpec:
-    """The request as the trainer runs it (Run.config): the typed run spec over the resolved
-    keys, each model's per_model options resolved once."""
-    options = RunOptions.model_validate(request.model_dump(include=set(RunOptions.model_fields)))
-    overrides = {per_model[name]: o for name, o in request.per_model.items()}
-    # the run id names the run, not the training: it stays out of the config the DNA hashes
-    return build(
-        options,
-        [m.key for m in models],
-        version,
-        overrides,
-        list(request.base_models),
-        {m.key: m.display_name for m in models},
-        request.language,
-    )

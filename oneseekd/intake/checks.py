@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 
 from oneseekd.catalog.query import roots_for, usable_problem
 from oneseekd.catalog.scan import Root
-from oneseekd.config import HomePaths
 from oneseekd.db.models import BaseModel, Run
 from oneseekd.errors import ModelResolutionError
+from oneseekd.home import HomePaths
 from oneseekd.intake.schema import VERSION
 from oneseekd.naming import artifact_prefix, match_model
 

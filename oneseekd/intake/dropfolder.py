@@ -22,10 +22,11 @@ from pathlib import Path
 import structlog
 from sqlalchemy import select
 
-from oneseekd.config import HomePaths
 from oneseekd.db.engine import DatabaseChanged, DatabaseFile, read_session
 from oneseekd.db.models import TrainingRequest
-from oneseekd.intake.accept import MAX_REQUEST_BYTES, Incoming, Intake, Verdict, safe_text
+from oneseekd.home import HomePaths
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.incoming import MAX_REQUEST_BYTES, Incoming, Verdict, safe_text
 from oneseekd.intake.placing import error_path, place, short_name, write_error
 
 __all__ = ["LINK", "DropFolder", "place", "short_name", "write_error"]
@@ -42,29 +43,40 @@ LINK = (
 )
 
 
-def _read(path: Path) -> bytes | str:
-    """A claimed file's bytes, or why it was not read: a link is never followed and only a
+class Unreadable(Exception):
+    """Why a claimed file was not read; the request is refused with it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _read(path: Path) -> bytes:
+    """A claimed file's bytes; Unreadable says why not: a link is never followed and only a
     regular file is read (opening a FIFO would block the daemon)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return LINK
-        return f"the request file cannot be read: {exc.strerror}"
+            raise Unreadable(LINK) from None
+        raise Unreadable(f"the request file cannot be read: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            return "the request file is not a regular file (a FIFO, socket or device); drop a file"
+            raise Unreadable(
+                "the request file is not a regular file (a FIFO, socket or device); drop a file"
+            )
         try:
             return fh.read(MAX_REQUEST_BYTES + 1)
         except OSError as exc:
-            return f"the request file cannot be read: {exc.strerror}"
+            raise Unreadable(f"the request file cannot be read: {exc.strerror}") from None
 
 
 def incoming(path: Path, original: str, token: str) -> Incoming:
-    content = _read(path)
-    if isinstance(content, str):
-        return Incoming.refused(content, "file", original, token)
+    try:
+        content = _read(path)
+    except Unreadable as exc:
+        return Incoming.refused(exc.reason, "file", original, token)
     return Incoming.of_bytes(content, "file", original, token)
 
 
@@ -242,8 +254,10 @@ class DropFolder:
                 except (OSError, ValueError):
                     continue
                 explained.add(body.get("request") if isinstance(body, dict) else None)
-        content = _read(target)
-        sha = hashlib.sha256(content).hexdigest() if isinstance(content, bytes) else None
+        try:
+            sha: str | None = hashlib.sha256(_read(target)).hexdigest()
+        except Unreadable:
+            sha = None
         with read_session(self.intake.engine) as session:
             rows = [
                 r

@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-from oneseekd.intake.accept import Verdict
+from oneseekd.intake.incoming import Verdict
 
 # The longest file name (bytes) kept as it is in .claimed/, accepted/ and rejected/: with a
 # claim token (18), a number (.NN), ".error.json" and a temporary suffix it stays under the

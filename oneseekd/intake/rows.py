@@ -11,7 +11,8 @@ from sqlalchemy import Engine, Select, select
 
 from oneseekd.db.engine import ChangeProbe, read_session
 from oneseekd.db.models import TrainingRequest
-from oneseekd.intake.accept import Incoming, Intake
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.incoming import Incoming
 
 BATCH = 64  # rows decided per transaction
 

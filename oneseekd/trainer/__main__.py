@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import structlog
 
 from oneseekd import protocol
-from oneseekd.config import HomePaths
 from oneseekd.errors import OneseekError
+from oneseekd.home import HomePaths
 from oneseekd.logs import capture_library_output, configure_logging, library_loggers_propagate
 
 if TYPE_CHECKING:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,14 +13,16 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from oneseekd import protocol, runspec
+from oneseekd import protocol, queue, runspec
 from oneseekd.catalog.query import home_roots, untrusted_problem
 from oneseekd.catalog.scan import Root
-from oneseekd.config import HomePaths
+from oneseekd.config import default_host
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import BaseModel, ModelTraining, Run, utcnow
 from oneseekd.errors import OneseekError
+from oneseekd.home import HomePaths
 from oneseekd.intake.checks import confined_dataset
+from oneseekd.queue import ClaimLost as ClaimLost  # what check_claim raises
 from oneseekd.runspec import RunSpec, SpecError
 from oneseekd.times import utc_text
 
@@ -31,17 +32,12 @@ PROGRESS_SECONDS = 1.0
 class RunRefused(OneseekError):
     """The run cannot be done as it was accepted (not retried)."""
 
-    exit_code = 65
-
-
-class ClaimLost(OneseekError):
-    """Another daemon took the run over (its lease expired): this trainer's work is not
-    recorded."""
+    exit_code = protocol.EXIT_REFUSED
 
 
 def this_host() -> str:
     """The host whose catalog rows this trainer trains from (its supervisor's)."""
-    return os.environ.get(protocol.ENV_HOST) or socket.gethostname()
+    return default_host()  # ONESEEK_HOST, as the supervisor set it
 
 
 def this_attempt() -> int | None:
@@ -51,18 +47,9 @@ def this_attempt() -> int | None:
 
 
 def check_claim(session: Session, run_pk: int, attempt: int | None) -> None:
-    """Before a write that certifies the run: it must still be this attempt's. The row stays
-    locked until the transaction ends, so no takeover slips in between."""
-    if attempt is None:
-        return
-    row = session.execute(
-        select(Run.state, Run.attempts, Run.host).where(Run.id == run_pk).with_for_update()
-    ).one()
-    if row.state != "running" or row.attempts != attempt:
-        raise ClaimLost(
-            f"run {run_pk} is no longer this trainer's (attempt {attempt}): it is {row.state}, "
-            f"attempt {row.attempts} on host {row.host}"
-        )
+    """Before a write that certifies the run: it must still be this attempt's (the queue's
+    one claim check, worded for the trainer)."""
+    queue.check_claim(session, run_pk, attempt, f"this trainer's (attempt {attempt})")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from oneseekd import protocol
 from oneseekd.errors import OneseekError
 from oneseekd.intake.checks import record_problem
 
@@ -36,7 +37,7 @@ SHOWN_PROBLEMS = 20
 
 
 class DataError(OneseekError):
-    exit_code = 65
+    exit_code = protocol.EXIT_REFUSED
 
 
 def refuse(name: str, problems: list[str], what: str = "bad records") -> DataError:

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from oneseekd import protocol
 from oneseekd.errors import OneseekError
 
 # LoRA targets when a request names none: the attention projections each family calls so.
@@ -36,7 +37,7 @@ CHECKPOINTING_SHARE = 0.15
 class ModelRefused(OneseekError):
     """The model folder cannot be trained as asked; not retried."""
 
-    exit_code = 65
+    exit_code = protocol.EXIT_REFUSED
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from oneseekd.certify.current import current_adapter
 from oneseekd.certify.dna import base_weights_hash, final_weights
 from oneseekd.certify.gate import Verdict, judge, refuse
 from oneseekd.certify.ledger import Ledger
-from oneseekd.config import CertifyConfig, HomePaths
+from oneseekd.config import CertifyConfig
 from oneseekd.db.engine import write_session
 from oneseekd.db.models import Artifact, ModelTraining, utcnow
+from oneseekd.home import HomePaths
 from oneseekd.trainer.context import ModelSpec, RunContext, check_claim, this_attempt
 from oneseekd.trainer.data import Records
 from oneseekd.trainer.evaluate import measure_adapter, sample_prompts, samples

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from oneseekd.certify.artifacts import file_digest, record_artifact
 from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.staging import free, fsync_file, staged_files, staging_path
-from oneseekd.config import HomePaths
+from oneseekd.home import HomePaths
 from oneseekd.naming import versioned_name
 
 if TYPE_CHECKING:

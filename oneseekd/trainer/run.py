@@ -23,10 +23,11 @@ from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.live import LiveMetrics
 from oneseekd.certify.publish import certified_dna, publish
 from oneseekd.certify.staging import write_json
-from oneseekd.config import CertifyConfig, HomePaths, load_config
+from oneseekd.config import CertifyConfig, load_config
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import LedgerEvent, ModelTraining, Run, utcnow
 from oneseekd.errors import OneseekError
+from oneseekd.home import HomePaths
 from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import (
     Progress,

@@ -1,16 +1,16 @@
-"""The daemon: wires the components, owns the main loop, turns signals into flags."""
+"""The daemon: wires the components, owns the main loop, turns signals into flags.
+
+Its command line is command.py's; the supervisor of the trainer child is supervisor.py's."""
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
 
-import click
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine, update
@@ -23,26 +23,24 @@ from oneseekd.catalog.scan import model_roots
 from oneseekd.catalog.watch import Watcher
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config, load_config
+from oneseekd.daemon.lock import HomeLock
+from oneseekd.daemon.notify import Notifier
+from oneseekd.daemon.supervisor import Supervisor
+from oneseekd.db import migrate
 from oneseekd.db.engine import (
     ChangeProbe,
     DatabaseChanged,
     DatabaseFile,
-    make_engine,
     read_session,
     write_session,
 )
-from oneseekd.db.migrate import current_without_alembic, upgrade, upgrade_in_child
 from oneseekd.db.models import Daemon as DaemonRow
 from oneseekd.db.models import Run, utcnow
-from oneseekd.errors import DatabaseError, OneseekError
+from oneseekd.errors import OneseekError
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import DropFolder
 from oneseekd.intake.rows import PendingRows
-from oneseekd.lock import HomeLock
 from oneseekd.logs import configure_logging
-from oneseekd.notify import Notifier
-from oneseekd.options import home_and_db_options
-from oneseekd.supervisor import Supervisor
 
 log = structlog.get_logger("oneseekd")
 
@@ -50,6 +48,7 @@ log = structlog.get_logger("oneseekd")
 @dataclass(frozen=True)
 class _Parts:
     catalog: Catalog
+    intake: Intake  # behind both doors: the drop folder and the rows
     drops: DropFolder
     rows: PendingRows
     supervisor: Supervisor
@@ -63,32 +62,6 @@ QUEUE_LOOK_SECONDS = 1.0
 # A step of the loop that raised is retried after this, doubling up to LOOP_BACKOFF_MAX.
 LOOP_BACKOFF_SECONDS = 0.5
 LOOP_BACKOFF_MAX = 30.0
-
-
-def _in_memory(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
-
-
-def open_database(url: str) -> Engine:
-    """An engine on a database brought to the newest revision (refusing a newer one)."""
-    engine = make_engine(url)
-    try:
-        # the usual start finds the database current without alembic; a migration runs in a
-        # child interpreter so that alembic's ~10 MB never stay resident in the daemon
-        revision = current_without_alembic(engine)
-        if revision is None:
-            revision = upgrade(engine) if _in_memory(engine) else upgrade_in_child(url)
-    except SQLAlchemyError as exc:
-        raise DatabaseError(
-            f"cannot open the database {engine.url!r}",
-            [
-                str(exc.orig if hasattr(exc, "orig") else exc),
-                "check --db-url / ONESEEK_DB_URL and the folder's permissions",
-            ],
-        ) from exc
-    if revision.verdict != "current":
-        log.info("database_migrated", from_revision=revision.current, to_revision=revision.head)
-    return engine
 
 
 class Daemon:
@@ -139,7 +112,7 @@ class Daemon:
             exit_when_idle=self.exit_when_idle,
         )
         cfg.home.ensure()
-        engine = open_database(cfg.db_url)
+        engine = migrate.open_database(cfg.db_url)
         self._database = DatabaseFile(engine)
         self._register(engine)
         catalog = Catalog(
@@ -167,7 +140,7 @@ class Daemon:
             supervisor.recover()
         except Exception as exc:  # retried by the loop (the supervisor resumes its own run)
             log.error("recover_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
-        self._parts = _Parts(catalog, drops, rows, supervisor)
+        self._parts = _Parts(catalog, intake, drops, rows, supervisor)
         watcher = Watcher(catalog)
         watcher.start()
         scheduler = BackgroundScheduler(daemon=True)
@@ -362,7 +335,7 @@ class Daemon:
         if new.catalog.extra_roots != old.catalog.extra_roots:
             roots = model_roots(new)
             catalog.roots = roots
-            parts.rows.intake.roots = roots  # the drop folder shares this intake
+            parts.intake.roots = roots
             self._watcher.stop()
             self._watcher = Watcher(catalog)
             self._watcher.start()
@@ -409,25 +382,3 @@ class Daemon:
             values["stopped_at"] = now
         with write_session(engine) as session:
             session.execute(update(DaemonRow).where(DaemonRow.id == self._row_id).values(values))
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@home_and_db_options
-@click.option(
-    "--exit-when-idle",
-    is_flag=True,
-    help="Exit 0 once the catalog is current and nothing is left to do.",
-)
-@click.version_option(__version__, prog_name="oneseekd")
-def main(home: str | None, db_url: str | None, exit_when_idle: bool) -> None:
-    """Run the oneseekd training daemon in the foreground (logs JSON lines to stderr)."""
-    configure_logging("info")
-    try:
-        config = load_config(home, db_url)
-        configure_logging(config.log_level)
-        code = Daemon(config, exit_when_idle=exit_when_idle).run()
-    except OneseekError as exc:
-        log.error("daemon_start_failed", error=exc.message, problems=exc.problems)
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    sys.exit(code)
