@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine
-from trainhomes import FAST, tiny_home
+from trainhomes import FAST, stop_at, tiny_home
 
 from oneseekd import queue
 from oneseekd.catalog.live import Catalog
@@ -280,15 +280,6 @@ def test_the_evaluation_is_the_same_across_a_resume(tmp_path: Path, cache: Path)
     try:
         uninterrupted = whole.train()
         run_id = cut.start()
-
-        def stop_at(n: int) -> Callable[[], bool]:
-            calls = {"n": 0}
-
-            def should_stop() -> bool:  # asked after every optimizer step and epoch
-                calls["n"] += 1
-                return calls["n"] == n
-
-            return should_stop
 
         # stopped at step 4 (before the first epoch's evaluation), then after epoch 2's
         with pytest.raises(Stopped):

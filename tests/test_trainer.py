@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 from peft import PeftModel, set_peft_model_state_dict
 from trainhomes import TinyHome as Home
+from trainhomes import stop_at
 from transformers import AutoModelForCausalLM
 
 from oneseekd.catalog.live import Catalog
@@ -164,15 +165,6 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
     models = ["tiny-llama", "tiny-mistral"]
     train_run(whole.engine, whole.config.home, whole.start(models))
     run_id = cut.start(models)
-
-    def stop_at(n: int) -> Callable[[], bool]:
-        calls = {"n": 0}
-
-        def should_stop() -> bool:  # asked after every optimizer step and epoch
-            calls["n"] += 1
-            return calls["n"] == n
-
-        return should_stop
 
     with pytest.raises(Stopped):  # 5 steps into the first model
         train_run(cut.engine, cut.config.home, run_id, should_stop=stop_at(5))

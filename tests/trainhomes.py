@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,15 @@ class TinyHome:
 
     def ctl(self, *args: str) -> Result:
         return ctl(self.root, *args)
+
+
+def stop_at(n: int) -> Callable[[], bool]:
+    """A trainer's should_stop that says yes the n-th time it is asked (after every optimizer
+    step and epoch): a run stopped at a deterministic point, never by racing it."""
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] == n
+
+    return should_stop
