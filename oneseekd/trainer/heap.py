@@ -14,21 +14,27 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from typing import Any
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 THRESHOLD = 1 << 20  # 1 MiB: every activation of a real batch, few of the small tensors
 
 
-def fix_mmap_threshold(threshold: int = THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold for this process; False where libc is not glibc."""
+def mallopt() -> Any:
+    """glibc's mallopt, or None where libc is not glibc (musl has none)."""
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+        call = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int]
+    call.restype = ctypes.c_int
+    return call
+
+
+def fix_mmap_threshold(threshold: int = THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold for this process; False where libc is not glibc."""
+    call = mallopt()
+    return call is not None and bool(call(M_MMAP_THRESHOLD, threshold))
