@@ -18,9 +18,13 @@ train(), in a child of its own) on the same ids, with the option under test and 
 elsewhere: its peak RSS, the base's weight memory, the loss and the real tokens/s of the
 epoch's steps (evaluation and the epoch-end checkpoint excluded):
 
-- trainer:full (chunked_loss false: the loss as before issue 16), trainer:chunked (the
-  default), trainer:chunked+ckpt (gradient_checkpointing true), trainer:4bit (load_in_4bit,
-  NF4 + double quantization), on equal-length rows of --seq tokens;
+- trainer:today (the trainer before issue 16's memory work: the whole logits, the gated MLPs
+  run op by op, glibc's malloc left to its rising mmap threshold), trainer:full
+  (chunked_loss false, with the rest of today's trainer), trainer:chunked (the default),
+  trainer:chunked+ckpt (gradient_checkpointing true), trainer:4bit (load_in_4bit, NF4 + double
+  quantization; fp32 compute here) and trainer:4bit-bf16 (the same computing in bf16, as
+  "auto" does on a GPU: the frozen embeddings held in bf16 too), on equal-length rows of
+  --seq tokens;
 - trainer:auto (precision "auto", the default) and trainer:bf16 (bf16 autocast forced)
   against trainer:chunked (fp32) on the same rows;
 - trainer:grouped and trainer:packed on records of 40 to --seq tokens (length-grouped
@@ -44,10 +48,12 @@ from pathlib import Path
 CACHE = Path("/tmp/oneseekd-bench")
 BLOCKS = ("full", "chunked", "chunked+ckpt", "4bit", "grouped", "packed")
 TRAINER = {
+    "trainer:today": {"chunked_loss": False},
     "trainer:full": {"chunked_loss": False},
     "trainer:chunked": {},
     "trainer:chunked+ckpt": {"gradient_checkpointing": True},
     "trainer:4bit": {"load_in_4bit": True},
+    "trainer:4bit-bf16": {"load_in_4bit": True, "compute_dtype": "bfloat16"},
     "trainer:auto": {"precision": "auto"},
     "trainer:bf16": {"precision": "bf16"},
     "trainer:grouped": {"packing": False},
@@ -90,6 +96,13 @@ def weight_bytes(model: object) -> int:
 
 def trainer_child(name: str, batch: int, seq: int, steps: int) -> dict[str, float]:
     """One epoch of the trainer (LoraRecipe) with the configuration's options."""
+    from oneseekd.trainer import heap, swiglu
+
+    if name == "trainer:today":  # the trainer as it was before issue 16's memory work
+        swiglu.lean_mlps = lambda model: 0
+    else:  # what the trainer child (python -m oneseekd.trainer) does first
+        heap.fix_mmap_threshold()
+
     import tempfile
     from types import SimpleNamespace
 
@@ -357,13 +370,15 @@ def ratios(results: dict[str, dict[str, float]]) -> None:
             return "not run"
         return f"{results[name][key] / max(results[other][key], 1e-9):.2f}x"
 
-    full = "trainer:full"
-    for name in ("trainer:chunked", "trainer:chunked+ckpt", "trainer:4bit"):
+    today, full = "trainer:today", "trainer:full"
+    for name in ("trainer:full", "trainer:chunked", "trainer:chunked+ckpt", "trainer:4bit"):
         print(
-            f"{name}: peak RSS {vs(name, full, 'peak_rss_mb')} of chunked_loss false, "
-            f"tokens/s {vs(name, full, 'tokens_per_s')}"
+            f"{name}: peak RSS {vs(name, today, 'peak_rss_mb')} of today's, "
+            f"{vs(name, full, 'peak_rss_mb')} of chunked_loss false; "
+            f"tokens/s {vs(name, today, 'tokens_per_s')} of today's"
         )
-    print(f"trainer:4bit: base weights {vs('trainer:4bit', full, 'base_weight_mb')} of fp32")
+    for name in ("trainer:4bit", "trainer:4bit-bf16"):
+        print(f"{name}: base weights {vs(name, full, 'base_weight_mb')} of fp32")
     for name in ("trainer:auto", "trainer:bf16"):
         print(f"{name}: tokens/s {vs(name, 'trainer:chunked', 'tokens_per_s')} of fp32")
     print(f"trainer:packed: tokens/s {vs('trainer:packed', 'trainer:grouped', 'tokens_per_s')}")

@@ -18,6 +18,7 @@ from peft import PeftModel
 from trainhomes import cached_tiny, civic_dataset
 from transformers import AutoModelForCausalLM
 
+from oneseekd.trainer import quant
 from oneseekd.trainer.data import load_records
 from oneseekd.trainer.optim import uses_8bit_state
 from oneseekd.trainer.recipe import Stopped
@@ -66,6 +67,7 @@ def test_a_4bit_run_trains_certifies_its_quantization_and_leaves_an_adapter_peft
         "method": "nf4",
         "compute_dtype": "float32",
         "double_quantization": True,
+        "embeddings_dtype": "float32",
         "library": "bitsandbytes 0.50.2",
     }
     assert metrics["quantization"] == held
@@ -106,6 +108,51 @@ def test_the_recipe_trains_a_quantized_base_with_a_falling_loss(
     for name, param in loaded.named_parameters():
         if "lora_B" in name:
             assert float(param.abs().max()) > 0, name  # trained, not the zero init
+
+
+def test_a_4bit_base_computing_in_bf16_holds_its_frozen_embeddings_and_head_in_bf16(
+    model: Path, records: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    r = recipe(model, records, tmp_path / "ck", **FAST, load_in_4bit=True, compute_dtype="bfloat16")
+    r.setup()
+    base = r.model.get_base_model()
+    assert base.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert base.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert base.model.norm.weight.dtype == torch.float32  # norms stay fp32 (prepare's cast)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        # the residual stream and the logits stay fp32
+        assert base.get_input_embeddings()(ids).dtype == torch.float32
+        assert base(input_ids=ids).logits.dtype == torch.float32
+    result = r.train()
+    assert result.train_losses[-1] < result.train_losses[0]
+    assert result.quantization is not None
+    assert result.quantization["embeddings_dtype"] == "bfloat16"
+    assert result.quantization["compute_dtype"] == "bfloat16"
+    r.model.save_pretrained(tmp_path / "adapter")
+    full = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    loaded = PeftModel.from_pretrained(full, tmp_path / "adapter")
+    assert any("lora_A" in name for name, _ in loaded.named_parameters())
+
+
+def test_holding_the_frozen_matrices_in_bf16_changes_the_logits_by_bf16_rounding_only(
+    model: Path,
+) -> None:
+    ids = torch.randint(3, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    wide = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    held = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    quant.hold_frozen(held, torch.bfloat16)
+    assert held.get_input_embeddings().weight.dtype == torch.float32  # trainable: left alone
+    held.requires_grad_(False)  # frozen, as the base under LoRA is
+    quant.hold_frozen(held, torch.bfloat16)
+    with torch.no_grad():
+        want, got = wide(input_ids=ids).logits, held(input_ids=ids).logits
+    assert got.dtype == torch.float32
+    assert not torch.equal(got, want)  # the hold did take effect
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+    bytes_of = sum(p.numel() * p.element_size() for p in held.parameters())
+    matrices = 2 * held.get_input_embeddings().weight.numel()  # embeddings and head, untied
+    assert sum(p.numel() * p.element_size() for p in wide.parameters()) - bytes_of == matrices * 2
 
 
 def _weights(r: Any) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from oneseekd import protocol
 from oneseekd.errors import OneseekError
 from oneseekd.home import HomePaths
 from oneseekd.logs import capture_library_output, configure_logging, library_loggers_propagate
+from oneseekd.trainer import heap
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -104,6 +105,7 @@ def _stored_config(engine: Engine, run_id: str) -> object:
 def main(argv: list[str] | None = None) -> int:
     # a rank's pid, for the supervisor to kill it even once its agent is gone
     _write_status("pid", os.getpid())
+    heap.fix_mmap_threshold()  # before any tensor: freed activations go back to the system
     code = protocol.EXIT_ERROR  # what an exception that escapes means
     try:
         code = _main(argv)

@@ -5,8 +5,12 @@ scale per block of 64; double quantization quantizes those scales too (about 0.4
 weight saved). The matmuls dequantize to `compute_dtype` on the fly. 8-bit uses LLM.int8().
 Embeddings, norms and the LM head stay unquantized (transformers' default), and
 `prepare_model_for_kbit_training` casts them to fp32 so the small trainable paths are
-stable. LoRA weights are ordinary fp32 tensors: the adapter saves in the normal PEFT format,
-and loads onto the same base in any precision.
+stable. The embedding and head matrices are frozen and large (a 128k x 4096 vocabulary: 2 GB
+each in fp32), so where the quantized layers compute in 16 bits they are held in that dtype
+too (`hold_frozen`): the head then computes as the quantized layers do, and the embeddings'
+output is widened to fp32, so the residual stream stays fp32 as before. LoRA weights are
+ordinary fp32 tensors: the adapter saves in the normal PEFT format, and loads onto the same
+base in any precision.
 
 bitsandbytes 0.50.2 runs all of it on the CPU too, which is how the tests train here.
 """
@@ -49,14 +53,31 @@ class Quantization:
     def describe(self) -> dict[str, Any]:
         """What the DNA and the certified files record about how the base was held."""
         if self.bits == 8:
-            return {"bits": 8, "method": "llm.int8", "library": _library()}
+            return {
+                "bits": 8,
+                "method": "llm.int8",
+                "embeddings_dtype": "float32",
+                "library": _library(),
+            }
         return {
             "bits": 4,
             "method": self.quant_type,
-            "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
+            "compute_dtype": _name(self.compute_dtype),
             "double_quantization": self.double,
+            "embeddings_dtype": _name(self.held_dtype),
             "library": _library(),
         }
+
+    @property
+    def held_dtype(self) -> torch.dtype:
+        """What the frozen unquantized embedding and head matrices are held in: 4-bit's
+        compute dtype (fp32, or 16-bit where the quantized matmuls compute in it); fp32 under
+        8-bit, whose LLM.int8 matmuls choose their own precision."""
+        return self.compute_dtype if self.bits == 4 else torch.float32
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _library() -> str:
@@ -110,14 +131,41 @@ def load_quantized(path: Path, q: Quantization, device: str, local_rank: int = 0
     )
 
 
-def prepare(model: Any, gradient_checkpointing: bool) -> Any:
+def prepare(model: Any, gradient_checkpointing: bool, held: torch.dtype = torch.float32) -> Any:
     """Ready a quantized base for LoRA: unquantized parts in fp32, inputs that carry a
-    gradient, and non-reentrant activation checkpointing when asked (what DDP can follow)."""
-    return prepare_model_for_kbit_training(
+    gradient, and non-reentrant activation checkpointing when asked (what DDP can follow);
+    then the frozen embedding and head matrices held in `held` (Quantization.held_dtype)."""
+    model = prepare_model_for_kbit_training(
         model,
         use_gradient_checkpointing=gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
     )
+    if held != torch.float32:
+        hold_frozen(model, held)
+    return model
+
+
+def hold_frozen(model: Any, dtype: torch.dtype) -> None:
+    """Hold the frozen input embeddings and LM head (one matrix when tied) in `dtype`.
+
+    The head's input is cast to `dtype` and its logits back to fp32, as a quantized layer
+    casts around its `compute_dtype` matmul; the embeddings' output is widened to fp32 so the
+    decoder's residual stream keeps its precision. Trainable matrices are left alone."""
+    embeddings: torch.nn.Module = model.get_input_embeddings()
+    head: torch.nn.Module | None = model.get_output_embeddings()
+    for module in (embeddings, head):
+        if module is None or any(p.requires_grad for p in module.parameters()):
+            continue
+        module.to(dtype)
+    if embeddings.weight.dtype == dtype:
+        embeddings.register_forward_hook(_widen)
+    if head is not None and head.weight.dtype == dtype:
+        head.register_forward_pre_hook(lambda _m, args: tuple(a.to(dtype) for a in args))
+        head.register_forward_hook(_widen)
+
+
+def _widen(_module: torch.nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+    return output.float()
 
 
 def quantized_bytes(model: torch.nn.Module) -> tuple[int, int]:

@@ -16,7 +16,7 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
 from oneseekd.runspec import memory_bytes
-from oneseekd.trainer import packing, precision, quant, sharding
+from oneseekd.trainer import packing, precision, quant, sharding, swiglu
 from oneseekd.trainer.autostop import AutoStop
 from oneseekd.trainer.batching import Batch, epoch_batches, order_digest
 from oneseekd.trainer.checkpoint import Checkpoints, Position
@@ -147,11 +147,12 @@ class RecipeSetup:
         )
         if q is not None:
             # unquantized parts in fp32, inputs carrying a gradient, non-reentrant checkpoints
-            base = quant.prepare(base, self.checkpointing)
+            base = quant.prepare(base, self.checkpointing, q.held_dtype)
         elif self.checkpointing:
             # non-reentrant (the default), which DDP and FSDP can follow; it also makes the
             # embeddings' output require grad, so frozen layers pass gradients to LoRA
             base.activation_checkpointing_enable()
+        swiglu.lean_mlps(base)  # the gated MLPs keep two tensors for backward, not three
         self.packed = bool(hp.get("packing", False))
         if self.packed:
             leak = packing.isolation_error(base, int(base.config.vocab_size), self.device.type)
