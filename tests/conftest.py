@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from homes import training_home
 from pg import REQUIRE_ENV, Cluster, start_cluster
 from sqlalchemy import Engine
 
@@ -39,6 +40,13 @@ def home(tmp_path: Path) -> Path:
     root = tmp_path / "home"
     (root / "models" / "oneseek-7b-zero" / "base_models").mkdir(parents=True)
     return root
+
+
+@pytest.fixture
+def fake_home(tmp_path: Path) -> Path:
+    """homes.training_home: three fake models (real headers, zero weights), a dataset and the
+    fake trainer configured; not migrated, no daemon."""
+    return training_home(tmp_path / "home")
 
 
 @pytest.fixture(scope="session")
