@@ -9,6 +9,7 @@ import pytest
 from homes import training_home
 from pg import REQUIRE_ENV, Cluster, start_cluster
 from sqlalchemy import Engine
+from trainhomes import TinyHome
 
 from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
@@ -47,6 +48,22 @@ def fake_home(tmp_path: Path) -> Path:
     """homes.training_home: three fake models (real headers, zero weights), a dataset and the
     fake trainer configured; not migrated, no daemon."""
     return training_home(tmp_path / "home")
+
+
+@pytest.fixture
+def one(tmp_path: Path, cache: Path) -> Iterator[TinyHome]:
+    """A TinyHome with a tiny Llama."""
+    home = TinyHome(tmp_path / "home", cache, {"Tiny-Llama": "llama"})
+    yield home
+    home.engine.dispose()
+
+
+@pytest.fixture
+def two(tmp_path: Path, cache: Path) -> Iterator[TinyHome]:
+    """A TinyHome with a tiny Llama and a tiny Qwen2.5."""
+    home = TinyHome(tmp_path / "home", cache, {"Tiny-Llama": "llama", "Tiny-Qwen2.5": "qwen2"})
+    yield home
+    home.engine.dispose()
 
 
 @pytest.fixture(scope="session")
