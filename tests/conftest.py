@@ -4,17 +4,20 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from homes import training_home
 from pg import REQUIRE_ENV, Cluster, start_cluster
 from sqlalchemy import Engine
-from trainhomes import TinyHome
 
 from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
 from oneseekd.logs import ignore_library_warnings
+
+if TYPE_CHECKING:  # trainhomes imports torch: not while conftest loads, before the filters
+    from trainhomes import TinyHome
 
 
 def pytest_collectstart() -> None:
@@ -53,6 +56,8 @@ def fake_home(tmp_path: Path) -> Path:
 @pytest.fixture
 def one(tmp_path: Path, cache: Path) -> Iterator[TinyHome]:
     """A TinyHome with a tiny Llama."""
+    from trainhomes import TinyHome
+
     home = TinyHome(tmp_path / "home", cache, {"Tiny-Llama": "llama"})
     yield home
     home.engine.dispose()
@@ -61,6 +66,8 @@ def one(tmp_path: Path, cache: Path) -> Iterator[TinyHome]:
 @pytest.fixture
 def two(tmp_path: Path, cache: Path) -> Iterator[TinyHome]:
     """A TinyHome with a tiny Llama and a tiny Qwen2.5."""
+    from trainhomes import TinyHome
+
     home = TinyHome(tmp_path / "home", cache, {"Tiny-Llama": "llama", "Tiny-Qwen2.5": "qwen2"})
     yield home
     home.engine.dispose()

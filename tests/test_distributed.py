@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from daemon import wait_for
+from daemon import cmdlines, wait_for
 from gloo import spawn, train_slowly_exported
 from pausetrainer import pause_command, paused
 from trainhomes import FAST, TinyHome
@@ -86,18 +86,11 @@ class Box(TinyHome):
 
 def trainers_of(run_id: str) -> list[int]:
     """Live processes (torchrun's agent or a rank) working on the run."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if run_id.encode() in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
+    return [  # a zombie's command line is empty
+        pid
+        for pid, cmdline in cmdlines().items()
+        if run_id.encode() in cmdline and pid != os.getpid()
+    ]
 
 
 @pytest.fixture

@@ -63,16 +63,8 @@ def test_a_valid_request_is_queued_with_resolved_keys_and_fingerprints(setup: tu
 
 def test_camel_case_spellings_are_accepted(setup: tuple) -> None:
     _, _, intake = setup
-    verdict = take(
-        intake,
-        {
-            "baseModels": ["mistral"],
-            "dataset": "civic.jsonl",
-            "learningRate": 2e-4,
-            "batchSize": 4,
-            "maxSeqLen": 256,
-        },
-    )
+    camel = {"baseModels": ["mistral"], "learningRate": 2e-4, "batchSize": 4, "maxSeqLen": 256}
+    verdict = take(intake, {**camel, "dataset": "civic.jsonl"})
     assert verdict.status == "queued", verdict.problems
 
 
