@@ -4,8 +4,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from homes import training_home
 from pg import REQUIRE_ENV, Cluster, start_cluster
 from sqlalchemy import Engine
 
@@ -13,6 +15,9 @@ from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
 from oneseekd.logs import ignore_library_warnings
+
+if TYPE_CHECKING:  # trainhomes imports torch: not while conftest loads, before the filters
+    from trainhomes import TinyHome
 
 
 def pytest_collectstart() -> None:
@@ -39,6 +44,33 @@ def home(tmp_path: Path) -> Path:
     root = tmp_path / "home"
     (root / "models" / "oneseek-7b-zero" / "base_models").mkdir(parents=True)
     return root
+
+
+@pytest.fixture
+def fake_home(tmp_path: Path) -> Path:
+    """homes.training_home: three fake models (real headers, zero weights), a dataset and the
+    fake trainer configured; not migrated, no daemon."""
+    return training_home(tmp_path / "home")
+
+
+@pytest.fixture
+def one(tmp_path: Path, cache: Path) -> Iterator[TinyHome]:
+    """A TinyHome with a tiny Llama."""
+    from trainhomes import TinyHome
+
+    home = TinyHome(tmp_path / "home", cache, {"Tiny-Llama": "llama"})
+    yield home
+    home.engine.dispose()
+
+
+@pytest.fixture
+def two(tmp_path: Path, cache: Path) -> Iterator[TinyHome]:
+    """A TinyHome with a tiny Llama and a tiny Qwen2.5."""
+    from trainhomes import TinyHome
+
+    home = TinyHome(tmp_path / "home", cache, {"Tiny-Llama": "llama", "Tiny-Qwen2.5": "qwen2"})
+    yield home
+    home.engine.dispose()
 
 
 @pytest.fixture(scope="session")

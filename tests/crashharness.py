@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon import DaemonProcess, run_until_idle
+from daemon import DaemonProcess, cmdlines, run_until_idle
 from homes import drop as drop  # test_crash and test_promote import it from here
 from trainhomes import civic_dataset, tiny_home
 
@@ -107,18 +107,12 @@ def trainer_pids(home: Path) -> list[int]:
     """Live trainer processes of this home, orphans included (zombies have no cmdline). The
     home must be one whole argument, so that another test's home is never taken for it."""
     homes = {str(home).encode(), str(home.resolve()).encode()}
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        is_trainer = b"oneseekd.trainer" in cmdline or HARNESS.name.encode() in cmdline
-        if is_trainer and homes & set(cmdline.split(b"\0")):
-            pids.append(int(entry.name))
-    return pids
+    return [
+        pid
+        for pid, cmdline in cmdlines().items()
+        if (b"oneseekd.trainer" in cmdline or HARNESS.name.encode() in cmdline)
+        and homes & set(cmdline.split(b"\0"))
+    ]
 
 
 def sigkill(pid: int) -> bool:
@@ -807,24 +801,21 @@ def _install_crash(point: str, kill: str) -> None:
 
         return hit
 
+    def crash_moving(name: str, hit: Callable[..., bool]) -> None:
+        """os.<name> (rename or replace) dies at the move `hit` says yes to."""
+        move = getattr(os, name)
+
+        def crash_move(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+            if hit(src, dst):
+                die()
+            move(src, dst, *a, **k)
+
+        setattr(os, name, crash_move)
+
     if point == "checkpoint_staged":
-        rename, hit = os.rename, nth(2, lambda src, dst: Path(src).name.startswith(".step-"))
-
-        def crash_rename(src: Any, dst: Any, *a: Any, **k: Any) -> None:
-            if hit(src, dst):
-                die()
-            rename(src, dst, *a, **k)
-
-        os.rename = crash_rename
+        crash_moving("rename", nth(2, lambda src, dst: Path(src).name.startswith(".step-")))
     elif point == "checkpoint_named":
-        replace, hit = os.replace, nth(2, lambda src, dst: Path(dst).name == "latest")
-
-        def crash_replace(src: Any, dst: Any, *a: Any, **k: Any) -> None:
-            if hit(src, dst):
-                die()
-            replace(src, dst, *a, **k)
-
-        os.replace = crash_replace
+        crash_moving("replace", nth(2, lambda src, dst: Path(dst).name == "latest"))
     elif point == "checkpoint_lost":
         save, saves = Checkpoints.save, [0]
 

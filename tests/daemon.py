@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -83,6 +84,16 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+def cmdlines() -> dict[int, bytes]:
+    """Every process's command line (NUL-separated) from /proc; a zombie's is empty."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # it ended while we looked
+                found[int(entry.name)] = (entry / "cmdline").read_bytes()
+    return found
 
 
 def model_state(home: Path, key: str) -> str | None:

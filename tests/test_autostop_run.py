@@ -6,15 +6,13 @@ uninterrupted one stops, with accumulation and a non-default schedule."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from gloo import recipe
-from optionruns import OptionHome
-from trainhomes import cached_tiny
+from trainhomes import TinyHome, cached_tiny
 
 from oneseekd.trainer.recipe import Stopped
 
@@ -106,16 +104,9 @@ def test_resume_equals_uninterrupted_with_accumulation_schedule_and_auto_stop(
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
 
 
-@pytest.fixture
-def home(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OptionHome]:
-    h = OptionHome(tmp_path / "home", tmp_path_factory.mktemp("cache"), {"Tiny-Llama": "llama"})
-    yield h
-    h.engine.dispose()
-
-
 @pytest.mark.timeout(600)
-def test_an_auto_stopped_run_succeeds_and_says_so_everywhere(home: OptionHome) -> None:
-    dna = home.train(
+def test_an_auto_stopped_run_succeeds_and_says_so_everywhere(one: TinyHome) -> None:
+    run_id, dna = one.train(
         ["tiny-llama"],
         epochs=6,
         learning_rate=1e-9,
@@ -124,27 +115,27 @@ def test_an_auto_stopped_run_succeeds_and_says_so_everywhere(home: OptionHome) -
         precision="fp32",
     )
     assert dna
-    results = home.certified("training_results.json")
+    results = one.results()
     assert results["status"] == "completed" and results["epochs"] == 3
     assert [h["auto_stopped"] for h in results["training_history"]] == [False, False, True]
     assert results["metrics"]["tiny-llama"]["auto_stop"]["stopped_at_epoch"] == 3
     live = json.loads(
-        (home.root / "models" / "oneseek-certified" / home.run_id / "live_metrics.json").read_text()
+        (one.root / "models" / "oneseek-certified" / run_id / "live_metrics.json").read_text()
     )
     info = live["auto_stop_info"]
     assert (info["enabled"], info["stopped"]) == (True, True)
     assert info["models"]["tiny-llama"]["stopped_at_epoch"] == 3
-    [event] = home.events("model_auto_stopped")
+    [event] = one.events("model_auto_stopped")
     assert event["model"] == "tiny-llama" and event["epoch"] == 3
     assert (event["threshold"], event["patience"], event["min_epochs"]) == (0.01, 2, 2)
 
 
-def test_a_run_without_auto_stop_says_it_is_off(home: OptionHome) -> None:
-    home.train(["tiny-llama"], epochs=1, precision="fp32")
-    results = home.certified("training_results.json")
+def test_a_run_without_auto_stop_says_it_is_off(one: TinyHome) -> None:
+    one.train(["tiny-llama"], epochs=1, precision="fp32")
+    results = one.results()
     assert [h["auto_stopped"] for h in results["training_history"]] == [False]
-    assert home.certified("live_metrics.json")["auto_stop_info"] == {
+    assert one.certified_json("live_metrics.json")["auto_stop_info"] == {
         "enabled": False,
         "stopped": False,
     }
-    assert home.events("model_auto_stopped") == []
+    assert one.events("model_auto_stopped") == []

@@ -8,41 +8,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import civic
-import pytest
 import torch
 from peft import PeftModel
-from trainhomes import FAST, TinyHome
+from trainhomes import TinyHome
 from transformers import AutoModelForCausalLM
 
 import oneseekd.certify.live as live_module
-from oneseekd import queue
 from oneseekd.certify.layout import CURRENT_LINK, CURRENT_TXT, resolve_current
 from oneseekd.certify.publish import publish
-from oneseekd.trainer.run import train_run
-
-QUICK = {**FAST, "epochs": 2}
-
-
-class Home(TinyHome):
-    def train(self, models: list[str], **fields: object) -> tuple[str, str]:
-        """Queue, claim and train a run in this process; its run id and DNA."""
-        run_id = self.submit(models, **{**QUICK, **fields})
-        claimed = self.claim(run_id)
-        dna = train_run(self.engine, self.config.home, run_id)
-        queue.finish(self.engine, claimed.id, "succeeded", outcome="succeeded")
-        return run_id, dna
-
-
-@pytest.fixture
-def home(tmp_path: Path, cache: Path) -> Iterator[Home]:
-    h = Home(tmp_path / "home", cache, {"Tiny-Llama": "llama", "Tiny-Qwen2.5": "qwen2"})
-    yield h
-    h.engine.dispose()
 
 
 def _logits(model: Any) -> torch.Tensor:
@@ -73,7 +50,7 @@ def _service_loads(models: Path) -> tuple[Path, str]:
     return folder, name
 
 
-def test_civicai_finds_lists_activates_and_loads_every_certified_run(home: Home) -> None:
+def test_civicai_finds_lists_activates_and_loads_every_certified_run(two: TinyHome) -> None:
     written: list[tuple[Path, dict[str, Any]]] = []
     original = live_module.write_json
 
@@ -83,11 +60,11 @@ def test_civicai_finds_lists_activates_and_loads_every_certified_run(home: Home)
 
     live_module.write_json = spy  # type: ignore[assignment]
     try:
-        first_run, first = home.train(["tiny-llama", "qwen2.5"], language="sv")
+        first_run, first = two.train(["tiny-llama", "qwen2.5"], epochs=2, language="sv")
     finally:
         live_module.write_json = original  # type: ignore[assignment]
-    second_run, second = home.train(["qwen2.5"])
-    certified = home.models / "oneseek-certified"
+    second_run, second = two.train(["qwen2.5"], epochs=2)
+    certified = two.models / "oneseek-certified"
 
     # live metrics were kept where CivicAI polls them, in the seed's shape, every epoch
     assert written and {p for p, _ in written} == {certified / first_run / "live_metrics.json"}
@@ -97,7 +74,7 @@ def test_civicai_finds_lists_activates_and_loads_every_certified_run(home: Home)
     assert len({json.dumps(d["val_losses"]) for d in epoch_ends}) >= 4  # 2 models x 2 epochs
 
     # the service starts on the newest certification, which became current
-    folder, name = _service_loads(home.models)
+    folder, name = _service_loads(two.models)
     assert folder.name == second and name == "Tiny-Qwen2.5"
     assert (certified / CURRENT_TXT).read_text().strip() == str(certified / second)
     meta = json.loads((certified / first / "metadata.json").read_text())
@@ -111,30 +88,30 @@ def test_civicai_finds_lists_activates_and_loads_every_certified_run(home: Home)
     assert os.readlink(certified / first_run) == first
 
     def current_flags() -> tuple[dict[str, bool], dict[str, bool]]:
-        listed = {r["name"]: r["isCurrent"] for r in civic.certified_listing(home.models)}
-        legacy = {r["fingerprint"]: r["isCurrent"] for r in civic.legacy_listing(home.models)}
+        listed = {r["name"]: r["isCurrent"] for r in civic.certified_listing(two.models)}
+        legacy = {r["fingerprint"]: r["isCurrent"] for r in civic.legacy_listing(two.models)}
         return listed, legacy
 
     assert current_flags() == ({first: False, second: True}, {first: False, second: True})
-    rows = {r["fingerprint"]: r for r in civic.legacy_listing(home.models)}
+    rows = {r["fingerprint"]: r for r in civic.legacy_listing(two.models)}
     assert rows[first]["baseModels"] == ["Tiny-Llama", "Tiny-Qwen2.5"]
     assert abs(sum(rows[first]["finalWeights"].values()) - 1) < 1e-9
-    weights_json = home.models / "oneseek-7b-zero" / "weights" / "oneseek-7b-zero-v1.0.json"
-    assert civic.lora_weights_file(home.models, weights_json, "tiny-llama").is_file()
+    weights_json = two.models / "oneseek-7b-zero" / "weights" / "oneseek-7b-zero-v1.0.json"
+    assert civic.lora_weights_file(two.models, weights_json, "tiny-llama").is_file()
 
     # promote is a rollback: everything CivicAI reads follows, and the ledger records it
-    done = home.ctl("promote", first_run)
+    done = two.ctl("promote", first_run)
     assert done.exit_code == 0, done.output
     assert done.output == f"{CURRENT_LINK} -> {first} (run {first_run}), was {second}.\n"
     assert current_flags() == ({first: True, second: False}, {first: True, second: False})
-    folder, name = _service_loads(home.models)
+    folder, name = _service_loads(two.models)
     assert folder.name == first and name == "Tiny-Llama"
-    again = home.ctl("promote", second)  # by DNA
+    again = two.ctl("promote", second)  # by DNA
     assert again.exit_code == 0, again.output
     assert current_flags() == ({first: False, second: True}, {first: False, second: True})
-    verify = home.ctl("ledger", "verify")
+    verify = two.ctl("ledger", "verify")
     assert verify.exit_code == 0, verify.output
-    events = [e for (e,) in home_rows(home, "SELECT event FROM ledger_events ORDER BY seq")]
+    events = [e for (e,) in two.rows("SELECT event FROM ledger_events ORDER BY seq")]
     assert events.count("model_promoted") == 2
 
     # CivicAI's "Set as Active" re-points the link and rewrites metadata.json: not
@@ -143,23 +120,23 @@ def test_civicai_finds_lists_activates_and_loads_every_certified_run(home: Home)
     os.symlink(first, certified / CURRENT_LINK)
     (certified / CURRENT_TXT).write_text(str(certified / first))
     (certified / first / "metadata.json").write_text(json.dumps({**meta, "language": "en"}))
-    pk = home_rows(home, "SELECT id FROM runs WHERE run_id = ?", second_run)[0][0]
-    publish(home.engine, home.config.home, int(pk))
-    assert resolve_current(home.config.home).dna == first
-    verified = home.ctl("ledger", "verify")
+    pk = two.rows("SELECT id FROM runs WHERE run_id = ?", second_run)[0][0]
+    publish(two.engine, two.config.home, int(pk))
+    assert resolve_current(two.config.home).dna == first
+    verified = two.ctl("ledger", "verify")
     assert verified.exit_code == 0 and verified.stdout.endswith(f"Current: {first}\n")
-    status = json.loads(home.ctl("status", "--json").stdout)
+    status = json.loads(two.ctl("status", "--json").stdout)
     assert status["current_model"]["dna"] == first
     assert status["current_model"]["run_id"] == first_run
-    runs = {r["run_id"]: r for r in json.loads(home.ctl("runs", "--json").stdout)}
+    runs = {r["run_id"]: r for r in json.loads(two.ctl("runs", "--json").stdout)}
     assert (runs[first_run]["current"], runs[second_run]["current"]) == (True, False)
     assert runs[second_run]["dna"] == second
-    shown = home.ctl("show", first_run).stdout
+    shown = two.ctl("show", first_run).stdout
     assert f"  dna:      {first} (current)\n" in shown
     # a CURRENT that names no certified run of this home is reported
     os.unlink(certified / CURRENT_LINK)
     os.symlink("OneSeek-7B-Zero.v9.9.abcdef", certified / CURRENT_LINK)
-    bad = home.ctl("ledger", "verify")
+    bad = two.ctl("ledger", "verify")
     assert bad.exit_code == 1
     assert (
         "OneSeek-7B-Zero-CURRENT points at OneSeek-7B-Zero.v9.9.abcdef, which does not exist"
@@ -167,20 +144,15 @@ def test_civicai_finds_lists_activates_and_loads_every_certified_run(home: Home)
     )
 
 
-def home_rows(home: Home, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    import sqlite3
-
-    con = sqlite3.connect(home.config.home.db_file)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
-
-
 def test_make_current_false_leaves_the_pointer_to_promote(tmp_path: Path, cache: Path) -> None:
-    h = Home(tmp_path / "h", cache, {"Tiny-Llama": "llama"}, "[certify]\nmake_current = false\n")
+    h = TinyHome(
+        tmp_path / "h",
+        cache,
+        {"Tiny-Llama": "llama"},
+        "[certify]\nmake_current = false\n",
+    )
     try:
-        run_id, dna = h.train(["llama"])
+        run_id, dna = h.train(["llama"], epochs=2)
         assert not os.path.lexists(h.models / "oneseek-certified" / CURRENT_LINK)
         assert [r["isCurrent"] for r in civic.certified_listing(h.models)] == [False]
         assert h.ctl("status").stdout.count("current:  none (there is no") == 1
@@ -199,7 +171,7 @@ def test_the_same_training_in_two_home_folders_gives_the_same_dna(
 ) -> None:
     dnas = []
     for where in ("first/home", "elsewhere/deeper/other-home"):
-        h = Home(tmp_path / where, cache, {"Tiny-Llama": "llama"})
+        h = TinyHome(tmp_path / where, cache, {"Tiny-Llama": "llama"})
         try:
             _, dna = h.train(["llama"], epochs=1)
         finally:

@@ -1,8 +1,8 @@
 """Crash tests (issue 6, item 1): SIGKILL the daemon and the trainer child of a real home with
 tiny models, restart, and check that the home is whole (crashharness.check_invariants).
 
-Plain `pytest` runs a seeded subset; `pytest -m slow` runs the full set (ten seeds of ten kill
-points, and every crash point inside the trainer both ways)."""
+Plain `pytest` runs a seeded subset; `pytest -m slow` runs the rest of the full set (ten seeds
+of ten kill points, and the other crash points inside the trainer, each both ways)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cases import slow_but
 from crashharness import (
     CRASH_POINTS,
     PHASES,
@@ -114,10 +115,6 @@ COMMITTED_POINTS = frozenset(
 )
 
 
-def _case(point: str, kill: str) -> object:
-    return pytest.param(point, kill, id=f"{point}-{kill}")
-
-
 def _crash_inside(root: Path, point: str, kill: str) -> None:
     """A run whose first attempt SIGKILLs its trainer (kill=self) or its daemon and then
     itself (kill=both, a power cut) at `point`; then the home must be whole. A resumed run
@@ -154,19 +151,11 @@ def _crash_inside(root: Path, point: str, kill: str) -> None:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("point", "kill"), [_case(p, k) for p, k in DEFAULT_CASES])
-def test_a_sigkill_at_an_exact_point_in_the_trainer_leaves_a_whole_home(
-    tmp_path: Path, point: str, kill: str
-) -> None:
-    _crash_inside(tmp_path, point, kill)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
 @pytest.mark.parametrize(
-    ("point", "kill"), [_case(p, k) for p in CRASH_POINTS for k in ("self", "both")]
+    ("point", "kill"),
+    slow_but(DEFAULT_CASES, [(p, k) for p in CRASH_POINTS for k in ("self", "both")]),
 )
-def test_every_exact_crash_point_both_ways_leaves_a_whole_home(
+def test_a_sigkill_at_an_exact_point_in_the_trainer_leaves_a_whole_home(
     tmp_path: Path, point: str, kill: str
 ) -> None:
     _crash_inside(tmp_path, point, kill)

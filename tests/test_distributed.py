@@ -13,19 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from daemon import wait_for
+from daemon import cmdlines, wait_for
 from gloo import spawn, train_slowly_exported
 from pausetrainer import pause_command, paused
-from sqlalchemy import Engine
-from trainhomes import FAST, tiny_home
+from trainhomes import FAST, TinyHome
 
 from oneseekd import queue
-from oneseekd.catalog.live import Catalog
-from oneseekd.catalog.scan import model_roots
-from oneseekd.config import Config, load_config
 from oneseekd.daemon.supervisor import Supervisor
-from oneseekd.db.engine import make_engine
-from oneseekd.db.migrate import upgrade
 from oneseekd.intake.accept import Intake
 
 # dropout off: with it each rank draws its own masks, and the runs differ by that noise
@@ -34,7 +28,7 @@ TOLERANCE = 1e-5  # float sums in another order over 27 steps: measured under 3e
 FSDP_TOLERANCE = 1e-5  # sharded, 2 epochs: measured under 2e-7
 
 
-class Box:
+class Box(TinyHome):
     """A home whose [trainer] lets two CPU processes stand in for two GPUs."""
 
     def __init__(
@@ -44,22 +38,12 @@ class Box:
         models: dict[str, str],
         command: list[str] | None = None,
     ) -> None:
-        tiny_home(root, cache, models)
-        with (root / "oneseekd.toml").open("a") as fh:
-            fh.write("cpu_processes = 2\ncollective_timeout_seconds = 60\n")
-            fh.write("cancel_grace_seconds = 20\nstop_grace_seconds = 30\n")
-            if command:  # e.g. tests/pausetrainer.py: the trainer stopped at a chosen step
-                fh.write(f"command = {json.dumps(command)}\n")
-        self.config: Config = load_config(root, env={})
-        self.config.home.ensure()
-        self.engine: Engine = make_engine(self.config.db_url)
-        upgrade(self.engine)
-        Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
+        trainer = "cpu_processes = 2\ncollective_timeout_seconds = 60\n"
+        trainer += "cancel_grace_seconds = 20\nstop_grace_seconds = 30\n"
+        if command:  # e.g. tests/pausetrainer.py: the trainer stopped at a chosen step
+            trainer += f"command = {json.dumps(command)}\n"
+        super().__init__(root, cache, models, trainer)
         self.supervisor = Supervisor(self.engine, self.config, None)
-
-    @property
-    def root(self) -> Path:
-        return self.config.home.root
 
     def submit(self, models: list[str], **fields: object) -> str:
         body = {"base_models": models, "dataset": "civic.jsonl", **SAME, **fields}
@@ -99,26 +83,14 @@ class Box:
             if p.is_file() and "base_models" not in p.parts
         }
 
-    def results(self, run_id: str) -> dict[str, object]:
-        path = self.root / "models" / "oneseek-certified" / run_id / "training_results.json"
-        data: dict[str, object] = json.loads(path.read_text())
-        return data
-
 
 def trainers_of(run_id: str) -> list[int]:
     """Live processes (torchrun's agent or a rank) working on the run."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if run_id.encode() in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
+    return [  # a zombie's command line is empty
+        pid
+        for pid, cmdline in cmdlines().items()
+        if run_id.encode() in cmdline and pid != os.getpid()
+    ]
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -211,31 +211,30 @@ def test_a_link_and_a_fifo_are_rejected_without_being_followed_or_read(
     assert folder.waiting() == 0
 
 
-def test_a_crash_between_link_and_unlink_leaves_one_verdict_file(
-    drops: tuple[Config, Engine, DropFolder],
+def _linked_not_unlinked(claimed: Path, rejected: Path, pk: int) -> None:
+    os.link(claimed, rejected / "bad.json")  # the instant before os.unlink(claimed)
+
+
+def _error_file_not_linked(claimed: Path, rejected: Path, pk: int) -> None:
+    # the error file is written first: a crash before the link leaves it and the claim
+    write_error(rejected / "bad.json", Verdict("rejected", pk, problems=[NO_MODEL]), "bad.json")
+
+
+@pytest.mark.parametrize(
+    "crash", [_linked_not_unlinked, _error_file_not_linked], ids=lambda f: f.__name__.strip("_")
+)
+def test_a_crash_while_placing_a_rejection_leaves_one_verdict_file_under_its_name(
+    drops: tuple[Config, Engine, DropFolder], crash: Callable[[Path, Path, int], None]
 ) -> None:
     config, _, folder = drops
     path, pk = claimed_rejection(drops, "aaaa")
     rejected = config.home.requests / "rejected"
-    os.link(path, rejected / "bad.json")  # the instant before os.unlink(claimed)
-    assert folder.recover() == 1
-    assert listing(rejected) == ["bad.error.json", "bad.json"]
-    assert error_of(rejected, "bad.json")["request"] == pk
-    assert listing(config.home.requests / ".claimed") == []
-
-
-def test_a_crash_after_the_error_file_before_the_link_takes_the_same_name(
-    drops: tuple[Config, Engine, DropFolder],
-) -> None:
-    config, _, folder = drops
-    path, pk = claimed_rejection(drops, "bbbb")
-    rejected = config.home.requests / "rejected"
-    # the error file is written first: a crash before the link leaves it and the claim
-    write_error(rejected / "bad.json", Verdict("rejected", pk, problems=[NO_MODEL]), "bad.json")
+    crash(path, rejected, pk)
     assert folder.recover() == 1
     assert listing(rejected) == ["bad.error.json", "bad.json"]  # not bad.2.json
+    assert error_of(rejected, "bad.json")["request"] == pk
     assert error_of(rejected, "bad.json")["problems"] == [NO_MODEL]
-    assert not path.exists()
+    assert listing(config.home.requests / ".claimed") == []
 
 
 def test_a_name_whose_error_file_explains_another_request_is_passed_over(

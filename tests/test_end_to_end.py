@@ -86,11 +86,12 @@ def test_sigterm_during_training_checkpoints_and_the_next_start_resumes(tmp_path
         "base_models": ["llama"],
         "dataset": "civic.jsonl",
         **FAST,
-        "epochs": 20,
+        "epochs": 2,
         "checkpoint_every": 1000,
     }
-    # the trainer pauses right after its checkpoint at step 3 until the stop: a deterministic
-    # point, never a race with a run that may end before a poll sees it
+    # the trainer pauses right after its first checkpoint at step 3 or later (the end of epoch
+    # 1, so that epoch 2 is left to resume) until the stop: a deterministic point, never a race
+    # with a run that may end before a poll sees it
     pauses = home / "pauses"
     with (home / "oneseekd.toml").open("a") as fh:
         fh.write(f"command = {json.dumps(pause_command(pauses, 3))}\n")

@@ -19,7 +19,7 @@ import json
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,13 +42,6 @@ from oneseekd.trainer.run import train_run
 ZERO = Path("models") / "oneseek-7b-zero"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 FAULT_STEP = 3  # optimizer steps into the first model: past setup and the first checkpoint
-
-
-@pytest.fixture
-def home(tmp_path: Path, cache: Path) -> Iterator[Home]:
-    made = Home(tmp_path / "home", cache, {"Tiny-Llama": "llama"})
-    yield made
-    made.engine.dispose()
 
 
 def fault_after(step: int, fault: Callable[[], None]) -> Callable[[], bool]:
@@ -106,88 +99,88 @@ def assert_nothing_half_written(root: Path, run_id: str, version: str = "1.0") -
 
 @pytest.mark.parametrize("folder", ["lora_adapters", "weights"])
 def test_an_artifact_folder_that_stops_being_writable_mid_run_fails_the_run_naming_it(
-    home: Home, folder: str
+    one: Home, folder: str
 ) -> None:
-    run_id = home.start(["tiny-llama"], epochs=1)
-    target = home.root / ZERO / folder
+    run_id = one.start(["tiny-llama"], epochs=1)
+    target = one.root / ZERO / folder
     with pytest.raises(OSError) as err:
         train_run(
-            home.engine,
-            home.config.home,
+            one.engine,
+            one.config.home,
             run_id,
             should_stop=fault_after(FAULT_STEP, lambda: replace_with_file(target)),
         )
     assert err.value.filename == str(target)  # the error names the folder it could not write
     assert "File exists" in str(err.value)
-    assert_nothing_half_written(home.root, run_id)
+    assert_nothing_half_written(one.root, run_id)
     # nothing of the model was recorded: no artifact, no `model_trained`, the row still open
-    assert home.rows("SELECT count(*) FROM artifacts") == [(0,)]
-    assert home.rows("SELECT count(*) FROM ledger_events WHERE event = 'model_trained'") == [(0,)]
-    assert home.rows("SELECT state FROM model_trainings") == [("training",)]
+    assert one.rows("SELECT count(*) FROM artifacts") == [(0,)]
+    assert one.rows("SELECT count(*) FROM ledger_events WHERE event = 'model_trained'") == [(0,)]
+    assert one.rows("SELECT state FROM model_trainings") == [("training",)]
     # and the checkpoint it trained to is still there to resume from once the folder is back
-    assert (home.root / "checkpoints" / run_id / "tiny-llama" / "latest").is_file()
+    assert (one.root / "checkpoints" / run_id / "tiny-llama" / "latest").is_file()
 
 
-def test_a_dataset_that_disappears_mid_run_fails_the_run_naming_it(home: Home) -> None:
-    run_id = home.start(["tiny-llama"], epochs=1)
-    dataset = home.root / "datasets" / "civic.jsonl"
+def test_a_dataset_that_disappears_mid_run_fails_the_run_naming_it(one: Home) -> None:
+    run_id = one.start(["tiny-llama"], epochs=1)
+    dataset = one.root / "datasets" / "civic.jsonl"
     with pytest.raises((OSError, OneseekError)) as err:
         train_run(
-            home.engine,
-            home.config.home,
+            one.engine,
+            one.config.home,
             run_id,
             should_stop=fault_after(FAULT_STEP, dataset.unlink),
         )
     assert "civic.jsonl" in str(err.value)
-    assert_nothing_half_written(home.root, run_id)
-    assert home.rows("SELECT count(*) FROM ledger_events WHERE event = ?", COMPLETED) == [(0,)]
+    assert_nothing_half_written(one.root, run_id)
+    assert one.rows("SELECT count(*) FROM ledger_events WHERE event = ?", COMPLETED) == [(0,)]
 
 
-def test_a_base_model_deleted_mid_run_fails_the_run_naming_it(home: Home) -> None:
-    run_id = home.start(["tiny-llama"], epochs=1)
-    folder = home.root / ZERO / "base_models" / "Tiny-Llama"
+def test_a_base_model_deleted_mid_run_fails_the_run_naming_it(one: Home) -> None:
+    run_id = one.start(["tiny-llama"], epochs=1)
+    folder = one.root / ZERO / "base_models" / "Tiny-Llama"
     with pytest.raises((OSError, OneseekError)) as err:
         train_run(
-            home.engine,
-            home.config.home,
+            one.engine,
+            one.config.home,
             run_id,
             should_stop=fault_after(FAULT_STEP, lambda: shutil.rmtree(folder)),
         )
     assert "Tiny-Llama" in str(err.value)
-    assert_nothing_half_written(home.root, run_id)
-    assert home.rows("SELECT count(*) FROM ledger_events WHERE event = ?", COMPLETED) == [(0,)]
+    assert_nothing_half_written(one.root, run_id)
+    assert one.rows("SELECT count(*) FROM ledger_events WHERE event = ?", COMPLETED) == [(0,)]
 
 
 COMPLETED = "dna_v2_training_completed"
 
 
-def test_a_dataset_gone_before_the_run_starts_is_refused_with_its_name(home: Home) -> None:
-    run_id = home.start(["tiny-llama"])
-    (home.root / "datasets" / "civic.jsonl").unlink()
+def test_a_dataset_gone_before_the_run_starts_is_refused_with_its_name(one: Home) -> None:
+    run_id = one.start(["tiny-llama"])
+    (one.root / "datasets" / "civic.jsonl").unlink()
     with pytest.raises(RunRefused) as err:
-        train_run(home.engine, home.config.home, run_id)
+        train_run(one.engine, one.config.home, run_id)
     assert str(err.value) == (
-        f"run {run_id} cannot train\n  - dataset civic.jsonl is gone from {home.root / 'datasets'}/"
+        f"run {run_id} cannot train\n  - dataset civic.jsonl is gone from {one.root / 'datasets'}/"
     )
-    assert_nothing_half_written(home.root, run_id)
-    assert home.rows("SELECT count(*) FROM model_trainings") == [(0,)]
+    assert_nothing_half_written(one.root, run_id)
+    assert one.rows("SELECT count(*) FROM model_trainings") == [(0,)]
 
 
-def test_a_base_model_gone_before_the_run_starts_is_refused_with_its_name(home: Home) -> None:
-    run_id = home.start(["tiny-llama"])
-    shutil.rmtree(home.root / ZERO / "base_models" / "Tiny-Llama")
-    home.scan()
+def test_a_base_model_gone_before_the_run_starts_is_refused_with_its_name(one: Home) -> None:
+    run_id = one.start(["tiny-llama"])
+    shutil.rmtree(one.root / ZERO / "base_models" / "Tiny-Llama")
+    one.scan()
     with pytest.raises(RunRefused) as err:
-        train_run(home.engine, home.config.home, run_id)
+        train_run(one.engine, one.config.home, run_id)
     assert str(err.value) == (f"run {run_id} cannot train\n  - base model tiny-llama is missing")
-    assert_nothing_half_written(home.root, run_id)
+    assert_nothing_half_written(one.root, run_id)
 
 
 def test_a_dataset_replaced_mid_run_is_never_certified_under_the_new_contents(
-    home: Home,
+    one: Home,
 ) -> None:
-    run_id = home.start(["tiny-llama"], epochs=1)
-    dataset = home.root / "datasets" / "civic.jsonl"
+    run_id = one.start(["tiny-llama"], epochs=1)
+    dataset = one.root / "datasets" / "civic.jsonl"
     trained_on = hashlib.sha256(dataset.read_bytes()).hexdigest()
     lines = dataset.read_text(encoding="utf-8").splitlines()
 
@@ -196,8 +189,8 @@ def test_a_dataset_replaced_mid_run_is_never_certified_under_the_new_contents(
 
     with pytest.raises(RunRefused) as err:
         train_run(
-            home.engine,
-            home.config.home,
+            one.engine,
+            one.config.home,
             run_id,
             should_stop=fault_after(FAULT_STEP, replace),
         )
@@ -209,17 +202,17 @@ def test_a_dataset_replaced_mid_run_is_never_certified_under_the_new_contents(
         f"trained on, {now[:12]}… is there now); submit the request again to train on what it "
         "holds now"
     )
-    assert_nothing_half_written(home.root, run_id)
-    assert home.rows("SELECT count(*) FROM ledger_events WHERE event = ?", COMPLETED) == [(0,)]
+    assert_nothing_half_written(one.root, run_id)
+    assert one.rows("SELECT count(*) FROM ledger_events WHERE event = ?", COMPLETED) == [(0,)]
 
 
-def test_writing_run_outputs_leaves_the_base_models_in_the_catalog(home: Home) -> None:
-    catalog = Catalog(home.engine, model_roots(home.config), settle=0)
+def test_writing_run_outputs_leaves_the_base_models_in_the_catalog(one: Home) -> None:
+    catalog = Catalog(one.engine, model_roots(one.config), settle=0)
     catalog.full_scan()
-    catalog.touch(home.root / ZERO / "lora_adapters" / "oneseek-7b-zero-v1.0-x" / "a.json")
-    catalog.touch(home.root / ZERO / "weights" / "oneseek-7b-zero-v1.0.json")
+    catalog.touch(one.root / ZERO / "lora_adapters" / "oneseek-7b-zero-v1.0-x" / "a.json")
+    catalog.touch(one.root / ZERO / "weights" / "oneseek-7b-zero-v1.0.json")
     catalog.process_due()
-    assert home.rows("SELECT key, state FROM base_models") == [("tiny-llama", "ready")]
+    assert one.rows("SELECT key, state FROM base_models") == [("tiny-llama", "ready")]
 
 
 # --- through the real daemon -------------------------------------------------------------------

@@ -7,25 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
-from sqlalchemy import Engine
-from trainhomes import FAST, stop_at, tiny_home
+from trainhomes import TinyHome, stop_at
 
-from oneseekd import queue
-from oneseekd.catalog.live import Catalog
-from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.gate import NotImproved
-from oneseekd.cli import main as ctl
-from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine
-from oneseekd.db.migrate import upgrade
-from oneseekd.intake.accept import Intake
 from oneseekd.trainer.recipe import Stopped
 from oneseekd.trainer.run import train_run
 
@@ -34,70 +23,25 @@ CANNOT_LEARN = {"learning_rate": 1e-9}  # far too small to move the weights
 LEARNS = {"learning_rate": 2e-2}
 
 
-class Home:
+class Home(TinyHome):
+    """A home with a tiny Llama; `certify` is its [certify] section."""
+
     def __init__(self, root: Path, cache: Path, certify: str = "") -> None:
-        tiny_home(root, cache, {"Tiny-Llama": "llama"})
-        if certify:
-            with (root / "oneseekd.toml").open("a") as fh:
-                fh.write(f"[certify]\n{certify}\n")
-        self.config: Config = load_config(root, env={})
-        self.config.home.ensure()
-        self.engine: Engine = make_engine(self.config.db_url)
-        upgrade(self.engine)
-        Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
-        self.pks: dict[str, int] = {}
+        section = f"[certify]\n{certify}\n" if certify else ""
+        super().__init__(root, cache, {"Tiny-Llama": "llama"}, section)
 
     @property
     def certified(self) -> Path:
         return self.config.home.certified
 
-    def train(self, **fields: object) -> str:
-        """Submit, claim and train one run; returns its run id."""
-        run_id = self.start(**fields)
-        train_run(self.engine, self.config.home, run_id)
-        queue.finish(self.engine, self.pks[run_id], "succeeded", outcome="succeeded")
-        return run_id
-
-    def start(self, **fields: object) -> str:
-        body = {"base_models": [MODEL], "dataset": "civic.jsonl", **FAST, **fields}
-        verdict = Intake(self.engine, self.config.home).take_bytes(
-            json.dumps(body).encode(), source="submit"
-        )
-        assert verdict.run_id, verdict.problems
-        claimed = queue.claim_next(self.engine, None)
-        assert claimed is not None and claimed.run_id == verdict.run_id
-        self.pks[verdict.run_id] = claimed.id
-        return verdict.run_id
-
     def folder(self, run_id: str) -> Path:
         return self.certified / os.readlink(self.certified / run_id)
-
-    def doc(self, run_id: str, name: str) -> Any:
-        return json.loads((self.folder(run_id) / name).read_text())
 
     def current(self) -> str:
         return os.readlink(self.certified / "OneSeek-7B-Zero-CURRENT")
 
-    def events(self, name: str) -> list[dict[str, Any]]:
-        con = sqlite3.connect(self.config.home.db_file)
-        try:
-            rows = con.execute(
-                "SELECT payload FROM ledger_events WHERE event = ? ORDER BY seq", (name,)
-            ).fetchall()
-        finally:
-            con.close()
-        return [json.loads(r[0]) for r in rows]
-
     def ledger_ok(self) -> bool:
         return bool(self.ctl("ledger", "verify").exit_code == 0)
-
-    def ctl(self, *args: str) -> Any:
-        return CliRunner().invoke(ctl, ["--home", str(self.config.home.root), *args])
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-models")
 
 
 @pytest.fixture
@@ -114,8 +58,8 @@ def _model(results: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.timeout(600)
 def test_a_run_that_learns_is_made_current_and_one_that_cannot_is_not(home: Home) -> None:
-    learned = home.train(**LEARNS)
-    results = home.doc(learned, "training_results.json")
+    learned, _ = home.train([MODEL], **LEARNS)
+    results = home.certified_json("training_results.json", learned)
     ev = _model(results)["evaluation"]
     base, trained = ev["base"], ev["trained"]
     assert trained["bits_per_byte"] < base["bits_per_byte"]
@@ -135,19 +79,19 @@ def test_a_run_that_learns_is_made_current_and_one_that_cannot_is_not(home: Home
     assert home.current() == first
     # every optimizer step's training loss: 8 steps an epoch, 3 epochs
     assert len(_model(results)["step_losses"]) == _model(results)["steps"] == 24
-    live = home.doc(learned, "live_metrics.json")
+    live = home.certified_json("live_metrics.json", learned)
     assert live["step_losses"][MODEL] == _model(results)["step_losses"]
     assert live["val_bits_per_byte"][MODEL] == trained["bits_per_byte"]
-    metadata = home.doc(learned, "metadata.json")
+    metadata = home.certified_json("metadata.json", learned)
     assert metadata["metrics"] == {
         "loss": trained["loss"],
         "accuracy": trained["accuracy"],
         "fairness": None,
     }
-    signed = home.doc(learned, "oneseek_dna.json")
+    signed = home.certified_json("oneseek_dna.json", learned)
     assert signed["evaluation"][MODEL]["trained"] == trained
     assert signed["gate"]["made_current"] is True
-    samples = home.doc(learned, "samples.json")["models"][MODEL]
+    samples = home.certified_json("samples.json", learned)["models"][MODEL]
     assert 1 <= len(samples) <= 3
     for sample in samples:
         assert set(sample) == {"record", "prompt", "reference", "base", "trained"}
@@ -155,8 +99,8 @@ def test_a_run_that_learns_is_made_current_and_one_that_cannot_is_not(home: Home
         assert "### Instruction" in sample["prompt"] or "<|user|>" in sample["prompt"]
     assert home.ledger_ok()
 
-    stuck = home.train(**CANNOT_LEARN)
-    results = home.doc(stuck, "training_results.json")
+    stuck, _ = home.train([MODEL], **CANNOT_LEARN)
+    results = home.certified_json("training_results.json", stuck)
     ev = _model(results)["evaluation"]
     assert not ev["trained"]["bits_per_byte"] < ev["base"]["bits_per_byte"] * 0.9999
     bpb = ev["trained"]["bits_per_byte"]
@@ -179,7 +123,7 @@ def test_a_run_that_learns_is_made_current_and_one_that_cannot_is_not(home: Home
     assert results["gate"] == gate
     assert home.current() == first  # recorded, certified, not current
     # ... and every surface says so: metadata.json, the ledger event, status, runs, show
-    assert home.doc(stuck, "metadata.json")["gate"] == gate
+    assert home.certified_json("metadata.json", stuck)["gate"] == gate
     [_, event] = home.events("dna_v2_training_completed")
     assert (event["current"], event["gate"]) == (False, gate)
     assert event["bits_per_byte"][MODEL] == {
@@ -218,17 +162,17 @@ def test_a_run_that_learns_is_made_current_and_one_that_cannot_is_not(home: Home
 def test_a_run_worse_than_the_current_model_on_its_held_out_data_is_not_made_current(
     home: Home,
 ) -> None:
-    best = home.train(**LEARNS)
+    best, _ = home.train([MODEL], **LEARNS)
     first = home.current()
-    weaker = home.train(**{**LEARNS, "epochs": 1})
-    ev = _model(home.doc(weaker, "training_results.json"))["evaluation"]
+    weaker, _ = home.train([MODEL], **{**LEARNS, "epochs": 1})
+    ev = _model(home.certified_json("training_results.json", weaker))["evaluation"]
     assert ev["trained"]["bits_per_byte"] < ev["base"]["bits_per_byte"] * 0.9999  # it learned
     now = ev["current"]
     assert (now["dna"], now["run_id"]) == (first, best)
     # the current model measured on this run's rows (the same seed: the same split)
     assert now["figures"]["tokens"] == ev["trained"]["tokens"]
     assert now["figures"]["bits_per_byte"] < ev["trained"]["bits_per_byte"]
-    gate = home.doc(weaker, "training_results.json")["gate"]
+    gate = home.certified_json("training_results.json", weaker)["gate"]
     assert (gate["beat_base"], gate["not_worse_than_current"], gate["made_current"]) == (
         True,
         False,
@@ -248,7 +192,7 @@ def test_require_improvement_refuses_to_certify_a_run_that_did_not_improve(
 ) -> None:
     home = Home(tmp_path / "home", cache, "require_improvement = true")
     try:
-        run_id = home.start(**CANNOT_LEARN)
+        run_id = home.start([MODEL], **CANNOT_LEARN)
         with pytest.raises(NotImproved) as refused:
             train_run(home.engine, home.config.home, run_id)
         [trained] = home.events("model_trained")  # recorded, with its figures
@@ -278,8 +222,8 @@ def test_the_evaluation_is_the_same_across_a_resume(tmp_path: Path, cache: Path)
     whole = Home(tmp_path / "whole", cache)
     cut = Home(tmp_path / "cut", cache)
     try:
-        uninterrupted = whole.train()
-        run_id = cut.start()
+        uninterrupted, _ = whole.train([MODEL])
+        run_id = cut.start([MODEL])
 
         # stopped at step 4 (before the first epoch's evaluation), then after epoch 2's
         with pytest.raises(Stopped):
@@ -287,13 +231,13 @@ def test_the_evaluation_is_the_same_across_a_resume(tmp_path: Path, cache: Path)
         with pytest.raises(Stopped):
             train_run(cut.engine, cut.config.home, run_id, should_stop=stop_at(16))
         train_run(cut.engine, cut.config.home, run_id)
-        a = _model(whole.doc(uninterrupted, "training_results.json"))
-        b = _model(cut.doc(run_id, "training_results.json"))
+        a = _model(whole.certified_json("training_results.json", uninterrupted))
+        b = _model(cut.certified_json("training_results.json", run_id))
         assert a["evaluation"] == b["evaluation"]
         assert a["step_losses"] == b["step_losses"]
         assert (
-            whole.doc(uninterrupted, "samples.json")["models"]
-            == cut.doc(run_id, "samples.json")["models"]
+            whole.certified_json("samples.json", uninterrupted)["models"]
+            == cut.certified_json("samples.json", run_id)["models"]
         )
     finally:
         whole.engine.dispose()

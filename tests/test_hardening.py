@@ -14,10 +14,9 @@ from daemon import DaemonProcess, query, run_until_idle, wait_for
 from homes import ctl, fake_behaviour, open_home, request, training_home
 from modelfactory import make_model
 from sqlalchemy import Engine, event
-from test_supervisor import World, close
+from world import World, close
 
 from oneseekd.catalog.scan import model_roots, scan
-from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import DropFolder
 from oneseekd.intake.placing import short_name
@@ -33,12 +32,10 @@ def test_planned_stops_are_not_failed_attempts(tmp_path: Path) -> None:
             w.supervisor.shutdown()  # systemctl stop: the trainer checkpoints and exits 75
             assert w.run(run_id)["state"] == "running"
             (w.home / "fake" / f"started-{run_id}").unlink()
-            w.supervisor = Supervisor(w.engine, w.config, None)
-            w.supervisor.recover()
+            w.restart()
         fake_behaviour(w.home, "1.0", sleep=0.05)
         w.supervisor.shutdown()
-        w.supervisor = Supervisor(w.engine, w.config, None)
-        w.supervisor.recover()
+        w.restart()
         w.drive(lambda: w.finished(run_id))
         run = w.run(run_id)
         assert (run["state"], run["attempts"]) == ("succeeded", 6), run["error"]
@@ -54,18 +51,14 @@ def test_a_run_that_crashed_too_often_says_which_attempts_failed_how(tmp_path: P
         w.supervisor.shutdown()  # attempt 1: a planned stop, not counted
         for _ in range(3):  # attempts 2-4: the daemon dies; its trainer is left behind
             (w.home / "fake" / f"started-{run_id}").unlink(missing_ok=True)
-            w.supervisor = Supervisor(w.engine, w.config, None)
-            w.supervisor.recover()
+            w.restart()
             w.drive(lambda: w.started(run_id))
             assert w.supervisor.child is not None
             w.supervisor.child.proc.kill()
             w.supervisor.child.proc.wait()
             w.supervisor.child = None  # as if the daemon died with it
-        w.supervisor = Supervisor(w.engine, w.config, None)
-        w.supervisor.recover()
-        run = w.run(run_id)
-        assert (run["state"], run["outcome"]) == ("failed", "lost")
-        assert str(run["error"]).startswith(
+        w.restart()
+        assert w.lost(run_id).startswith(
             "the trainer failed 3 times (trainer.max_attempts = 3): attempts 2, 3 and 4 ended "
             "without a checkpointed stop (the trainer or its daemon was killed or crashed); "
             "1 stop the daemon asked for is not counted; see "

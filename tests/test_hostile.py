@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-from daemon import DaemonProcess, model_state, run_until_idle, wait_for
+from daemon import DaemonProcess, model_state, query, run_until_idle, wait_for
 from homes import drop, open_home, take_row, training_home
 from modelfactory import make_model
 from trainhomes import FAST, tiny_home
@@ -89,14 +89,6 @@ def expected(entry: dict[str, Any], home: Path) -> list[str]:
     ]
 
 
-def rows(home: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(home / "oneseek.db", timeout=30)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
-
-
 def insert(home: Path, sql: str, params: dict[str, Any] | tuple[Any, ...] = ()) -> int:
     con = sqlite3.connect(home / "oneseek.db", timeout=30)
     try:
@@ -109,9 +101,9 @@ def insert(home: Path, sql: str, params: dict[str, Any] | tuple[Any, ...] = ()) 
 
 
 def assert_database_whole(home: Path) -> None:
-    names = rows(home, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+    names = query(home, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
     assert [n for (n,) in names] == TABLES
-    assert rows(home, "PRAGMA integrity_check") == [("ok",)]
+    assert query(home, "PRAGMA integrity_check") == [("ok",)]
 
 
 def generated() -> dict[str, bytes]:
@@ -179,7 +171,7 @@ def test_every_hostile_request_gets_its_verdict_through_both_doors(tmp_path: Pat
             check_generated(name, body["status"], body["problems"])
         for name in HOSTILE_NAMES:
             assert decided(home, name) == "accepted", name
-        names = {n for (n,) in rows(home, "SELECT source_name FROM training_requests")}
+        names = {n for (n,) in query(home, "SELECT source_name FROM training_requests")}
         assert "'; DROP TABLE runs; --.json" in names
         assert "evil\x1b[2J\r\nname.json" in names
         assert "bad-\\udcff\\udcfe-name.json" in names  # undecodable bytes, kept visible
@@ -194,19 +186,19 @@ def test_every_hostile_request_gets_its_verdict_through_both_doors(tmp_path: Pat
                 continue  # as TEXT it cannot be written; see the BLOB test below
             ids[name] = insert(home, "INSERT INTO training_requests (payload) VALUES (?)", (text,))
         wait_for(
-            lambda: not rows(home, "SELECT id FROM training_requests WHERE status = 'pending'"),
+            lambda: not query(home, "SELECT id FROM training_requests WHERE status = 'pending'"),
             timeout=30,
             what="every row decided",
         )
         queued = dict(
-            rows(
+            query(
                 home,
                 "SELECT t.source_name, r.run_id FROM training_requests t "
                 "JOIN runs r ON r.id = t.run_id WHERE t.source = 'file'",
             )
         )
         for name, row_id in ids.items():
-            [(status, problems)] = rows(
+            [(status, problems)] = query(
                 home, "SELECT status, problems FROM training_requests WHERE id = ?", row_id
             )
             problems = json.loads(problems) if problems else []
@@ -214,7 +206,7 @@ def test_every_hostile_request_gets_its_verdict_through_both_doors(tmp_path: Pat
                 check_generated(name, status, problems)
             elif VERDICTS[name]["status"] == "queued":
                 assert status == "duplicate", name
-                [(first,)] = rows(
+                [(first,)] = query(
                     home, "SELECT id FROM training_requests WHERE source_name = ?", name
                 )
                 assert problems == [
@@ -228,7 +220,7 @@ def test_every_hostile_request_gets_its_verdict_through_both_doors(tmp_path: Pat
     assert code == 0
     assert_database_whole(home)
     # the SQL-looking request_id was stored as text, nothing more
-    assert ("'; DROP TABLE runs; --",) in rows(home, "SELECT request_key FROM runs")
+    assert ("'; DROP TABLE runs; --",) in query(home, "SELECT request_key FROM runs")
     assert not [e for e in daemon.events() if e.get("event") == "unparsed"]
 
 
@@ -254,7 +246,7 @@ def test_a_text_payload_that_is_not_utf8_is_rejected_as_such(tmp_path: Path) -> 
         row_id = insert(
             home, "INSERT INTO training_requests (payload) VALUES (CAST(? AS TEXT))", (raw,)
         )
-        assert rows(home, "SELECT typeof(payload) FROM training_requests") == [("text",)]
+        assert query(home, "SELECT typeof(payload) FROM training_requests") == [("text",)]
         verdict = take_row(Intake(engine, _config.home), row_id)
     finally:
         engine.dispose()
@@ -317,7 +309,7 @@ def test_links_out_of_the_home_are_refused(tmp_path: Path) -> None:
             )
             assert body["problems"] == problems, name
         assert decided(home, "alias.json") == "accepted"
-        assert rows(home, "SELECT dataset FROM runs") == [("civic.jsonl",)]
+        assert query(home, "SELECT dataset FROM runs") == [("civic.jsonl",)]
         skipped = [e for e in daemon.events() if e.get("event") == "symlink_outside_roots_skipped"]
         assert [e["path"] for e in skipped] == [str(base / "Outside-Model")]
         assert model_state(home, "outside-model") is None
@@ -371,11 +363,11 @@ def test_the_schema_refuses_a_hostile_row(tmp_path: Path, entry: dict[str, Any])
         assert verdict.status == "queued"
     finally:
         engine.dispose()
-    before = rows(home, "SELECT * FROM base_models ORDER BY id")
+    before = query(home, "SELECT * FROM base_models ORDER BY id")
     with pytest.raises(sqlite3.IntegrityError) as err:
         insert(home, entry["sql"], bind(entry, tmp_path / "outside"))
     assert str(err.value) == entry["error"]
-    assert rows(home, "SELECT * FROM base_models ORDER BY id") == before
+    assert query(home, "SELECT * FROM base_models ORDER BY id") == before
 
 
 SPY = '''"""A stand-in trainer that records what the real one would be handed: load_context, the
@@ -430,14 +422,14 @@ def test_a_hostile_row_is_decided_and_never_trains_from_a_folder_the_scan_did_no
 
         def verdict() -> tuple[str, list[str]] | None:
             assert daemon.proc.poll() is None, f"the daemon exited: {daemon.events()[-1]}"
-            [(status, problems)] = rows(
+            [(status, problems)] = query(
                 home, "SELECT status, problems FROM training_requests WHERE id = ?", row_id
             )
             return None if status == "pending" else (status, json.loads(problems or "[]"))
 
         status, problems = wait_for(verdict, timeout=15, what="the row's verdict")
         wait_for(
-            lambda: not rows(home, "SELECT id FROM runs WHERE state IN ('queued', 'running')"),
+            lambda: not query(home, "SELECT id FROM runs WHERE state IN ('queued', 'running')"),
             timeout=15,
             what="every run to end",
         )
@@ -447,7 +439,7 @@ def test_a_hostile_row_is_decided_and_never_trains_from_a_folder_the_scan_did_no
         if "problems" in entry:
             assert problems == [p.replace(":outside", params["outside"]) for p in entry["problems"]]
         if "runs" in entry:
-            assert rows(home, "SELECT count(*) FROM runs") == [(entry["runs"],)]
+            assert query(home, "SELECT count(*) FROM runs") == [(entry["runs"],)]
         # whatever was queued, the trainer was only ever given discovered folders and keys
         spied = home / "spy.jsonl"
         handed = (
@@ -478,12 +470,22 @@ def test_a_daemon_restarted_over_a_hostile_catalog_row_still_starts(tmp_path: Pa
     assert decided(home, "after.json") is not None
 
 
-def test_oneseekctl_models_shows_a_hostile_display_name_verbatim_in_json(tmp_path: Path) -> None:
+@pytest.fixture
+def hostile_name(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A scanned home whose qwen-2-5-7b row another program gave a hostile display name; the
+    catalog entry that wrote it."""
     home = training_home(tmp_path / "home")
     _config, engine = open_home(home)
     engine.dispose()
     [entry] = [e for e in CATALOG_ROWS["decided_by_the_daemon"] if e["name"].startswith("display")]
     insert(home, entry["sql"], {"text": entry["text"]})
+    return home, entry
+
+
+def test_oneseekctl_models_shows_a_hostile_display_name_verbatim_in_json(
+    hostile_name: tuple[Path, dict[str, Any]],
+) -> None:
+    home, entry = hostile_name
     result = CliRunner().invoke(ctl, ["--home", str(home), "models", "--json"])
     assert result.exit_code == 0, result.output
     shown = {m["key"]: m["display_name"] for m in json.loads(result.stdout)}
@@ -491,12 +493,10 @@ def test_oneseekctl_models_shows_a_hostile_display_name_verbatim_in_json(tmp_pat
     assert_database_whole(home)
 
 
-def test_oneseekctl_models_never_prints_control_characters_to_a_terminal(tmp_path: Path) -> None:
-    home = training_home(tmp_path / "home")
-    _config, engine = open_home(home)
-    engine.dispose()
-    [entry] = [e for e in CATALOG_ROWS["decided_by_the_daemon"] if e["name"].startswith("display")]
-    insert(home, entry["sql"], {"text": entry["text"]})
+def test_oneseekctl_models_never_prints_control_characters_to_a_terminal(
+    hostile_name: tuple[Path, dict[str, Any]],
+) -> None:
+    home, _ = hostile_name
     result = CliRunner().invoke(ctl, ["--home", str(home), "models"], color=True)
     assert result.exit_code == 0, result.output
     assert "Fake-Model" in result.stdout
@@ -654,7 +654,7 @@ def test_the_daemon_fails_runs_of_code_and_pickles_without_running_them(
     assert done.returncode == 0, done.stderr[-3000:]
     ended = {
         run_id: (state, outcome, error)
-        for run_id, state, outcome, error in rows(
+        for run_id, state, outcome, error in query(
             home, "SELECT run_id, state, outcome, error FROM runs"
         )
     }

@@ -63,32 +63,14 @@ def test_a_valid_request_is_queued_with_resolved_keys_and_fingerprints(setup: tu
 
 def test_camel_case_spellings_are_accepted(setup: tuple) -> None:
     _, _, intake = setup
-    verdict = take(
-        intake,
-        {
-            "baseModels": ["mistral"],
-            "dataset": "civic.jsonl",
-            "learningRate": 2e-4,
-            "batchSize": 4,
-            "maxSeqLen": 256,
-        },
-    )
+    camel = {"baseModels": ["mistral"], "learningRate": 2e-4, "batchSize": 4, "maxSeqLen": 256}
+    verdict = take(intake, {**camel, "dataset": "civic.jsonl"})
     assert verdict.status == "queued", verdict.problems
 
 
 def test_every_problem_is_reported_at_once(setup: tuple) -> None:
     _, _, intake = setup
-    verdict = take(
-        intake,
-        {
-            "base_models": ["KB-Llama-3.1-8B-Swedish"],
-            "dataset": "civic.jsonl",
-            "epochs": 0,
-            "learning_rate": "fast",
-            "lora": {"r": 0},
-            "colour": "blue",
-        },
-    )
+    verdict = take(intake, request(epochs=0, learning_rate="fast", lora={"r": 0}, colour="blue"))
     assert verdict.status == "rejected"
     assert verdict.problems[:3] == [
         "epochs: input should be greater than or equal to 1 (got 0)",

@@ -8,36 +8,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from test_civicai import Home
+from trainhomes import TinyHome
 
 from oneseekd.certify.layout import CURRENT_LINK, CURRENT_TXT
 
 
-@pytest.fixture
-def home(tmp_path: Path, cache: Path) -> Iterator[Home]:
-    h = Home(tmp_path / "home", cache, {"Tiny-Llama": "llama", "Tiny-Qwen2.5": "qwen2"})
-    yield h
-    h.engine.dispose()
-
-
-def problems(home: Home) -> list[str]:
+def problems(home: TinyHome) -> list[str]:
     result = home.ctl("ledger", "verify", "--json")
     report = json.loads(result.stdout)
     assert result.exit_code == (0 if report["ok"] else 1)
     return list(report["problems"])
 
 
-def test_verify_names_every_forgery_in_the_certified_layout(home: Home) -> None:
-    _, first = home.train(["tiny-llama"])
-    _, second = home.train(["qwen2.5"])
-    certified = home.models / "oneseek-certified"
-    adapters = home.models / "oneseek-7b-zero" / "lora_adapters"
+def test_verify_names_every_forgery_in_the_certified_layout(two: TinyHome) -> None:
+    _, first = two.train(["tiny-llama"], epochs=2)
+    _, second = two.train(["qwen2.5"], epochs=2)
+    certified = two.models / "oneseek-certified"
+    adapters = two.models / "oneseek-7b-zero" / "lora_adapters"
 
-    ok = home.ctl("ledger", "verify")
+    ok = two.ctl("ledger", "verify")
     assert ok.exit_code == 0, ok.output
     assert ok.stdout.splitlines()[-1] == f"Current: {second}"
 
@@ -47,13 +37,13 @@ def test_verify_names_every_forgery_in_the_certified_layout(home: Home) -> None:
     os.unlink(certified / CURRENT_LINK)
     os.symlink(first, certified / CURRENT_LINK)
     (certified / CURRENT_TXT).write_text(f"{certified / first}\n")
-    assert problems(home) == []
-    assert json.loads(home.ctl("ledger", "verify", "--json").stdout)["current"] == first
+    assert problems(two) == []
+    assert json.loads(two.ctl("ledger", "verify", "--json").stdout)["current"] == first
 
     # a forged certified folder with a copied ledger_proof.json
     forged = "OneSeek-7B-Zero.v9.9.abcdef"
     shutil.copytree(certified / first, certified / forged, symlinks=True)
-    assert problems(home) == [
+    assert problems(two) == [
         f"models/oneseek-certified/{forged}/ledger_proof.json proves the certification of "
         f"{first}, not of {forged} (a copied proof)",
         f"models/oneseek-certified/{forged} is a certified folder that no ledger event "
@@ -75,7 +65,7 @@ def test_verify_names_every_forgery_in_the_certified_layout(home: Home) -> None:
 
     # a file nobody recorded, inside a real certified folder
     (certified / second / "notes.txt").write_text("slipped in")
-    assert problems(home) == [
+    assert problems(two) == [
         f"models/oneseek-certified/{second} holds notes.txt, which no ledger event recorded"
     ]
     (certified / second / "notes.txt").unlink()
@@ -85,7 +75,7 @@ def test_verify_names_every_forgery_in_the_certified_layout(home: Home) -> None:
     shutil.copytree(adapters / recorded, adapters / "tampered")
     os.unlink(adapters / "tiny-llama-adapter")
     os.symlink("tampered", adapters / "tiny-llama-adapter")
-    assert problems(home) == [
+    assert problems(two) == [
         "models/oneseek-7b-zero/lora_adapters/tiny-llama-adapter leads to "
         "models/oneseek-7b-zero/lora_adapters/tampered, not to the newest recorded adapter of "
         f"tiny-llama, models/oneseek-7b-zero/lora_adapters/{recorded}"
@@ -97,7 +87,7 @@ def test_verify_names_every_forgery_in_the_certified_layout(home: Home) -> None:
     link = certified / first / recorded
     os.unlink(link)
     os.symlink(adapters / "tampered", link)
-    assert problems(home) == [
+    assert problems(two) == [
         f"models/oneseek-certified/{first}/{recorded} leads to "
         "models/oneseek-7b-zero/lora_adapters/tampered, not to the recorded adapter folder "
         f"models/oneseek-7b-zero/lora_adapters/{recorded}"
@@ -108,7 +98,7 @@ def test_verify_names_every_forgery_in_the_certified_layout(home: Home) -> None:
     # CURRENT pointed out of the home
     os.unlink(certified / CURRENT_LINK)
     os.symlink("/tmp", certified / CURRENT_LINK)
-    assert problems(home) == [
+    assert problems(two) == [
         f"{CURRENT_LINK} points at /tmp, which is not a certified folder: CivicAI would load "
         "no certified model of this home"
     ]

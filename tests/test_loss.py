@@ -10,18 +10,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from oneseekd.trainer.loss import IGNORE_INDEX, ChunkedCausalLM, chunked_loss_sum
+from oneseekd.trainer.losses import loss_sum as full_loss_sum  # from the whole logits tensor
 from oneseekd.trainer.tiny import tiny_model
-
-
-def full_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """What the trainer computes from the whole logits tensor (recipe.loss_sum)."""
-    shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        shifted.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
 
 
 def labels_for(rows: int, length: int, vocab: int, seed: int = 0) -> torch.Tensor:

@@ -49,15 +49,6 @@ def test_requested_name_containing_the_key_matches() -> None:
     assert (match.key, match.strategy) == ("kb-llama-3-1-8b-swedish", CONTAINMENT)
 
 
-def test_llama_is_refused_as_ambiguous_naming_both_candidates() -> None:
-    with pytest.raises(ModelResolutionError) as err:
-        match_model("llama", CATALOG)
-    assert str(err.value) == (
-        "model name 'llama' is ambiguous (containment match): it matches "
-        "kb-llama-3-1-8b-swedish, llama-2-7b; use the full key of one of them"
-    )
-
-
 def test_no_separator_strategy_bridges_spelling_differences() -> None:
     match = match_model("Qwen2.5-7B", ["qwen-2-5-7b", "gemma-2-9b"])
     assert (match.key, match.strategy) == ("qwen-2-5-7b", NO_SEPARATOR)
@@ -65,13 +56,28 @@ def test_no_separator_strategy_bridges_spelling_differences() -> None:
     assert (match.key, match.strategy) == ("kb-llama-3-1-8b-swedish", NO_SEPARATOR)
 
 
-def test_unknown_name_lists_what_is_available() -> None:
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "llama",
+            "model name 'llama' is ambiguous (containment match): it matches "
+            "kb-llama-3-1-8b-swedish, llama-2-7b; use the full key of one of them",
+        ),
+        (
+            "falcon",
+            "model name 'falcon' matches no base model; available: "
+            "kb-llama-3-1-8b-swedish, llama-2-7b, mistral-7b-instruct",
+        ),
+    ],
+    ids=["ambiguous", "unknown"],
+)
+def test_a_name_matching_no_one_model_is_refused_naming_the_candidates(
+    name: str, message: str
+) -> None:
     with pytest.raises(ModelResolutionError) as err:
-        match_model("falcon", CATALOG)
-    assert str(err.value) == (
-        "model name 'falcon' matches no base model; available: "
-        "kb-llama-3-1-8b-swedish, llama-2-7b, mistral-7b-instruct"
-    )
+        match_model(name, CATALOG)
+    assert str(err.value) == message
 
 
 def test_empty_name_is_refused() -> None:

@@ -33,6 +33,14 @@ def trained(model: Path, folder: Path, **hyper: Any) -> Any:
     return r, result
 
 
+def refusal(model: Path, folder: Path, **hyper: Any) -> str:
+    """What the recipe's setup refuses the model with, as the user reads it."""
+    r = recipe(model, RECORDS, folder, **hyper)
+    with pytest.raises(ModelRefused) as refused:
+        r.setup()
+    return str(refused.value)
+
+
 def lora(r: Any) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in r.model.named_parameters() if p.requires_grad}
 
@@ -101,10 +109,7 @@ def test_a_model_whose_packed_records_see_each_other_is_refused(
     from oneseekd.trainer import packing
 
     monkeypatch.setattr(packing, "isolation_error", lambda *a: 0.7)
-    r = recipe(model, RECORDS, tmp_path / "a", packing=True)
-    with pytest.raises(ModelRefused) as refused:
-        r.setup()
-    assert str(refused.value) == (
+    assert refusal(model, tmp_path / "a", packing=True) == (
         "tiny-llama: packed records would see each other in this llama model (logits "
         "differ by 0.7 packed)\n  - set packing: false for this model (per_model)"
     )
@@ -128,10 +133,7 @@ def test_precision_auto_follows_the_cpu_and_bf16_autocasts_over_fp32_weights(
 
 
 def test_fp16_on_the_cpu_is_refused_with_the_fix(model: Path, tmp_path: Path) -> None:
-    r = recipe(model, RECORDS, tmp_path / "a", precision="fp16")
-    with pytest.raises(ModelRefused) as refused:
-        r.setup()
-    assert str(refused.value) == (
+    assert refusal(model, tmp_path / "a", precision="fp16") == (
         'tiny-llama: precision "fp16" needs a CUDA GPU, and this host trains on its CPU; '
         'ask for "auto", "bf16" or "fp32"'
     )

@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from oneseekd.trainer import losses
 from oneseekd.trainer.loss import ChunkedCausalLM
 from oneseekd.trainer.packing import (
     IGNORE_INDEX,
@@ -47,16 +48,9 @@ def padded(ids: list[list[int]], masks: list[list[int]], pad_id: int) -> dict[st
 
 
 def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    labels = batch["labels"]
+    """The trainer's summed loss of the batch, from the model's whole logits."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False).logits
-    shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        shifted.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    return losses.loss_sum(model(**inputs, use_cache=False).logits, batch["labels"])
 
 
 def test_pack_fills_rows_and_keeps_every_record_once() -> None:

@@ -50,19 +50,28 @@ def test_explicit_choices() -> None:
     assert decide("bf16", AMX_CPU).dtype == torch.bfloat16
 
 
-def test_refusals_name_the_fix() -> None:
-    with pytest.raises(PrecisionRefused) as cpu:
-        decide("fp16", AMX_CPU)
-    assert str(cpu.value) == (
-        'precision "fp16" needs a CUDA GPU, and this host trains on its CPU; '
-        'ask for "auto", "bf16" or "fp32"'
-    )
-    with pytest.raises(PrecisionRefused) as old:
-        decide("bf16", TURING)
-    assert str(old.value) == (
-        'precision "bf16" needs a GPU of compute capability 8.0 or more; this one is 7.5: '
-        'ask for "fp16", "fp32" or "auto"'
-    )
+@pytest.mark.parametrize(
+    ("choice", "hw", "message"),
+    [
+        (
+            "fp16",
+            AMX_CPU,
+            'precision "fp16" needs a CUDA GPU, and this host trains on its CPU; '
+            'ask for "auto", "bf16" or "fp32"',
+        ),
+        (
+            "bf16",
+            TURING,
+            'precision "bf16" needs a GPU of compute capability 8.0 or more; this one is 7.5: '
+            'ask for "fp16", "fp32" or "auto"',
+        ),
+    ],
+    ids=["fp16-on-a-cpu", "bf16-on-turing"],
+)
+def test_refusals_name_the_fix(choice: str, hw: Hardware, message: str) -> None:
+    with pytest.raises(PrecisionRefused) as refused:
+        decide(choice, hw)
+    assert str(refused.value) == message
 
 
 def test_probe_reads_this_cpu() -> None:

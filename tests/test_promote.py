@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cases import slow_but
 from crashharness import (
     PROMOTE_POINTS,
     check_invariants,
@@ -111,17 +112,11 @@ def _kill_a_promotion(two_runs: Path, tmp_path: Path, point: str) -> None:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("point", ["promote_noted", "current_linked"])
+@pytest.mark.parametrize(
+    "point",
+    slow_but([("promote_noted",), ("current_linked",)], [(p,) for p in sorted(PROMOTE_POINTS)]),
+)
 def test_a_sigkill_in_a_promotion_leaves_the_old_or_the_new_pointer(
-    two_runs: Path, tmp_path: Path, point: str
-) -> None:
-    _kill_a_promotion(two_runs, tmp_path, point)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("point", sorted(PROMOTE_POINTS))
-def test_a_sigkill_at_every_step_of_a_promotion_leaves_the_old_or_the_new_pointer(
     two_runs: Path, tmp_path: Path, point: str
 ) -> None:
     _kill_a_promotion(two_runs, tmp_path, point)

@@ -5,7 +5,6 @@ with PEFT onto the full-precision base, and the certified files say how the base
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,8 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from gloo import recipe
-from optionruns import OptionHome
 from peft import PeftModel
-from trainhomes import cached_tiny, civic_dataset
+from trainhomes import TinyHome, cached_tiny, civic_dataset
 from transformers import AutoModelForCausalLM
 
 from oneseekd.trainer import quant
@@ -38,28 +36,21 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     return load_records(path).items
 
 
-@pytest.fixture
-def home(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OptionHome]:
-    h = OptionHome(tmp_path / "home", tmp_path_factory.mktemp("cache"), {"Tiny-Llama": "llama"})
-    yield h
-    h.engine.dispose()
-
-
 FAST = {"epochs": 3, "batch_size": 4, "learning_rate": 5e-3, "precision": "fp32"}
 
 
 @pytest.mark.timeout(600)
 def test_a_4bit_run_trains_certifies_its_quantization_and_leaves_an_adapter_peft_loads(
-    home: OptionHome,
+    one: TinyHome,
 ) -> None:
-    home.train(
+    one.train(
         ["tiny-llama"],
         loadIn4Bit=True,
         quantizationType="nf4",
         doubleQuantization=True,
         precision="fp32",
     )
-    results = home.certified("training_results.json")
+    results = one.results()
     metrics = results["metrics"]["tiny-llama"]
     assert metrics["train_losses"][-1] < metrics["train_losses"][0]
     held = {
@@ -71,10 +62,10 @@ def test_a_4bit_run_trains_certifies_its_quantization_and_leaves_an_adapter_peft
         "library": "bitsandbytes 0.50.2",
     }
     assert metrics["quantization"] == held
-    assert home.certified("oneseek_dna.json")["inputs"]["quantization"] == {"tiny-llama": held}
-    [event] = home.events("model_trained")
+    assert one.certified_json("oneseek_dna.json")["inputs"]["quantization"] == {"tiny-llama": held}
+    [event] = one.events("model_trained")
     assert event["quantization"] == held
-    zero = home.root / "models" / "oneseek-7b-zero"
+    zero = one.root / "models" / "oneseek-7b-zero"
     adapter = zero / "lora_adapters" / "oneseek-7b-zero-v1.0-tiny-llama"
     base = AutoModelForCausalLM.from_pretrained(
         zero / "base_models" / "Tiny-Llama", dtype=torch.float32
@@ -83,10 +74,10 @@ def test_a_4bit_run_trains_certifies_its_quantization_and_leaves_an_adapter_peft
     assert any("lora_A" in name for name, _ in loaded.named_parameters())
 
 
-def test_an_unquantized_run_records_no_quantization(home: OptionHome) -> None:
-    home.train(["tiny-llama"], epochs=1)
-    assert "quantization" not in home.certified("training_results.json")["metrics"]["tiny-llama"]
-    assert "quantization" not in home.certified("oneseek_dna.json")["inputs"]
+def test_an_unquantized_run_records_no_quantization(one: TinyHome) -> None:
+    one.train(["tiny-llama"], epochs=1)
+    assert "quantization" not in one.results()["metrics"]["tiny-llama"]
+    assert "quantization" not in one.certified_json("oneseek_dna.json")["inputs"]
 
 
 @pytest.mark.parametrize("bits", [4, 8])

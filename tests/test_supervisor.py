@@ -13,71 +13,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon import wait_for
-from homes import fake_behaviour, fake_starts, request, training_home
-from pg import Outsider
-from sqlalchemy import Engine, text
+from homes import fake_behaviour, fake_starts, request
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from world import World, close
 
 from oneseekd import queue
-from oneseekd.catalog.live import Catalog
-from oneseekd.catalog.scan import model_roots
-from oneseekd.config import Config, load_config
 from oneseekd.daemon.procs import Child
 from oneseekd.daemon.supervisor import Supervisor
-from oneseekd.db.engine import make_engine, write_session
-from oneseekd.db.migrate import upgrade
-from oneseekd.intake.accept import Intake
-
-
-class World:
-    def __init__(self, root: Path, db_url: str | None = None, **home_options: object) -> None:
-        home = training_home(root, **home_options)  # type: ignore[arg-type]
-        self.config: Config = load_config(home, db_url, env={})
-        self.config.home.ensure()
-        self.engine: Engine = make_engine(self.config.db_url)
-        upgrade(self.engine)
-        Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
-        self.intake = Intake(self.engine, self.config.home)
-        self.supervisor = Supervisor(self.engine, self.config, None)
-        self.db = Outsider(db_url, self.config.home.db_file)
-
-    @property
-    def home(self) -> Path:
-        return self.config.home.root
-
-    def submit(self, version: str, **spec: object) -> str:
-        fake_behaviour(self.home, version, **spec)
-        verdict = self.intake.take_bytes(
-            json.dumps(request(version=version)).encode(), source="submit"
-        )
-        assert verdict.run_id is not None, verdict.problems
-        return verdict.run_id
-
-    def drive(self, until: Callable[[], bool], timeout: float = 10.0) -> None:
-        def step() -> bool:
-            self.supervisor.tick()
-            return until()
-
-        wait_for(step, timeout=timeout, interval=0.01)
-
-    def run(self, run_id: str) -> dict[str, object]:
-        [row] = self.db.mappings("SELECT * FROM runs WHERE run_id = ?", run_id)
-        return row
-
-    def started(self, run_id: str) -> bool:
-        """The fake trainer is up and handles SIGTERM."""
-        return (self.home / "fake" / f"started-{run_id}").exists()
-
-    def finished(self, run_id: str) -> bool:
-        return self.run(run_id)["state"] in ("succeeded", "failed", "cancelled")
-
-
-def close(w: World) -> None:
-    if w.supervisor.child is not None:
-        w.supervisor.child.proc.kill()
-    w.db.close()
-    w.engine.dispose()
+from oneseekd.db.engine import write_session
 
 
 @pytest.fixture
@@ -227,9 +171,8 @@ def test_shutdown_leaves_the_run_running_and_the_next_start_resumes_it(world: Wo
     assert world.run(run_id)["state"] == "running"
     assert (world.home / "fake" / f"checkpoint-{run_id}").exists()
     fake_behaviour(world.home, "1.0", sleep=0.05)
-    again = Supervisor(world.engine, world.config, None)
-    again.recover()
-    wait_for(lambda: (again.tick(), world.finished(run_id))[1], timeout=10)
+    world.restart()
+    world.drive(lambda: world.finished(run_id))
     assert world.run(run_id)["state"] == "succeeded"
     assert [(s["attempt"], s["resume"]) for s in fake_starts(world.home)] == [
         ("1", "0"),
@@ -242,9 +185,7 @@ def test_a_run_interrupted_too_often_fails_with_the_reason(world: World) -> None
     queue.claim_next(world.engine, None)
     world.db.execute("UPDATE runs SET attempts = 3 WHERE run_id = ?", run_id)
     world.supervisor.recover()
-    run = world.run(run_id)
-    assert (run["state"], run["outcome"]) == ("failed", "lost")
-    assert str(run["error"]).startswith(
+    assert world.lost(run_id).startswith(
         "the trainer failed 3 times (trainer.max_attempts = 3): attempts 1, 2 and 3 ended "
         "without a checkpointed stop"
     )

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import civic
@@ -148,55 +149,55 @@ def _train(home: Path, argv: list[str], **env: str) -> subprocess.Popen[str]:
     )
 
 
-@pytest.mark.timeout(600)
-def test_a_training_start_prints_what_the_admin_panel_parses(tmp_path: Path) -> None:
-    home = tiny_home(tmp_path / "home", tmp_path / "cache", {"Tiny-Llama": "llama"})
+@pytest.fixture
+def home(tmp_path: Path, cache: Path) -> Iterator[Path]:
+    """A home with a tiny Llama, served by a daemon that is ready; stopped afterwards."""
+    home = tiny_home(tmp_path / "home", cache, {"Tiny-Llama": "llama"})
     daemon = DaemonProcess(home)
     try:
         daemon.wait_event("daemon_ready", timeout=60)
-        done = _train(home, ARGV)
-        out, err = done.communicate(timeout=500)
-        assert done.returncode == 0, out + err
-        lines = out.splitlines()
-        epochs = [m.groups() for m in map(civic.EPOCH.search, lines) if m]
-        assert ("1", "2") in epochs and ("2", "2") in epochs
-        assert [float(m.group(1)) for m in map(civic.LOSS.search, lines) if m]
-        dna = civic.DNA.search(lines[-1])
-        assert dna is not None and lines[-1] == f"DNA: {dna.group(1)}"
-        certified = home / "models" / "oneseek-certified"
-        assert os.readlink(certified / "run-2026-12-01-10-00-00") == dna.group(1)
-        # refused by the validator: exit 2, nothing queued
-        again = _train(home, ARGV)  # the same RUN_ID again
-        out, err = again.communicate(timeout=60)
-        assert again.returncode == 2, out + err
-        assert "run id run-2026-12-01-10-00-00 already exists" in err
-        assert len(query(home, "SELECT * FROM runs")) == 1
+        yield home
     finally:
         daemon.stop()
 
 
 @pytest.mark.timeout(600)
-def test_a_kill_cancels_the_run(tmp_path: Path) -> None:
-    home = tiny_home(tmp_path / "home", tmp_path / "cache", {"Tiny-Llama": "llama"})
-    daemon = DaemonProcess(home)
-    try:
-        daemon.wait_event("daemon_ready", timeout=60)
-        argv = [*ARGV]
-        argv[argv.index("--epochs") + 1] = "50"
-        proc = _train(home, argv)
-        assert proc.stdout is not None
+def test_a_training_start_prints_what_the_admin_panel_parses(home: Path) -> None:
+    done = _train(home, ARGV)
+    out, err = done.communicate(timeout=500)
+    assert done.returncode == 0, out + err
+    lines = out.splitlines()
+    epochs = [m.groups() for m in map(civic.EPOCH.search, lines) if m]
+    assert ("1", "2") in epochs and ("2", "2") in epochs
+    assert [float(m.group(1)) for m in map(civic.LOSS.search, lines) if m]
+    dna = civic.DNA.search(lines[-1])
+    assert dna is not None and lines[-1] == f"DNA: {dna.group(1)}"
+    certified = home / "models" / "oneseek-certified"
+    assert os.readlink(certified / "run-2026-12-01-10-00-00") == dna.group(1)
+    # refused by the validator: exit 2, nothing queued
+    again = _train(home, ARGV)  # the same RUN_ID again
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 2, out + err
+    assert "run id run-2026-12-01-10-00-00 already exists" in err
+    assert len(query(home, "SELECT * FROM runs")) == 1
+
+
+@pytest.mark.timeout(600)
+def test_a_kill_cancels_the_run(home: Path) -> None:
+    argv = [*ARGV]
+    argv[argv.index("--epochs") + 1] = "50"
+    proc = _train(home, argv)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    while not line.startswith("Epoch "):  # the run is training: stop it as the panel does
+        assert line, proc.stderr.read() if proc.stderr else ""
         line = proc.stdout.readline()
-        while not line.startswith("Epoch "):  # the run is training: stop it as the panel does
-            assert line, proc.stderr.read() if proc.stderr else ""
-            line = proc.stdout.readline()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 128 + signal.SIGTERM
-        assert "Cancelled run run-2026-12-01-10-00-00 (SIGTERM)" in err
-        wait_for(
-            lambda: run_state(home, "run-2026-12-01-10-00-00") == "cancelled",
-            timeout=120,
-            what="the run cancelled",
-        )
-    finally:
-        daemon.stop()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Cancelled run run-2026-12-01-10-00-00 (SIGTERM)" in err
+    wait_for(
+        lambda: run_state(home, "run-2026-12-01-10-00-00") == "cancelled",
+        timeout=120,
+        what="the run cancelled",
+    )

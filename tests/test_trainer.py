@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,13 +27,6 @@ from oneseekd.trainer.context import RunRefused
 from oneseekd.trainer.loading import ModelRefused
 from oneseekd.trainer.recipe import Stopped
 from oneseekd.trainer.run import train_run
-
-
-@pytest.fixture
-def two(tmp_path: Path, cache: Path) -> Iterator[Home]:
-    home = Home(tmp_path / "home", cache, {"Tiny-Llama": "llama", "Tiny-Qwen2.5": "qwen2"})
-    yield home
-    home.engine.dispose()
 
 
 @pytest.mark.timeout(400)  # two models, 3 epochs each: over 2 minutes on a loaded machine

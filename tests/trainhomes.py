@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import Result
-from homes import ctl
+from homes import ctl, migrated
 from sqlalchemy import Engine
 
 from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
-from oneseekd.config import Config, load_config
-from oneseekd.db.engine import make_engine
-from oneseekd.db.migrate import upgrade
+from oneseekd.config import Config
 from oneseekd.db.models import Run
 from oneseekd.intake.accept import Intake
+from oneseekd.intake.incoming import Verdict
+from oneseekd.trainer.run import train_run
 from oneseekd.trainer.tiny import tiny_model
 
 _CACHE: dict[tuple[str, str], Path] = {}
@@ -85,17 +85,16 @@ FAST = {
 
 class TinyHome:
     """A migrated, scanned home with tiny models {folder name: arch}; `toml` is appended to
-    its oneseekd.toml."""
+    its oneseekd.toml. Every request it submits starts from FAST."""
 
     def __init__(self, root: Path, cache: Path, models: dict[str, str], toml: str = "") -> None:
         tiny_home(root, cache, models)
         if toml:
             with (root / "oneseekd.toml").open("a") as fh:
                 fh.write(toml)
-        self.config: Config = load_config(root, env={})
-        self.config.home.ensure()
-        self.engine: Engine = make_engine(self.config.db_url)
-        upgrade(self.engine)
+        self.config: Config
+        self.engine: Engine
+        self.config, self.engine = migrated(root)
         self.scan()
 
     @property
@@ -109,14 +108,22 @@ class TinyHome:
     def scan(self) -> None:
         Catalog(self.engine, model_roots(self.config), settle=0).full_scan()
 
-    def submit(self, models: list[str], **fields: object) -> str:
-        """Queue a request (FAST, then `fields`); its run id."""
+    def take(self, models: list[str], **fields: object) -> Verdict:
+        """The intake's verdict on a request for `models` (FAST, then `fields`)."""
         body = {"base_models": models, "dataset": "civic.jsonl", **FAST, **fields}
-        verdict = Intake(self.engine, self.config.home).take_bytes(
+        return Intake(self.engine, self.config.home).take_bytes(
             json.dumps(body).encode(), source="submit"
         )
+
+    def submit(self, models: list[str], **fields: object) -> str:
+        """Queue a request; its run id."""
+        verdict = self.take(models, **fields)
         assert verdict.run_id, verdict.problems
         return verdict.run_id
+
+    def refused(self, models: list[str], **fields: object) -> list[str]:
+        """The problems the intake refuses a request with."""
+        return list(self.take(models, **fields).problems)
 
     def claim(self, run_id: str) -> Run:
         """Claim the run, as the supervisor does before it starts the trainer."""
@@ -130,17 +137,37 @@ class TinyHome:
         self.claim(run_id)
         return run_id
 
-    def results(self) -> dict[str, Any]:
-        """The training_results.json of the home's only certified run."""
-        certified = self.root / "models" / "oneseek-certified"
-        # the CURRENT pointer (a link and its .txt) and live folders sit beside the run's
-        [folder] = [
-            p
-            for p in certified.iterdir()
-            if p.name.startswith("OneSeek-7B-Zero.v") and p.is_dir() and not p.is_symlink()
-        ]
-        data: dict[str, Any] = json.loads((folder / "training_results.json").read_text())
+    def train(self, models: list[str], **fields: object) -> tuple[str, str]:
+        """Queue, claim and train a run in this process, and end it `succeeded` as the
+        supervisor does when the trainer exits 0; its run id and DNA."""
+        run_id = self.submit(models, **fields)
+        claimed = self.claim(run_id)
+        dna = train_run(self.engine, self.config.home, run_id)
+        queue.finish(self.engine, claimed.id, "succeeded", outcome="succeeded")
+        return run_id, dna
+
+    def certified_json(self, name: str, run_id: str | None = None) -> Any:
+        """A JSON file of the run's certified folder, or of the home's only one."""
+        certified = self.models / "oneseek-certified"
+        if run_id is not None:
+            folder = certified / run_id  # the run's link to its folder
+        else:  # the CURRENT pointer (a link and its .txt) and live folders sit beside it
+            [folder] = [
+                p
+                for p in certified.iterdir()
+                if p.name.startswith("OneSeek-7B-Zero.v") and p.is_dir() and not p.is_symlink()
+            ]
+        return json.loads((folder / name).read_text())
+
+    def results(self, run_id: str | None = None) -> dict[str, Any]:
+        """The training_results.json of the run, or of the home's only certified run."""
+        data: dict[str, Any] = self.certified_json("training_results.json", run_id)
         return data
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The payloads of the ledger's `name` events, oldest first."""
+        rows = self.rows("SELECT payload FROM ledger_events WHERE event = ? ORDER BY seq", name)
+        return [json.loads(str(payload)) for (payload,) in rows]
 
     def rows(self, sql: str, *args: object) -> list[tuple[object, ...]]:
         con = sqlite3.connect(self.config.home.db_file)
