@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from loramodels import lora_model
 
 from oneseekd.trainer.loss import IGNORE_INDEX, ChunkedCausalLM, chunked_loss_sum
 from oneseekd.trainer.losses import loss_sum as full_loss_sum  # from the whole logits tensor
@@ -77,21 +76,6 @@ def test_the_logits_are_never_kept_for_backward() -> None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_model(tmp_path_factory.mktemp("models"))
-
-
-def lora_model(folder: Path, checkpointing: bool) -> torch.nn.Module:
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    if checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
-    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
-    model = get_peft_model(base, config)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:  # B starts at zero: make the LoRA path carry a gradient to A too
-            torch.nn.init.normal_(param, std=0.02)
-    model.train()
-    return model
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from loramodels import lora_model
 
 from oneseekd.trainer.swiglu import SiluMul, lean_mlps
 from oneseekd.trainer.tiny import tiny_model
@@ -53,24 +52,11 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_model(tmp_path_factory.mktemp("models"))
 
 
-def lora(folder: Path, lean: bool) -> torch.nn.Module:
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    if lean:
-        assert lean_mlps(base) == base.config.num_hidden_layers
-    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear")
-    model = get_peft_model(base, config)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:  # B starts at zero: let the gradient reach A and the MLP's input
-            torch.nn.init.normal_(param, std=0.02)
-    return model
-
-
 def test_a_lora_model_trains_on_the_same_loss_and_gradients(folder: Path) -> None:
     ids = torch.randint(3, 300, (2, 24), generator=torch.Generator().manual_seed(1))
     runs = {}
     for lean in (False, True):
-        model = lora(folder, lean)
+        model = lora_model(folder, targets="all-linear", lean=lean)
         loss = model(input_ids=ids, labels=ids).loss
         grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
         runs[lean] = (loss.detach(), grads)
