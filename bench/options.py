@@ -102,7 +102,7 @@ def trainer_child(name: str, batch: int, seq: int, steps: int) -> dict[str, floa
     from oneseekd.trainer.context import ModelSpec
     from oneseekd.trainer.data import Encoded, Records
     from oneseekd.trainer.loading import Device
-    from oneseekd.trainer.recipe import LoraRecipe
+    from oneseekd.trainer.recipe import LoraRecipe, Placement, Reporting, Task
 
     folder = embedded.install(CACHE)
     vocab = int(AutoConfig.from_pretrained(folder).vocab_size)
@@ -131,15 +131,14 @@ def trainer_child(name: str, batch: int, seq: int, steps: int) -> dict[str, floa
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = LoraRecipe(
-            ModelSpec("smollm2", "SmolLM2-135M-Instruct", folder, ""),
-            hyper,
-            Records([{"text": ""}] * len(ids), [f"record {i}" for i in range(len(ids))]),
-            (list(range(len(ids) - 1)), [len(ids) - 1]),
-            Device("cpu", torch.float32, scaler=False),
-            Checkpoints(Path(tmp)),
-            SimpleNamespace(report=report),  # type: ignore[arg-type]
-            lambda: False,
-            {},
+            Task(
+                ModelSpec("smollm2", "SmolLM2-135M-Instruct", folder, ""),
+                hyper,
+                Records([{"text": ""}] * len(ids), [f"record {i}" for i in range(len(ids))]),
+                (list(range(len(ids) - 1)), [len(ids) - 1]),
+            ),
+            Placement(Device("cpu", torch.float32, scaler=False), Checkpoints(Path(tmp))),
+            Reporting(SimpleNamespace(report=report)),  # type: ignore[arg-type]
         )
         recipe.setup()
         weights = weight_bytes(recipe.model.get_base_model())

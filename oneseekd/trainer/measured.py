@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, select
 
+from oneseekd import queue
 from oneseekd.certify.certified import Certification, TrainedModel, certify, weighed
 from oneseekd.certify.current import current_adapter
 from oneseekd.certify.dna import base_weights_hash, final_weights
@@ -19,7 +20,7 @@ from oneseekd.config import CertifyConfig
 from oneseekd.db.engine import write_session
 from oneseekd.db.models import Artifact, ModelTraining, utcnow
 from oneseekd.home import HomePaths
-from oneseekd.trainer.context import ModelSpec, RunContext, check_claim, this_attempt
+from oneseekd.trainer.context import ModelSpec, RunContext, this_attempt
 from oneseekd.trainer.data import Records
 from oneseekd.trainer.evaluate import measure_adapter, sample_prompts, samples
 from oneseekd.trainer.labels import Encoder, RecordProblem
@@ -122,7 +123,7 @@ def certify_run(
         raise refuse(ctx.run_id, verdict)  # trained and recorded in the ledger; not certified
     weighting = ctx.spec.weighting
     with write_session(engine) as session:
-        check_claim(session, ctx.run_pk, this_attempt())
+        queue.check_claim(session, ctx.run_pk, this_attempt(), by="trainer")
         hashes = {
             a.path: a.sha256
             for a in session.scalars(
