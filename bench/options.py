@@ -162,8 +162,9 @@ def hf_child(batch: int, seq: int, steps: int) -> dict[str, float]:
     import tempfile
 
     import torch
+    from hfargs import quiet_training_args
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, Trainer
 
     from oneseekd.trainer import embedded
 
@@ -188,24 +189,7 @@ def hf_child(batch: int, seq: int, steps: int) -> dict[str, float]:
         }
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(
-            output_dir=tmp,
-            per_device_train_batch_size=batch,
-            num_train_epochs=1,
-            learning_rate=1e-4,
-            lr_scheduler_type="cosine",
-            max_grad_norm=1.0,
-            seed=0,
-            use_cpu=True,
-            report_to=[],
-            save_strategy="no",
-            logging_strategy="no",
-            eval_strategy="no",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            remove_unused_columns=False,
-            train_sampling_strategy="group_by_length",
-        )
+        args = quiet_training_args(tmp, batch, 1e-4, 0, train_sampling_strategy="group_by_length")
         data = [{"input_ids": x} for x in ids]
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=pad)
         started = time.perf_counter()

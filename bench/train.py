@@ -49,8 +49,9 @@ from typing import Any
 
 import structlog
 import torch
+from hfargs import quiet_training_args
 from peft import LoraConfig, TaskType, get_peft_model
-from transformers import PrinterCallback, Trainer, TrainingArguments
+from transformers import PrinterCallback, Trainer
 from transformers.utils import logging as hf_logging
 
 from oneseekd.config import CertifyConfig
@@ -268,24 +269,13 @@ def run_bare(w: Workload, tmp: Path, limit: int | None = None) -> Outcome:
 
 def run_hf(w: Workload, tmp: Path) -> Outcome:
     pad = Padder(w.pad_id)
-    args = TrainingArguments(
-        output_dir=str(tmp / "hf"),
-        per_device_train_batch_size=BATCH,
-        num_train_epochs=1,
-        learning_rate=HYPER["learning_rate"],
+    args = quiet_training_args(
+        str(tmp / "hf"),
+        BATCH,
+        HYPER["learning_rate"],
+        HYPER["seed"],
         weight_decay=0.0,
-        lr_scheduler_type="cosine",
         warmup_steps=w.warmup,
-        max_grad_norm=1.0,
-        seed=HYPER["seed"],
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        eval_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
     )
     data = [{"input_ids": ids} for ids in w.ids]
     trainer = Trainer(model=lora_model(w), args=args, train_dataset=data, data_collator=pad)

@@ -4,6 +4,7 @@ same rows), and the gate (certify/gate.py) applied before anything is certified.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ import structlog
 from sqlalchemy import Engine, select
 
 from oneseekd import queue
-from oneseekd.certify.certified import Certification, TrainedModel, certify, weighed
+from oneseekd.certify.certified import Certification, Figures, TrainedModel, certify, weighed
 from oneseekd.certify.current import current_adapter
 from oneseekd.certify.dna import base_weights_hash, final_weights
 from oneseekd.certify.gate import Verdict, judge, refuse
@@ -30,23 +31,16 @@ log = structlog.get_logger("oneseekd.trainer")
 
 
 def trained_model(spec: ModelSpec, result: ModelResult) -> TrainedModel:
-    """What certification needs of a trained model: its figures, not its weights."""
+    """What certification needs of a trained model: its figures, not its weights; the
+    samples the run measured beside them go apart."""
+    figures = {f.name: getattr(result, f.name) for f in fields(Figures)}
+    evaluation = dict(result.evaluation)
+    samples = list(evaluation.pop("samples", []))
     return TrainedModel(
-        spec.key,
-        spec.display_name,
-        spec.path,
-        list(result.train_losses),
-        list(result.val_losses),
-        result.steps,
-        result.tokens,
-        result.seconds,
-        result.padding_fraction,
-        list(result.targets),
-        dict(result.counts),
-        {k: v for k, v in result.evaluation.items() if k != "samples"},
-        list(result.evaluation.get("samples", [])),
-        result.auto_stop,
-        result.quantization,
+        **figures | {"evaluation": evaluation},
+        display_name=spec.display_name,
+        base_path=spec.path,
+        samples=samples,
     )
 
 

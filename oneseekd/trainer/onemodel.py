@@ -113,7 +113,7 @@ def train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelResu
     if position < len(ctx.models) - 1:  # after the last model the others are done: released
         world.wait_for_main()  # the next model starts once this one's outputs are recorded
     log.info("model_trained", model=key, val_loss=result.val_losses[-1])
-    result.model = None  # free the weights before the next model
+    result = replace(result, model=None)  # free the weights before the next model
     recipe.cleanup()
     del recipe
     gc.collect()

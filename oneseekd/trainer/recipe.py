@@ -22,6 +22,7 @@ import structlog
 import torch
 from peft import get_peft_model_state_dict
 
+from oneseekd.certify.certified import Figures
 from oneseekd.trainer import sharding
 from oneseekd.trainer.batching import (
     Batch,
@@ -49,29 +50,15 @@ class Stopped(Exception):
     """Training stopped on request after writing a checkpoint."""
 
 
-@dataclass
-class ModelResult:
-    key: str
-    train_losses: list[float]
-    val_losses: list[float]
-    steps: int
-    tokens: int
-    seconds: float
-    padding_fraction: float
-    targets: list[str]
-    model: Any  # the PEFT model, for saving
+@dataclass(frozen=True)
+class ModelResult(Figures):
+    """A trained model: its figures, and its weights for saving."""
+
+    model: Any  # the PEFT model
     tokenizer: Any
     # the full LoRA weights under the model's names, gathered on rank 0 when the model was
     # sharded (its own parameters then hold only this rank's shard); None otherwise
     trainable: dict[str, Any] | None = None
-    # label_tokens (what the loss was taken over; `tokens` counts every real token fed) and
-    # truncated_records, reported per model in the results
-    counts: dict[str, int] = field(default_factory=dict)
-    # the held-out evaluation (trainer/evaluate.py): the rows, the base's figures, each
-    # epoch's, and the training loss of every optimizer step
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    auto_stop: dict[str, Any] | None = None  # AutoStop.info(); None without auto-stop
-    quantization: dict[str, Any] | None = None  # Quantization.describe(); None: not quantized
 
 
 @dataclass(frozen=True)
@@ -203,8 +190,8 @@ class LoraRecipe(RecipeSetup):
             self.model,
             self.tokenizer,
             self._trainable() if self.sharded else None,
-            {"label_tokens": pos.labels_seen, "truncated_records": self.truncated},
-            {
+            counts={"label_tokens": pos.labels_seen, "truncated_records": self.truncated},
+            evaluation={
                 "held_out": self.held.describe(),
                 "base": pos.base_eval,
                 "epochs": list(pos.evals),
