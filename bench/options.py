@@ -115,7 +115,7 @@ def trainer_child(name: str, batch: int, seq: int, steps: int) -> dict[str, floa
     from oneseekd.trainer.context import ModelSpec
     from oneseekd.trainer.data import Encoded, Records
     from oneseekd.trainer.loading import Device
-    from oneseekd.trainer.recipe import LoraRecipe
+    from oneseekd.trainer.recipe import LoraRecipe, Placement, Reporting, Task
 
     folder = embedded.install(CACHE)
     vocab = int(AutoConfig.from_pretrained(folder).vocab_size)
@@ -144,15 +144,14 @@ def trainer_child(name: str, batch: int, seq: int, steps: int) -> dict[str, floa
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = LoraRecipe(
-            ModelSpec("smollm2", "SmolLM2-135M-Instruct", folder, ""),
-            hyper,
-            Records([{"text": ""}] * len(ids), [f"record {i}" for i in range(len(ids))]),
-            (list(range(len(ids) - 1)), [len(ids) - 1]),
-            Device("cpu", torch.float32, scaler=False),
-            Checkpoints(Path(tmp)),
-            SimpleNamespace(report=report),  # type: ignore[arg-type]
-            lambda: False,
-            {},
+            Task(
+                ModelSpec("smollm2", "SmolLM2-135M-Instruct", folder, ""),
+                hyper,
+                Records([{"text": ""}] * len(ids), [f"record {i}" for i in range(len(ids))]),
+                (list(range(len(ids) - 1)), [len(ids) - 1]),
+            ),
+            Placement(Device("cpu", torch.float32, scaler=False), Checkpoints(Path(tmp))),
+            Reporting(SimpleNamespace(report=report)),  # type: ignore[arg-type]
         )
         recipe.setup()
         weights = weight_bytes(recipe.model.get_base_model())
@@ -176,8 +175,9 @@ def hf_child(batch: int, seq: int, steps: int) -> dict[str, float]:
     import tempfile
 
     import torch
+    from hfargs import quiet_training_args
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, Trainer
 
     from oneseekd.trainer import embedded
 
@@ -202,24 +202,7 @@ def hf_child(batch: int, seq: int, steps: int) -> dict[str, float]:
         }
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(
-            output_dir=tmp,
-            per_device_train_batch_size=batch,
-            num_train_epochs=1,
-            learning_rate=1e-4,
-            lr_scheduler_type="cosine",
-            max_grad_norm=1.0,
-            seed=0,
-            use_cpu=True,
-            report_to=[],
-            save_strategy="no",
-            logging_strategy="no",
-            eval_strategy="no",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            remove_unused_columns=False,
-            train_sampling_strategy="group_by_length",
-        )
+        args = quiet_training_args(tmp, batch, 1e-4, 0, train_sampling_strategy="group_by_length")
         data = [{"input_ids": x} for x in ids]
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=pad)
         started = time.perf_counter()

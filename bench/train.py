@@ -49,8 +49,9 @@ from typing import Any
 
 import structlog
 import torch
+from hfargs import quiet_training_args
 from peft import LoraConfig, TaskType, get_peft_model
-from transformers import PrinterCallback, Trainer, TrainingArguments
+from transformers import PrinterCallback, Trainer
 from transformers.utils import logging as hf_logging
 
 from oneseekd.config import CertifyConfig
@@ -61,7 +62,8 @@ from oneseekd.trainer.data import Records, load_records
 from oneseekd.trainer.evaluate import samples
 from oneseekd.trainer.labels import Encoder
 from oneseekd.trainer.loading import Device, load_model, load_tokenizer
-from oneseekd.trainer.recipe import LoraRecipe, lr_lambda
+from oneseekd.trainer.losses import lr_lambda
+from oneseekd.trainer.recipe import LoraRecipe, Placement, Reporting, Task
 from oneseekd.trainer.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,15 +170,14 @@ def run_trainer(w: Workload, tmp: Path, profile: cProfile.Profile | None = None)
     n = len(w.ids)
     progress: Any = SimpleNamespace(report=lambda *a, **k: None)  # LoraRecipe only reports
     recipe = LoraRecipe(
-        ModelSpec("bench", "bench", w.path, ""),
-        {**HYPER, "train_on_prompt": True},  # the other loops train on every token too
-        Records(w.records, [f"record {i}" for i in range(len(w.records))]),
-        (list(range(n)), [n]),
-        CPU,
-        Checkpoints(folder),
-        progress,
-        lambda: False,
-        {},
+        Task(
+            ModelSpec("bench", "bench", w.path, ""),
+            {**HYPER, "train_on_prompt": True},  # the other loops train on every token too
+            Records(w.records, [f"record {i}" for i in range(len(w.records))]),
+            (list(range(n)), [n]),
+        ),
+        Placement(CPU, Checkpoints(folder)),
+        Reporting(progress),
     )
     recipe.setup()
     assert recipe.train_data.ids == w.ids, "the trainer encoded the records differently"
@@ -204,15 +205,14 @@ def evaluation_share(path: Path, steps: int, tmp: Path) -> None:
     records = [base[i % len(base)] for i in range(train_n + val_n)]
     settings = CertifyConfig()
     recipe = LoraRecipe(
-        ModelSpec("bench", "bench", path, ""),
-        {**HYPER, "epochs": 3, "eval_tokens": settings.eval_tokens},
-        Records(records, [f"record {i}" for i in range(len(records))]),
-        (list(range(train_n)), list(range(train_n, train_n + val_n))),
-        CPU,
-        Checkpoints(Path(tempfile.mkdtemp(dir=tmp))),
-        SimpleNamespace(report=lambda *a, **k: None),
-        lambda: False,
-        {},
+        Task(
+            ModelSpec("bench", "bench", path, ""),
+            {**HYPER, "epochs": 3, "eval_tokens": settings.eval_tokens},
+            Records(records, [f"record {i}" for i in range(len(records))]),
+            (list(range(train_n)), list(range(train_n, train_n + val_n))),
+        ),
+        Placement(CPU, Checkpoints(Path(tempfile.mkdtemp(dir=tmp)))),
+        Reporting(SimpleNamespace(report=lambda *a, **k: None)),  # type: ignore[arg-type]
     )
     recipe.setup()
     spent = [0.0]
@@ -269,24 +269,13 @@ def run_bare(w: Workload, tmp: Path, limit: int | None = None) -> Outcome:
 
 def run_hf(w: Workload, tmp: Path) -> Outcome:
     pad = Padder(w.pad_id)
-    args = TrainingArguments(
-        output_dir=str(tmp / "hf"),
-        per_device_train_batch_size=BATCH,
-        num_train_epochs=1,
-        learning_rate=HYPER["learning_rate"],
+    args = quiet_training_args(
+        str(tmp / "hf"),
+        BATCH,
+        HYPER["learning_rate"],
+        HYPER["seed"],
         weight_decay=0.0,
-        lr_scheduler_type="cosine",
         warmup_steps=w.warmup,
-        max_grad_norm=1.0,
-        seed=HYPER["seed"],
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        eval_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
     )
     data = [{"input_ids": ids} for ids in w.ids]
     trainer = Trainer(model=lora_model(w), args=args, train_dataset=data, data_collator=pad)

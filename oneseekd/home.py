@@ -8,8 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 CONFIG_FILE = "oneseekd.toml"
+
+
+class _Under:
+    """One place of the layout: its path below the home's root."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    @overload
+    def __get__(self, home: None, owner: type) -> _Under: ...
+
+    @overload
+    def __get__(self, home: HomePaths, owner: type) -> Path: ...
+
+    def __get__(self, home: HomePaths | None, owner: type) -> _Under | Path:
+        return self if home is None else home.root.joinpath(*self.parts)
 
 
 @dataclass(frozen=True)
@@ -18,45 +35,16 @@ class HomePaths:
 
     root: Path
 
-    @property
-    def db_file(self) -> Path:
-        return self.root / "oneseek.db"
-
-    @property
-    def config_file(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def lock_file(self) -> Path:
-        return self.root / "oneseekd.lock"
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def zero(self) -> Path:
-        return self.models / "oneseek-7b-zero"
-
-    @property
-    def base_models(self) -> Path:
-        return self.zero / "base_models"
-
-    @property
-    def certified(self) -> Path:
-        return self.models / "oneseek-certified"
-
-    @property
-    def requests(self) -> Path:
-        return self.root / "requests"
-
-    @property
-    def datasets(self) -> Path:
-        return self.root / "datasets"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
+    db_file = _Under("oneseek.db")
+    config_file = _Under(CONFIG_FILE)
+    lock_file = _Under("oneseekd.lock")
+    models = _Under("models")
+    zero = _Under("models", "oneseek-7b-zero")
+    base_models = _Under("models", "oneseek-7b-zero", "base_models")
+    certified = _Under("models", "oneseek-certified")
+    requests = _Under("requests")
+    datasets = _Under("datasets")
+    logs = _Under("logs")
 
     def ensure(self) -> None:
         """Create the folders the daemon owns; existing ones are left as they are."""

@@ -15,90 +15,23 @@ and train_dna_v2.py's flags are mapped in oneseekd/adminnames.py.
 from __future__ import annotations
 
 import math
-import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
 from oneseekd.adminnames import normalize
-from oneseekd.intake.fieldtypes import MODULE_NAME, Gpus, Sharding
+from oneseekd.intake.fieldtypes import Gpus, Memory, Optimizer, Scheduler, Sharding, Targets
 
 if TYPE_CHECKING:
     from oneseekd.runcheck import HostFacts
 
 SPEC_VERSION = 2  # 1: the untyped Run.config intake wrote before the spec (from_legacy)
 
-SCHEDULERS = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "cosine_with_min_lr",
-)
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor")
-Scheduler = Literal[
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "cosine_with_min_lr",
-]
-Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor"]
-
 
 class SpecError(ValueError):
     """A stored run config that cannot be read as a run spec."""
-
-
-def _targets(value: Any) -> Any:
-    """A list of module names, the admin panel's comma string, or "all-linear"."""
-    given = value
-    if isinstance(value, str) and value != "all-linear":
-        value = [part.strip() for part in value.split(",") if part.strip()]
-    if isinstance(value, list):
-        bad = [m for m in value if not (isinstance(m, str) and MODULE_NAME.match(m))]
-        if bad and isinstance(given, list) and all(isinstance(m, str) for m in bad):
-            # a list's offenders are named; a comma string is shown whole below
-            raise ValueError(f"{', '.join(map(repr, bad))} is not a module name like q_proj")
-        if bad or not value:
-            raise ValueError(
-                'must name modules like "q_proj,v_proj" (a list or a comma string) or be '
-                '"all-linear"'
-            )
-        if len(set(value)) != len(value):
-            raise ValueError("names a module twice")
-    return value
-
-
-MEMORY_UNITS = {"GB": 10**9, "GiB": 2**30, "MB": 10**6, "MiB": 2**20}
-
-
-def memory_bytes(text: str) -> int:
-    """A max_memory_per_gpu value ("9.5GB", "20GiB", "800MiB") in bytes: GB and MB are
-    decimal, GiB and MiB binary, as transformers' max_memory reads them."""
-    for unit, size in MEMORY_UNITS.items():
-        if text.endswith(unit):
-            return int(float(text.removesuffix(unit)) * size)
-    raise ValueError(f"{text!r} is not a size like 9.5GB or 20GiB")
-
-
-Targets = Annotated[list[str] | Literal["all-linear"] | None, BeforeValidator(_targets)]
-SIZE = re.compile(r"^\d{1,6}(\.\d{1,3})?(GB|GiB|MB|MiB)$")
-
-
-def _memory(value: Any) -> Any:
-    if value is not None and not (isinstance(value, str) and SIZE.match(value)):
-        raise ValueError('must be a size like "9.5GB" or "20GiB" (GB, GiB, MB or MiB)')
-    return value
-
-
-Memory = Annotated[str | None, BeforeValidator(_memory)]
 
 
 class _Strict(BaseModel):

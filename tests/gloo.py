@@ -23,7 +23,7 @@ from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import ModelSpec
 from oneseekd.trainer.data import Records, collate
 from oneseekd.trainer.loading import Device
-from oneseekd.trainer.recipe import LoraRecipe
+from oneseekd.trainer.recipe import LoraRecipe, Placement, Reporting, Task
 from oneseekd.trainer.world import World, join, leave
 
 CPU = Device("cpu", torch.float32, scaler=False)
@@ -93,16 +93,14 @@ def recipe(
     where = [f"line {i + 1}" for i in range(len(records))]
     lora = {**HYPER["lora"], **hyper.pop("lora", {})}
     return LoraRecipe(
-        ModelSpec("tiny-llama", "Tiny-Llama", model, ""),
-        {**HYPER, **hyper, "lora": lora},
-        Records(records, where),
-        (list(range(len(records))), []),
-        CPU,
-        Checkpoints(folder),
-        SimpleNamespace(report=lambda *a, **k: None),  # type: ignore[arg-type]
-        lambda: False,
-        {},
-        world=world,
+        Task(
+            ModelSpec("tiny-llama", "Tiny-Llama", model, ""),
+            {**HYPER, **hyper, "lora": lora},
+            Records(records, where),
+            (list(range(len(records))), []),
+        ),
+        Placement(CPU, Checkpoints(folder), world or World()),
+        Reporting(SimpleNamespace(report=lambda *a, **k: None)),  # type: ignore[arg-type]
     )
 
 
@@ -154,17 +152,18 @@ def train_slowly_exported(
 ) -> str:
     """train_run, rank 0 taking `seconds` longer over each model's outputs (as an export of
     a large merged model does)."""
+    import oneseekd.trainer.onemodel as onemodel
     import oneseekd.trainer.run as run
     from oneseekd.db.engine import make_engine
     from oneseekd.home import HomePaths
 
-    save = run.save_model_outputs
+    save = onemodel.save_model_outputs
 
     def slow(*args: Any) -> Any:
         time.sleep(seconds)
         return save(*args)
 
-    run.save_model_outputs = slow
+    onemodel.save_model_outputs = slow
     engine = make_engine(db_url)
     try:
         return run.train_run(engine, HomePaths(root), run_id, world=world)

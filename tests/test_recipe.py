@@ -18,8 +18,8 @@ from oneseekd.certify.staging import write_json
 from oneseekd.intake.schema import parse_request
 from oneseekd.trainer.checkpoint import Checkpoints, Position
 from oneseekd.trainer.loading import CHECKPOINTING_SHARE, pick_device, wants_checkpointing
+from oneseekd.trainer.onemodel import TrainingDiverged, check_finite
 from oneseekd.trainer.recipe import ModelResult, Stopped, loss_sum
-from oneseekd.trainer.run import TrainingDiverged, _check_finite
 
 GIB = 1024**3
 
@@ -115,7 +115,7 @@ def test_a_batch_without_labels_adds_nothing_and_nan_never_reaches_a_certified_f
     losses = ([2.0, math.nan], [2.1, 2.0])
     diverged = ModelResult("tiny-llama", *losses, 4, 99, 1.0, 0.1, [], None, None)
     with pytest.raises(TrainingDiverged) as err:
-        _check_finite(diverged)
+        check_finite(diverged)
     assert str(err.value) == (
         "tiny-llama: the training loss of epoch 2 is nan: training diverged, and nothing of "
         "it is certified\n  - submit the request again with a lower learning_rate"

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from oneseekd.adminnames import FLAGS, request_from_flags
+from oneseekd.intake.fieldtypes import memory_bytes
 from oneseekd.intake.schema import DEFAULTS, TrainingRequestModel, parse_request
 from oneseekd.runcheck import HostFacts
 from oneseekd.runspec import (
@@ -23,7 +24,6 @@ from oneseekd.runspec import (
     build,
     from_legacy,
     load,
-    memory_bytes,
     parse_options,
     parse_overrides,
 )

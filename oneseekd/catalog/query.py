@@ -117,6 +117,24 @@ def usable_by_host(
     return have
 
 
+def resolve_one(
+    name: str,
+    rows: dict[str, BaseModel],
+    roots: Sequence[Root],
+    host: str | None,
+    require_usable: bool = True,
+) -> Resolved:
+    """The row of `rows` (one a key) that `name` resolves to; ModelResolutionError says why
+    there is none, or why it cannot be used (untrusted only, without `require_usable`)."""
+    match = match_model(name, rows)
+    row = rows[match.key]
+    checked = roots_for(row, roots, host)
+    problem = usable_problem(row, checked) if require_usable else untrusted_problem(row, checked)
+    if problem:
+        raise ModelResolutionError(f"{name!r} resolves to {problem}")
+    return Resolved(match, row)
+
+
 def resolve_names(
     engine: Engine,
     names: Iterable[str],
@@ -137,19 +155,9 @@ def resolve_names(
     problems: list[str] = []
     for name in names:
         try:
-            match = match_model(name, rows)
+            resolved.append(resolve_one(name, rows, roots, prefer_host, require_usable))
         except ModelResolutionError as exc:
             problems.append(exc.message)
-            continue
-        row = rows[match.key]
-        checked = roots_for(row, roots, prefer_host)
-        problem = (
-            usable_problem(row, checked) if require_usable else untrusted_problem(row, checked)
-        )
-        if problem:
-            problems.append(f"{name!r} resolves to {problem}")
-            continue
-        resolved.append(Resolved(match, row))
     if len(problems) == 1:
         raise ModelResolutionError(problems[0])
     if problems:

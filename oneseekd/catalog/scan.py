@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from oneseekd.catalog.inspect import (
     FolderProblem,
@@ -73,6 +74,21 @@ class Found:
     fingerprint: str = ""
     changed_at: float = 0.0  # newest mtime/ctime in the folder
     shadowed: tuple[str, ...] = ()
+
+    def differs_from(self, row: Any) -> bool:
+        """Whether a catalog row (the ORM's, or the light read path's plain one) says other
+        than the scan found. Columns another program overwrote with text that cannot be read
+        (read as None) count as different, so a full scan rewrites them."""
+        return (
+            row.fingerprint != self.fingerprint
+            or row.architectures != (list(self.architectures) if self.architectures else None)
+            or None in (row.first_seen_at, row.updated_at, row.state_changed_at)
+            or row.state != self.state
+            or row.path != str(self.path)
+            or row.state_reason != self.reason
+            or row.shadowed_paths != (list(self.shadowed) or None)
+            or row.detected_name != self.detected_name
+        )
 
 
 @dataclass

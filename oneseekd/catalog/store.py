@@ -191,7 +191,7 @@ def reconcile(
             row = rows.get(key)
             if row is None:
                 added.append(_new_row(found, now, host))
-            elif _differs(row, found):
+            elif found.differs_from(row):
                 _apply(session, row, found, now, out)
         _insert_new(session, added, now, out)
         for key, row in rows.items():
@@ -201,21 +201,6 @@ def reconcile(
                 _mark_missing(session, row, now, out)
         out.total = len(rows) + len(added)
     return out
-
-
-def _differs(row: BaseModel, found: Found) -> bool:
-    """Whether the row says other than the scan found. Columns another program overwrote with
-    text that cannot be read (read as None) count as different, so a full scan rewrites them."""
-    return (
-        row.fingerprint != found.fingerprint
-        or row.architectures != (list(found.architectures) if found.architectures else None)
-        or None in (row.first_seen_at, row.updated_at, row.state_changed_at)
-        or row.state != found.state
-        or row.path != str(found.path)
-        or row.state_reason != found.reason
-        or row.shadowed_paths != (list(found.shadowed) or None)
-        or row.detected_name != found.detected_name
-    )
 
 
 def _under(path: str, folders: set[str]) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,26 +45,36 @@ TRAINING_TYPE = "lora"
 
 
 @dataclass(frozen=True)
-class TrainedModel:
-    """One trained model's figures, as the trainer hands them over."""
+class Figures:
+    """What training measured of one model: the trainer's result carries them with the
+    weights, certification with the model's names and samples."""
 
     key: str
-    display_name: str
-    base_path: Path  # the base model's folder, linked from the certified folder
     train_losses: list[float]
     val_losses: list[float]
     steps: int
     tokens: int
     seconds: float
     padding_fraction: float
-    targets: list[str]
-    counts: dict[str, int] = field(default_factory=dict)  # label_tokens, truncated_records
+    targets: list[str]  # the LoRA target modules
+    _: KW_ONLY
+    # label_tokens (what the loss was taken over; `tokens` counts every real token fed) and
+    # truncated_records, reported per model in the results
+    counts: dict[str, int] = field(default_factory=dict)
     # trainer/evaluate.py's figures: held_out, base, epochs, step_losses, current (the
     # current run's model on the same rows, when compared)
     evaluation: dict[str, Any] = field(default_factory=dict)
-    samples: list[dict[str, Any]] = field(default_factory=list)  # greedy, base and trained
     auto_stop: dict[str, Any] | None = None  # its auto-stop state; None: it did not ask
     quantization: dict[str, Any] | None = None  # how its base was held; None: unquantized
+
+
+@dataclass(frozen=True)
+class TrainedModel(Figures):
+    """One trained model's figures, as the trainer hands them over."""
+
+    display_name: str
+    base_path: Path  # the base model's folder, linked from the certified folder
+    samples: list[dict[str, Any]] = field(default_factory=list)  # greedy, base and trained
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from oneseekd import protocol
 from oneseekd.errors import OneseekError
 
 NOT_CURRENT_BY_CONFIG = "[certify] make_current is false: left to `oneseekctl promote`"
@@ -33,7 +34,7 @@ class Measured(Protocol):
 class NotImproved(OneseekError):
     """`[certify] require_improvement`: a run whose model did not beat its base."""
 
-    exit_code = 65
+    exit_code = protocol.EXIT_REFUSED
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from oneseekd.certify.staging import fsync_dir
 from oneseekd.errors import OneseekError
 from oneseekd.home import HomePaths
 
@@ -177,15 +178,7 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(folder)
 
 
 # --- the private key ---------------------------------------------------------------------------
@@ -216,7 +209,7 @@ def _create_key(path: Path) -> None:
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     log.info("ledger_key_created", path=str(path))
 
 

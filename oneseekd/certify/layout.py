@@ -176,14 +176,19 @@ def run_dna(paths: HomePaths, run_id: str) -> str | None:
 def certified_run_id(paths: HomePaths, dna: str) -> str | None:
     """The run a certified folder belongs to, as its oneseek_dna.json says (an artifact, not a
     view: metadata.json may have been rewritten by another program)."""
+    run_id = _dna_record(paths, dna).get("run_id")
+    return run_id if isinstance(run_id, str) else None
+
+
+def _dna_record(paths: HomePaths, dna: str) -> dict[str, Any]:
+    """A certified folder's oneseek_dna.json; empty when it cannot be read as an object."""
     import json
 
     try:
         data = json.loads((certified_dir(paths, dna) / "oneseek_dna.json").read_bytes())
     except (OSError, ValueError):
-        return None
-    run_id = data.get("run_id") if isinstance(data, dict) else None
-    return run_id if isinstance(run_id, str) else None
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def current_summary(paths: HomePaths) -> dict[str, str | None]:
@@ -201,13 +206,5 @@ def current_summary(paths: HomePaths) -> dict[str, str | None]:
 def run_gate(paths: HomePaths, dna: str | None) -> dict[str, Any] | None:
     """The gate's verdict a certified run's oneseek_dna.json records (certify/gate.py): for
     `status`, `runs` and `show`, without the database. None before the gate existed."""
-    import json
-
-    if dna is None:
-        return None
-    try:
-        data = json.loads((certified_dir(paths, dna) / "oneseek_dna.json").read_bytes())
-    except (OSError, ValueError):
-        return None
-    gate = data.get("gate") if isinstance(data, dict) else None
+    gate = _dna_record(paths, dna).get("gate") if dna is not None else None
     return gate if isinstance(gate, dict) else None

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from oneseekd.cli.context import Context, emit_json, human_bytes, human_count
-from oneseekd.cli.display import iso, shown, shown_table
+from oneseekd.cli.context import Context, emit_json, human_bytes, human_count, json_option
+from oneseekd.cli.display import columns, shown, shown_table
 from oneseekd.cli.read import Row, open_reader
 
 
@@ -16,30 +16,19 @@ def _paths(value: Any) -> list[str]:
     return [str(p) for p in value] if isinstance(value, list) else []
 
 
+MODEL_COLUMNS = (
+    *("host", "key", "display_name", "path", "root", "state", "state_reason", "enabled"),
+    *("model_type", "architectures", "parameter_count", "size_bytes", "weight_format"),
+    *("has_tokenizer", "shadowed_paths", "first_seen_at", "state_changed_at"),
+)
+
+
 def model_dict(row: Row) -> dict[str, Any]:
-    return {
-        "host": row.host,
-        "key": row.key,
-        "display_name": row.display_name,
-        "path": row.path,
-        "root": row.root,
-        "state": row.state,
-        "state_reason": row.state_reason,
-        "enabled": row.enabled,
-        "model_type": row.model_type,
-        "architectures": row.architectures,
-        "parameter_count": row.parameter_count,
-        "size_bytes": row.size_bytes,
-        "weight_format": row.weight_format,
-        "has_tokenizer": row.has_tokenizer,
-        "shadowed_paths": _paths(row.shadowed_paths),
-        "first_seen_at": iso(row.first_seen_at),
-        "state_changed_at": iso(row.state_changed_at),
-    }
+    return columns(row, MODEL_COLUMNS) | {"shadowed_paths": _paths(row.shadowed_paths)}
 
 
 @click.command("models")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @click.option("--all", "show_all", is_flag=True, help="Include models that are gone (missing).")
 @click.pass_obj
 def models_cmd(obj: Context, as_json: bool, show_all: bool) -> None:
@@ -85,7 +74,7 @@ def models_cmd(obj: Context, as_json: bool, show_all: bool) -> None:
 
 @click.command("resolve")
 @click.argument("names", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @click.pass_obj
 def resolve_cmd(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
     """Show which catalog model each NAME means, and by which matching strategy."""

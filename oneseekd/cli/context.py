@@ -89,6 +89,10 @@ class Context:
         return True
 
 
+# every command that can answer a script: one flag, one wording
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
 def _json_default(value: Any) -> Any:
     # a time that reached the output unformatted still reads in the one format
     return utc_text(value) if isinstance(value, datetime) else str(value)

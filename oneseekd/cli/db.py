@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from oneseekd.cli.context import Context, emit_json
+from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
 
@@ -15,7 +15,7 @@ def db_group() -> None:
 
 
 @db_group.command("upgrade")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @click.pass_obj
 def upgrade_cmd(obj: Context, as_json: bool) -> None:
     """Apply the Alembic migrations in migrations/ (the daemon also does this at start)."""

@@ -8,7 +8,7 @@ them verbatim (JSON escapes control characters itself).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -44,3 +44,9 @@ def shown_lines(text: str, indent: str = "") -> str:
 def iso(value: datetime | None) -> str | None:
     """A time for JSON output, in the one format; None for one unset or unreadable."""
     return utc_text(value) if value is not None else None
+
+
+def columns(row: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The row's columns `names`, in this order, as --json prints them: times in the one
+    format."""
+    return {n: iso(v) if isinstance(v := row[n], datetime) else v for n in names}

@@ -9,7 +9,7 @@ import click
 from oneseekd.certify.keys import pinned_key_id
 from oneseekd.certify.tip import read_tip
 from oneseekd.certify.verify import verify
-from oneseekd.cli.context import Context, emit_json
+from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.errors import OneseekError
 
 
@@ -23,7 +23,7 @@ def ledger_group() -> None:
 
 
 @ledger_group.command("verify")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @click.pass_obj
 def verify_cmd(obj: Context, as_json: bool) -> None:
     """Re-check the hash chain, the signatures, every artifact's sha256 against its file and
@@ -45,7 +45,7 @@ def verify_cmd(obj: Context, as_json: bool) -> None:
 
 
 @ledger_group.command("tip")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @click.pass_obj
 def tip_cmd(obj: Context, as_json: bool) -> None:
     """Print the anchored tip (HOME/ledger.tip: the newest event's seq, hash and signature)

@@ -7,7 +7,7 @@ import click
 from oneseekd.certify.layout import CURRENT_LINK
 from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.promote import promote
-from oneseekd.cli.context import Context, emit_json
+from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import shown
 
 
@@ -18,7 +18,7 @@ from oneseekd.cli.display import shown
     default=None,
     help="Why (recorded in the ledger); needed for a run the gate did not make current.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @click.pass_obj
 def promote_cmd(obj: Context, ref: str, reason: str | None, as_json: bool) -> None:
     """Point oneseek-certified/OneSeek-7B-Zero-CURRENT at a certified run (by run id or DNA),

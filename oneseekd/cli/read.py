@@ -323,7 +323,7 @@ def catalog_is_current(obj: Context, reader: Reader) -> bool:
             return False  # would become missing
     for key, found in result.models.items():
         stored = rows.get(key)
-        if stored is None or _differs(stored, found):
+        if stored is None or found.differs_from(stored):
             return False
     return True
 
@@ -359,17 +359,3 @@ def _cache(rows: dict[str, Row], roots: Sequence[Any]) -> dict[Path, Found]:
             fingerprint=row.fingerprint,
         )
     return cache
-
-
-def _differs(row: Row, found: Found) -> bool:
-    """catalog.store._differs on a plain row: kept in step by test_cli_read."""
-    return (
-        row.fingerprint != found.fingerprint
-        or row.architectures != (list(found.architectures) if found.architectures else None)
-        or None in (row.first_seen_at, row.updated_at, row.state_changed_at)
-        or row.state != found.state
-        or row.path != str(found.path)
-        or row.state_reason != found.reason
-        or row.shadowed_paths != (list(found.shadowed) or None)
-        or row.detected_name != found.detected_name
-    )

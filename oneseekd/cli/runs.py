@@ -8,8 +8,8 @@ import click
 
 from oneseekd.certify.gate import not_current_note
 from oneseekd.certify.layout import current_summary, run_dna, run_gate
-from oneseekd.cli.context import Context, emit_json
-from oneseekd.cli.display import iso, shown, shown_lines, shown_table
+from oneseekd.cli.context import Context, emit_json, json_option
+from oneseekd.cli.display import columns, iso, shown, shown_lines, shown_table
 from oneseekd.cli.read import Row, open_reader
 from oneseekd.cli.status import describe_progress
 from oneseekd.errors import RunNotFound
@@ -18,6 +18,13 @@ from oneseekd.home import HomePaths
 
 def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+RUN_COLUMNS = (
+    *("run_id", "state", "outcome", "version", "base_models", "dataset", "priority"),
+    *("attempts", "pid", "cancel_requested", "error", "exit_code", "log_path", "progress"),
+    *("queued_at", "started_at", "finished_at", "heartbeat_at"),
+)
 
 
 def run_dict(
@@ -31,25 +38,7 @@ def run_dict(
         # certify/gate.py's verdict at certification: made_current, and the reasons if not
         "gate": gate,
         "held_back": not_current_note(gate),
-        "run_id": run.run_id,
-        "state": run.state,
-        "outcome": run.outcome,
-        "version": run.version,
-        "base_models": run.base_models,
-        "dataset": run.dataset,
-        "priority": run.priority,
-        "attempts": run.attempts,
-        "pid": run.pid,
-        "cancel_requested": run.cancel_requested,
-        "error": run.error,
-        "exit_code": run.exit_code,
-        "log_path": run.log_path,
-        "progress": run.progress,
-        "queued_at": iso(run.queued_at),
-        "started_at": iso(run.started_at),
-        "finished_at": iso(run.finished_at),
-        "heartbeat_at": iso(run.heartbeat_at),
-    }
+    } | columns(run, RUN_COLUMNS)
 
 
 @click.command("runs")
@@ -57,7 +46,7 @@ def run_dict(
 @click.option(
     "--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"])
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @click.pass_obj
 def runs_cmd(obj: Context, limit: int, state: str | None, as_json: bool) -> None:
     """The history of runs, newest first."""
@@ -109,7 +98,7 @@ def held_back_line(data: dict[str, Any]) -> str | None:
 
 @click.command("show")
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @click.pass_obj
 def show_cmd(obj: Context, run_id: str, as_json: bool) -> None:
     """One run in full: the request, its verdict, every state change, the error."""

@@ -10,23 +10,18 @@ import click
 
 from oneseekd.certify.gate import not_current_note
 from oneseekd.certify.layout import current_summary, run_dna, run_gate
-from oneseekd.cli.context import Context, emit_json
-from oneseekd.cli.display import iso, shown
+from oneseekd.cli.context import Context, emit_json, json_option
+from oneseekd.cli.display import columns, iso, shown
 from oneseekd.cli.read import Row, open_reader
+
+RUN_NOW_COLUMNS = (
+    *("run_id", "host", "base_models", "version", "attempts", "started_at", "heartbeat_at"),
+    *("cancel_requested", "progress"),
+)
 
 
 def _run_now(run: Row) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "host": run.host,
-        "base_models": run.base_models,
-        "version": run.version,
-        "attempts": run.attempts,
-        "started_at": iso(run.started_at),
-        "heartbeat_at": iso(run.heartbeat_at),
-        "cancel_requested": run.cancel_requested,
-        "progress": run.progress,
-    }
+    return columns(run, RUN_NOW_COLUMNS)
 
 
 def gather(obj: Context) -> dict[str, Any]:
@@ -124,7 +119,7 @@ def describe_progress(p: dict[str, Any]) -> str:
 
 
 @click.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @click.option(
     "--watch",
     "watch",

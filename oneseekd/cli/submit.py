@@ -14,7 +14,7 @@ from oneseekd import queue
 from oneseekd.adminnames import FLAGS as ADMIN_FLAGS
 from oneseekd.adminnames import request_from_flags
 from oneseekd.certify.ledger import Ledger
-from oneseekd.cli.context import Context, emit_json
+from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import shown
 from oneseekd.errors import OneseekError
 from oneseekd.intake.accept import Intake
@@ -151,7 +151,7 @@ def _admin_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--request-id", help="Idempotency key: the same key is never queued twice.")
 @click.option("--priority", type=int)
 @_admin_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @click.pass_obj
 def submit_cmd(
     obj: Context,
@@ -209,7 +209,7 @@ def submit_cmd(
 
 @click.command("cancel")
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @click.pass_obj
 def cancel_cmd(obj: Context, run_id: str, as_json: bool) -> None:
     """Cancel a queued run now, or ask a running one to stop at its next step."""

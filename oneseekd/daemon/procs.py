@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -37,18 +38,26 @@ def runs(pid: int, run_id: str) -> bool:
     )
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below pid (torchrun's workers and theirs), read from /proc."""
-    parents: dict[int, list[int]] = {}
+def each_process(name: str) -> Iterator[tuple[int, bytes]]:
+    """Every live process's pid and the bytes of its /proc/<pid>/<name> (cmdline, stat, ...);
+    a process that ended while /proc was read is passed over."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            data = (entry / name).read_bytes()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
+        yield int(entry.name), data
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (torchrun's workers and theirs), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for child, stat in each_process("stat"):
+        # the command name, in parentheses, may hold anything: the fields after it are fixed
+        ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(child)
     found: list[int] = []
     todo = [pid]
     while todo:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from oneseekd.catalog.query import roots_for, usable_problem
+from oneseekd.catalog.query import resolve_one
 from oneseekd.catalog.scan import Root
 from oneseekd.db.models import BaseModel, Run
 from oneseekd.errors import ModelResolutionError
@@ -163,15 +163,11 @@ def resolve_models(
     problems: list[str] = []
     for name in names:
         try:
-            match = match_model(name, rows)
+            row = resolve_one(name, rows, roots, host).model
         except ModelResolutionError as exc:
             problems.append(f"base_models: {exc.message}")
             continue
-        row = rows[match.key]
-        problem = usable_problem(row, roots_for(row, roots, host))
-        if problem:
-            problems.append(f"base_models: {name!r} resolves to {problem}")
-        elif any(c.key == row.key for c in chosen):
+        if any(c.key == row.key for c in chosen):
             problems.append(f"base_models: {row.key} is named twice")
         else:
             chosen.append(row)

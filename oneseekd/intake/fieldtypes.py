@@ -1,12 +1,13 @@
-"""Field types the request schema and the run spec share (kept apart so that
-oneseekd/runspec.py and oneseekd/intake/schema.py do not import each other)."""
+"""The types of option values: what the request schema and the run spec check field by
+field (kept apart so that oneseekd/runspec.py and oneseekd/intake/schema.py do not import each
+other), and what the trainer reads them as."""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, cast, get_args
 
-from pydantic import PlainValidator
+from pydantic import BeforeValidator, PlainValidator
 
 from oneseekd.config import FSDP_AUTO_FRACTION
 
@@ -35,3 +36,62 @@ def _sharding(value: Any) -> Literal["ddp", "fsdp", "auto"]:
 
 # how the processes of a multi-GPU model hold it (docs/training.md); one process ignores it
 Sharding = Annotated[Literal["ddp", "fsdp", "auto"], PlainValidator(_sharding)]
+
+
+Scheduler = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "cosine_with_min_lr",
+]
+Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor"]
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)  # the names a request may give
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+
+
+def _targets(value: Any) -> Any:
+    """A list of module names, the admin panel's comma string, or "all-linear"."""
+    given = value
+    if isinstance(value, str) and value != "all-linear":
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list):
+        bad = [m for m in value if not (isinstance(m, str) and MODULE_NAME.match(m))]
+        if bad and isinstance(given, list) and all(isinstance(m, str) for m in bad):
+            # a list's offenders are named; a comma string is shown whole below
+            raise ValueError(f"{', '.join(map(repr, bad))} is not a module name like q_proj")
+        if bad or not value:
+            raise ValueError(
+                'must name modules like "q_proj,v_proj" (a list or a comma string) or be '
+                '"all-linear"'
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("names a module twice")
+    return value
+
+
+MEMORY_UNITS = {"GB": 10**9, "GiB": 2**30, "MB": 10**6, "MiB": 2**20}
+
+
+def memory_bytes(text: str) -> int:
+    """A max_memory_per_gpu value ("9.5GB", "20GiB", "800MiB") in bytes: GB and MB are
+    decimal, GiB and MiB binary, as transformers' max_memory reads them."""
+    for unit, size in MEMORY_UNITS.items():
+        if text.endswith(unit):
+            return int(float(text.removesuffix(unit)) * size)
+    raise ValueError(f"{text!r} is not a size like 9.5GB or 20GiB")
+
+
+Targets = Annotated[list[str] | Literal["all-linear"] | None, BeforeValidator(_targets)]
+SIZE = re.compile(r"^\d{1,6}(\.\d{1,3})?(GB|GiB|MB|MiB)$")
+
+
+def _memory(value: Any) -> Any:
+    if value is not None and not (isinstance(value, str) and SIZE.match(value)):
+        raise ValueError('must be a size like "9.5GB" or "20GiB" (GB, GiB, MB or MiB)')
+    return value
+
+
+Memory = Annotated[str | None, BeforeValidator(_memory)]

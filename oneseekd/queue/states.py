@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -42,11 +42,16 @@ class ClaimLost(OneseekError):
 
 
 def check_claim(
-    session: Session, run_pk: int, attempt: int | None, owner: str = "this daemon's"
+    session: Session,
+    run_pk: int,
+    attempt: int | None,
+    *,
+    by: Literal["daemon", "trainer"] = "daemon",
 ) -> None:
     """The one claim check, before a write about a running run: it must still be `running`
     in this attempt. The row stays locked until the transaction ends, so no takeover slips in
-    between. Without an attempt (a trainer started by hand) there is no claim to check."""
+    between. Without an attempt (a trainer started by hand) there is no claim to check.
+    `by` words the error for whoever checks: the daemon, or the trainer it started."""
     if attempt is None:
         return
     row = session.execute(
@@ -55,6 +60,7 @@ def check_claim(
         .with_for_update()
     ).one()
     if row.state != "running" or row.attempts != attempt:
+        owner = "this daemon's" if by == "daemon" else f"this trainer's (attempt {attempt})"
         raise ClaimLost(
             f"run {row.run_id} is no longer {owner}: it is {row.state}, attempt "
             f"{row.attempts} on host {row.host}"

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from peft import set_peft_model_state_dict
 
+from oneseekd.certify.staging import fsync_dir, fsync_file, write_bytes
+
 KEEP = 2  # checkpoints kept per model: the newest, and the one before in case it is damaged
 NAME = re.compile(r"^step-(\d+)-e(\d+)b(\d+)$")
 
@@ -52,22 +54,8 @@ class Position:
 
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
-        with path.open("rb") as fh:
-            os.fsync(fh.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+        fsync_file(path)
+    fsync_dir(folder)
 
 
 def rng_state() -> dict[str, Any]:
@@ -122,7 +110,7 @@ class Checkpoints:
         if (final / "state.json").is_file():
             # this very position is saved already (a stop on a checkpoint step): rewriting
             # it would first remove the folder `latest` names
-            _write_text(self.folder / "latest", final.name)
+            write_bytes(self.folder / "latest", final.name.encode())
             return final
         tmp = self.folder / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -145,7 +133,7 @@ class Checkpoints:
         _fsync_tree(tmp)
         shutil.rmtree(final, ignore_errors=True)  # a half-removed one, never a whole one
         os.rename(tmp, final)
-        _write_text(self.folder / "latest", final.name)
+        write_bytes(self.folder / "latest", final.name.encode())
         self._prune(final)
         return final
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
 
 from oneseekd import protocol, queue, runspec
 from oneseekd.catalog.query import home_roots, untrusted_problem
@@ -22,7 +21,6 @@ from oneseekd.db.models import BaseModel, ModelTraining, Run, utcnow
 from oneseekd.errors import OneseekError
 from oneseekd.home import HomePaths
 from oneseekd.intake.checks import confined_dataset
-from oneseekd.queue import ClaimLost as ClaimLost  # what check_claim raises
 from oneseekd.runspec import RunSpec, SpecError
 from oneseekd.times import utc_text
 
@@ -44,12 +42,6 @@ def this_attempt() -> int | None:
     """The claim this trainer works for, as its supervisor started it; None when run by hand."""
     raw = os.environ.get(protocol.ENV_ATTEMPT, "")
     return int(raw) if raw.isdigit() else None
-
-
-def check_claim(session: Session, run_pk: int, attempt: int | None) -> None:
-    """Before a write that certifies the run: it must still be this attempt's (the queue's
-    one claim check, worded for the trainer)."""
-    queue.check_claim(session, run_pk, attempt, f"this trainer's (attempt {attempt})")
 
 
 @dataclass(frozen=True)
@@ -160,7 +152,7 @@ class Progress:
         self._last = now
         with write_session(self.engine) as session:
             # a trainer whose run was taken over stops here, before its next checkpoint
-            check_claim(session, self.run_pk, self.attempt)
+            queue.check_claim(session, self.run_pk, self.attempt, by="trainer")
             run = session.get_one(Run, self.run_pk)
             run.progress = {**data, "updated_at": utc_text(utcnow())}
 

@@ -14,6 +14,7 @@ import importlib.util
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from oneseekd.errors import OneseekError
 
@@ -55,11 +56,19 @@ def install(parent: Path, name: str = MODEL_NAME) -> Path:
     config = type(loaded.config).from_dict(settings)
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict(), strict=True)
+    return save_folder(model, tokenizer, parent, name)
+
+
+def save_folder(model: Any, tokenizer: Any, parent: Path, name: str) -> Path:
+    """Save a model and its tokenizer as the folder parent/name, whole: written under a
+    dot-name the catalog never reads (what an interrupted write left there is discarded
+    first), then renamed into place."""
     parent.mkdir(parents=True, exist_ok=True)
     staging = parent / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    target = parent / name
     staging.rename(target)
     return target
 

@@ -4,13 +4,15 @@ same rows), and the gate (certify/gate.py) applied before anything is certified.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
 import structlog
 from sqlalchemy import Engine, select
 
-from oneseekd.certify.certified import Certification, TrainedModel, certify, weighed
+from oneseekd import queue
+from oneseekd.certify.certified import Certification, Figures, TrainedModel, certify, weighed
 from oneseekd.certify.current import current_adapter
 from oneseekd.certify.dna import base_weights_hash, final_weights
 from oneseekd.certify.gate import Verdict, judge, refuse
@@ -19,7 +21,7 @@ from oneseekd.config import CertifyConfig
 from oneseekd.db.engine import write_session
 from oneseekd.db.models import Artifact, ModelTraining, utcnow
 from oneseekd.home import HomePaths
-from oneseekd.trainer.context import ModelSpec, RunContext, check_claim, this_attempt
+from oneseekd.trainer.context import ModelSpec, RunContext, this_attempt
 from oneseekd.trainer.data import Records
 from oneseekd.trainer.evaluate import measure_adapter, sample_prompts, samples
 from oneseekd.trainer.labels import Encoder, RecordProblem
@@ -29,23 +31,16 @@ log = structlog.get_logger("oneseekd.trainer")
 
 
 def trained_model(spec: ModelSpec, result: ModelResult) -> TrainedModel:
-    """What certification needs of a trained model: its figures, not its weights."""
+    """What certification needs of a trained model: its figures, not its weights; the
+    samples the run measured beside them go apart."""
+    figures = {f.name: getattr(result, f.name) for f in fields(Figures)}
+    evaluation = dict(result.evaluation)
+    samples = list(evaluation.pop("samples", []))
     return TrainedModel(
-        spec.key,
-        spec.display_name,
-        spec.path,
-        list(result.train_losses),
-        list(result.val_losses),
-        result.steps,
-        result.tokens,
-        result.seconds,
-        result.padding_fraction,
-        list(result.targets),
-        dict(result.counts),
-        {k: v for k, v in result.evaluation.items() if k != "samples"},
-        list(result.evaluation.get("samples", [])),
-        result.auto_stop,
-        result.quantization,
+        **figures | {"evaluation": evaluation},
+        display_name=spec.display_name,
+        base_path=spec.path,
+        samples=samples,
     )
 
 
@@ -122,7 +117,7 @@ def certify_run(
         raise refuse(ctx.run_id, verdict)  # trained and recorded in the ledger; not certified
     weighting = ctx.spec.weighting
     with write_session(engine) as session:
-        check_claim(session, ctx.run_pk, this_attempt())
+        queue.check_claim(session, ctx.run_pk, this_attempt(), by="trainer")
         hashes = {
             a.path: a.sha256
             for a in session.scalars(

@@ -18,7 +18,7 @@ import torch
 from transformers import get_scheduler
 from transformers.optimization import Adafactor
 
-from oneseekd.runspec import OPTIMIZERS, SCHEDULERS  # the names a request may give
+from oneseekd.intake.fieldtypes import OPTIMIZERS, SCHEDULERS  # the names a request may give
 
 DEFAULT_SCHEDULER = "cosine_with_min_lr"
 MIN_LR_RATE = 0.1  # cosine_with_min_lr ends at this fraction of the peak rate

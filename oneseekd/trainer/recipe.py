@@ -22,6 +22,7 @@ import structlog
 import torch
 from peft import get_peft_model_state_dict
 
+from oneseekd.certify.certified import Figures
 from oneseekd.trainer import sharding
 from oneseekd.trainer.batching import (
     Batch,
@@ -40,7 +41,7 @@ from oneseekd.trainer.losses import loss_sum
 from oneseekd.trainer.setup import RecipeSetup
 from oneseekd.trainer.world import World
 
-__all__ = ["LoraRecipe", "ModelResult", "Stopped", "loss_sum"]
+__all__ = ["LoraRecipe", "ModelResult", "Placement", "Reporting", "Stopped", "Task", "loss_sum"]
 
 log = structlog.get_logger("oneseekd.trainer")
 
@@ -49,63 +50,72 @@ class Stopped(Exception):
     """Training stopped on request after writing a checkpoint."""
 
 
-@dataclass
-class ModelResult:
-    key: str
-    train_losses: list[float]
-    val_losses: list[float]
-    steps: int
-    tokens: int
-    seconds: float
-    padding_fraction: float
-    targets: list[str]
-    model: Any  # the PEFT model, for saving
+@dataclass(frozen=True)
+class ModelResult(Figures):
+    """A trained model: its figures, and its weights for saving."""
+
+    model: Any  # the PEFT model
     tokenizer: Any
     # the full LoRA weights under the model's names, gathered on rank 0 when the model was
     # sharded (its own parameters then hold only this rank's shard); None otherwise
     trainable: dict[str, Any] | None = None
-    # label_tokens (what the loss was taken over; `tokens` counts every real token fed) and
-    # truncated_records, reported per model in the results
-    counts: dict[str, int] = field(default_factory=dict)
-    # the held-out evaluation (trainer/evaluate.py): the rows, the base's figures, each
-    # epoch's, and the training loss of every optimizer step
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    auto_stop: dict[str, Any] | None = None  # AutoStop.info(); None without auto-stop
-    quantization: dict[str, Any] | None = None  # Quantization.describe(); None: not quantized
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a recipe trains: one base model with its options, on these records."""
+
+    spec: ModelSpec
+    hyper: dict[str, Any]
+    records: Records
+    split: tuple[list[int], list[int]]  # the training and the validation records' indices
+    dataset: str = "dataset"  # the records' file name, for errors
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a recipe trains: the device, the run's processes, its checkpoint folder."""
+
+    device: Device
+    checkpoints: Checkpoints
+    world: World = field(default_factory=World)
+
+
+def _untold(key: str, value: Any) -> None:
+    """A report no one asked for."""
+
+
+@dataclass(frozen=True)
+class Reporting:
+    """Where a recipe reports, and who may stop it. The callbacks are rank 0's: they write
+    live_metrics.json."""
+
+    progress: Progress
+    should_stop: Callable[[], bool] = lambda: False
+    label: dict[str, Any] = field(default_factory=dict)  # model index and count, for progress
+    # told each finished epoch's position (its losses and evaluations so far)
+    on_epoch: Callable[[str, Position], None] = _untold
+    on_step: Callable[[str, list[float]], None] = _untold  # every optimizer step's loss so far
+    on_auto_stop: Callable[[str, dict[str, Any]], None] = _untold  # auto-stop's state, per epoch
 
 
 class LoraRecipe(RecipeSetup):
-    def __init__(
-        self,
-        spec: ModelSpec,
-        hyper: dict[str, Any],
-        records: Records,
-        split: tuple[list[int], list[int]],
-        device: Device,
-        checkpoints: Checkpoints,
-        progress: Progress,
-        should_stop: Callable[[], bool],
-        label: dict[str, Any],
-        on_epoch: Callable[[str, list[float]], None] = lambda key, losses: None,
-        world: World | None = None,
-        dataset: str = "dataset",
-        on_auto_stop: Callable[[str, dict[str, Any]], None] = lambda key, info: None,
-    ) -> None:
-        self.spec = spec
-        self.hp = hyper
-        self.records = records
-        self.train_idx, self.val_idx = split
-        self.device = device
-        self.checkpoints = checkpoints
-        self.progress = progress
-        self.should_stop = should_stop
-        self.label = label  # model index and count, for progress
-        self.on_epoch = on_epoch  # told each epoch's validation losses (live_metrics.json)
-        # told every optimizer step's training loss so far (live_metrics.json), on rank 0
-        self.on_step: Callable[[str, list[float]], None] = lambda key, losses: None
-        self.on_auto_stop = on_auto_stop  # told auto-stop's state after each epoch (the same)
-        self.world = world or World()
-        self.dataset = dataset  # its file name, for errors
+    def __init__(self, task: Task, place: Placement, reporting: Reporting) -> None:
+        self.spec = task.spec
+        self.hp = task.hyper
+        self.records = task.records
+        self.train_idx, self.val_idx = task.split
+        self.dataset = task.dataset
+        self.device = place.device
+        self.checkpoints = place.checkpoints
+        self.world = place.world
+        # attributes of their own: a test stops a recipe or listens to it by setting them
+        self.progress = reporting.progress
+        self.should_stop = reporting.should_stop
+        self.label = reporting.label
+        self.on_epoch = reporting.on_epoch
+        self.on_step = reporting.on_step
+        self.on_auto_stop = reporting.on_auto_stop
         self._window_loss = torch.zeros(())  # the summed loss of the window so far
 
     def _loss(self, net: Any, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> Any:
@@ -157,7 +167,7 @@ class LoraRecipe(RecipeSetup):
                 auto_stopped=stopping,
             )
             if self.world.main:
-                self.on_epoch(self.spec.key, list(pos.val_losses))
+                self.on_epoch(self.spec.key, pos)
                 if self.auto_stop is not None:
                     self.on_auto_stop(self.spec.key, self.auto_stop.info())
             pos.epoch += 1
@@ -180,8 +190,8 @@ class LoraRecipe(RecipeSetup):
             self.model,
             self.tokenizer,
             self._trainable() if self.sharded else None,
-            {"label_tokens": pos.labels_seen, "truncated_records": self.truncated},
-            {
+            counts={"label_tokens": pos.labels_seen, "truncated_records": self.truncated},
+            evaluation={
                 "held_out": self.held.describe(),
                 "base": pos.base_eval,
                 "epochs": list(pos.evals),

@@ -5,104 +5,35 @@ metrics, the adapters, the ledger and the certified folder."""
 
 from __future__ import annotations
 
-import gc
-import json
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 import torch
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
-from oneseekd.certify.dna import base_weights_hash, canonical_hash, dataset_hash
+from oneseekd.certify.dna import base_weights_hash, canonical_hash
 from oneseekd.certify.gate import not_current_note
 from oneseekd.certify.layout import live_metrics_path
 from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.live import LiveMetrics
 from oneseekd.certify.publish import certified_dna, publish
-from oneseekd.certify.staging import write_json
-from oneseekd.config import CertifyConfig, load_config
-from oneseekd.db.engine import read_session, write_session
-from oneseekd.db.models import LedgerEvent, ModelTraining, Run, utcnow
-from oneseekd.errors import OneseekError
+from oneseekd.config import load_config
+from oneseekd.db.engine import read_session
+from oneseekd.db.models import Run, utcnow
 from oneseekd.home import HomePaths
 from oneseekd.trainer.checkpoint import Checkpoints
-from oneseekd.trainer.context import (
-    Progress,
-    RunContext,
-    RunRefused,
-    check_claim,
-    load_context,
-    this_attempt,
-    training_row,
-    update_training,
-)
-from oneseekd.trainer.data import Records, duplicates, load_records, split
+from oneseekd.trainer.context import Progress, RunRefused, load_context, training_row
+from oneseekd.trainer.data import duplicates, split
+from oneseekd.trainer.datahash import dataset_unchanged, load_dataset
 from oneseekd.trainer.loading import Device, pick_device
-from oneseekd.trainer.measured import (
-    certify_run,
-    compare_with_current,
-    held_out_samples,
-    trained_model,
-)
-from oneseekd.trainer.outputs import save_model_outputs
+from oneseekd.trainer.measured import certify_run, trained_model
+from oneseekd.trainer.onemodel import SharedRun, stored_result, train_one
 from oneseekd.trainer.precision import host_facts
-from oneseekd.trainer.recipe import LoraRecipe, ModelResult
+from oneseekd.trainer.recipe import ModelResult
 from oneseekd.trainer.world import Relaunch, World
 
 log = structlog.get_logger("oneseekd.trainer")
-
-
-class TrainingDiverged(OneseekError):
-    """A loss that is not a finite number: nothing is certified from it."""
-
-
-def _stored_result(engine: Engine, run_pk: int, row: ModelTraining) -> ModelResult:
-    """A model trained by an earlier attempt or launch of this run: its figures, without the
-    model. Those the row has no column for come from the model's signed `model_trained`
-    event, so they are certified as the attempt that trained it measured them."""
-    with read_session(engine) as session:
-        payloads = session.scalars(
-            select(LedgerEvent.payload).where(
-                LedgerEvent.run_id == run_pk, LedgerEvent.event == "model_trained"
-            )
-        ).all()
-    figures: dict[str, Any] = {}
-    for payload in payloads:
-        data = json.loads(payload)
-        if data.get("model") == row.model_key:
-            figures = data
-    return ModelResult(
-        row.model_key,
-        list(row.train_losses or []),
-        list(row.val_losses or []),
-        row.steps,
-        row.tokens,
-        row.seconds,
-        float(figures.get("padding_fraction", 0.0)),
-        list(figures.get("lora_targets", [])),
-        None,
-        None,
-        counts=dict(figures.get("counts", {})),
-        evaluation=dict(figures.get("evaluation", {})),
-        auto_stop=figures.get("auto_stop"),
-        quantization=figures.get("quantization"),
-    )
-
-
-def _check_finite(result: ModelResult) -> None:
-    """Never a non-finite number into a certified file (JSON has none; a NaN loss would make
-    every model's final weight NaN)."""
-    for name, losses in (("training", result.train_losses), ("validation", result.val_losses)):
-        for epoch, loss in enumerate(losses, start=1):
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"{result.key}: the {name} loss of epoch {epoch} is {loss}: training "
-                    "diverged, and nothing of it is certified",
-                    ["submit the request again with a lower learning_rate"],
-                )
 
 
 class _LiveProgress(Progress):
@@ -118,56 +49,6 @@ class _LiveProgress(Progress):
         # the same throttle: live_metrics.json is rewritten at each update the row gets
         if self.live is not None and data.get("model") and self._last != before:
             self.live.progress(data)
-
-
-def load_dataset(ctx: RunContext) -> tuple[Records, str]:
-    """The records and the sha256 of the bytes they were read from: the hash the DNA carries.
-
-    The first attempt of a run keeps the hash in checkpoints/<run_id>/dataset.json; a later
-    attempt must read the same bytes, or it would go on training on other data."""
-    name = ctx.dataset.name
-    before = dataset_hash(ctx.dataset)
-    records = load_records(ctx.dataset)
-    sha = dataset_hash(ctx.dataset)
-    if sha != before:
-        raise RunRefused(
-            f"run {ctx.run_id} cannot train",
-            [f"dataset {name} changed while it was being read; write it whole, then submit"],
-        )
-    kept = ctx.home.root / "checkpoints" / ctx.run_id / "dataset.json"
-    if kept.is_file():
-        earlier = str(json.loads(kept.read_text(encoding="utf-8"))["sha256"])
-        if earlier != sha:
-            raise RunRefused(
-                f"run {ctx.run_id} cannot resume",
-                [_changed(name, earlier, sha)],
-            )
-    else:
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        write_json(kept, {"dataset": name, "sha256": sha})
-    return records, sha
-
-
-def _changed(name: str, trained: str, now: str) -> str:
-    return (
-        f"dataset {name} changed during training (sha256 {trained[:12]}… was trained on, "
-        f"{now[:12]}… is there now); submit the request again to train on what it holds now"
-    )
-
-
-def _dataset_unchanged(ctx: RunContext, trained: str) -> str:
-    """The trained-on hash, once the file is shown to still hold those bytes: nothing is
-    certified under contents it did not train on, or under contents no one can check."""
-    try:
-        now = dataset_hash(ctx.dataset)
-    except FileNotFoundError:
-        gone = f"dataset {ctx.dataset.name} is gone from {ctx.dataset.parent}/ since it was read"
-        raise RunRefused(f"run {ctx.run_id} cannot be certified", [gone]) from None
-    if now != trained:
-        raise RunRefused(
-            f"run {ctx.run_id} cannot be certified", [_changed(ctx.dataset.name, trained, now)]
-        )
-    return trained
 
 
 def train_run(
@@ -249,7 +130,7 @@ def train_run(
     for position, spec in enumerate(ctx.models):
         row = world.first(training_row, engine, ctx.run_pk, spec.key, position)
         if row.state == "trained":
-            results[spec.key] = _stored_result(engine, ctx.run_pk, row)
+            results[spec.key] = stored_result(engine, ctx.run_pk, row)
             if live is not None:
                 ev = results[spec.key].evaluation
                 live.epoch_end(
@@ -265,13 +146,13 @@ def train_run(
         wanted = world.plan.get(spec.key, world.size)
         if wanted != world.size:
             raise Relaunch(f"{spec.key} trains with {wanted} processes, not {world.size}")
-        results[spec.key] = _train_one(shared, spec.key, position, row.id)
+        results[spec.key] = train_one(shared, spec.key, position, row.id)
     if not world.main:
         return ""  # certifying is rank 0's alone
     progress.report({"model": None, "state": "certifying"}, force=True)  # seconds, named
     inputs = {
         "base_models": {m.key: base_weights_hash(m.path) for m in ctx.models},
-        "dataset": _dataset_unchanged(ctx, trained_on),
+        "dataset": dataset_unchanged(ctx, trained_on),
         "config": canonical_hash(ctx.config),
     }
     held = {k: r.quantization for k, r in results.items() if r.quantization}
@@ -301,140 +182,3 @@ def train_run(
     )
     log.info("training_completed", run_id=run_id, dna=dna)
     return dna
-
-
-@dataclass(frozen=True)
-class SharedRun:
-    """What every model of a run trains with: the run, its data and split, where it trains,
-    and where it reports."""
-
-    engine: Engine
-    ctx: RunContext
-    ledger: Ledger
-    records: Records
-    parts: tuple[list[int], list[int]]  # train and validation record indices
-    device: Device
-    world: World
-    progress: Progress
-    live: LiveMetrics | None  # rank 0's live_metrics.json
-    should_stop: Callable[[], bool]
-    settings: CertifyConfig
-
-
-def _train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelResult:
-    """Train one model of the run (`position` in request order, its training row `row_id`),
-    record its outputs and figures, and return them without its weights."""
-    engine, ctx, ledger, world, live = run.engine, run.ctx, run.ledger, run.world, run.live
-    records, device, settings = run.records, run.device, run.settings
-    spec = next(m for m in ctx.models if m.key == key)
-    if world.main:
-        update_training(engine, row_id, state="training", started_at=utcnow())
-    checkpoints = Checkpoints(ctx.home.root / "checkpoints" / ctx.run_id / key)
-    recipe = LoraRecipe(
-        spec,
-        {**ctx.hyper(key), "eval_tokens": settings.eval_tokens},
-        records,
-        run.parts,
-        device,
-        checkpoints,
-        run.progress,
-        run.should_stop,
-        {"model_index": position + 1, "models": len(ctx.models)},
-        on_epoch=lambda k, v: None,
-        world=world,
-        dataset=ctx.dataset.name,
-        on_auto_stop=(lambda k, v: None) if live is None else live.auto_stop,
-    )
-    if live is not None:
-        told = live  # for the closure: a name mypy sees is not None
-
-        def on_epoch(key: str, val_losses: list[float], r: LoraRecipe = recipe) -> None:
-            told.epoch_end(
-                key,
-                val_losses,
-                bits_per_byte=[e.get("bits_per_byte") for e in r.position.evals],
-                step_losses=r.position.step_losses,
-            )
-
-        recipe.on_epoch = on_epoch
-        recipe.on_step = live.step
-    recipe.setup()
-    log.info(
-        "model_training",
-        model=key,
-        targets=recipe.targets,
-        steps=recipe.total_steps,
-        resumed_at_step=recipe.position.step,
-    )
-    result = recipe.train()
-    _check_finite(result)
-    result.evaluation["current"] = compare_with_current(recipe, spec, settings, ctx.home)
-    result.evaluation["samples"] = held_out_samples(recipe, records, settings)
-    if world.main:
-        _record_model(engine, ctx, ledger, result, row_id)
-        checkpoints.remove()
-    if position < len(ctx.models) - 1:  # after the last model the others are done: released
-        world.wait_for_main()  # the next model starts once this one's outputs are recorded
-    log.info("model_trained", model=key, val_loss=result.val_losses[-1])
-    result.model = None  # free the weights before the next model
-    recipe.cleanup()
-    del recipe
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return result
-
-
-def _record_model(
-    engine: Engine, ctx: RunContext, ledger: Ledger, result: ModelResult, row_id: int
-) -> None:
-    key = result.key
-    with write_session(engine) as session:
-        check_claim(session, ctx.run_pk, this_attempt())
-        save_model_outputs(session, ledger, ctx, result)
-        ledger.append(
-            session,
-            "model_trained",
-            {
-                "run_id": ctx.run_id,
-                "model": key,
-                "train_losses": result.train_losses,
-                "val_losses": result.val_losses,
-                "steps": result.steps,
-                "tokens": result.tokens,
-                "seconds": result.seconds,
-                "padding_fraction": result.padding_fraction,
-                "lora_targets": result.targets,
-                "counts": result.counts,
-                "evaluation": result.evaluation,
-                "auto_stop": result.auto_stop,
-                "quantization": result.quantization,
-            },
-            ctx.run_pk,
-        )
-        stop = result.auto_stop or {}
-        if stop.get("stopped"):
-            ledger.append(
-                session,
-                "model_auto_stopped",
-                {
-                    "run_id": ctx.run_id,
-                    "model": key,
-                    "epoch": stop["stopped_at_epoch"],
-                    "best_val_loss": stop["best_val_loss"],
-                    "threshold": stop["threshold"],
-                    "patience": stop["patience"],
-                    "min_epochs": stop["min_epochs"],
-                },
-                ctx.run_pk,
-            )
-        row = session.get_one(ModelTraining, row_id)
-        row.state = "trained"
-        row.epochs_done = len(result.val_losses)
-        row.train_losses = result.train_losses
-        row.val_losses = result.val_losses
-        row.steps = result.steps
-        row.tokens = result.tokens
-        row.seconds = result.seconds
-        row.finished_at = utcnow()
-    publish(engine, ctx.home, ctx.run_pk)

@@ -15,7 +15,7 @@ import structlog
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
-from oneseekd.runspec import memory_bytes
+from oneseekd.intake.fieldtypes import memory_bytes
 from oneseekd.trainer import packing, precision, quant, sharding, swiglu
 from oneseekd.trainer.autostop import AutoStop
 from oneseekd.trainer.batching import Batch, epoch_batches, order_digest

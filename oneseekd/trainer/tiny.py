@@ -22,6 +22,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from oneseekd.trainer.embedded import save_folder
+
 CORPUS = [
     "Riksdagen beslutar om lagar och statens budget.",
     "Regeringen styr riket och ansvarar inför riksdagen.",
@@ -81,14 +83,7 @@ def tiny_model(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = model_cls(config)
-    folder = parent / name
-    staging = parent / f".{name}.partial"
-    staging.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    staging.rename(folder)
-    return folder
+    return save_folder(model_cls(config), tokenizer, parent, name)
 
 
 def main(argv: list[str] | None = None) -> int:
