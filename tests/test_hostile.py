@@ -633,7 +633,7 @@ def test_the_trainer_runs_no_code_and_loads_no_pickle(
             with pytest.raises((ModelRefused, pickle.UnpicklingError)) as err:
                 train_run(engine, config.home, run_id)
             errors[key] = f"{type(err.value).__name__}: {err.value}"
-            queue.finish(engine, claimed.id, "failed", outcome="error", error=errors[key])
+            queue.finish(engine, claimed.id, queue.Ending("failed", "error", errors[key]))
     finally:
         engine.dispose()
     assert errors["evil-remote"].startswith(f"ModelRefused: {REMOTE_REFUSAL}")

@@ -165,9 +165,8 @@ def test_queue_changes_append_their_events(world: World) -> None:
 
     run = queue.claim_next(world.engine, None, ledger=ledger)
     assert run is not None and run.run_id == failing
-    queue.finish(
-        world.engine, run.id, "failed", outcome="error", error="Traceback\nboom", ledger=ledger
-    )
+    failed = queue.Ending("failed", "error", "Traceback\nboom")
+    queue.finish(world.engine, run.id, failed, ledger=ledger)
     queue.request_cancel(world.engine, waiting, ledger=ledger)
     world.db().execute("UPDATE runs SET cancel_requested = true WHERE run_id = ?", flagged)
     assert queue.cancel_queued_flagged(world.engine, ledger=ledger) == [flagged]
@@ -202,7 +201,7 @@ def test_a_succeeded_run_leaves_its_completion_to_the_trainer(world: World) -> N
     world.take(request())
     run = queue.claim_next(world.engine, None, ledger=world.ledger)
     assert run is not None
-    queue.finish(world.engine, run.id, "succeeded", outcome="succeeded", ledger=world.ledger)
+    queue.finish(world.engine, run.id, queue.Ending("succeeded", "succeeded"), ledger=world.ledger)
     assert [r["event"] for r in world.rows()] == ["request_accepted", "run_started"]
 
 

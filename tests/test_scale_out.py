@@ -129,8 +129,8 @@ def test_a_fresh_lease_is_kept_and_an_expired_one_is_taken_over(two_hosts: Clust
     ):
         queue.heartbeat(two_hosts.engine, run.id, attempt=1)
     with pytest.raises(queue.ClaimLost):
-        queue.finish(two_hosts.engine, run.id, "failed", outcome="error", attempt=1)
-    queue.finish(two_hosts.engine, run.id, "succeeded", outcome="succeeded", attempt=2)
+        queue.finish(two_hosts.engine, run.id, queue.Ending("failed", "error"), attempt=1)
+    queue.finish(two_hosts.engine, run.id, queue.Ending("succeeded", "succeeded"), attempt=2)
     [row] = two_hosts.db.mappings("SELECT state, host, attempts FROM runs WHERE run_id = ?", run_id)
     assert row == {"state": "succeeded", "host": B, "attempts": 2}
 

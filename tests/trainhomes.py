@@ -143,7 +143,7 @@ class TinyHome:
         run_id = self.submit(models, **fields)
         claimed = self.claim(run_id)
         dna = train_run(self.engine, self.config.home, run_id)
-        queue.finish(self.engine, claimed.id, "succeeded", outcome="succeeded")
+        queue.finish(self.engine, claimed.id, queue.Ending("succeeded", "succeeded"))
         return run_id, dna
 
     def certified_json(self, name: str, run_id: str | None = None) -> Any:

@@ -4,28 +4,14 @@
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 from oneseekd import attempts, protocol
 from oneseekd.logs import render_log_line
+from oneseekd.queue.states import Ending
 
 TAIL_BYTES = 8192
 TAIL_LINES = 40
-
-
-@dataclass(frozen=True)
-class Outcome:
-    state: str  # succeeded | failed | cancelled
-    outcome: str  # what `runs` shows: succeeded, oom, signal, stopped, error, cancelled
-    error: str | None = None
-
-    @property
-    def event(self) -> str:
-        """The log event that reports it."""
-        return {"succeeded": "run_succeeded", "cancelled": "run_cancelled"}.get(
-            self.state, "run_failed"
-        )
 
 
 def log_tail(path: Path) -> str:
@@ -46,33 +32,30 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def of_exit(code: int, *, cancelled: bool, tail: str) -> Outcome:
+def of_exit(code: int, *, cancelled: bool, tail: str) -> Ending:
     """The outcome of a trainer that ended on its own or was stopped by a cancel."""
     if cancelled:
-        return Outcome("cancelled", "cancelled")
+        return Ending("cancelled", "cancelled", exit_code=code)
     if code == protocol.EXIT_OK:
-        return Outcome("succeeded", "succeeded")
+        return Ending("succeeded", "succeeded", exit_code=code)
     if code == protocol.EXIT_OOM or any(m in tail for m in protocol.OOM_MARKERS):
-        return Outcome(
-            "failed",
-            "oom",
+        error = (
             "out of memory: lower batch_size or max_seq_len, or set "
-            "gradient_checkpointing: true\n" + tail,
+            "gradient_checkpointing: true\n" + tail
         )
+        return Ending("failed", "oom", error, code)
     if code < 0:
         hint = (
             " (the kernel's out-of-memory killer sends SIGKILL: see dmesg)"
             if -code == signal.SIGKILL
             else ""
         )
-        return Outcome(
-            "failed", "signal", f"the trainer was killed by {signal_name(-code)}{hint}\n{tail}"
-        )
+        error = f"the trainer was killed by {signal_name(-code)}{hint}\n{tail}"
+        return Ending("failed", "signal", error, code)
     if code == protocol.EXIT_STOPPED:
-        return Outcome(
-            "failed", "stopped", f"the trainer stopped without being asked to (exit {code})\n{tail}"
-        )
-    return Outcome("failed", "error", f"the trainer exited with status {code}\n{tail}")
+        error = f"the trainer stopped without being asked to (exit {code})\n{tail}"
+        return Ending("failed", "stopped", error, code)
+    return Ending("failed", "error", f"the trainer exited with status {code}\n{tail}", code)
 
 
 def of_shutdown(code: int, *, killed: bool) -> tuple[bool, str]:

@@ -205,16 +205,7 @@ class Supervisor:
         ended = outcome.of_exit(
             code, cancelled=child.stop_reason == "cancel", tail=outcome.log_tail(child.log_path)
         )
-        if not self._end(
-            child.run_pk,
-            child.run_id,
-            ended.state,
-            outcome=ended.outcome,
-            error=ended.error,
-            exit_code=code,
-            attempt=child.attempt,
-            settle=True,
-        ):
+        if not self._end(child.run_pk, child.run_id, ended, attempt=child.attempt, settle=True):
             return
         log.info(
             ended.event,
@@ -274,16 +265,7 @@ class Supervisor:
         log.warning("run_claim_lost", run_id=run_id, error=exc.message)
 
     def _end(
-        self,
-        run_pk: int,
-        run_id: str,
-        state: str,
-        *,
-        outcome: str,
-        error: str | None = None,
-        exit_code: int | None = None,
-        attempt: int | None,
-        settle: bool,
+        self, run_pk: int, run_id: str, ending: queue.Ending, *, attempt: int | None, settle: bool
     ) -> bool:
         """End the run, fenced on the claim's attempt (and with `settle`, its outputs put in
         place or discarded in the same transaction); False when it is no longer ours."""
@@ -291,10 +273,7 @@ class Supervisor:
             queue.finish(
                 self.engine,
                 run_pk,
-                state,
-                outcome=outcome,
-                error=error,
-                exit_code=exit_code,
+                ending,
                 ledger=self.ledger,
                 attempt=attempt,
                 before=(lambda: self._settle_outputs(run_pk, run_id)) if settle else None,
@@ -316,16 +295,8 @@ class Supervisor:
         settle: bool = False,
     ) -> None:
         """End a run `failed` with the reason (fenced on the claim's attempt when given)."""
-        if self._end(
-            run_pk,
-            run_id,
-            "failed",
-            outcome=outcome,
-            error=error,
-            exit_code=exit_code,
-            attempt=attempt,
-            settle=settle,
-        ):
+        ending = queue.Ending("failed", outcome, error, exit_code)
+        if self._end(run_pk, run_id, ending, attempt=attempt, settle=settle):
             log.error("run_failed", run_id=run_id, outcome=outcome, error=error)
 
     def finish_certified(
@@ -337,15 +308,8 @@ class Supervisor:
         dna = certified_dna(self.engine, run_pk)
         if dna is None:
             return False
-        if self._end(
-            run_pk,
-            run_id,
-            "succeeded",
-            outcome="succeeded",
-            exit_code=code,
-            attempt=attempt,
-            settle=True,
-        ):
+        ending = queue.Ending("succeeded", "succeeded", exit_code=code)
+        if self._end(run_pk, run_id, ending, attempt=attempt, settle=True):
             log.info("run_succeeded", run_id=run_id, outcome="succeeded", exit_code=code, dna=dna)
         return True
 

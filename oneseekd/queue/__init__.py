@@ -17,6 +17,7 @@ from oneseekd.queue.claims import take_over as take_over
 from oneseekd.queue.states import TRANSITIONS as TRANSITIONS
 from oneseekd.queue.states import CancelResult as CancelResult
 from oneseekd.queue.states import ClaimLost as ClaimLost
+from oneseekd.queue.states import Ending as Ending
 from oneseekd.queue.states import cancel_queued_flagged as cancel_queued_flagged
 from oneseekd.queue.states import check_claim as check_claim
 from oneseekd.queue.states import find_run as find_run

@@ -160,14 +160,28 @@ def heartbeat(
         return bool(run.cancel_requested)
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How a run ended, as the runs table keeps it."""
+
+    state: str  # succeeded | failed | cancelled
+    outcome: str  # what `runs` shows: succeeded, oom, signal, stopped, error, cancelled
+    error: str | None = None
+    exit_code: int | None = None  # the trainer's, where one ended it
+
+    @property
+    def event(self) -> str:
+        """The log event that reports it."""
+        return {"succeeded": "run_succeeded", "cancelled": "run_cancelled"}.get(
+            self.state, "run_failed"
+        )
+
+
 def finish(
     engine: Engine,
     run_pk: int,
-    state: str,
+    ending: Ending,
     *,
-    outcome: str,
-    error: str | None = None,
-    exit_code: int | None = None,
     now: datetime | None = None,
     ledger: Ledger | None = None,
     attempt: int | None = None,
@@ -182,11 +196,12 @@ def finish(
         run = session.get_one(Run, run_pk)
         if before is not None:
             before()
+        outcome, error = ending.outcome, ending.error
         detail = outcome if error is None else f"{outcome}: {error.splitlines()[-1][:300]}"
-        change(session, run, state, now, detail)
+        change(session, run, ending.state, now, detail)
         run.outcome = outcome
         run.error = error
-        run.exit_code = exit_code
+        run.exit_code = ending.exit_code
         run.pid = None
         run.lease_expires_at = None
         _ended(session, ledger, run, now, detail)
