@@ -29,6 +29,8 @@ CHUNK_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class FileDigest:
+    """A file as the ledger records it: its size and the sha256 of its bytes."""
+
     bytes: int
     sha256: str
 

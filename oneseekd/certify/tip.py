@@ -33,6 +33,9 @@ MAX_TIP_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class Tip:
+    """The ledger's last event as anchored outside the database (ledger.tip): a database
+    restored to an older copy, or cut short, no longer reaches it."""
+
     seq: int
     hash: str
     signature: str

@@ -64,7 +64,8 @@ def resume(sup: Supervisor, run: Run, detail: str) -> None:
         return
     problem = cannot_resume(sup, run)
     if problem:
-        sup.fail(run.id, run.run_id, "lost", problem, attempt=run.attempts, settle=True)
+        lost = queue.Ending("failed", "lost", problem)
+        sup.fail(run.id, run.run_id, lost, attempt=run.attempts, settle=True)
         return
     try:
         adopted = queue.adopt(

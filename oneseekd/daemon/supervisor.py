@@ -126,7 +126,8 @@ class Supervisor:
         try:
             started = launch.start(self.engine, self.config, run)
         except launch.CannotLaunch as exc:
-            self.fail(run.id, run.run_id, "error", exc.reason, attempt=run.attempts)
+            failed = queue.Ending("failed", "error", exc.reason)
+            self.fail(run.id, run.run_id, failed, attempt=run.attempts, settle=False)
             return
         proc = started.proc
         try:
@@ -246,14 +247,8 @@ class Supervisor:
                 f"the trainer asked to be started again with {size} processes, as it was\n"
                 + outcome.log_tail(child.log_path)
             )
-            self.fail(
-                child.run_pk,
-                child.run_id,
-                "error",
-                error,
-                exit_code=protocol.EXIT_RELAUNCH,
-                attempt=child.attempt,
-            )
+            failed = queue.Ending("failed", "error", error, protocol.EXIT_RELAUNCH)
+            self.fail(child.run_pk, child.run_id, failed, attempt=child.attempt, settle=False)
             return
         log.info("trainer_relaunched", run_id=child.run_id, processes=size)
         self.spawn(run)
@@ -284,20 +279,11 @@ class Supervisor:
         return True
 
     def fail(
-        self,
-        run_pk: int,
-        run_id: str,
-        outcome: str,
-        error: str,
-        *,
-        exit_code: int | None = None,
-        attempt: int | None = None,
-        settle: bool = False,
+        self, run_pk: int, run_id: str, failed: queue.Ending, *, attempt: int | None, settle: bool
     ) -> None:
-        """End a run `failed` with the reason (fenced on the claim's attempt when given)."""
-        ending = queue.Ending("failed", outcome, error, exit_code)
-        if self._end(run_pk, run_id, ending, attempt=attempt, settle=settle):
-            log.error("run_failed", run_id=run_id, outcome=outcome, error=error)
+        """End a run `failed` with its reason (fenced on the claim's attempt when given)."""
+        if self._end(run_pk, run_id, failed, attempt=attempt, settle=settle):
+            log.error("run_failed", run_id=run_id, outcome=failed.outcome, error=failed.error)
 
     def finish_certified(
         self, run_pk: int, run_id: str, code: int | None, *, attempt: int | None
