@@ -122,6 +122,15 @@ def test_the_options_make_the_config() -> None:
         "method": "nf4",
         "compute_dtype": "float32",
         "double_quantization": True,
+        "embeddings_dtype": "float32",
         "library": "bitsandbytes 0.50.2",
     }
-    assert INT8.describe() == {"bits": 8, "method": "llm.int8", "library": "bitsandbytes 0.50.2"}
+    assert INT8.describe() == {
+        "bits": 8,
+        "method": "llm.int8",
+        "embeddings_dtype": "float32",
+        "library": "bitsandbytes 0.50.2",
+    }
+    # 4-bit computing in bf16 holds the frozen embeddings and head in bf16; 8-bit never does
+    assert Quantization(4, "nf4", torch.bfloat16).held_dtype == torch.bfloat16
+    assert Quantization(8, "nf4", torch.bfloat16).held_dtype == torch.float32
