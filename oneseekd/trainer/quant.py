@@ -56,7 +56,7 @@ class Quantization:
             return {
                 "bits": 8,
                 "method": "llm.int8",
-                "embeddings_dtype": "float32",
+                "embeddings_dtype": _name(self.held_dtype),
                 "library": _library(),
             }
         return {
