@@ -62,8 +62,8 @@ from oneseekd.trainer.data import Records, load_records
 from oneseekd.trainer.evaluate import samples
 from oneseekd.trainer.labels import Encoder
 from oneseekd.trainer.loading import Device, load_model, load_tokenizer
-from oneseekd.trainer.losses import lr_lambda
 from oneseekd.trainer.recipe import LoraRecipe, Placement, Reporting, Task
+from oneseekd.trainer.schedule import lr_lambda
 from oneseekd.trainer.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent

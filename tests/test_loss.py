@@ -9,7 +9,7 @@ import torch
 from loramodels import lora_model
 
 from oneseekd.trainer.loss import IGNORE_INDEX, ChunkedCausalLM, chunked_loss_sum
-from oneseekd.trainer.losses import loss_sum as full_loss_sum  # from the whole logits tensor
+from oneseekd.trainer.loss import loss_sum as full_loss_sum  # from the whole logits tensor
 from oneseekd.trainer.tiny import tiny_model
 
 

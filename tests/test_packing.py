@@ -9,10 +9,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from oneseekd.trainer import losses
-from oneseekd.trainer.loss import ChunkedCausalLM
+from oneseekd.trainer.loss import IGNORE_INDEX, ChunkedCausalLM
+from oneseekd.trainer.loss import loss_sum as logits_loss_sum
 from oneseekd.trainer.packing import (
-    IGNORE_INDEX,
     batches,
     collate_packed,
     fill,
@@ -50,7 +49,7 @@ def padded(ids: list[list[int]], masks: list[list[int]], pad_id: int) -> dict[st
 def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The trainer's summed loss of the batch, from the model's whole logits."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    return losses.loss_sum(model(**inputs, use_cache=False).logits, batch["labels"])
+    return logits_loss_sum(model(**inputs, use_cache=False).logits, batch["labels"])
 
 
 def test_pack_fills_rows_and_keeps_every_record_once() -> None:

@@ -30,9 +30,9 @@ import torch
 from oneseekd import protocol
 from oneseekd.errors import OneseekError
 from oneseekd.intake.checks import record_problem
+from oneseekd.trainer.loss import IGNORE_INDEX
 
 WINDOW_BATCHES = 50
-IGNORE_INDEX = -100
 SHOWN_PROBLEMS = 20
 
 

@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
-from oneseekd.trainer.data import IGNORE_INDEX, Encoded, Records, collate
+from oneseekd.trainer.data import Encoded, Records, collate
 from oneseekd.trainer.loading import Device
+from oneseekd.trainer.loss import IGNORE_INDEX
 from oneseekd.trainer.world import World
 
 

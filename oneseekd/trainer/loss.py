@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
+# the label of a position that is not learned (cross_entropy's own default): the data, the
+# packer and the held-out evaluation all write it
 IGNORE_INDEX = -100
 # positions (over the whole batch) whose logits one chunk holds: 256 x 49k x 4 B = 50 MB,
 # against 805 MB for the whole tensor at 8 x 512 (a 152k vocabulary: 155 MB a chunk). The
@@ -41,14 +43,29 @@ class LossSum(NamedTuple):
         return self.loss_sum / self.label_count.clamp(min=1)
 
 
-def _chunk_loss(head: Head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = head(hidden).float()
+def _targets(labels: torch.Tensor) -> torch.Tensor:
+    """labels[:, t + 1], the token position t predicts (the last position predicts nothing)."""
+    return torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+
+
+def _summed(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The summed (not averaged) token loss in fp32: a sum over no labels is 0, never NaN, and
+    sums add up across chunks, micro-batches and ranks."""
     return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1).to(logits.device),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
+
+
+def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The summed next-token loss of the whole logits tensor over the labelled positions."""
+    return _summed(logits, _targets(labels))
+
+
+def _chunk_loss(head: Head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return _summed(head(hidden), targets)
 
 
 def chunked_loss_sum(
@@ -56,8 +73,7 @@ def chunked_loss_sum(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed loss, number of labelled positions) of `head(hidden)` against `labels`,
     computed `chunk_tokens` positions at a time. Chunks without a label are skipped."""
-    targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    targets = targets.to(hidden.device)
+    targets = _targets(labels).to(hidden.device)
     labelled = targets != IGNORE_INDEX
     rows, length = targets.shape
     step = max(1, chunk_tokens // max(rows, 1))

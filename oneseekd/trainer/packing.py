@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from oneseekd.trainer.loss import IGNORE_INDEX
+
 WINDOW = 1000  # records packed together: first-fit is quadratic in the rows of a window
 
 

@@ -37,7 +37,7 @@ from oneseekd.trainer.context import ModelSpec, Progress
 from oneseekd.trainer.data import Records
 from oneseekd.trainer.evaluate import measure
 from oneseekd.trainer.loading import Device
-from oneseekd.trainer.losses import loss_sum
+from oneseekd.trainer.loss import loss_sum
 from oneseekd.trainer.setup import RecipeSetup
 from oneseekd.trainer.world import World
 

@@ -36,8 +36,8 @@ from oneseekd.trainer.loading import (
     wants_checkpointing,
 )
 from oneseekd.trainer.loss import ChunkedCausalLM
-from oneseekd.trainer.losses import lr_lambda
 from oneseekd.trainer.optim import OptimizerRefused, build_optimizer, build_scheduler
+from oneseekd.trainer.schedule import lr_lambda
 from oneseekd.trainer.world import World
 
 log = structlog.get_logger("oneseekd.trainer")
