@@ -53,14 +53,8 @@ def test_a_4bit_run_trains_certifies_its_quantization_and_leaves_an_adapter_peft
     results = one.results()
     metrics = results["metrics"]["tiny-llama"]
     assert metrics["train_losses"][-1] < metrics["train_losses"][0]
-    held = {
-        "bits": 4,
-        "method": "nf4",
-        "compute_dtype": "float32",
-        "double_quantization": True,
-        "embeddings_dtype": "float32",
-        "library": "bitsandbytes 0.50.2",
-    }
+    # what the quantization asked for describes (test_quant holds describe() to its literal)
+    held = quant.Quantization(4, "nf4", torch.float32, double=True).describe()
     assert metrics["quantization"] == held
     assert one.certified_json("oneseek_dna.json")["inputs"]["quantization"] == {"tiny-llama": held}
     [event] = one.events("model_trained")
