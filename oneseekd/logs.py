@@ -39,7 +39,10 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        # one write per line, the newline included: the ranks of a torchrun share the run log's
+        # descriptor, and print()'s two writes (the text, then "\n") on Python's write-through
+        # stderr let another rank's line land between them
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
 
