@@ -1,11 +1,17 @@
 """transformers' TrainingArguments for a timed run on the CPU, shared by the benches that set
-the trainer against transformers' Trainer (bench/train.py, bench/options.py)."""
+the trainer against transformers' Trainer (bench/train.py, bench/options.py). Imported before
+peft and transformers' Trainer, it imports bitsandbytes first as the trainer does, without its
+kernel lookup on the Hub (oneseekd.trainer.hubless)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from transformers import TrainingArguments
+from oneseekd.trainer.hubless import import_bitsandbytes
+
+import_bitsandbytes()
+
+from transformers import TrainingArguments  # noqa: E402
 
 
 def quiet_training_args(

@@ -217,6 +217,7 @@ def hf_child(batch: int, seq: int, steps: int) -> dict[str, float]:
 
 
 def child(name: str, batch: int, seq: int, steps: int) -> dict[str, float]:
+    import hfargs  # noqa: F401  # bitsandbytes imported first, without the Hub kernel lookup
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -21,8 +21,13 @@ if TYPE_CHECKING:  # trainhomes imports torch: not while conftest loads, before 
 
 
 def pytest_collectstart() -> None:
-    """The same list while test modules are imported (torch warns at import time)."""
+    """The same list while test modules are imported (torch warns at import time), and
+    bitsandbytes imported before any test module imports peft, without its Hub kernel lookup
+    (oneseekd.trainer.hubless), as the trainer imports it."""
     ignore_library_warnings()
+    from oneseekd.trainer.hubless import import_bitsandbytes
+
+    import_bitsandbytes()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

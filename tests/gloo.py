@@ -37,6 +37,8 @@ HYPER: dict[str, Any] = {
     "warmup_ratio": 0.0,
     "checkpoint_every": 1000,
     "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None},
+    # exact arithmetic: "auto" would compute in bf16 on a CPU that has it natively
+    "precision": "fp32",
 }
 
 

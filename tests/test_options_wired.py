@@ -118,7 +118,7 @@ def test_a_model_whose_packed_records_see_each_other_is_refused(
 def test_precision_auto_follows_the_cpu_and_bf16_autocasts_over_fp32_weights(
     model: Path, tmp_path: Path
 ) -> None:
-    auto = recipe(model, RECORDS, tmp_path / "a")  # precision "auto"
+    auto = recipe(model, RECORDS, tmp_path / "a", precision="auto")
     auto.setup()
     native = precision.probe("cpu").native_bf16
     assert auto.precision.name == ("bf16" if native else "fp32")

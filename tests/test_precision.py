@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from oneseekd.runcheck import HostFacts
-from oneseekd.trainer.precision import Hardware, PrecisionRefused, decide, host_facts, probe
+from oneseekd.trainer.precision import (
+    ENV_CPU_BF16,
+    Hardware,
+    PrecisionRefused,
+    cpu_bf16,
+    decide,
+    host_facts,
+    probe,
+)
 
 AMPERE = Hardware("cuda", (8, 0), cuda_bf16=True)
 TURING = Hardware("cuda", (7, 5), cuda_bf16=False)
@@ -74,11 +82,33 @@ def test_refusals_name_the_fix(choice: str, hw: Hardware, message: str) -> None:
     assert str(refused.value) == message
 
 
-def test_probe_reads_this_cpu() -> None:
+def test_probe_reads_this_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_CPU_BF16, raising=False)  # the suite may run with it forced
     here = probe("cpu")
     assert here.device == "cpu"
     assert here.cpu_bf16 == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert decide("auto", here).name == ("bf16" if here.cpu_bf16 else "fp32")
+
+
+@pytest.mark.parametrize(("forced", "native", "auto"), [("1", True, "bf16"), ("0", False, "fp32")])
+def test_the_cpu_answer_is_forced_either_way_by_one_variable(
+    monkeypatch: pytest.MonkeyPatch, forced: str, native: bool, auto: str
+) -> None:
+    monkeypatch.setenv(ENV_CPU_BF16, forced)
+    here = probe("cpu")
+    assert (here.cpu_bf16, decide("auto", here).name) == (native, auto)
+    # blank is unset: the CPU is asked
+    asked = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert cpu_bf16({ENV_CPU_BF16: " "}) == cpu_bf16({}) == asked
+
+
+def test_a_forced_answer_that_is_neither_1_nor_0_is_refused_with_the_fix() -> None:
+    with pytest.raises(PrecisionRefused) as refused:
+        cpu_bf16({ENV_CPU_BF16: "yes"})
+    assert str(refused.value) == (
+        "ONESEEK_CPU_BF16='yes' is neither 1 nor 0: set ONESEEK_CPU_BF16=1 to treat this CPU as "
+        "computing bf16 natively, ONESEEK_CPU_BF16=0 as not, or unset it to ask the CPU"
+    )
 
 
 def test_host_facts_of_this_cpu_host() -> None:

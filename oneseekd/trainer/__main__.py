@@ -145,6 +145,9 @@ def _main(argv: list[str] | None) -> int:
     # imported after the signal set-up: torch takes seconds to import
     import torch
 
+    from oneseekd.trainer.hubless import import_bitsandbytes
+
+    import_bitsandbytes()  # before peft imports it: no kernel lookup on the Hub
     library_loggers_propagate()
     set_threads(os.environ)
 

@@ -19,6 +19,7 @@ from transformers import get_scheduler
 from transformers.optimization import Adafactor
 
 from oneseekd.intake.fieldtypes import OPTIMIZERS, SCHEDULERS  # the names a request may give
+from oneseekd.trainer.hubless import import_bitsandbytes
 
 DEFAULT_SCHEDULER = "cosine_with_min_lr"
 MIN_LR_RATE = 0.1  # cosine_with_min_lr ends at this fraction of the peak rate
@@ -81,13 +82,13 @@ def build_optimizer(
                 'and this host trains on its CPU; ask for "adamw_8bit" (the same 8-bit '
                 'state, unpaged) or "adamw_torch"'
             )
-        try:
-            from bitsandbytes.optim.adamw import AdamW8bit, PagedAdamW8bit
-        except ImportError as exc:
+        if not import_bitsandbytes():
             raise OptimizerRefused(
                 f'optimizer "{name}" needs bitsandbytes, which is not installed: '
                 'pip install bitsandbytes==0.50.2, or ask for "adamw_torch"'
-            ) from exc
+            )
+        from bitsandbytes.optim.adamw import AdamW8bit, PagedAdamW8bit
+
         cls = PagedAdamW8bit if name == "paged_adamw_8bit" else AdamW8bit
         optimizer: torch.optim.Optimizer = cls(groups, lr=lr, min_8bit_size=min_8bit_size)
         return optimizer

@@ -9,11 +9,16 @@ compute natively (what the trainer chose on such GPUs before this option existed
 weights stay in fp32 under autocast (the recipe casts them), so only the frozen base's
 matmuls run in the lower precision.
 
-The probes are passed in (`Hardware`), so the decision is tested on any machine.
+The probes are passed in (`Hardware`), so the decision is tested on any machine. The CPU's
+answer can also be forced with ONESEEK_CPU_BF16=1 or 0 (`cpu_bf16`), so that a test suite (or an
+operator comparing the two) runs either way on any CPU: emulated bf16 rounds as native bf16
+does, only slower.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -22,6 +27,10 @@ import torch
 from oneseekd.runcheck import HostFacts
 
 Asked = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class PrecisionRefused(ValueError):
+    """A precision this device cannot train in; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,25 @@ def probe(device: str) -> Hardware:
             torch.cuda.get_device_capability(),
             torch.cuda.is_bf16_supported(including_emulation=False),
         )
-    return Hardware("cpu", cpu_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    return Hardware("cpu", cpu_bf16=cpu_bf16())
+
+
+# forces the CPU's native-bf16 answer: "1" as if it had AVX512-BF16 or AMX, "0" as if not
+ENV_CPU_BF16 = "ONESEEK_CPU_BF16"
+
+
+def cpu_bf16(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether this CPU computes bf16 natively, as oneDNN (mkldnn) reports it, unless
+    ONESEEK_CPU_BF16 forces the answer."""
+    forced = env.get(ENV_CPU_BF16, "").strip()
+    if forced in ("1", "0"):
+        return forced == "1"
+    if forced:
+        raise PrecisionRefused(
+            f"{ENV_CPU_BF16}={forced!r} is neither 1 nor 0: set {ENV_CPU_BF16}=1 to treat this "
+            f"CPU as computing bf16 natively, {ENV_CPU_BF16}=0 as not, or unset it to ask the CPU"
+        )
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def host_facts() -> HostFacts:
@@ -70,10 +97,6 @@ class Precision:
     def dtype(self) -> torch.dtype:
         """The dtype the matmuls compute in."""
         return self.autocast or torch.float32
-
-
-class PrecisionRefused(ValueError):
-    """A precision this device cannot train in; the message names the fix."""
 
 
 def decide(asked: Asked, hw: Hardware) -> Precision:

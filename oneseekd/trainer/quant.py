@@ -26,6 +26,8 @@ import torch
 from peft import prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+from oneseekd.trainer.hubless import import_bitsandbytes
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -109,13 +111,11 @@ def quantization(
 def load_kwargs(q: Quantization, device: str, local_rank: int = 0) -> dict[str, Any]:
     """What `from_pretrained` takes to load the base quantized, whole on this rank's device
     (bitsandbytes quantizes as it places the weights, so placement is given up front)."""
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
+    if not import_bitsandbytes():
         raise QuantizationRefused(
             "load_in_4bit / load_in_8bit need bitsandbytes, which is not installed: "
             "pip install bitsandbytes==0.50.2, or train without quantization"
-        ) from exc
+        )
     where: str | int = local_rank if device == "cuda" else "cpu"
     return {"quantization_config": q.config(), "device_map": {"": where}}
 
