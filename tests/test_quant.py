@@ -87,6 +87,36 @@ def test_qlora_trains_and_saves_an_adapter_peft_loads(
         assert torch.equal(weight.detach(), loaded[name].detach())
 
 
+def _input_gradient(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The loss's gradient at the input embeddings: what reaches the first layers' LoRA
+    weights through every frozen 4-bit matrix."""
+    model.train()
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    model(inputs_embeds=embeds).logits.float().square().mean().backward()
+    assert embeds.grad is not None
+    return embeds.grad
+
+
+def test_a_held_out_evaluation_leaves_the_4bit_layers_backpropagating(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bitsandbytes reads the CPU's AVX512-BF16 when it builds a layer: said yes here, so the
+    # test means the same on every CPU (on one that has it, this is what happens anyway)
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
+    model = load_quantized(tiny, NF4, "cpu")
+    ids = batch()["input_ids"][:2, :16]
+    before = _input_gradient(model, ids)
+    model.eval()
+    with torch.no_grad():  # as the trainer evaluates the base before the first step
+        model(input_ids=ids)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(
+        getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers
+    )
+    after = _input_gradient(model, ids)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-7)
+
+
 def test_four_bit_weights_take_under_a_fifth_of_fp32(tiny: Path) -> None:
     held, full = quantized_bytes(load_quantized(tiny, NF4, "cpu"))
     ratio = held / full

@@ -121,14 +121,31 @@ def load_kwargs(q: Quantization, device: str, local_rank: int = 0) -> dict[str, 
 
 
 def load_quantized(path: Path, q: Quantization, device: str, local_rank: int = 0) -> Any:
-    """The base model at `path`, quantized, on this rank's device."""
-    return AutoModelForCausalLM.from_pretrained(
+    """The base model at `path`, quantized, on this rank's device, its 4-bit layers kept in
+    the layout that backpropagates (`keep_trainable_layout`)."""
+    model = AutoModelForCausalLM.from_pretrained(
         path,
         local_files_only=True,
         trust_remote_code=False,
         dtype=q.compute_dtype,
         **load_kwargs(q, device, local_rank),
     )
+    keep_trainable_layout(model)
+    return model
+
+
+def keep_trainable_layout(model: torch.nn.Module) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit layer's weights for its
+    inference kernel the first time the layer runs in eval mode without gradients (the held-out
+    evaluation does, before the first step), and never back. That kernel has no backward:
+    from then on no gradient flows through the frozen 4-bit matrices to the LoRA weights
+    before them (torch warns "an autograd kernel was not registered"), and the run trains on
+    wrong gradients. The repacking is turned off; evaluation dequantizes as training does."""
+    from bitsandbytes.nn.modules import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def prepare(model: Any, gradient_checkpointing: bool, held: torch.dtype = torch.float32) -> Any:
