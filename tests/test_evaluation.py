@@ -20,6 +20,9 @@ from oneseekd.trainer.labels import Encoder
 from oneseekd.trainer.loading import Device
 from oneseekd.trainer.world import World
 
+# its numbers follow the CPU's bf16 answer: CI runs it with ONESEEK_CPU_BF16 forced both ways
+pytestmark = pytest.mark.precision
+
 CPU = Device("cpu", torch.float32, False)
 RECORDS = [
     {"instruction": "Vem stiftar lagar?", "output": "Riksdagen stiftar lagar i Sverige."},

@@ -16,6 +16,9 @@ from oneseekd.trainer.precision import (
     probe,
 )
 
+# its numbers follow the CPU's bf16 answer: CI runs it with ONESEEK_CPU_BF16 forced both ways
+pytestmark = pytest.mark.precision
+
 AMPERE = Hardware("cuda", (8, 0), cuda_bf16=True)
 TURING = Hardware("cuda", (7, 5), cuda_bf16=False)
 # a driver that reports bf16 on an old card only through emulation
