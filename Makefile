@@ -61,14 +61,28 @@ unit-check: install
 
 # The Node admin panel example (examples/admin): `npm install` compiles better-sqlite3 against
 # the system's Node headers (about a minute), so it runs only when node_modules is missing or
-# package.json / package-lock.json are newer than the stamp.
+# package.json / package-lock.json are newer than the stamp. A compiled node_modules is kept
+# in NODE_CACHE under a key of the lockfile, package.json, node's version and the machine
+# (one entry: a new key replaces the old), so a fresh clone on the same machine (CI's) copies
+# it instead of compiling again.
+NODE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/oneseekd/node-deps
 .PHONY: node-deps
 node-deps:
-	@stamp=examples/admin/node_modules/.oneseek-node-deps.stamp; \
-	if [ ! -f $$stamp ] || [ examples/admin/package.json -nt $$stamp ] \
-	    || [ examples/admin/package-lock.json -nt $$stamp ]; then \
-	  echo "cd examples/admin && npm install --no-audit --no-fund"; \
-	  (cd examples/admin && npm install --no-audit --no-fund) && touch $$stamp; \
+	@admin=examples/admin; stamp=$$admin/node_modules/.oneseek-node-deps.stamp; \
+	if [ -f $$stamp ] && [ ! $$admin/package.json -nt $$stamp ] \
+	    && [ ! $$admin/package-lock.json -nt $$stamp ]; then \
+	  echo "$$admin/node_modules is up to date"; exit 0; \
+	fi; \
+	key=$$(cat $$admin/package-lock.json $$admin/package.json | sha256sum | cut -c1-16)-node$$(node --version)-$$(uname -m); \
+	cached="$(NODE_CACHE)/$$key"; \
+	if [ -f "$$cached/node_modules/.oneseek-node-deps.stamp" ]; then \
+	  echo "$$admin/node_modules from $$cached (the lockfile's compiled modules)"; \
+	  rm -rf $$admin/node_modules && cp -a "$$cached/node_modules" $$admin/ && touch $$stamp; \
 	else \
-	  echo "examples/admin/node_modules is up to date"; \
+	  echo "cd $$admin && npm install --no-audit --no-fund"; \
+	  (cd $$admin && npm install --no-audit --no-fund) && touch $$stamp || exit 1; \
+	  partial="$(NODE_CACHE)/.partial-$$$$"; \
+	  mkdir -p "$$partial" && cp -a $$admin/node_modules "$$partial/" \
+	    && rm -rf "$(NODE_CACHE)"/*-node* && mv -T "$$partial" "$$cached" \
+	    || { rm -rf "$$partial"; echo "(node-deps: could not keep a copy in $(NODE_CACHE))"; }; \
 	fi

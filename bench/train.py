@@ -104,6 +104,7 @@ class Outcome:
     seconds: float
     padding: float  # fraction of pad tokens in the batches
     epoch_end: float = 0.0  # seconds of evaluation and checkpointing (the trainer only)
+    loss: float = float("nan")  # the epoch's mean training loss (the trainer only)
 
     @property
     def rate(self) -> float:
@@ -192,7 +193,8 @@ def run_trainer(w: Workload, tmp: Path, profile: cProfile.Profile | None = None)
         profile.disable()
     seconds = time.perf_counter() - started
     shutil.rmtree(folder, ignore_errors=True)
-    return Outcome(result.tokens, seconds, result.padding_fraction, spent[0])
+    loss = result.train_losses[-1]
+    return Outcome(result.tokens, seconds, result.padding_fraction, spent[0], loss)
 
 
 def evaluation_share(path: Path, steps: int, tmp: Path) -> None:
@@ -332,6 +334,14 @@ def bench(name: str, path: Path, steps: int, repeat: int, tmp: Path, profile: bo
         pstats.Stats(prof, stream=sys.stdout).sort_stats("cumulative").print_stats(15)
 
 
+def quiet() -> None:
+    """No log lines, progress bars or FutureWarnings between the bench's own lines."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["tiny", "smollm2", "both"], default="both")
@@ -342,10 +352,7 @@ def main() -> None:
     parser.add_argument("--evaluation-only", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet()
     print(
         f"train bench: python {sys.version.split()[0]}, torch {torch.__version__}, "
         f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
