@@ -12,15 +12,23 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from crashharness import promote_pause_command
+from crashharness import promote_command, promote_pause_command
 from daemon import query, run_until_idle, wait_for
 from homes import ctl
+from sqlalchemy import select
+
+from oneseekd.certify import current
+from oneseekd.certify.ledger import Ledger
+from oneseekd.config import load_config
+from oneseekd.db.engine import make_engine, write_session
+from oneseekd.db.models import Run
 
 CURRENT = "OneSeek-7B-Zero-CURRENT"
 MODEL = "tiny-llama"
@@ -273,5 +281,45 @@ def test_a_txt_that_became_a_folder_mid_move_is_finished_by_the_next_start(
     done = run_until_idle(home.root, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert home.pointer() == home.new
+    assert not home.note.exists()
+    home.verified()
+
+
+@pytest.mark.timeout(600)
+def test_a_move_noted_over_a_committed_unfinished_one_finishes_that_one_first(
+    trained: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    """A promotion killed after its commit, before it moved anything, leaves a committed note.
+    The next move noted without a settle first (as a certification notes one, here called in
+    this process) finishes it before recording its own flips: no recorded weights JSON is
+    left unwritten, and it does not wait on its own write transaction."""
+    home = Home(trained, tmp_path / "home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONESEEK_")}
+    argv = ["--home", str(home.root), "promote", home.stuck, "--reason", REASON]
+    killed = subprocess.run(
+        [*promote_command("run_linked"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert home.note.exists() and os.readlink(home.certified / CURRENT) == home.old
+
+    config = load_config(home.root, env={})
+    engine = make_engine(config.db_url)
+    try:
+        ledger = Ledger.for_home(engine, config.home)
+        with write_session(engine) as session:
+            [(pk, version)] = session.execute(
+                select(Run.id, Run.version).where(Run.run_id == home.learned)
+            ).all()
+            payload = {"run_id": home.learned, "dna": home.old, "version": version}
+            event = ledger.append(session, "model_promoted", payload, pk)
+            current.note_move(session, ledger, config.home, home.old, home.learned, version, event)
+        assert current.settle(engine, config.home) == home.old
+    finally:
+        engine.dispose()
+    assert home.pointer() == home.old
     assert not home.note.exists()
     home.verified()

@@ -104,12 +104,11 @@ def note_move(
     weights JSONs again as they will read once `version` is current, and write the intent
     note. Nothing visible changes until `settle`."""
     _hold_until_the_end(session, paths)
-    bind = session.get_bind()
-    if isinstance(bind, Engine):
-        # an older committed note: finish it first, or its recorded JSONs never are (when
-        # its .txt is blocked, its link and JSONs moved: this move's note takes the .txt over)
-        with contextlib.suppress(ViewBlocked):
-            _settle_held(bind, paths)
+    # an older committed note: finish it first, or its recorded JSONs never are (when its .txt
+    # is blocked, its link and JSONs moved: this move's note takes the .txt over). Read through
+    # the ledger's plain engine: a second writer's BEGIN IMMEDIATE would wait on this one.
+    with contextlib.suppress(ViewBlocked):
+        _settle_held(ledger.engine, paths)
     target = weights_json(paths, version)
     for rel, owner in recorded_weights_jsons(session):
         path = paths.root / rel
