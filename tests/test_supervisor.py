@@ -493,3 +493,23 @@ def test_a_finished_run_written_back_to_queued_is_never_run_again(world: World) 
         world.run(run_id)["id"],
     ).fetchall()
     assert states == 3  # queued, running, succeeded: nothing added
+
+
+def test_a_failed_run_written_back_to_running_is_not_resumed(world: World) -> None:
+    """The same for `running`: a failed run another program marks running is not resumed at
+    the next start, however many attempts it has left; its history's state is written back."""
+    from structlog.testing import capture_logs
+
+    run_id = world.submit("1.0", exit=1)
+    world.drive(lambda: world.finished(run_id))
+    assert world.run(run_id)["state"] == "failed"
+    world.db.execute("UPDATE runs SET state = 'running' WHERE run_id = ?", run_id)
+    with capture_logs() as logs:
+        world.restart()
+        for _ in range(5):
+            world.supervisor.tick()
+    assert (world.run(run_id)["state"], world.run(run_id)["attempts"]) == ("failed", 1)
+    assert [s["run_id"] for s in fake_starts(world.home)] == [run_id]
+    assert [(e["state"], e["restored"]) for e in logs if e["event"] == "run_state_refused"] == [
+        ("running", "failed")
+    ]
