@@ -939,7 +939,43 @@ def _install_pointer_crash(point: str, die: Callable[[], None]) -> bool:
     return True
 
 
+def promote_pause_command(folder: Path) -> list[str]:
+    """An argv that runs `oneseekctl` with two marks in `folder` (see `_install_pointer_pause`)."""
+    return [sys.executable, str(HARNESS), "--promote-pause", str(folder)]
+
+
+def _install_pointer_pause(folder: Path) -> None:
+    """`settle` marks `settling` before and `settled` after it ran; a pointer move, once its
+    intent note is written and before its transaction commits, marks `noted` and waits for
+    `release` (a minute at most): the instant another process's settle must not judge it."""
+    import oneseekd.certify.current as current
+
+    write, settle = current._write_note, current.settle
+
+    def pause_after_note(paths: Any, note: Any) -> None:
+        write(paths, note)
+        (folder / "noted").write_text(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while not (folder / "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def marked_settle(engine: Any, paths: Any) -> Any:
+        (folder / "settling").write_text(str(os.getpid()))
+        try:
+            return settle(engine, paths)
+        finally:
+            (folder / "settled").write_text(str(os.getpid()))
+
+    current._write_note = pause_after_note
+    current.settle = marked_settle
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--promote-pause"]:  # oneseekctl ARGS..., marked and paused
+        _install_pointer_pause(Path(argv[1]))
+        from oneseekd.cli import main as ctl
+
+        return int(ctl.main(argv[2:], standalone_mode=False) or 0)
     if argv[:1] == ["--promote-crash-at"]:  # oneseekctl ARGS..., killed at one step
         point = argv[1]
 

@@ -456,3 +456,60 @@ def test_a_run_no_live_host_can_launch_fails_with_the_reason(
     row = world.run(run_id)
     assert (row["state"], row["outcome"]) == ("failed", "error")
     assert "asks for 8 GPUs, but this host has 1" in str(row["error"])
+
+
+def test_a_finished_run_written_back_to_queued_is_never_run_again(world: World) -> None:
+    """Issue 26, 4: `UPDATE runs SET state = 'queued'` on a succeeded run, a write
+    docs/database.md allows no other program, is refused when the queue would claim it:
+    logged, undone from the run's own history, and no trainer or `run_started` follows."""
+    from structlog.testing import capture_logs
+
+    run_id = world.submit("1.0")
+    world.drive(lambda: world.finished(run_id))
+    assert world.run(run_id)["state"] == "succeeded"
+    events = world.db.mappings("SELECT seq, event FROM ledger_events ORDER BY seq")
+    world.db.execute("UPDATE runs SET state = 'queued' WHERE run_id = ?", run_id)
+    with capture_logs() as logs:
+        world.drive(lambda: world.run(run_id)["state"] != "queued")
+        for _ in range(5):
+            world.supervisor.tick()
+    assert (world.run(run_id)["state"], world.run(run_id)["attempts"]) == ("succeeded", 1)
+    assert [s["run_id"] for s in fake_starts(world.home)] == [run_id]
+    assert world.db.mappings("SELECT seq, event FROM ledger_events ORDER BY seq") == events
+    refused = [e for e in logs if e["event"] == "run_state_refused"]
+    assert refused == [
+        {
+            "event": "run_state_refused",
+            "log_level": "warning",
+            "run_id": run_id,
+            "state": "queued",
+            "history": "succeeded",
+            "restored": "succeeded",
+            "reason": "runs.state was written by another program; only oneseekd changes it",
+        }
+    ]
+    [(_, states)] = world.db.execute(
+        "SELECT run_id, COUNT(*) FROM run_events WHERE run_id = ? GROUP BY run_id",
+        world.run(run_id)["id"],
+    ).fetchall()
+    assert states == 3  # queued, running, succeeded: nothing added
+
+
+def test_a_failed_run_written_back_to_running_is_not_resumed(world: World) -> None:
+    """The same for `running`: a failed run another program marks running is not resumed at
+    the next start, however many attempts it has left; its history's state is written back."""
+    from structlog.testing import capture_logs
+
+    run_id = world.submit("1.0", exit=1)
+    world.drive(lambda: world.finished(run_id))
+    assert world.run(run_id)["state"] == "failed"
+    world.db.execute("UPDATE runs SET state = 'running' WHERE run_id = ?", run_id)
+    with capture_logs() as logs:
+        world.restart()
+        for _ in range(5):
+            world.supervisor.tick()
+    assert (world.run(run_id)["state"], world.run(run_id)["attempts"]) == ("failed", 1)
+    assert [s["run_id"] for s in fake_starts(world.home)] == [run_id]
+    assert [(e["state"], e["restored"]) for e in logs if e["event"] == "run_state_refused"] == [
+        ("running", "failed")
+    ]

@@ -139,7 +139,7 @@ def check_artifacts(
             )
             yield f"artifact {row.path} does not match the ledger: the artifacts table says {what}"
             sha, size = entry.sha256, entry.bytes  # the signed record is the one to trust
-        yield from _check_file(root, row.path, sha, size)
+        yield from check_file(root, row.path, sha, size)
     for path, entry in recorded.items():
         yield (
             f"artifact {path} is recorded by ledger event #{entry.seq} but has no row in "
@@ -147,7 +147,8 @@ def check_artifacts(
         )
 
 
-def _check_file(root: Path, relative: str, sha: str, size: int) -> Iterator[str]:
+def check_file(root: Path, relative: str, sha: str, size: int) -> Iterator[str]:
+    """The file at `relative` under root against the size and sha256 recorded for it."""
     full = (root / relative).resolve()
     if not full.is_relative_to(root):
         yield f"artifact {relative} is outside the home {root}"

@@ -35,6 +35,9 @@ BASE_MODELS_DIR = "base_models"
 # An intent note written before a pointer move commits and removed once the move is done
 # (certify/current.py): a dot-name, like every staging name, so no reader takes it for a view.
 PENDING_NOTE = f".{CURRENT_LINK}.pending"
+# Held from an intent note to the end of its transaction, and through every settle
+# (certify/pointerlock.py): a dot-name too.
+POINTER_LOCK = f".{CURRENT_LINK}.lock"
 # Files other programs may rewrite (CivicAI's admin panel rewrites metadata.json after a run,
 # its "Set as Active" re-points the link and rewrites the .txt): never artifacts, so a rewrite
 # is not tampering. metadata.json is a view inside a certified folder; the other two sit

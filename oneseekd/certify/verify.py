@@ -7,14 +7,14 @@ What it cannot catch is written down in docs/reliability.md ("What verify cannot
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from oneseekd import boundedjson
@@ -110,6 +110,30 @@ def verify(engine: Engine, paths: HomePaths) -> VerifyReport:
         more = len(problems) - MAX_PROBLEMS
         problems = [*problems[:MAX_PROBLEMS], f"... and {more} more problems"]
     return VerifyReport(not problems, len(events), len(artifacts), problems, len(proofs), current)
+
+
+def altered(session: Session, paths: HomePaths, seqs: Collection[int]) -> list[str]:
+    """The ledger events `seqs` whose content no longer matches their hash, or whose signature
+    does not verify with a pinned key (the hash alone where no key is pinned yet): what
+    `promote` checks of the events it decides from, without walking the whole chain."""
+    if not seqs:
+        return []
+    keys, _ = trusted_keys(paths)
+    rows = session.execute(
+        text(
+            "SELECT seq, at, event, run_id, payload, prev_hash, hash, key_id, signature "
+            "FROM ledger_events WHERE seq IN :seqs ORDER BY seq"
+        ).bindparams(bindparam("seqs", expanding=True)),
+        {"seqs": sorted(seqs)},
+    )
+    problems: list[str] = []
+    for row in rows:
+        ev = _Stored(*row)
+        if ev.recomputed() != ev.hash:
+            problems.append(f"{ev.name} was altered: its hash does not match its content")
+        elif keys:
+            problems.extend(_check_signature(ev, keys, pinned=True, known={}))
+    return problems
 
 
 def _beyond(name: str, seq: int, events: list[_Stored]) -> str:

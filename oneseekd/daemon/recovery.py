@@ -30,7 +30,7 @@ log = structlog.get_logger("oneseekd.supervisor")
 def _settle_current(sup: Supervisor) -> None:
     try:  # a CURRENT move whose ledger event committed before a crash is finished now
         current.settle(sup.engine, sup.config.home)
-    except OSError as exc:
+    except (OSError, current.ViewBlocked) as exc:
         log.error("current_not_settled", error=str(exc))
 
 

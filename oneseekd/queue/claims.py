@@ -8,6 +8,11 @@ expired is taken over by another daemon that has its models; `attempts` grows wi
 claim, and states.check_claim fences every later write on it. On PostgreSQL a claim locks its
 row with SELECT ... FOR UPDATE SKIP LOCKED; on SQLite the writer's BEGIN IMMEDIATE already
 serializes claims.
+
+A claim takes only a run whose own history (`run_events`) ends in `queued` (a resume or a
+takeover: in `running`): a `state` another program wrote (docs/database.md allows it no such
+write) is never acted on. The claim logs it (`run_state_refused`) and writes back the state
+the history ends in, so a finished run never runs again.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from sqlalchemy.orm import Session
 from oneseekd.config import DEFAULT_LEASE_SECONDS, default_host
 from oneseekd.db.engine import database_now, read_session, write_session
 from oneseekd.db.models import BaseModel, Daemon, Run, utcnow
-from oneseekd.queue.states import ClaimLost, change, started
+from oneseekd.queue.states import ClaimLost, change, started, written_by_another
 
 if TYPE_CHECKING:
     from oneseekd.certify.ledger import Ledger
@@ -141,6 +146,8 @@ def claim_next(
                 run = _lock(session, pk, Run.state == "queued")
                 if run is None:
                     continue  # another daemon is claiming it right now
+                if written_by_another(session, run):
+                    continue
                 if launchable is not None and not launchable(
                     list(run.base_models or []), dict(run.config or {})
                 ):
@@ -175,11 +182,15 @@ def adopt(
         run = _lock(session, run_pk)
         if run is None or (expected_attempts is not None and run.attempts != expected_attempts):
             raise ClaimLost(f"run {run_pk} was claimed by another daemon meanwhile")
-        change(session, run, "running", now, detail)
-        _claim(session, run, who, database_now(session))
-        run.heartbeat_at = now
-        started(session, ledger, run, now)
-        return run
+        forged = written_by_another(session, run)  # its history's state is written back
+        if not forged:
+            change(session, run, "running", now, detail)
+            _claim(session, run, who, database_now(session))
+            run.heartbeat_at = now
+            started(session, ledger, run, now)
+            return run
+        run_id, state = run.run_id, run.state
+    raise ClaimLost(f"run {run_id} is {state}: its running state was written by another program")
 
 
 @dataclass(frozen=True)
@@ -245,7 +256,7 @@ def take_over(
                 Run.attempts == expired.attempts,
                 or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < db_now),
             )
-            if run is None:
+            if run is None or written_by_another(session, run):
                 return None
             change(session, run, "running", now, detail)
             _claim(session, run, claimant, db_now)

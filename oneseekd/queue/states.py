@@ -6,6 +6,9 @@ trainer it started) makes about a running run is fenced on the attempt it claime
 (check_claim), so one whose run was taken over learns it (ClaimLost) instead of overwriting
 the new owner's state.
 
+A `state` another program wrote is never acted on (`written_by_another`): the claim and the
+cancel of a flagged queued run check the run's own history first.
+
 Given a `ledger`, a change that a provable history needs (a run started, failed or cancelled)
 also appends its signed ledger event in that same transaction. A run's success is certified by
 the trainer, which appends `dna_v2_training_completed` with its artifacts.
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
+import structlog
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -29,6 +33,8 @@ from oneseekd.errors import RunNotFound as RunNotFound  # raised here, defined l
 
 if TYPE_CHECKING:
     from oneseekd.certify.ledger import Ledger
+
+log = structlog.get_logger("oneseekd.queue")
 
 TRANSITIONS = {
     "queued": ("running", "cancelled", "failed"),
@@ -114,6 +120,39 @@ def _ended(
         "detail": detail,
     }
     ledger.append(session, f"run_{run.state}", payload, run.id, now=now)
+
+
+def history_state(session: Session, run_pk: int) -> str | None:
+    """The state the run's own events end in (None: it has none, so no run oneseekd made)."""
+    return session.scalars(
+        select(RunEvent.new_state)
+        .where(RunEvent.run_id == run_pk)
+        .order_by(RunEvent.id.desc())
+        .limit(1)
+    ).first()
+
+
+def written_by_another(session: Session, run: Run) -> bool:
+    """Whether the run's `state` is not the one its history ends in: another program wrote it.
+    Then it is refused, logged, and the history's state written back (a run without one is
+    failed: oneseekd never queued it)."""
+    history = history_state(session, run.id)
+    if history == run.state:
+        return False
+    restored = history if history is not None else "failed"
+    log.warning(
+        "run_state_refused",
+        run_id=run.run_id,
+        state=run.state,
+        history=history,
+        restored=restored,
+        reason="runs.state was written by another program; only oneseekd changes it",
+    )
+    run.state = restored
+    if history is None:
+        run.outcome = "error"
+        run.error = "the run was written into the database by another program, not queued"
+    return True
 
 
 def find_run(session: Session, run_id: str) -> Run:
@@ -245,6 +284,7 @@ def cancel_queued_flagged(
                 select(Run).where(Run.state == "queued", Run.cancel_requested.is_(True))
             )
         )
+        runs = [run for run in runs if not written_by_another(session, run)]
         for run in runs:
             change(session, run, "cancelled", now, "cancel flag set while queued")
             run.outcome = "cancelled"
