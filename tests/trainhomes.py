@@ -21,8 +21,14 @@ from oneseekd.config import Config
 from oneseekd.db.models import Run
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.incoming import Verdict
-from oneseekd.trainer.run import train_run
-from oneseekd.trainer.tiny import tiny_model
+from oneseekd.trainer.hubless import import_bitsandbytes
+
+# before peft: the crash harness's processes import this module first, before the trainer's
+# own entry would import bitsandbytes without its Hub kernel lookup
+import_bitsandbytes()
+
+from oneseekd.trainer.run import train_run  # noqa: E402
+from oneseekd.trainer.tiny import tiny_model  # noqa: E402
 
 _CACHE: dict[tuple[str, str], Path] = {}
 
