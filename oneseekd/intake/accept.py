@@ -163,7 +163,7 @@ class Intake:
             if dataset_name is not None:
                 problems += check_dataset(dataset_name, self.paths)[1]
             return _Prepared(None, None, problems, names or [])
-        dataset, problems = check_dataset(request.dataset, self.paths)
+        dataset, problems = check_dataset(request.dataset, self.paths, request.val_fraction)
         return _Prepared(request, dataset, problems, list(request.base_models))
 
     def _gpu_problems(self, request: TrainingRequestModel) -> list[str]:
