@@ -35,6 +35,7 @@ from oneseekd.intake.checks import (
     check_dataset,
     check_per_model,
     resolve_models,
+    run_folder_problem,
     taken_versions,
 )
 from oneseekd.intake.incoming import Incoming, Verdict, log_verdict, new_run_id, safe_text
@@ -279,6 +280,8 @@ class Intake:
             problems.append(
                 f"run id {request.run_id} already exists; omit it (or RUN_ID) to get a new one"
             )
+        elif request.run_id is not None:
+            problems += run_folder_problem(request.run_id, self.paths)
         spec = None
         if models and not problems:
             version = version or batch.next_free

@@ -58,6 +58,21 @@ def _count_problems(shown: str, found: Scan, val_fraction: float | None) -> list
     return []
 
 
+def run_folder_problem(run_id: str, paths: HomePaths) -> list[str]:
+    """A RUN_ID names oneseek-certified/<run_id>, which the run writes into while it trains and
+    links to its certified folder at the end: a name already there (another program's files,
+    a link) is never taken over."""
+    folder = paths.certified / run_id
+    if not os.path.lexists(folder):
+        return []
+    what = "a link" if folder.is_symlink() else "a folder" if folder.is_dir() else "a file"
+    return [
+        f"run id {run_id}: {folder} already exists as {what} oneseekd did not make; it would "
+        "be the run's live folder, and another program's files are never written into or "
+        "removed: choose another RUN_ID (or omit it to get a new one)"
+    ]
+
+
 def confined_dataset(name: str, paths: HomePaths) -> tuple[Path | None, list[str]]:
     """The resolved dataset file, when name leads to a file inside DIR/datasets/; else why
     not. Intake checks it, and the trainer again at load: the file may have been swapped for
