@@ -132,3 +132,21 @@ def test_chats_that_cannot_be_trained_are_refused_at_intake_with_their_line(
     with pytest.raises(DataError) as err:
         load_records(path)
     assert str(err.value).startswith("dataset chats.jsonl has 5 bad records\n  - line 2: ")
+
+
+def test_a_dataset_that_can_hold_no_record_out_is_refused_at_intake(setup: tuple) -> None:
+    # issue 26, item 6: 40 copies of one record gave 0 validation rows at val_fraction 0.1,
+    # and the run was scored on rows it trained on
+    config, _, intake = setup
+    (config.home.datasets / "same.jsonl").write_bytes(line({"text": "Riksdagen."}) * 40)
+    verdict = take(intake, request(dataset="same.jsonl"))
+    assert verdict.problems == [
+        "dataset 'same.jsonl' holds 40 copies of one record: no record can be held out for "
+        "validation (copies always fall on one side); add different records"
+    ]
+    # val_fraction 0 asks for no held-out rows: queued, and certified "not measured"
+    assert take(intake, request(dataset="same.jsonl", val_fraction=0)).status == "queued"
+    (config.home.datasets / "one.jsonl").write_bytes(line({"text": "Riksdagen."}))
+    assert take(intake, request(dataset="one.jsonl")).problems == [
+        "dataset 'one.jsonl' has 1 record; at least 2 are needed"
+    ]
