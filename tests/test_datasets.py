@@ -150,3 +150,21 @@ def test_a_dataset_that_can_hold_no_record_out_is_refused_at_intake(setup: tuple
     assert take(intake, request(dataset="one.jsonl")).problems == [
         "dataset 'one.jsonl' has 1 record; at least 2 are needed"
     ]
+
+
+def test_a_json_array_is_read_by_the_same_reader_with_its_line_and_offset(setup: tuple) -> None:
+    config, _, intake = setup
+    path = config.home.datasets / "array.json"
+    raw = b'[{"text": "a"},\n {"text": "b\xc3"}]'
+    path.write_bytes(raw)
+    assert take(intake, request(dataset="array.json")).problems == [
+        f"dataset 'array.json' line 2 is not UTF-8 text (invalid byte at offset {raw.index(0xC3)})"
+    ]
+    path.write_bytes(b'[{"text": "a"},\n {"text": ]')
+    assert take(intake, request(dataset="array.json")).problems == [
+        "dataset 'array.json' is not a valid JSON array: Expecting value at line 2"
+    ]
+    path.write_bytes(b'[{"text": "a"},\n {"text": " "}]')
+    assert take(intake, request(dataset="array.json")).problems == [
+        "dataset 'array.json' record 1 has an empty text: nothing to train on"
+    ]

@@ -38,7 +38,7 @@ def check_dataset(
         found = scan(resolved, keep=False)
     except OSError as exc:
         return None, [f"dataset {shown} cannot be read: {exc.strerror}"]
-    problems = [f"dataset {shown} {p.replace(': ', ' ', 1)}" for p in found.shown()]
+    problems = [f"dataset {shown} {p}" for p in found.shown(after_place=" ")]
     if not found.problem_count:
         problems += _count_problems(shown, found, val_fraction)
     return (None if problems else resolved), problems

@@ -109,7 +109,7 @@ class Scan:
     where: list[str] = field(default_factory=list)
     rows: int = 0
     varied: bool = False
-    problems: list[str] = field(default_factory=list)  # `line 3: has ...`, the first few
+    problems: list[tuple[str | None, str]] = field(default_factory=list)  # the first few
     problem_count: int = 0
     _first: str | None = None
 
@@ -128,12 +128,13 @@ class Scan:
     def refuse(self, place: str | None, problem: str) -> None:
         self.problem_count += 1
         if len(self.problems) < SHOWN_PROBLEMS:
-            self.problems.append(f"{place}: {problem}" if place else problem)
+            self.problems.append((place, problem))
 
-    def shown(self) -> list[str]:
-        """The problems kept, and how many more there were."""
+    def shown(self, after_place: str = ": ") -> list[str]:
+        """The problems kept (`line 3: has ...`), and how many more there were."""
         more = self.problem_count - len(self.problems)
-        return self.problems + ([f"... and {more} more"] if more else [])
+        listed = [f"{place}{after_place}{p}" if place else p for place, p in self.problems]
+        return listed + ([f"... and {more} more"] if more else [])
 
 
 def scan(path: Path, keep: bool) -> Scan:
