@@ -75,6 +75,11 @@ def claim_live_folder(folder: Path, run_id: str) -> None:
     )
 
 
+def write_json(path: Path, data: Any, *, strict: bool = False) -> None:
+    """staging.write_json's bytes, written by write_into: never through a link."""
+    write_into(path.parent, path.name, render_json(data, strict=strict))
+
+
 def write_into(folder: Path, name: str, data: bytes) -> None:
     """Replace folder/name atomically without following a link at folder or at name: the
     folder is opened with O_NOFOLLOW and the file written and renamed relative to it."""
@@ -242,7 +247,8 @@ class LiveMetrics:
             claim_live_folder(self.path.parent, self.owner)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = render_json(
+        write_json(
+            self.path,
             live_document(
                 self.train,
                 self.val,
@@ -257,4 +263,3 @@ class LiveMetrics:
             ),
             strict=True,
         )
-        write_into(self.path.parent, self.path.name, data)
