@@ -20,6 +20,8 @@ from oneseekd.intake.schema import VERSION
 from oneseekd.naming import artifact_prefix, match_model
 
 DATASET_SUFFIXES = (".jsonl", ".json")
+SCANS_KEPT = 16
+_SCANS: dict[Path, tuple[tuple[int, int, int, int], Scan]] = {}
 
 
 def check_dataset(
@@ -35,13 +37,26 @@ def check_dataset(
     if resolved.suffix.lower() not in DATASET_SUFFIXES:
         return None, [f"dataset {shown} must be JSONL (.jsonl) or a JSON array (.json)"]
     try:
-        found = scan(resolved, keep=False)
+        found = _scanned(resolved)
     except OSError as exc:
         return None, [f"dataset {shown} cannot be read: {exc.strerror}"]
     problems = [f"dataset {shown} {p}" for p in found.shown(after_place=" ")]
     if not found.problem_count:
         problems += _count_problems(shown, found, val_fraction)
     return (None if problems else resolved), problems
+
+
+def _scanned(path: Path) -> Scan:
+    """records.scan of the file, reused while the file is the same (device, inode, size,
+    modification time in ns): a batch of requests naming one dataset reads it once."""
+    st = path.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    found = _SCANS.get(path)
+    if found is None or found[0] != key:
+        if len(_SCANS) >= SCANS_KEPT:
+            _SCANS.pop(next(iter(_SCANS)))
+        found = _SCANS[path] = (key, scan(path, keep=False))
+    return found[1]
 
 
 def _count_problems(shown: str, found: Scan, val_fraction: float | None) -> list[str]:
