@@ -245,3 +245,32 @@ def test_the_evaluation_is_the_same_across_a_resume(tmp_path: Path, cache: Path)
     finally:
         whole.engine.dispose()
         cut.engine.dispose()
+
+
+@pytest.mark.timeout(600)
+def test_a_run_with_no_held_out_rows_is_not_measured_certified_and_never_made_current(
+    home: Home,
+) -> None:
+    # issue 26, item 6: scored on the rows it trained on, it was certified "beat its base"
+    # and made current
+    run_id, _ = home.train([MODEL], **{**LEARNS, "val_fraction": 0})
+    results = home.certified_json("training_results.json", run_id)
+    assert _model(results)["evaluation"]["held_out"]["split"] == "train"
+    why = (
+        f"{MODEL}: not measured: the run held out no validation rows (val_fraction 0, or every "
+        "record a copy of one), so there is no verdict on whether it beat its base; it is "
+        "certified, not made current"
+    )
+    gate = {
+        "beat_base": False,
+        "not_worse_than_current": True,
+        "made_current": False,
+        "reasons": [why],
+        "measured": False,
+    }
+    assert results["gate"] == gate
+    assert home.certified_json("metadata.json", run_id)["gate"] == gate
+    assert not os.path.lexists(home.certified / "OneSeek-7B-Zero-CURRENT")
+    assert f"not made current: {why}" in home.ctl("status").output
+    assert f"  gate:     was not made current: {why}" in home.ctl("show", run_id).output
+    assert home.ledger_ok()

@@ -43,14 +43,34 @@ class Verdict:
     not_worse: bool  # no model is worse than the current run's on the same held-out rows
     made_current: bool
     reasons: list[str] = field(default_factory=list)  # why it was not made current
+    measured: bool = True  # False: a model had no held-out rows, so there is no verdict
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        shown: dict[str, Any] = {
             "beat_base": self.beat_base,
             "not_worse_than_current": self.not_worse,
             "made_current": self.made_current,
             "reasons": list(self.reasons),
         }
+        if not self.measured:  # only then, so the gate of a measured run keeps its shape
+            shown["measured"] = False
+        return shown
+
+
+def unmeasured(evaluation: dict[str, Any]) -> bool:
+    """Whether the model's figures are on no held-out rows: the evaluation then falls back
+    to the rows it trained on (trainer/evaluate.py `held_out`, split "train"), which says
+    nothing about what it learned."""
+    held = evaluation.get("held_out")
+    return isinstance(held, dict) and (held.get("split") != "validation" or not held.get("rows"))
+
+
+def not_measured_reason(key: str) -> str:
+    return (
+        f"{key}: not measured: the run held out no validation rows (val_fraction 0, or every "
+        "record a copy of one), so there is no verdict on whether it beat its base; it is "
+        "certified, not made current"
+    )
 
 
 def bpb(figures: Any) -> float | None:
@@ -67,12 +87,18 @@ def trained_figures(evaluation: dict[str, Any]) -> dict[str, Any] | None:
 def judge(models: Sequence[Measured], make_current: bool, compare: bool = True) -> Verdict:
     """The verdict on a run's models, each compared at MARGIN. A model without held-out
     figures (trained before they were measured) cannot show it beat its base, and holds the
-    run back. `compare` (`[certify] compare_with_current`): a model worse than the current
-    one holds it back."""
+    run back; one evaluated on no held-out rows is "not measured", and holds it back too.
+    `compare` (`[certify] compare_with_current`): a model worse than the current one holds it
+    back."""
     reasons: list[str] = []
     beat = True
     not_worse = True
+    measured = True
     for m in models:
+        if unmeasured(m.evaluation):  # no held-out data, no verdict
+            beat = measured = False
+            reasons.append(not_measured_reason(m.key))
+            continue
         base = bpb(m.evaluation.get("base"))
         trained = bpb(trained_figures(m.evaluation))
         if base is None or trained is None:
@@ -96,7 +122,7 @@ def judge(models: Sequence[Measured], make_current: bool, compare: bool = True) 
             )
     if not make_current:
         reasons.append(NOT_CURRENT_BY_CONFIG)
-    return Verdict(beat, not_worse, make_current and beat and not_worse, reasons)
+    return Verdict(beat, not_worse, make_current and beat and not_worse, reasons, measured)
 
 
 def refuse(run_id: str, verdict: Verdict) -> NotImproved:

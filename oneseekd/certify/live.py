@@ -4,14 +4,106 @@ each progress update while the run trains (docs/training.md, "Live metrics")."""
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from oneseekd import protocol
 from oneseekd.certify.dna import final_weights, weight_inputs
-from oneseekd.certify.staging import write_json
+from oneseekd.certify.staging import remove, render_json, staging_path
+from oneseekd.errors import OneseekError
 from oneseekd.times import utc_text
+
+# In a live folder the trainer made: the run it was made for. A folder without it (another
+# program's files) is never written into nor removed, and a link there is never followed.
+LIVE_OWNER = ".oneseekd-run"
+
+
+class LiveFolderRefused(OneseekError):
+    """oneseek-certified/<run_id> is not this run's to write: another program's files or a link."""
+
+    exit_code = protocol.EXIT_REFUSED
+
+
+def owns_live_folder(folder: Path, run_id: str) -> bool:
+    """Whether folder is a real folder (not a link) the trainer made for run_id."""
+    try:
+        fd = os.open(folder / LIVE_OWNER, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        owner = os.read(fd, 256)
+    finally:
+        os.close(fd)
+    return not folder.is_symlink() and owner == run_id.encode()
+
+
+def claim_live_folder(folder: Path, run_id: str) -> None:
+    """Make the run's live folder, marked as the run's, or find it already made so; a folder
+    (or file, or link) there that the run did not make is refused, naming it. The folder is
+    made whole under a dot-name and renamed into place, so a crash never leaves it unmarked."""
+    if owns_live_folder(folder, run_id):
+        return
+    if not os.path.lexists(folder):
+        # not `.tmp`: that is a certified folder being staged (and the crash harness's cue)
+        staged = folder.with_name(f".{folder.name}.claim")
+        if os.path.lexists(staged):  # what a killed attempt left
+            remove(staged)
+        os.mkdir(staged)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(staged / LIVE_OWNER, flags, 0o644)
+        try:
+            os.write(fd, run_id.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(staged, folder)  # fails on anything but an empty folder in its place
+            return
+        except OSError:
+            remove(staged)
+    what = "a link" if folder.is_symlink() else "a folder" if folder.is_dir() else "a file"
+    raise LiveFolderRefused(
+        f"run {run_id} cannot write its live metrics",
+        [
+            f"{folder} already exists as {what} that oneseekd did not make for this run; it "
+            "is left as it is: move it away, or submit the request again with another RUN_ID"
+        ],
+    )
+
+
+def write_json(path: Path, data: Any, *, strict: bool = False) -> None:
+    """staging.write_json's bytes, written by write_into: never through a link."""
+    write_into(path.parent, path.name, render_json(data, strict=strict))
+
+
+def write_into(folder: Path, name: str, data: bytes) -> None:
+    """Replace folder/name atomically without following a link at folder or at name: the
+    folder is opened with O_NOFOLLOW and the file written and renamed relative to it."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise LiveFolderRefused(
+                f"{folder} is a link or a file now, not the run's live folder",
+                ["oneseekd never writes through a link there; move it away"],
+            ) from None
+        raise
+    tmp = staging_path(Path(name)).name
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _number(value: float | None) -> float | None:
@@ -85,8 +177,16 @@ class LiveMetrics:
     `progress` at each progress update (the trainer's are about a second apart; CivicAI counts
     a run as active while the file is under 60 s old)."""
 
-    def __init__(self, path: Path, total_epochs: int, models: int, weighting: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        total_epochs: int,
+        models: int,
+        weighting: str,
+        owner: str | None = None,
+    ) -> None:
         self.path = path
+        self.owner = owner  # the run id: the folder is claimed for it (claim_live_folder)
         self.total_epochs = total_epochs
         self.models = max(models, 1)
         self.weighting = weighting
@@ -143,7 +243,10 @@ class LiveMetrics:
         self.steps[key] = losses
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.owner is not None:  # checked again at every write: a link is never followed
+            claim_live_folder(self.path.parent, self.owner)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json(
             self.path,
             live_document(

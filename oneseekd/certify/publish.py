@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+import structlog
 from sqlalchemy import Engine, select
 
 from oneseekd.certify import current
@@ -25,11 +26,14 @@ from oneseekd.certify.layout import (
     is_dna,
     run_link,
 )
+from oneseekd.certify.live import owns_live_folder
 from oneseekd.certify.staging import fsync_dir, remove, replace_link, staging_path
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import Artifact, LedgerEvent, Run
 from oneseekd.home import HomePaths
 from oneseekd.naming import versioned_name
+
+log = structlog.get_logger("oneseekd.certify")
 
 
 def certified_dna(engine: Engine, run_pk: int) -> str | None:
@@ -90,8 +94,15 @@ def publish(engine: Engine, paths: HomePaths, run_pk: int) -> None:
     dna = certified_dna(engine, run_pk)
     if dna is None or run_id is None:
         return
-    if certified_dir(paths, dna).is_dir():
-        replace_link(run_link(paths, run_id), dna)
+    link = run_link(paths, run_id)
+    # <run_id> replaces only the run's own live folder; another program's files stay
+    ours = not os.path.lexists(link) or owns_live_folder(link, run_id)
+    if link.is_symlink() and os.readlink(link) == dna:
+        ours = True
+    if certified_dir(paths, dna).is_dir() and ours:
+        replace_link(link, dna)
+    elif not ours:
+        log.warning("run_link_refused", run_id=run_id, path=str(link))
     # a view left in the way is logged by settle; its note stays for a later promote or start
     with contextlib.suppress(current.ViewBlocked):
         current.settle(engine, paths)
@@ -142,5 +153,5 @@ def discard_staged(engine: Engine, paths: HomePaths, run_pk: int) -> None:
     for final in finals:
         remove(staging_path(final))
     live = run_link(paths, run_id)
-    if live.is_dir() and not live.is_symlink():  # the live folder of a run never certified
+    if owns_live_folder(live, run_id):  # the live folder of a run never certified
         remove(live)

@@ -33,6 +33,7 @@ from oneseekd.certify.layout import (
     is_dna,
     resolve_current,
 )
+from oneseekd.certify.live import LIVE_OWNER
 from oneseekd.home import HomePaths
 
 COMPLETED_EVENT = "dna_v2_training_completed"
@@ -134,7 +135,7 @@ def _check_live_folder(
     """A run's folder while it trains: live_metrics.json, a view, and nothing else."""
     for path in sorted(entry.rglob("*")):
         if path.parent == entry and (
-            path.name == LIVE_METRICS_FILE
+            path.name in (LIVE_METRICS_FILE, LIVE_OWNER)
             or (path.name.startswith(f".{LIVE_METRICS_FILE}") and path.name.endswith(".tmp"))
         ):
             continue  # the view, or its replacement cut short by a crash

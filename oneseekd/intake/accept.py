@@ -35,6 +35,7 @@ from oneseekd.intake.checks import (
     check_dataset,
     check_per_model,
     resolve_models,
+    run_folder_problem,
     taken_versions,
 )
 from oneseekd.intake.incoming import Incoming, Verdict, log_verdict, new_run_id, safe_text
@@ -163,7 +164,7 @@ class Intake:
             if dataset_name is not None:
                 problems += check_dataset(dataset_name, self.paths)[1]
             return _Prepared(None, None, problems, names or [])
-        dataset, problems = check_dataset(request.dataset, self.paths)
+        dataset, problems = check_dataset(request.dataset, self.paths, request.val_fraction)
         return _Prepared(request, dataset, problems, list(request.base_models))
 
     def _gpu_problems(self, request: TrainingRequestModel) -> list[str]:
@@ -279,6 +280,8 @@ class Intake:
             problems.append(
                 f"run id {request.run_id} already exists; omit it (or RUN_ID) to get a new one"
             )
+        elif request.run_id is not None:
+            problems += run_folder_problem(request.run_id, self.paths)
         spec = None
         if models and not problems:
             version = version or batch.next_free

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,102 +15,21 @@ from oneseekd.catalog.scan import Root
 from oneseekd.db.models import BaseModel, Run
 from oneseekd.errors import ModelResolutionError
 from oneseekd.home import HomePaths
+from oneseekd.intake.records import Scan, scan
 from oneseekd.intake.schema import VERSION
 from oneseekd.naming import artifact_prefix, match_model
 
-SNIFF_BYTES = 256 * 1024
-SNIFF_RECORDS = 5
 DATASET_SUFFIXES = (".jsonl", ".json")
+SCANS_KEPT = 16
+_SCANS: dict[Path, tuple[tuple[int, int, int, int], Scan]] = {}
 
 
-def record_problem(record: Any) -> str | None:
-    """Why one dataset record is not of a supported shape, or None."""
-    if not isinstance(record, dict):
-        return f"is a JSON {type(record).__name__}, not an object"
-    # an empty text or response encodes to an eos alone: nothing to predict, a NaN loss
-    if isinstance(record.get("text"), str):
-        return None if record["text"].strip() else "has an empty text: nothing to train on"
-    if isinstance(record.get("instruction"), str) and isinstance(record.get("output"), str):
-        if not record["output"].strip():
-            return "has an empty output: nothing to train on"
-        return None
-    messages = record.get("messages")
-    if (
-        isinstance(messages, list)
-        and messages
-        and all(
-            isinstance(m, dict)
-            and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str)
-            for m in messages
-        )
-    ):
-        return None
-    return (
-        'has none of the supported shapes: {"text": ...}, {"instruction": ..., '
-        '"output": ...} or {"messages": [{"role": ..., "content": ...}]}'
-    )
-
-
-def _sniff(path: Path, shown: str) -> list[str]:
-    """Read the first records of a dataset and check their shape."""
-    with path.open("rb") as fh:
-        head = fh.read(SNIFF_BYTES)
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # not just a character cut at the sniff boundary
-            return [f"dataset {shown} is not UTF-8 text (byte {exc.start})"]
-        text = head[: exc.start].decode("utf-8")
-    stripped = text.lstrip()
-    if not stripped:
-        return [f"dataset {shown} is empty"]
-    if stripped.startswith("["):
-        return _sniff_array(stripped, shown)
-    lines = text.split("\n")
-    if len(head) == SNIFF_BYTES:
-        lines = lines[:-1]  # the last line may be cut at the sniff boundary
-    problems: list[str] = []
-    checked = 0
-    for number, line in enumerate(lines, start=1):
-        if checked >= SNIFF_RECORDS:
-            break
-        if not line.strip():
-            continue
-        checked += 1
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"dataset {shown} line {number} is not JSON: {exc.msg}")
-            continue
-        problem = record_problem(record)
-        if problem:
-            problems.append(f"dataset {shown} line {number} {problem}")
-    return problems
-
-
-def _sniff_array(text: str, shown: str) -> list[str]:
-    decoder = json.JSONDecoder()
-    position = 1
-    for index in range(SNIFF_RECORDS):
-        while position < len(text) and text[position] in " \t\r\n,":
-            position += 1
-        if position >= len(text) or text[position] == "]":
-            return [] if index else [f"dataset {shown} is an empty JSON array"]
-        try:
-            record, position = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as exc:
-            if len(text.encode()) >= SNIFF_BYTES - 4:
-                return []  # the record runs past what was read: checked in full at training
-            return [f"dataset {shown} record {index} is not JSON: {exc.msg}"]
-        problem = record_problem(record)
-        if problem:
-            return [f"dataset {shown} record {index} {problem}"]
-    return []
-
-
-def check_dataset(name: str, paths: HomePaths) -> tuple[Path | None, list[str]]:
-    """The dataset file under DIR/datasets/, refusing anything that leads outside it."""
+def check_dataset(
+    name: str, paths: HomePaths, val_fraction: float | None = None
+) -> tuple[Path | None, list[str]]:
+    """The dataset file under DIR/datasets/, refusing anything that leads outside it, and
+    every record read and checked (records.scan, the trainer's own reader). With the
+    request's val_fraction above 0, a dataset that can hold no record out is refused."""
     resolved, problems = confined_dataset(name, paths)
     if resolved is None:
         return None, problems
@@ -120,10 +37,55 @@ def check_dataset(name: str, paths: HomePaths) -> tuple[Path | None, list[str]]:
     if resolved.suffix.lower() not in DATASET_SUFFIXES:
         return None, [f"dataset {shown} must be JSONL (.jsonl) or a JSON array (.json)"]
     try:
-        problems = _sniff(resolved, shown)
+        found = _scanned(resolved)
     except OSError as exc:
         return None, [f"dataset {shown} cannot be read: {exc.strerror}"]
+    problems = [f"dataset {shown} {p}" for p in found.shown(after_place=" ")]
+    if not found.problem_count:
+        problems += _count_problems(shown, found, val_fraction)
     return (None if problems else resolved), problems
+
+
+def _scanned(path: Path) -> Scan:
+    """records.scan of the file, reused while the file is the same (device, inode, size,
+    modification time in ns): a batch of requests naming one dataset reads it once."""
+    st = path.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    found = _SCANS.get(path)
+    if found is None or found[0] != key:
+        if len(_SCANS) >= SCANS_KEPT:
+            _SCANS.pop(next(iter(_SCANS)))
+        found = _SCANS[path] = (key, scan(path, keep=False))
+    return found[1]
+
+
+def _count_problems(shown: str, found: Scan, val_fraction: float | None) -> list[str]:
+    if found.rows == 0:
+        return [f"dataset {shown} is empty"]
+    if found.rows < 2:
+        return [f"dataset {shown} has {found.rows} record; at least 2 are needed"]
+    # val_fraction 0 asks for no held-out data: such a run is certified "not measured"
+    if val_fraction and not found.varied:
+        return [
+            f"dataset {shown} holds {found.rows} copies of one record: no record can be held "
+            "out for validation (copies always fall on one side); add different records"
+        ]
+    return []
+
+
+def run_folder_problem(run_id: str, paths: HomePaths) -> list[str]:
+    """A RUN_ID names oneseek-certified/<run_id>, which the run writes into while it trains and
+    links to its certified folder at the end: a name already there (another program's files,
+    a link) is never taken over."""
+    folder = paths.certified / run_id
+    if not os.path.lexists(folder):
+        return []
+    what = "a link" if folder.is_symlink() else "a folder" if folder.is_dir() else "a file"
+    return [
+        f"run id {run_id}: {folder} already exists as {what} oneseekd did not make; it would "
+        "be the run's live folder, and another program's files are never written into or "
+        "removed: choose another RUN_ID (or omit it to get a new one)"
+    ]
 
 
 def confined_dataset(name: str, paths: HomePaths) -> tuple[Path | None, list[str]]:

@@ -19,7 +19,6 @@ padding low without giving up shuffling; the padding fraction is reported.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 from oneseekd import protocol
 from oneseekd.errors import OneseekError
-from oneseekd.intake.checks import record_problem
+from oneseekd.intake.records import content_key, scan
 from oneseekd.trainer.loss import IGNORE_INDEX
 
 WINDOW_BATCHES = 50
@@ -61,53 +60,14 @@ class Records:
 
 
 def load_records(path: Path) -> Records:
-    """Every record of a JSONL file or JSON array; all bad records reported by line/index."""
-    text = path.read_text(encoding="utf-8")
-    problems: list[str] = []
-    records: list[dict[str, Any]] = []
-    where: list[str] = []
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"dataset {path.name} is not a valid JSON array",
-                [f"{exc.msg} at line {exc.lineno}"],
-            ) from exc
-        numbered = [(f"record {i}", item) for i, item in enumerate(items)]
-    else:
-        numbered = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                numbered.append((f"line {number}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                problems.append(f"line {number}: not JSON ({exc.msg})")
-    for place, item in numbered:
-        problem = record_problem(item)
-        if problem:
-            problems.append(f"{place}: {problem}")
-        else:
-            records.append(item)
-            where.append(place)
-    if problems:
-        raise refuse(path.name, problems)
-    if len(records) < 2:
-        raise DataError(f"dataset {path.name} has {len(records)} records; at least 2 are needed")
-    return Records(records, where)
-
-
-def content_key(record: dict[str, Any]) -> str:
-    """The canonical JSON of what a record renders from (the fields `render` reads): two
-    records with the same key train the model on the same text."""
-    if isinstance(record.get("text"), str):
-        used: Any = {"text": record["text"]}
-    elif "messages" in record:
-        used = {"messages": [[m["role"], m["content"]] for m in record["messages"]]}
-    else:
-        used = {k: record.get(k) or "" for k in ("instruction", "input", "output")}
-    return json.dumps(used, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """Every record of a JSONL file or JSON array, read by intake's reader (records.scan);
+    all bad records reported by line/index."""
+    found = scan(path, keep=True)
+    if found.problem_count:
+        raise DataError(f"dataset {path.name} has {found.problem_count} bad records", found.shown())
+    if found.rows < 2:
+        raise DataError(f"dataset {path.name} has {found.rows} records; at least 2 are needed")
+    return Records(found.items, found.where)
 
 
 def duplicates(records: list[dict[str, Any]]) -> int:

@@ -109,11 +109,13 @@ def certify_run(
     settings: CertifyConfig,
 ) -> tuple[str, Verdict]:
     """The gate, then the certification (rank 0): refused under `[certify]
-    require_improvement` when a model did not beat its base; otherwise certified, and made
-    current only when the gate lets it. Returns the DNA and the verdict."""
+    require_improvement` when a model did not beat its base (a run not measured, with no
+    held-out rows, is not refused); otherwise certified, and made current only when the gate
+    lets it. Returns the DNA and the verdict."""
     verdict = judge(trained, settings.make_current, settings.compare_with_current)
     log.info("certification_gate", run_id=ctx.run_id, **verdict.as_dict())
-    if settings.require_improvement and not verdict.beat_base:
+    # a run with no held-out rows has no verdict to refuse on: certified, never made current
+    if settings.require_improvement and verdict.measured and not verdict.beat_base:
         raise refuse(ctx.run_id, verdict)  # trained and recorded in the ledger; not certified
     weighting = ctx.spec.weighting
     with write_session(engine) as session:

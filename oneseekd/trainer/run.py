@@ -14,9 +14,9 @@ from sqlalchemy import Engine
 
 from oneseekd.certify.dna import base_weights_hash, canonical_hash
 from oneseekd.certify.gate import not_current_note
-from oneseekd.certify.layout import live_metrics_path
+from oneseekd.certify.layout import live_metrics_path, run_link
 from oneseekd.certify.ledger import Ledger
-from oneseekd.certify.live import LiveMetrics
+from oneseekd.certify.live import LiveMetrics, claim_live_folder
 from oneseekd.certify.publish import certified_dna, publish
 from oneseekd.config import load_config
 from oneseekd.db.engine import read_session
@@ -79,6 +79,8 @@ def train_run(
         checkpoints.remove()
         return done
     if world.main:
+        # intake's check again: oneseek-certified/<run_id> must be this run's live folder
+        claim_live_folder(run_link(home, run_id), run_id)
         publish(engine, home, ctx.run_pk)  # models an earlier attempt committed
     world.barrier()
     ledger = Ledger.for_home(engine, home)
@@ -96,6 +98,7 @@ def train_run(
             max(o.epochs for o in ctx.spec.models.values()),
             len(ctx.models),
             weighting,
+            owner=run_id,
         )
         if world.main
         else None
