@@ -68,26 +68,43 @@ def _chunk_loss(head: Head, hidden: torch.Tensor, targets: torch.Tensor) -> torc
     return _summed(head(hidden), targets)
 
 
+def labelled_chunks(targets: torch.Tensor, step: int) -> list[int]:
+    """The first positions of the chunks of `step` positions that hold a label, decided on
+    the CPU targets (the batch is collated there): no chunk waits for the device to answer
+    whether it has one (on a GPU the first such read would wait for the whole forward)."""
+    labelled = (targets != IGNORE_INDEX).any(dim=0)
+    length = len(labelled)
+    padded = torch.nn.functional.pad(labelled, (0, -length % step))
+    flags: list[bool] = padded.reshape(-1, step).any(dim=1).tolist()
+    return [chunk * step for chunk, flag in enumerate(flags) if flag]
+
+
+def chunk_step(rows: int, chunk_tokens: int) -> int:
+    """The positions of one chunk: `chunk_tokens` over the batch's rows, at least one."""
+    return max(1, chunk_tokens // max(rows, 1))
+
+
 def chunked_loss_sum(
     hidden: torch.Tensor, head: Head, labels: torch.Tensor, chunk_tokens: int = CHUNK_TOKENS
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed loss, number of labelled positions) of `head(hidden)` against `labels`,
-    computed `chunk_tokens` positions at a time. Chunks without a label are skipped."""
-    targets = _targets(labels).to(hidden.device)
-    labelled = targets != IGNORE_INDEX
-    rows, length = targets.shape
-    step = max(1, chunk_tokens // max(rows, 1))
+    computed `chunk_tokens` positions at a time. Chunks without a label are skipped. The count
+    is on the CPU with the labels; only the targets go to the device, once."""
+    cpu = _targets(labels.cpu())
+    step = chunk_step(cpu.shape[0], chunk_tokens)
+    targets = cpu.to(hidden.device, non_blocking=True)
     # connected to the graph even when nothing is labelled: backward then gives zeros
     total = hidden.sum() * 0.0
-    for start in range(0, length, step):
-        part = targets[:, start : start + step]
-        if not bool(labelled[:, start : start + step].any()):
-            continue
+    for start in labelled_chunks(cpu, step):
         loss = checkpoint(
-            _chunk_loss, head, hidden[:, start : start + step], part, use_reentrant=False
+            _chunk_loss,
+            head,
+            hidden[:, start : start + step],
+            targets[:, start : start + step],
+            use_reentrant=False,
         )
         total = total + loss
-    return total, labelled.sum()
+    return total, (cpu != IGNORE_INDEX).sum()
 
 
 def head_of(model: Any) -> tuple[torch.nn.Module, Head]:
