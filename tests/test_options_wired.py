@@ -4,6 +4,7 @@ precision, torch.compile, and the trainer-side refusals that name their fix."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +107,19 @@ def test_packed_rows_train_on_the_loss_and_gradient_of_the_records_unpacked(
 def test_a_model_whose_packed_records_see_each_other_is_refused(
     model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from oneseekd.trainer import packing
+    import transformers.masking_utils
 
-    monkeypatch.setattr(packing, "isolation_error", lambda *a: 0.7)
-    assert refusal(model, tmp_path / "a", packing=True) == (
-        "tiny-llama: packed records would see each other in this llama model (logits "
-        "differ by 0.7 packed)\n  - set packing: false for this model (per_model)"
+    from oneseekd.trainer.setup import PACKING_TOLERANCE
+
+    # a real leak: transformers no longer sees the packed records, so no block mask is built
+    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda p: None)
+    message = refusal(model, tmp_path / "a", packing=True, precision="fp32")
+    found = re.search(r"by (\S+) times", message)
+    assert found is not None and float(found[1]) > 1000 * PACKING_TOLERANCE
+    assert message == (
+        "tiny-llama: packed records see each other in this llama model: changing one "
+        f"record's tokens moved the logits of the record packed after it by {found[1]} times "
+        "their rounding\n  - set packing: false for this model (per_model)"
     )
 
 
