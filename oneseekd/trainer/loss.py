@@ -107,6 +107,42 @@ def chunked_loss_sum(
     return total, (cpu != IGNORE_INDEX).sum()
 
 
+class Scores(NamedTuple):
+    """What the held-out evaluation sums per batch: the summed loss (fp32), the top-1 hits
+    and the labelled positions."""
+
+    loss_sum: torch.Tensor
+    hits: torch.Tensor
+    label_count: torch.Tensor
+
+
+def _chunk_scores(
+    head: Head, hidden: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(hidden)
+    hits = (logits.argmax(-1) == targets) & (targets != IGNORE_INDEX)
+    return _summed(logits, targets), hits.sum()
+
+
+@torch.no_grad()
+def chunked_scores(
+    hidden: torch.Tensor, head: Head, labels: torch.Tensor, chunk_tokens: int = CHUNK_TOKENS
+) -> Scores:
+    """The summed loss and the top-1 hits of `head(hidden)` against `labels`, a chunk of
+    positions at a time as the training loss takes them (no gradient: nothing is kept)."""
+    cpu = _targets(labels.cpu())
+    step = chunk_step(cpu.shape[0], chunk_tokens)
+    targets = cpu.to(hidden.device, non_blocking=True)
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    hits = torch.zeros((), dtype=torch.long, device=hidden.device)
+    for start in labelled_chunks(cpu, step):
+        chunk = slice(start, start + step)
+        part = _chunk_scores(head, hidden[:, chunk], targets[:, chunk])
+        loss += part[0]
+        hits += part[1]
+    return Scores(loss, hits, (cpu != IGNORE_INDEX).sum())
+
+
 def head_of(model: Any) -> tuple[torch.nn.Module, Head]:
     """The decoder (hidden states from input ids) and the head (logits from hidden states) of
     a causal LM or a PEFT model around one, with the final-logit scaling some families apply
@@ -148,9 +184,10 @@ class ChunkedCausalLM(torch.nn.Module):
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        scores: bool = False,
     ) -> Any:
-        """The summed loss over `labels`; without labels, the model's own output (its full
-        logits): what the held-out evaluation reads, through this root under FSDP."""
+        """The summed loss over `labels`; with `scores`, the held-out evaluation's sums
+        (Scores, no gradient); without labels, the model's own output (its full logits)."""
         if labels is None:
             return self.model(
                 input_ids=input_ids,
@@ -165,4 +202,6 @@ class ChunkedCausalLM(torch.nn.Module):
             position_ids=position_ids,
             use_cache=False,
         )
+        if scores:
+            return chunked_scores(out.last_hidden_state, head, labels, self.chunk_tokens)
         return LossSum(*chunked_loss_sum(out.last_hidden_state, head, labels, self.chunk_tokens))
