@@ -16,6 +16,7 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
 from oneseekd.intake.fieldtypes import memory_bytes
+from oneseekd.spec.memory import Held, Shape, step_bytes
 from oneseekd.trainer import packing, precision, quant, sharding, swiglu
 from oneseekd.trainer.autostop import AutoStop
 from oneseekd.trainer.batching import Batch, epoch_batches, order_digest
@@ -123,7 +124,8 @@ class RecipeSetup:
 
     def _setup_base(self) -> Any:
         """The tokenizer and the frozen base: in the precision's weight dtype, or quantized
-        (QLoRA); activation checkpointing on when asked or when the weights fill the GPU."""
+        (QLoRA); activation checkpointing on when asked or when a step without it would not
+        fit the GPU (spec/memory.py)."""
         hp = self.hp
         self.config = check_folder(self.spec.path)
         self.tokenizer = load_tokenizer(self.spec.path, bool(hp.get("use_fast_tokenizer", True)))
@@ -143,9 +145,15 @@ class RecipeSetup:
         else:
             weights = Device(self.device.type, self.precision.weights, self.device.scaler)
             base = load_model(self.spec.path, weights)
-        self.checkpointing = wants_checkpointing(
-            hp.get("gradient_checkpointing"), sharding.weight_bytes(base), memory
+        need = step_bytes(  # a step without checkpointing, estimated from config.json
+            sharding.weight_bytes(base),
+            Shape.from_config(self.config),
+            int(hp["batch_size"]) * int(hp["max_seq_len"]),
+            self._held(),
+            checkpointing=False,
+            chunked=bool(hp.get("chunked_loss", True)),
         )
+        self.checkpointing = wants_checkpointing(hp.get("gradient_checkpointing"), need, memory)
         if q is not None:
             # unquantized parts in fp32, inputs carrying a gradient, non-reentrant checkpoints
             base = quant.prepare(base, self.checkpointing, q.held_dtype)
@@ -165,6 +173,14 @@ class RecipeSetup:
                     ["set packing: false for this model (per_model)"],
                 )
         return base
+
+    def _held(self) -> Held:
+        """How the base is held, as the memory estimate tells its activations apart."""
+        if self.quantization is not None:
+            return "quantized"
+        if self.precision.weights in (torch.bfloat16, torch.float16):
+            return "16-bit"
+        return "fp32"
 
     def _setup_data(self, base: Any) -> None:
         vocab = int(base.get_input_embeddings().num_embeddings)
