@@ -9,7 +9,7 @@ frozen parameters. Tensors made before it starts count only once an op returns t
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -19,11 +19,16 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 
 class Peak(TorchDispatchMode):
-    def __init__(self) -> None:
+    """Follows the storages ops return; `held` (a model's parameters and buffers) count from
+    the start, each storage once."""
+
+    def __init__(self, held: Iterable[torch.Tensor] = ()) -> None:
         super().__init__()
         self.seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.now = 0
         self.peak = 0
+        for t in held:
+            self._count(t)
 
     def _freed(self, size: int) -> Callable[[Any], None]:
         def gone(_: Any) -> None:
@@ -35,19 +40,22 @@ class Peak(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.device.type == "cpu":
-                storage = t.untyped_storage()
-                if storage in self.seen:
-                    continue
-                size = storage.nbytes()
-                # the callback holds the size, not the storage (which must be free to go)
-                self.seen[storage] = weakref.ref(storage, self._freed(size))
-                self.now += size
-                self.peak = max(self.peak, self.now)
+                self._count(t)
         return out
 
+    def _count(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        if storage in self.seen:
+            return
+        size = storage.nbytes()
+        # the callback holds the size, not the storage (which must be free to go)
+        self.seen[storage] = weakref.ref(storage, self._freed(size))
+        self.now += size
+        self.peak = max(self.peak, self.now)
 
-def peak_bytes(fn: Callable[[], object]) -> int:
-    """The most bytes of tensors made by `fn` alive at once while it runs."""
-    with Peak() as peak:
+
+def peak_bytes(fn: Callable[[], object], held: Iterable[torch.Tensor] = ()) -> int:
+    """The most bytes of tensors alive at once while `fn` runs: those it makes, and `held`."""
+    with Peak(held) as peak:
         fn()
     return peak.peak

@@ -23,12 +23,23 @@ activation checkpointing a layer keeps only its input (the residual stream: 2 by
 in 16 bits, 4 otherwise) and one layer at a time is recomputed in the backward pass.
 
 A step also holds the loss's logits: with the chunked loss, CHUNK_TOKENS positions at a time
-(the 16-bit logits, their fp32 cast, the log-softmax and its gradient: about 16 bytes a
-logit); without it, every position's. The weights come from the caller (the trainer counts
-them on the loaded model). What this leaves out is small beside the activations of a 7-8B
-model (LoRA weights, their gradients and AdamW moments: tens of MB; the backward pass's
-transient gradients: about one layer's activations) or the allocator's own (CUDA context,
-fragmentation): what FIT_SHARE leaves free is for them.
+(the logits, their fp32 cast where they are 16-bit, the log-softmax and its gradient: 14
+bytes a logit, 12 in fp32); without it, every position's. They are freed before the
+backward pass reaches the layers, where it holds beside the kept activations gradients of
+about 0.6 of one layer's activations, or with checkpointing the recomputed layer and as much
+again: the step's peak is the larger of the two. The weights come from the caller (the
+trainer counts them on the loaded model).
+
+The held-out evaluation keeps nothing for a backward pass: its peak is the weights and the
+larger of one layer's forward pass (gate, up and their product, and the residual stream's
+tensors: 12 i + 33 h bytes a token with fp32 values, 6 i + 17.5 h in 16 bits) and one chunk
+of logits with its log-softmax (8 bytes a logit, 10 where they are 16-bit) beside the hidden
+states.
+
+These peaks hold to 15 % of the tensors a CPU step and evaluation really hold, at the shapes
+tests/test_spec_memory.py measures. What they leave out is small beside a 7-8B model's
+activations (LoRA weights, their gradients and AdamW moments: tens of MB) or is the
+allocator's own (CUDA context, fragmentation): what FIT_SHARE leaves free is for them.
 """
 
 from __future__ import annotations
@@ -49,7 +60,21 @@ RESIDUAL_BYTES: dict[Held, int] = {"16-bit": 2, "quantized": 4, "fp32": 4}
 # positions (over the whole batch) whose logits one chunk of the chunked loss holds (the
 # trainer's loss module reads it from here)
 CHUNK_TOKENS = 256
-LOGIT_BYTES = 16  # a logit of the loss: 16-bit, its fp32 cast, the log-softmax, its gradient
+# a logit of the loss: the logit (2 or 4 bytes), its fp32 cast, the log-softmax, its gradient
+LOGIT_BYTES: dict[Held, int] = {"16-bit": 14, "quantized": 14, "fp32": 12}
+# what the backward pass holds beside the kept activations, in one layer's activations:
+# without checkpointing, gradients of about 0.6 of a layer; with it, the recomputed layer and
+# about as much again in gradients
+BACKWARD_LAYERS = 0.6
+RECOMPUTED_BACKWARD_LAYERS = 2.0
+# evaluation, a token of one layer's forward pass: (per hidden value, per intermediate value)
+EVAL_PER_TOKEN: dict[Held, tuple[float, float]] = {
+    "16-bit": (17.5, 6.0),
+    "quantized": (33.0, 12.0),
+    "fp32": (33.0, 12.0),
+}
+# evaluation, a logit: the logit (2 or 4 bytes), its fp32 cast, the log-softmax
+EVAL_LOGIT_BYTES: dict[Held, int] = {"16-bit": 10, "quantized": 10, "fp32": 8}
 # a step fits a device when it needs at most this share of the device's memory; the rest is
 # for what the estimate leaves out (see above)
 FIT_SHARE = 0.85
@@ -93,9 +118,10 @@ def activation_bytes(shape: Shape, tokens: int, held: Held, checkpointing: bool)
     return round(tokens * shape.layers * shape.hidden * RESIDUAL_BYTES[held] + one_layer)
 
 
-def logits_bytes(shape: Shape, tokens: int, chunked: bool = True) -> int:
+def logits_bytes(shape: Shape, tokens: int, held: Held, chunked: bool = True) -> int:
     """The loss's logits: one chunk's with the chunked loss, every token's without."""
-    return (min(tokens, CHUNK_TOKENS) if chunked else tokens) * shape.vocab * LOGIT_BYTES
+    positions = min(tokens, CHUNK_TOKENS) if chunked else tokens
+    return positions * shape.vocab * LOGIT_BYTES[held]
 
 
 def step_bytes(
@@ -106,12 +132,28 @@ def step_bytes(
     checkpointing: bool,
     chunked: bool = True,
 ) -> int:
-    """The estimated peak of one training step: the weights, the activations, the logits."""
-    return (
-        weights
-        + activation_bytes(shape, tokens, held, checkpointing)
-        + logits_bytes(shape, tokens, chunked)
-    )
+    """The estimated peak of one training step: the weights, the activations kept for the
+    backward pass (every layer's, or with checkpointing every layer's input), and the larger
+    of the loss's logits (at the start of the backward pass) and what the backward pass
+    through a layer holds."""
+    one_layer = tokens * layer_bytes(shape, held)
+    if checkpointing:
+        kept: float = tokens * shape.layers * shape.hidden * RESIDUAL_BYTES[held]
+        backward = RECOMPUTED_BACKWARD_LAYERS * one_layer
+    else:
+        kept = shape.layers * one_layer
+        backward = BACKWARD_LAYERS * one_layer
+    return weights + round(kept + max(backward, logits_bytes(shape, tokens, held, chunked)))
+
+
+def eval_bytes(weights: int, shape: Shape, tokens: int, held: Held) -> int:
+    """The estimated peak of the held-out evaluation of a batch of `tokens` tokens (chunked:
+    trainer/evaluate.py): the weights, and one layer's forward pass or one chunk of logits
+    beside the hidden states, whichever is larger."""
+    per_hidden, per_intermediate = EVAL_PER_TOKEN[held]
+    layer = tokens * (per_hidden * shape.hidden + per_intermediate * shape.intermediate)
+    chunk = min(tokens, CHUNK_TOKENS) * shape.vocab * EVAL_LOGIT_BYTES[held]
+    return weights + round(max(layer, chunk + tokens * shape.hidden * 4))
 
 
 def fits(need: int, memory: int) -> bool:
