@@ -8,16 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from peakmem import peak_bytes
+from peft import LoraConfig, get_peft_model
 from trainhomes import cached_tiny
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from oneseekd.certify.dna import final_weights, weight_inputs
 from oneseekd.certify.gate import judge
 from oneseekd.certify.plot import epoch_steps, smoothed
-from oneseekd.trainer.data import Encoded
-from oneseekd.trainer.evaluate import held_out, measure, spans, target_bytes
+from oneseekd.trainer import evaluate
+from oneseekd.trainer.data import Encoded, collate
+from oneseekd.trainer.evaluate import HeldOut, held_out, measure, spans, target_bytes
 from oneseekd.trainer.labels import Encoder
 from oneseekd.trainer.loading import Device
+from oneseekd.trainer.loss import ChunkedCausalLM
 from oneseekd.trainer.world import World
 
 # its numbers follow the CPU's bf16 answer: CI runs it with ONESEEK_CPU_BF16 forced both ways
@@ -85,6 +89,62 @@ def test_bits_per_byte_is_the_summed_target_loss_in_bits_over_the_target_texts_b
     assert got.loss == pytest.approx(nats / tokens, rel=1e-5)
     assert got.perplexity == pytest.approx(math.exp(nats / tokens), rel=1e-5)
     assert got.accuracy == hits / tokens
+
+
+def test_the_chunked_figures_equal_those_of_the_whole_logits(
+    tiny: tuple[object, object],
+) -> None:
+    model, tokenizer = tiny
+    encoder = Encoder(tokenizer, 256)
+    long = [{"text": " ".join(["Riksdagen beslutar om lagar"] * n)} for n in (40, 3, 25)]
+    rows = [encoder.encode(r) for r in RECORDS + long]
+    data = Encoded([r.ids for r in rows], [r.mask for r in rows])
+    held = held_out(data, data, tokenizer, 10_000)
+    assert max(len(r.ids) for r in rows) > 128  # several chunks of 128 positions a row pair
+    got = measure(model, held, tokenizer.pad_token_id, 2, World(), False, CPU)
+
+    # what evaluation computed before it was chunked: each batch's whole logits
+    nats, hits = 0.0, 0.0
+    with torch.no_grad():
+        for batch_rows in evaluate._batches(data, 2):
+            batch = collate(data, batch_rows, tokenizer.pad_token_id)
+            labels = batch.pop("labels")
+            loss, hit = evaluate.scored(model(**batch, use_cache=False).logits, labels)
+            nats, hits = nats + float(loss), hits + float(hit)
+    assert got.loss * got.tokens == pytest.approx(nats, rel=1e-6)
+    assert got.accuracy * got.tokens == hits
+
+
+def test_evaluation_never_needs_more_memory_than_a_training_step() -> None:
+    # Llama 3's vocabulary on a tiny Llama, one row of 2048 tokens: the whole logits tensor
+    # would be 2048 x 128,256 x 4 B = 1 GiB (and its log-softmax another)
+    vocab, length = 128_256, 2048
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=length,
+    )
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    ids = torch.randint(3, vocab, (1, length), generator=torch.Generator().manual_seed(0))
+    held = HeldOut(Encoded([ids[0].tolist()]), [4 * length], "validation")
+
+    def step() -> None:
+        model.train()
+        summed, _ = ChunkedCausalLM(model)(input_ids=ids, labels=ids)
+        summed.backward()
+
+    def evaluation() -> None:
+        measure(model, held, 0, 1, World(), False, CPU)
+
+    trained, evaluated = peak_bytes(step), peak_bytes(evaluation)
+    assert evaluated <= trained
+    assert evaluated < length * vocab * 4 / 2  # never the whole logits, not even in bf16
 
 
 def test_the_evaluated_rows_are_capped_by_tokens_in_split_order(

@@ -105,3 +105,33 @@ def test_a_lora_model_trains_on_the_same_loss(tiny: Path, checkpointing: bool) -
     assert [n for n, _ in wrapped.named_parameters()] == [
         f"model.{n}" for n, _ in model.named_parameters()
     ]
+
+
+class Syncs(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the reads of a tensor's value by the host (`bool()`, `.item()`, `int()`): on a
+    GPU each one waits for everything queued before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_chunks_to_skip_are_decided_without_reading_the_device() -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50)
+    hidden = torch.randn(3, 40, 16, requires_grad=True)
+    labels = labels_for(3, 40, 50)
+    labels[:, 30:] = IGNORE_INDEX  # whole chunks without a label, to skip
+    full = full_loss_sum(head(hidden), labels)
+    with Syncs() as syncs:
+        summed, count = chunked_loss_sum(hidden, head, labels, 6)
+        summed.backward()
+    # 20 chunks of 2 positions: not one read of a value, neither forward nor backward
+    assert syncs.count == 0
+    assert int(count) == int((labels[:, 1:] != IGNORE_INDEX).sum())
+    torch.testing.assert_close(summed, full, rtol=1e-5, atol=1e-5)

@@ -4,6 +4,7 @@ precision, torch.compile, and the trainer-side refusals that name their fix."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +110,19 @@ def test_packed_rows_train_on_the_loss_and_gradient_of_the_records_unpacked(
 def test_a_model_whose_packed_records_see_each_other_is_refused(
     model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from oneseekd.trainer import packing
+    import transformers.masking_utils
 
-    monkeypatch.setattr(packing, "isolation_error", lambda *a: 0.7)
-    assert refusal(model, tmp_path / "a", packing=True) == (
-        "tiny-llama: packed records would see each other in this llama model (logits "
-        "differ by 0.7 packed)\n  - set packing: false for this model (per_model)"
+    from oneseekd.trainer.setup import PACKING_TOLERANCE
+
+    # a real leak: transformers no longer sees the packed records, so no block mask is built
+    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda p: None)
+    message = refusal(model, tmp_path / "a", packing=True, precision="fp32")
+    found = re.search(r"by (\S+) times", message)
+    assert found is not None and float(found[1]) > 1000 * PACKING_TOLERANCE
+    assert message == (
+        "tiny-llama: packed records see each other in this llama model: changing one "
+        f"record's tokens moved the logits of the record packed after it by {found[1]} times "
+        "their rounding\n  - set packing: false for this model (per_model)"
     )
 
 
@@ -153,9 +161,39 @@ def test_max_memory_per_gpu_caps_the_process_and_sizes_checkpointing(
     assert loading.memory_cap(20 * 10**9, total, 1) == 20 * 10**9
     assert loading.memory_cap(100 * 10**9, total, 0) == total  # never more than the GPU
     assert fractions == [(0.25, 1), (1.0, 0)]
-    # 8 GB of weights: under the share of 80 GB, over that of a 20 GB cap
-    assert not loading.wants_checkpointing(None, 8 * 10**9, total)
-    assert loading.wants_checkpointing(None, 8 * 10**9, 20 * 10**9)
+    # a step of 18 GB: within 85 % of 80 GB, over 85 % of a 20 GB cap
+    assert not loading.wants_checkpointing(None, 18 * 10**9, total)
+    assert loading.wants_checkpointing(None, 18 * 10**9, 20 * 10**9)
+
+
+@pytest.mark.parametrize(
+    ("memory", "batch", "seq", "on"),
+    [
+        # the tiny model's weights are 0.5 MB, but 8 x 512 tokens keep 31.6 MB of activations
+        (20 * 10**6, 8, 512, True),
+        (10**9, 8, 512, False),
+        # 1 x 16 tokens: 0.7 MB a step, within 85 % of 2 MB however much of it the weights are
+        (2 * 10**6, 1, 16, False),
+    ],
+)
+def test_automatic_checkpointing_counts_the_activations_of_the_batch(
+    model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    memory: int,
+    batch: int,
+    seq: int,
+    on: bool,
+) -> None:
+    from oneseekd.trainer import setup
+
+    monkeypatch.setattr(setup, "device_memory", lambda device, index=0: memory)  # a GPU's
+    r = recipe(
+        model, RECORDS, tmp_path, gradient_checkpointing=None, batch_size=batch, max_seq_len=seq
+    )
+    r.setup()
+    assert r.checkpointing is on
+    assert r.model.get_base_model().is_activation_checkpointing is on
 
 
 @pytest.mark.slow

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AttentionInterface, AutoModelForCausalLM, masking_utils
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from oneseekd.trainer.loss import IGNORE_INDEX, ChunkedCausalLM
 from oneseekd.trainer.loss import loss_sum as logits_loss_sum
@@ -18,6 +22,7 @@ from oneseekd.trainer.packing import (
     isolation_error,
     pack,
 )
+from oneseekd.trainer.setup import PACKING_TOLERANCE
 from oneseekd.trainer.tiny import tiny_model
 
 # its numbers follow the CPU's bf16 answer: CI runs it with ONESEEK_CPU_BF16 forced both ways
@@ -110,7 +115,7 @@ def test_packed_loss_and_gradient_equal_unpacked(models: Path, arch: str, attent
     torch.testing.assert_close(packed, unpacked, rtol=1e-5, atol=1e-4)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
-    assert isolation_error(model, vocab) < 1e-4
+    assert isolation_error(model, vocab) == 0.0  # the other record's keys: exact zeros
     # the chunked loss takes packed rows too (it passes use_cache=False itself)
     chunked, _ = ChunkedCausalLM(model, chunk_tokens=32)(**collate_packed(ids, masks, rows, 2))
     torch.testing.assert_close(chunked, unpacked, rtol=1e-5, atol=1e-4)
@@ -125,3 +130,58 @@ def test_packed_loss_and_gradient_equal_unpacked(models: Path, arch: str, attent
         cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
         fresh = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
     assert float((cached - fresh).abs().max()) > 1e-2
+
+
+def mixed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention as a GPU runs it: without a mask (a record alone) one kernel (SDPA with
+    is_causal, where CUDA takes flash or cuDNN), with the packed rows' block mask another
+    (eager here, where CUDA takes memory-efficient or math). The same values, rounded apart."""
+    if attention_mask is None:
+        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+    additive = torch.zeros(attention_mask.shape, dtype=query.dtype).masked_fill(
+        ~attention_mask, torch.finfo(query.dtype).min
+    )
+    return eager_attention_forward(module, query, key, value, additive, **kwargs)
+
+
+AttentionInterface.register("oneseekd_mixed", mixed_attention)
+AttentionMaskInterface.register("oneseekd_mixed", sdpa_mask)
+
+
+def bf16_model(models: Path, attention: str) -> torch.nn.Module:
+    folder = models / "llama"
+    if not folder.exists():
+        tiny_model(models, "llama", "llama")
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.bfloat16, attn_implementation=attention
+    )
+    with torch.no_grad():  # logits of a trained model's size (up to about 6), ulps of 1/32
+        model.lm_head.weight.mul_(10)
+    return model
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa", "oneseekd_mixed"])
+def test_packing_isolation_holds_for_a_bf16_model_whatever_its_attention_kernels(
+    models: Path, attention: str
+) -> None:
+    model = bf16_model(models, attention)
+    assert isolation_error(model, model.config.vocab_size) <= PACKING_TOLERANCE
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packing_isolation_catches_a_model_without_the_block_mask(
+    models: Path, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = bf16_model(models, "sdpa").to(dtype)
+    vocab = model.config.vocab_size
+    assert isolation_error(model, vocab) == 0.0
+    # transformers no longer finds the packed records: one causal mask over the whole row
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda p: None)
+    assert isolation_error(model, vocab) > 4 * PACKING_TOLERANCE

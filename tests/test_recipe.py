@@ -17,7 +17,7 @@ from trainhomes import cached_tiny
 from oneseekd.certify.staging import write_json
 from oneseekd.intake.schema import parse_request
 from oneseekd.trainer.checkpoint import Checkpoints, Position
-from oneseekd.trainer.loading import CHECKPOINTING_SHARE, pick_device, wants_checkpointing
+from oneseekd.trainer.loading import pick_device, wants_checkpointing
 from oneseekd.trainer.onemodel import TrainingDiverged, check_finite
 from oneseekd.trainer.recipe import ModelResult, Stopped, loss_sum
 
@@ -51,14 +51,14 @@ def test_bf16_only_where_the_gpu_computes_in_it(
     assert (device.type, device.dtype, device.scaler) == ("cuda", dtype, major < 8)
 
 
-def test_gradient_checkpointing_is_on_when_the_weights_fill_the_gpu_and_can_be_forced() -> None:
-    eight_b, one_b = 16 * 10**9, int(2.5 * 10**9)  # bf16 weights
-    assert wants_checkpointing(None, eight_b, 24 * GIB)  # 8B on a 24 GB GPU
-    assert not wants_checkpointing(None, one_b, 24 * GIB)
-    assert not wants_checkpointing(None, eight_b, None)  # the CPU: no device memory to spare
-    assert not wants_checkpointing(False, eight_b, 24 * GIB)  # forced off
-    assert wants_checkpointing(True, one_b, None)  # forced on
-    assert wants_checkpointing(None, int(CHECKPOINTING_SHARE * 80 * GIB) + 1, 80 * GIB)
+def test_gradient_checkpointing_is_on_when_a_step_would_not_fit_the_gpu_and_can_be_forced() -> None:
+    need = 30 * GIB  # a step without checkpointing (spec.memory.step_bytes)
+    assert wants_checkpointing(None, need, 24 * GIB)
+    assert not wants_checkpointing(None, need, 40 * GIB)  # 30 of 40: within 85 %
+    assert wants_checkpointing(None, need, 35 * GIB)  # 30 of 35: over 85 %
+    assert not wants_checkpointing(None, need, None)  # the CPU: no device memory to spare
+    assert not wants_checkpointing(False, need, 24 * GIB)  # forced off
+    assert wants_checkpointing(True, GIB, None)  # forced on
     request, problems = parse_request({"base_models": ["x"], "dataset": "d.jsonl"})
     assert problems == [] and request is not None and request.gradient_checkpointing is None
 

@@ -28,7 +28,7 @@ import torch
 
 from oneseekd.trainer.data import Encoded, Records, collate
 from oneseekd.trainer.loading import Device
-from oneseekd.trainer.loss import IGNORE_INDEX
+from oneseekd.trainer.loss import IGNORE_INDEX, ChunkedCausalLM
 from oneseekd.trainer.world import World
 
 
@@ -117,7 +117,9 @@ def _batches(data: Encoded, batch_size: int) -> list[list[int]]:
 
 
 def scored(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The summed next-token loss (fp32) and the number of top-1 hits over the labels."""
+    """The summed next-token loss (fp32) and the number of top-1 hits over the labels, from
+    the whole logits tensor: only for a sharded model without the chunked wrapper, whose
+    training step holds the whole logits too."""
     shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
     shifted = shifted.to(logits.device)
     flat = logits.float().reshape(-1, logits.shape[-1])
@@ -126,6 +128,16 @@ def scored(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
     )
     hits = ((flat.argmax(-1) == shifted.reshape(-1)) & (shifted.reshape(-1) != IGNORE_INDEX)).sum()
     return loss, hits
+
+
+def scorer(model: Any, sharded: bool) -> Any:
+    """What a batch's sums come from: the chunked wrapper (the root a sharded model gathers
+    its weights through), or a wrapper made here around the model (its decoder and a chunked
+    head, so the whole logits tensor never exists); a sharded model without the wrapper
+    (chunked_loss off) answers with its whole logits, as its training step does."""
+    if isinstance(model, ChunkedCausalLM) or sharded:
+        return model
+    return ChunkedCausalLM(model)
 
 
 def figures(loss_nats: float, hits: float, tokens: int, nbytes: int) -> Figures:
@@ -152,7 +164,8 @@ def measure(
 ) -> Figures:
     """Every figure of `model` on the held-out rows, each rank its share of the batches and
     the sums all-reduced (in the fixed order of the batches, so the result is the same on
-    every run of the same weights)."""
+    every run of the same weights). Through the decoder and a chunked head, as the training
+    loss is taken, with no KV cache: it never needs more memory than a training step."""
     data = held.data
     counts = data.label_counts()
     batches = _batches(data, batch_size)
@@ -162,6 +175,7 @@ def measure(
         mine += [None] * (rounds - len(mine))
     loss_total = 0.0
     hits_total = 0.0
+    net = scorer(model, sharded)
     was_training = model.training
     model.eval()
     try:
@@ -169,7 +183,10 @@ def measure(
             batch = collate(data, batches[0] if rows is None else rows, pad_id)
             labels = batch.pop("labels")
             batch = {k: v.to(device.type) for k, v in batch.items()}
-            loss, hits = scored(model(**batch).logits, labels)
+            if isinstance(net, ChunkedCausalLM):
+                loss, hits, _ = net(**batch, labels=labels, scores=True)
+            else:
+                loss, hits = scored(net(**batch, use_cache=False).logits, labels)
             if rows is not None:
                 loss_total += float(loss)
                 hits_total += float(hits)

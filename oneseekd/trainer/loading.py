@@ -14,6 +14,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from oneseekd import protocol
 from oneseekd.errors import OneseekError
+from oneseekd.spec.memory import fits
 
 # LoRA targets when a request names none: the attention projections each family calls so.
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -26,12 +27,6 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "opt": ["q_proj", "v_proj"],
 }
 FALLBACK_TARGETS = ["q_proj", "v_proj"]
-# Gradient (activation) checkpointing is on by default when the base weights take more than
-# this share of the GPU's memory: an 8B model in bf16 (16 GB) on a 24 GB GPU saves about
-# 38 GiB of activations at batch 8 x 512 without it, about 1 GiB with it. Below the share the
-# activations of the default batch fit beside the weights, and recomputing them (about a
-# third more compute) would only cost time. A request's gradient_checkpointing overrides it.
-CHECKPOINTING_SHARE = 0.15
 
 
 class ModelRefused(OneseekError):
@@ -78,12 +73,14 @@ def memory_cap(cap: int, total: int, index: int = 0) -> int:
     return allowed
 
 
-def wants_checkpointing(asked: bool | None, weights: int, memory: int | None) -> bool:
-    """Whether to recompute activations in the backward pass: as asked, else when the
-    weights take more than CHECKPOINTING_SHARE of the device's memory."""
+def wants_checkpointing(asked: bool | None, need: int, memory: int | None) -> bool:
+    """Whether to recompute activations in the backward pass: as asked, else when a step
+    without it (`need` bytes: spec.memory.step_bytes) would not fit the device's memory
+    (spec.memory.fits: 85 %). Recomputing costs about a third more compute, so a step that
+    fits runs without it. On the CPU (no device memory) only when asked."""
     if asked is not None:
         return asked
-    return memory is not None and weights > CHECKPOINTING_SHARE * memory
+    return memory is not None and not fits(need, memory)
 
 
 def check_folder(path: Path) -> dict[str, Any]:

@@ -20,13 +20,16 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from oneseekd.spec import memory
+
 # the label of a position that is not learned (cross_entropy's own default): the data, the
 # packer and the held-out evaluation all write it
 IGNORE_INDEX = -100
 # positions (over the whole batch) whose logits one chunk holds: 256 x 49k x 4 B = 50 MB,
 # against 805 MB for the whole tensor at 8 x 512 (a 152k vocabulary: 155 MB a chunk). The
-# head's matmul stays large enough (256 rows) to run at full speed.
-CHUNK_TOKENS = 256
+# head's matmul stays large enough (256 rows) to run at full speed. The memory estimate
+# (spec/memory.py) counts it, so it is defined there.
+CHUNK_TOKENS = memory.CHUNK_TOKENS
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 
@@ -68,26 +71,79 @@ def _chunk_loss(head: Head, hidden: torch.Tensor, targets: torch.Tensor) -> torc
     return _summed(head(hidden), targets)
 
 
+def labelled_chunks(targets: torch.Tensor, step: int) -> list[int]:
+    """The first positions of the chunks of `step` positions that hold a label, decided on
+    the CPU targets (the batch is collated there): no chunk waits for the device to answer
+    whether it has one (on a GPU the first such read would wait for the whole forward)."""
+    labelled = (targets != IGNORE_INDEX).any(dim=0)
+    length = len(labelled)
+    padded = torch.nn.functional.pad(labelled, (0, -length % step))
+    flags: list[bool] = padded.reshape(-1, step).any(dim=1).tolist()
+    return [chunk * step for chunk, flag in enumerate(flags) if flag]
+
+
+def chunk_step(rows: int, chunk_tokens: int) -> int:
+    """The positions of one chunk: `chunk_tokens` over the batch's rows, at least one."""
+    return max(1, chunk_tokens // max(rows, 1))
+
+
 def chunked_loss_sum(
     hidden: torch.Tensor, head: Head, labels: torch.Tensor, chunk_tokens: int = CHUNK_TOKENS
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed loss, number of labelled positions) of `head(hidden)` against `labels`,
-    computed `chunk_tokens` positions at a time. Chunks without a label are skipped."""
-    targets = _targets(labels).to(hidden.device)
-    labelled = targets != IGNORE_INDEX
-    rows, length = targets.shape
-    step = max(1, chunk_tokens // max(rows, 1))
+    computed `chunk_tokens` positions at a time. Chunks without a label are skipped. The count
+    is on the CPU with the labels; only the targets go to the device, once."""
+    cpu = _targets(labels.cpu())
+    step = chunk_step(cpu.shape[0], chunk_tokens)
+    targets = cpu.to(hidden.device, non_blocking=True)
     # connected to the graph even when nothing is labelled: backward then gives zeros
     total = hidden.sum() * 0.0
-    for start in range(0, length, step):
-        part = targets[:, start : start + step]
-        if not bool(labelled[:, start : start + step].any()):
-            continue
+    for start in labelled_chunks(cpu, step):
         loss = checkpoint(
-            _chunk_loss, head, hidden[:, start : start + step], part, use_reentrant=False
+            _chunk_loss,
+            head,
+            hidden[:, start : start + step],
+            targets[:, start : start + step],
+            use_reentrant=False,
         )
         total = total + loss
-    return total, labelled.sum()
+    return total, (cpu != IGNORE_INDEX).sum()
+
+
+class Scores(NamedTuple):
+    """What the held-out evaluation sums per batch: the summed loss (fp32), the top-1 hits
+    and the labelled positions."""
+
+    loss_sum: torch.Tensor
+    hits: torch.Tensor
+    label_count: torch.Tensor
+
+
+def _chunk_scores(
+    head: Head, hidden: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(hidden)
+    hits = (logits.argmax(-1) == targets) & (targets != IGNORE_INDEX)
+    return _summed(logits, targets), hits.sum()
+
+
+@torch.no_grad()
+def chunked_scores(
+    hidden: torch.Tensor, head: Head, labels: torch.Tensor, chunk_tokens: int = CHUNK_TOKENS
+) -> Scores:
+    """The summed loss and the top-1 hits of `head(hidden)` against `labels`, a chunk of
+    positions at a time as the training loss takes them (no gradient: nothing is kept)."""
+    cpu = _targets(labels.cpu())
+    step = chunk_step(cpu.shape[0], chunk_tokens)
+    targets = cpu.to(hidden.device, non_blocking=True)
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    hits = torch.zeros((), dtype=torch.long, device=hidden.device)
+    for start in labelled_chunks(cpu, step):
+        chunk = slice(start, start + step)
+        part = _chunk_scores(head, hidden[:, chunk], targets[:, chunk])
+        loss += part[0]
+        hits += part[1]
+    return Scores(loss, hits, (cpu != IGNORE_INDEX).sum())
 
 
 def head_of(model: Any) -> tuple[torch.nn.Module, Head]:
@@ -131,9 +187,10 @@ class ChunkedCausalLM(torch.nn.Module):
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        scores: bool = False,
     ) -> Any:
-        """The summed loss over `labels`; without labels, the model's own output (its full
-        logits): what the held-out evaluation reads, through this root under FSDP."""
+        """The summed loss over `labels`; with `scores`, the held-out evaluation's sums
+        (Scores, no gradient); without labels, the model's own output (its full logits)."""
         if labels is None:
             return self.model(
                 input_ids=input_ids,
@@ -148,4 +205,6 @@ class ChunkedCausalLM(torch.nn.Module):
             position_ids=position_ids,
             use_cache=False,
         )
+        if scores:
+            return chunked_scores(out.last_hidden_state, head, labels, self.chunk_tokens)
         return LossSum(*chunked_loss_sum(out.last_hidden_state, head, labels, self.chunk_tokens))
