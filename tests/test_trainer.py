@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.artifacts import sha256_file
+from oneseekd.certify.layout import POINTER_LOCK
 from oneseekd.cli import main as ctl
 from oneseekd.trainer import recipe as recipe_module
 from oneseekd.trainer.__main__ import set_threads
@@ -88,9 +89,11 @@ def test_two_models_train_and_leave_every_file_named_with_their_keys(two: Home) 
     # the DNA carries the sha256 of the bytes the models were trained on
     dna_inputs = json.loads((certified / "oneseek_dna.json").read_text())["inputs"]
     assert dna_inputs["dataset"] == sha256_file(two.root / "datasets" / "civic.jsonl")
-    # everything staged was published: no dot-name is left, nor the run's checkpoints
+    # everything staged was published: no dot-name is left (but the pointer moves' lock file,
+    # which stays), nor the run's checkpoints
     for folder in (zero / "lora_adapters", zero / "weights", certified.parent):
-        assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+        left = [p.name for p in folder.iterdir() if p.name.startswith(".")]
+        assert [name for name in left if name != POINTER_LOCK] == []
     assert not (two.root / "checkpoints" / run_id).exists()
     # every artifact's sha256 in the database matches its file
     artifacts = two.rows("SELECT path, sha256, bytes FROM artifacts")
