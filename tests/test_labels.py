@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast
 
 from oneseekd.home import HomePaths
 from oneseekd.intake.checks import check_dataset
@@ -24,6 +24,7 @@ from oneseekd.trainer.data import (
     split,
 )
 from oneseekd.trainer.labels import Encoder, encode_records
+from oneseekd.trainer.loading import ModelRefused
 from oneseekd.trainer.tiny import CORPUS, tiny_tokenizer
 
 # The Llama 3 family's template (KB-Llama-3.1-8B-Swedish's among them), its date and tool
@@ -298,3 +299,39 @@ def test_a_record_is_tokenized_whole_as_inference_sees_it(
     assert got.ids == [*whole, tok.eos_token_id]
     labels = [tok.decode(s) for s in spans(got.ids, got.mask)]
     assert labels == answers
+
+
+class _CharTokenizer(PreTrainedTokenizer):
+    """A slow (pure Python) tokenizer, one id per character: it gives no offsets."""
+
+    def __init__(self) -> None:
+        self.vocab = {c: i for i, c in enumerate(["</s>", *sorted(set("".join(CORPUS)))])}
+        super().__init__(eos_token="</s>")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+    def _tokenize(self, text: str, **kwargs: object) -> list[str]:
+        return list(text)
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return self.vocab[token]
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return next(c for c, i in self.vocab.items() if i == index)
+
+
+def test_a_slow_tokenizer_is_refused_with_the_fix() -> None:
+    tok = _CharTokenizer()
+    assert not tok.is_fast
+    with pytest.raises(ModelRefused) as err:
+        Encoder(tok, 64)
+    assert str(err.value) == (
+        "its tokenizer is a slow (Python) one, which gives no character offsets: oneseekd "
+        "finds each answer's tokens by them\n"
+        "  - set use_fast_tokenizer: true (the default)"
+    )
