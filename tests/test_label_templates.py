@@ -89,6 +89,8 @@ def test_generation_markers_name_the_answer_where_the_prefix_does_not_hold() -> 
         '{%- generation %}{{- " " + message["content"]|trim + eos_token}}{%- endgeneration %}',
     )
     got = Encoder(tok, 1024).encode({"messages": [SYSTEM, *TURNS]})
+    rendered = tok.apply_chat_template([SYSTEM, *TURNS], tokenize=False)
+    assert got.ids == tok(rendered, add_special_tokens=False)["input_ids"]
     assert [tok.decode(run) for run in spans(got.ids, got.mask)] == [f" {a}</s>" for a in ANSWERS]
 
 
