@@ -8,13 +8,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import civic
 import torch
 from peft import PeftModel
-from trainhomes import TinyHome
+from trainhomes import TinyHome, cached_tiny
 from transformers import AutoModelForCausalLM
 
 import oneseekd.certify.live as live_module
@@ -187,3 +189,54 @@ def test_the_same_training_in_two_home_folders_gives_the_same_dna(
         dnas.append(dna)
         shutil.rmtree(h.root)
     assert dnas[0] == dnas[1]
+
+
+_TRAIN_IN_A_PROCESS = """
+import sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[1])
+import trainhomes
+
+root, cache, built = (Path(a) for a in sys.argv[2:5])
+trainhomes._CACHE[("Tiny-Llama", "llama")] = built  # the parent's tiny model: one base
+home = trainhomes.TinyHome(root, cache, {"Tiny-Llama": "llama"})
+try:
+    print(home.train(["llama"], epochs=1)[1])
+finally:
+    home.engine.dispose()
+"""
+
+_SET_ORDER = "import sys; print(list(set(sys.argv[1:])))"
+
+
+def _under_seed(seed: int, *argv: str) -> str:
+    """stdout's last line of `python argv...` with PYTHONHASHSEED=seed."""
+    env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+    done = subprocess.run(
+        [sys.executable, *argv], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_the_same_training_under_two_hash_seeds_gives_one_dna(tmp_path: Path, cache: Path) -> None:
+    """peft keeps target_modules as a set and writes it out in the set's order, which follows
+    the process's string hash seed; the DNA hashes adapter_config.json's bytes (issue 27,
+    finding 8). Two homes, two seeds whose set orders differ: one DNA."""
+    built = cached_tiny(cache, "Tiny-Llama", "llama")
+    tests = str(Path(__file__).resolve().parent)
+    seeds = (0, 3)
+    dnas, targets = [], []
+    for seed in seeds:
+        root = tmp_path / f"seed-{seed}"
+        dnas.append(
+            _under_seed(seed, "-c", _TRAIN_IN_A_PROCESS, tests, str(root), str(cache), str(built))
+        )
+        adapter = root / "models/oneseek-7b-zero/lora_adapters/oneseek-7b-zero-v1.0-tiny-llama"
+        targets.append(json.loads((adapter / "adapter_config.json").read_text())["target_modules"])
+    # the seeds really put these names in different orders: otherwise this proves nothing
+    orders = {_under_seed(seed, "-c", _SET_ORDER, *sorted(targets[0])) for seed in seeds}
+    assert len(orders) == 2, orders
+    assert dnas[0] == dnas[1], targets
+    assert targets[0] == targets[1] == sorted(targets[0])

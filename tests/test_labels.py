@@ -8,8 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
-from tokenizers import processors
-from transformers import PreTrainedTokenizerFast
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast
 
 from oneseekd.home import HomePaths
 from oneseekd.intake.checks import check_dataset
@@ -24,7 +24,8 @@ from oneseekd.trainer.data import (
     split,
 )
 from oneseekd.trainer.labels import Encoder, encode_records
-from oneseekd.trainer.tiny import tiny_tokenizer
+from oneseekd.trainer.loading import ModelRefused
+from oneseekd.trainer.tiny import CORPUS, tiny_tokenizer
 
 # The Llama 3 family's template (KB-Llama-3.1-8B-Swedish's among them), its date and tool
 # branches left out: it begins with the BOS token itself and ends every turn with <|eot_id|>.
@@ -246,3 +247,91 @@ def test_train_on_prompt_and_truncation_side_are_request_fields() -> None:
     assert parse_request({**base, "truncation_side": "middle"})[1] == [
         "truncation_side: input should be 'right' or 'left' (got 'middle')"
     ]
+
+
+def sentencepiece_tokenizer() -> PreTrainedTokenizerFast:
+    """A tiny tokenizer of the SentencePiece kind (Llama 2's, Mistral's): Metaspace puts a word
+    boundary "▁" in front of every text it is given, and a post-processor adds <s>."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.train_from_iterator(
+        CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"])
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "text", "answers"),
+    [
+        (
+            {"instruction": "Summarize the text.", "output": "Riksdagen beslutar om lagar."},
+            "### Instruction:\nSummarize the text.\n\n### Response:\nRiksdagen beslutar om lagar.",
+            ["Riksdagen beslutar om lagar.</s>"],
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hello there"},
+                    {"role": "assistant", "content": "Riksdagen beslutar om lagar."},
+                ]
+            },
+            "<|user|>\nHello there\n<|assistant|>\nRiksdagen beslutar om lagar.\n",
+            ["Riksdagen beslutar om lagar.\n</s>"],
+        ),
+    ],
+    ids=["instruction", "chat without a template"],
+)
+def test_a_record_is_tokenized_whole_as_inference_sees_it(
+    record: dict, text: str, answers: list[str]
+) -> None:
+    """Tokenized piece by piece, a SentencePiece tokenizer starts the answer with a word
+    boundary it never has after the prompt at inference ("▁Riksdagen" for "R", "iksdagen")."""
+    tok = sentencepiece_tokenizer()
+    whole = tok(text)["input_ids"]
+    assert tok.convert_ids_to_tokens(whole).count("▁Riksdagen") == 0  # the case in point
+    got = Encoder(tok, 256).encode(record)
+    assert got.ids == [*whole, tok.eos_token_id]
+    labels = [tok.decode(s) for s in spans(got.ids, got.mask)]
+    assert labels == answers
+
+
+class _CharTokenizer(PreTrainedTokenizer):
+    """A slow (pure Python) tokenizer, one id per character: it gives no offsets."""
+
+    def __init__(self) -> None:
+        self.vocab = {c: i for i, c in enumerate(["</s>", *sorted(set("".join(CORPUS)))])}
+        super().__init__(eos_token="</s>")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+    def _tokenize(self, text: str, **kwargs: object) -> list[str]:
+        return list(text)
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return self.vocab[token]
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return next(c for c, i in self.vocab.items() if i == index)
+
+
+def test_a_slow_tokenizer_is_refused_with_the_fix() -> None:
+    tok = _CharTokenizer()
+    assert not tok.is_fast
+    with pytest.raises(ModelRefused) as err:
+        Encoder(tok, 64)
+    assert str(err.value) == (
+        "its tokenizer is a slow (Python) one, which gives no character offsets: oneseekd "
+        "finds each answer's tokens by them\n"
+        "  - set use_fast_tokenizer: true (the default)"
+    )

@@ -6,11 +6,14 @@ completion-only loss), so by default:
 
 - `{"text"}`: every token is a label;
 - `{"instruction", "input"?, "output"}`: the output and the eos after it;
-- `{"messages"}`: every assistant turn, with the end-of-turn token(s) the template closes it
-  with; system and user turns are input only. With a chat template the boundaries are the
-  template's own: the ids of the conversation rendered up to each assistant turn (with the
-  generation prompt) and through it are matched against the whole conversation's ids, so no
-  boundary is guessed from strings.
+- `{"messages"}`: every assistant turn, with the end-of-turn token the template closes it
+  with; system and user turns, role headers and what a template writes after the
+  end-of-turn token are input only. With a chat template the turns are where the template
+  itself says (trainer/turns.py); a record whose template does not say is refused.
+
+Every record is rendered to one text and tokenized once, as inference will see it
+(SentencePiece tokenizers put a word boundary in front of each piece tokenized alone); a token
+is a label when its characters (the tokenizer's offsets) overlap a response's span.
 
 `train_on_prompt: true` labels every token. Special tokens are added once: a templated text
 already holds them (Llama 3's template begins with <|begin_of_text|>), so it is tokenized
@@ -26,7 +29,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import TemplateError
+
+from oneseekd.trainer import turns
 from oneseekd.trainer.data import Encoded, Records, refuse
+from oneseekd.trainer.loading import ModelRefused
+from oneseekd.trainer.turns import Span
 
 
 class RecordProblem(Exception):
@@ -40,13 +48,10 @@ class Encoding:
     truncated: bool
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+def labelled(offsets: list[Span], spans: list[Span]) -> list[int]:
+    """1 for each token whose characters overlap a labelled span (a token that begins in the
+    prompt and ends in the answer is the answer's: the model has to say it)."""
+    return [int(any(s < b and a < e for a, b in spans)) for s, e in offsets]
 
 
 class Encoder:
@@ -64,6 +69,13 @@ class Encoder:
         self.eos = tokenizer.eos_token_id
         self.templated = bool(getattr(tokenizer, "chat_template", None))
         self.lead, self.trail = self._specials()
+        self.specials = turns.special_ids(tokenizer)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelRefused(
+                "its tokenizer is a slow (Python) one, which gives no character offsets: "
+                "oneseekd finds each answer's tokens by them",
+                ["set use_fast_tokenizer: true (the default)"],
+            )
 
     def _specials(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer puts before and after a text of its own accord (a BOS)."""
@@ -77,9 +89,10 @@ class Encoder:
     def _ids(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
-    def _template(self, messages: list[dict[str, Any]], prompt: bool) -> list[int]:
-        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
-        return self._ids(str(text))
+    def _tokens(self, text: str) -> tuple[list[int], list[Span]]:
+        """The text tokenized once, as inference will see it, with each token's characters."""
+        got = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(got["input_ids"]), [(int(a), int(b)) for a, b in got["offset_mapping"]]
 
     # --- the record's tokens and labels, before truncation ---------------------------------
     def _pieces(self, record: dict[str, Any]) -> tuple[list[int], list[int], int]:
@@ -90,24 +103,24 @@ class Encoder:
         if "messages" in record:
             if self.templated:
                 return self._templated(record["messages"])
-            parts: list[tuple[str, bool]] = []
+            text, spans = "", []
             for m in record["messages"]:
-                parts.append((f"<|{m['role']}|>\n", False))
-                parts.append((f"{m['content']}\n", m["role"] == "assistant"))
+                text += f"<|{m['role']}|>\n"
+                if m["role"] == "assistant":
+                    spans.append((len(text), len(text) + len(m["content"]) + 1))
+                text += f"{m['content']}\n"
             last = record["messages"][-1]["role"] == "assistant"
         else:
-            prompt = f"### Instruction:\n{record['instruction']}\n\n"
+            text = f"### Instruction:\n{record['instruction']}\n\n"
             if record.get("input"):
-                prompt += f"### Input:\n{record['input']}\n\n"
-            parts = [(prompt + "### Response:\n", False), (str(record["output"]), True)]
+                text += f"### Input:\n{record['input']}\n\n"
+            text += "### Response:\n"
+            spans = [(len(text), len(text) + len(str(record["output"])))]
+            text += str(record["output"])
             last = True
-        ids, mask = list(self.lead), [0] * len(self.lead)
-        for text, labelled in parts:
-            piece = self._ids(text)
-            ids += piece
-            mask += [int(labelled)] * len(piece)
-        ids += self.trail
-        mask += [int(last)] * len(self.trail)
+        body, offsets = self._tokens(text)
+        ids = [*self.lead, *body, *self.trail]
+        mask = [0] * len(self.lead) + labelled(offsets, spans) + [int(last)] * len(self.trail)
         return self._close(ids, mask, last)
 
     def _close(
@@ -119,17 +132,26 @@ class Encoder:
         return ids, mask, len(self.lead)
 
     def _templated(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[int], int]:
-        full = self._template(messages, prompt=False)
-        mask = [0] * len(full)
-        for turn, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            start = common_prefix(self._template(messages[:turn], prompt=True), full)
-            end = common_prefix(self._template(messages[: turn + 1], prompt=False), full)
-            for position in range(start, end):
-                mask[position] = 1
+        try:
+            return self._turns(messages)
+        except TemplateError as exc:  # the template's raise_exception: its own words
+            raise RecordProblem(f"its chat template refuses it: {exc}") from exc
+
+    def _turns(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[int], int]:
+        full = turns.render(self.tok, messages, prompt=False)
+        ids, offsets = self._tokens(full)
+        try:
+            if self.train_on_prompt:  # every token a label: where the turns are does not matter
+                mask = [1] * len(ids)
+            else:
+                found = turns.assistant_spans(self.tok, messages, full, ids, offsets, self.specials)
+                mask = labelled(offsets, found)
+        except turns.TemplateProblem as exc:
+            if not turns.has_generation_markers(self.tok):
+                raise RecordProblem(str(exc)) from exc
+            ids, mask = turns.marked_mask(self.tok, messages)
         bos = getattr(self.tok, "bos_token_id", None)
-        return full, mask, int(bool(full) and full[0] == bos)
+        return ids, mask, int(bool(ids) and ids[0] == bos)
 
     # --- what the trainer calls -----------------------------------------------------------
     def encode(self, record: dict[str, Any]) -> Encoding:

@@ -2,9 +2,10 @@
 staged and recorded as artifacts; optionally the merged model. The torch half of the outputs:
 the certified layout, the DNA and `publish` are in oneseekd/certify/ and import no torch.
 
-The adapter must not depend on where it was trained: adapter_config.json's
-`base_model_name_or_path` names the base model by its display name (CivicAI's loader passes the
-base model itself), never the host's absolute path, since its bytes are hashed into the DNA.
+The adapter must not depend on where or in which process it was trained, since its bytes are
+hashed into the DNA: adapter_config.json's `base_model_name_or_path` names the base model by
+its display name (CivicAI's loader passes the base model itself), never the host's absolute
+path, and the lists PEFT writes from sets are sorted.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def _save_adapter(result: ModelResult, folder: Path, base_name: str) -> None:
     config = json.loads(config_file.read_text(encoding="utf-8"))
     loaded_from = config.get("base_model_name_or_path")
     config["base_model_name_or_path"] = base_name
+    config = canonical_adapter_config(config, vars(result.model.peft_config["default"]))
     # the form PEFT writes (sorted keys, indent 2)
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     card = folder / "README.md"  # PEFT's model card names the base in its front matter
@@ -93,6 +95,17 @@ def _save_adapter(result: ModelResult, folder: Path, base_name: str) -> None:
         text = card.read_text(encoding="utf-8")
         card.write_text(text.replace(loaded_from, base_name), encoding="utf-8")
     result.tokenizer.save_pretrained(folder)
+
+
+def canonical_adapter_config(config: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """adapter_config.json with every field PEFT holds as a set (target_modules,
+    exclude_modules) written as a sorted list. PEFT writes a set in its iteration order, which
+    follows the process's string hash seed (PYTHONHASHSEED), and the DNA hashes this file's
+    bytes: unsorted, one training would get a different DNA in every other process."""
+    return {
+        key: sorted(value) if isinstance(live.get(key), (set, frozenset)) else value
+        for key, value in config.items()
+    }
 
 
 def _export_merged(
