@@ -7,7 +7,8 @@ optimizer steps, interleaved rounds with the order rotated, each method's best k
 - bare fp32: the bare loop of bench/train.py, in fp32 (the baseline, 1.00 x);
 - bare autocast: the same loop under torch.autocast("cpu", bfloat16), fp32 weights;
 - bare bf16 base: the frozen base held in bf16 and autocast, the LoRA weights in fp32;
-- trainer bf16: LoraRecipe with precision "bf16" (what "auto" picks on a native-bf16 CPU);
+- trainer bf16: LoraRecipe with precision "bf16" (what "auto" picks on a native-bf16 CPU),
+  its steps timed (its end-of-epoch evaluation and checkpoint taken out);
 - trainer fp32: LoraRecipe with precision "fp32", for the loss only.
 
 It prints each method's tokens/s and its ratio to bare fp32, the trainer's ratio to the bare
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -109,7 +111,10 @@ def run_recipe(w: Workload, tmp: Path, precision: str) -> tuple[Outcome, float]:
         out = run_trainer(w, tmp)
     finally:
         HYPER.pop("precision")
-    return out, out.loss
+    # the steps alone, as the run's own tokens/s counts them: its end-of-epoch evaluation and
+    # checkpoint are not training (bench/train.py times them apart too)
+    steps = replace(out, seconds=out.seconds - out.epoch_end, epoch_end=0.0)
+    return steps, out.loss
 
 
 RUNNERS: dict[str, Callable[[Workload, Path], tuple[Outcome, float]]] = {
