@@ -7,12 +7,13 @@ optimizer steps, interleaved rounds with the order rotated, each method's best k
 - bare fp32: the bare loop of bench/train.py, in fp32 (the baseline, 1.00 x);
 - bare autocast: the same loop under torch.autocast("cpu", bfloat16), fp32 weights;
 - bare bf16 base: the frozen base held in bf16 and autocast, the LoRA weights in fp32;
-- trainer bf16: LoraRecipe with precision "bf16" (what "auto" picks on a native-bf16 CPU);
+- trainer bf16: LoraRecipe with precision "bf16" (what "auto" picks on a native-bf16 CPU),
+  its steps timed (its end-of-epoch evaluation and checkpoint taken out);
 - trainer fp32: LoraRecipe with precision "fp32", for the loss only.
 
 It prints each method's tokens/s and its ratio to bare fp32, the trainer's ratio to the bare
-bf16 loop of the precision it holds its base in (fp32 weights under autocast: bare autocast),
-and the trainer's final loss against fp32's. Goals (issue 24): on a CPU with native bf16,
+bf16 loop that holds the base as the trainer does (in bf16: bare bf16 base), and the trainer's
+mean training loss against fp32's. Goals (issue 24): on a CPU with native bf16,
 trainer bf16 >= 2.0 x bare fp32 and >= 0.95 x that bare bf16 loop, loss within 1 % of fp32's.
 On a CPU without native bf16 (ONESEEK_CPU_BF16 does not change the hardware) it says so:
 emulated bf16 is slower than fp32 there, and the ratios mean nothing for the goal.
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -109,7 +111,10 @@ def run_recipe(w: Workload, tmp: Path, precision: str) -> tuple[Outcome, float]:
         out = run_trainer(w, tmp)
     finally:
         HYPER.pop("precision")
-    return out, out.loss
+    # the steps alone, as the run's own tokens/s counts them: its end-of-epoch evaluation and
+    # checkpoint are not training (bench/train.py times them apart too)
+    steps = replace(out, seconds=out.seconds - out.epoch_end, epoch_end=0.0)
+    return steps, out.loss
 
 
 RUNNERS: dict[str, Callable[[Workload, Path], tuple[Outcome, float]]] = {
@@ -137,14 +142,15 @@ def bench(path: Path, steps: int, seq: int, repeat: int, tmp: Path) -> None:
     for method in METHODS:
         out, loss = best[method]
         print(f"  {method:<16}{out.rate:>9.1f}{out.rate / fp32:>13.2f}{loss:>11.4f}")
-    ours, held = best["trainer bf16"][0].rate, best["bare autocast"][0].rate
+    # the bare loop that holds the base as the trainer does (in bf16 since issue 24)
+    ours, held = best["trainer bf16"][0].rate, best["bare bf16 base"][0].rate
     drift = abs(best["trainer bf16"][1] / best["trainer fp32"][1] - 1)
     if not native_bf16():
         print("  this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 is emulated here,")
         print("  slower than fp32, and the goals below apply only to a CPU that has it")
     for label, ratio, goal in (
         ("trainer bf16 >= 2.0 x bare fp32", ours / fp32, SPEED_GOAL),
-        ("trainer bf16 >= 0.95 x bare autocast", ours / held, BF16_GOAL),
+        ("trainer bf16 >= 0.95 x bare bf16 base", ours / held, BF16_GOAL),
     ):
         print(f"  goal {label}: {'PASS' if ratio >= goal else 'MISS'} ({ratio:.2f} x)")
     verdict = "PASS" if drift <= LOSS_GOAL else "MISS"

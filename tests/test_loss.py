@@ -8,7 +8,12 @@ import pytest
 import torch
 from loramodels import lora_model
 
-from oneseekd.trainer.loss import IGNORE_INDEX, ChunkedCausalLM, chunked_loss_sum
+from oneseekd.trainer.loss import (
+    IGNORE_INDEX,
+    ChunkedCausalLM,
+    chunked_loss_sum,
+    chunked_scores,
+)
 from oneseekd.trainer.loss import loss_sum as full_loss_sum  # from the whole logits tensor
 from oneseekd.trainer.tiny import tiny_model
 
@@ -41,6 +46,25 @@ def test_equals_full_logits_loss_and_gradient(chunk_tokens: int) -> None:
     torch.testing.assert_close(summed, full, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, full_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_head_computes_on_contiguous_chunks_in_training_and_evaluation() -> None:
+    """A chunk sliced from every row is strided; a CPU linear layer on a strided input takes
+    a slow path (68x in bf16 at SmolLM2's head), so the head must be given a copy."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 50)
+    seen: list[bool] = []
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        seen.append(hidden.is_contiguous())
+        return linear(hidden)
+
+    hidden = torch.randn(3, 20, 16, requires_grad=True)
+    labels = labels_for(3, 20, 50)
+    summed, _ = chunked_loss_sum(hidden, head, labels, 6)  # chunks of 2 positions x 3 rows
+    summed.backward()  # the checkpointed chunks run the head again
+    chunked_scores(hidden.detach(), head, labels, 6)
+    assert len(seen) > 6 and all(seen)
 
 
 def test_nothing_labelled_is_zero_with_zero_gradient() -> None:

@@ -35,7 +35,7 @@ AVX2_CPU = Hardware("cpu", cpu_bf16=False)
         (TURING, "fp16", torch.float16, torch.float16),
         (VOLTA_EMULATED, "fp16", torch.float16, torch.float16),
         (Hardware("cuda", (8, 6), cuda_bf16=False), "fp16", torch.float16, torch.float16),
-        (AMX_CPU, "bf16", torch.float32, torch.bfloat16),
+        (AMX_CPU, "bf16", torch.bfloat16, torch.bfloat16),
         (AVX2_CPU, "fp32", torch.float32, None),
     ],
 )
@@ -55,9 +55,9 @@ def test_explicit_choices() -> None:
     assert decide("fp32", AMPERE).autocast is None
     fp16 = decide("fp16", TURING)
     assert (fp16.weights, fp16.autocast, fp16.scaler) == (torch.float16, torch.float16, True)
-    # asked for on a CPU without native bf16: honoured, in autocast over fp32 weights
+    # asked for on a CPU without native bf16: honoured (emulated), the base held in bf16
     slow = decide("bf16", AVX2_CPU)
-    assert (slow.weights, slow.autocast) == (torch.float32, torch.bfloat16)
+    assert (slow.weights, slow.autocast) == (torch.bfloat16, torch.bfloat16)
     assert decide("bf16", AMX_CPU).dtype == torch.bfloat16
 
 

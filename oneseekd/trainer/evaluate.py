@@ -213,14 +213,19 @@ def measure_adapter(
     model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
     try:
         model.set_adapter(name)
-        autocast: Any = (
-            torch.autocast("cuda", dtype=device.dtype) if device.type == "cuda" else nullcontext()
-        )
-        with autocast:
+        with autocast(device):
             return measure(model, held, pad_id, batch_size, world, False, device)
     finally:
         model.set_adapter(active)
         model.delete_adapter(name)
+
+
+def autocast(device: Device) -> Any:
+    """The training precision's autocast on `device` (none in fp32), so the held-out figures
+    and the samples are computed as training computes, on a CPU as on a GPU."""
+    if device.dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=device.dtype)
 
 
 # --- samples ------------------------------------------------------------------------------
@@ -268,9 +273,10 @@ def samples(
             if not prompt or len(prompt) == len(ids):
                 continue
             reference = [ids[a:b] for a, b in spans(mask)][:1]
-            with model.disable_adapter():
+            with model.disable_adapter(), autocast(device):
                 base = generate(model, tokenizer, prompt, new_tokens, device)
-            trained = generate(model, tokenizer, prompt, new_tokens, device)
+            with autocast(device):
+                trained = generate(model, tokenizer, prompt, new_tokens, device)
             found.append(
                 {
                     "record": records.where[index],

@@ -67,8 +67,12 @@ def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _summed(logits, _targets(labels))
 
 
+# A chunk is a slice of every row's positions, not contiguous in memory, and a linear layer
+# on such a slice takes a slow path on the CPU: for SmolLM2's head at 8 rows x 32 positions,
+# 3.8 s in bf16 against 0.055 s on a contiguous copy (fp32: 0.42 s against 0.11 s). The
+# chunk is copied first (rows x positions x hidden, a few MB) by both the loss and the scores.
 def _chunk_loss(head: Head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return _summed(head(hidden), targets)
+    return _summed(head(hidden.contiguous()), targets)
 
 
 def labelled_chunks(targets: torch.Tensor, step: int) -> list[int]:
@@ -122,7 +126,7 @@ class Scores(NamedTuple):
 def _chunk_scores(
     head: Head, hidden: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = head(hidden)
+    logits = head(hidden.contiguous())
     hits = (logits.argmax(-1) == targets) & (targets != IGNORE_INDEX)
     return _summed(logits, targets), hits.sum()
 

@@ -102,9 +102,10 @@ class Precision:
 def decide(asked: Asked, hw: Hardware) -> Precision:
     """The precision `asked` means on `hw`.
 
-    On a GPU the base loads in the autocast dtype (half the memory, as before this option
-    existed); on a CPU it stays fp32 and autocast runs the matmuls in bf16, which is where
-    the CPU's speed-up is (oneDNN's bf16 kernels), with fp32 weights kept exact."""
+    The frozen base loads in the autocast dtype, on a GPU and on a CPU alike: half the
+    memory, and no cast of every frozen matrix to bf16 each time autocast meets it (autocast
+    keeps its casts of trainable weights only: the frozen head was cast anew several times
+    each step by the chunked loss). The LoRA weights stay fp32 (the recipe casts them)."""
     name = asked
     if asked == "auto":
         name = "bf16" if hw.native_bf16 else "fp16" if hw.device == "cuda" else "fp32"
@@ -117,15 +118,13 @@ def decide(asked: Asked, hw: Hardware) -> Precision:
                 'ask for "auto", "bf16" or "fp32"'
             )
         return Precision("fp16", torch.float16, torch.float16, True)
-    if hw.device == "cuda":
-        if not hw.native_bf16:
-            raise PrecisionRefused(
-                f'precision "bf16" needs a GPU of compute capability 8.0 or more; this one '
-                f'is {_capability(hw)}: ask for "fp16", "fp32" or "auto"'
-            )
-        return Precision("bf16", torch.bfloat16, torch.bfloat16, False)
+    if hw.device == "cuda" and not hw.native_bf16:
+        raise PrecisionRefused(
+            f'precision "bf16" needs a GPU of compute capability 8.0 or more; this one '
+            f'is {_capability(hw)}: ask for "fp16", "fp32" or "auto"'
+        )
     # a CPU without native bf16 still computes it (slowly, emulated): the operator asked
-    return Precision("bf16", torch.float32, torch.bfloat16, False)
+    return Precision("bf16", torch.bfloat16, torch.bfloat16, False)
 
 
 def _capability(hw: Hardware) -> str:

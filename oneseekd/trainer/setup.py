@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any
 
 import structlog
@@ -23,7 +22,7 @@ from oneseekd.trainer.batching import Batch, epoch_batches, order_digest
 from oneseekd.trainer.checkpoint import Checkpoints, Position
 from oneseekd.trainer.context import ModelSpec
 from oneseekd.trainer.data import Encoded, Records
-from oneseekd.trainer.evaluate import HeldOut, held_out
+from oneseekd.trainer.evaluate import HeldOut, autocast, held_out
 from oneseekd.trainer.labels import Encoder, encode_records
 from oneseekd.trainer.loading import (
     Device,
@@ -339,9 +338,7 @@ class RecipeSetup:
             self.optimizer.load_state_dict(state)
 
     def _autocast(self) -> Any:
-        if self.precision.autocast is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.precision.autocast)
+        return autocast(self.device)  # the device's dtype is the precision's autocast one
 
     def _batches(self, epoch: int) -> list[Batch]:
         return epoch_batches(
