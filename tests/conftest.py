@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from homes import training_home
+from homes import open_home, training_home
 from pg import REQUIRE_ENV, Cluster, start_cluster
 from sqlalchemy import Engine
 
 from oneseekd.config import Config, load_config
 from oneseekd.db.engine import make_engine
 from oneseekd.db.migrate import upgrade
+from oneseekd.intake.accept import Intake
 from oneseekd.logs import ignore_library_warnings
 
 if TYPE_CHECKING:  # trainhomes imports torch: not while conftest loads, before the filters
@@ -49,6 +50,14 @@ def home(tmp_path: Path) -> Path:
     root = tmp_path / "home"
     (root / "models" / "oneseek-7b-zero" / "base_models").mkdir(parents=True)
     return root
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Config, Engine, Intake]]:
+    """homes.training_home migrated and opened, with its Intake (the intake tests' home)."""
+    config, engine = open_home(training_home(tmp_path / "home"))
+    yield config, engine, Intake(engine, config.home)
+    engine.dispose()
 
 
 @pytest.fixture

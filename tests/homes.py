@@ -153,3 +153,8 @@ def home_with_a_queued_run(root: Path) -> tuple[Path, str]:
     engine.dispose()
     assert verdict.run_id is not None
     return home, verdict.run_id
+
+
+def take(intake: Intake, body: object) -> Verdict:
+    """The intake's verdict on `body` as `oneseekctl submit` hands it over."""
+    return intake.take_bytes(json.dumps(body).encode(), source="submit")

@@ -5,28 +5,12 @@ from __future__ import annotations
 
 import json
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from homes import open_home, request, training_home
-from sqlalchemy import Engine
+from homes import request, take
 
-from oneseekd.config import Config
-from oneseekd.intake.accept import Intake
-from oneseekd.intake.incoming import Verdict
 from oneseekd.trainer.data import DataError, load_records
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Config, Engine, Intake]]:
-    config, engine = open_home(training_home(tmp_path / "home"))
-    yield config, engine, Intake(engine, config.home)
-    engine.dispose()
-
-
-def take(intake: Intake, body: object) -> Verdict:
-    return intake.take_bytes(json.dumps(body).encode(), source="submit")
 
 
 def line(record: object) -> bytes:

@@ -5,30 +5,15 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from homes import open_home, request, take_row, training_home
-from sqlalchemy import Engine
+from homes import request, take, take_row
 
 from oneseekd import queue
-from oneseekd.config import Config
-from oneseekd.intake.accept import Intake
 from oneseekd.intake.incoming import Incoming, Verdict
 from oneseekd.intake.schema import TrainingRequestModel
 from oneseekd.runspec import load
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Config, Engine, Intake]]:
-    config, engine = open_home(training_home(tmp_path / "home"))
-    yield config, engine, Intake(engine, config.home)
-    engine.dispose()
-
-
-def take(intake: Intake, body: object) -> Verdict:
-    return intake.take_bytes(json.dumps(body).encode(), source="submit")
 
 
 def test_a_valid_request_is_queued_with_resolved_keys_and_fingerprints(setup: tuple) -> None:

@@ -5,26 +5,15 @@ and never removes what it did not make (issue 26, item 5)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from homes import open_home, request, training_home
-from sqlalchemy import Engine
+from homes import request
 from trainhomes import TinyHome
 
 from oneseekd.certify.publish import discard_staged
-from oneseekd.config import Config
 from oneseekd.errors import OneseekError
-from oneseekd.intake.accept import Intake
 from oneseekd.trainer.run import train_run
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Config, Engine, Intake]]:
-    config, engine = open_home(training_home(tmp_path / "home"))
-    yield config, engine, Intake(engine, config.home)
-    engine.dispose()
 
 
 def foreign(folder: Path, outside: Path, kind: str) -> None:
