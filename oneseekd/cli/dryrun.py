@@ -1,0 +1,178 @@
+"""oneseekctl submit --dry-run: what a request would run, and nothing queued.
+
+The request is judged by the intake's own parser and dataset check, its model names resolved
+against the catalog; the records are encoded by the trainer's code in a child process
+(oneseekd.trainer.dryrun: the tokenizer needs torch, which the CLI never imports), and the
+memory of each model's step comes from spec/plan.py on its config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import select
+
+from oneseekd.catalog.query import by_key
+from oneseekd.cli.context import Context, emit_json
+from oneseekd.db.engine import read_session
+from oneseekd.db.models import BaseModel
+from oneseekd.errors import OneseekError
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.checks import check_dataset, resolve_models
+from oneseekd.intake.schema import parse_request
+from oneseekd.spec.memory import Held, Shape, activation_bytes, logits_bytes
+from oneseekd.spec.plan import Plan, plan
+
+GIB = 2**30
+
+
+def _held(options: dict[str, Any], device: str) -> Held:
+    """How the trainer would hold the base (setup._held): quantized, 16-bit on a GPU unless
+    fp32 is asked, fp32 on a CPU (whose bf16 autocast keeps fp32 weights)."""
+    if options.get("load_in_4bit") or options.get("load_in_8bit"):
+        return "quantized"
+    if device == "cuda" and options.get("precision", "auto") != "fp32":
+        return "16-bit"
+    return "fp32"
+
+
+def _memory(config: dict[str, Any], options: dict[str, Any], device: dict[str, Any]) -> Any:
+    held = _held(options, device["type"])
+    batch, seq = int(options["batch_size"]), int(options["max_seq_len"])
+    asked = options.get("gradient_checkpointing")
+    chunked = bool(options.get("chunked_loss", True))
+    p: Plan = plan(config, batch, seq, held, int(device["memory"]), chunked=chunked, asked=asked)
+    ckpt = bool(p.checkpointing) if p.fits else True
+    shape, tokens = Shape.from_config(config), batch * seq
+    return {
+        "held": held,
+        "fits": p.fits,
+        "gradient_checkpointing": p.checkpointing,
+        "peak_bytes": p.need,
+        "device_bytes": p.memory,
+        "breakdown": {
+            "weights": p.weights,
+            "activations": activation_bytes(shape, tokens, held, ckpt),
+            "logits_chunk": logits_bytes(shape, tokens, held, chunked),
+            "step": p.step_on if ckpt else p.step_off,
+            "evaluation": p.evaluation,
+        },
+    }
+
+
+def _encoded(dataset: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
+    task = json.dumps({"dataset": str(dataset), "models": models})
+    done = subprocess.run(
+        [sys.executable, "-m", "oneseekd.trainer.dryrun"],
+        input=task,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise OneseekError(f"the dry run could not encode the records: {last}")
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def dry_run(obj: Context, raw: bytes) -> dict[str, Any]:
+    """The report of a request that is judged as submit judges it and never queued."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OneseekError("the request was refused", [f"not JSON: {exc}"]) from exc
+    request, problems = parse_request(data)
+    if request is None:
+        raise OneseekError("the request was refused", problems)
+    paths = obj.config.home
+    dataset, problems = check_dataset(request.dataset, paths, request.val_fraction)
+    obj.fresh_catalog()
+    intake = Intake(obj.engine(), paths, host=obj.config.catalog.host)
+    with read_session(obj.engine()) as session:
+        rows = list(session.scalars(select(BaseModel).where(BaseModel.state != "missing")))
+        catalog = by_key(rows, intake.roots, intake.host)
+        chosen, more = resolve_models(catalog, list(request.base_models), intake.roots)
+        found = [
+            (name, row.key, Path(row.path))
+            for name, row in zip(request.base_models, chosen, strict=False)
+        ]
+    if problems or more or dataset is None:
+        raise OneseekError("the request was refused", problems + more)
+    models = []
+    for name, key, path in found:
+        options = request.per_model.get(name, request).model_dump()
+        models.append({**options, "key": key, "path": str(path)})
+    encoded = _encoded(dataset, models)
+    report: dict[str, Any] = {
+        "queued": False,
+        "dataset": request.dataset,
+        "records": encoded["records"],
+        "duplicates": encoded["duplicates"],
+        "val_fraction": request.val_fraction,
+        "device": encoded["device"],
+        "models": [],
+    }
+    for model in models:
+        config = json.loads((Path(model["path"]) / "config.json").read_text(encoding="utf-8"))
+        counts = encoded["models"][model["key"]]
+        tokens = counts["tokens"]
+        report["models"].append(
+            {
+                "model": model["key"],
+                "batch_size": model["batch_size"],
+                "max_seq_len": model["max_seq_len"],
+                **counts,
+                "label_share": counts["label_tokens"] / tokens if tokens else 0.0,
+                "memory": _memory(config, model, encoded["device"]),
+            }
+        )
+    return report
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB // 10 else f"{n / 2**20:.1f} MiB"
+
+
+def show(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(report)
+        return
+    device = report["device"]
+    click.echo("Dry run: nothing was queued.")
+    click.echo(
+        f"Dataset {report['dataset']}: {report['records']} records, "
+        f"{report['duplicates']} duplicate; val_fraction {report['val_fraction']}."
+    )
+    for m in report["models"]:
+        mem = m["memory"]
+        click.echo(
+            f"{m['model']}: {m['records']} records after the template ({m['refused']} refused, "
+            f"{m['truncated']} truncated at {m['max_seq_len']} tokens), {m['tokens']} tokens, "
+            f"{m['label_share']:.1%} of them labels."
+        )
+        if m["refused"]:
+            click.echo(
+                f"  the run would be refused: {m['refused']} records cannot be trained on, "
+                "for example:"
+            )
+        for problem in m["problems"]:
+            click.echo(f"    {problem}")
+        ckpt = mem["gradient_checkpointing"]
+        verdict = (
+            f"fits, gradient checkpointing {'on' if ckpt else 'off'}"
+            if mem["fits"]
+            else "does NOT fit"
+        )
+        click.echo(
+            f"  peak per {device['type'].upper()} ({device['name']}, {_gib(mem['device_bytes'])}):"
+            f" {_gib(mem['peak_bytes'])} at batch {m['batch_size']} x {m['max_seq_len']}, base "
+            f"{mem['held']}: {verdict}"
+        )
+        parts = mem["breakdown"]
+        click.echo("  " + ", ".join(f"{k.replace('_', ' ')} {_gib(v)}" for k, v in parts.items()))
