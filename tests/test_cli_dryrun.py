@@ -113,3 +113,12 @@ def test_the_dry_run_keeps_torch_out_of_oneseekctl(home: TinyHome) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_train_dry_run_needs_no_daemon_and_queues_nothing(home: TinyHome) -> None:
+    argv = ("train", "--base-models", "Tiny-Llama", "--dataset", "datasets/civic.jsonl")
+    done = ctl(home.root, *argv, "--max-seq-length", "48", "--dry-run")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[0] == "Dry run: nothing was queued."
+    assert "tiny-llama: 48 records after the template (0 refused, " in done.stdout
+    nothing_queued(home)
