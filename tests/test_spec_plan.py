@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from oneseekd.spec.memory import FIT_SHARE
-from oneseekd.spec.plan import Params, plan
+from oneseekd.spec.plan import Params, fit_problem, plan
 from oneseekd.trainer import quant, sharding
 from oneseekd.trainer.hubless import import_bitsandbytes
 from oneseekd.trainer.loading import Device, load_model, wants_checkpointing
@@ -83,3 +83,24 @@ def test_the_plan_decides_checkpointing_as_the_trainer_does() -> None:
         .describe()
         .startswith("fits, checkpointing off (")
     )
+
+
+def test_a_step_that_cannot_fit_names_its_numbers_and_fixes() -> None:
+    options = {"batch_size": 8, "max_seq_len": 2048}
+    assert fit_problem("Llama-3.1-8B", LLAMA_8B, options, 24 * GIB, gpu=True) == (
+        "Llama-3.1-8B (16-bit base) at batch 8 x 2048 tokens needs about 24.5 GiB per GPU "
+        "with gradient checkpointing; this host's GPUs have 24.0 GiB, of which a run plans on "
+        "85% (20.4 GiB): ask for batch_size 4 with gradient_accumulation_steps 2 (the same "
+        "effective batch)"
+    )
+    off = {**options, "gradient_checkpointing": False}
+    assert "ask for gradient_checkpointing: true, or batch_size 4 " in str(
+        fit_problem("Llama-3.1-8B", LLAMA_8B, off, 80 * GIB, gpu=True)
+    )
+    # the bf16 weights alone (15 GiB) do not fit 16 GB: 4-bit is the only way
+    assert str(
+        fit_problem("Llama-3.1-8B", LLAMA_8B, {**options, "batch_size": 4}, 16 * GIB, gpu=True)
+    ).endswith("13.6 GiB): ask for load_in_4bit")
+    assert fit_problem("Llama-3.1-8B", LLAMA_8B, options, 80 * GIB, gpu=True) is None
+    # sharded, the weights are split over the GPUs: not judged here
+    assert fit_problem("L", LLAMA_8B, {**options, "sharding": "fsdp"}, GIB, gpu=True) is None

@@ -25,28 +25,22 @@ from oneseekd.errors import OneseekError
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.checks import check_dataset, resolve_models
 from oneseekd.intake.schema import parse_request
-from oneseekd.spec.memory import Held, Shape, activation_bytes, logits_bytes
-from oneseekd.spec.plan import Plan, plan
+from oneseekd.spec.memory import Shape, activation_bytes, logits_bytes
+from oneseekd.spec.plan import Params, Plan, checkpointing_asked, fit_problem, held_for, plan
 
 GIB = 2**30
 
 
-def _held(options: dict[str, Any], device: str) -> Held:
-    """How the trainer would hold the base (setup._held): quantized, 16-bit on a GPU unless
-    fp32 is asked, fp32 on a CPU (whose bf16 autocast keeps fp32 weights)."""
-    if options.get("load_in_4bit") or options.get("load_in_8bit"):
-        return "quantized"
-    if device == "cuda" and options.get("precision", "auto") != "fp32":
-        return "16-bit"
-    return "fp32"
-
-
 def _memory(config: dict[str, Any], options: dict[str, Any], device: dict[str, Any]) -> Any:
-    held = _held(options, device["type"])
+    gpu = device["type"] == "cuda"
+    held = held_for(options, gpu)
     batch, seq = int(options["batch_size"]), int(options["max_seq_len"])
-    asked = options.get("gradient_checkpointing")
+    asked = checkpointing_asked(options, gpu)
     chunked = bool(options.get("chunked_loss", True))
-    p: Plan = plan(config, batch, seq, held, int(device["memory"]), chunked=chunked, asked=asked)
+    bits = 8 if options.get("load_in_8bit") else 4
+    weights = Params.from_config(config).weight_bytes(held, bits, frozen16=gpu)
+    memory = int(device["memory"])
+    p: Plan = plan(config, batch, seq, held, memory, weights=weights, chunked=chunked, asked=asked)
     ckpt = bool(p.checkpointing) if p.fits else True
     shape, tokens = Shape.from_config(config), batch * seq
     return {
@@ -54,6 +48,7 @@ def _memory(config: dict[str, Any], options: dict[str, Any], device: dict[str, A
         "fits": p.fits,
         "gradient_checkpointing": p.checkpointing,
         "peak_bytes": p.need,
+        "problem": fit_problem(options["key"], config, options, int(device["memory"]), gpu),
         "device_bytes": p.memory,
         "breakdown": {
             "weights": p.weights,
@@ -174,5 +169,7 @@ def show(report: dict[str, Any], as_json: bool) -> None:
             f" {_gib(mem['peak_bytes'])} at batch {m['batch_size']} x {m['max_seq_len']}, base "
             f"{mem['held']}: {verdict}"
         )
+        if mem["problem"]:
+            click.echo(f"  {mem['problem']}")
         parts = mem["breakdown"]
         click.echo("  " + ", ".join(f"{k.replace('_', ' ')} {_gib(v)}" for k, v in parts.items()))

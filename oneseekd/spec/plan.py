@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from oneseekd.spec.memory import Held, Shape, eval_bytes, fits, step_bytes
+from oneseekd.spec.memory import FIT_SHARE, Held, Shape, eval_bytes, fits, step_bytes
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,79 @@ def plan(
             picked = ckpt
             break
     return Plan(memory, weights, off, on, evaluation, picked)
+
+
+def held_for(options: Mapping[str, Any], gpu: bool) -> Held:
+    """How the trainer would hold a model's base (trainer/setup.py `_held`): quantized under
+    load_in_4bit or 8bit, 16-bit on a GPU unless fp32 is asked, fp32 on a CPU (whose bf16
+    autocast keeps fp32 weights)."""
+    if options.get("load_in_4bit") or options.get("load_in_8bit"):
+        return "quantized"
+    if gpu and options.get("precision", "auto") != "fp32":
+        return "16-bit"
+    return "fp32"
+
+
+def checkpointing_asked(options: Mapping[str, Any], gpu: bool) -> bool | None:
+    """gradient_checkpointing as the trainer reads it: "auto" (None) decides on a GPU only,
+    and is off on a CPU (loading.wants_checkpointing)."""
+    asked = options.get("gradient_checkpointing")
+    return False if asked is None and not gpu else asked
+
+
+def size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def fit_problem(
+    name: str, config: Mapping[str, Any], options: Mapping[str, Any], memory: int, gpu: bool
+) -> str | None:
+    """Why model `name` with these options (a request's, resolved) cannot train on a device of
+    `memory` bytes (a GPU's, or the host's RAM), with the fixes that would fit; None when it
+    fits. Sharded runs (FSDP) split the weights, which the plan does not model: not judged."""
+    if options.get("sharding") == "fsdp":
+        return None
+    held = held_for(options, gpu)
+    bits = 8 if options.get("load_in_8bit") else 4
+    weights = Params.from_config(config).weight_bytes(held, bits, frozen16=gpu)
+    batch, seq = int(options["batch_size"]), int(options["max_seq_len"])
+    accum = int(options.get("gradient_accumulation_steps") or 1)
+    chunked = bool(options.get("chunked_loss", True))
+    asked = checkpointing_asked(options, gpu)
+
+    def at(b: int, s: int, h: Held = held, w: int = weights, a: bool | None = asked) -> Plan:
+        return plan(config, b, s, h, memory, weights=w, chunked=chunked, asked=a)
+
+    p = at(batch, seq)
+    if p.fits:
+        return None
+    fixes = []
+    if asked is False and at(batch, seq, a=None).fits:
+        fixes.append("gradient_checkpointing: true")
+    if held != "quantized":
+        four = Params.from_config(config).weight_bytes("quantized", 4, frozen16=gpu)
+        if at(batch, seq, "quantized", four).fits:
+            fixes.append("load_in_4bit")
+    # a divisor of the batch, so accumulation keeps the effective batch exactly
+    divisors = [b for b in range(batch - 1, 0, -1) if batch % b == 0]
+    smaller = next((b for b in divisors if at(b, seq).fits), None)
+    if smaller is not None:
+        fixes.append(
+            f"batch_size {smaller} with gradient_accumulation_steps "
+            f"{accum * batch // smaller} (the same effective batch)"
+        )
+    elif at(1, min(seq, 512)).fits:
+        fixes.append("batch_size 1 and a shorter max_seq_len")
+    where = "per GPU" if gpu else "of memory"
+    have = "this host's GPUs have" if gpu else "this host has"
+    step = p.step_off if asked is False else p.step_on
+    need = max(step, p.evaluation)
+    ckpt = " without" if asked is False else " with"
+    text = (
+        f"{name} ({held} base) at batch {batch} x {seq} tokens needs about {size(need)} "
+        f"{where}{ckpt} gradient checkpointing; {have} {size(memory)}, of which a run "
+        f"plans on {FIT_SHARE:.0%} ({size(FIT_SHARE * memory)})"
+    )
+    if not fixes:
+        return f"{text}: it cannot train on this host; use a host with more memory"
+    return f"{text}: ask for " + ", or ".join(fixes)
