@@ -26,8 +26,9 @@ The checks, in order:
   train() runs before its first step) and of one optimizer step, against spec.memory's
   eval_bytes and step_bytes, at --batch x --seq: 16-bit with checkpointing off and on, 4-bit;
 - throughput: tokens/s of --steps timed steps (bf16, no checkpointing) and the model FLOPs
-  utilisation: (4 N + 12 L h s) FLOPs a token (forward and the backward to the activations;
-  the frozen base computes no weight gradients) over the GPU's dense bf16 peak.
+  utilisation: spec.plan.token_flops a token (4 N + 12 L h s: the forward pass and the
+  backward pass to the activations; the frozen base computes no weight gradients) over the
+  GPU's dense bf16 peak.
 
 Run, on any host with one CUDA GPU (after `make install`):
 
@@ -63,6 +64,7 @@ from oneseekd.trainer.hubless import import_bitsandbytes
 import_bitsandbytes()
 
 from oneseekd.spec.memory import Shape, eval_bytes, step_bytes  # noqa: E402
+from oneseekd.spec.plan import token_flops  # noqa: E402
 from oneseekd.trainer import embedded, packing  # noqa: E402
 from oneseekd.trainer.checkpoint import Checkpoints  # noqa: E402
 from oneseekd.trainer.context import ModelSpec  # noqa: E402
@@ -357,13 +359,7 @@ def check_throughput(b: Bench) -> str:
     steps(r, b.steps)
     seconds = time.perf_counter() - started
     rate = b.steps * b.batch * b.seq / seconds
-    config = r.config
-    layers, hidden = int(config["num_hidden_layers"]), int(config["hidden_size"])
-    embedding = int(r.model.get_input_embeddings().weight.numel())
-    matmul_params = sum(p.numel() for p in r.model.parameters()) - embedding
-    if config.get("tie_word_embeddings"):
-        matmul_params += embedding  # the head computes with the embedding matrix
-    per_token = 4 * matmul_params + 12 * layers * hidden * b.seq
+    per_token = token_flops(r.config, b.seq)
     name = torch.cuda.get_device_name()
     peak = b.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     mfu = (

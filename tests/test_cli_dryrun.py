@@ -15,7 +15,7 @@ from daemon import query
 from homes import ctl
 from trainhomes import TinyHome
 
-from oneseekd.spec.plan import Params
+from oneseekd.spec.plan import Params, token_flops
 from oneseekd.trainer.data import duplicates, load_records
 from oneseekd.trainer.labels import Encoder, RecordProblem
 from oneseekd.trainer.loading import load_tokenizer
@@ -51,8 +51,9 @@ def test_the_report_has_the_trainers_counts_and_the_plan(home: TinyHome) -> None
     assert model["tokens"] == sum(len(e.ids) for e in encoded)
     assert model["label_tokens"] == sum(sum(e.mask) for e in encoded)
     assert model["label_share"] == pytest.approx(model["label_tokens"] / model["tokens"])
-    memory = model["memory"]
     config = json.loads((folder / "config.json").read_text())
+    assert model["epoch_flops"] == model["tokens"] * token_flops(config, 48)
+    memory = model["memory"]
     assert memory["held"] == "fp32"  # no CUDA here: the trainer keeps fp32 weights
     assert memory["breakdown"]["weights"] == Params.from_config(config).weight_bytes("fp32")
     assert memory["fits"] is True

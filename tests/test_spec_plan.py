@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from oneseekd.spec.memory import FIT_SHARE
-from oneseekd.spec.plan import Params, fit_problem, plan
+from oneseekd.spec.plan import Params, fit_problem, plan, token_flops
 from oneseekd.trainer import quant, sharding
 from oneseekd.trainer.hubless import import_bitsandbytes
 from oneseekd.trainer.loading import Device, load_model, wants_checkpointing
@@ -104,3 +104,11 @@ def test_a_step_that_cannot_fit_names_its_numbers_and_fixes() -> None:
     assert fit_problem("Llama-3.1-8B", LLAMA_8B, options, 80 * GIB, gpu=True) is None
     # sharded, the weights are split over the GPUs: not judged here
     assert fit_problem("L", LLAMA_8B, {**options, "sharding": "fsdp"}, GIB, gpu=True) is None
+
+
+def test_token_flops_are_lora_training_flops() -> None:
+    # 8B: 6.98 B projection weights and the 525 M head, forward and backward to the inputs
+    # (4 a weight), and attention at 2048 tokens (12 L h s)
+    assert token_flops(LLAMA_8B, 2048) == 4 * (6_979_321_856 + 128256 * 4096) + 12 * 32 * (
+        4096 * 2048
+    )

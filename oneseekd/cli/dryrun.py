@@ -26,7 +26,15 @@ from oneseekd.intake.accept import Intake
 from oneseekd.intake.checks import check_dataset, resolve_models
 from oneseekd.intake.schema import parse_request
 from oneseekd.spec.memory import Shape, activation_bytes, logits_bytes
-from oneseekd.spec.plan import Params, Plan, checkpointing_asked, fit_problem, held_for, plan
+from oneseekd.spec.plan import (
+    Params,
+    Plan,
+    checkpointing_asked,
+    fit_problem,
+    held_for,
+    plan,
+    token_flops,
+)
 
 GIB = 2**30
 
@@ -124,6 +132,8 @@ def dry_run(obj: Context, raw: bytes) -> dict[str, Any]:
                 "max_seq_len": model["max_seq_len"],
                 **counts,
                 "label_share": counts["label_tokens"] / tokens if tokens else 0.0,
+                # every record's tokens once (validation included): an epoch, about
+                "epoch_flops": tokens * token_flops(config, int(model["max_seq_len"])),
                 "memory": _memory(config, model, encoded["device"]),
             }
         )
@@ -149,7 +159,7 @@ def show(report: dict[str, Any], as_json: bool) -> None:
         click.echo(
             f"{m['model']}: {m['records']} records after the template ({m['refused']} refused, "
             f"{m['truncated']} truncated at {m['max_seq_len']} tokens), {m['tokens']} tokens, "
-            f"{m['label_share']:.1%} of them labels."
+            f"{m['label_share']:.1%} of them labels; about {m['epoch_flops']:.3g} FLOPs an epoch."
         )
         if m["refused"]:
             click.echo(

@@ -63,6 +63,17 @@ class Params:
         return self.linear * bits // 8 + self.frozen * (2 if frozen16 else 4) + 4 * self.other
 
 
+def token_flops(config: Mapping[str, Any], seq: int) -> int:
+    """The model FLOPs of training on one token of a row of `seq` tokens with LoRA: the forward
+    pass (2 a weight of the decoder's projections and the head) and the backward pass to the
+    activations (as much again; the frozen base computes no weight gradients), and attention's
+    scores and weighted sum (4 L h s forward, twice that backward). LoRA's own are left out."""
+    params = Params.from_config(config)
+    hidden, vocab = int(config["hidden_size"]), int(config["vocab_size"])
+    layers = int(config["num_hidden_layers"])
+    return 4 * (params.linear + vocab * hidden) + 12 * layers * hidden * seq
+
+
 @dataclass(frozen=True)
 class Plan:
     """What a micro-batch of `tokens` needs on a device of `memory` bytes, and what is picked."""
