@@ -42,6 +42,7 @@ Without CUDA every check is listed as skipped (tests/test_bench_gpu.py runs it s
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import math
 import sys
@@ -316,10 +317,11 @@ def check_evaluation(b: Bench) -> str:
         # sharded=True makes measure take the whole logits tensor, as a sharded model does
         whole = measure(net, r.held, pad, b.batch, World(), True, r.device)
     gap = abs(chunked.loss - whole.loss) / whole.loss
-    if gap > 2e-3 or chunked.tokens != whole.tokens:
+    if gap > 5e-3 or chunked.tokens != whole.tokens:
         raise AssertionError(f"chunked loss {chunked.loss:.5f}, whole logits {whole.loss:.5f}")
     return (
-        f"loss {chunked.loss:.4f} over {chunked.tokens} tokens, whole logits {whole.loss:.4f}; "
+        f"loss {chunked.loss:.4f} over {chunked.tokens} tokens, whole logits {whole.loss:.4f} "
+        f"({gap:.1e} apart); "
         f"accuracy {chunked.accuracy:.4f} against {whole.accuracy:.4f}"
     )
 
@@ -332,6 +334,7 @@ def _peaks(b: Bench, name: str, **hyper: Any) -> str:
     tokens = b.batch * b.seq
     held = r._held()
     pad = int(r.tokenizer.pad_token_id)
+    gc.collect()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     r.evaluate_base(pad)  # before the first step, as train() runs it
@@ -405,6 +408,7 @@ def run(b: Bench, out: Any = sys.stdout) -> int:
             failed += 1
             line = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         finally:
+            gc.collect()  # a recipe's cycles hold GPU memory until collected
             if b.device == "cuda":
                 torch.cuda.empty_cache()
         print(f"{name}: {line}", file=out, flush=True)
