@@ -24,7 +24,8 @@ The checks, in order:
   figures from the whole logits tensor;
 - memory <held>: torch.cuda.max_memory_allocated of the base model's evaluation (what
   train() runs before its first step) and of one optimizer step, against spec.memory's
-  eval_bytes and step_bytes, at --batch x --seq: 16-bit with checkpointing off and on, 4-bit;
+  eval_bytes and step_bytes, at --batch x --seq: 16-bit with checkpointing off and on, 4-bit
+  (FAILED when either is more than 15 % off: the line still gives both numbers);
 - throughput: tokens/s of --steps timed steps (bf16, no checkpointing) and the model FLOPs
   utilisation: spec.plan.token_flops a token (4 N + 12 L h s: the forward pass and the
   backward pass to the activations; the frozen base computes no weight gradients) over the
@@ -245,8 +246,10 @@ def _peaks(b: Bench, name: str, **hyper: Any) -> str:
     for what, got, want in (("step", stepped, want_step), ("eval", evaluated, want_eval)):
         lines.append(f"{what} {got / 2**30:.2f} GiB vs {want / 2**30:.2f} ({got / want - 1:+.0%})")
     worst = max(abs(stepped / want_step - 1), abs(evaluated / want_eval - 1))
-    verdict = "within 15 %" if worst <= 0.15 else "OFF by more than 15 %"
-    return f"{b.batch}x{b.seq}, checkpointing {r.checkpointing}: {'; '.join(lines)}: {verdict}"
+    text = f"{b.batch}x{b.seq}, checkpointing {r.checkpointing}: measured {'; '.join(lines)}"
+    if worst > 0.15:  # spec/memory.py holds itself to 15 % on the CPU: this GPU says otherwise
+        raise AssertionError(f"{text}: the plan is off by more than 15 %")
+    return f"{text}: within 15 %"
 
 
 def check_throughput(b: Bench) -> str:
