@@ -68,24 +68,39 @@ def _memory(config: dict[str, Any], options: dict[str, Any], device: dict[str, A
     }
 
 
-def _encoded(dataset: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
-    task = json.dumps({"dataset": str(dataset), "models": models})
-    done = subprocess.run(
+def _encoder() -> subprocess.Popen[str]:
+    """The child that encodes the records, started first: its imports (torch, transformers:
+    most of a dry run's time) overlap the request's checks and the catalog scan."""
+    return subprocess.Popen(
         [sys.executable, "-m", "oneseekd.trainer.dryrun"],
-        input=task,
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
     )
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+
+
+def _encoded(child: subprocess.Popen[str], dataset: Path, models: list[dict[str, Any]]) -> Any:
+    task = json.dumps({"dataset": str(dataset), "models": models})
+    out, err = child.communicate(task)
+    if child.returncode != 0:
+        last = (err.strip().splitlines() or ["no output"])[-1]
         raise OneseekError(f"the dry run could not encode the records: {last}")
-    answer: dict[str, Any] = json.loads(done.stdout)
-    return answer
+    return json.loads(out)
 
 
 def dry_run(obj: Context, raw: bytes) -> dict[str, Any]:
     """The report of a request that is judged as submit judges it and never queued."""
+    child = _encoder()
+    try:
+        return _report(obj, raw, child)
+    finally:
+        if child.poll() is None:  # refused before the records were asked for
+            child.kill()
+            child.communicate()
+
+
+def _report(obj: Context, raw: bytes, child: subprocess.Popen[str]) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -111,7 +126,7 @@ def dry_run(obj: Context, raw: bytes) -> dict[str, Any]:
     for name, key, path in found:
         options = request.per_model.get(name, request).model_dump()
         models.append({**options, "key": key, "path": str(path)})
-    encoded = _encoded(dataset, models)
+    encoded = _encoded(child, dataset, models)
     report: dict[str, Any] = {
         "queued": False,
         "dataset": request.dataset,
