@@ -123,3 +123,23 @@ def test_train_dry_run_needs_no_daemon_and_queues_nothing(home: TinyHome) -> Non
     assert done.stdout.splitlines()[0] == "Dry run: nothing was queued."
     assert "tiny-llama: 48 records after the template (0 refused, " in done.stdout
     nothing_queued(home)
+
+
+def test_the_time_is_estimated_from_the_models_last_measured_training(home: TinyHome) -> None:
+    done = ctl(home.root, *SUBMIT, "--json")
+    [model] = json.loads(done.stdout)["models"]
+    assert (model["measured_tokens_per_s"], model["estimated_seconds"]) == (None, None)
+    run_id = home.submit(["Tiny-Llama"])  # a run whose training measured 500 tokens/s
+    [(run_pk,)] = query(home.root, "SELECT id FROM runs WHERE run_id = ?", run_id)
+    with home.engine.begin() as con:
+        con.exec_driver_sql(
+            "INSERT INTO model_trainings (run_id, model_key, position, state, epochs_done, "
+            "steps, tokens, seconds) VALUES (?, 'tiny-llama', 0, 'trained', 1, 10, 5000, 10.0)",
+            (run_pk,),
+        )
+    done = ctl(home.root, *SUBMIT, "--epochs", "2", "--json")
+    [model] = json.loads(done.stdout)["models"]
+    assert model["measured_tokens_per_s"] == 500.0
+    assert model["estimated_seconds"] == round(model["tokens"] * 0.9 * 2 / 500.0, 1)
+    text = ctl(home.root, *SUBMIT, "--epochs", "2").stdout
+    assert f"  time: about {model['estimated_seconds']:.0f} s of training at 500 tokens/s" in text

@@ -16,11 +16,12 @@ from typing import Any
 
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from oneseekd.catalog.query import by_key
 from oneseekd.cli.context import Context, emit_json
 from oneseekd.db.engine import read_session
-from oneseekd.db.models import BaseModel
+from oneseekd.db.models import BaseModel, ModelTraining
 from oneseekd.errors import OneseekError
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.checks import check_dataset, resolve_models
@@ -120,6 +121,7 @@ def _report(obj: Context, raw: bytes, child: subprocess.Popen[str]) -> dict[str,
             (name, row.key, Path(row.path))
             for name, row in zip(request.base_models, chosen, strict=False)
         ]
+        rates = {key: _measured_rate(session, key) for _, key, _ in found}
     if problems or more or dataset is None:
         raise OneseekError("the request was refused", problems + more)
     models = []
@@ -150,9 +152,34 @@ def _report(obj: Context, raw: bytes, child: subprocess.Popen[str]) -> dict[str,
                 # every record's tokens once (validation included): an epoch, about
                 "epoch_flops": tokens * token_flops(config, int(model["max_seq_len"])),
                 "memory": _memory(config, model, encoded["device"]),
+                **_estimate(tokens, model, request.val_fraction, rates[model["key"]]),
             }
         )
     return report
+
+
+def _measured_rate(session: Session, key: str) -> float | None:
+    """Tokens a second of this model's latest training in this home that measured any."""
+    row = session.scalars(
+        select(ModelTraining)
+        .where(ModelTraining.model_key == key)
+        .where(ModelTraining.tokens > 0, ModelTraining.seconds > 0)
+        .order_by(ModelTraining.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else row.tokens / row.seconds
+
+
+def _estimate(
+    tokens: int, model: dict[str, Any], val_fraction: float, rate: float | None
+) -> dict[str, Any]:
+    """The training's seconds at the measured rate: the training split's tokens (about
+    1 - val_fraction of them) every epoch; None where nothing was measured yet."""
+    trained = tokens * (1 - val_fraction) * int(model["epochs"])
+    return {
+        "measured_tokens_per_s": rate,
+        "estimated_seconds": None if rate is None else round(trained / rate, 1),
+    }
 
 
 def _gib(n: int) -> str:
@@ -194,6 +221,14 @@ def show(report: dict[str, Any], as_json: bool) -> None:
             f" {_gib(mem['peak_bytes'])} at batch {m['batch_size']} x {m['max_seq_len']}, base "
             f"{mem['held']}: {verdict}"
         )
+        if m["estimated_seconds"] is None:
+            click.echo("  time: no training of this model measured in this home yet")
+        else:
+            click.echo(
+                f"  time: about {m['estimated_seconds']:.0f} s of training at "
+                f"{m['measured_tokens_per_s']:.0f} tokens/s (its last run here, with its "
+                "options)"
+            )
         if mem["problem"]:
             click.echo(f"  {mem['problem']}")
         parts = mem["breakdown"]
