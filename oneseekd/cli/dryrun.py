@@ -25,6 +25,7 @@ from oneseekd.db.models import BaseModel, ModelTraining
 from oneseekd.errors import OneseekError
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.checks import check_dataset, resolve_models
+from oneseekd.intake.fieldtypes import memory_bytes
 from oneseekd.intake.schema import parse_request
 from oneseekd.spec.memory import Shape, activation_bytes, logits_bytes
 from oneseekd.spec.plan import (
@@ -49,15 +50,18 @@ def _memory(config: dict[str, Any], options: dict[str, Any], device: dict[str, A
     bits = 8 if options.get("load_in_8bit") else 4
     weights = Params.from_config(config).weight_bytes(held, bits, frozen16=gpu)
     memory = int(device["memory"])
+    cap = options.get("max_memory_per_gpu")
+    if cap and gpu:  # the trainer caps its GPU memory so (loading.memory_cap)
+        memory = min(memory, memory_bytes(str(cap)))
     p: Plan = plan(config, batch, seq, held, memory, weights=weights, chunked=chunked, asked=asked)
-    ckpt = bool(p.checkpointing) if p.fits else True
+    ckpt = p.checkpointing if p.checkpointing is not None else asked is not False
     shape, tokens = Shape.from_config(config), batch * seq
     return {
         "held": held,
         "fits": p.fits,
         "gradient_checkpointing": p.checkpointing,
         "peak_bytes": p.need,
-        "problem": fit_problem(options["key"], config, options, int(device["memory"]), gpu),
+        "problem": fit_problem(options["key"], config, options, memory, gpu),
         "device_bytes": p.memory,
         "breakdown": {
             "weights": p.weights,
