@@ -4,11 +4,13 @@ refused at intake, with the numbers and the fix (spec/plan.py's fit_problem)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from trainhomes import FAST, TinyHome
 
+from oneseekd import gpus
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.incoming import Verdict
 
@@ -54,3 +56,21 @@ def test_the_fix_it_names_is_queued(home: TinyHome) -> None:
 def test_memory_that_cannot_be_told_judges_nothing(home: TinyHome) -> None:
     verdict = take(home, None, batch_size=8, max_seq_len=512)
     assert verdict.status == "queued", verdict.problems
+
+
+def test_the_memory_a_run_plans_on_comes_from_nvidia_smi_or_the_ram(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf '81559\\n40960\\n'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    gpus.device_memory.cache_clear()
+    try:
+        assert gpus.device_memory(2) == 40960 * MIB  # the smallest GPU's
+        assert gpus.device_memory(0) == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        smi.write_text("#!/bin/sh\nexit 9\n")
+        gpus.device_memory.cache_clear()
+        assert gpus.device_memory(2) is None  # cannot say: intake judges nothing
+    finally:
+        gpus.device_memory.cache_clear()
