@@ -7,7 +7,10 @@ stand in for GPUs: 1 by default, so only single-process runs are accepted there.
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,3 +65,26 @@ def too_many(asked: int | str, gpus_here: int, cpu_processes: int) -> str | None
         f"asks for {asked} GPUs, but this host has none (and trainer.cpu_processes = "
         f"{cpu_processes} CPU processes stand in for them)"
     )
+
+
+@functools.cache
+def device_memory(gpus_here: int) -> int | None:
+    """The memory one process of a run may plan on, in bytes, without importing torch: the
+    smallest GPU's (nvidia-smi; None when it cannot say), or on a host without GPUs its
+    physical memory. Asked once per process: intake judges every request with it."""
+    if gpus_here == 0:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        done = subprocess.run(
+            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return min(int(line) for line in done.stdout.split()) * 2**20  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None

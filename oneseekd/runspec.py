@@ -103,7 +103,7 @@ class ModelOptions(_Strict):
     max_grad_norm: float = Field(1.0, ge=0, le=10_000)  # 0: no clipping
     optimizer: Optimizer = "adamw_torch"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    gradient_checkpointing: bool | None = None  # None: on when the weights fill the GPU
+    gradient_checkpointing: bool | None = None  # None: on when a step would not fit the GPU
     torch_compile: bool = False
     use_fast_tokenizer: bool = True
     packing: bool = False

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import itertools
+from typing import Any
 
 import pytest
 import torch
 from transformers import Trainer, get_scheduler
 
+from oneseekd.trainer.hubless import import_bitsandbytes
 from oneseekd.trainer.optim import (
     MIN_LR_RATE,
     OPTIMIZERS,
@@ -18,6 +20,7 @@ from oneseekd.trainer.optim import (
     build_optimizer,
     build_scheduler,
     decay_groups,
+    keep_paging,
     uses_8bit_state,
     warmup_steps,
 )
@@ -191,3 +194,51 @@ def test_unknown_names() -> None:
         build_optimizer("lion", Net(), 1e-3)
     with pytest.raises(ValueError, match="unknown lr_scheduler 'onecycle'"):
         build_scheduler("onecycle", torch.optim.SGD(Net().parameters(), 0.1), 10, 1)
+
+
+def _paged(simulated: bool) -> torch.optim.Optimizer:
+    """bitsandbytes' PagedAdamW8bit over a large and a small parameter; `simulated`, its
+    buffers made as on CUDA: those it would page (get_state_buffer) marked is_paged, as
+    bitsandbytes marks its unified-memory buffers (this CPU has none to make, and such a
+    one cannot step here)."""
+    import_bitsandbytes()
+    from bitsandbytes.optim.adamw import PagedAdamW8bit
+
+    class Simulated(PagedAdamW8bit):  # type: ignore[misc]
+        def get_state_buffer(self, p: torch.Tensor, dtype: torch.dtype = torch.float32) -> Any:
+            buffer = torch.zeros_like(p, dtype=dtype)
+            if p.numel() >= 1e5:
+                buffer.is_paged = True  # type: ignore[attr-defined]
+            return buffer
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(200_000)), torch.nn.Parameter(torch.randn(4096))]
+    return (Simulated if simulated else PagedAdamW8bit)(params, lr=1e-3, min_8bit_size=4096)
+
+
+def test_a_resumed_paged_optimizer_pages_its_moments_again() -> None:
+    fresh = _paged(simulated=False)  # on a CPU bitsandbytes keeps it unpaged, and steps
+    sum((p * p).sum() for p in fresh.param_groups[0]["params"]).backward()
+    fresh.step()
+    saved = io.BytesIO()
+    torch.save(fresh.state_dict(), saved)
+    saved.seek(0)
+    resumed = _paged(simulated=True)
+    resumed.load_state_dict(torch.load(saved, weights_only=True))
+    large, small = resumed.param_groups[0]["params"]
+    was = {k: resumed.state[large][k].clone() for k in ("state1", "state2")}
+    assert not getattr(resumed.state[large]["state1"], "is_paged", False)  # what bnb leaves
+    assert keep_paging(resumed) == 2  # state1 and state2 of the large parameter
+    for key in ("state1", "state2"):
+        assert getattr(resumed.state[large][key], "is_paged", False)
+        assert torch.equal(resumed.state[large][key], was[key])
+        assert was[key].any()
+        assert not getattr(resumed.state[small][key], "is_paged", False)  # too small to page
+    assert keep_paging(resumed) == 0
+
+
+def test_an_unpaged_optimizer_is_left_alone() -> None:
+    _, opt = train("adamw_8bit", 1)
+    before = {id(t) for s in opt.state.values() for t in s.values()}  # type: ignore[attr-defined]
+    assert keep_paging(opt) == 0  # type: ignore[arg-type]
+    assert {id(t) for s in opt.state.values() for t in s.values()} == before  # type: ignore[attr-defined]

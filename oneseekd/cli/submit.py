@@ -150,6 +150,11 @@ def _admin_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--target-modules", help="Comma-separated LoRA target modules.")
 @click.option("--request-id", help="Idempotency key: the same key is never queued twice.")
 @click.option("--priority", type=int)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what would run (records, tokens, labels, predicted memory); queue nothing.",
+)
 @_admin_options
 @json_option
 @click.pass_obj
@@ -159,6 +164,7 @@ def submit_cmd(
     args: tuple[str, ...],
     base_models: tuple[str, ...],
     as_json: bool,
+    dry_run: bool,
     **options: Any,
 ) -> None:
     """Validate a request (FILE.json and/or flags) and queue it, exactly as a dropped file.
@@ -166,6 +172,7 @@ def submit_cmd(
     \b
     oneseekctl submit request.json
     oneseekctl submit --base-models SmolLM2-135M-Instruct --dataset civic.jsonl --epochs 1
+    oneseekctl submit request.json --dry-run   (what would run; nothing queued)
     """
     env = dict(os.environ)
     if not args and not base_models and not env.get("BASE_MODELS") and not any(options.values()):
@@ -177,6 +184,12 @@ def submit_cmd(
             ],
         )
     raw, name = build_request(args, base_models, options, env)
+    if dry_run:
+        from oneseekd.cli.dryrun import dry_run as report_of
+        from oneseekd.cli.dryrun import show
+
+        show(report_of(obj, raw), as_json)
+        return
     obj.fresh_catalog()
     verdict = Intake(
         obj.engine(),

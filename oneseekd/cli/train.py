@@ -182,7 +182,19 @@ class _Stop:
 @click.pass_obj
 def train_cmd(obj: Context, argv: tuple[str, ...]) -> None:
     """CivicAI's `scripts/train_dna_v2.py`: its flags, BASE_MODELS and RUN_ID; queues the run,
-    follows it printing `Epoch i/N`, `loss: x` and `DNA: ...`; a kill cancels it."""
+    follows it printing `Epoch i/N`, `loss: x` and `DNA: ...`; a kill cancels it. With
+    --dry-run: what would run (as `submit --dry-run`), nothing queued, no daemon needed."""
+    if "--dry-run" in argv:
+        from oneseekd.cli.dryrun import dry_run, show
+
+        rest = [a for a in argv if a != "--dry-run"]
+        show(
+            dry_run(
+                obj, json.dumps(build_request(rest, os.environ, obj.config.home.models)).encode()
+            ),
+            False,
+        )
+        return
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -34,6 +34,7 @@ from oneseekd.intake.batch import Batch, ended_versions, no_single_host, run_spe
 from oneseekd.intake.checks import (
     check_dataset,
     check_per_model,
+    memory_problems,
     resolve_models,
     run_folder_problem,
     taken_versions,
@@ -67,8 +68,10 @@ class Intake:
         host: str | None = None,
         roots: Sequence[Root] | None = None,
         cpu_processes: int = DEFAULT_CPU_PROCESSES,
+        device_memory: Callable[[int], int | None] = gpus.device_memory,
     ) -> None:
         self.engine = engine
+        self.device_memory = device_memory  # bytes a run may plan on: a GPU's, or the RAM
         self.paths = paths
         self.clock = clock
         self._ledger = ledger
@@ -287,7 +290,11 @@ class Intake:
             version = version or batch.next_free
             spec = run_spec(request, models, per_model, version)
             # impossible combinations, each with its fix, before a GPU is touched
-            problems += spec.check(HostFacts.light(gpus.host_gpus()))
+            here = gpus.host_gpus()
+            problems += spec.check(HostFacts.light(here))
+            memory = None if problems else self.device_memory(here)
+            if memory is not None:  # a step that cannot fit this host is refused now
+                problems += memory_problems(spec, models, memory, here > 0)
         hosts = sorted(h for h, got in batch.usable.items() if set(keys) <= got) if models else []
         if models and not problems and not hosts:
             problems.append(no_single_host(batch.usable, keys))

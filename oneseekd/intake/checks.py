@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -15,9 +16,12 @@ from oneseekd.catalog.scan import Root
 from oneseekd.db.models import BaseModel, Run
 from oneseekd.errors import ModelResolutionError
 from oneseekd.home import HomePaths
+from oneseekd.intake.fieldtypes import memory_bytes
 from oneseekd.intake.records import Scan, scan
 from oneseekd.intake.schema import VERSION
 from oneseekd.naming import artifact_prefix, match_model
+from oneseekd.runspec import RunSpec
+from oneseekd.spec.plan import fit_problem
 
 DATASET_SUFFIXES = (".jsonl", ".json")
 SCANS_KEPT = 16
@@ -183,3 +187,24 @@ def next_version(taken: set[str]) -> str:
         return "1.0"
     major, minor = max(version_key(v) for v in valid)
     return f"{major}.{minor + 1}"
+
+
+def memory_problems(
+    spec: RunSpec, models: Sequence[BaseModel], memory: int, gpu: bool
+) -> list[str]:
+    """Each model whose training step cannot fit `memory` bytes (one GPU's, or the host's
+    RAM) in any way its options allow, with the numbers and the fix (spec/plan.py). A model
+    folder this host cannot read is left to the trainer, which says what is wrong."""
+    problems: list[str] = []
+    for model in models:
+        options = spec.for_model(model.key)
+        cap = options.max_memory_per_gpu
+        limit = min(memory, memory_bytes(str(cap))) if cap and gpu else memory
+        try:
+            config = json.loads((Path(model.path) / "config.json").read_text(encoding="utf-8"))
+            problem = fit_problem(model.key, config, options.model_dump(), limit, gpu)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if problem is not None:
+            problems.append(f"base_models: {problem}")
+    return problems

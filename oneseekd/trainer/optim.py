@@ -126,3 +126,30 @@ def uses_8bit_state(optimizer: torch.optim.Optimizer) -> bool:
         isinstance(s.get("state1"), torch.Tensor) and s["state1"].dtype == torch.uint8
         for s in optimizer.state.values()
     )
+
+
+def keep_paging(optimizer: torch.optim.Optimizer) -> int:
+    """Put a resumed paged optimizer's state back in paged memory; how many tensors moved.
+
+    bitsandbytes' load_state_dict keeps a loaded state tensor where the checkpoint was read
+    to (ordinary device memory): a resumed paged_adamw_8bit would hold all its state on the
+    GPU, which paging exists to avoid. Each moment tensor (state1, state2) the optimizer
+    would itself have paged (get_state_buffer: on CUDA, at least 1e5 values) is copied into
+    a paged buffer made the optimizer's own way. Unpaged optimizers are left alone."""
+    if not getattr(optimizer, "is_paged", False):
+        return 0
+    moved = 0
+    for param, state in optimizer.state.items():
+        for key in ("state1", "state2"):
+            value = state.get(key)
+            if not isinstance(value, torch.Tensor) or getattr(value, "is_paged", False):
+                continue
+            if value.shape != param.shape:
+                continue
+            paged = optimizer.get_state_buffer(param, dtype=value.dtype)  # type: ignore[attr-defined]
+            if not getattr(paged, "is_paged", False):
+                continue  # too small to page, or not on CUDA: as a fresh run holds it
+            paged.copy_(value)
+            state[key] = paged
+            moved += 1
+    return moved

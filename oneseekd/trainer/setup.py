@@ -36,7 +36,12 @@ from oneseekd.trainer.loading import (
     wants_checkpointing,
 )
 from oneseekd.trainer.loss import ChunkedCausalLM
-from oneseekd.trainer.optim import OptimizerRefused, build_optimizer, build_scheduler
+from oneseekd.trainer.optim import (
+    OptimizerRefused,
+    build_optimizer,
+    build_scheduler,
+    keep_paging,
+)
 from oneseekd.trainer.schedule import lr_lambda
 from oneseekd.trainer.world import World
 
@@ -336,6 +341,7 @@ class RecipeSetup:
             sharding.load_optimizer_state(self.inner, self.optimizer, state)
         else:
             self.optimizer.load_state_dict(state)
+            keep_paging(self.optimizer)  # bitsandbytes loads paged state unpaged
 
     def _autocast(self) -> Any:
         return autocast(self.device)  # the device's dtype is the precision's autocast one

@@ -1,0 +1,239 @@
+"""oneseekctl submit --dry-run: what a request would run, and nothing queued.
+
+The request is judged by the intake's own parser and dataset check, its model names resolved
+against the catalog; the records are encoded by the trainer's code in a child process
+(oneseekd.trainer.dryrun: the tokenizer needs torch, which the CLI never imports), and the
+memory of each model's step comes from spec/plan.py on its config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from oneseekd.catalog.query import by_key
+from oneseekd.cli.context import Context, emit_json
+from oneseekd.db.engine import read_session
+from oneseekd.db.models import BaseModel, ModelTraining
+from oneseekd.errors import OneseekError
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.checks import check_dataset, resolve_models
+from oneseekd.intake.fieldtypes import memory_bytes
+from oneseekd.intake.schema import parse_request
+from oneseekd.spec.memory import Shape, activation_bytes, logits_bytes
+from oneseekd.spec.plan import (
+    Params,
+    Plan,
+    checkpointing_asked,
+    fit_problem,
+    held_for,
+    plan,
+    token_flops,
+)
+
+GIB = 2**30
+
+
+def _memory(config: dict[str, Any], options: dict[str, Any], device: dict[str, Any]) -> Any:
+    gpu = device["type"] == "cuda"
+    held = held_for(options, gpu)
+    batch, seq = int(options["batch_size"]), int(options["max_seq_len"])
+    asked = checkpointing_asked(options, gpu)
+    chunked = bool(options.get("chunked_loss", True))
+    bits = 8 if options.get("load_in_8bit") else 4
+    weights = Params.from_config(config).weight_bytes(held, bits, frozen16=gpu)
+    memory = int(device["memory"])
+    cap = options.get("max_memory_per_gpu")
+    if cap and gpu:  # the trainer caps its GPU memory so (loading.memory_cap)
+        memory = min(memory, memory_bytes(str(cap)))
+    p: Plan = plan(config, batch, seq, held, memory, weights=weights, chunked=chunked, asked=asked)
+    ckpt = p.checkpointing if p.checkpointing is not None else asked is not False
+    shape, tokens = Shape.from_config(config), batch * seq
+    return {
+        "held": held,
+        "fits": p.fits,
+        "gradient_checkpointing": p.checkpointing,
+        "peak_bytes": p.need,
+        "problem": fit_problem(options["key"], config, options, memory, gpu),
+        "device_bytes": p.memory,
+        "breakdown": {
+            "weights": p.weights,
+            "activations": activation_bytes(shape, tokens, held, ckpt),
+            "logits_chunk": logits_bytes(shape, tokens, held, chunked),
+            "step": p.step_on if ckpt else p.step_off,
+            "evaluation": p.evaluation,
+        },
+    }
+
+
+def _encoder() -> subprocess.Popen[str]:
+    """The child that encodes the records, started first: its imports (torch, transformers:
+    most of a dry run's time) overlap the request's checks and the catalog scan."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "oneseekd.trainer.dryrun"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _encoded(child: subprocess.Popen[str], dataset: Path, models: list[dict[str, Any]]) -> Any:
+    task = json.dumps({"dataset": str(dataset), "models": models})
+    out, err = child.communicate(task)
+    if child.returncode != 0:
+        last = (err.strip().splitlines() or ["no output"])[-1]
+        raise OneseekError(f"the dry run could not encode the records: {last}")
+    return json.loads(out)
+
+
+def dry_run(obj: Context, raw: bytes) -> dict[str, Any]:
+    """The report of a request that is judged as submit judges it and never queued."""
+    child = _encoder()
+    try:
+        return _report(obj, raw, child)
+    finally:
+        if child.poll() is None:  # refused before the records were asked for
+            child.kill()
+            child.communicate()
+
+
+def _report(obj: Context, raw: bytes, child: subprocess.Popen[str]) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OneseekError("the request was refused", [f"not JSON: {exc}"]) from exc
+    request, problems = parse_request(data)
+    if request is None:
+        raise OneseekError("the request was refused", problems)
+    paths = obj.config.home
+    dataset, problems = check_dataset(request.dataset, paths, request.val_fraction)
+    obj.fresh_catalog()
+    intake = Intake(obj.engine(), paths, host=obj.config.catalog.host)
+    with read_session(obj.engine()) as session:
+        rows = list(session.scalars(select(BaseModel).where(BaseModel.state != "missing")))
+        catalog = by_key(rows, intake.roots, intake.host)
+        chosen, more = resolve_models(catalog, list(request.base_models), intake.roots)
+        found = [
+            (name, row.key, Path(row.path))
+            for name, row in zip(request.base_models, chosen, strict=False)
+        ]
+        rates = {key: _measured_rate(session, key) for _, key, _ in found}
+    if problems or more or dataset is None:
+        raise OneseekError("the request was refused", problems + more)
+    models = []
+    for name, key, path in found:
+        options = request.per_model.get(name, request).model_dump()
+        models.append({**options, "key": key, "path": str(path)})
+    encoded = _encoded(child, dataset, models)
+    report: dict[str, Any] = {
+        "queued": False,
+        "dataset": request.dataset,
+        "records": encoded["records"],
+        "duplicates": encoded["duplicates"],
+        "val_fraction": request.val_fraction,
+        "device": encoded["device"],
+        "models": [],
+    }
+    for model in models:
+        config = json.loads((Path(model["path"]) / "config.json").read_text(encoding="utf-8"))
+        counts = encoded["models"][model["key"]]
+        tokens = counts["tokens"]
+        report["models"].append(
+            {
+                "model": model["key"],
+                "batch_size": model["batch_size"],
+                "max_seq_len": model["max_seq_len"],
+                **counts,
+                "label_share": counts["label_tokens"] / tokens if tokens else 0.0,
+                # every record's tokens once (validation included): an epoch, about
+                "epoch_flops": tokens * token_flops(config, int(model["max_seq_len"])),
+                "memory": _memory(config, model, encoded["device"]),
+                **_estimate(tokens, model, request.val_fraction, rates[model["key"]]),
+            }
+        )
+    return report
+
+
+def _measured_rate(session: Session, key: str) -> float | None:
+    """Tokens a second of this model's latest training in this home that measured any."""
+    row = session.scalars(
+        select(ModelTraining)
+        .where(ModelTraining.model_key == key)
+        .where(ModelTraining.tokens > 0, ModelTraining.seconds > 0)
+        .order_by(ModelTraining.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else row.tokens / row.seconds
+
+
+def _estimate(
+    tokens: int, model: dict[str, Any], val_fraction: float, rate: float | None
+) -> dict[str, Any]:
+    """The training's seconds at the measured rate: the training split's tokens (about
+    1 - val_fraction of them) every epoch; None where nothing was measured yet."""
+    trained = tokens * (1 - val_fraction) * int(model["epochs"])
+    return {
+        "measured_tokens_per_s": rate,
+        "estimated_seconds": None if rate is None else round(trained / rate, 1),
+    }
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB // 10 else f"{n / 2**20:.1f} MiB"
+
+
+def show(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(report)
+        return
+    device = report["device"]
+    click.echo("Dry run: nothing was queued.")
+    click.echo(
+        f"Dataset {report['dataset']}: {report['records']} records, "
+        f"{report['duplicates']} duplicate; val_fraction {report['val_fraction']}."
+    )
+    for m in report["models"]:
+        mem = m["memory"]
+        click.echo(
+            f"{m['model']}: {m['records']} records after the template ({m['refused']} refused, "
+            f"{m['truncated']} truncated at {m['max_seq_len']} tokens), {m['tokens']} tokens, "
+            f"{m['label_share']:.1%} of them labels; about {m['epoch_flops']:.3g} FLOPs an epoch."
+        )
+        if m["refused"]:
+            click.echo(
+                f"  the run would be refused: {m['refused']} records cannot be trained on, "
+                "for example:"
+            )
+        for problem in m["problems"]:
+            click.echo(f"    {problem}")
+        ckpt = mem["gradient_checkpointing"]
+        verdict = (
+            f"fits, gradient checkpointing {'on' if ckpt else 'off'}"
+            if mem["fits"]
+            else "does NOT fit"
+        )
+        click.echo(
+            f"  peak per {device['type'].upper()} ({device['name']}, {_gib(mem['device_bytes'])}):"
+            f" {_gib(mem['peak_bytes'])} at batch {m['batch_size']} x {m['max_seq_len']}, base "
+            f"{mem['held']}: {verdict}"
+        )
+        if m["estimated_seconds"] is None:
+            click.echo("  time: no training of this model measured in this home yet")
+        else:
+            click.echo(
+                f"  time: about {m['estimated_seconds']:.0f} s of training at "
+                f"{m['measured_tokens_per_s']:.0f} tokens/s (its last run here, with its "
+                "options)"
+            )
+        if mem["problem"]:
+            click.echo(f"  {mem['problem']}")
+        parts = mem["breakdown"]
+        click.echo("  " + ", ".join(f"{k.replace('_', ' ')} {_gib(v)}" for k, v in parts.items()))
