@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from bigmodels import LLAMA_8B
 
 from oneseekd.spec.memory import (
     Shape,
@@ -21,16 +22,6 @@ from oneseekd.spec.memory import (
     step_bytes,
 )
 
-# Llama-3.1-8B's config.json (KB-Llama-3.1-8B-Swedish has the same shape)
-LLAMA_8B = {
-    "model_type": "llama",
-    "num_hidden_layers": 32,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-}
 EIGHT_B = Shape.from_config(LLAMA_8B)
 BF16_WEIGHTS = 16_060_000_000  # 8.03 B parameters in 2 bytes
 NF4_WEIGHTS = 5_600_000_000  # the 4-bit layers with their scales, 16-bit embeddings and head

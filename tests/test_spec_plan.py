@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bigmodels import LLAMA_8B
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from oneseekd.spec.memory import FIT_SHARE
@@ -18,16 +19,6 @@ from oneseekd.trainer.loading import Device, load_model, wants_checkpointing
 from oneseekd.trainer.tiny import tiny_model
 
 GIB = 2**30
-LLAMA_8B = {
-    "model_type": "llama",
-    "num_hidden_layers": 32,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "tie_word_embeddings": False,
-}
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
