@@ -106,11 +106,7 @@ def run_bare(w: Workload, autocast: bool, base_bf16: bool) -> tuple[Outcome, flo
 
 
 def run_recipe(w: Workload, tmp: Path, precision: str) -> tuple[Outcome, float]:
-    HYPER["precision"] = precision
-    try:
-        out = run_trainer(w, tmp)
-    finally:
-        HYPER.pop("precision")
+    out = run_trainer(w, tmp, precision=precision)
     # the steps alone, as the run's own tokens/s counts them: its end-of-epoch evaluation and
     # checkpoint are not training (bench/train.py times them apart too)
     steps = replace(out, seconds=out.seconds - out.epoch_end, epoch_end=0.0)

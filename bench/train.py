@@ -79,6 +79,8 @@ HYPER: dict[str, Any] = {  # checkpoint_every: never within the run (train() sti
     "gradient_accumulation_steps": 1,
     "warmup_ratio": 0.03,
     "checkpoint_every": 10**9,
+    # fp32 as the bare loops, whatever the CPU ("auto" is bf16 where it is native)
+    "precision": "fp32",
     "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
 }
 BARE_GOAL, HF_GOAL = 0.95, 1.2
@@ -166,14 +168,18 @@ def timed(fn: Callable[..., Any], spent: list[float]) -> Callable[..., Any]:
     return call
 
 
-def run_trainer(w: Workload, tmp: Path, profile: cProfile.Profile | None = None) -> Outcome:
+def run_trainer(
+    w: Workload, tmp: Path, profile: cProfile.Profile | None = None, **hyper: Any
+) -> Outcome:
+    """The trainer on the workload; `hyper` overrides HYPER (bench/precision.py: precision)."""
     folder = Path(tempfile.mkdtemp(dir=tmp))  # fresh, so nothing is resumed
     n = len(w.ids)
     progress: Any = SimpleNamespace(report=lambda *a, **k: None)  # LoraRecipe only reports
     recipe = LoraRecipe(
         Task(
             ModelSpec("bench", "bench", w.path, ""),
-            {**HYPER, "train_on_prompt": True},  # the other loops train on every token too
+            # the other loops train on every token too
+            {**HYPER, "train_on_prompt": True, **hyper},
             Records(w.records, [f"record {i}" for i in range(len(w.records))]),
             (list(range(n)), [n]),
         ),
