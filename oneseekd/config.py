@@ -37,8 +37,6 @@ DEFAULT_HEARTBEAT_SECONDS = 1.0
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_CPU_PROCESSES = 1
 DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 1800.0
-# sharding "auto" shards a model whose weights take more than this share of one GPU's memory
-FSDP_AUTO_FRACTION = 0.5
 # A claimed run's lease: renewed with every trainer heartbeat; another daemon may take the run
 # over once it has expired (docs/scale-out.md).
 DEFAULT_LEASE_SECONDS = 60.0

@@ -46,7 +46,7 @@ def resolve(asked: int | str, devices: int) -> int:
 def asked_for(config: Mapping[str, Any], key: str) -> int | str:
     """What a run's stored config asks for one model: its per_model override, else the
     request's value, else 1 (runs queued before `gpus` existed). A run spec (spec_version,
-    oneseekd/runspec.py) holds each model's value resolved."""
+    oneseekd/spec/request.py) holds each model's value resolved."""
     if "spec_version" in config:
         value = config["models"][key]["gpus"]
         return value if value == "all" else int(value)

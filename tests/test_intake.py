@@ -13,7 +13,7 @@ from homes import request, take, take_row
 from oneseekd import queue
 from oneseekd.intake.incoming import Incoming, Verdict
 from oneseekd.intake.schema import TrainingRequestModel
-from oneseekd.runspec import load
+from oneseekd.spec.request import load
 
 
 def test_a_valid_request_is_queued_with_resolved_keys_and_fingerprints(setup: tuple) -> None:

@@ -12,7 +12,7 @@ import pytest
 from oneseekd.cli import main as oneseekctl
 from oneseekd.daemon.command import main as oneseekd
 from oneseekd.intake.schema import TrainingRequestModel
-from oneseekd.runspec import AutoStopOptions, LoraOptions, ModelOptions
+from oneseekd.spec.request import AutoStopOptions, LoraOptions, ModelOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERFACE = ROOT / "docs" / "interface.md"

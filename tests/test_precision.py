@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oneseekd.runcheck import HostFacts
+from oneseekd.spec.host import HostFacts
 from oneseekd.trainer.precision import (
     ENV_CPU_BF16,
     Hardware,

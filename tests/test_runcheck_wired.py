@@ -4,8 +4,8 @@ the backend the run names."""
 
 from __future__ import annotations
 
-from oneseekd import runspec
-from oneseekd.runcheck import HostFacts
+from oneseekd.spec import request as runspec
+from oneseekd.spec.host import HostFacts, check
 from oneseekd.trainer.__main__ import run_backend
 
 CPU = HostFacts(gpus=0)
@@ -25,21 +25,21 @@ def spec_of(options: dict[str, object], **b: object) -> runspec.RunSpec:
 
 def test_a_memory_cap_needs_a_gpu() -> None:
     spec = spec_of({"maxMemoryPerGpu": "20GiB"})
-    assert spec.check(CPU) == [
+    assert check(spec, CPU) == [
         "max_memory_per_gpu 20GiB caps the memory each GPU gives the trainer, and this host "
         "has no GPU; leave it out"
     ]
-    assert spec.check(GPUS) == []
+    assert check(spec, GPUS) == []
 
 
 def test_one_backend_for_the_run() -> None:
     spec = spec_of({"ddp_backend": "nccl"}, ddp_backend="gloo")
-    assert spec.check(GPUS) == [
+    assert check(spec, GPUS) == [
         "ddp_backend differs between the models (gloo, nccl): a run's processes join one "
         "process group; give one ddp_backend for the whole run"
     ]
-    assert spec_of({"ddp_backend": "gloo"}, ddp_backend="gloo").check(GPUS) == []
-    assert spec_of({}, ddp_backend="gloo").check(GPUS) == []  # one model names it
+    assert check(spec_of({"ddp_backend": "gloo"}, ddp_backend="gloo"), GPUS) == []
+    assert check(spec_of({}, ddp_backend="gloo"), GPUS) == []  # one model names it
 
 
 def test_the_trainer_joins_the_backend_the_run_names() -> None:
@@ -60,4 +60,4 @@ def test_options_once_refused_as_unwired_are_accepted() -> None:
             "torchCompile": False,
         }
     )
-    assert spec.check(CPU) == []
+    assert check(spec, CPU) == []

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from oneseekd.adminnames import FLAGS, request_from_flags
-from oneseekd.intake.fieldtypes import memory_bytes
 from oneseekd.intake.schema import DEFAULTS, TrainingRequestModel, parse_request
-from oneseekd.runcheck import HostFacts
-from oneseekd.runspec import (
+from oneseekd.spec.fields import memory_bytes
+from oneseekd.spec.host import HostFacts, check
+from oneseekd.spec.names import FLAGS, request_from_flags
+from oneseekd.spec.request import (
     LEGACY_RUN_KEYS,
     RUN_FIELDS,
     ModelOptions,
@@ -376,9 +376,9 @@ def spec_of(host_fields: dict[str, Any], **per_b: Any) -> RunSpec:
 
 def test_a_plain_run_passes_everywhere() -> None:
     for host in (CPU, AMPERE, TURING):
-        assert spec_of({}).check(host) == []
+        assert check(spec_of({}), host) == []
     assert (
-        spec_of({"loadIn4Bit": True, "optimizer": "adamw_8bit", "packing": True}).check(CPU) == []
+        check(spec_of({"loadIn4Bit": True, "optimizer": "adamw_8bit", "packing": True}), CPU) == []
     )
 
 
@@ -398,7 +398,7 @@ def test_every_impossible_combination_is_named_with_its_fix() -> None:
         load_in_8bit=True,
     )
     host = HostFacts(gpus=0, bitsandbytes=False, compiler=False)
-    assert spec.check(host) == [
+    assert check(spec, host) == [
         'use_deepspeed: oneseekd does not run DeepSpeed; ask for sharding "fsdp" (the GPUs '
         "share one copy of the model, as DeepSpeed ZeRO-3 does)",
         'precision "fp16" needs a CUDA GPU, and this host has none; ask for "auto", "bf16" '
@@ -421,19 +421,19 @@ def test_every_impossible_combination_is_named_with_its_fix() -> None:
         "set val_fraction above 0 or leave auto_stop out",
     ]
     assert "export_dequantized" not in " ".join(
-        spec_of({"loadIn4Bit": True, "export_merged": True, "export_dequantized": True}).check(CPU)
+        check(spec_of({"loadIn4Bit": True, "export_merged": True, "export_dequantized": True}), CPU)
     )
 
 
 def test_gpu_only_combinations() -> None:
-    assert spec_of({"precision": "bf16"}).check(TURING) == [
+    assert check(spec_of({"precision": "bf16"}), TURING) == [
         'precision "bf16" needs GPUs of compute capability 8.0 or more, and this host\'s is '
         '7.5; ask for "auto" or "fp16"'
     ]
-    assert spec_of({"precision": "bf16", "sharding": "fsdp"}).check(AMPERE) == []
-    assert spec_of(
-        {"sharding": "fsdp", "gpus": 2}, load_in_4bit=True, optimizer="adamw_8bit"
-    ).check(TURING) == [
+    assert check(spec_of({"precision": "bf16", "sharding": "fsdp"}), AMPERE) == []
+    assert check(
+        spec_of({"sharding": "fsdp", "gpus": 2}, load_in_4bit=True, optimizer="adamw_8bit"), TURING
+    ) == [
         'sharding "fsdp" in fp16 needs a gradient scaler for sharded gradients, which oneseekd '
         'does not have; ask for sharding "ddp" or precision "bf16" on GPUs of compute '
         "capability 8.0 or more",
@@ -530,7 +530,7 @@ def test_run_fields_are_not_per_model() -> None:
 def test_the_spec_needs_no_torch() -> None:
     """The daemon and oneseekctl read and check specs; they never import torch."""
     code = (
-        "import sys, oneseekd.runspec, oneseekd.runcheck, oneseekd.adminnames; "
+        "import sys, oneseekd.spec.request, oneseekd.spec.host, oneseekd.spec.names; "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -25,8 +25,8 @@ from oneseekd.db.models import BaseModel, ModelTraining
 from oneseekd.errors import OneseekError
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.checks import check_dataset, resolve_models
-from oneseekd.intake.fieldtypes import memory_bytes
 from oneseekd.intake.schema import parse_request
+from oneseekd.spec.fields import memory_bytes
 from oneseekd.spec.memory import Shape, activation_bytes, logits_bytes
 from oneseekd.spec.plan import (
     Params,

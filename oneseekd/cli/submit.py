@@ -11,13 +11,13 @@ from typing import Any
 import click
 
 from oneseekd import queue
-from oneseekd.adminnames import FLAGS as ADMIN_FLAGS
-from oneseekd.adminnames import request_from_flags
 from oneseekd.certify.ledger import Ledger
 from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import shown
 from oneseekd.errors import OneseekError
 from oneseekd.intake.accept import Intake
+from oneseekd.spec.names import FLAGS as ADMIN_FLAGS
+from oneseekd.spec.names import request_from_flags
 
 # flag -> request field
 _FLAGS = {
@@ -102,7 +102,7 @@ _FLAG_FIXES = {
 }
 
 
-# the options of the run spec as train_dna_v2.py's flags (oneseekd/adminnames.py), beside
+# the options of the run spec as train_dna_v2.py's flags (oneseekd/spec/names.py), beside
 # the flags submit had before; each sets its request field, which the validator then judges
 _OWN_FLAGS = {
     *("--dataset", "--version", "--epochs", "--batch-size", "--learning-rate", "--seed"),

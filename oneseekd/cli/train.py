@@ -24,7 +24,6 @@ import click
 from sqlalchemy import Engine, select
 
 from oneseekd import queue
-from oneseekd.adminnames import BY_FLAG, request_from_flags
 from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.publish import certified_dna
 from oneseekd.cli.context import Context
@@ -33,6 +32,7 @@ from oneseekd.db.engine import read_session
 from oneseekd.db.models import ModelTraining, Run
 from oneseekd.errors import OneseekError
 from oneseekd.intake.accept import Intake
+from oneseekd.spec.names import BY_FLAG, request_from_flags
 
 EXIT_FAILED = 1
 EXIT_REJECTED = 2
@@ -68,7 +68,7 @@ def _dataset(text: str) -> str:
 
 
 # The flags that say what to train, and those read differently from train_dna_v2.py's own
-# table; every other option flag CivicAI's admin panel may pass is in adminnames.FLAGS,
+# table; every other option flag CivicAI's admin panel may pass is in spec.names.FLAGS,
 # which names the request field it sets (the validator then refuses, by name, an option
 # the trainer does not carry out yet: nothing is ignored silently).
 FLAGS: dict[str, Flag] = {

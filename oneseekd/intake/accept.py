@@ -45,7 +45,7 @@ from oneseekd.intake.schema import (
     checkable_parts,
     parse_request,
 )
-from oneseekd.runcheck import HostFacts
+from oneseekd.spec.host import HostFacts, check
 
 
 @dataclass
@@ -291,7 +291,7 @@ class Intake:
             spec = run_spec(request, models, per_model, version)
             # impossible combinations, each with its fix, before a GPU is touched
             here = gpus.host_gpus()
-            problems += spec.check(HostFacts.light(here))
+            problems += check(spec, HostFacts.light(here))
             memory = None if problems else self.device_memory(here)
             if memory is not None:  # a step that cannot fit this host is refused now
                 problems += memory_problems(spec, models, memory, here > 0)

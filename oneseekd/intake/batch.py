@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from oneseekd.db.models import Artifact, BaseModel, Run
 from oneseekd.intake.checks import next_version, version_key
 from oneseekd.intake.schema import TrainingRequestModel
-from oneseekd.runspec import RunOptions, RunSpec, build
+from oneseekd.spec.request import RunOptions, RunSpec, build
 
 
 @dataclass

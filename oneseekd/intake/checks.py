@@ -16,12 +16,12 @@ from oneseekd.catalog.scan import Root
 from oneseekd.db.models import BaseModel, Run
 from oneseekd.errors import ModelResolutionError
 from oneseekd.home import HomePaths
-from oneseekd.intake.fieldtypes import memory_bytes
 from oneseekd.intake.records import Scan, scan
 from oneseekd.intake.schema import VERSION
 from oneseekd.naming import artifact_prefix, match_model
-from oneseekd.runspec import RunSpec
+from oneseekd.spec.fields import memory_bytes
 from oneseekd.spec.plan import fit_problem
+from oneseekd.spec.request import RunSpec
 
 DATASET_SUFFIXES = (".jsonl", ".json")
 SCANS_KEPT = 16

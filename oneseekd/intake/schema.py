@@ -13,8 +13,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
-from oneseekd.intake.fieldtypes import MODULE_NAME, Gpus, Sharding
-from oneseekd.runspec import (
+from oneseekd.spec.fields import MODULE_NAME, Gpus, Sharding
+from oneseekd.spec.request import (
     AutoStopOptions,
     LoraOptions,
     ModelOptions,
@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 class TrainingRequestModel(RunOptions):
-    """A request: every option of the run spec (oneseekd/runspec.py RunOptions, so there is
+    """A request: every option of the run spec (oneseekd/spec/request.py RunOptions, so there is
     one list of them), and the fields that say what to train and how to file it."""
 
     base_models: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
@@ -53,7 +53,7 @@ class TrainingRequestModel(RunOptions):
     dataset: str = Field(min_length=1, max_length=1000)
     version: str | None = Field(None, max_length=20)
     # each model's own options (any of the request's model options), by the name it was asked by;
-    # parse_request resolves and checks them with runspec.parse_overrides
+    # parse_request resolves and checks them with spec.request.parse_overrides
     # (Any: a non-object is reported by parse_overrides; once parsed, each is a ModelOptions)
     per_model: dict[Annotated[str, Field(min_length=1, max_length=200)], Any] = Field(
         default_factory=dict, max_length=16
@@ -172,7 +172,7 @@ def _known_lists(errors: list[ErrorDetails]) -> list[str]:
 
 def parse_request(data: Any) -> tuple[TrainingRequestModel | None, list[str]]:
     """The request and no problems, or None and every problem found. Any spelling of an
-    option is read (snake_case, camelCase, the admin panel's names: oneseekd/adminnames.py)."""
+    option is read (snake_case, camelCase, the admin panel's names: oneseekd/spec/names.py)."""
     if not isinstance(data, dict):
         return None, [f"a request is a JSON object, got {type(data).__name__}"]
     canonical, problems = normalize_options(data)

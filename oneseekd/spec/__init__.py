@@ -1,4 +1,12 @@
 """The run spec's room, without torch: what intake, `oneseekctl` and the trainer all read.
-For now the memory estimate (`memory.py`) and the plan built on it from config.json
-(`plan.py`); the request's fields and the host check are still
-`oneseekd/runspec.py` and `oneseekd/runcheck.py`."""
+
+- `request.py`: the request's options, typed (`RunSpec`), with per-model overrides resolved once;
+- `fields.py`: the types of their values (GPUs, memory sizes, optimizers, LoRA targets, ...);
+- `names.py`: the admin panel's and train_dna_v2.py's names for them;
+- `host.py`: what a host cannot train, each problem with its fix (`check`);
+- `memory.py`: the estimated memory of a training step and of the evaluation;
+- `plan.py`: the plan for a device built on it from the base's config.json.
+
+Nothing here imports the rest of oneseekd, torch or the database; the imports run one way,
+`names`, `fields` -> `request` -> `host`, and `memory` -> `plan`.
+"""

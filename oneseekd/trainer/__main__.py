@@ -80,10 +80,10 @@ def set_threads(env: Mapping[str, str]) -> int | None:
 
 
 def run_backend(config: object) -> str | None:
-    """The ddp_backend a run's processes join over (runcheck makes every model that names
+    """The ddp_backend a run's processes join over (spec.host makes every model that names
     one name the same); None: the default for the device, or a config the run's own
     loading will refuse with its reasons."""
-    from oneseekd import runspec
+    from oneseekd.spec import request as runspec
 
     try:
         spec = runspec.load(config if isinstance(config, dict) else {})

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from oneseekd import protocol, queue, runspec
+from oneseekd import protocol, queue
 from oneseekd.catalog.query import home_roots, untrusted_problem
 from oneseekd.catalog.scan import Root
 from oneseekd.config import default_host
@@ -21,7 +21,8 @@ from oneseekd.db.models import BaseModel, ModelTraining, Run, utcnow
 from oneseekd.errors import OneseekError
 from oneseekd.home import HomePaths
 from oneseekd.intake.checks import confined_dataset
-from oneseekd.runspec import RunSpec, SpecError
+from oneseekd.spec import request as runspec
+from oneseekd.spec.request import RunSpec, SpecError
 from oneseekd.times import utc_text
 
 PROGRESS_SECONDS = 1.0

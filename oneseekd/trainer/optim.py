@@ -18,7 +18,7 @@ import torch
 from transformers import get_scheduler
 from transformers.optimization import Adafactor
 
-from oneseekd.intake.fieldtypes import OPTIMIZERS, SCHEDULERS  # the names a request may give
+from oneseekd.spec.fields import OPTIMIZERS, SCHEDULERS  # the names a request may give
 from oneseekd.trainer.hubless import import_bitsandbytes
 
 DEFAULT_SCHEDULER = "cosine_with_min_lr"

@@ -124,7 +124,7 @@ def _export_merged(
     target.parent.mkdir(parents=True, exist_ok=True)
     free(session, paths, target, run_pk)
     # a quantized base is merged into only reloaded in full precision (export_dequantized,
-    # which runcheck demands): merged into 4-bit weights the adapter would round away
+    # which spec.host demands): merged into 4-bit weights the adapter would round away
     rebuilt = result.trainable is not None or result.quantization is not None
     model = _whole(result, base) if rebuilt else result.model
     merged = model.merge_and_unload()

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from oneseekd.runcheck import HostFacts
+from oneseekd.spec.host import HostFacts
 
 Asked = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -79,7 +79,7 @@ def cpu_bf16(env: Mapping[str, str] = os.environ) -> bool:
 
 
 def host_facts() -> HostFacts:
-    """What runcheck.check needs to know about this host, probed with torch (the trainer's
+    """What spec.host.check needs to know about this host, probed with torch (the trainer's
     second look, after intake's light one): the GPUs and the lowest compute capability."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     lowest = min(torch.cuda.get_device_capability(i) for i in range(gpus)) if gpus else None

@@ -22,6 +22,7 @@ from oneseekd.config import load_config
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import Run, utcnow
 from oneseekd.home import HomePaths
+from oneseekd.spec.host import check
 from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import Progress, RunRefused, load_context, training_row
 from oneseekd.trainer.data import duplicates, split
@@ -67,7 +68,7 @@ def train_run(
     world = world or World()
     ctx = load_context(engine, home, run_id)
     # intake's check again, with what torch sees of this host: nothing is loaded that cannot run
-    problems = ctx.spec.check(host_facts())
+    problems = check(ctx.spec, host_facts())
     if problems:
         raise RunRefused(f"run {run_id} cannot train on this host", problems)
     checkpoints = Checkpoints(home.root / "checkpoints" / run_id)

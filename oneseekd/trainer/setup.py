@@ -14,7 +14,7 @@ import structlog
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
-from oneseekd.intake.fieldtypes import memory_bytes
+from oneseekd.spec.fields import memory_bytes
 from oneseekd.spec.memory import Held, Shape, step_bytes
 from oneseekd.trainer import packing, precision, quant, sharding, swiglu
 from oneseekd.trainer.autostop import AutoStop

@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import fully_shard
 
-from oneseekd.config import FSDP_AUTO_FRACTION
+from oneseekd.spec.fields import FSDP_AUTO_FRACTION
 from oneseekd.trainer.world import World
 
 

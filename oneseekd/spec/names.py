@@ -5,7 +5,7 @@ The admin panel posts flat camelCase names (`loraRank`, `loadIn4Bit`, `maxSeqLen
 takes the same options as flags (`--lora-rank`, `--no-gradient-checkpointing`, ...).
 `normalize` turns any of these spellings into the spec's own nested snake_case fields,
 reporting a field given twice with two values; `FLAGS` maps every flag to the field it sets,
-for `oneseekctl train` and `submit`. No pydantic model here (runspec.py imports this).
+for `oneseekctl train` and `submit`. No pydantic model here (spec/request.py imports this).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ ALIASES: dict[str, str] = {
     "target_modules": "lora.target_modules",
     "useRslora": "lora.use_rslora",
     "use_rslora": "lora.use_rslora",
-    # alpha / r (alpha / sqrt(r) with use_rslora): sets lora.alpha, see runspec.LoraOptions
+    # alpha / r (alpha / sqrt(r) with use_rslora): sets lora.alpha, see spec.request.LoraOptions
     "loraScalingFactor": "lora.scaling_factor",
     "lora_scaling_factor": "lora.scaling_factor",
     "autoStopThreshold": "auto_stop.threshold",

@@ -3,29 +3,26 @@
 Intake parses a request's options (`parse_options`, then `parse_overrides` for each
 `per_model` entry), builds one `RunSpec` and writes it into the run (`to_config`). Everyone
 else reads it back with `load`, which also reads the untyped configs runs stored before the
-spec existed (`from_legacy`). `check` lists every combination this host cannot train, each
+spec existed (`from_legacy`). `spec/host.py` lists every combination a host cannot train, each
 with its fix, before a GPU is touched. No torch here: the daemon and oneseekctl import it.
 
 Every option is a field with a default that keeps what oneseekd did before it existed, except
 `precision` ("auto": bf16 where the hardware computes it natively) and `chunked_loss` (equal
 loss, less memory). The admin panel's names (`loraRank`, `loadIn4Bit`, `maxSeqLength`, ...)
-and train_dna_v2.py's flags are mapped in oneseekd/adminnames.py.
+and train_dna_v2.py's flags are mapped in oneseekd/spec/names.py.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
-from oneseekd.adminnames import normalize
-from oneseekd.intake.fieldtypes import Gpus, Memory, Optimizer, Scheduler, Sharding, Targets
-
-if TYPE_CHECKING:
-    from oneseekd.runcheck import HostFacts
+from oneseekd.spec.fields import Gpus, Memory, Optimizer, Scheduler, Sharding, Targets
+from oneseekd.spec.names import normalize
 
 SPEC_VERSION = 2  # 1: the untyped Run.config intake wrote before the spec (from_legacy)
 
@@ -120,7 +117,7 @@ class ModelOptions(_Strict):
     gpus: Gpus = 1
     sharding: Sharding = "ddp"
     ddp_backend: Literal["nccl", "gloo"] | None = None  # None: nccl on GPUs, gloo on CPUs
-    use_deepspeed: bool = False  # accepted so that check() can refuse it by name
+    use_deepspeed: bool = False  # accepted so that spec.host.check can refuse it by name
     lora: LoraOptions = LoraOptions()
 
     @property
@@ -173,12 +170,6 @@ class RunSpec(BaseModel):
     def to_config(self) -> dict[str, Any]:
         """The JSON Run.config holds."""
         return self.model_dump(mode="json")
-
-    def check(self, host: HostFacts) -> list[str]:
-        """Every combination of this spec the host cannot train, each with its fix."""
-        from oneseekd.runcheck import check
-
-        return check(self, host)
 
     def hyper(self, key: str) -> dict[str, Any]:
         """One model's options with the run's, as the flat dict the trainer read before the

@@ -1,5 +1,5 @@
 """The types of option values: what the request schema and the run spec check field by
-field (kept apart so that oneseekd/runspec.py and oneseekd/intake/schema.py do not import each
+field (kept apart so that oneseekd/spec/request.py and oneseekd/intake/schema.py do not import each
 other), and what the trainer reads them as."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import BeforeValidator, PlainValidator
 
-from oneseekd.config import FSDP_AUTO_FRACTION
+# sharding "auto" shards a model whose weights take more than this share of one GPU's memory
+FSDP_AUTO_FRACTION = 0.5
 
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
 

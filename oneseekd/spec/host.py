@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from importlib.util import find_spec
 
-from oneseekd.runspec import ModelOptions, RunSpec
+from oneseekd.spec.request import ModelOptions, RunSpec
 
 
 @dataclass(frozen=True)
