@@ -45,6 +45,8 @@ class HomePaths:
     requests = _Under("requests")
     datasets = _Under("datasets")
     logs = _Under("logs")
+    # what oneseekd remembers to answer faster and can always find out again (never a record)
+    cache = _Under("cache")
 
     def ensure(self) -> None:
         """Create the folders the daemon owns; existing ones are left as they are."""

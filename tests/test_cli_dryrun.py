@@ -16,9 +16,15 @@ from homes import ctl
 from trainhomes import TinyHome
 
 from oneseekd.spec.plan import Params, token_flops
+from oneseekd.trainer import hostprobe
 from oneseekd.trainer.data import duplicates, load_records
+from oneseekd.trainer.hostprobe import ENV_CPU_BF16
 from oneseekd.trainer.labels import Encoder, RecordProblem
 from oneseekd.trainer.loading import load_tokenizer
+from oneseekd.trainer.precision import cpu_bf16
+from oneseekd.trainer.tokenizer import MEMO, folder_key
+
+pytestmark = pytest.mark.precision  # the base's held dtype follows the CPU's bf16 answer
 
 SUBMIT = ("submit", "--base-models", "Tiny-Llama", "--dataset", "civic.jsonl", "--dry-run")
 
@@ -54,8 +60,10 @@ def test_the_report_has_the_trainers_counts_and_the_plan(home: TinyHome) -> None
     config = json.loads((folder / "config.json").read_text())
     assert model["epoch_flops"] == model["tokens"] * token_flops(config, 48)
     memory = model["memory"]
-    assert memory["held"] == "fp32"  # no CUDA here: the trainer keeps fp32 weights
-    assert memory["breakdown"]["weights"] == Params.from_config(config).weight_bytes("fp32")
+    # no CUDA here: the trainer holds the base in bf16 where the CPU computes it, else in fp32
+    held = "16-bit" if cpu_bf16() else "fp32"
+    assert (report["device"]["bf16"], memory["held"]) == (cpu_bf16(), held)
+    assert memory["breakdown"]["weights"] == Params.from_config(config).weight_bytes(held)
     assert memory["fits"] is True
     assert memory["peak_bytes"] == max(
         memory["breakdown"]["step"], memory["breakdown"]["evaluation"]
@@ -143,3 +151,17 @@ def test_the_time_is_estimated_from_the_models_last_measured_training(home: Tiny
     assert model["estimated_seconds"] == round(model["tokens"] * 0.9 * 2 / 500.0, 1)
     text = ctl(home.root, *SUBMIT, "--epochs", "2").stdout
     assert f"  time: about {model['estimated_seconds']:.0f} s of training at 500 tokens/s" in text
+
+
+def test_after_a_training_the_dry_run_finds_both_answers_remembered(home: TinyHome) -> None:
+    home.train(["Tiny-Llama"])  # the trainer remembers its tokenizer class and the CPU's answer
+    folder = home.models / "oneseek-7b-zero" / "base_models" / "Tiny-Llama"
+    cache = home.root / "cache"
+    assert folder_key(folder) in json.loads((cache / MEMO).read_text())
+    if not os.environ.get(ENV_CPU_BF16, "").strip():  # forced: nothing to remember
+        assert json.loads((cache / hostprobe.MEMO).read_text())[hostprobe.host_key()] == {
+            "cpu_bf16": cpu_bf16()
+        }
+    done = ctl(home.root, *SUBMIT, "--json")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["device"]["bf16"] == cpu_bf16()

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from oneseekd import __version__
+from oneseekd.cli import encoder
 from oneseekd.cli.context import Context, machine_error
 from oneseekd.cli.display import shown_lines
 from oneseekd.errors import OneseekError
@@ -42,6 +43,11 @@ LIGHT = frozenset({"status", "models", "runs", "show"})
 
 
 class OneseekGroup(click.Group):
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        encoder.start_early(argv)  # a dry run's child, before the heavy imports below
+        return super().main(argv, *rest, **kwargs)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [*COMMANDS, *(n for n in super().list_commands(ctx) if n not in COMMANDS)]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from oneseekd.catalog.query import by_key
+from oneseekd.cli import encoder
 from oneseekd.cli.context import Context, emit_json
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import BaseModel, ModelTraining
@@ -43,7 +43,7 @@ GIB = 2**30
 
 def _memory(config: dict[str, Any], options: dict[str, Any], device: dict[str, Any]) -> Any:
     gpu = device["type"] == "cuda"
-    held = held_for(options, gpu)
+    held = held_for(options, gpu, device.get("bf16"))
     batch, seq = int(options["batch_size"]), int(options["max_seq_len"])
     asked = checkpointing_asked(options, gpu)
     chunked = bool(options.get("chunked_loss", True))
@@ -61,7 +61,7 @@ def _memory(config: dict[str, Any], options: dict[str, Any], device: dict[str, A
         "fits": p.fits,
         "gradient_checkpointing": p.checkpointing,
         "peak_bytes": p.need,
-        "problem": fit_problem(options["key"], config, options, memory, gpu),
+        "problem": fit_problem(options["key"], config, options, memory, gpu, device.get("bf16")),
         "device_bytes": p.memory,
         "breakdown": {
             "weights": p.weights,
@@ -73,20 +73,10 @@ def _memory(config: dict[str, Any], options: dict[str, Any], device: dict[str, A
     }
 
 
-def _encoder() -> subprocess.Popen[str]:
-    """The child that encodes the records, started first: its imports (torch, transformers:
-    most of a dry run's time) overlap the request's checks and the catalog scan."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "oneseekd.trainer.dryrun"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _encoded(child: subprocess.Popen[str], dataset: Path, models: list[dict[str, Any]]) -> Any:
-    task = json.dumps({"dataset": str(dataset), "models": models})
+def _encoded(
+    child: subprocess.Popen[str], dataset: Path, models: list[dict[str, Any]], cache: Path
+) -> Any:
+    task = json.dumps({"dataset": str(dataset), "cache": str(cache), "models": models})
     out, err = child.communicate(task)
     if child.returncode != 0:
         last = (err.strip().splitlines() or ["no output"])[-1]
@@ -96,13 +86,11 @@ def _encoded(child: subprocess.Popen[str], dataset: Path, models: list[dict[str,
 
 def dry_run(obj: Context, raw: bytes) -> dict[str, Any]:
     """The report of a request that is judged as submit judges it and never queued."""
-    child = _encoder()
+    child = encoder.take()  # started early (cli/encoder.py): its imports overlap ours
     try:
         return _report(obj, raw, child)
     finally:
-        if child.poll() is None:  # refused before the records were asked for
-            child.kill()
-            child.communicate()
+        encoder.release(child)  # refused before the records were asked for
 
 
 def _report(obj: Context, raw: bytes, child: subprocess.Popen[str]) -> dict[str, Any]:
@@ -132,7 +120,7 @@ def _report(obj: Context, raw: bytes, child: subprocess.Popen[str]) -> dict[str,
     for name, key, path in found:
         options = request.per_model.get(name, request).model_dump()
         models.append({**options, "key": key, "path": str(path)})
-    encoded = _encoded(child, dataset, models)
+    encoded = _encoded(child, dataset, models, paths.cache)
     report: dict[str, Any] = {
         "queued": False,
         "dataset": request.dataset,

@@ -133,13 +133,18 @@ def plan(
     return Plan(memory, weights, off, on, evaluation, picked)
 
 
-def held_for(options: Mapping[str, Any], gpu: bool) -> Held:
-    """How the trainer would hold a model's base (trainer/setup.py `_held`): quantized under
-    load_in_4bit or 8bit, 16-bit on a GPU unless fp32 is asked, fp32 on a CPU (whose bf16
-    autocast keeps fp32 weights)."""
+def held_for(options: Mapping[str, Any], gpu: bool, native_bf16: bool | None = None) -> Held:
+    """How the trainer would hold a model's base (trainer/setup.py `_held`,
+    trainer/precision.py `decide`): quantized under load_in_4bit or 8bit; in the autocast
+    dtype, 16-bit, on a GPU unless fp32 is asked, and on a CPU under bf16 (asked, or "auto" on
+    a CPU that computes it natively); fp32 otherwise. `native_bf16` None: the CPU's answer is
+    not known here (no torch), and "auto" is judged as fp32, the larger."""
+    precision = options.get("precision", "auto")
     if options.get("load_in_4bit") or options.get("load_in_8bit"):
         return "quantized"
-    if gpu and options.get("precision", "auto") != "fp32":
+    if precision == "fp32":
+        return "fp32"
+    if gpu or precision == "bf16" or (precision == "auto" and native_bf16):
         return "16-bit"
     return "fp32"
 
@@ -156,14 +161,19 @@ def size(n: float) -> str:
 
 
 def fit_problem(
-    name: str, config: Mapping[str, Any], options: Mapping[str, Any], memory: int, gpu: bool
+    name: str,
+    config: Mapping[str, Any],
+    options: Mapping[str, Any],
+    memory: int,
+    gpu: bool,
+    native_bf16: bool | None = None,
 ) -> str | None:
     """Why model `name` with these options (a request's, resolved) cannot train on a device of
     `memory` bytes (a GPU's, or the host's RAM), with the fixes that would fit; None when it
     fits. Sharded runs (FSDP) split the weights, which the plan does not model: not judged."""
     if options.get("sharding") == "fsdp":
         return None
-    held = held_for(options, gpu)
+    held = held_for(options, gpu, native_bf16)
     bits = 8 if options.get("load_in_8bit") else 4
     weights = Params.from_config(config).weight_bytes(held, bits, frozen16=gpu)
     batch, seq = int(options["batch_size"]), int(options["max_seq_len"])

@@ -22,14 +22,18 @@ import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from oneseekd import protocol
 from oneseekd.errors import OneseekError
 from oneseekd.intake.records import content_key, scan
-from oneseekd.trainer.loss import IGNORE_INDEX
+
+if TYPE_CHECKING:  # imported by collate only: the dry run encodes records without torch
+    import torch
+
+# the label of a position that is not learned (cross_entropy's own default): the data, the
+# packer and the held-out evaluation all write it
+IGNORE_INDEX = -100
 
 WINDOW_BATCHES = 50
 SHOWN_PROBLEMS = 20
@@ -138,6 +142,8 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> l
 
 
 def collate(encoded: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    import torch
+
     rows = [encoded.ids[i] for i in indices]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

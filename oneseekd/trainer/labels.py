@@ -33,7 +33,7 @@ from jinja2 import TemplateError
 
 from oneseekd.trainer import turns
 from oneseekd.trainer.data import Encoded, Records, refuse
-from oneseekd.trainer.loading import ModelRefused
+from oneseekd.trainer.tokenizer import ModelRefused
 from oneseekd.trainer.turns import Span
 
 

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from oneseekd import protocol
-from oneseekd.errors import OneseekError
 from oneseekd.spec.memory import fits
+
+# the tokenizer loads without torch in tokenizer.py; its names are read from here too
+from oneseekd.trainer.tokenizer import ModelRefused as ModelRefused
+from oneseekd.trainer.tokenizer import load_tokenizer as load_tokenizer
 
 # LoRA targets when a request names none: the attention projections each family calls so.
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -27,12 +29,6 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "opt": ["q_proj", "v_proj"],
 }
 FALLBACK_TARGETS = ["q_proj", "v_proj"]
-
-
-class ModelRefused(OneseekError):
-    """The model folder cannot be trained as asked; not retried."""
-
-    exit_code = protocol.EXIT_REFUSED
 
 
 @dataclass(frozen=True)
@@ -104,26 +100,6 @@ def check_folder(path: Path) -> dict[str, Any]:
             ["pick a causal LM (Llama, Mistral, Qwen2, Gemma, Phi, ...)"],
         )
     return dict(config)
-
-
-def load_tokenizer(path: Path, use_fast: bool = True) -> Any:
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=False, use_fast=use_fast
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelRefused(
-            f"{path.name} has no usable tokenizer: {exc}",
-            [
-                "copy the tokenizer files (tokenizer.json, tokenizer_config.json) "
-                "into the model folder"
-            ],
-        ) from exc
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if tokenizer.pad_token_id is None:
-        raise ModelRefused(f"{path.name}'s tokenizer has no pad, eos or unk token to pad with")
-    return tokenizer
 
 
 def load_model(path: Path, device: Device) -> Any:

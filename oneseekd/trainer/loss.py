@@ -21,10 +21,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from oneseekd.spec import memory
+from oneseekd.trainer.data import IGNORE_INDEX as IGNORE_INDEX
 
-# the label of a position that is not learned (cross_entropy's own default): the data, the
-# packer and the held-out evaluation all write it
-IGNORE_INDEX = -100
 # positions (over the whole batch) whose logits one chunk holds: 256 x 49k x 4 B = 50 MB,
 # against 805 MB for the whole tensor at 8 x 512 (a 152k vocabulary: 155 MB a chunk). The
 # head's matmul stays large enough (256 rows) to run at full speed. The memory estimate

@@ -92,7 +92,7 @@ def train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelResu
             run.parts,
             ctx.dataset.name,
         ),
-        Placement(device, checkpoints, world),
+        Placement(device, checkpoints, world, ctx.home.cache),
         reporting,
     )
     recipe.setup()

@@ -17,8 +17,6 @@ does, only slower.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -26,11 +24,12 @@ import torch
 
 from oneseekd.spec.host import HostFacts
 
+# the CPU probe lives without torch in hostprobe.py; its names are read from here too
+from oneseekd.trainer.hostprobe import ENV_CPU_BF16 as ENV_CPU_BF16
+from oneseekd.trainer.hostprobe import PrecisionRefused as PrecisionRefused
+from oneseekd.trainer.hostprobe import cpu_bf16 as cpu_bf16
+
 Asked = Literal["auto", "fp32", "bf16", "fp16"]
-
-
-class PrecisionRefused(ValueError):
-    """A precision this device cannot train in; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -58,24 +57,6 @@ def probe(device: str) -> Hardware:
             torch.cuda.is_bf16_supported(including_emulation=False),
         )
     return Hardware("cpu", cpu_bf16=cpu_bf16())
-
-
-# forces the CPU's native-bf16 answer: "1" as if it had AVX512-BF16 or AMX, "0" as if not
-ENV_CPU_BF16 = "ONESEEK_CPU_BF16"
-
-
-def cpu_bf16(env: Mapping[str, str] = os.environ) -> bool:
-    """Whether this CPU computes bf16 natively, as oneDNN (mkldnn) reports it, unless
-    ONESEEK_CPU_BF16 forces the answer."""
-    forced = env.get(ENV_CPU_BF16, "").strip()
-    if forced in ("1", "0"):
-        return forced == "1"
-    if forced:
-        raise PrecisionRefused(
-            f"{ENV_CPU_BF16}={forced!r} is neither 1 nor 0: set {ENV_CPU_BF16}=1 to treat this "
-            f"CPU as computing bf16 natively, {ENV_CPU_BF16}=0 as not, or unset it to ask the CPU"
-        )
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def host_facts() -> HostFacts:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -79,6 +80,7 @@ class Placement:
     device: Device
     checkpoints: Checkpoints
     world: World = field(default_factory=World)
+    cache: Path | None = None  # the home's cache/ (the tokenizer class memo), None: none
 
 
 def _untold(key: str, value: Any) -> None:
@@ -109,6 +111,7 @@ class LoraRecipe(RecipeSetup):
         self.device = place.device
         self.checkpoints = place.checkpoints
         self.world = place.world
+        self.cache = place.cache
         # attributes of their own: a test stops a recipe or listens to it by setting them
         self.progress = reporting.progress
         self.should_stop = reporting.should_stop

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -16,7 +17,7 @@ from peft import LoraConfig, TaskType, get_peft_model
 
 from oneseekd.spec.fields import memory_bytes
 from oneseekd.spec.memory import Held, Shape, step_bytes
-from oneseekd.trainer import packing, precision, quant, sharding, swiglu
+from oneseekd.trainer import hostprobe, packing, precision, quant, sharding, swiglu
 from oneseekd.trainer.autostop import AutoStop
 from oneseekd.trainer.batching import Batch, epoch_batches, order_digest
 from oneseekd.trainer.checkpoint import Checkpoints, Position
@@ -43,6 +44,7 @@ from oneseekd.trainer.optim import (
     keep_paging,
 )
 from oneseekd.trainer.schedule import lr_lambda
+from oneseekd.trainer.tokenizer import MEMO as TOKENIZER_MEMO
 from oneseekd.trainer.world import World
 
 log = structlog.get_logger("oneseekd.trainer")
@@ -63,6 +65,7 @@ class RecipeSetup:
     device: Device
     checkpoints: Checkpoints
     world: World
+    cache: Path | None
     dataset: str
     train_data: Encoded
     val_data: Encoded
@@ -116,6 +119,8 @@ class RecipeSetup:
             )
         except precision.PrecisionRefused as exc:
             raise ModelRefused(f"{self.spec.key}: {exc}") from exc
+        if self.device.type == "cpu" and self.cache is not None:  # for the next dry run
+            hostprobe.remembered_cpu_bf16(self.cache / hostprobe.MEMO)
         self.device = Device(self.device.type, self.precision.dtype, self.precision.scaler)
         self.quantization = quant.quantization(
             bool(self.hp.get("load_in_4bit", False)),
@@ -132,7 +137,10 @@ class RecipeSetup:
         fit the GPU (spec/memory.py)."""
         hp = self.hp
         self.config = check_folder(self.spec.path)
-        self.tokenizer = load_tokenizer(self.spec.path, bool(hp.get("use_fast_tokenizer", True)))
+        memo = None if self.cache is None else self.cache / TOKENIZER_MEMO
+        self.tokenizer = load_tokenizer(
+            self.spec.path, bool(hp.get("use_fast_tokenizer", True)), memo
+        )
         torch.manual_seed(int(hp["seed"]))
         memory = device_memory(self.device, self.world.local_rank)
         cap = hp.get("max_memory_per_gpu")
