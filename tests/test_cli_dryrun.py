@@ -165,3 +165,12 @@ def test_after_a_training_the_dry_run_finds_both_answers_remembered(home: TinyHo
     done = ctl(home.root, *SUBMIT, "--json")
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["device"]["bf16"] == cpu_bf16()
+
+
+def test_the_report_says_when_a_batch_is_trained_in_passes(home: TinyHome) -> None:
+    done = ctl(home.root, *SUBMIT, "--max-seq-len", "48", "--micro-batch-size", "2", "--json")
+    assert done.exit_code == 0, done.output
+    [model] = json.loads(done.stdout)["models"]
+    assert (model["batch_size"], model["memory"]["micro_batch_size"]) == (8, 2)
+    text = ctl(home.root, *SUBMIT, "--max-seq-len", "48", "--micro-batch-size", "2").stdout
+    assert " at batch 8 x 48 in passes of 2 rows (micro_batch_size), base " in text

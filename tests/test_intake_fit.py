@@ -36,8 +36,8 @@ def test_a_step_too_large_for_the_host_is_refused_with_the_numbers_and_the_fix(
     assert verdict.problems == [
         "base_models: tiny-llama (fp32 base) at batch 8 x 512 tokens needs about 40 MiB of "
         "memory without gradient checkpointing; this host has 32 MiB, of which a run plans on "
-        "85% (27 MiB): ask for batch_size 4 with gradient_accumulation_steps 2 (the same "
-        "effective batch)"
+        '85% (27 MiB): ask for micro_batch_size "auto" (here 4: the same batch in 2 passes), '
+        "or batch_size 4 with gradient_accumulation_steps 2 (the same effective batch)"
     ]
 
 

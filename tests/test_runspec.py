@@ -507,6 +507,7 @@ def test_every_flag_sets_an_option() -> None:
                 "--compute-dtype": "float16",
                 "--max-memory-per-gpu": "20GiB",
                 "--ddp-backend": "gloo",
+                "--micro-batch-size": "2",
             }[flag.flag]
         parsed, problems = parse_options({flag.field: value})
         if flag.flag.startswith("--deepspeed-"):

@@ -81,11 +81,11 @@ def test_a_step_that_cannot_fit_names_its_numbers_and_fixes() -> None:
     assert fit_problem("Llama-3.1-8B", LLAMA_8B, options, 24 * GIB, gpu=True) == (
         "Llama-3.1-8B (16-bit base) at batch 8 x 2048 tokens needs about 24.5 GiB per GPU "
         "with gradient checkpointing; this host's GPUs have 24.0 GiB, of which a run plans on "
-        "85% (20.4 GiB): ask for batch_size 4 with gradient_accumulation_steps 2 (the same "
-        "effective batch)"
+        '85% (20.4 GiB): ask for micro_batch_size "auto" (here 4: the same batch in 2 passes), '
+        "or batch_size 4 with gradient_accumulation_steps 2 (the same effective batch)"
     )
     off = {**options, "gradient_checkpointing": False}
-    assert "ask for gradient_checkpointing: true, or batch_size 4 " in str(
+    assert 'ask for gradient_checkpointing: true, or micro_batch_size "auto" (here 4' in str(
         fit_problem("Llama-3.1-8B", LLAMA_8B, off, 80 * GIB, gpu=True)
     )
     # the bf16 weights alone (15 GiB) do not fit 16 GB: 4-bit is the only way

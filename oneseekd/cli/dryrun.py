@@ -34,6 +34,7 @@ from oneseekd.spec.plan import (
     checkpointing_asked,
     fit_problem,
     held_for,
+    micro_batch,
     plan,
     token_flops,
 )
@@ -55,8 +56,18 @@ def _memory(config: dict[str, Any], options: dict[str, Any], device: dict[str, A
         memory = min(memory, memory_bytes(str(cap)))
     p: Plan = plan(config, batch, seq, held, memory, weights=weights, chunked=chunked, asked=asked)
     ckpt = p.checkpointing if p.checkpointing is not None else asked is not False
-    shape, tokens = Shape.from_config(config), batch * seq
+
+    # the rows of one pass, as the trainer picks them (spec/plan.py micro_batch)
+    def need(rows: int) -> int:  # a step of `rows` with checkpointing as decided, or eval
+        q = plan(config, rows, seq, held, memory, weights=weights, chunked=chunked, asked=ckpt)
+        return max(q.step_on if ckpt else q.step_off, q.evaluation)
+
+    rows = micro_batch(options.get("micro_batch_size"), batch, need, memory)
+    if rows < batch:
+        p = plan(config, rows, seq, held, memory, weights=weights, chunked=chunked, asked=ckpt)
+    shape, tokens = Shape.from_config(config), rows * seq
     return {
+        "micro_batch_size": rows,
         "held": held,
         "fits": p.fits,
         "gradient_checkpointing": p.checkpointing,
@@ -174,6 +185,10 @@ def _estimate(
     }
 
 
+def passes(batch: int, rows: int) -> str:
+    return "" if rows >= batch else f" in passes of {rows} rows (micro_batch_size)"
+
+
 def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB // 10 else f"{n / 2**20:.1f} MiB"
 
@@ -210,7 +225,8 @@ def show(report: dict[str, Any], as_json: bool) -> None:
         )
         click.echo(
             f"  peak per {device['type'].upper()} ({device['name']}, {_gib(mem['device_bytes'])}):"
-            f" {_gib(mem['peak_bytes'])} at batch {m['batch_size']} x {m['max_seq_len']}, base "
+            f" {_gib(mem['peak_bytes'])} at batch {m['batch_size']} x {m['max_seq_len']}"
+            f"{passes(m['batch_size'], mem['micro_batch_size'])}, base "
             f"{mem['held']}: {verdict}"
         )
         if m["estimated_seconds"] is None:

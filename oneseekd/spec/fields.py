@@ -96,3 +96,21 @@ def _memory(value: Any) -> Any:
 
 
 Memory = Annotated[str | None, BeforeValidator(_memory)]
+
+
+def _micro_batch(value: Any) -> int | Literal["auto"] | None:
+    if value is None or value == "auto":
+        return cast(Literal["auto"] | None, value)
+    if isinstance(value, str) and value.isdigit():  # a flag's value
+        value = int(value)
+    if type(value) is int and 1 <= value <= 4096:
+        return value
+    raise ValueError(
+        'must be a whole number of rows from 1 to 4096, or "auto" (the largest share of '
+        "batch_size whose step fits the GPU, with the same effective batch)"
+    )
+
+
+# rows a batch is split into for the forward and backward passes (gradient accumulation
+# within the batch: the optimizer step is the same); None: the whole batch at once
+MicroBatch = Annotated[int | Literal["auto"] | None, PlainValidator(_micro_batch)]

@@ -160,6 +160,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--lora-alpha", "lora_alpha", kind=int),
     Flag("--lr-scheduler", "lr_scheduler"),
     Flag("--warmup-steps", "warmup_steps", kind=int),
+    Flag("--micro-batch-size", "micro_batch_size"),
     Flag("--weight-decay", "weight_decay", kind=float),
     Flag("--max-grad-norm", "max_grad_norm", kind=float),
     Flag("--precision", "precision"),

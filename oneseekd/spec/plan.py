@@ -13,7 +13,7 @@ counted, as the trainer does not count them; FIT_SHARE's headroom takes them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +133,24 @@ def plan(
     return Plan(memory, weights, off, on, evaluation, picked)
 
 
+def micro_batch(
+    asked: int | str | None, batch: int, need_at: Callable[[int], int], memory: int | None
+) -> int:
+    """The rows of one forward and backward pass (the trainer's micro-batch): the whole
+    batch unless the request asks for fewer; with "auto", the largest divisor of the batch
+    whose step (`need_at(rows)` bytes) fits `memory` (spec.memory.fits: 85 %), 1 when none
+    does, the whole batch where no device memory is known (a CPU). The optimizer step is the
+    same either way: its gradient is the token mean over the batch (trainer/recipe.py)."""
+    if asked is None:
+        return batch
+    if asked != "auto":
+        return max(1, min(int(asked), batch))
+    if memory is None:
+        return batch
+    divisors = [rows for rows in range(batch, 0, -1) if batch % rows == 0]
+    return next((rows for rows in divisors if fits(need_at(rows), memory)), 1)
+
+
 def held_for(options: Mapping[str, Any], gpu: bool, native_bf16: bool | None = None) -> Held:
     """How the trainer would hold a model's base (trainer/setup.py `_held`,
     trainer/precision.py `decide`): quantized under load_in_4bit or 8bit; in the autocast
@@ -187,6 +205,14 @@ def fit_problem(
     p = at(batch, seq)
     if p.fits:
         return None
+    # a divisor of the batch, so accumulation keeps the effective batch exactly
+    divisors = [b for b in range(batch - 1, 0, -1) if batch % b == 0]
+    smaller = next((b for b in divisors if at(b, seq).fits), None)
+    micro = options.get("micro_batch_size")
+    if micro == "auto" and smaller is not None:
+        return None  # the trainer splits each batch into micro-batches that fit
+    if isinstance(micro, int) and micro < batch and at(micro, seq).fits:
+        return None
     fixes = []
     if asked is False and at(batch, seq, a=None).fits:
         fixes.append("gradient_checkpointing: true")
@@ -194,12 +220,10 @@ def fit_problem(
         four = Params.from_config(config).weight_bytes("quantized", 4, frozen16=gpu)
         if at(batch, seq, "quantized", four).fits:
             fixes.append("load_in_4bit")
-    # a divisor of the batch, so accumulation keeps the effective batch exactly
-    divisors = [b for b in range(batch - 1, 0, -1) if batch % b == 0]
-    smaller = next((b for b in divisors if at(b, seq).fits), None)
     if smaller is not None:
         fixes.append(
-            f"batch_size {smaller} with gradient_accumulation_steps "
+            f'micro_batch_size "auto" (here {smaller}: the same batch in {batch // smaller} '
+            f"passes), or batch_size {smaller} with gradient_accumulation_steps "
             f"{accum * batch // smaller} (the same effective batch)"
         )
     elif at(1, min(seq, 512)).fits:

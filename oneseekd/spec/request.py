@@ -21,7 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
-from oneseekd.spec.fields import Gpus, Memory, Optimizer, Scheduler, Sharding, Targets
+from oneseekd.spec.fields import (
+    Gpus,
+    Memory,
+    MicroBatch,
+    Optimizer,
+    Scheduler,
+    Sharding,
+    Targets,
+)
 from oneseekd.spec.names import normalize
 
 SPEC_VERSION = 2  # 1: the untyped Run.config intake wrote before the spec (from_legacy)
@@ -93,6 +101,7 @@ class ModelOptions(_Strict):
     learning_rate: float = Field(1e-4, gt=0, le=1)
     max_seq_len: int = Field(512, ge=16, le=131072)
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096)
+    micro_batch_size: MicroBatch = None  # None: a batch is one forward and backward pass
     lr_scheduler: Scheduler = "cosine_with_min_lr"  # cosine to 10 % of the peak
     warmup_ratio: float = Field(0.03, ge=0, le=0.5)
     warmup_steps: int | None = Field(None, ge=0, le=10_000_000)  # wins over warmup_ratio

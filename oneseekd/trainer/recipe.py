@@ -112,6 +112,7 @@ class LoraRecipe(RecipeSetup):
         self.checkpoints = place.checkpoints
         self.world = place.world
         self.cache = place.cache
+        self.micro = int(self.hp["batch_size"])  # rows a pass; setup may pick fewer
         # attributes of their own: a test stops a recipe or listens to it by setting them
         self.progress = reporting.progress
         self.should_stop = reporting.should_stop
@@ -233,20 +234,27 @@ class LoraRecipe(RecipeSetup):
         window = batches[first : first + self.accum]
         window_labels = sum(row_labels(counts, row) for batch in window for row in batch)
         boundary = pos.batch + 1 == first + len(window)
-        batch = tensors(self.train_data, rows, pad_id, self.packed)
-        labels = batch.pop("labels")
-        batch = {k: v.to(self.device.type) for k, v in batch.items()}
-        # under DDP, gradients are averaged over the ranks at the accumulation boundary only;
-        # FSDP reduces each micro-batch's into the shards (unsharded ones would cost memory)
-        skip = world.distributed and not boundary and not self.sharded
-        sync = self.net.no_sync() if skip else nullcontext()
-        with sync:
-            with self._autocast():
-                summed = self._loss(self.net, batch, labels) * weight
-            # DDP and FSDP average the ranks' gradients: each rank's counts size times
-            scaled = summed * (world.size / max(window_labels, 1))
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        self._window_loss = summed.detach() + (self._window_loss if pos.batch > first else 0)
+        # the batch in passes of `micro` rows (setup: asked, or what fits the device), each
+        # weighted as the whole batch's tokens are: the same gradient, less memory
+        passes = [rows[i : i + self.micro] for i in range(0, len(rows), self.micro)] or [rows]
+        summed_batch: Any = 0
+        for n, part in enumerate(passes):
+            batch = tensors(self.train_data, part, pad_id, self.packed)
+            labels = batch.pop("labels")
+            batch = {k: v.to(self.device.type) for k, v in batch.items()}
+            # under DDP, gradients are averaged over the ranks at the window's last pass
+            # only; FSDP reduces each pass's into the shards (unsharded ones would cost memory)
+            last = boundary and n == len(passes) - 1
+            skip = world.distributed and not last and not self.sharded
+            sync = self.net.no_sync() if skip else nullcontext()
+            with sync:
+                with self._autocast():
+                    summed = self._loss(self.net, batch, labels) * weight
+                # DDP and FSDP average the ranks' gradients: each rank's counts size times
+                scaled = summed * (world.size / max(window_labels, 1))
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            summed_batch = summed.detach() + summed_batch
+        self._window_loss = summed_batch + (self._window_loss if pos.batch > first else 0)
         pos.tokens_seen += sum(row_tokens(self.train_data, row) for row in whole)
         pos.batch += 1
         if not boundary:

@@ -15,8 +15,10 @@ import structlog
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
+from oneseekd import gpus
 from oneseekd.spec.fields import memory_bytes
 from oneseekd.spec.memory import Held, Shape, step_bytes
+from oneseekd.spec.plan import micro_batch
 from oneseekd.trainer import hostprobe, packing, precision, quant, sharding, swiglu
 from oneseekd.trainer.autostop import AutoStop
 from oneseekd.trainer.batching import Batch, epoch_batches, order_digest
@@ -157,15 +159,41 @@ class RecipeSetup:
         else:
             weights = Device(self.device.type, self.precision.weights, self.device.scaler)
             base = load_model(self.spec.path, weights)
-        need = step_bytes(  # a step without checkpointing, estimated from config.json
+        weight_bytes, shape, held = (
             sharding.weight_bytes(base),
             Shape.from_config(self.config),
-            int(hp["batch_size"]) * int(hp["max_seq_len"]),
             self._held(),
-            checkpointing=False,
-            chunked=bool(hp.get("chunked_loss", True)),
         )
-        self.checkpointing = wants_checkpointing(hp.get("gradient_checkpointing"), need, memory)
+        chunked, seq, batch = (
+            bool(hp.get("chunked_loss", True)),
+            int(hp["max_seq_len"]),
+            int(hp["batch_size"]),
+        )
+
+        def need(rows: int, checkpointing: bool) -> int:  # a step, estimated (spec/memory.py)
+            tokens = rows * seq
+            return step_bytes(weight_bytes, shape, tokens, held, checkpointing, chunked)
+
+        asked = hp.get("gradient_checkpointing")
+        self.checkpointing = wants_checkpointing(asked, need(batch, False), memory)
+        # then the rows of one pass, where the request allows fewer than the batch
+        # a CPU plans on the host's physical memory, as intake judged it (gpus.device_memory)
+        room = memory if memory is not None or self.device.type != "cpu" else gpus.device_memory(0)
+        self.micro = micro_batch(
+            hp.get("micro_batch_size"), batch, lambda rows: need(rows, self.checkpointing), room
+        )
+        if self.micro < batch:
+            log.info(
+                "micro_batch",
+                model=self.spec.key,
+                batch_size=batch,
+                micro_batch_size=self.micro,
+                passes=math.ceil(batch / self.micro),
+                gradient_checkpointing=self.checkpointing,
+                why="asked"
+                if hp.get("micro_batch_size") != "auto"
+                else f"the plan: a step of {batch} rows would not fit the device's memory",
+            )
         if q is not None:
             # unquantized parts in fp32, inputs carrying a gradient, non-reentrant checkpoints
             base = quant.prepare(base, self.checkpointing, q.held_dtype)
