@@ -4,6 +4,7 @@ with PEFT onto the full-precision base, and the certified files say how the base
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ import pytest
 import torch
 from gloo import recipe
 from peft import PeftModel
+from safetensors import safe_open
 from trainhomes import TinyHome, cached_tiny, civic_dataset
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oneseekd.trainer import quant
 from oneseekd.trainer.data import load_records
@@ -69,6 +71,56 @@ def test_a_4bit_run_trains_certifies_its_quantization_and_leaves_an_adapter_peft
     )
     loaded = PeftModel.from_pretrained(base, adapter)
     assert any("lora_A" in name for name, _ in loaded.named_parameters())
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    ("stored", "tolerance"),
+    # an fp32 base: the export is the evaluated model's weights exactly (measured 2e-7);
+    # a bf16 base: they differ by bf16's rounding of the merged weights (measured 1.4e-3).
+    # Merged into the original weights instead, the logits move by the NF4 rounding the
+    # adapter was trained over (measured 0.06 either way)
+    [(torch.float32, 1e-4), (torch.bfloat16, 0.01)],
+    ids=["fp32-base", "bf16-base"],
+)
+def test_a_4bit_merged_export_is_the_evaluated_model_in_the_bases_own_dtype(
+    one: TinyHome, stored: torch.dtype, tolerance: float
+) -> None:
+    zero = one.root / "models" / "oneseek-7b-zero"
+    base = zero / "base_models" / "Tiny-Llama"
+    if stored != torch.float32:  # the tiny model is written in fp32: store it as asked
+        AutoModelForCausalLM.from_pretrained(base, dtype=stored).save_pretrained(base)
+        one.scan()
+    one.train(
+        ["tiny-llama"],
+        loadIn4Bit=True,
+        export_merged=True,
+        export_dequantized=True,
+        precision="fp32",  # exact arithmetic: the quantized layers compute in fp32
+    )
+    name = "oneseek-7b-zero-v1.0-tiny-llama"
+    merged = zero / "merged" / name
+    config = json.loads((merged / "config.json").read_text())
+    assert config["dtype"] == str(stored).removeprefix("torch.")
+    assert "quantization_config" not in config
+    with safe_open(merged / "model.safetensors", "pt") as fh:
+        dtypes = {fh.get_slice(key).get_dtype() for key in fh.keys()}  # noqa: SIM118
+    assert dtypes == {"F32" if stored == torch.float32 else "BF16"}
+    # the model the run trained and evaluated: the base quantized as the run held it (NF4
+    # rounds the same weights the same way), with the adapter
+    held = quant.Quantization(4, "nf4", torch.float32, double=True)
+    evaluated = PeftModel.from_pretrained(
+        quant.prepare(quant.load_quantized(base, held, "cpu"), gradient_checkpointing=False),
+        zero / "lora_adapters" / name,
+    ).eval()
+    exported = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    ids = tokenizer("Vem ansvarar för kollektivtrafiken i regionerna?", return_tensors="pt")
+    with torch.no_grad():
+        want = evaluated(input_ids=ids.input_ids).logits
+        got = exported(input_ids=ids.input_ids).logits
+    print("largest logit difference, merged and evaluated:", float((got - want).abs().max()))
+    torch.testing.assert_close(got, want, rtol=0, atol=tolerance)
 
 
 def test_an_unquantized_run_records_no_quantization(one: TinyHome) -> None:

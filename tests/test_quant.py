@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import bitsandbytes as bnb
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
+from oneseekd.trainer.embedded import save_folder
+from oneseekd.trainer.merge import save_merged
 from oneseekd.trainer.quant import (
     Quantization,
     QuantizationRefused,
@@ -20,7 +24,7 @@ from oneseekd.trainer.quant import (
     quantization,
     quantized_bytes,
 )
-from oneseekd.trainer.tiny import tiny_model
+from oneseekd.trainer.tiny import tiny_model, tiny_tokenizer
 
 # its numbers follow the CPU's bf16 answer: CI runs it with ONESEEK_CPU_BF16 forced both ways
 pytestmark = pytest.mark.precision
@@ -167,3 +171,85 @@ def test_the_options_make_the_config() -> None:
     # 4-bit computing in bf16 holds the frozen embeddings and head in bf16; 8-bit never does
     assert Quantization(4, "nf4", torch.bfloat16).held_dtype == torch.bfloat16
     assert Quantization(8, "nf4", torch.bfloat16).held_dtype == torch.float32
+
+
+def _bf16_copy(model: Path, parent: Path) -> Path:
+    """The model at `model` stored again in bf16, with its tokenizer, as parent/base."""
+    weights = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16)
+    return save_folder(weights, AutoTokenizer.from_pretrained(model), parent, "base")
+
+
+def _lora_over(base: Path, q: Quantization, targets: list[str]) -> Any:
+    """A LoRA model over `base` quantized as `q`, its B matrices drawn (not the zero init)."""
+    torch.manual_seed(0)
+    model = get_peft_model(
+        prepare(load_quantized(base, q, "cpu"), gradient_checkpointing=False, held=q.held_dtype),
+        LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets),
+    )
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    return model.eval()
+
+
+def _stored_dtypes(folder: Path) -> set[str]:
+    with safe_open(folder / "model.safetensors", "pt") as fh:
+        return {fh.get_slice(key).get_dtype() for key in fh.keys()}  # noqa: SIM118
+
+
+def test_an_8bit_merged_export_is_the_int8_weights_plus_the_adapter_in_bf16(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """LLM.int8 keeps each weight row as int8 codes times the row's scale: the export holds
+    those weights with the LoRA delta added, each within an int8 step (and bf16's rounding)
+    of the base's own weight plus the delta (a delta left out: about 25 steps off, up to 130),
+    in the base's bf16."""
+    warnings.filterwarnings("ignore", message="MatMul8bitLt")  # bnb: fp32 inputs run as fp16
+    base = _bf16_copy(tiny, tmp_path)
+    model = _lora_over(base, INT8, ["q_proj", "v_proj"])
+    save_merged(model, base, tmp_path / "merged")
+    assert _stored_dtypes(tmp_path / "merged") == {"BF16"}
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    stored = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # bf16 values
+    layers = model.get_base_model().model.layers
+    for i, layer in enumerate(merged.model.layers):
+        for name in ("q_proj", "v_proj", "o_proj"):
+            got = getattr(layer.self_attn, name).weight
+            want = getattr(stored.model.layers[i].self_attn, name).weight
+            trained = getattr(layers[i].self_attn, name)
+            if name != "o_proj":  # a LoRA target: its delta folded in
+                want = want + trained.get_delta_weight("default")
+            step = want.abs().amax(dim=1, keepdim=True) / 127  # measured within 0.6 step
+            slack = step + want.abs() * 2**-8
+            assert bool(((got - want).abs() <= slack).all()), (i, name)
+            assert not torch.equal(got, want)  # dequantized: the int8 rounding is there
+
+
+def test_a_merged_export_keeps_tied_embeddings_and_biases(tmp_path: Path) -> None:
+    """A Qwen2-shaped base (biased q, k, v; one matrix for embeddings and head) stored in
+    bf16: the export in bf16 ties its head to its embeddings again and computes the
+    4-bit model's logits, the adapter on the biased layers included, to bf16's rounding."""
+    tokenizer = tiny_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    base = save_folder(Qwen2ForCausalLM(config).to(torch.bfloat16), tokenizer, tmp_path, "base")
+    q = Quantization(4, "nf4", torch.bfloat16, double=True)
+    model = _lora_over(base, q, ["q_proj", "k_proj", "v_proj"])
+    save_merged(model, base, tmp_path / "merged")
+    assert _stored_dtypes(tmp_path / "merged") == {"BF16"}
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    assert merged.lm_head.weight is merged.model.embed_tokens.weight
+    ids = batch()["input_ids"][:2, :16]
+    with torch.no_grad():
+        want = model(input_ids=ids).logits.float()
+        got = merged(input_ids=ids).logits
+    # measured 3e-3 (logits up to 1.1); merged into the unquantized weights instead, 0.1
+    torch.testing.assert_close(got, want, rtol=0, atol=0.02)

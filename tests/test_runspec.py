@@ -404,8 +404,9 @@ def test_every_impossible_combination_is_named_with_its_fix() -> None:
         'precision "fp16" needs a CUDA GPU, and this host has none; ask for "auto", "bf16" '
         'or "fp32"',
         "export_merged with load_in_4bit: merging into quantized weights rounds the adapter "
-        "away; set export_dequantized: true (the base is reloaded in full precision for the "
-        "merge, which needs its full memory) or export_merged: false",
+        "away; set export_dequantized: true (the adapter is merged into the dequantized "
+        "weights and saved in the base's own dtype, which needs the base's full size in CPU "
+        "memory) or export_merged: false",
         'optimizer "paged_adamw_8bit" pages through CUDA memory, and this host has no GPU; ask '
         'for "adamw_8bit" (the same 8-bit state, unpaged) or "adamw_torch"',
         'load_in_4bit and optimizer "paged_adamw_8bit" need bitsandbytes, which this host '

@@ -64,8 +64,9 @@ def model_problems(
     if options.quantized and export_merged and not export_dequantized:
         found.append(
             f"export_merged with {quant}: merging into quantized weights rounds the adapter "
-            "away; set export_dequantized: true (the base is reloaded in full precision for "
-            "the merge, which needs its full memory) or export_merged: false"
+            "away; set export_dequantized: true (the adapter is merged into the dequantized "
+            "weights and saved in the base's own dtype, which needs the base's full size in "
+            "CPU memory) or export_merged: false"
         )
     if options.optimizer == "paged_adamw_8bit" and not gpu:
         found.append(

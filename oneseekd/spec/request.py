@@ -143,7 +143,7 @@ class RunOptions(ModelOptions):
     # final weights from held-out bits per byte (fair across tokenizers), per-token loss, or 1/n
     weighting: Literal["bits_per_byte", "val_loss", "equal"] = "bits_per_byte"
     export_merged: bool = False
-    # reload the base in full precision to merge into, when it trained quantized
+    # merge a quantized base's adapter into its dequantized weights (trainer/merge.py)
     export_dequantized: bool = False
 
 

@@ -119,31 +119,34 @@ def _export_merged(
     """The base model with the adapter merged in, as a plain safetensors model folder
     (`export_merged: true`), staged. Runs last: merging unloads the adapter from the model.
     A sharded model holds only a shard of its base weights here, so the base is loaded
-    again whole, on the CPU, and the gathered adapter put into it."""
+    again whole, on the CPU, and the gathered adapter put into it. A quantized base
+    (`export_dequantized`, which spec.host demands) is merged into its dequantized weights,
+    the ones the adapter was trained and evaluated over, and saved in the base's own dtype
+    (trainer/merge.py): merged into 4-bit weights the adapter would round away, and merged
+    into the original weights it would make a model nobody evaluated."""
+    from oneseekd.trainer.merge import save_merged
+
     target = paths.zero / "merged" / name
     target.parent.mkdir(parents=True, exist_ok=True)
     free(session, paths, target, run_pk)
-    # a quantized base is merged into only reloaded in full precision (export_dequantized,
-    # which spec.host demands): merged into 4-bit weights the adapter would round away
-    rebuilt = result.trainable is not None or result.quantization is not None
-    model = _whole(result, base) if rebuilt else result.model
-    merged = model.merge_and_unload()
-    merged.save_pretrained(staging_path(target))
+    if result.quantization is not None:
+        save_merged(result.model, base, staging_path(target))
+    else:
+        model = _whole(result, base) if result.trainable is not None else result.model
+        model.merge_and_unload().save_pretrained(staging_path(target))
     result.tokenizer.save_pretrained(staging_path(target))
     return staged_files(target)
 
 
 def _whole(result: ModelResult, base: Path) -> Any:
-    """The trained PEFT model rebuilt unsharded (and unquantized) on the CPU, from its base
-    folder and the gathered LoRA weights."""
-    import torch
+    """The trained PEFT model rebuilt unsharded on the CPU, from its base folder and the
+    gathered LoRA weights."""
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     from oneseekd.trainer.loading import Device, load_model
 
     config = result.model.peft_config["default"]
-    # the base's own, as under DDP; fp32 for a base that trained quantized
-    dtype = torch.float32 if result.quantization else result.model.get_base_model().dtype
+    dtype = result.model.get_base_model().dtype  # as it trained, as under DDP
     model = get_peft_model(load_model(base, Device("cpu", dtype, scaler=False)), config)
     adapter = get_peft_model_state_dict(result.model, state_dict=result.trainable)
     set_peft_model_state_dict(model, adapter)
