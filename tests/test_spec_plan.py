@@ -103,3 +103,17 @@ def test_token_flops_are_lora_training_flops() -> None:
     assert token_flops(LLAMA_8B, 2048) == 4 * (6_979_321_856 + 128256 * 4096) + 12 * 32 * (
         4096 * 2048
     )
+
+
+def test_over_several_gpus_each_is_judged_on_its_share_of_the_batch() -> None:
+    options = {"batch_size": 8, "max_seq_len": 2048}
+    one = fit_problem("Llama-3.1-8B", LLAMA_8B, options, 24 * GIB, gpu=True)
+    assert one is not None  # 8 rows on one 24 GB GPU do not fit
+    assert fit_problem("Llama-3.1-8B", LLAMA_8B, options, 24 * GIB, True, processes=2) is None
+    four = fit_problem(
+        "Llama-3.1-8B", LLAMA_8B, {**options, "batch_size": 16}, 24 * GIB, True, processes=2
+    )
+    assert four is not None and "(8 rows on each of 2 GPUs)" in four
+    assert "batch_size 8 with gradient_accumulation_steps 2" in four
+    # CPU processes share one RAM: the whole batch is judged
+    assert fit_problem("x", LLAMA_8B, options, 24 * GIB, gpu=False, processes=2) is not None

@@ -23,6 +23,7 @@ from oneseekd.cli.context import Context, emit_json
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import BaseModel, ModelTraining
 from oneseekd.errors import OneseekError
+from oneseekd.gpus import host_gpus, resolve
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.checks import check_dataset, resolve_models
 from oneseekd.intake.schema import parse_request
@@ -45,7 +46,10 @@ GIB = 2**30
 def _memory(config: dict[str, Any], options: dict[str, Any], device: dict[str, Any]) -> Any:
     gpu = device["type"] == "cuda"
     held = held_for(options, gpu, device.get("bf16"))
-    batch, seq = int(options["batch_size"]), int(options["max_seq_len"])
+    whole, seq = int(options["batch_size"]), int(options["max_seq_len"])
+    # each GPU process takes its share of the rows; CPU processes share one RAM
+    processes = resolve(options.get("gpus", 1), host_gpus()) if gpu else 1
+    batch = -(-whole // max(processes, 1))
     asked = checkpointing_asked(options, gpu)
     chunked = bool(options.get("chunked_loss", True))
     bits = 8 if options.get("load_in_8bit") else 4
@@ -63,16 +67,19 @@ def _memory(config: dict[str, Any], options: dict[str, Any], device: dict[str, A
         return max(q.step_on if ckpt else q.step_off, q.evaluation)
 
     rows = micro_batch(options.get("micro_batch_size"), batch, need, memory)
-    if rows < batch:
+    if rows < whole:
         p = plan(config, rows, seq, held, memory, weights=weights, chunked=chunked, asked=ckpt)
     shape, tokens = Shape.from_config(config), rows * seq
     return {
         "micro_batch_size": rows,
+        "processes": processes,
         "held": held,
         "fits": p.fits,
         "gradient_checkpointing": p.checkpointing,
         "peak_bytes": p.need,
-        "problem": fit_problem(options["key"], config, options, memory, gpu, device.get("bf16")),
+        "problem": fit_problem(
+            options["key"], config, options, memory, gpu, device.get("bf16"), processes
+        ),
         "device_bytes": p.memory,
         "breakdown": {
             "weights": p.weights,

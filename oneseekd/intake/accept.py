@@ -294,7 +294,7 @@ class Intake:
             problems += check(spec, HostFacts.light(here))
             memory = None if problems else self.device_memory(here)
             if memory is not None:  # a step that cannot fit this host is refused now
-                problems += memory_problems(spec, models, memory, here > 0)
+                problems += memory_problems(spec, models, memory, here)
         hosts = sorted(h for h, got in batch.usable.items() if set(keys) <= got) if models else []
         if models and not problems and not hosts:
             problems.append(no_single_host(batch.usable, keys))

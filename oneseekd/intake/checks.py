@@ -15,6 +15,7 @@ from oneseekd.catalog.query import resolve_one
 from oneseekd.catalog.scan import Root
 from oneseekd.db.models import BaseModel, Run
 from oneseekd.errors import ModelResolutionError
+from oneseekd.gpus import resolve
 from oneseekd.home import HomePaths
 from oneseekd.intake.records import Scan, scan
 from oneseekd.intake.schema import VERSION
@@ -190,19 +191,23 @@ def next_version(taken: set[str]) -> str:
 
 
 def memory_problems(
-    spec: RunSpec, models: Sequence[BaseModel], memory: int, gpu: bool
+    spec: RunSpec, models: Sequence[BaseModel], memory: int, gpus_here: int
 ) -> list[str]:
     """Each model whose training step cannot fit `memory` bytes (one GPU's, or the host's
     RAM) in any way its options allow, with the numbers and the fix (spec/plan.py). A model
     folder this host cannot read is left to the trainer, which says what is wrong."""
     problems: list[str] = []
+    gpu = gpus_here > 0
     for model in models:
         options = spec.for_model(model.key)
         cap = options.max_memory_per_gpu
         limit = min(memory, memory_bytes(str(cap))) if cap and gpu else memory
         try:
             config = json.loads((Path(model.path) / "config.json").read_text(encoding="utf-8"))
-            problem = fit_problem(model.key, config, options.model_dump(), limit, gpu)
+            processes = resolve(options.gpus, gpus_here) if gpu else 1
+            problem = fit_problem(
+                model.key, config, options.model_dump(), limit, gpu, processes=processes
+            )
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if problem is not None:

@@ -185,10 +185,13 @@ def fit_problem(
     memory: int,
     gpu: bool,
     native_bf16: bool | None = None,
+    processes: int = 1,
 ) -> str | None:
     """Why model `name` with these options (a request's, resolved) cannot train on a device of
     `memory` bytes (a GPU's, or the host's RAM), with the fixes that would fit; None when it
-    fits. Sharded runs (FSDP) split the weights, which the plan does not model: not judged."""
+    fits. Over `processes` GPUs each takes its share of a batch's rows (trainer/world.py
+    `shard`); CPU processes share one RAM, so there the whole batch is judged. Sharded runs
+    (FSDP) split the weights, which the plan does not model: not judged."""
     if options.get("sharding") == "fsdp":
         return None
     held = held_for(options, gpu, native_bf16)
@@ -198,33 +201,35 @@ def fit_problem(
     accum = int(options.get("gradient_accumulation_steps") or 1)
     chunked = bool(options.get("chunked_loss", True))
     asked = checkpointing_asked(options, gpu)
+    shared = processes if gpu and processes > 1 else 1
+    rows = -(-batch // shared)  # each GPU's share of a batch
 
     def at(b: int, s: int, h: Held = held, w: int = weights, a: bool | None = asked) -> Plan:
         return plan(config, b, s, h, memory, weights=w, chunked=chunked, asked=a)
 
-    p = at(batch, seq)
+    p = at(rows, seq)
     if p.fits:
         return None
-    # a divisor of the batch, so accumulation keeps the effective batch exactly
-    divisors = [b for b in range(batch - 1, 0, -1) if batch % b == 0]
+    # a divisor of the rows, so accumulation keeps the effective batch exactly
+    divisors = [b for b in range(rows - 1, 0, -1) if rows % b == 0]
     smaller = next((b for b in divisors if at(b, seq).fits), None)
     micro = options.get("micro_batch_size")
     if micro == "auto" and smaller is not None:
         return None  # the trainer splits each batch into micro-batches that fit
-    if isinstance(micro, int) and micro < batch and at(micro, seq).fits:
+    if isinstance(micro, int) and micro < rows and at(micro, seq).fits:
         return None
     fixes = []
-    if asked is False and at(batch, seq, a=None).fits:
+    if asked is False and at(rows, seq, a=None).fits:
         fixes.append("gradient_checkpointing: true")
     if held != "quantized":
         four = Params.from_config(config).weight_bytes("quantized", 4, frozen16=gpu)
-        if at(batch, seq, "quantized", four).fits:
+        if at(rows, seq, "quantized", four).fits:
             fixes.append("load_in_4bit")
     if smaller is not None:
         fixes.append(
-            f'micro_batch_size "auto" (here {smaller}: the same batch in {batch // smaller} '
-            f"passes), or batch_size {smaller} with gradient_accumulation_steps "
-            f"{accum * batch // smaller} (the same effective batch)"
+            f'micro_batch_size "auto" (here {smaller}: the same batch in {rows // smaller} '
+            f"passes), or batch_size {smaller * shared} with gradient_accumulation_steps "
+            f"{accum * rows // smaller} (the same effective batch)"
         )
     elif at(1, min(seq, 512)).fits:
         fixes.append("batch_size 1 and a shorter max_seq_len")
@@ -233,8 +238,9 @@ def fit_problem(
     step = p.step_off if asked is False else p.step_on
     need = max(step, p.evaluation)
     ckpt = " without" if asked is False else " with"
+    each = f" ({rows} rows on each of {shared} GPUs)" if shared > 1 else ""
     text = (
-        f"{name} ({held} base) at batch {batch} x {seq} tokens needs about {size(need)} "
+        f"{name} ({held} base) at batch {batch} x {seq} tokens{each} needs about {size(need)} "
         f"{where}{ckpt} gradient checkpointing; {have} {size(memory)}, of which a run "
         f"plans on {FIT_SHARE:.0%} ({size(FIT_SHARE * memory)})"
     )

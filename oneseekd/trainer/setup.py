@@ -174,6 +174,10 @@ class RecipeSetup:
             tokens = rows * seq
             return step_bytes(weight_bytes, shape, tokens, held, checkpointing, chunked)
 
+        # each GPU process takes its share of a batch's rows (World.shard); CPU processes
+        # share one RAM, so there the whole batch counts
+        if self.device.type == "cuda":
+            batch = -(-batch // self.world.size)
         asked = hp.get("gradient_checkpointing")
         self.checkpointing = wants_checkpointing(asked, need(batch, False), memory)
         # then the rows of one pass, where the request allows fewer than the batch
@@ -186,7 +190,8 @@ class RecipeSetup:
             log.info(
                 "micro_batch",
                 model=self.spec.key,
-                batch_size=batch,
+                batch_size=int(hp["batch_size"]),
+                rows_per_process=batch,
                 micro_batch_size=self.micro,
                 passes=math.ceil(batch / self.micro),
                 gradient_checkpointing=self.checkpointing,
