@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -117,17 +117,57 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def shipped_epoch(m: Figures) -> int:
+    """The epoch (1-based) whose LoRA weights the model's outputs hold, and whose figures are
+    certified: the one its evaluation names (trainer/keep.py `shipped`), else its last (a
+    model trained before oneseekd kept the best epoch)."""
+    shipped = m.evaluation.get("shipped")
+    epoch = shipped.get("epoch") if isinstance(shipped, dict) else None
+    last = len(m.val_losses)
+    return epoch if isinstance(epoch, int) and 1 <= epoch <= last else last
+
+
+def shipped_figures(m: Figures) -> dict[str, Any] | None:
+    """The held-out figures of the shipped epoch: the trained model's."""
+    epochs = m.evaluation.get("epochs") or []
+    epoch = shipped_epoch(m)
+    return epochs[epoch - 1] if 1 <= epoch <= len(epochs) else trained_figures(m.evaluation)
+
+
+def shipped_of(m: Figures) -> dict[str, Any]:
+    """training_results.json's `metrics.<key>.shipped`: which epoch the outputs hold and why."""
+    shipped = m.evaluation.get("shipped")
+    if isinstance(shipped, dict):
+        return dict(shipped)
+    last = len(m.val_losses)
+    return {
+        "epoch": last,
+        "epochs": last,
+        "keep": "last",
+        "reason": "the last epoch: trained before oneseekd kept the best one",
+    }
+
+
+def judged(m: TrainedModel) -> TrainedModel:
+    """The model as the gate (certify/gate.py) is to judge it: the gate takes a model's last
+    evaluated epoch for the trained one, so it is shown the epochs up to the shipped one."""
+    epochs = list(m.evaluation.get("epochs") or [])[: shipped_epoch(m)]
+    return replace(m, evaluation={**m.evaluation, "epochs": epochs})
+
+
 def evaluation(m: TrainedModel) -> dict[str, Any]:
     """A model's held-out figures as certified: the rows, the base's, the trained model's (its
-    last epoch's), what it gained in bits per byte, and the current model's when compared."""
+    shipped epoch's, `trained_epoch`), what it gained in bits per byte, every epoch's, and the
+    current model's when compared."""
     ev = m.evaluation
-    trained = trained_figures(ev)
+    trained = shipped_figures(m)
     base, after = bpb(ev.get("base")), bpb(trained)
     cleaned: dict[str, Any] = _clean(
         {
             "held_out": ev.get("held_out"),
             "base": ev.get("base"),
             "trained": trained,
+            "trained_epoch": shipped_epoch(m),
             "bits_per_byte_gain": None if base is None or after is None else base - after,
             "epochs": ev.get("epochs", []),
             "current": ev.get("current"),
@@ -147,6 +187,7 @@ def _metrics(m: TrainedModel) -> dict[str, Any]:
         "seconds": round(m.seconds, 3),
         "padding_fraction": round(m.padding_fraction, 4),
         "lora_targets": m.targets,
+        "shipped": shipped_of(m),
         **m.counts,
         **({"quantization": m.quantization} if m.quantization else {}),
         **({"auto_stop": m.auto_stop} if m.auto_stop else {}),
@@ -176,11 +217,18 @@ def _history(models: list[TrainedModel]) -> list[dict[str, Any]]:
     return history
 
 
+def _final_loss(models: list[TrainedModel]) -> float | None:
+    """training_results.json's `final_loss`: the mean training loss of the epochs the models
+    ship (each model's last, unless it kept an earlier, better one)."""
+    losses = [m.train_losses[shipped_epoch(m) - 1] for m in models if m.train_losses]
+    return _finite(sum(losses) / len(losses)) if losses else None
+
+
 def weighed(models: list[TrainedModel], weighting: str) -> dict[str, float]:
     """The figure each model's final weight is taken from (certify/dna.py)."""
     return weight_inputs(
-        {m.key: m.val_losses[-1] for m in models},
-        {m.key: bpb(trained_figures(m.evaluation)) for m in models},
+        {m.key: m.val_losses[shipped_epoch(m) - 1] for m in models},
+        {m.key: bpb(shipped_figures(m)) for m in models},
         weighting,
     )
 
@@ -263,7 +311,7 @@ def certify(session: Session, ledger: Ledger, paths: HomePaths, c: Certification
             "bits_per_byte": {
                 m.key: {
                     "base": _clean(bpb(m.evaluation.get("base"))),
-                    "trained": _clean(bpb(trained_figures(m.evaluation))),
+                    "trained": _clean(bpb(shipped_figures(m))),
                 }
                 for m in c.models
             },
@@ -319,7 +367,7 @@ def _write_documents(
             "trained_models": keys,
             "baseModels": names,
             "final_weights": weights,
-            "final_loss": history[-1]["loss"],
+            "final_loss": _final_loss(c.models),
             "training_history": history,
             "metrics": {m.key: _metrics(m) for m in c.models},
             "weighting": weighting_of(c),
@@ -342,6 +390,7 @@ def _write_documents(
             },
             step_losses={m.key: m.evaluation.get("step_losses", []) for m in c.models},
             auto_stop={m.key: m.auto_stop for m in c.models if m.auto_stop},
+            shipped={m.key: shipped_epoch(m) for m in c.models},
         ),
         "samples.json": {
             "run_id": c.run_id,
@@ -363,8 +412,8 @@ def _write_documents(
             # baseModels[0]'s, the model CivicAI's service loads: its held-out loss and
             # next-token accuracy; nothing measures fairness
             "metrics": {
-                "loss": _finite(first.val_losses[-1]),
-                "accuracy": _clean((trained_figures(first.evaluation) or {}).get("accuracy")),
+                "loss": _finite(first.val_losses[shipped_epoch(first) - 1]),
+                "accuracy": _clean((shipped_figures(first) or {}).get("accuracy")),
                 "fairness": None,
             },
             "gate": c.gate,

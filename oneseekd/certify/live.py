@@ -122,6 +122,7 @@ def live_document(
     bits_per_byte: dict[str, list[float | None]] | None = None,
     step_losses: dict[str, list[float]] | None = None,
     auto_stop: dict[str, dict[str, Any]] | None = None,
+    shipped: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The seed's live metrics: `val_losses` and `weights` hold one number per model key (its
     latest validation loss, and the ensemble weight that gives); `total_loss` is the mean of
@@ -130,14 +131,22 @@ def live_document(
     model's latest held-out bits per byte, what `bits_per_byte` weighting weighs),
     `step_losses` (every optimizer step's training loss, per model, for a live chart) and
     `auto_stop` (each model's auto-stop state, trainer/autostop.py `info`, for the models that
-    asked for it)."""
-    latest = {k: v[-1] for k, v in val.items() if v and math.isfinite(v[-1])}
+    asked for it). A model in `shipped` (key: the 1-based epoch it ships, trainer/keep.py)
+    is that epoch's figures instead of its latest, and `shipped_epochs` says so."""
+    chosen = shipped or {}
+
+    def pick(key: str, values: list[Any]) -> Any:
+        """The model's figure of its shipped epoch, else its latest."""
+        epoch = chosen.get(key, len(values))
+        return values[epoch - 1] if 1 <= epoch <= len(values) else values[-1]
+
+    latest = {k: pick(k, v) for k, v in val.items() if v and math.isfinite(pick(k, v))}
     bpb = {
-        k: v[-1]
+        k: pick(k, v)
         for k, v in (bits_per_byte or {}).items()
-        if v and v[-1] is not None and math.isfinite(v[-1])
+        if v and pick(k, v) is not None and math.isfinite(pick(k, v))
     }
-    trains = [v[-1] for v in train.values() if v]
+    trains = [pick(k, v) for k, v in train.items() if v]
     total = (
         running_loss
         if running_loss is not None
@@ -157,7 +166,7 @@ def live_document(
         "progress_percent": round(progress_percent, 2),
         "auto_stop_info": auto_stop_info(auto_stop or {}),
         "timestamp": utc_text(now),
-    }
+    } | ({"shipped_epochs": dict(chosen)} if chosen else {})
 
 
 def auto_stop_info(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -197,6 +206,7 @@ class LiveMetrics:
         self.percent = 0.0
         self.running: float | None = None
         self.auto_stops: dict[str, dict[str, Any]] = {}
+        self.ships: dict[str, int] = {}
 
     def epoch_end(
         self,
@@ -224,6 +234,12 @@ class LiveMetrics:
     def auto_stop(self, key: str, info: dict[str, Any]) -> None:
         """Auto-stop's state of `key` after its latest epoch (told right after epoch_end)."""
         self.auto_stops[key] = dict(info)
+        self._write()
+
+    def shipped(self, key: str, epoch: int) -> None:
+        """`key` is trained and ships `epoch` (trainer/keep.py): its figures are that epoch's
+        from now on."""
+        self.ships[key] = epoch
         self._write()
 
     def progress(self, data: dict[str, Any]) -> None:
@@ -260,6 +276,7 @@ class LiveMetrics:
                 bits_per_byte=self.bpb,
                 step_losses=self.steps,
                 auto_stop=self.auto_stops,
+                shipped=self.ships,
             ),
             strict=True,
         )

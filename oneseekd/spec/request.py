@@ -122,6 +122,8 @@ class ModelOptions(_Strict):
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     double_quantization: bool = True
     auto_stop: AutoStopOptions | None = None  # None: every epoch runs
+    # the epoch whose weights a model ships: the lowest held-out loss, or the last (keep.py)
+    keep: Literal["best", "last"] = "best"
     max_memory_per_gpu: Memory = None
     gpus: Gpus = 1
     sharding: Sharding = "ddp"

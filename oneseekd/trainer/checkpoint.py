@@ -6,6 +6,11 @@ epoch and the next batch, which is where an accumulation window starts, auto-sto
 and the name of the epoch's packed or grouped batch order). It is written under a temporary
 name, fsynced, and renamed into place; `latest` (a small file naming the folder) is replaced
 the same way, so a crash at any instant leaves the previous checkpoint usable.
+
+Beside them, `best-e<n>.pt` holds the LoRA weights of epoch n, the best on held-out data so
+far (`keep: "best"`, trainer/recipe.py): written whole before the checkpoint that names it
+(`Position.best_epoch`), and removed once no kept checkpoint names it, so whichever checkpoint
+a resume reads finds the best epoch it names.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from oneseekd.certify.staging import fsync_dir, fsync_file, write_bytes
 
 KEEP = 2  # checkpoints kept per model: the newest, and the one before in case it is damaged
 NAME = re.compile(r"^step-(\d+)-e(\d+)b(\d+)$")
+BEST = re.compile(r"^best-e(\d+)\.pt$")
 
 
 @dataclass
@@ -50,6 +56,9 @@ class Position:
     auto_stop: dict[str, Any] | None = None
     # the name of the epoch's batch order (batching.order_digest): a resume must see the same
     order: str = ""
+    # the epoch (1-based) with the lowest held-out loss so far, whose LoRA weights are kept
+    # beside the checkpoints (Checkpoints.save_best); 0: none kept
+    best_epoch: int = 0
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -142,6 +151,36 @@ class Checkpoints:
         for old in self.folder.glob("step-*"):
             if old.is_dir() and old not in kept:
                 shutil.rmtree(old, ignore_errors=True)
+        named = {_best_epoch(path) for path in kept}
+        for old in self.folder.glob("best-e*.pt"):
+            match = BEST.match(old.name)
+            if match and int(match.group(1)) not in named:
+                old.unlink(missing_ok=True)
+
+    def best_path(self, epoch: int) -> Path:
+        return self.folder / f"best-e{epoch}.pt"
+
+    def save_best(self, lora: dict[str, torch.Tensor], epoch: int) -> Path:
+        """The LoRA weights of `epoch`, the best so far (under the PEFT model's parameter
+        names, whole), written under a temporary name, fsynced and renamed into place. Called
+        before the checkpoint that names the epoch is saved: a crash in between leaves the
+        previous checkpoint, whose best file is still there."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.best_path(epoch)
+        tmp = self.folder / f".{final.name}.tmp"
+        torch.save(lora, tmp)
+        fsync_file(tmp)
+        os.replace(tmp, final)
+        fsync_dir(self.folder)
+        return final
+
+    def load_best(self, epoch: int) -> dict[str, torch.Tensor] | None:
+        """The kept LoRA weights of `epoch` (on the CPU), or None when they are not there."""
+        path = self.best_path(epoch)
+        if not path.is_file():
+            return None
+        state: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
+        return state
 
     @staticmethod
     def load_adapter(path: Path, model: Any, device: str) -> None:
@@ -178,3 +217,11 @@ class Checkpoints:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _best_epoch(checkpoint: Path) -> int:
+    """The best epoch a checkpoint names (0: none, or unreadable)."""
+    try:
+        return int(json.loads((checkpoint / "state.json").read_text()).get("best_epoch", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0

@@ -12,7 +12,14 @@ import structlog
 from sqlalchemy import Engine, select
 
 from oneseekd import queue
-from oneseekd.certify.certified import Certification, Figures, TrainedModel, certify, weighed
+from oneseekd.certify.certified import (
+    Certification,
+    Figures,
+    TrainedModel,
+    certify,
+    judged,
+    weighed,
+)
 from oneseekd.certify.current import current_adapter
 from oneseekd.certify.dna import base_weights_hash, final_weights
 from oneseekd.certify.gate import Verdict, judge, refuse
@@ -112,7 +119,9 @@ def certify_run(
     require_improvement` when a model did not beat its base (a run not measured, with no
     held-out rows, is not refused); otherwise certified, and made current only when the gate
     lets it. Returns the DNA and the verdict."""
-    verdict = judge(trained, settings.make_current, settings.compare_with_current)
+    verdict = judge(
+        [judged(m) for m in trained], settings.make_current, settings.compare_with_current
+    )
     log.info("certification_gate", run_id=ctx.run_id, **verdict.as_dict())
     # a run with no held-out rows has no verdict to refuse on: certified, never made current
     if settings.require_improvement and verdict.measured and not verdict.beat_base:

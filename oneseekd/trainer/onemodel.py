@@ -15,6 +15,7 @@ import torch
 from sqlalchemy import Engine, select
 
 from oneseekd import queue
+from oneseekd.certify.certified import shipped_epoch
 from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.live import LiveMetrics
 from oneseekd.certify.publish import publish
@@ -110,9 +111,16 @@ def train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelResu
     if world.main:
         _record_model(engine, ctx, ledger, result, row_id)
         checkpoints.remove()
+        if live is not None:
+            live.shipped(key, shipped_epoch(result))
     if position < len(ctx.models) - 1:  # after the last model the others are done: released
         world.wait_for_main()  # the next model starts once this one's outputs are recorded
-    log.info("model_trained", model=key, val_loss=result.val_losses[-1])
+    log.info(
+        "model_trained",
+        model=key,
+        val_loss=result.val_losses[shipped_epoch(result) - 1],
+        shipped_epoch=shipped_epoch(result),
+    )
     result = replace(result, model=None)  # free the weights before the next model
     recipe.cleanup()
     del recipe

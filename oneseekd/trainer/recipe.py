@@ -24,7 +24,7 @@ import torch
 from peft import get_peft_model_state_dict
 
 from oneseekd.certify.certified import Figures
-from oneseekd.trainer import sharding
+from oneseekd.trainer import keep, sharding
 from oneseekd.trainer.batching import (
     Batch,
     order_digest,
@@ -37,7 +37,7 @@ from oneseekd.trainer.checkpoint import Checkpoints, Position, rng_state
 from oneseekd.trainer.context import ModelSpec, Progress
 from oneseekd.trainer.data import Records
 from oneseekd.trainer.evaluate import measure
-from oneseekd.trainer.loading import Device
+from oneseekd.trainer.loading import Device, ModelRefused
 from oneseekd.trainer.loss import loss_sum
 from oneseekd.trainer.setup import RecipeSetup
 from oneseekd.trainer.world import World
@@ -161,6 +161,9 @@ class LoraRecipe(RecipeSetup):
                     raise Stopped
             pos.train_losses.append(pos.loss_sum / max(pos.loss_tokens, 1))
             pos.val_losses.append(self.evaluate(pad_id))
+            if self._keeps_best() and keep.better(pos):
+                pos.best_epoch = len(pos.val_losses)
+                self._keep_best(pos.best_epoch)  # before the checkpoint that names it
             stopping = self.auto_stop is not None and self.auto_stop.update(pos.val_losses[-1])
             log.info(
                 "epoch_finished",
@@ -182,6 +185,7 @@ class LoraRecipe(RecipeSetup):
             done = pos.epoch >= epochs or self._stopped_early()
             if self.world.any(self.should_stop()) and not done:
                 raise Stopped
+        shipped = self._ship(pos)  # before the weights are gathered for the result
         return ModelResult(
             self.spec.key,
             pos.train_losses,
@@ -200,10 +204,71 @@ class LoraRecipe(RecipeSetup):
                 "base": pos.base_eval,
                 "epochs": list(pos.evals),
                 "step_losses": list(pos.step_losses),
+                "shipped": shipped,
             },
             auto_stop=self.auto_stop.info() if self.auto_stop is not None else None,
             quantization=self.quantization.describe() if self.quantization else None,
         )
+
+    # --- keep: the best epoch's weights (trainer/keep.py) -------------------------------------
+    def _keeps_best(self) -> bool:
+        """Whether the best epoch's weights are kept: asked for (the default), and measured on
+        held-out rows (without them, nothing tells the epochs apart)."""
+        return self.hp.get("keep", "best") == "best" and self.held.source == "validation"
+
+    def _lora(self) -> dict[str, torch.Tensor]:
+        """The LoRA weights, whole, under the PEFT model's parameter names, on rank 0 ({} on
+        the others; every rank gathers when the model is sharded)."""
+        if self.sharded:
+            return self._trainable()
+        if not self.world.main:
+            return {}
+        return {
+            name: p.detach().cpu().contiguous()
+            for name, p in self.model.named_parameters()
+            if p.requires_grad
+        }
+
+    def _keep_best(self, epoch: int) -> None:
+        """Keep this epoch's LoRA weights beside the checkpoints, as the best so far."""
+        lora = self._lora()
+        if self.world.main:
+            self.checkpoints.save_best(lora, epoch)
+
+    def _ship(self, pos: Position) -> dict[str, Any]:
+        """Decide which epoch the model ships (trainer/keep.py) and, when it is not the last,
+        put its kept LoRA weights back into the model on every rank; returns `shipped`."""
+        asked = str(self.hp.get("keep", "best"))
+        stopped_at = self.auto_stop.stopped_at if self.auto_stop is not None else None
+        last = len(pos.val_losses)
+        epoch, reason = keep.choose(asked, self._keeps_best(), pos, stopped_at)
+        if epoch != last:
+            lora = self.checkpoints.load_best(epoch)  # every rank reads the whole file
+            if self.world.any(lora is None):
+                log.warning("best_epoch_lost", model=self.spec.key, epoch=epoch)
+                epoch, reason = last, keep.gone(epoch)
+            elif lora is not None:
+                self._restore(lora)
+        log.info("model_shipped", model=self.spec.key, epoch=epoch, epochs=last, reason=reason)
+        return keep.shipped(epoch, last, asked, reason)
+
+    def _restore(self, lora: dict[str, torch.Tensor]) -> None:
+        """Kept LoRA weights (`_lora`'s) back into the model: into each rank's shards when it
+        is sharded, else into every rank's whole copy."""
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        if set(lora) != set(params):
+            raise ModelRefused(
+                f"{self.spec.key}: the LoRA weights kept of its best epoch are not this model's "
+                f"({len(lora)} tensors against {len(params)})",
+                ["cancel the run and submit it again, to train it from the start"],
+            )
+        if self.sharded:
+            prefix = "" if self.inner is self.model else "model."  # the chunked wrapper's
+            sharding.load_trainable_state(self.inner, {prefix + k: v for k, v in lora.items()})
+            return
+        with torch.no_grad():
+            for name, value in lora.items():
+                params[name].copy_(value)
 
     def _trainable(self) -> dict[str, Any]:
         """The full LoRA weights of a sharded model (every rank gathers; rank 0 keeps them),

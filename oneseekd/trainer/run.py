@@ -12,6 +12,7 @@ import structlog
 import torch
 from sqlalchemy import Engine
 
+from oneseekd.certify.certified import shipped_epoch
 from oneseekd.certify.dna import base_weights_hash, canonical_hash
 from oneseekd.certify.gate import not_current_note
 from oneseekd.certify.layout import live_metrics_path, run_link
@@ -146,6 +147,7 @@ def train_run(
                 )
                 if results[spec.key].auto_stop:
                     live.auto_stop(spec.key, results[spec.key].auto_stop or {})
+                live.shipped(spec.key, shipped_epoch(results[spec.key]))
             continue
         wanted = world.plan.get(spec.key, world.size)
         if wanted != world.size:

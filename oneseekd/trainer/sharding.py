@@ -22,6 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import fully_shard
@@ -86,6 +87,13 @@ def adapter_state(model: Any, state: dict[str, torch.Tensor]) -> dict[str, torch
         k: v.detach().cpu().contiguous()
         for k, v in get_peft_model_state_dict(model, state_dict=state).items()
     }
+
+
+def load_trainable_state(model: Any, state: dict[str, torch.Tensor]) -> None:
+    """The full trainable (LoRA) weights, as trainable_state returned them, back into a
+    sharded model: every rank hands in the whole state and keeps its shard."""
+    full: dict[str, Any] = dict(state)
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def _trainable_names(model: torch.nn.Module) -> list[str]:
