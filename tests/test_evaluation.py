@@ -18,7 +18,7 @@ from oneseekd.certify.gate import judge
 from oneseekd.certify.plot import epoch_steps, smoothed
 from oneseekd.trainer import evaluate
 from oneseekd.trainer.data import Encoded, collate
-from oneseekd.trainer.evaluate import HeldOut, held_out, measure, spans, target_bytes
+from oneseekd.trainer.evaluate import HeldOut, held_out, measure, spans
 from oneseekd.trainer.labels import Encoder
 from oneseekd.trainer.loading import Device
 from oneseekd.trainer.loss import ChunkedCausalLM
@@ -59,8 +59,8 @@ def test_bits_per_byte_is_the_summed_target_loss_in_bits_over_the_target_texts_b
     model, tokenizer = tiny
     encoder = Encoder(tokenizer, 256)
     rows = [encoder.encode(r) for r in RECORDS]
-    data = Encoded([r.ids for r in rows], [r.mask for r in rows])
-    held = held_out(data, data, tokenizer, 10_000)
+    data = Encoded([r.ids for r in rows], [r.mask for r in rows], [r.nbytes for r in rows])
+    held = held_out(data, data, 10_000)
     got = measure(model, held, tokenizer.pad_token_id, 2, World(), False, CPU)
 
     # by hand: one row at a time, no padding, the log-probability of each target token
@@ -73,17 +73,17 @@ def test_bits_per_byte_is_the_summed_target_loss_in_bits_over_the_target_texts_b
                     nats -= float(logp[j - 1, row.ids[j]])
                     hits += int(int(logp[j - 1].argmax()) == row.ids[j])
                     tokens += 1
-    # the target texts: the outputs (their eos counts no bytes) and the whole text record but
-    # its first token, which is predicted from nothing
+    # the target texts: the outputs and the whole text record but its first token, which is
+    # predicted from nothing; each closing eos one byte
     first = tokenizer.decode(rows[2].ids[:1])
     text = RECORDS[2]["text"]
     assert text.startswith(first)
-    nbytes = sum(len(r["output"].encode()) for r in RECORDS[:2]) + len(text[len(first) :].encode())
     assert held.target_bytes == [
-        len(RECORDS[0]["output"].encode()),
-        len(RECORDS[1]["output"].encode()),
-        len(text.encode()) - len(first.encode()),
+        len(RECORDS[0]["output"].encode()) + 1,
+        len(RECORDS[1]["output"].encode()) + 1,
+        len(text.encode()) - len(first.encode()) + 1,
     ]
+    nbytes = sum(held.target_bytes)
     assert got.tokens == tokens and got.bytes == nbytes
     assert got.bits_per_byte == pytest.approx(nats / math.log(2) / nbytes, rel=1e-5)
     assert got.loss == pytest.approx(nats / tokens, rel=1e-5)
@@ -98,8 +98,8 @@ def test_the_chunked_figures_equal_those_of_the_whole_logits(
     encoder = Encoder(tokenizer, 256)
     long = [{"text": " ".join(["Riksdagen beslutar om lagar"] * n)} for n in (40, 3, 25)]
     rows = [encoder.encode(r) for r in RECORDS + long]
-    data = Encoded([r.ids for r in rows], [r.mask for r in rows])
-    held = held_out(data, data, tokenizer, 10_000)
+    data = Encoded([r.ids for r in rows], [r.mask for r in rows], [r.nbytes for r in rows])
+    held = held_out(data, data, 10_000)
     assert max(len(r.ids) for r in rows) > 128  # several chunks of 128 positions a row pair
     got = measure(model, held, tokenizer.pad_token_id, 2, World(), False, CPU)
 
@@ -147,18 +147,20 @@ def test_evaluation_never_needs_more_memory_than_a_training_step() -> None:
     assert evaluated < length * vocab * 4 / 2  # never the whole logits, not even in bf16
 
 
-def test_the_evaluated_rows_are_capped_by_tokens_in_split_order(
-    tiny: tuple[object, object],
-) -> None:
-    _, tokenizer = tiny
-    data = Encoded([[1, 5, 6], [1, 7, 8, 9], [1, 5]], [[1, 1, 1], [0, 1, 1, 1], [1, 1]])
-    assert len(held_out(data, data, tokenizer, 7).data.ids) == 2  # 3 + 4 tokens
-    assert len(held_out(data, data, tokenizer, 6).data.ids) == 1
-    assert len(held_out(data, data, tokenizer, 1).data.ids) == 1  # never none
+def test_the_evaluated_rows_are_capped_by_tokens_in_split_order() -> None:
+    data = Encoded(
+        [[1, 5, 6], [1, 7, 8, 9], [1, 5]],
+        [[1, 1, 1], [0, 1, 1, 1], [1, 1]],
+        [[0, 2, 3], [5, 1, 1, 4], [0, 2]],
+    )
+    assert len(held_out(data, data, 7).data.ids) == 2  # 3 + 4 tokens
+    assert len(held_out(data, data, 6).data.ids) == 1
+    assert len(held_out(data, data, 1).data.ids) == 1  # never none
     empty = Encoded([], [])
-    only_train = held_out(empty, data, tokenizer, 100)
+    only_train = held_out(empty, data, 100)
     assert only_train.source == "train" and len(only_train.data.ids) == 3
-    assert target_bytes([1, 5, 6], [1, 1, 1], tokenizer) == len(tokenizer.decode([5, 6]).encode())
+    # the bytes the labelled tokens after the first hold
+    assert only_train.target_bytes == [5, 6, 2]
 
 
 def test_final_weights_from_bits_per_byte_do_not_favour_a_finer_tokenizer() -> None:
@@ -227,13 +229,8 @@ def test_a_model_without_figures_cannot_show_it_beat_its_base() -> None:
 
 def test_held_out_rows_are_chosen_without_a_model(tmp_path: Path) -> None:
     """The selection is a pure function of the split (the same for base, trained, current)."""
-    data = Encoded([[1, 2], [1, 3, 4]], [[1, 1], [1, 1, 1]])
-
-    class Tok:
-        def decode(self, ids: list[int], **_: object) -> str:
-            return "x" * len(ids)
-
-    a, b = held_out(data, data, Tok(), 4), held_out(data, data, Tok(), 4)
+    data = Encoded([[1, 2], [1, 3, 4]], [[1, 1], [1, 1, 1]])  # no bytes: one a token
+    a, b = held_out(data, data, 4), held_out(data, data, 4)
     assert a == b and a.target_bytes == [1]
 
 
