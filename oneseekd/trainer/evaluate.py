@@ -31,7 +31,7 @@ import torch
 
 from oneseekd.trainer.data import Encoded, Records, collate
 from oneseekd.trainer.loading import Device
-from oneseekd.trainer.loss import IGNORE_INDEX, ChunkedCausalLM
+from oneseekd.trainer.loss import IGNORE_INDEX, ChunkedCausalLM, row_scores
 from oneseekd.trainer.world import World
 
 
@@ -43,6 +43,9 @@ class Figures:
     accuracy: float
     tokens: int  # target tokens scored
     bytes: int  # UTF-8 bytes of their text
+    # each held-out row's summed target loss in bits, in the rows' order: what the gate
+    # compares two models on, record by record (certify/gate.py)
+    record_bits: list[float]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +66,7 @@ class HeldOut:
             "tokens": sum(self.data.lengths()),
             "target_tokens": sum(self.data.label_counts()),
             "target_bytes": sum(self.target_bytes),
+            "record_bytes": list(self.target_bytes),  # each row's, in order (the gate's)
         }
 
 
@@ -103,17 +107,11 @@ def _batches(data: Encoded, batch_size: int) -> list[list[int]]:
 
 
 def scored(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The summed next-token loss (fp32) and the number of top-1 hits over the labels, from
-    the whole logits tensor: only for a sharded model without the chunked wrapper, whose
-    training step holds the whole logits too."""
+    """Each row's summed next-token loss (fp32) and top-1 hits over the labels, from the
+    whole logits tensor: only for a sharded model without the chunked wrapper, whose training
+    step holds the whole logits too."""
     shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    shifted = shifted.to(logits.device)
-    flat = logits.float().reshape(-1, logits.shape[-1])
-    loss = torch.nn.functional.cross_entropy(
-        flat, shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    hits = ((flat.argmax(-1) == shifted.reshape(-1)) & (shifted.reshape(-1) != IGNORE_INDEX)).sum()
-    return loss, hits
+    return row_scores(logits, shifted)
 
 
 def scorer(model: Any, sharded: bool) -> Any:
@@ -126,7 +124,10 @@ def scorer(model: Any, sharded: bool) -> Any:
     return ChunkedCausalLM(model)
 
 
-def figures(loss_nats: float, hits: float, tokens: int, nbytes: int) -> Figures:
+def figures(record_nats: list[float], hits: float, tokens: int, nbytes: int) -> Figures:
+    """The figures from each row's summed loss in nats (added exactly, so the total does not
+    depend on the order the rows were measured in)."""
+    loss_nats = math.fsum(record_nats)
     loss = loss_nats / max(tokens, 1)
     return Figures(
         loss=loss,
@@ -135,6 +136,7 @@ def figures(loss_nats: float, hits: float, tokens: int, nbytes: int) -> Figures:
         accuracy=hits / max(tokens, 1),
         tokens=tokens,
         bytes=nbytes,
+        record_bits=[n / math.log(2) for n in record_nats],
     )
 
 
@@ -149,9 +151,10 @@ def measure(
     device: Device,
 ) -> Figures:
     """Every figure of `model` on the held-out rows, each rank its share of the batches and
-    the sums all-reduced (in the fixed order of the batches, so the result is the same on
-    every run of the same weights). Through the decoder and a chunked head, as the training
-    loss is taken, with no KV cache: it never needs more memory than a training step."""
+    each row's sums all-reduced (a row is measured by one rank, the others add 0, so the
+    result is the same on every run of the same weights, on any number of processes).
+    Through the decoder and a chunked head, as the training loss is taken, with no KV cache:
+    it never needs more memory than a training step."""
     data = held.data
     counts = data.label_counts()
     batches = _batches(data, batch_size)
@@ -159,8 +162,8 @@ def measure(
     if sharded:  # every forward pass gathers weights: all ranks run as many
         rounds = math.ceil(len(batches) / world.size)
         mine += [None] * (rounds - len(mine))
-    loss_total = 0.0
-    hits_total = 0.0
+    record_nats = [0.0] * len(data.ids)
+    record_hits = [0.0] * len(data.ids)
     net = scorer(model, sharded)
     was_training = model.training
     model.eval()
@@ -174,12 +177,13 @@ def measure(
             else:
                 loss, hits = scored(net(**batch, use_cache=False).logits, labels)
             if rows is not None:
-                loss_total += float(loss)
-                hits_total += float(hits)
+                for row, nats, hit in zip(rows, loss.tolist(), hits.tolist(), strict=True):
+                    record_nats[row], record_hits[row] = float(nats), float(hit)
     finally:
         model.train(was_training)
-    loss_sum, hit_sum = world.sum([loss_total, hits_total])
-    return figures(loss_sum, hit_sum, sum(counts), sum(held.target_bytes))
+    summed = world.sum(record_nats + record_hits)
+    record_nats, hit_sum = summed[: len(data.ids)], sum(summed[len(data.ids) :])
+    return figures(record_nats, hit_sum, sum(counts), sum(held.target_bytes))
 
 
 def measure_adapter(
