@@ -177,7 +177,7 @@ def enough(evaluation: dict[str, Any], size: HeldOutSize) -> tuple[str, dict[str
             f"[certify] eval_tokens {size.eval_tokens} evaluates {rows} of the "
             f"{size.validation} validation records: about {tokens} would evaluate enough"
         ), {"eval_tokens": tokens}
-    fraction = math.ceil(100 * needed / size.records) / 100
+    fraction = -(-100 * needed // size.records) / 100  # rounded up to a hundredth
     if fraction > MOST_HELD_OUT:
         return (
             f"val_fraction {fraction:.2f} would hold out {needed} of the {size.records} records, "
