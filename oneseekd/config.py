@@ -191,6 +191,10 @@ class CertifyConfig:
     compare_with_current: bool = _setting(True, _boolean)
     # the held-out tokens evaluated per model (a deterministic prefix of the validation split)
     eval_tokens: int = _setting(50_000, _whole(1, "a whole number >= 1"))
+    # below this many held-out records, or target bytes, the gate gives no verdict: the run is
+    # certified "too few held-out data", not made current (certify/gate.py)
+    min_held_out_records: int = _setting(10, _whole(2, "a whole number >= 2"))
+    min_held_out_bytes: int = _setting(256, _whole(1, "a whole number >= 1"))
     # greedy generations of base and trained for this many held-out prompts (samples.json)
     sample_prompts: int = _setting(3, _whole(0, "a whole number >= 0"))
     sample_tokens: int = _setting(48, _whole(0, "a whole number >= 0"))

@@ -18,7 +18,7 @@ from oneseekd.certify.gate import judge
 from oneseekd.certify.plot import epoch_steps, smoothed
 from oneseekd.trainer import evaluate
 from oneseekd.trainer.data import Encoded, collate
-from oneseekd.trainer.evaluate import HeldOut, held_out, measure, spans, target_bytes
+from oneseekd.trainer.evaluate import HeldOut, held_out, measure, spans
 from oneseekd.trainer.labels import Encoder
 from oneseekd.trainer.loading import Device
 from oneseekd.trainer.loss import ChunkedCausalLM
@@ -59,36 +59,42 @@ def test_bits_per_byte_is_the_summed_target_loss_in_bits_over_the_target_texts_b
     model, tokenizer = tiny
     encoder = Encoder(tokenizer, 256)
     rows = [encoder.encode(r) for r in RECORDS]
-    data = Encoded([r.ids for r in rows], [r.mask for r in rows])
-    held = held_out(data, data, tokenizer, 10_000)
+    data = Encoded([r.ids for r in rows], [r.mask for r in rows], [r.nbytes for r in rows])
+    held = held_out(data, data, 10_000)
     got = measure(model, held, tokenizer.pad_token_id, 2, World(), False, CPU)
 
     # by hand: one row at a time, no padding, the log-probability of each target token
     nats, hits, tokens = 0.0, 0, 0
+    record_nats = []
     with torch.no_grad():
         for row in rows:
             logp = torch.log_softmax(model(torch.tensor([row.ids])).logits[0].double(), -1)
+            before = nats
             for j in range(1, len(row.ids)):
                 if row.mask[j]:
                     nats -= float(logp[j - 1, row.ids[j]])
                     hits += int(int(logp[j - 1].argmax()) == row.ids[j])
                     tokens += 1
-    # the target texts: the outputs (their eos counts no bytes) and the whole text record but
-    # its first token, which is predicted from nothing
+            record_nats.append(nats - before)
+    # the target texts: the outputs and the whole text record but its first token, which is
+    # predicted from nothing; each closing eos one byte
     first = tokenizer.decode(rows[2].ids[:1])
     text = RECORDS[2]["text"]
     assert text.startswith(first)
-    nbytes = sum(len(r["output"].encode()) for r in RECORDS[:2]) + len(text[len(first) :].encode())
     assert held.target_bytes == [
-        len(RECORDS[0]["output"].encode()),
-        len(RECORDS[1]["output"].encode()),
-        len(text.encode()) - len(first.encode()),
+        len(RECORDS[0]["output"].encode()) + 1,
+        len(RECORDS[1]["output"].encode()) + 1,
+        len(text.encode()) - len(first.encode()) + 1,
     ]
+    nbytes = sum(held.target_bytes)
     assert got.tokens == tokens and got.bytes == nbytes
     assert got.bits_per_byte == pytest.approx(nats / math.log(2) / nbytes, rel=1e-5)
     assert got.loss == pytest.approx(nats / tokens, rel=1e-5)
     assert got.perplexity == pytest.approx(math.exp(nats / tokens), rel=1e-5)
     assert got.accuracy == hits / tokens
+    # each row's, in the rows' order, for the gate's record-by-record comparison
+    assert got.record_bits == pytest.approx([n / math.log(2) for n in record_nats], rel=1e-5)
+    assert held.describe()["record_bytes"] == held.target_bytes
 
 
 def test_the_chunked_figures_equal_those_of_the_whole_logits(
@@ -98,8 +104,8 @@ def test_the_chunked_figures_equal_those_of_the_whole_logits(
     encoder = Encoder(tokenizer, 256)
     long = [{"text": " ".join(["Riksdagen beslutar om lagar"] * n)} for n in (40, 3, 25)]
     rows = [encoder.encode(r) for r in RECORDS + long]
-    data = Encoded([r.ids for r in rows], [r.mask for r in rows])
-    held = held_out(data, data, tokenizer, 10_000)
+    data = Encoded([r.ids for r in rows], [r.mask for r in rows], [r.nbytes for r in rows])
+    held = held_out(data, data, 10_000)
     assert max(len(r.ids) for r in rows) > 128  # several chunks of 128 positions a row pair
     got = measure(model, held, tokenizer.pad_token_id, 2, World(), False, CPU)
 
@@ -110,7 +116,7 @@ def test_the_chunked_figures_equal_those_of_the_whole_logits(
             batch = collate(data, batch_rows, tokenizer.pad_token_id)
             labels = batch.pop("labels")
             loss, hit = evaluate.scored(model(**batch, use_cache=False).logits, labels)
-            nats, hits = nats + float(loss), hits + float(hit)
+            nats, hits = nats + float(loss.sum()), hits + float(hit.sum())
     assert got.loss * got.tokens == pytest.approx(nats, rel=1e-6)
     assert got.accuracy * got.tokens == hits
 
@@ -147,18 +153,20 @@ def test_evaluation_never_needs_more_memory_than_a_training_step() -> None:
     assert evaluated < length * vocab * 4 / 2  # never the whole logits, not even in bf16
 
 
-def test_the_evaluated_rows_are_capped_by_tokens_in_split_order(
-    tiny: tuple[object, object],
-) -> None:
-    _, tokenizer = tiny
-    data = Encoded([[1, 5, 6], [1, 7, 8, 9], [1, 5]], [[1, 1, 1], [0, 1, 1, 1], [1, 1]])
-    assert len(held_out(data, data, tokenizer, 7).data.ids) == 2  # 3 + 4 tokens
-    assert len(held_out(data, data, tokenizer, 6).data.ids) == 1
-    assert len(held_out(data, data, tokenizer, 1).data.ids) == 1  # never none
+def test_the_evaluated_rows_are_capped_by_tokens_in_split_order() -> None:
+    data = Encoded(
+        [[1, 5, 6], [1, 7, 8, 9], [1, 5]],
+        [[1, 1, 1], [0, 1, 1, 1], [1, 1]],
+        [[0, 2, 3], [5, 1, 1, 4], [0, 2]],
+    )
+    assert len(held_out(data, data, 7).data.ids) == 2  # 3 + 4 tokens
+    assert len(held_out(data, data, 6).data.ids) == 1
+    assert len(held_out(data, data, 1).data.ids) == 1  # never none
     empty = Encoded([], [])
-    only_train = held_out(empty, data, tokenizer, 100)
+    only_train = held_out(empty, data, 100)
     assert only_train.source == "train" and len(only_train.data.ids) == 3
-    assert target_bytes([1, 5, 6], [1, 1, 1], tokenizer) == len(tokenizer.decode([5, 6]).encode())
+    # the bytes the labelled tokens after the first hold
+    assert only_train.target_bytes == [5, 6, 2]
 
 
 def test_final_weights_from_bits_per_byte_do_not_favour_a_finer_tokenizer() -> None:
@@ -177,18 +185,34 @@ def test_final_weights_from_bits_per_byte_do_not_favour_a_finer_tokenizer() -> N
     assert weight_inputs(losses, {"a": 1.5, "b": None}, "bits_per_byte") == losses
 
 
+# 12 held-out records of 100 bytes, each a little easier or harder than the average
+SPREAD = [1.0 + (i % 4 - 1.5) / 100 for i in range(12)]
+
+
+def _figures(bpb: float) -> dict[str, object]:
+    """Figures of a model at `bpb` bits per byte, the per-record bits as uneven as SPREAD."""
+    bits = [bpb * 100 * x for x in SPREAD]
+    return {"bits_per_byte": sum(bits) / 1200, "record_bits": bits}
+
+
 class _M:
     def __init__(self, key: str, base: float, trained: float, now: float | None = None) -> None:
         self.key = key
         self.evaluation: dict[str, object] = {
-            "base": {"bits_per_byte": base},
-            "epochs": [{"bits_per_byte": trained + 1}, {"bits_per_byte": trained}],
+            "held_out": {
+                "split": "validation",
+                "rows": 12,
+                "target_bytes": 1200,
+                "record_bytes": [100] * 12,
+            },
+            "base": _figures(base),
+            "epochs": [_figures(trained + 1), _figures(trained)],
         }
         if now is not None:
             self.evaluation["current"] = {
                 "dna": "OneSeek-7B-Zero.v1.0.abcdef",
                 "run_id": "run-1",
-                "figures": {"bits_per_byte": now},
+                "figures": _figures(now),
             }
 
 
@@ -197,13 +221,15 @@ def test_the_gate_wants_every_model_to_beat_its_base_and_none_worse_than_current
     verdict = judge([_M("a", 3.0, 3.0), _M("b", 3.0, 2.0)], True)
     assert (verdict.beat_base, verdict.made_current) == (False, False)
     assert verdict.reasons == [
-        "a: held-out bits per byte 3.0000 does not beat the base model's 3.0000"
+        "a: held-out bits per byte 3.0000 does not measurably beat the base model's 3.0000: "
+        "+0.0000 bits per byte (95 % interval +0.0000 to +0.0000)"
     ]
     worse = judge([_M("a", 3.0, 2.5, now=2.4)], True)
     assert (worse.beat_base, worse.not_worse, worse.made_current) == (True, False, False)
     assert worse.reasons == [
         "a: held-out bits per byte 2.5000 is worse than the current model's 2.4000 "
-        "(OneSeek-7B-Zero.v1.0.abcdef, run run-1) on this run's held-out data"
+        "(OneSeek-7B-Zero.v1.0.abcdef, run run-1) on this run's held-out data: +0.1000 bits "
+        "per byte (95 % interval +0.0993 to +0.1006)"
     ]
     assert judge([_M("a", 3.0, 2.5, now=2.4)], True, compare=False).made_current
     held = judge([_M("a", 3.0, 2.5)], False)
@@ -222,18 +248,19 @@ def test_a_model_without_figures_cannot_show_it_beat_its_base() -> None:
     bare.evaluation = {}
     verdict = judge([bare], True)
     assert not verdict.made_current
-    assert verdict.reasons == ["a: has no held-out bits per byte to compare with its base"]
+    assert verdict.reasons == [
+        "a: has no held-out bits per byte of each record to compare with its base"
+    ]
+    # figures measured before the gate compared record by record: none either
+    old = _M("a", 3.0, 2.0)
+    old.evaluation["base"] = {"bits_per_byte": 3.0}
+    assert judge([old], True).reasons == verdict.reasons
 
 
 def test_held_out_rows_are_chosen_without_a_model(tmp_path: Path) -> None:
     """The selection is a pure function of the split (the same for base, trained, current)."""
-    data = Encoded([[1, 2], [1, 3, 4]], [[1, 1], [1, 1, 1]])
-
-    class Tok:
-        def decode(self, ids: list[int], **_: object) -> str:
-            return "x" * len(ids)
-
-    a, b = held_out(data, data, Tok(), 4), held_out(data, data, Tok(), 4)
+    data = Encoded([[1, 2], [1, 3, 4]], [[1, 1], [1, 1, 1]])  # no bytes: one a token
+    a, b = held_out(data, data, 4), held_out(data, data, 4)
     assert a == b and a.target_bytes == [1]
 
 
@@ -258,14 +285,16 @@ def test_the_certify_settings_have_defaults_and_are_checked(tmp_path: Path) -> N
         2000,
     )
     assert got.sample_prompts == 0
+    assert (got.min_held_out_records, got.min_held_out_bytes) == (10, 256)  # the gate's own
     (tmp_path / "oneseekd.toml").write_text(
-        '[certify]\nrequire_improvement = "yes"\neval_tokens = 0\n'
+        '[certify]\nrequire_improvement = "yes"\neval_tokens = 0\nmin_held_out_records = 1\n'
     )
     with pytest.raises(ConfigError) as bad:
         load_config(tmp_path, env={})
     assert bad.value.problems == [
         "certify.require_improvement must be true or false, got 'yes'",
         "certify.eval_tokens must be a whole number >= 1, got 0",
+        "certify.min_held_out_records must be a whole number >= 2, got 1",
     ]
 
 
@@ -290,7 +319,8 @@ def test_promote_overrides_a_measured_verdict_not_an_operators_make_current_fals
     )
     measured = judge([_M("a", 3.0, 3.0)], False).as_dict()
     assert overridden(measured) == (
-        "a: held-out bits per byte 3.0000 does not beat the base model's 3.0000"
+        "a: held-out bits per byte 3.0000 does not measurably beat the base model's 3.0000: "
+        "+0.0000 bits per byte (95 % interval +0.0000 to +0.0000)"
     )
     assert overridden(judge([_M("a", 3.0, 2.5)], True).as_dict()) is None
     assert overridden(None) is None  # a folder certified before the gate

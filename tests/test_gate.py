@@ -6,6 +6,7 @@ evaluation is the same across a resume."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from trainhomes import TinyHome, stop_at
 
-from oneseekd.certify.gate import NotImproved
+from oneseekd.certify.gate import IMPROVED, SAME, WORSE, NotImproved, method, shown_difference
 from oneseekd.trainer.recipe import Stopped
 from oneseekd.trainer.run import train_run
 
@@ -59,6 +60,15 @@ def _model(results: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
+def _compared(found: dict[str, Any], trained: float, other: float, verdict: str) -> None:
+    """One comparison of the gate: the two figures apart, its 95 % interval around that, and
+    the verdict the interval gives."""
+    assert found["difference"] == pytest.approx(trained - other, abs=1e-9)
+    low, high = found["interval"]
+    assert low <= found["difference"] <= high
+    assert found["verdict"] == verdict
+
+
 @pytest.mark.timeout(600)
 def test_a_run_that_learns_is_made_current_and_one_that_cannot_is_not(home: Home) -> None:
     learned, _ = home.train([MODEL], **LEARNS)
@@ -72,12 +82,33 @@ def test_a_run_that_learns_is_made_current_and_one_that_cannot_is_not(home: Home
     assert trained["loss"] == _model(results)["val_losses"][-1]
     assert trained["accuracy"] > base["accuracy"] and trained["perplexity"] > 1
     assert ev["held_out"]["split"] == "validation" and ev["held_out"]["rows"] == 16
-    assert results["gate"] == {
+    assert len(trained["record_bits"]) == len(ev["held_out"]["record_bytes"]) == 16
+    gate = results["gate"]
+    [(key, judged)] = gate["models"].items()
+    assert (key, judged["records"], judged["target_bytes"]) == (
+        MODEL,
+        16,
+        ev["held_out"]["target_bytes"],
+    )
+    _compared(judged["base"], trained["bits_per_byte"], base["bits_per_byte"], IMPROVED)
+    assert judged["base"]["interval"][1] < 0 and "current" not in judged  # nothing current yet
+    assert gate == {
         "beat_base": True,
         "not_worse_than_current": True,
         "made_current": True,
         "reasons": [],
+        "models": {MODEL: judged},
+        "method": method(),
     }
+    # the verdict and its interval on every surface: metadata.json, the ledger, status, show
+    assert home.certified_json("metadata.json", learned)["gate"] == gate
+    [event] = home.events("dna_v2_training_completed")
+    assert event["gate"] == gate
+    note = f"{MODEL}: against its base {shown_difference(judged['base'])}: improved"
+    assert f"          gate: {note}" in home.ctl("status").output
+    recent = json.loads(home.ctl("status", "--json").output)["recent_runs"][0]
+    assert (recent["held_back"], recent["gate"]) == (None, gate)
+    assert f"            {note}" in home.ctl("show", learned).output
     first = home.folder(learned).name
     assert home.current() == first
     # every optimizer step's training loss: 8 steps an epoch, 3 epochs
@@ -105,25 +136,32 @@ def test_a_run_that_learns_is_made_current_and_one_that_cannot_is_not(home: Home
     stuck, _ = home.train([MODEL], **CANNOT_LEARN)
     results = home.certified_json("training_results.json", stuck)
     ev = _model(results)["evaluation"]
-    assert not ev["trained"]["bits_per_byte"] < ev["base"]["bits_per_byte"] * 0.9999
     bpb = ev["trained"]["bits_per_byte"]
     now = ev["current"]  # the current (learned) model, measured on this run's rows
     assert (now["dna"], now["run_id"]) == (first, learned)
+    gate = results["gate"]
+    judged = gate["models"][MODEL]
+    # it did not learn: no measurable difference from its base, which holds it back
+    _compared(judged["base"], bpb, ev["base"]["bits_per_byte"], SAME)
+    # and it is measurably worse than the current model, on this run's records
+    _compared(judged["current"], bpb, now["figures"]["bits_per_byte"], WORSE)
+    assert (judged["current"]["dna"], judged["current"]["run_id"]) == (first, learned)
     reasons = [
-        f"{MODEL}: held-out bits per byte {bpb:.4f} does not beat the base model's "
-        f"{ev['base']['bits_per_byte']:.4f}",
+        f"{MODEL}: held-out bits per byte {bpb:.4f} does not measurably beat the base model's "
+        f"{ev['base']['bits_per_byte']:.4f}: {shown_difference(judged['base'])}",
         f"{MODEL}: held-out bits per byte {bpb:.4f} is worse than the current model's "
         f"{now['figures']['bits_per_byte']:.4f} ({first}, run {learned}) on this run's "
-        "held-out data",
+        f"held-out data: {shown_difference(judged['current'])}",
     ]
     why = "; ".join(reasons)
-    gate = {
+    assert gate == {
         "beat_base": False,
         "not_worse_than_current": False,
         "made_current": False,
         "reasons": reasons,
+        "models": {MODEL: judged},
+        "method": method(),
     }
-    assert results["gate"] == gate
     assert home.current() == first  # recorded, certified, not current
     # ... and every surface says so: metadata.json, the ledger event, status, runs, show
     assert home.certified_json("metadata.json", stuck)["gate"] == gate
@@ -143,7 +181,7 @@ def test_a_run_that_learns_is_made_current_and_one_that_cannot_is_not(home: Home
     assert listed[learned]["held_back"] is None and listed[learned]["current"]
     show = home.ctl("show", stuck)
     assert f"  gate:     was not made current: {why}" in show.output
-    assert "every model beat its base" in home.ctl("show", learned).output
+    assert "every model measurably beat its base" in home.ctl("show", learned).output
 
     # promote: refused without a reason, done with one, and the reason recorded
     refused = home.ctl("promote", stuck)
@@ -181,10 +219,12 @@ def test_a_run_worse_than_the_current_model_on_its_held_out_data_is_not_made_cur
         False,
         False,
     )
+    versus = gate["models"][MODEL]["current"]
+    _compared(versus, ev["trained"]["bits_per_byte"], now["figures"]["bits_per_byte"], WORSE)
     assert gate["reasons"] == [
         f"{MODEL}: held-out bits per byte {ev['trained']['bits_per_byte']:.4f} is worse than "
         f"the current model's {now['figures']['bits_per_byte']:.4f} ({first}, run {best}) on "
-        "this run's held-out data"
+        f"this run's held-out data: {shown_difference(versus)}"
     ]
     assert home.current() == first
 
@@ -202,11 +242,15 @@ def test_require_improvement_refuses_to_certify_a_run_that_did_not_improve(
         ev = trained["evaluation"]
         base = ev["base"]["bits_per_byte"]
         last = ev["epochs"][-1]["bits_per_byte"]
+        [why] = [line for line in str(refused.value).splitlines() if "base model's" in line]
+        assert why.startswith(
+            f"  - {MODEL}: held-out bits per byte {last:.4f} does not measurably beat the base "
+            f"model's {base:.4f}: "
+        )
         assert str(refused.value) == (
             f"run {run_id} is not certified: a model did not beat its base on held-out bits "
             "per byte, and [certify] require_improvement is true\n"
-            f"  - {MODEL}: held-out bits per byte {last:.4f} does not beat the base model's "
-            f"{base:.4f}\n"
+            f"{why}\n"
             "  - train longer, with a higher learning_rate or on more data, and submit again\n"
             "  - or set [certify] require_improvement = false: the run is then certified, but "
             "not made current"
@@ -256,16 +300,31 @@ def test_a_run_with_no_held_out_rows_is_not_measured_certified_and_never_made_cu
     run_id, _ = home.train([MODEL], **{**LEARNS, "val_fraction": 0})
     results = home.certified_json("training_results.json", run_id)
     assert _model(results)["evaluation"]["held_out"]["split"] == "train"
+    held = _model(results)["evaluation"]["held_out"]
+    # the val_fraction that would hold out 10 records and 256 bytes at these records' bytes each
+    per_record = held["target_bytes"] / held["rows"]
+    needed = max(10, math.ceil(256 / per_record))
+    fraction = math.ceil(100 * needed / 48) / 100
     why = (
         f"{MODEL}: not measured: the run held out no validation rows (val_fraction 0, or every "
-        "record a copy of one), so there is no verdict on whether it beat its base; it is "
-        "certified, not made current"
+        "record a copy of one), so there is no verdict on whether it beat its base; "
+        f"val_fraction {fraction:.2f} would hold out enough ({needed} of the 48 records); it "
+        "is certified, not made current"
     )
     gate = {
         "beat_base": False,
         "not_worse_than_current": True,
         "made_current": False,
         "reasons": [why],
+        "models": {
+            MODEL: {
+                "verdict": "not measured",
+                "records": held["rows"],
+                "target_bytes": held["target_bytes"],
+                "val_fraction": fraction,
+            }
+        },
+        "method": method(),
         "measured": False,
     }
     assert results["gate"] == gate

@@ -335,3 +335,70 @@ def test_a_slow_tokenizer_is_refused_with_the_fix() -> None:
         "finds each answer's tokens by them\n"
         "  - set use_fast_tokenizer: true (the default)"
     )
+
+
+# A Mistral-style template: the answer follows "[/INST]" after a space, and ends with eos
+INST_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{{ '[INST] ' + m['content'] + ' [/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+INST_CHAT = {
+    "messages": [
+        {"role": "user", "content": "Vem stiftar lagar?"},
+        {"role": "assistant", "content": "Riksdagen stiftar lagar."},
+        {"role": "user", "content": "Och kommunerna?"},
+        {"role": "assistant", "content": "Kommunerna ansvarar för skolan, 5 €."},
+    ]
+}
+
+
+def label_bytes(tok: PreTrainedTokenizerFast, record: dict, max_len: int = 256) -> int:
+    """The bytes held-out bits per byte divides a record's loss by (trainer/evaluate.py)."""
+    got = Encoder(tok, max_len).encode(record)
+    return Encoded([got.ids], [got.mask], [got.nbytes]).label_bytes()[0]
+
+
+@pytest.mark.parametrize(
+    ("record", "template", "answers"),
+    [
+        (
+            INST_CHAT,
+            INST_TEMPLATE,
+            [" Riksdagen stiftar lagar.", " Kommunerna ansvarar för skolan, 5 €."],
+        ),
+        (
+            {"instruction": "Vem stiftar lagar?", "output": "Riksdagen stiftar lagar för 5 €."},
+            None,
+            ["Riksdagen stiftar lagar för 5 €."],
+        ),
+    ],
+    ids=["chat", "instruction"],
+)
+def test_two_tokenizers_of_one_text_count_the_same_target_bytes(
+    record: dict, template: str | None, answers: list[str]
+) -> None:
+    """Issue 27, finding 6: each answer was decoded on its own, so the SentencePiece kind
+    dropped the word boundary in front of it (one byte short a turn: 59 bytes against the
+    byte-level tokenizer's 65 for this chat), its <unk> for "€" decoded to nothing, and the
+    end of a turn counted no bytes. Counted from the offsets of the whole rendered text, both
+    hold every byte of each answer, and its end of turn one byte."""
+    counts = []
+    for tok in (tiny_tokenizer(), sentencepiece_tokenizer()):
+        tok.chat_template = template
+        counts.append(label_bytes(tok, record))
+    assert counts == [sum(len(a.encode()) + 1 for a in answers)] * 2
+
+
+def test_a_record_cut_inside_a_character_counts_the_bytes_its_kept_tokens_hold() -> None:
+    """Issue 27, finding 6: a row cut after the first of the three byte tokens of "€" counted
+    the U+FFFD its decoding ends with, 3 bytes for the one it holds."""
+    tok = tiny_tokenizer()
+    record = {"text": "Riksdagen beslutar, 5 €"}
+    whole = Encoder(tok, 256).encode(record)
+    tokens = tok.convert_ids_to_tokens(whole.ids)
+    assert tokens[-4:] == ["â", "Ĥ", "¬", "</s>"]  # "€" in three byte tokens, then eos
+    cut = len(tokens) - 3  # keeps the first of them
+    first = tok.decode(whole.ids[:1])  # predicted from nothing: not counted
+    assert label_bytes(tok, record, cut) == len(b"Riksdagen beslutar, 5 ") - len(first) + 1
+    assert label_bytes(tok, record) == len(record["text"].encode()) - len(first) + 1  # and eos

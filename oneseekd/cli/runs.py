@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from oneseekd.certify.gate import not_current_note
+from oneseekd.certify.gate import interval_notes, not_current_note
 from oneseekd.certify.layout import current_summary, run_dna, run_gate
 from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import columns, iso, shown, shown_lines, shown_table
@@ -149,7 +149,9 @@ def show_cmd(obj: Context, run_id: str, as_json: bool) -> None:
         if held:
             click.echo(f"  gate:     {held}")
         elif data["gate"]:
-            click.echo("  gate:     every model beat its base on held-out bits per byte")
+            click.echo("  gate:     every model measurably beat its base on held-out bits per byte")
+        for note in interval_notes(data["gate"]):
+            click.echo(f"            {shown(note)}")
     if run.log_path:
         click.echo(f"  log:      {shown(run.log_path)}")
     progress = run.progress if isinstance(run.progress, dict) else None

@@ -8,11 +8,12 @@ from typing import Any
 
 import click
 
-from oneseekd.certify.gate import not_current_note
+from oneseekd.certify.gate import interval_notes, not_current_note
 from oneseekd.certify.layout import current_summary, run_dna, run_gate
 from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import columns, iso, shown
 from oneseekd.cli.read import Row, open_reader
+from oneseekd.home import HomePaths
 
 RUN_NOW_COLUMNS = (
     *("run_id", "host", "base_models", "version", "attempts", "started_at", "heartbeat_at"),
@@ -65,21 +66,24 @@ def gather(obj: Context) -> dict[str, Any]:
         # the certified run oneseek-certified/OneSeek-7B-Zero-CURRENT names (not the running one)
         "current_model": current_summary(obj.config.home),
         "other_running_runs": [_run_now(r) for r in running if r is not current],
-        "recent_runs": [
-            {
-                "run_id": r.run_id,
-                "state": r.state,
-                "outcome": r.outcome,
-                "version": r.version,
-                "base_models": r.base_models,
-                "finished_at": iso(r.finished_at),
-                # why a certified run was not made current (certify/gate.py), else null
-                "held_back": not_current_note(
-                    run_gate(obj.config.home, run_dna(obj.config.home, r.run_id))
-                ),
-            }
-            for r in recent
-        ],
+        "recent_runs": [_recent(obj.config.home, r) for r in recent],
+    }
+
+
+def _recent(home: HomePaths, r: Row) -> dict[str, Any]:
+    gate = run_gate(home, run_dna(home, r.run_id))
+    return {
+        "run_id": r.run_id,
+        "state": r.state,
+        "outcome": r.outcome,
+        "version": r.version,
+        "base_models": r.base_models,
+        "finished_at": iso(r.finished_at),
+        # why a certified run was not made current (certify/gate.py), else null
+        "held_back": not_current_note(gate),
+        # the gate's verdict at certification, each model's differences with their intervals
+        # (null before the run was certified)
+        "gate": gate,
     }
 
 
@@ -211,3 +215,5 @@ def show_status(obj: Context, as_json: bool) -> None:
         )
         if r["held_back"]:
             click.echo(f"          not made current: {shown(r['held_back'])}")
+        for note in interval_notes(r["gate"]):
+            click.echo(f"          gate: {shown(note)}")

@@ -109,6 +109,9 @@ class Encoded:
     ids: list[list[int]]
     # 1 where the token is a label (trained on), 0 where it is only input; None: every token
     masks: list[list[int]] | None = None
+    # the UTF-8 bytes of the text each token holds (labels.token_bytes); None: rows made of
+    # ids alone (a benchmark's), each token then counted as one byte
+    nbytes: list[list[int]] | None = None
 
     def lengths(self) -> list[int]:
         return [len(x) for x in self.ids]
@@ -121,9 +124,19 @@ class Encoded:
         first token is predicted from nothing)."""
         return [sum(self.mask(i)[1:]) for i in range(len(self.ids))]
 
+    def label_bytes(self) -> list[int]:
+        """The bytes of the text each row's loss is taken over: those its labelled tokens
+        after the first hold."""
+        found = []
+        for i in range(len(self.ids)):
+            held = [1] * len(self.ids[i]) if self.nbytes is None else self.nbytes[i]
+            found.append(sum(b for b, m in zip(held[1:], self.mask(i)[1:], strict=True) if m))
+        return found
+
     def subset(self, indices: list[int]) -> Encoded:
         masks = None if self.masks is None else [self.masks[i] for i in indices]
-        return Encoded([self.ids[i] for i in indices], masks)
+        nbytes = None if self.nbytes is None else [self.nbytes[i] for i in indices]
+        return Encoded([self.ids[i] for i in indices], masks, nbytes)
 
 
 def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

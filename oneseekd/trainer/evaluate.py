@@ -10,7 +10,10 @@ instruction record, the assistant turns of a chat, the whole of a text):
 - `bits_per_byte`: the summed target-token loss in nats / ln 2 / the UTF-8 bytes of the target
   text. A token is not the same unit in two tokenizers (one that cuts text into more, shorter
   tokens gets a lower loss per token without predicting the text any better); a byte is, so
-  this is the figure models are compared on and weighted by;
+  this is the figure models are compared on and weighted by. The bytes are those the target
+  tokens hold of the whole rendered text, by its offsets (labels.token_bytes), each special
+  token (the end of a turn) one byte in every family: two tokenizers of one text count the
+  same bytes;
 - `accuracy`: top-1 next-token accuracy on the target tokens.
 
 The base model is measured with its adapter disabled, on the same batches, before the first
@@ -28,7 +31,7 @@ import torch
 
 from oneseekd.trainer.data import Encoded, Records, collate
 from oneseekd.trainer.loading import Device
-from oneseekd.trainer.loss import IGNORE_INDEX, ChunkedCausalLM
+from oneseekd.trainer.loss import IGNORE_INDEX, ChunkedCausalLM, row_scores
 from oneseekd.trainer.world import World
 
 
@@ -40,6 +43,9 @@ class Figures:
     accuracy: float
     tokens: int  # target tokens scored
     bytes: int  # UTF-8 bytes of their text
+    # each held-out row's summed target loss in bits, in the rows' order: what the gate
+    # compares two models on, record by record (certify/gate.py)
+    record_bits: list[float]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +66,7 @@ class HeldOut:
             "tokens": sum(self.data.lengths()),
             "target_tokens": sum(self.data.label_counts()),
             "target_bytes": sum(self.target_bytes),
+            "record_bytes": list(self.target_bytes),  # each row's, in order (the gate's)
         }
 
 
@@ -78,22 +85,7 @@ def spans(mask: list[int]) -> list[tuple[int, int]]:
     return found
 
 
-def target_bytes(ids: list[int], mask: list[int], tokenizer: Any) -> int:
-    """The UTF-8 bytes of a row's target text: each run of target tokens decoded on its own,
-    special tokens (the eos that closes a response) counting no bytes."""
-    return sum(
-        len(
-            str(
-                tokenizer.decode(
-                    ids[a:b], skip_special_tokens=True, clean_up_tokenization_spaces=False
-                )
-            ).encode("utf-8")
-        )
-        for a, b in spans(mask)
-    )
-
-
-def held_out(val: Encoded, train: Encoded, tokenizer: Any, max_tokens: int) -> HeldOut:
+def held_out(val: Encoded, train: Encoded, max_tokens: int) -> HeldOut:
     """The validation rows in split order while their tokens stay within `max_tokens` (at least
     one row); the training rows when there is no validation split (val_fraction 0)."""
     data, source = (val, "validation") if val.ids else (train, "train")
@@ -105,9 +97,7 @@ def held_out(val: Encoded, train: Encoded, tokenizer: Any, max_tokens: int) -> H
         chosen.append(i)
         total += len(ids)
     rows = data.subset(chosen)
-    return HeldOut(
-        rows, [target_bytes(rows.ids[i], rows.mask(i), tokenizer) for i in chosen], source
-    )
+    return HeldOut(rows, rows.label_bytes(), source)
 
 
 def _batches(data: Encoded, batch_size: int) -> list[list[int]]:
@@ -117,17 +107,11 @@ def _batches(data: Encoded, batch_size: int) -> list[list[int]]:
 
 
 def scored(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The summed next-token loss (fp32) and the number of top-1 hits over the labels, from
-    the whole logits tensor: only for a sharded model without the chunked wrapper, whose
-    training step holds the whole logits too."""
+    """Each row's summed next-token loss (fp32) and top-1 hits over the labels, from the
+    whole logits tensor: only for a sharded model without the chunked wrapper, whose training
+    step holds the whole logits too."""
     shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    shifted = shifted.to(logits.device)
-    flat = logits.float().reshape(-1, logits.shape[-1])
-    loss = torch.nn.functional.cross_entropy(
-        flat, shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    hits = ((flat.argmax(-1) == shifted.reshape(-1)) & (shifted.reshape(-1) != IGNORE_INDEX)).sum()
-    return loss, hits
+    return row_scores(logits, shifted)
 
 
 def scorer(model: Any, sharded: bool) -> Any:
@@ -140,7 +124,10 @@ def scorer(model: Any, sharded: bool) -> Any:
     return ChunkedCausalLM(model)
 
 
-def figures(loss_nats: float, hits: float, tokens: int, nbytes: int) -> Figures:
+def figures(record_nats: list[float], hits: float, tokens: int, nbytes: int) -> Figures:
+    """The figures from each row's summed loss in nats (added exactly, so the total does not
+    depend on the order the rows were measured in)."""
+    loss_nats = math.fsum(record_nats)
     loss = loss_nats / max(tokens, 1)
     return Figures(
         loss=loss,
@@ -149,6 +136,7 @@ def figures(loss_nats: float, hits: float, tokens: int, nbytes: int) -> Figures:
         accuracy=hits / max(tokens, 1),
         tokens=tokens,
         bytes=nbytes,
+        record_bits=[n / math.log(2) for n in record_nats],
     )
 
 
@@ -163,9 +151,10 @@ def measure(
     device: Device,
 ) -> Figures:
     """Every figure of `model` on the held-out rows, each rank its share of the batches and
-    the sums all-reduced (in the fixed order of the batches, so the result is the same on
-    every run of the same weights). Through the decoder and a chunked head, as the training
-    loss is taken, with no KV cache: it never needs more memory than a training step."""
+    each row's sums all-reduced (a row is measured by one rank, the others add 0, so the
+    result is the same on every run of the same weights, on any number of processes).
+    Through the decoder and a chunked head, as the training loss is taken, with no KV cache:
+    it never needs more memory than a training step."""
     data = held.data
     counts = data.label_counts()
     batches = _batches(data, batch_size)
@@ -173,8 +162,8 @@ def measure(
     if sharded:  # every forward pass gathers weights: all ranks run as many
         rounds = math.ceil(len(batches) / world.size)
         mine += [None] * (rounds - len(mine))
-    loss_total = 0.0
-    hits_total = 0.0
+    record_nats = [0.0] * len(data.ids)
+    record_hits = [0.0] * len(data.ids)
     net = scorer(model, sharded)
     was_training = model.training
     model.eval()
@@ -188,12 +177,13 @@ def measure(
             else:
                 loss, hits = scored(net(**batch, use_cache=False).logits, labels)
             if rows is not None:
-                loss_total += float(loss)
-                hits_total += float(hits)
+                for row, nats, hit in zip(rows, loss.tolist(), hits.tolist(), strict=True):
+                    record_nats[row], record_hits[row] = float(nats), float(hit)
     finally:
         model.train(was_training)
-    loss_sum, hit_sum = world.sum([loss_total, hits_total])
-    return figures(loss_sum, hit_sum, sum(counts), sum(held.target_bytes))
+    summed = world.sum(record_nats + record_hits)
+    record_nats, hit_sum = summed[: len(data.ids)], sum(summed[len(data.ids) :])
+    return figures(record_nats, hit_sum, sum(counts), sum(held.target_bytes))
 
 
 def measure_adapter(

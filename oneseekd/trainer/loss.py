@@ -113,33 +113,46 @@ def chunked_loss_sum(
 
 
 class Scores(NamedTuple):
-    """What the held-out evaluation sums per batch: the summed loss (fp32), the top-1 hits
-    and the labelled positions."""
+    """What the held-out evaluation sums: each row's summed loss (fp32) and top-1 hits, and
+    the labelled positions of the batch."""
 
-    loss_sum: torch.Tensor
-    hits: torch.Tensor
+    loss_sum: torch.Tensor  # (rows,)
+    hits: torch.Tensor  # (rows,)
     label_count: torch.Tensor
+
+
+def row_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's summed next-token loss in fp32 (positions without a label count 0) and its
+    top-1 hits, from logits (rows x positions x vocab) and their targets."""
+    losses = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1).to(logits.device),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).reshape(targets.shape)
+    targets = targets.to(logits.device)
+    hits = (logits.argmax(-1) == targets) & (targets != IGNORE_INDEX)
+    return losses.sum(-1), hits.sum(-1)
 
 
 def _chunk_scores(
     head: Head, hidden: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = head(hidden.contiguous())
-    hits = (logits.argmax(-1) == targets) & (targets != IGNORE_INDEX)
-    return _summed(logits, targets), hits.sum()
+    return row_scores(head(hidden.contiguous()), targets)
 
 
 @torch.no_grad()
 def chunked_scores(
     hidden: torch.Tensor, head: Head, labels: torch.Tensor, chunk_tokens: int = CHUNK_TOKENS
 ) -> Scores:
-    """The summed loss and the top-1 hits of `head(hidden)` against `labels`, a chunk of
+    """Each row's summed loss and top-1 hits of `head(hidden)` against `labels`, a chunk of
     positions at a time as the training loss takes them (no gradient: nothing is kept)."""
     cpu = _targets(labels.cpu())
     step = chunk_step(cpu.shape[0], chunk_tokens)
     targets = cpu.to(hidden.device, non_blocking=True)
-    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    hits = torch.zeros((), dtype=torch.long, device=hidden.device)
+    rows = cpu.shape[0]
+    loss = torch.zeros(rows, dtype=torch.float32, device=hidden.device)
+    hits = torch.zeros(rows, dtype=torch.long, device=hidden.device)
     for start in labelled_chunks(cpu, step):
         chunk = slice(start, start + step)
         part = _chunk_scores(head, hidden[:, chunk], targets[:, chunk])

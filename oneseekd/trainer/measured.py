@@ -22,7 +22,7 @@ from oneseekd.certify.certified import (
 )
 from oneseekd.certify.current import current_adapter
 from oneseekd.certify.dna import base_weights_hash, final_weights
-from oneseekd.certify.gate import Verdict, judge, refuse
+from oneseekd.certify.gate import HeldOutSize, Verdict, judge, refuse
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import CertifyConfig
 from oneseekd.db.engine import write_session
@@ -116,11 +116,18 @@ def certify_run(
     settings: CertifyConfig,
 ) -> tuple[str, Verdict]:
     """The gate, then the certification (rank 0): refused under `[certify]
-    require_improvement` when a model did not beat its base (a run not measured, with no
-    held-out rows, is not refused); otherwise certified, and made current only when the gate
+    require_improvement` when a model did not beat its base (a run not measured, with no or
+    too few held-out rows, is not refused); otherwise certified, and made current only when the gate
     lets it. Returns the DNA and the verdict."""
+    size = HeldOutSize(
+        counts["train"] + counts["validation"],
+        counts["validation"],
+        settings.eval_tokens,
+        settings.min_held_out_records,
+        settings.min_held_out_bytes,
+    )
     verdict = judge(
-        [judged(m) for m in trained], settings.make_current, settings.compare_with_current
+        [judged(m) for m in trained], settings.make_current, settings.compare_with_current, size
     )
     log.info("certification_gate", run_id=ctx.run_id, **verdict.as_dict())
     # a run with no held-out rows has no verdict to refuse on: certified, never made current

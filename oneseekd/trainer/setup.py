@@ -97,7 +97,7 @@ class RecipeSetup:
         self.val_data = encoded.subset(self.val_idx)
         self.train_counts = self.train_data.label_counts()
         limit = int(self.hp.get("eval_tokens", 50_000))
-        self.held = held_out(self.val_data, self.train_data, self.tokenizer, limit)
+        self.held = held_out(self.val_data, self.train_data, limit)
 
     def setup(self) -> None:
         """Everything the loop needs, in order; on failure what was built is released."""
