@@ -36,6 +36,7 @@ DEFAULT_STOP_GRACE_SECONDS = 120.0
 DEFAULT_HEARTBEAT_SECONDS = 1.0
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_CPU_PROCESSES = 1
+DEFAULT_CACHE_BYTES = 20 * 2**30  # 20 GiB of tokenized datasets
 DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 1800.0
 # A claimed run's lease: renewed with every trainer heartbeat; another daemon may take the run
 # over once it has expired (docs/scale-out.md).
@@ -161,6 +162,11 @@ class TrainerConfig:
     # CPU threads of the child's torch; 0: its default
     threads: int = _setting(
         DEFAULT_TRAINER_THREADS, _whole(0, "a whole number of CPU threads (0: torch's default)")
+    )
+    # the tokenization cache's bound in bytes (home/cache/tokenized/, least recently used
+    # evicted; 0: no cache): each dataset is tokenized once per tokenizer and options
+    cache_bytes: int = _setting(
+        DEFAULT_CACHE_BYTES, _whole(0, "a whole number of bytes (0: no tokenization cache)")
     )
     cancel_grace_seconds: float = _setting(DEFAULT_CANCEL_GRACE_SECONDS, _seconds(0.0))
     stop_grace_seconds: float = _setting(DEFAULT_STOP_GRACE_SECONDS, _seconds(0.0))

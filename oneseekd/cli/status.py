@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from oneseekd import cachedir
 from oneseekd.certify.gate import interval_notes, not_current_note
 from oneseekd.certify.layout import current_summary, run_dna, run_gate
 from oneseekd.cli.context import Context, emit_json, json_option
@@ -67,7 +68,13 @@ def gather(obj: Context) -> dict[str, Any]:
         "current_model": current_summary(obj.config.home),
         "other_running_runs": [_run_now(r) for r in running if r is not current],
         "recent_runs": [_recent(obj.config.home, r) for r in recent],
+        "tokenization_cache": _tokenization_cache(obj),
     }
+
+
+def _tokenization_cache(obj: Context) -> dict[str, int]:
+    entries, size = cachedir.size(obj.config.home.cache)
+    return {"entries": entries, "bytes": size, "limit_bytes": obj.config.trainer.cache_bytes}
 
 
 def _recent(home: HomePaths, r: Row) -> dict[str, Any]:
@@ -217,3 +224,13 @@ def show_status(obj: Context, as_json: bool) -> None:
             click.echo(f"          not made current: {shown(r['held_back'])}")
         for note in interval_notes(r["gate"]):
             click.echo(f"          gate: {shown(note)}")
+    t = data["tokenization_cache"]
+    click.echo(
+        f"tokenization cache: {t['entries']} dataset encoding{'' if t['entries'] == 1 else 's'}, "
+        f"{_bytes(t['bytes'])} of {_bytes(t['limit_bytes'])} (home/cache/tokenized/; "
+        "[trainer] cache_bytes)"
+    )
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

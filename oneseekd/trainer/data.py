@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from oneseekd import protocol
 from oneseekd.errors import OneseekError
 from oneseekd.intake.records import content_key, scan
+from oneseekd.trainer.rows import Rows
 
 if TYPE_CHECKING:  # imported by collate only: the dry run encodes records without torch
     import torch
@@ -106,27 +108,41 @@ def split(
 
 @dataclass(frozen=True)
 class Encoded:
-    ids: list[list[int]]
+    """Each row's token ids, label mask and the bytes each token holds: lists, or `Rows`
+    mapped from the tokenization cache (trainer/tokcache.py), read as the batches ask."""
+
+    ids: Sequence[list[int]]
     # 1 where the token is a label (trained on), 0 where it is only input; None: every token
-    masks: list[list[int]] | None = None
+    masks: Sequence[list[int]] | None = None
     # the UTF-8 bytes of the text each token holds (labels.token_bytes); None: rows made of
     # ids alone (a benchmark's), each token then counted as one byte
-    nbytes: list[list[int]] | None = None
+    nbytes: Sequence[list[int]] | None = None
 
     def lengths(self) -> list[int]:
+        if isinstance(self.ids, Rows):
+            return self.ids.lengths()
         return [len(x) for x in self.ids]
 
     def mask(self, i: int) -> list[int]:
         return [1] * len(self.ids[i]) if self.masks is None else self.masks[i]
 
+    def largest_id(self) -> int:
+        if isinstance(self.ids, Rows):
+            return self.ids.largest()
+        return max((max(row) for row in self.ids if row), default=0)
+
     def label_counts(self) -> list[int]:
         """The tokens each row's loss is taken over: labelled ones after the first (the
         first token is predicted from nothing)."""
+        if isinstance(self.ids, Rows) and isinstance(self.masks, Rows):
+            return self.masks.sums_after_first()
         return [sum(self.mask(i)[1:]) for i in range(len(self.ids))]
 
     def label_bytes(self) -> list[int]:
         """The bytes of the text each row's loss is taken over: those its labelled tokens
         after the first hold."""
+        if isinstance(self.nbytes, Rows) and isinstance(self.masks, Rows):
+            return self.nbytes.sums_after_first(self.masks)
         found = []
         for i in range(len(self.ids)):
             held = [1] * len(self.ids[i]) if self.nbytes is None else self.nbytes[i]
@@ -134,9 +150,15 @@ class Encoded:
         return found
 
     def subset(self, indices: list[int]) -> Encoded:
-        masks = None if self.masks is None else [self.masks[i] for i in indices]
-        nbytes = None if self.nbytes is None else [self.nbytes[i] for i in indices]
-        return Encoded([self.ids[i] for i in indices], masks, nbytes)
+        return Encoded(*(_take(rows, indices) for rows in (self.ids, self.masks, self.nbytes)))  # type: ignore[arg-type]
+
+
+def _take(rows: Sequence[list[int]] | None, indices: list[int]) -> Sequence[list[int]] | None:
+    if rows is None:
+        return None
+    if isinstance(rows, Rows):
+        return rows.take(indices)
+    return [rows[i] for i in indices]
 
 
 def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

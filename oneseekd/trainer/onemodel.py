@@ -30,6 +30,7 @@ from oneseekd.trainer.loading import Device
 from oneseekd.trainer.measured import compare_with_current, held_out_samples
 from oneseekd.trainer.outputs import save_model_outputs
 from oneseekd.trainer.recipe import LoraRecipe, ModelResult, Placement, Reporting, Task
+from oneseekd.trainer.tokcache import TokenCache
 from oneseekd.trainer.world import World
 
 log = structlog.get_logger("oneseekd.trainer")
@@ -55,6 +56,8 @@ class SharedRun:
     live: LiveMetrics | None  # rank 0's live_metrics.json
     should_stop: Callable[[], bool]
     settings: CertifyConfig
+    dataset_sha256: str = ""  # the bytes the records were read from (datahash.load_dataset)
+    cache_bytes: int = 0  # [trainer] cache_bytes: the tokenization cache's bound
 
 
 def train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelResult:
@@ -92,8 +95,15 @@ def train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelResu
             records,
             run.parts,
             ctx.dataset.name,
+            run.dataset_sha256,
         ),
-        Placement(device, checkpoints, world, ctx.home.cache),
+        Placement(
+            device,
+            checkpoints,
+            world,
+            ctx.home.cache,
+            TokenCache(ctx.home.cache, run.cache_bytes),
+        ),
         reporting,
     )
     recipe.setup()

@@ -27,6 +27,7 @@ in (seed, epoch), so a resumed run packs the same rows.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -67,8 +68,8 @@ def batches(rows: list[list[int]], batch_size: int) -> list[list[list[int]]]:
 
 
 def collate_packed(
-    ids: list[list[int]],
-    masks: list[list[int]] | None,
+    ids: Sequence[list[int]],
+    masks: Sequence[list[int]] | None,
     rows: list[list[int]],
     pad_id: int,
 ) -> dict[str, torch.Tensor]:

@@ -40,6 +40,7 @@ from oneseekd.trainer.evaluate import measure
 from oneseekd.trainer.loading import Device, ModelRefused
 from oneseekd.trainer.loss import loss_sum
 from oneseekd.trainer.setup import RecipeSetup
+from oneseekd.trainer.tokcache import TokenCache
 from oneseekd.trainer.world import World
 
 __all__ = ["LoraRecipe", "ModelResult", "Placement", "Reporting", "Stopped", "Task", "loss_sum"]
@@ -71,6 +72,8 @@ class Task:
     records: Records
     split: tuple[list[int], list[int]]  # the training and the validation records' indices
     dataset: str = "dataset"  # the records' file name, for errors
+    # the sha256 of the bytes the records were read from: the tokenization cache's key
+    dataset_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Placement:
     checkpoints: Checkpoints
     world: World = field(default_factory=World)
     cache: Path | None = None  # the home's cache/ (the tokenizer class memo), None: none
+    tokens: TokenCache | None = None  # the tokenization cache, None: tokenize every time
 
 
 def _untold(key: str, value: Any) -> None:
@@ -112,6 +116,8 @@ class LoraRecipe(RecipeSetup):
         self.checkpoints = place.checkpoints
         self.world = place.world
         self.cache = place.cache
+        self.tokens = place.tokens
+        self.dataset_sha256 = task.dataset_sha256
         self.micro = int(self.hp["batch_size"])  # rows a pass; setup may pick fewer
         # attributes of their own: a test stops a recipe or listens to it by setting them
         self.progress = reporting.progress

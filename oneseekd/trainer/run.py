@@ -93,7 +93,8 @@ def train_run(
     with read_session(engine) as session:
         started = session.get_one(Run, ctx.run_pk).started_at or utcnow()
     weighting = ctx.spec.weighting
-    settings = load_config(home.root).certify
+    config = load_config(home.root)
+    settings = config.certify
     live = (
         LiveMetrics(
             live_metrics_path(home, run_id),
@@ -130,6 +131,8 @@ def train_run(
         live,
         should_stop,
         settings,
+        trained_on,
+        config.trainer.cache_bytes,
     )
     results: dict[str, ModelResult] = {}
     for position, spec in enumerate(ctx.models):

@@ -19,7 +19,7 @@ from oneseekd import gpus
 from oneseekd.spec.fields import memory_bytes
 from oneseekd.spec.memory import Held, Shape, step_bytes
 from oneseekd.spec.plan import micro_batch
-from oneseekd.trainer import hostprobe, packing, precision, quant, sharding, swiglu
+from oneseekd.trainer import hostprobe, packing, precision, quant, sharding, swiglu, tokcache
 from oneseekd.trainer.autostop import AutoStop
 from oneseekd.trainer.batching import Batch, epoch_batches, order_digest
 from oneseekd.trainer.checkpoint import Checkpoints, Position
@@ -46,6 +46,7 @@ from oneseekd.trainer.optim import (
     keep_paging,
 )
 from oneseekd.trainer.schedule import lr_lambda
+from oneseekd.trainer.tokcache import TokenCache
 from oneseekd.trainer.tokenizer import MEMO as TOKENIZER_MEMO
 from oneseekd.trainer.world import World
 
@@ -68,6 +69,8 @@ class RecipeSetup:
     checkpoints: Checkpoints
     world: World
     cache: Path | None
+    tokens: TokenCache | None
+    dataset_sha256: str
     dataset: str
     train_data: Encoded
     val_data: Encoded
@@ -85,8 +88,8 @@ class RecipeSetup:
             bool(hp.get("train_on_prompt", False)),
             str(hp.get("truncation_side", "right")),
         )
-        encoded, self.truncated = encode_records(encoder, self.records, self.dataset, self.spec.key)
-        largest = max(max(ids) for ids in encoded.ids)
+        encoded, self.truncated = self._encoded(encoder)
+        largest = encoded.largest_id()
         if largest >= vocab or self.tokenizer.pad_token_id >= vocab:
             raise ModelRefused(
                 f"{self.spec.key}: its tokenizer produces token id {largest}, but "
@@ -98,6 +101,34 @@ class RecipeSetup:
         self.train_counts = self.train_data.label_counts()
         limit = int(self.hp.get("eval_tokens", 50_000))
         self.held = held_out(self.val_data, self.train_data, limit)
+
+    def _encoded(self, encoder: Encoder) -> tuple[Encoded, int]:
+        """The dataset's rows for this tokenizer and options: from the tokenization cache
+        when an earlier run, attempt or launch encoded them (trainer/tokcache.py), else
+        encoded now and stored there. The rows are the same either way, so the split, the
+        batch order and the DNA are too."""
+        hp, cache = self.hp, self.tokens
+        name = None
+        if cache is not None and self.dataset_sha256:
+            options = {
+                "max_seq_len": int(hp["max_seq_len"]),
+                "truncation_side": str(hp.get("truncation_side", "right")),
+                "train_on_prompt": bool(hp.get("train_on_prompt", False)),
+            }
+            name = tokcache.key(self.dataset_sha256, self.spec.path, options)
+            entry = cache.load(name)
+            if entry is not None and entry.fields.get("ids") is not None:
+                f = entry.fields
+                log.info(
+                    "dataset_tokenized", model=self.spec.key, cached=True, rows=len(f["ids"] or [])
+                )
+                return Encoded(f["ids"] or [], f.get("masks"), f.get("nbytes")), entry.truncated
+        encoded, truncated = encode_records(encoder, self.records, self.dataset, self.spec.key)
+        if cache is not None and name is not None:
+            fields = {"ids": encoded.ids, "masks": encoded.masks, "nbytes": encoded.nbytes}
+            cache.store(name, fields, truncated)
+        log.info("dataset_tokenized", model=self.spec.key, cached=False, rows=len(encoded.ids))
+        return encoded, truncated
 
     def setup(self) -> None:
         """Everything the loop needs, in order; on failure what was built is released."""

@@ -31,16 +31,18 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
-FOLDER = "tokenized"
-META = "meta.json"
+from oneseekd import cachedir
+from oneseekd.trainer.rows import Rows
+
+FOLDER, META = cachedir.FOLDER, cachedir.META
 FORMAT = 1  # the layout of an entry's files
 # the files a tokenizer is read from: any of them changes the tokens
 TOKENIZER_FILES = (
@@ -63,43 +65,20 @@ CODE = (
     "oneseekd.trainer.turns",
     "oneseekd.trainer.tokenizer",
     "oneseekd.trainer.data",
+    "oneseekd.trainer.rows",
     "oneseekd.trainer.tokcache",
 )
-DTYPES = {"ids": np.int32, "masks": np.uint8}  # any other row field: int32
 
 
-class Rows(Sequence[list[int]]):
-    """Rows of ints held flat (`values`, `starts`: the offset of each row and the end), each
-    read as a list when asked for; `take` selects rows without reading them."""
-
-    def __init__(self, values: np.ndarray, starts: np.ndarray, index: np.ndarray | None = None):
-        self.values, self.starts = values, starts
-        self.order = np.arange(len(starts) - 1) if index is None else index
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    @overload
-    def __getitem__(self, i: int) -> list[int]: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[list[int]]: ...
-
-    def __getitem__(self, i: int | slice) -> list[int] | list[list[int]]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        row = int(self.order[i])
-        return [int(v) for v in self.values[self.starts[row] : self.starts[row + 1]].tolist()]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for i in range(len(self)):
-            yield self[i]
-
-    def lengths(self) -> list[int]:
-        return [int(n) for n in (self.starts[self.order + 1] - self.starts[self.order]).tolist()]
-
-    def take(self, indices: Sequence[int]) -> Rows:
-        return Rows(self.values, self.starts, self.order[np.asarray(indices, dtype=np.int64)])
+def _narrowest(values: np.ndarray) -> type:
+    """The smallest integer type that holds every value (masks in one byte, ids in two or
+    four): the cache's size on disk and in the page cache."""
+    low, high = (int(values.min()), int(values.max())) if len(values) else (0, 0)
+    for dtype in (np.uint8, np.uint16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return dtype
+    return np.int64
 
 
 def _sha_file(path: Path) -> str:
@@ -211,10 +190,10 @@ class TokenCache:
                 lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
                 starts = np.zeros(len(rows) + 1, dtype=np.int64)
                 np.cumsum(lengths, out=starts[1:])
-                dtype = DTYPES.get(field, np.int32)
                 values = np.fromiter(
-                    (v for r in rows for v in r), dtype=dtype, count=int(starts[-1])
+                    (v for r in rows for v in r), dtype=np.int64, count=int(starts[-1])
                 )
+                values = values.astype(_narrowest(values), copy=False)
                 files = []
                 for suffix, array in (("values", values), ("starts", starts)):
                     file = f"{field}.{suffix}.npy"
@@ -232,24 +211,11 @@ class TokenCache:
 
     def entries(self) -> list[tuple[Path, int, float]]:
         """Every entry: its folder, its bytes and when it was last used."""
-        found: list[tuple[Path, int, float]] = []
-        if not self.root.is_dir():
-            return found
-        for folder in self.root.iterdir():
-            if folder.name.startswith(".") or not folder.is_dir():
-                continue
-            try:
-                size = sum(f.stat().st_size for f in folder.iterdir())
-                used = (folder / META).stat().st_mtime
-            except OSError:
-                continue
-            found.append((folder, size, used))
-        return found
+        return cachedir.entries(self.root.parent)
 
     def size(self) -> tuple[int, int]:
         """The number of entries and their bytes."""
-        entries = self.entries()
-        return len(entries), sum(size for _, size, _ in entries)
+        return cachedir.size(self.root.parent)
 
     def evict(self, keep: str | None = None) -> None:
         """Remove the least recently used entries (never `keep`) until the total fits; and
