@@ -66,9 +66,12 @@ def test_the_plan_is_within_15_percent_of_the_trace_at_a_tiny_shape(
 
 
 def test_fewer_layers_extrapolate_to_the_full_depth() -> None:
-    # --layers: every term of the peak grows linearly with the layers, or not at all
-    deep = {**TINY, "num_hidden_layers": 4}
-    assert faketrack.measure_deep(deep, BATCH, SEQ, 2) == faketrack.measure(deep, BATCH, SEQ)
+    # --layers: from two layers on, every term of a peak grows linearly with the layers, or
+    # not at all (one layer is off the line, and refused)
+    deep = {**TINY, "num_hidden_layers": 8}
+    assert faketrack.measure_deep(deep, BATCH, SEQ, 4) == faketrack.measure(deep, BATCH, SEQ)
+    with pytest.raises(ValueError, match="at least 4 layers"):
+        faketrack.measure_deep(deep, BATCH, SEQ, 2)
 
 
 def test_the_table_says_predicted_and_measured(fake: faketrack.Measured) -> None:
