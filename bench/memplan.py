@@ -1,8 +1,9 @@
 """The docs' table of 7-8B shapes (docs/performance.md, "Memory plan"), from spec/plan.py.
 
-Each model's public config.json numbers are written here as data; each cell is what the plan
-picks for one GPU of that memory at batch 8 (LoRA, chunked loss): gradient checkpointing off,
-on, or no fit, with the predicted peak of the step picked (or of the evaluation, where larger).
+Each model's public config.json numbers are data in tests/bigmodels.py; each cell is what the
+plan picks for one GPU of that memory at batch 8 (LoRA, chunked loss): gradient checkpointing
+off, on, or no fit, with the predicted peak of the step picked (or of the evaluation, where
+larger).
 tests/test_bench_memplan.py holds docs/performance.md to this script's output.
 
 Run: .venv/bin/python bench/memplan.py
@@ -10,45 +11,17 @@ Run: .venv/bin/python bench/memplan.py
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from bigmodels import MODELS
 
 from oneseekd.spec.memory import FIT_SHARE
 from oneseekd.spec.plan import Params, plan
 
-# config.json of each model on the Hugging Face Hub (meta-llama/Llama-3.1-8B,
-# Qwen/Qwen2.5-7B, mistralai/Mistral-7B-v0.3)
-MODELS: dict[str, dict[str, Any]] = {
-    "Llama-3.1-8B": {
-        "model_type": "llama",
-        "num_hidden_layers": 32,
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "vocab_size": 128256,
-        "tie_word_embeddings": False,
-    },
-    "Qwen2.5-7B": {
-        "model_type": "qwen2",
-        "num_hidden_layers": 28,
-        "hidden_size": 3584,
-        "intermediate_size": 18944,
-        "num_attention_heads": 28,
-        "num_key_value_heads": 4,
-        "vocab_size": 152064,
-        "tie_word_embeddings": False,
-    },
-    "Mistral-7B-v0.3": {
-        "model_type": "mistral",
-        "num_hidden_layers": 32,
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "vocab_size": 32768,
-        "tie_word_embeddings": False,
-    },
-}
 HELD = {"bf16 LoRA": "16-bit", "QLoRA 4-bit": "quantized"}
 SEQS = (512, 2048)
 BATCH = 8
