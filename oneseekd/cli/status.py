@@ -227,8 +227,8 @@ def show_status(obj: Context, as_json: bool) -> None:
     t = data["tokenization_cache"]
     click.echo(
         f"tokenization cache: {t['entries']} dataset encoding{'' if t['entries'] == 1 else 's'}, "
-        f"{_bytes(t['bytes'])} of {_bytes(t['limit_bytes'])} (home/cache/tokenized/; "
-        "[trainer] cache_bytes)"
+        f"{_bytes(t['bytes'])} of {_bytes(t['limit_bytes'])} (cache/tokenized/, bounded by "
+        "trainer.cache_bytes)"
     )
 
 
