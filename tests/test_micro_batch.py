@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bigmodels import MODELS
 from gloo import recipe
 from test_recipe import UNEVEN
 from trainhomes import cached_tiny
@@ -47,16 +48,7 @@ def test_the_option_is_a_row_count_or_auto() -> None:
     assert any("micro_batch_size" in p and '"auto"' in p for p in problems), problems
 
 
-LLAMA_8B = {
-    "model_type": "llama",
-    "num_hidden_layers": 32,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "tie_word_embeddings": False,
-}
+LLAMA_8B = MODELS["Llama-3.1-8B"]
 
 
 def test_intake_accepts_what_auto_micro_batches_make_fit_and_suggests_them() -> None:

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 # forces the CPU's native-bf16 answer: "1" as if it had AVX512-BF16 or AMX, "0" as if not
 ENV_CPU_BF16 = "ONESEEK_CPU_BF16"
@@ -71,12 +72,7 @@ def remembered_cpu_bf16(memo: Path, env: Mapping[str, str] = os.environ) -> bool
     if answer is not None:
         return answer
     key = host_key()
-    try:
-        known = json.loads(memo.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known, dict):
-        known = {}
+    known = read_memo(memo)
     if key is not None and isinstance(known.get(key), dict):
         value = known[key].get("cpu_bf16")
         if isinstance(value, bool):
@@ -89,6 +85,16 @@ def remembered_cpu_bf16(memo: Path, env: Mapping[str, str] = os.environ) -> bool
         kept = {k: v for k, v in known.items() if not k.startswith(host)}
         write_atomically(memo, {**kept, key: {"cpu_bf16": answer}})
     return answer
+
+
+def read_memo(path: Path) -> dict[str, Any]:
+    """A memo's JSON object; empty when it is missing, unreadable or not an object (a memo is
+    only a faster answer, never the only one)."""
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def write_atomically(path: Path, value: object) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from oneseekd import protocol
 from oneseekd.errors import OneseekError
-from oneseekd.trainer.hostprobe import write_atomically
+from oneseekd.trainer.hostprobe import read_memo, write_atomically
 
 # the memo's name in the home's cache/
 MEMO = "tokenizer-classes.json"
@@ -56,7 +56,7 @@ def folder_key(path: Path) -> str:
 
 def _remembered(memo: Path, key: str) -> type | None:
     try:
-        known = json.loads(memo.read_text(encoding="utf-8"))
+        known = read_memo(memo)
         module, name = known[key]["module"], known[key]["class"]
         cls = getattr(importlib.import_module(module), name)
     except (OSError, ValueError, KeyError, TypeError, ImportError, AttributeError):
@@ -65,12 +65,7 @@ def _remembered(memo: Path, key: str) -> type | None:
 
 
 def _remember(memo: Path, key: str, cls: type) -> None:
-    try:
-        known = json.loads(memo.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known, dict):
-        known = {}
+    known = read_memo(memo)
     entry = {"module": cls.__module__, "class": cls.__qualname__}
     if known.get(key) != entry:
         write_atomically(memo, {**known, key: entry})
