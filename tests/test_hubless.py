@@ -75,18 +75,25 @@ def _run(tmp_path: Path, argv: list[str]) -> tuple[bool, str]:
     return asked.exists(), done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_importing_peft_without_the_guard_asks_the_hub_and_with_it_does_not(
-    tmp_path: Path,
-) -> None:
+def test_importing_peft_without_the_guard_asks_the_hub(tmp_path: Path) -> None:
+    """The defect itself, with the stand-in Hub: the control that makes the guarded case
+    below mean something (slow: it is the library's behaviour, not oneseekd's)."""
     asked, stderr = _run(tmp_path / "plain", ["-c", "import peft"])
-    assert asked and HUB_FAILURE in stderr and "trust_remote_code" in stderr  # the defect
-    guarded = "from oneseekd.trainer.hubless import import_bitsandbytes as i; i(); import peft"
+    assert asked and HUB_FAILURE in stderr and "trust_remote_code" in stderr
+
+
+@pytest.mark.timeout(300)
+def test_importing_peft_with_the_guard_does_not_ask_the_hub(tmp_path: Path) -> None:
+    # and `kernels` is importable again afterwards, for whatever else may want it
+    guarded = (
+        "from oneseekd.trainer.hubless import import_bitsandbytes as i; i(); import peft; "
+        "import kernels"
+    )
     asked, stderr = _run(tmp_path / "guarded", ["-c", guarded])
     assert not asked and "kernels-community" not in stderr, stderr
-    # and `kernels` is importable again afterwards, for whatever else may want it
-    check = "from oneseekd.trainer.hubless import import_bitsandbytes as i; i(); import kernels"
-    assert _run(tmp_path / "after", ["-c", check])[1] == ""
+    assert stderr == "", stderr
 
 
 @pytest.mark.timeout(300)

@@ -178,6 +178,13 @@ class RunSpec(BaseModel):
     def for_model(self, key: str) -> ModelOptions:
         return self.models[key]
 
+    @property
+    def uses_bitsandbytes(self) -> bool:
+        """Whether any model loads quantized or steps with an 8-bit optimizer: the only runs
+        whose trainer imports bitsandbytes (trainer/hubless.py)."""
+        eight = ("adamw_8bit", "paged_adamw_8bit")
+        return any(o.quantized or o.optimizer in eight for o in self.models.values())
+
     def to_config(self) -> dict[str, Any]:
         """The JSON Run.config holds."""
         return self.model_dump(mode="json")

@@ -92,6 +92,17 @@ def run_backend(config: object) -> str | None:
     return next((o.ddp_backend for o in spec.models.values() if o.ddp_backend), None)
 
 
+def uses_bitsandbytes(config: object) -> bool:
+    """Whether the run quantizes or steps with an 8-bit optimizer; a config the run's own
+    loading will refuse counts as yes (bitsandbytes is imported as it always was)."""
+    from oneseekd.spec import request as runspec
+
+    try:
+        return runspec.load(config if isinstance(config, dict) else {}).uses_bitsandbytes
+    except runspec.SpecError:
+        return True
+
+
 def _stored_config(engine: Engine, run_id: str) -> object:
     from sqlalchemy import select
 
@@ -142,23 +153,28 @@ def _main(argv: list[str] | None) -> int:
             or (launched and not Path(f"/proc/{supervisor}").exists())
         )
 
-    # imported after the signal set-up: torch takes seconds to import
-    import torch
-
-    from oneseekd.trainer.hubless import import_bitsandbytes
-
-    import_bitsandbytes()  # before peft imports it: no kernel lookup on the Hub
-    library_loggers_propagate()
-    set_threads(os.environ)
-
     from oneseekd.db.engine import make_engine
-    from oneseekd.trainer.recipe import Stopped
-    from oneseekd.trainer.run import train_run
-    from oneseekd.trainer.world import Relaunch, join, leave
 
     engine = make_engine(args.db_url)
     try:
-        world = join(backend=run_backend(_stored_config(engine, args.run_id)))
+        config = _stored_config(engine, args.run_id)
+        # imported after the signal set-up: torch takes seconds to import
+        import torch
+
+        from oneseekd.trainer.hubless import hide_bitsandbytes, import_bitsandbytes
+
+        if uses_bitsandbytes(config):
+            import_bitsandbytes()  # before peft imports it: no kernel lookup on the Hub
+        else:
+            hide_bitsandbytes()  # peft imports none: a second less at each start
+        library_loggers_propagate()
+        set_threads(os.environ)
+
+        from oneseekd.trainer.recipe import Stopped
+        from oneseekd.trainer.run import train_run
+        from oneseekd.trainer.world import Relaunch, join, leave
+
+        world = join(backend=run_backend(config))
     except BaseException:
         engine.dispose()
         raise

@@ -11,6 +11,11 @@ lookup then fails at once, without a connection) and that one warning is dropped
 bitsandbytes then computes with its own kernels, as it did whenever the lookup failed. Call
 `import_bitsandbytes()` before anything imports peft or bitsandbytes (the trainer's entry,
 the test suite's collection, the benches).
+
+A run that neither quantizes nor steps with an 8-bit optimizer never touches bitsandbytes,
+and its import (with torch's compiler stack, which it pulls in) costs about a second of each
+trainer start. Such a trainer calls `hide_bitsandbytes()` first: peft then finds none and
+imports none.
 """
 
 from __future__ import annotations
@@ -30,9 +35,25 @@ class _DropHubFailure(logging.Filter):
         return not str(record.msg).startswith(HUB_FAILURE)
 
 
+_hidden = {"now": False}
+
+
+def hide_bitsandbytes() -> None:
+    """Keep bitsandbytes out of this process (a run that does not use it): `import
+    bitsandbytes` fails, and peft's check of whether it is installed says no."""
+    if "bitsandbytes" not in sys.modules:
+        sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
+        _hidden["now"] = True
+
+
 def import_bitsandbytes() -> bool:
     """Import bitsandbytes, if installed, with its Hub kernel lookup off; whether it is
     importable. Does nothing once bitsandbytes is imported (by this or anything else)."""
+    if _hidden["now"]:
+        raise RuntimeError(
+            "bitsandbytes was kept out of this trainer (hide_bitsandbytes), yet the run asks "
+            "for it: RunSpec.uses_bitsandbytes must name every option that needs it"
+        )
     if "bitsandbytes" in sys.modules:
         return sys.modules["bitsandbytes"] is not None
     if importlib.util.find_spec("bitsandbytes") is None:
