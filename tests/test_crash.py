@@ -72,7 +72,9 @@ def _survive_schedule(root: Path, seed: int, points: int) -> None:
 def test_seeded_sigkills_of_daemon_and_trainer_leave_a_whole_home(
     tmp_path: Path, seed: int
 ) -> None:
-    _survive_schedule(tmp_path, seed, points=3)  # ten seeds of ten kills: -m slow
+    # one kill in each phase (intake, training, checkpointing, certification); ten seeds of
+    # ten kills run with -m slow
+    _survive_schedule(tmp_path, seed, points=len(PHASES))
 
 
 @pytest.mark.slow

@@ -335,6 +335,7 @@ def daemon_home(tmp_path: Path, cache: Path, models: dict[str, str]) -> Path:
     return home
 
 
+@pytest.mark.slow  # two daemon trainings (15 s); the in-process test above breaks the folder in CI
 @pytest.mark.timeout(300)
 def test_the_daemon_fails_a_run_whose_adapter_folder_broke_and_serves_the_next(
     tmp_path: Path, cache: Path
