@@ -48,7 +48,11 @@ ls -l "$certified/$dna" "$certified/$dna/base_models"
 "$BIN/python" -c 'import json,sys; d=json.load(open(sys.argv[1])); print("metadata.json:", json.dumps({k: d[k] for k in ("version", "dna", "baseModel", "adapters", "metrics")}))' "$certified/$dna/metadata.json"
 echo "== the current pointer (what CivicAI's inference service loads)"
 ls -l "$certified" | grep -E -- "-> |CURRENT"
-echo "OneSeek-7B-Zero-CURRENT.txt: $(cat "$certified/OneSeek-7B-Zero-CURRENT.txt")"
+if [ -f "$certified/OneSeek-7B-Zero-CURRENT.txt" ]; then
+  echo "OneSeek-7B-Zero-CURRENT.txt: $(cat "$certified/OneSeek-7B-Zero-CURRENT.txt")"
+else  # the gate kept the run from current: status above says why
+  echo "OneSeek-7B-Zero-CURRENT.txt: none (the run was not made current; see 'not made current' above)"
+fi
 echo
 echo "== next: oneseekctl is in $BIN/ (or run: source $BIN/activate)"
 echo "   $BIN/oneseekctl --home $HOME_DIR status"
