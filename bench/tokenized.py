@@ -27,7 +27,7 @@ from chattemplates import FAMILIES
 
 from oneseekd.certify.dna import dataset_hash
 from oneseekd.trainer import tokcache
-from oneseekd.trainer.data import Encoded, load_records, split
+from oneseekd.trainer.data import load_records, split
 from oneseekd.trainer.labels import Encoder, encode_records
 from oneseekd.trainer.tokcache import TokenCache
 
@@ -70,17 +70,13 @@ def setup_once(folder: Path, data: Path, cache: TokenCache, tokenizer: object) -
     start = time.perf_counter()
     train_idx, val_idx = split(records.items, 0.1, 42)
     options = {"max_seq_len": 512, "truncation_side": "right", "train_on_prompt": False}
-    name = tokcache.key(sha, folder, options)
-    entry = cache.load(name)
-    if entry is not None and entry.fields["ids"] is not None:
-        f = entry.fields
-        encoded = Encoded(f["ids"] or [], f.get("masks"), f.get("nbytes"))
-    else:
-        encoder = Encoder(tokenizer, 512)
-        encoded, truncated = encode_records(encoder, records, data.name, "bench")
-        cache.store(
-            name, {"ids": encoded.ids, "masks": encoded.masks, "nbytes": encoded.nbytes}, truncated
-        )
+    encoded, _, _ = tokcache.cached_or_encoded(
+        cache,
+        sha,
+        folder,
+        options,
+        lambda: encode_records(Encoder(tokenizer, 512), records, data.name, "bench"),
+    )
     train = encoded.subset(train_idx)
     counts = train.label_counts()
     encoded.subset(val_idx).label_bytes()

@@ -103,31 +103,25 @@ class RecipeSetup:
         self.held = held_out(self.val_data, self.train_data, limit)
 
     def _encoded(self, encoder: Encoder) -> tuple[Encoded, int]:
-        """The dataset's rows for this tokenizer and options: from the tokenization cache
-        when an earlier run, attempt or launch encoded them (trainer/tokcache.py), else
-        encoded now and stored there. The rows are the same either way, so the split, the
-        batch order and the DNA are too."""
-        hp, cache = self.hp, self.tokens
-        name = None
-        if cache is not None and self.dataset_sha256:
-            options = {
-                "max_seq_len": int(hp["max_seq_len"]),
-                "truncation_side": str(hp.get("truncation_side", "right")),
-                "train_on_prompt": bool(hp.get("train_on_prompt", False)),
-            }
-            name = tokcache.key(self.dataset_sha256, self.spec.path, options)
-            entry = cache.load(name)
-            if entry is not None and entry.fields.get("ids") is not None:
-                f = entry.fields
-                log.info(
-                    "dataset_tokenized", model=self.spec.key, cached=True, rows=len(f["ids"] or [])
-                )
-                return Encoded(f["ids"] or [], f.get("masks"), f.get("nbytes")), entry.truncated
-        encoded, truncated = encode_records(encoder, self.records, self.dataset, self.spec.key)
-        if cache is not None and name is not None:
-            fields = {"ids": encoded.ids, "masks": encoded.masks, "nbytes": encoded.nbytes}
-            cache.store(name, fields, truncated)
-        log.info("dataset_tokenized", model=self.spec.key, cached=False, rows=len(encoded.ids))
+        """The dataset's rows for this tokenizer and options, from the tokenization cache
+        when an earlier run, attempt or launch encoded them (trainer/tokcache.py); the rows
+        are the same either way, so the split, the batch order and the DNA are too. Every
+        rank reads; rank 0 alone writes."""
+        hp = self.hp
+        options = {
+            "max_seq_len": int(hp["max_seq_len"]),
+            "truncation_side": str(hp.get("truncation_side", "right")),
+            "train_on_prompt": bool(hp.get("train_on_prompt", False)),
+        }
+        encoded, truncated, cached = tokcache.cached_or_encoded(
+            self.tokens,
+            self.dataset_sha256,
+            self.spec.path,
+            options,
+            lambda: encode_records(encoder, self.records, self.dataset, self.spec.key),
+            write=self.world.main,
+        )
+        log.info("dataset_tokenized", model=self.spec.key, cached=cached, rows=len(encoded.ids))
         return encoded, truncated
 
     def setup(self) -> None:

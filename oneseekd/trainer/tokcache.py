@@ -31,8 +31,9 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import fields as row_fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from typing import Any
 import numpy as np
 
 from oneseekd import cachedir
+from oneseekd.certify.artifacts import sha256_file
+from oneseekd.trainer.data import Encoded
 from oneseekd.trainer.rows import Rows
 
 FOLDER, META = cachedir.FOLDER, cachedir.META
@@ -81,14 +84,6 @@ def _narrowest(values: np.ndarray) -> type:
     return np.int64
 
 
-def _sha_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _version(name: str) -> str:
     try:
         return version(name)
@@ -108,7 +103,7 @@ def code_hash() -> str:
 def key(dataset_sha256: str, tokenizer_folder: Path, options: Mapping[str, Any]) -> str:
     """The entry's name: the sha256 of everything that decides the encoding."""
     files = {
-        name: _sha_file(tokenizer_folder / name)
+        name: sha256_file(tokenizer_folder / name)
         for name in TOKENIZER_FILES
         if (tokenizer_folder / name).is_file()
     }
@@ -155,7 +150,7 @@ class TokenCache:
                     continue
                 arrays = []
                 for file, sha in files:
-                    if _sha_file(folder / file) != sha:
+                    if sha256_file(folder / file) != sha:
                         raise ValueError(f"{file} fails its checksum")
                     arrays.append(np.load(folder / file, mmap_mode="r", allow_pickle=False))
                 values, starts = arrays
@@ -198,7 +193,7 @@ class TokenCache:
                 for suffix, array in (("values", values), ("starts", starts)):
                     file = f"{field}.{suffix}.npy"
                     np.save(tmp / file, array, allow_pickle=False)
-                    files.append((file, _sha_file(tmp / file)))
+                    files.append((file, sha256_file(tmp / file)))
                 meta["fields"][field] = files
             (tmp / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
             target = self.root / name
@@ -236,3 +231,28 @@ class TokenCache:
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             total -= size
+
+
+def cached_or_encoded(
+    cache: TokenCache | None,
+    dataset_sha256: str,
+    tokenizer_folder: Path,
+    options: Mapping[str, Any],
+    encode: Callable[[], tuple[Encoded, int]],
+    write: bool = True,
+) -> tuple[Encoded, int, bool]:
+    """The rows of the dataset for this tokenizer and options, their truncated count, and
+    whether they came from the cache: mapped from its entry when there is a sound one, else
+    `encode()`d and (when `write`: one writer per run) stored. Without a cache or a dataset
+    hash, always encoded."""
+    name = None
+    if cache is not None and dataset_sha256:
+        name = key(dataset_sha256, tokenizer_folder, options)
+        entry = cache.load(name)
+        if entry is not None and entry.fields.get("ids") is not None:
+            return Encoded(**entry.fields), entry.truncated, True  # type: ignore[arg-type]
+    encoded, truncated = encode()
+    if cache is not None and name is not None and write:
+        rows = {f.name: getattr(encoded, f.name) for f in row_fields(Encoded)}
+        cache.store(name, rows, truncated)
+    return encoded, truncated, False
