@@ -15,6 +15,7 @@ from trainhomes import cached_tiny
 
 from oneseekd.intake.schema import parse_request
 from oneseekd.spec.plan import fit_problem, micro_batch
+from oneseekd.trainer import passes
 from oneseekd.trainer import setup as trainer_setup
 
 GIB = 2**30
@@ -96,10 +97,10 @@ def test_auto_splits_the_batch_where_the_device_is_too_small_and_logs_why(
     two = step_bytes(weights, shape, 2 * 128, held, checkpointing=False)
     memory = int((one + two) / 2 / 0.85)
     monkeypatch.setattr(trainer_setup, "device_memory", lambda device, index=0: memory)
-    monkeypatch.setattr(trainer_setup, "wants_checkpointing", lambda asked, need, mem: False)
+    monkeypatch.setattr(passes, "wants_checkpointing", lambda asked, need, mem: False)
     logged: list[dict[str, object]] = []
     monkeypatch.setattr(
-        trainer_setup.log, "info", lambda event, **kw: logged.append({"event": event, **kw})
+        passes.log, "info", lambda event, **kw: logged.append({"event": event, **kw})
     )
     auto = recipe(model, UNEVEN, tmp_path / "auto", batch_size=4, micro_batch_size="auto")
     auto.setup()

@@ -15,10 +15,8 @@ import structlog
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
-from oneseekd import gpus
 from oneseekd.spec.fields import memory_bytes
-from oneseekd.spec.memory import Held, Shape, step_bytes
-from oneseekd.spec.plan import micro_batch
+from oneseekd.spec.memory import Held
 from oneseekd.trainer import hostprobe, packing, precision, quant, sharding, swiglu, tokcache
 from oneseekd.trainer.autostop import AutoStop
 from oneseekd.trainer.batching import Batch, epoch_batches, order_digest
@@ -36,7 +34,6 @@ from oneseekd.trainer.loading import (
     load_tokenizer,
     lora_targets,
     memory_cap,
-    wants_checkpointing,
 )
 from oneseekd.trainer.loss import ChunkedCausalLM
 from oneseekd.trainer.optim import (
@@ -45,6 +42,7 @@ from oneseekd.trainer.optim import (
     build_scheduler,
     keep_paging,
 )
+from oneseekd.trainer.passes import plan_passes
 from oneseekd.trainer.schedule import lr_lambda
 from oneseekd.trainer.tokcache import TokenCache
 from oneseekd.trainer.tokenizer import MEMO as TOKENIZER_MEMO
@@ -184,46 +182,17 @@ class RecipeSetup:
         else:
             weights = Device(self.device.type, self.precision.weights, self.device.scaler)
             base = load_model(self.spec.path, weights)
-        weight_bytes, shape, held = (
+        passes = plan_passes(
+            hp,
+            self.spec.key,
+            self.device.type,
+            self.world.size,
             sharding.weight_bytes(base),
-            Shape.from_config(self.config),
+            self.config,
             self._held(),
+            memory,
         )
-        chunked, seq, batch = (
-            bool(hp.get("chunked_loss", True)),
-            int(hp["max_seq_len"]),
-            int(hp["batch_size"]),
-        )
-
-        def need(rows: int, checkpointing: bool) -> int:  # a step, estimated (spec/memory.py)
-            tokens = rows * seq
-            return step_bytes(weight_bytes, shape, tokens, held, checkpointing, chunked)
-
-        # each GPU process takes its share of a batch's rows (World.shard); CPU processes
-        # share one RAM, so there the whole batch counts
-        if self.device.type == "cuda":
-            batch = -(-batch // self.world.size)
-        asked = hp.get("gradient_checkpointing")
-        self.checkpointing = wants_checkpointing(asked, need(batch, False), memory)
-        # then the rows of one pass, where the request allows fewer than the batch
-        # a CPU plans on the host's physical memory, as intake judged it (gpus.device_memory)
-        room = memory if memory is not None or self.device.type != "cpu" else gpus.device_memory(0)
-        self.micro = micro_batch(
-            hp.get("micro_batch_size"), batch, lambda rows: need(rows, self.checkpointing), room
-        )
-        if self.micro < batch:
-            log.info(
-                "micro_batch",
-                model=self.spec.key,
-                batch_size=int(hp["batch_size"]),
-                rows_per_process=batch,
-                micro_batch_size=self.micro,
-                passes=math.ceil(batch / self.micro),
-                gradient_checkpointing=self.checkpointing,
-                why="asked"
-                if hp.get("micro_batch_size") != "auto"
-                else f"the plan: a step of {batch} rows would not fit the device's memory",
-            )
+        self.checkpointing, self.micro = passes.checkpointing, passes.micro
         if q is not None:
             # unquantized parts in fp32, inputs carrying a gradient, non-reentrant checkpoints
             base = quant.prepare(base, self.checkpointing, q.held_dtype)
