@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,9 +23,9 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 from trainhomes import TinyHome, cached_tiny
 
-from oneseekd.certify.certified import TrainedModel, judged, weighed
+from oneseekd.certify.certified import TrainedModel, weighed
 from oneseekd.certify.dna import final_weights
-from oneseekd.certify.gate import judge
+from oneseekd.certify.gate import judge, trained_figures
 from oneseekd.certify.live import live_document
 from oneseekd.trainer.checkpoint import Checkpoints, Position
 from oneseekd.trainer.context import ModelSpec
@@ -373,8 +374,11 @@ def test_final_weights_gate_and_live_metrics_take_the_shipped_epoch() -> None:
     weights = final_weights(weighed([a, b], "bits_per_byte"), "bits_per_byte")
     assert weights["a"] > weights["b"]  # epoch 2's 0.5 bits per byte, not epoch 3's 0.9
     # the gate's trained figures: epoch 2's 0.5 beats the base's 0.8; epoch 3's 0.9 would not
-    assert judge([judged(a)], True).beat_base
-    assert not judge([a], True).beat_base
+    assert judge([a], True).beat_base
+    assert trained_figures(a.evaluation) == a.evaluation["epochs"][1]
+    # a model trained before `shipped` existed is judged on its last epoch
+    unshipped = {k: v for k, v in a.evaluation.items() if k != "shipped"}
+    assert not judge([replace(a, evaluation=unshipped)], True).beat_base
     live = live_document(
         {"a": a.train_losses, "b": b.train_losses},
         {"a": a.val_losses, "b": b.val_losses},

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import KW_ONLY, dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from oneseekd.certify import current
 from oneseekd.certify.artifacts import file_digest, record_artifact
 from oneseekd.certify.dna import final_weights, make_dna, weight_inputs
-from oneseekd.certify.gate import bpb, trained_figures
+from oneseekd.certify.gate import bpb
 from oneseekd.certify.layout import (
     BASE_MODELS_DIR,
     DNA_PREFIX,
@@ -29,6 +29,7 @@ from oneseekd.certify.layout import (
 )
 from oneseekd.certify.ledger import PROOF_FILE, Ledger, ledger_proof
 from oneseekd.certify.live import live_document
+from oneseekd.certify.shipped import shipped_epoch, shipped_figures, shipped_of
 from oneseekd.certify.staging import (
     files,
     free,
@@ -115,44 +116,6 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list):
         return [_clean(v) for v in value]
     return value
-
-
-def shipped_epoch(m: Figures) -> int:
-    """The epoch (1-based) whose LoRA weights the model's outputs hold, and whose figures are
-    certified: the one its evaluation names (trainer/keep.py `shipped`), else its last (a
-    model trained before oneseekd kept the best epoch)."""
-    shipped = m.evaluation.get("shipped")
-    epoch = shipped.get("epoch") if isinstance(shipped, dict) else None
-    last = len(m.val_losses)
-    return epoch if isinstance(epoch, int) and 1 <= epoch <= last else last
-
-
-def shipped_figures(m: Figures) -> dict[str, Any] | None:
-    """The held-out figures of the shipped epoch: the trained model's."""
-    epochs = m.evaluation.get("epochs") or []
-    epoch = shipped_epoch(m)
-    return epochs[epoch - 1] if 1 <= epoch <= len(epochs) else trained_figures(m.evaluation)
-
-
-def shipped_of(m: Figures) -> dict[str, Any]:
-    """training_results.json's `metrics.<key>.shipped`: which epoch the outputs hold and why."""
-    shipped = m.evaluation.get("shipped")
-    if isinstance(shipped, dict):
-        return dict(shipped)
-    last = len(m.val_losses)
-    return {
-        "epoch": last,
-        "epochs": last,
-        "keep": "last",
-        "reason": "the last epoch: trained before oneseekd kept the best one",
-    }
-
-
-def judged(m: TrainedModel) -> TrainedModel:
-    """The model as the gate (certify/gate.py) is to judge it: the gate takes a model's last
-    evaluated epoch for the trained one, so it is shown the epochs up to the shipped one."""
-    epochs = list(m.evaluation.get("epochs") or [])[: shipped_epoch(m)]
-    return replace(m, evaluation={**m.evaluation, "epochs": epochs})
 
 
 def evaluation(m: TrainedModel) -> dict[str, Any]:

@@ -214,9 +214,17 @@ def record_bits(figures: Any, rows: int) -> list[float] | None:
 
 
 def trained_figures(evaluation: dict[str, Any]) -> dict[str, Any] | None:
-    """The figures of the trained model: those of its last evaluated epoch."""
+    """The figures of the trained model: those of the epoch it ships (`shipped`, trainer/
+    keep.py), else of its last evaluated epoch (a model trained before it kept the best)."""
     epochs = evaluation.get("epochs") or []
-    return epochs[-1] if epochs else None
+    shipped = evaluation.get("shipped")
+    epoch = shipped.get("epoch") if isinstance(shipped, dict) else None
+    if not epochs:
+        return None
+    picked: dict[str, Any] = (
+        epochs[epoch - 1] if isinstance(epoch, int) and 1 <= epoch <= len(epochs) else epochs[-1]
+    )
+    return picked
 
 
 @dataclass

@@ -17,7 +17,6 @@ from oneseekd.certify.certified import (
     Figures,
     TrainedModel,
     certify,
-    judged,
     weighed,
 )
 from oneseekd.certify.current import current_adapter
@@ -126,9 +125,7 @@ def certify_run(
         settings.min_held_out_records,
         settings.min_held_out_bytes,
     )
-    verdict = judge(
-        [judged(m) for m in trained], settings.make_current, settings.compare_with_current, size
-    )
+    verdict = judge(trained, settings.make_current, settings.compare_with_current, size)
     log.info("certification_gate", run_id=ctx.run_id, **verdict.as_dict())
     # a run with no held-out rows has no verdict to refuse on: certified, never made current
     if settings.require_improvement and verdict.measured and not verdict.beat_base:

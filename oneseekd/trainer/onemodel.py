@@ -15,10 +15,10 @@ import torch
 from sqlalchemy import Engine, select
 
 from oneseekd import queue
-from oneseekd.certify.certified import shipped_epoch
 from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.live import LiveMetrics
 from oneseekd.certify.publish import publish
+from oneseekd.certify.shipped import shipped_epoch
 from oneseekd.config import CertifyConfig
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import LedgerEvent, ModelTraining, utcnow

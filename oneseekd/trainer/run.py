@@ -12,13 +12,13 @@ import structlog
 import torch
 from sqlalchemy import Engine
 
-from oneseekd.certify.certified import shipped_epoch
 from oneseekd.certify.dna import base_weights_hash, canonical_hash
 from oneseekd.certify.gate import not_current_note
 from oneseekd.certify.layout import live_metrics_path, run_link
 from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.live import LiveMetrics, claim_live_folder
 from oneseekd.certify.publish import certified_dna, publish
+from oneseekd.certify.shipped import shipped_epoch
 from oneseekd.config import load_config
 from oneseekd.db.engine import read_session
 from oneseekd.db.models import Run, utcnow
