@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 from trainhomes import cached_tiny
 
 from oneseekd.trainer import tokcache
@@ -71,8 +72,11 @@ def test_a_failed_write_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.Monk
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "save", full)
-    cache.store("a" * 64, {"ids": IDS}, truncated=0)
+    with capture_logs() as logs:
+        cache.store("a" * 64, {"ids": IDS}, truncated=0)
     assert cache.load("a" * 64) is None
+    [told] = [e for e in logs if e["event"] == "tokenization_cache_not_written"]
+    assert "No space left" in told["error"] and "cache_bytes = 0" in told["text"]
     assert list(cache.root.iterdir()) == []
 
 

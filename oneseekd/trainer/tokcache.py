@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 
 from oneseekd import cachedir
 from oneseekd.certify.artifacts import sha256_file
@@ -46,6 +47,7 @@ from oneseekd.trainer.data import Encoded
 from oneseekd.trainer.rows import Rows
 
 FOLDER, META = cachedir.FOLDER, cachedir.META
+log = structlog.get_logger("oneseekd.trainer")
 FORMAT = 1  # the layout of an entry's files
 # the files a tokenizer is read from: any of them changes the tokens
 TOKENIZER_FILES = (
@@ -199,8 +201,15 @@ class TokenCache:
             target = self.root / name
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
-        except OSError:
+        except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            log.warning(
+                "tokenization_cache_not_written",
+                folder=str(self.root),
+                error=f"{type(exc).__name__}: {exc}",
+                text="the run goes on, and its next attempt tokenizes again; free space there "
+                "or set [trainer] cache_bytes = 0 to keep no cache",
+            )
             return
         self.evict(keep=name)
 
