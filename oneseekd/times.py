@@ -39,3 +39,43 @@ def normalized(text: str | None) -> str | None:
         return utc_text(read_time(text))
     except (ValueError, TypeError):
         return text
+
+
+HUMAN_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def human_text(value: datetime | str | None) -> str:
+    """A time as a person reads it on a terminal: `2026-11-24 19:00:00` (UTC, whole
+    seconds); `-` for none. Stored text that is not a time is shown as it is."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        try:
+            value = read_time(value)
+        except ValueError:
+            return value
+    if value.tzinfo is None:  # a naive time read back from SQLite is UTC
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime(HUMAN_FORMAT)
+
+
+def human_age(value: datetime | str | None, now: datetime | None = None) -> str:
+    """How long ago, as a person says it: `4s ago`, `2 min ago`, `3 h ago`, `2 days ago`."""
+    if value is None:
+        return "never"
+    if isinstance(value, str):
+        try:
+            value = read_time(value)
+        except ValueError:
+            return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    seconds = max(0, int(((now or utcnow()) - value).total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 86400:
+        return f"{seconds // 3600} h ago"
+    days = seconds // 86400
+    return f"{days} day{'' if days == 1 else 's'} ago"

@@ -56,3 +56,20 @@ def test_a_row_inserted_without_created_at_gets_microseconds(
     [(first,), (second,)] = con.execute("SELECT created_at FROM training_requests ORDER BY id")
     assert FORMAT.fullmatch(first), first
     assert second == "2026-11-24T19:00:00.123000Z"
+
+
+def test_human_text_and_age_are_what_a_person_reads() -> None:
+    from oneseekd.times import human_age, human_text
+
+    stockholm = timezone(timedelta(hours=1))
+    when = datetime(2026, 11, 24, 20, 0, 0, 120, tzinfo=stockholm)
+    assert human_text(when) == "2026-11-24 19:00:00"
+    assert human_text("2026-11-24T19:00:00.000120Z") == "2026-11-24 19:00:00"
+    assert human_text(datetime(2026, 11, 24, 19, 0, 0)) == "2026-11-24 19:00:00"
+    assert human_text(None) == "-"
+    now = datetime(2026, 11, 24, 19, 0, 0, tzinfo=UTC)
+    assert human_age(now - timedelta(seconds=4), now) == "4s ago"
+    assert human_age(now - timedelta(minutes=2, seconds=5), now) == "2 min ago"
+    assert human_age(now - timedelta(hours=3), now) == "3 h ago"
+    assert human_age(now - timedelta(days=1, hours=2), now) == "1 day ago"
+    assert human_age(utc_text(now - timedelta(days=3)), now) == "3 days ago"
