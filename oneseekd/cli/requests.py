@@ -94,7 +94,7 @@ def refusal_line(refusal: dict[str, Any], now: datetime | None = None) -> str:
     return f"{refusal['status']}: {shown(_named(refusal))} {when}{problem}"
 
 
-@click.command("requests")
+@click.command("requests", short_help="Recent requests from every door, their verdicts.")
 @click.option("--limit", default=20, show_default=True, help="How many of the newest requests.")
 @click.option(
     "--status",
@@ -106,10 +106,13 @@ def refusal_line(refusal: dict[str, Any], now: datetime | None = None) -> str:
 def requests_cmd(obj: Context, limit: int, status: str | None, as_json: bool) -> None:
     """Recent requests from every door and their verdicts, newest first.
 
-    \b
     Each dropped file, `submit` and row: when it came, by which door, the verdict (queued,
     rejected, duplicate, or pending while the daemon decides), the run it queued or its
     first problem. NAME.error.json in requests/rejected/ has every problem of a file.
+
+    \b
+    oneseekctl requests
+    oneseekctl requests --status rejected --json
     """
     rows = recent_requests(open_reader(obj)[0], limit, status)
     data = [verdict_dict(r) for r in rows]
