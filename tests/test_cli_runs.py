@@ -114,8 +114,9 @@ def test_a_refused_request_prints_every_problem_and_exits_1(fake_home: Path) -> 
     datasets = fake_home.resolve() / "datasets"
     assert result.stderr.splitlines() == [
         "Error: the request was refused",
-        f"  - dataset 'nope.jsonl' does not exist in {datasets}/; put the file under "
-        f"{datasets}/ and name it relative to that folder",
+        f"  - dataset 'nope.jsonl' does not exist in {datasets}/; the dataset files there, "
+        f"closest first: civic.jsonl; put the file under {datasets}/ and name it relative to "
+        "that folder",
         "  - base_models: model name '7b' is ambiguous (containment match): it matches "
         "mistral-7b-instruct, qwen-2-5-7b; use the full key of one of them",
     ]
@@ -128,7 +129,8 @@ def test_the_same_request_id_is_not_queued_twice(fake_home: Path) -> None:
     assert first.exit_code == 0 and second.exit_code == 0
     run_id = first.stdout.split()[3]
     assert second.stdout.strip() == (
-        f"Not queued again: duplicate of request #1 (run {run_id}); it was not queued twice."
+        f"Not queued again: duplicate of request #1: run {run_id} is queued; the same "
+        "request_id ('n1') is always this request: give a new `request_id` to train it again."
     )
     assert len(json.loads(ctl(fake_home, "runs", "--json").stdout)) == 1
 

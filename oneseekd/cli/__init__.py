@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("oneseekd.cli.runs", "runs_cmd"),
     "show": ("oneseekd.cli.runs", "show_cmd"),
     "cancel": ("oneseekd.cli.submit", "cancel_cmd"),
+    "requests": ("oneseekd.cli.requests", "requests_cmd"),
     "ledger": ("oneseekd.cli.ledger", "ledger_group"),
     "db": ("oneseekd.cli.db", "db_group"),
     "promote": ("oneseekd.cli.promote", "promote_cmd"),
@@ -39,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 # the commands whose modules import nothing heavy; every other one gets the full machinery
 # (SQLAlchemy, structlog set to warnings on stderr) as it is loaded
-LIGHT = frozenset({"status", "models", "runs", "show"})
+LIGHT = frozenset({"status", "models", "runs", "show", "requests"})
 
 
 class OneseekGroup(click.Group):
