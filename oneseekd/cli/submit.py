@@ -14,6 +14,7 @@ from oneseekd import queue
 from oneseekd.certify.ledger import Ledger
 from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import shown
+from oneseekd.cli.names import FORMS
 from oneseekd.errors import OneseekError
 from oneseekd.intake.accept import Intake
 from oneseekd.spec.names import FLAGS as ADMIN_FLAGS
@@ -190,6 +191,9 @@ def submit_cmd(
 
         show(report_of(obj, raw), as_json)
         return
+    # a home prepared for the daemon (models/ in place) gets its database here; a folder
+    # without models/ is more likely a mistyped --home, and is refused as not a home
+    obj.create_database = obj.config.home.models.is_dir()
     obj.fresh_catalog()
     verdict = Intake(
         obj.engine(),
@@ -221,15 +225,47 @@ def submit_cmd(
 
 
 @click.command("cancel")
-@click.argument("run_id")
+@click.argument("name", metavar="RUN")
 @json_option
 @click.pass_obj
-def cancel_cmd(obj: Context, run_id: str, as_json: bool) -> None:
-    """Cancel a queued run now, or ask a running one to stop at its next step."""
-    ledger = Ledger.for_home(obj.engine(), obj.config.home)
-    result = queue.request_cancel(obj.engine(), run_id, ledger=ledger)
+def cancel_cmd(obj: Context, name: str, as_json: bool) -> None:
+    """Cancel a queued run now, or ask a running one to stop at its next step.
+
+    RUN is FORMS_HERE. A run that has ended already is left as it is, and the command
+    exits 0 saying so (like `systemctl stop` of a stopped unit).
+    """
+    from oneseekd.cli.names import resolve_run
+    from oneseekd.cli.read import open_reader
+    from oneseekd.db.models import FINISHED_STATES
+
+    reader = open_reader(obj)[0]
+    run = resolve_run(reader, obj.config.home, name).run
+    result = None
+    if run.state not in FINISHED_STATES:
+        ledger = Ledger.for_home(obj.engine(), obj.config.home)
+        try:
+            result = queue.request_cancel(obj.engine(), run.run_id, ledger=ledger)
+        except OneseekError:
+            # it ended between the look and the cancel: as if it had ended before
+            ended = reader.run(run.run_id)
+            if ended is None or ended.state not in FINISHED_STATES:
+                raise
+            run = ended
+    if result is None:
+        if as_json:
+            emit_json({"run_id": run.run_id, "state": run.state, "immediate": False, "ended": True})
+        else:
+            click.echo(f"Run {shown(run.run_id)} had already ended ({shown(run.state)}).")
+        return
     if as_json:
-        emit_json({"run_id": result.run_id, "state": result.state, "immediate": result.immediate})
+        emit_json(
+            {
+                "run_id": result.run_id,
+                "state": result.state,
+                "immediate": result.immediate,
+                "ended": False,
+            }
+        )
     elif result.immediate:
         click.echo(f"Cancelled run {result.run_id} (it was still queued).")
     else:
@@ -237,3 +273,6 @@ def cancel_cmd(obj: Context, run_id: str, as_json: bool) -> None:
             f"Asked run {result.run_id} to stop at its next step; the daemon stops it "
             "for good after the grace period."
         )
+
+
+cancel_cmd.help = (cancel_cmd.help or "").replace("FORMS_HERE", FORMS)
