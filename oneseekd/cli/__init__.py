@@ -11,8 +11,9 @@ Library errors (OneseekError) become `Error: ...` and an exit code in exactly on
 from __future__ import annotations
 
 import importlib
+import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -20,7 +21,7 @@ from oneseekd import __version__
 from oneseekd.cli import encoder
 from oneseekd.cli.context import Context, machine_error
 from oneseekd.cli.display import shown_lines
-from oneseekd.errors import OneseekError
+from oneseekd.errors import EXIT_REFUSED, OneseekError
 from oneseekd.options import home_and_db_options
 
 # name -> (module, attribute), in the order `--help` lists them
@@ -31,22 +32,76 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("oneseekd.cli.submit", "submit_cmd"),
     "runs": ("oneseekd.cli.runs", "runs_cmd"),
     "show": ("oneseekd.cli.runs", "show_cmd"),
+    "logs": ("oneseekd.cli.logs", "logs_cmd"),
     "cancel": ("oneseekd.cli.submit", "cancel_cmd"),
     "ledger": ("oneseekd.cli.ledger", "ledger_group"),
     "db": ("oneseekd.cli.db", "db_group"),
     "promote": ("oneseekd.cli.promote", "promote_cmd"),
     "train": ("oneseekd.cli.train", "train_cmd"),
 }
+# what `oneseekctl --help` says of each command, without importing it (kept in step with each
+# command's docstring by tests/test_cli_help.py)
+SUMMARIES: dict[str, str] = {
+    "status": "Is the daemon alive; the catalog, the queue, the run in progress, recent runs.",
+    "models": "List the catalog of base models.",
+    "resolve": "Show which catalog model each NAME means, and by which matching strategy.",
+    "submit": "Validate a request (FILE.json and/or flags) and queue it, as a dropped file.",
+    "runs": "The history of runs, newest first.",
+    "show": "One run in full: settings, figures, promotions, every state change, the error.",
+    "logs": "Print a run's log as readable lines; -f follows it until the run ends.",
+    "cancel": "Cancel a queued run now, or ask a running one to stop at its next step.",
+    "ledger": "The signed, hash-chained training ledger.",
+    "db": "The state database.",
+    "promote": "Make a certified run the current one (a rollback too).",
+    "train": "CivicAI's training start: train_dna_v2.py's flags, followed to its DNA: line.",
+}
 # the commands whose modules import nothing heavy; every other one gets the full machinery
 # (SQLAlchemy, structlog set to warnings on stderr) as it is loaded
-LIGHT = frozenset({"status", "models", "runs", "show"})
+LIGHT = frozenset({"status", "models", "runs", "show", "logs"})
+
+
+def wants_json(argv: list[str]) -> bool:
+    """Whether the command line asks for JSON (before a `--`): then its errors are JSON too,
+    those click finds in the command line included."""
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in words
+
+
+def fail(message: str, fixes: list[str], code: int, as_json: bool) -> NoReturn:
+    """The one way a command ends in an error: `Error: ...` with its fixes on stderr, or with
+    --json the object {"error", "fixes", "exit_code"} on stderr (stdout carries only answers),
+    then the exit code of docs/interface.md's table."""
+    if as_json:
+        click.echo(
+            json.dumps({"error": message, "fixes": fixes, "exit_code": code}, indent=2), err=True
+        )
+    else:
+        # names in an error (a resolve's candidates) may come from rows others wrote
+        text = "\n".join([message, *(f"  - {f}" for f in fixes)])
+        click.echo(shown_lines(f"Error: {text}"), err=True)
+    sys.exit(code)
 
 
 class OneseekGroup(click.Group):
+    json_errors = False
+    argv: tuple[str, ...] = ()
+
     def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         encoder.start_early(argv)  # a dry run's child, before the heavy imports below
-        return super().main(argv, *rest, **kwargs)
+        self.json_errors = wants_json(argv)
+        self.argv = tuple(argv)
+        if not self.json_errors or kwargs.get("standalone_mode") is False:
+            return super().main(argv, *rest, **kwargs)
+        # click prints its own usage errors as text: here they become JSON like any other
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(argv, *rest, **kwargs)
+        except click.ClickException as exc:
+            fail(exc.format_message(), _usage_fixes(exc), exc.exit_code, True)
+        except click.exceptions.Abort:
+            fail("aborted", [], EXIT_REFUSED, True)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [*COMMANDS, *(n for n in super().list_commands(ctx) if n not in COMMANDS)]
@@ -54,7 +109,7 @@ class OneseekGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:
             return super().get_command(ctx, cmd_name)
-        if cmd_name not in LIGHT:
+        if cmd_name not in LIGHT and not _only_help(ctx):
             from oneseekd.cli.read import full_machinery
 
             full_machinery()
@@ -63,19 +118,46 @@ class OneseekGroup(click.Group):
         assert isinstance(command, click.Command)
         return command
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's first docstring line in full (click cuts it at 45 characters),
+        read without importing the command: `--help` stays as light as `--version`."""
+        rows = [(name, SUMMARIES.get(name) or _summary(ctx, name)) for name in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except OneseekError as exc:
-            # names in an error (a resolve's candidates) may come from rows others wrote
-            click.echo(shown_lines(f"Error: {exc}"), err=True)
-            sys.exit(exc.exit_code)
+            fail(exc.message, exc.problems, exc.exit_code, self.json_errors)
+        except click.ClickException:
+            raise  # click prints it (or main, as JSON) with its exit code
         except Exception as exc:  # read-only, full disk: never a traceback
             error = machine_error(exc, ctx.obj) if isinstance(ctx.obj, Context) else None
             if error is None:
                 raise
-            click.echo(shown_lines(f"Error: {error}"), err=True)
-            sys.exit(error.exit_code)
+            fail(error.message, error.problems, error.exit_code, self.json_errors)
+
+
+def _summary(ctx: click.Context, name: str) -> str:
+    """A command SUMMARIES does not list: its own help's first line, importing it."""
+    command = ctx.command.get_command(ctx, name) if isinstance(ctx.command, click.Group) else None
+    return command.get_short_help_str(limit=200) if command is not None else ""
+
+
+def _usage_fixes(exc: click.ClickException) -> list[str]:
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return []
+    return [f"see `{ctx.command_path} --help`"]
+
+
+def _only_help(ctx: click.Context) -> bool:
+    """Whether the command line asks for a command's help: its module is imported for its
+    options, without the machinery (structlog) a run of it needs."""
+    group = ctx.command
+    argv = group.argv if isinstance(group, OneseekGroup) else ()
+    return any(word in ("-h", "--help") for word in argv)
 
 
 @click.group(cls=OneseekGroup, context_settings={"help_option_names": ["-h", "--help"]})
