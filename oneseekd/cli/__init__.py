@@ -160,7 +160,25 @@ def _only_help(ctx: click.Context) -> bool:
     return any(word in ("-h", "--help") for word in argv)
 
 
-@click.group(cls=OneseekGroup, context_settings={"help_option_names": ["-h", "--help"]})
+_EPILOG = """\b
+Examples:
+  oneseekctl --home DIR status --watch          the daemon, the queue, the run in progress
+  oneseekctl --home DIR submit --base-models smollm2 --dataset civic.jsonl --epochs 1
+  oneseekctl --home DIR logs latest -f          follow the newest run's log
+  oneseekctl --home DIR show v1.2               what a run was: settings, figures, promotions
+  oneseekctl --home DIR promote v1.1 --reason "rollback"
+
+RUN, wherever a command takes one, is a run id, a DNA, a version (v1.2), the end of either
+(318fcc), latest or current. `oneseekctl COMMAND --help` says more; --json on any command
+prints JSON, errors included. Exit codes: docs/interface.md."""
+
+
+@click.group(
+    "oneseekctl",
+    cls=OneseekGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=_EPILOG,
+)
 @home_and_db_options
 @click.version_option(__version__, prog_name="oneseekctl")
 @click.pass_context

@@ -48,6 +48,7 @@ def logs_cmd(obj: Context, name: str, follow: bool, as_json: bool) -> None:
     RUN is FORMS_HERE. --json prints the log's JSON lines as they are.
 
     \b
+    Examples:
     oneseekctl logs latest -f
     oneseekctl logs 318fcc --json | jq 'select(.event == "epoch_finished")'
     """
@@ -148,7 +149,7 @@ def progress_text(data: dict[str, Any]) -> str:
             total = data.get(f"{what}s")
             parts.append(f"{what} {data[what]}" + (f"/{total}" if total is not None else ""))
     if isinstance(data.get("loss"), int | float):
-        parts.append(f"loss {data['loss']:.4g}")
+        parts.append(f"loss {data['loss']:.3g}")
     speed = data.get("tokens_per_s", data.get("tokens_per_second"))
     if isinstance(speed, int | float):
         parts.append(f"{speed:.0f} tok/s")

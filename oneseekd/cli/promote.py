@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 
 from oneseekd.certify.layout import CURRENT_LINK, is_dna
-from oneseekd.certify.ledger import Ledger
-from oneseekd.certify.promote import promote
 from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import shown
 from oneseekd.cli.names import FORMS, resolve_run
@@ -30,9 +28,13 @@ def promote_cmd(obj: Context, name: str, reason: str | None, as_json: bool) -> N
     model) is made current only with --reason. RUN is FORMS_HERE.
 
     \b
+    Examples:
     oneseekctl promote v1.2
     oneseekctl promote 318fcc --reason "rollback: v1.3 answers worse"
     """
+    from oneseekd.certify.ledger import Ledger
+    from oneseekd.certify.promote import promote
+
     engine = obj.engine()
     home = obj.config.home
     # a DNA goes as it is: promote() finds its run from the signed completion event

@@ -60,7 +60,6 @@ def state_text(run: Row) -> str:
 def runs_cmd(obj: Context, limit: int, state: str | None, as_json: bool) -> None:
     """The history of runs, newest first.
 
-    \b
     * marks the current run; GAIN is the held-out gain in bits per byte of the run's least
     improved model, against its base (`oneseekctl show RUN` has every figure).
     """
@@ -123,6 +122,7 @@ def show_cmd(obj: Context, name: str, as_json: bool) -> None:
     RUN is FORMS_HERE.
 
     \b
+    Examples:
     oneseekctl show latest
     oneseekctl show v1.2
     oneseekctl show 318fcc --json
