@@ -102,3 +102,18 @@ def test_logs_follow_prints_new_lines_until_the_run_has_ended(fake_home: Path) -
     ]
     # the daemon is not running here: said once, on stderr
     assert followed.stderr.count("no oneseekd serves") == 1
+
+
+def test_logs_is_a_light_read(tmp_path: Path) -> None:
+    """Like `show`: no SQLAlchemy, structlog or torch on a SQLite home."""
+    from homes import home_with_a_queued_run
+    from test_cli_read import imported_by
+
+    home, run_id = home_with_a_queued_run(tmp_path / "home")
+    log = home / "logs" / f"{run_id}.log"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text(line("trainer_started", attempt=1) + "\n")
+    set_state(home, run_id, "running", log)
+    heavy, output = imported_by(home, "logs", run_id)
+    assert output == "2026-11-24 19:00:00 info    trainer_started  attempt=1\n"
+    assert heavy == []
