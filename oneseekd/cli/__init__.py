@@ -1,11 +1,14 @@
 """oneseekctl: the operator's command line. Never imports torch; answers in well under a second.
 
 Each command's module is imported only when that command runs, so that `status`, `models`,
-`runs` and `show` (oneseekd/cli/read.py) start in about 0.1 s. A new command is one line in
-COMMANDS: its name, module and the click command in it.
+`runs`, `show` and `logs` (oneseekd/cli/read.py) start in about 0.1 s, and `--help` lists the
+commands from SUMMARIES without importing any. A new command is one line in COMMANDS: its
+name, module and the click command in it (and one in SUMMARIES, or `--help` imports it).
 
-Library errors (OneseekError) become `Error: ...` and an exit code in exactly one place:
-`OneseekGroup.invoke`.
+Errors end a command in exactly one place, `fail`: library errors (OneseekError) and failures
+of the machine from `OneseekGroup.invoke`, click's usage errors from click itself, or, when
+`--json` is on the command line, from `OneseekGroup.main` as JSON. The exit codes are
+oneseekd/errors.py's table.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "promote": ("oneseekd.cli.promote", "promote_cmd"),
     "train": ("oneseekd.cli.train", "train_cmd"),
 }
-# what `oneseekctl --help` says of each command, without importing it (kept in step with each
-# command's docstring by tests/test_cli_help.py)
+# what `oneseekctl --help` says of each command, in full and without importing it (a command
+# missing here is imported for its own first docstring line); tests/test_cli_help.py checks
 SUMMARIES: dict[str, str] = {
     "status": "Is the daemon alive; the catalog, the queue, the run in progress, recent runs.",
     "models": "List the catalog of base models.",
