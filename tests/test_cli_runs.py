@@ -138,23 +138,24 @@ def test_the_same_request_id_is_not_queued_twice(fake_home: Path) -> None:
 def test_runs_show_and_cancel_a_queued_run(fake_home: Path) -> None:
     run_id = submitted(fake_home, "qwen")
     listing = ctl(fake_home, "runs").stdout.splitlines()
+    # one column says the state (the outcome only when it says more)
     assert listing[0].split() == [
         "RUN",
         "STATE",
         "VERSION",
+        "DNA",
         "MODELS",
         "QUEUED",
         "FINISHED",
-        "OUTCOME",
+        "GAIN",
     ]
-    assert listing[1].split()[:4] == [run_id, "queued", "1.0", "qwen-2-5-7b"]
+    assert listing[1].split()[:5] == [run_id, "queued", "1.0", "-", "qwen-2-5-7b"]
     cancelled = ctl(fake_home, "cancel", run_id)
     assert cancelled.stdout.strip() == f"Cancelled run {run_id} (it was still queued)."
+    # cancelling an ended run again is done already, like `systemctl stop`: exit 0
     again = ctl(fake_home, "cancel", run_id)
-    assert again.exit_code == 1
-    assert (
-        again.stderr.strip() == f"Error: run {run_id} already ended (cancelled); nothing to cancel"
-    )
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip() == f"Run {run_id} had already ended (cancelled)."
     shown = ctl(fake_home, "show", run_id).stdout
     assert f"run {run_id}: cancelled\n" in shown  # the outcome only when it says more
     assert "queued -> cancelled  cancelled while queued" in shown
@@ -164,10 +165,12 @@ def test_runs_show_and_cancel_a_queued_run(fake_home: Path) -> None:
 
 
 def test_show_an_unknown_run_names_the_fix(fake_home: Path) -> None:
+    assert ctl(fake_home, "db", "upgrade").exit_code == 0
     result = ctl(fake_home, "show", "run-nope")
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         "Error: no run 'run-nope'",
+        "  - name a run id, a DNA, a version (v1.2), the end of either (318fcc), latest or current",
         "  - list the runs with `oneseekctl runs`",
     ]
 
