@@ -1,6 +1,7 @@
 """A fleet on one PostgreSQL database (issue 31, docs/scale-out.md): a host frozen inside its
-lease renewal loses its run within one lease plus one heartbeat, and daemons that start
-together on an empty database all come up.
+lease renewal loses its run within one lease plus one heartbeat, request files dropped during
+an outage are decided once it ends, and daemons that start together on an empty database all
+come up.
 
 The freeze is aimed as the crash harness aims its kill points: at the instant inside the
 renewal transaction, after the statement that locks the run's row, with the transaction left
@@ -18,15 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from homes import migrated, request, training_home
+from homes import drop, migrated, open_home, request, training_home
+from pg import Outsider
 from sqlalchemy import Engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.db.engine import make_engine, session_limits
 from oneseekd.intake.accept import Intake
+from oneseekd.intake.dropfolder import DropFolder
 
 A, B = "host-a", "host-b"
 LEASE = 4.0  # seconds; the fleet's [trainer] lease_seconds in this test
@@ -196,3 +199,83 @@ def test_daemons_started_together_on_an_empty_database_all_migrate(pg_url: str) 
     assert codes == [0, 0, 0, 0], [err[-2000:] for _, err in results]
     verdicts = sorted(out.strip().splitlines()[-1] for out, _ in results)
     assert verdicts == ["current", "current", "current", "empty"], verdicts
+
+
+# --- item 2: request files dropped while the database is down ----------------------------------
+def _outage(outsider: Outsider, database: str, down: bool) -> None:
+    """The database fails for this home: it takes no connections, and the open ones end."""
+    outsider.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {"false" if down else "true"}')
+    if down:
+        outsider.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ?", database
+        )
+
+
+def test_files_dropped_during_an_outage_are_decided_when_the_database_is_back(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A real outage on PostgreSQL: the claim (a rename) succeeds, the decision's write
+    fails; the next poll once the database answers decides the claimed files, without a
+    restart, and every file ends in accepted/ or rejected/."""
+    config, engine = open_home(training_home(tmp_path / "home"), pg_url)
+    admin = Outsider(pg_url.rsplit("/", 1)[0] + "/postgres", config.home.db_file)
+    database = pg_url.rsplit("/", 1)[1]
+    folder = DropFolder(Intake(engine, config.home), config.home, settle=0)
+    requests = config.home.requests
+    try:
+        _outage(admin, database, down=True)
+        drop(config.home.root, "good.json", request())
+        drop(config.home.root, "bad.json", request(epochs=-1))
+        for _ in range(3):  # the daemon's loop retries its failing step
+            with pytest.raises(OperationalError):
+                folder.poll()
+        assert len(list((requests / ".claimed").iterdir())) == 2  # claimed, not decided
+        _outage(admin, database, down=False)
+        assert folder.poll() == 2
+    finally:
+        _outage(admin, database, down=False)
+        admin.close()
+        engine.dispose()
+    assert list((requests / ".claimed").iterdir()) == []
+    assert [p.name for p in (requests / "accepted").iterdir()] == ["good.json"]
+    assert sorted(p.name for p in (requests / "rejected").iterdir()) == [
+        "bad.error.json",
+        "bad.json",
+    ]
+
+
+@pytest.mark.parametrize("fails", [1, 4])
+def test_a_decision_that_did_not_commit_is_made_again_at_the_next_poll(
+    tmp_path: Path, db_url: str | None, fails: int
+) -> None:
+    """The same on either database, the failure injected into the intake's write: however
+    many polls fail, the first one that commits decides every claimed file once."""
+    config, engine = open_home(training_home(tmp_path / "home"), db_url)
+    intake = Intake(engine, config.home)
+    real = intake.take_batch
+    left = [fails]
+
+    def failing(items: Any) -> Any:
+        if left[0] > 0:
+            left[0] -= 1
+            raise OperationalError("INSERT ...", {}, Exception("server closed the connection"))
+        return real(items)
+
+    intake.take_batch = failing  # type: ignore[method-assign]
+    folder = DropFolder(intake, config.home, settle=0)
+    for i in range(3):
+        drop(config.home.root, f"r{i}.json", request(seed=i))
+    polls = 0
+    while left[0] > 0:
+        polls += 1
+        with pytest.raises(OperationalError):
+            folder.poll()
+    assert folder.poll() == 3
+    engine.dispose()
+    requests = config.home.requests
+    assert sorted(p.name for p in (requests / "accepted").iterdir()) == [
+        "r0.json",
+        "r1.json",
+        "r2.json",
+    ]
+    assert list((requests / ".claimed").iterdir()) == []
