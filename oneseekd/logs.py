@@ -1,10 +1,12 @@
-"""structlog set-up: one JSON object per line on stderr, stable snake_case event names."""
+"""structlog set-up: one JSON object per line on stderr, stable snake_case event names; and
+how a run log's lines read as text (the run's error, `oneseekctl show`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import MutableMapping
@@ -103,8 +105,12 @@ def _warning_to_structlog(
 
 
 def _exception_to_structlog(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    error = f"{kind.__name__}: {value}"
     structlog.get_logger("oneseekd.trainer").error(
-        "trainer_crashed", exc_info=(kind, value, tb), error=f"{kind.__name__}: {value}"
+        "trainer_crashed",
+        exc_info=(kind, value, tb),
+        error=error,
+        reason=f"the trainer crashed: {' '.join(error.split())}",
     )
 
 
@@ -149,8 +155,93 @@ def render_log_line(line: str) -> str:
     event = data.pop("event")
     data.pop("timestamp", None)
     level = data.pop("level", "info")
+    data.pop("reason", None)  # the run's error already begins with it (daemon/outcome.py)
     text = data.pop("text", None) or data.pop("error", None)
     exception = data.pop("exception", None)
     rest = " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in data.items())
     shown = f"{level}: {event}" + (f": {text}" if text else "") + (f" ({rest})" if rest else "")
     return shown + (f"\n{exception}" if exception else "")
+
+
+# --- a run's failure as an operator reads it ----------------------------------------------------
+# Events that are a library's, or the daemon's own record of how it started the trainer: never
+# the cause of a failure, so they stay out of the excerpt a failed run stores (the run log
+# keeps them).
+NOISE_EVENTS = frozenset({"python_warning", "library_log", "trainer_started", "progress"})
+
+# `line 3: ...`, `  - record 2: ...`: a problem named by where it is, as the data checks write
+_WHERE = re.compile(r"^(?P<lead>\s*(?:- )?)(?P<kind>line|record) (?P<n>\d+): (?P<rest>.*)$")
+
+
+def grouped_lines(lines: list[str]) -> list[str]:
+    """Runs of the same problem at consecutive places as one line (`lines 1-20: ...`), and a
+    line repeated as it is as one line with its count: 20 records cut the same way read as one
+    cause, not twenty."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        match = _WHERE.match(lines[i])
+        j = i + 1
+        if match:
+            first = last = int(match["n"])
+            while j < len(lines):
+                nxt = _WHERE.match(lines[j])
+                same = nxt and (nxt["lead"], nxt["kind"], nxt["rest"]) == (
+                    match["lead"],
+                    match["kind"],
+                    match["rest"],
+                )
+                if not (nxt and same and int(nxt["n"]) == last + 1):
+                    break
+                last = int(nxt["n"])
+                j += 1
+            if last > first:
+                where = f"{match['kind']}s {first}\u2013{last}"
+                out.append(f"{match['lead']}{where}: {match['rest']}")
+                i = j
+                continue
+        while j < len(lines) and lines[j] == lines[i]:
+            j += 1
+        out.append(lines[i] + (f" (\u00d7{j - i})" if j - i > 1 else ""))
+        i = j
+    return out
+
+
+def one_line_reason(message: str, problems: list[str]) -> str:
+    """An error and its problems as one line, the run's cause: the message, then its first
+    problem (grouped, so `lines 1-20: ...` when twenty records fail the same way), then how
+    many others there are."""
+    if not problems:
+        return " ".join(message.split())
+    shown = grouped_lines([" ".join(p.split()) for p in problems])
+    more = len(shown) - 1
+    return f"{' '.join(message.split())}: {shown[0]}" + (
+        f" (and {more} other problem{'s' if more > 1 else ''})" if more else ""
+    )
+
+
+def is_noise(line: str) -> bool:
+    """A run log line that is a library's warning or log line, or the daemon's record of the
+    trainer's argv: left out of a failed run's excerpt."""
+    if not line.startswith("{"):
+        return False
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("event") in NOISE_EVENTS
+
+
+def log_reason(lines: list[str]) -> str | None:
+    """The trainer's own one-line reason for ending, the last `reason` a run log's JSON events
+    carry (trainer_refused, trainer_out_of_memory, trainer_crashed write one), or None."""
+    for line in reversed(lines):
+        if not line.startswith("{"):
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("reason"), str) and data["reason"]:
+            return str(data["reason"])
+    return None

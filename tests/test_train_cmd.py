@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -201,3 +202,27 @@ def test_a_kill_cancels_the_run(home: Path) -> None:
         timeout=120,
         what="the run cancelled",
     )
+
+
+@pytest.mark.timeout(600)
+def test_a_refused_run_says_its_one_cause_on_stderr_and_in_status(home: Path) -> None:
+    """Item 2 of issue 30: the trainer's reason (every record cut at max_seq_len, grouped as
+    `lines 1-N`) is the Error line of train's stderr and the status recent line's cause, not
+    "the trainer exited with status 65"."""
+    prompt = " ".join(["the council met again to discuss the budget"] * 8)
+    records = [{"instruction": f"{prompt} ({n})", "output": "yes"} for n in range(1, 21)]
+    (home / "datasets" / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    argv = [*ARGV]
+    argv[argv.index("--max-seq-length") + 1] = "16"
+    argv[argv.index("--dataset") + 1] = "datasets/long.jsonl"
+    done = _train(home, argv)
+    out, err = done.communicate(timeout=500)
+    assert done.returncode == 1, out + err
+    first = err.splitlines()[0]
+    prefix = "Error: run run-2026-12-01-10-00-00 failed: dataset long.jsonl has 20 record(s) "
+    assert first.startswith(prefix), err
+    assert "lines 1\u201320: its response would be cut off entirely at max_seq_len 16" in first
+    assert "exited with status 65" not in first
+    status = CliRunner().invoke(ctl, ["--home", str(home), "status"])
+    [recent] = [line for line in status.output.splitlines() if line.startswith("recent:")]
+    assert recent.endswith(first.removeprefix("Error: run run-2026-12-01-10-00-00 failed: "))

@@ -86,12 +86,19 @@ def _recent(home: HomePaths, r: Row) -> dict[str, Any]:
         "version": r.version,
         "base_models": r.base_models,
         "finished_at": iso(r.finished_at),
+        # a failed run's cause, the first line of its error (daemon/outcome.py), else null
+        "reason": _cause(r.error) if r.state == "failed" else None,
         # why a certified run was not made current (certify/gate.py), else null
         "held_back": not_current_note(gate),
         # the gate's verdict at certification, each model's differences with their intervals
         # (null before the run was certified)
         "gate": gate,
     }
+
+
+def _cause(error: str | None) -> str | None:
+    lines = (error or "").strip().splitlines()
+    return lines[0] if lines else None
 
 
 def _duration(seconds: float) -> str:
@@ -219,6 +226,7 @@ def show_status(obj: Context, as_json: bool) -> None:
         click.echo(
             f"recent:   {shown(r['run_id'])} {shown(r['state'])} v{shown(r['version'])} "
             f"({models}) {r['finished_at'] or ''}"
+            + (f" \u2014 {shown(r['reason'])}" if r["reason"] else "")
         )
         if r["held_back"]:
             click.echo(f"          not made current: {shown(r['held_back'])}")

@@ -241,9 +241,13 @@ def _follow(obj: Context, engine: Engine, run_id: str, stop: _Stop) -> int:
             click.echo(f"DNA: {certified_dna(engine, pk)}")
             return 0
         if state in ("failed", "cancelled"):
-            click.echo(f"Error: run {run_id} {state}", err=True)
-            if error:
-                click.echo(shown_lines(error, "  "), err=True)
+            # the cause first, on the Error line itself; the end of the run's log after it
+            cause, _, rest = (error or "").strip().partition("\n")
+            click.echo(
+                f"Error: run {run_id} {state}" + (f": {shown(cause)}" if cause else ""), err=True
+            )
+            if rest:
+                click.echo(shown_lines(rest, "  "), err=True)
             return EXIT_FAILED
         if not obj.daemon().held:
             click.echo(
