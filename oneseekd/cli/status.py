@@ -117,8 +117,10 @@ PHASES = {
 
 
 def describe_progress(p: dict[str, Any]) -> str:
-    """`model (1/2) [#####.....] epoch 1/3, step 5/12, loss 4.365, 812 tok/s, ETA 2m49s`, or
-    the phase a run is in outside its training steps (certifying, certified)."""
+    """`model (1/2) [#####.....] epoch 1/3, step 5/12, loss 4.365, 812 tok/s, ETA 2m49s`, with
+    the phase under way outside the steps named first (`evaluating held-out: trained 3/12
+    batches, ...`, trainer/phases.py), or the phase a run is in after its models
+    (certifying, certified)."""
     if p.get("step") is None:
         phase = PHASES.get(str(p.get("state")), str(p.get("state") or "starting"))
         text = phase.format(**{"dna": "?", **p})
@@ -128,11 +130,19 @@ def describe_progress(p: dict[str, Any]) -> str:
     done, total = int(p.get("step", 0)), max(int(p.get("steps", 1)), 1)
     filled = round(20 * min(done / total, 1.0))
     bar = "#" * filled + "." * (20 - filled)
+    now = ""
+    if p.get("phase"):
+        count = f" {p.get('done')}/{p.get('total')} {p.get('unit')}" if p.get("total") else ""
+        now = f"{p['phase']}{count}, "
+    loss = f"loss {p.get('loss')}, " if p.get("loss") is not None else ""
+    excluded = p.get("eta_excludes") or []
     return shown(
-        f"{p.get('model')} ({p.get('model_index', 1)}/{p.get('models', 1)}) [{bar}] "
+        f"{p.get('model')} ({p.get('model_index', 1)}/{p.get('models', 1)}) [{bar}] {now}"
         f"epoch {p.get('epoch')}/{p.get('epochs')}, step {done}/{total}, "
-        f"loss {p.get('loss')}, {p.get('tokens_per_s')} tok/s, "
-        f"ETA {_duration(float(p.get('eta_s', 0)))} on {p.get('device', '?')}"
+        f"{loss}{p.get('tokens_per_s')} tok/s, "
+        f"ETA {_duration(float(p.get('eta_s', 0)))}"
+        + (f" (not counting {', '.join(map(str, excluded))})" if excluded else "")
+        + f" on {p.get('device', '?')}"
     )
 
 
