@@ -170,7 +170,11 @@ def test_a_training_start_prints_what_the_admin_panel_parses(home: Path) -> None
     lines = out.splitlines()
     epochs = [m.groups() for m in map(civic.EPOCH.search, lines) if m]
     assert ("1", "2") in epochs and ("2", "2") in epochs
+    assert [int(i) for i, _ in epochs] == sorted(int(i) for i, _ in epochs)  # never backwards
     assert [float(m.group(1)) for m in map(civic.LOSS.search, lines) if m]
+    ends = [line for line in lines if "epoch end" in line]  # a loss: at each epoch's end
+    assert [civic.EPOCH.search(e).groups() for e in ends] == [("1", "2"), ("2", "2")]  # type: ignore[union-attr]
+    assert all(civic.LOSS.search(e) for e in ends)
     dna = civic.DNA.search(lines[-1])
     assert dna is not None and lines[-1] == f"DNA: {dna.group(1)}"
     certified = home / "models" / "oneseek-certified"
@@ -226,3 +230,28 @@ def test_a_refused_run_says_its_one_cause_on_stderr_and_in_status(home: Path) ->
     status = CliRunner().invoke(ctl, ["--home", str(home), "status"])
     [recent] = [line for line in status.output.splitlines() if line.startswith("recent:")]
     assert recent.endswith(first.removeprefix("Error: run run-2026-12-01-10-00-00 failed: "))
+
+
+@pytest.mark.timeout(600)
+def test_a_run_the_gate_holds_back_says_why_in_a_line_the_panel_does_not_parse(
+    tmp_path: Path, cache: Path
+) -> None:
+    home = tiny_home(tmp_path / "home", cache, {"Tiny-Llama": "llama"})
+    with (home / "oneseekd.toml").open("a") as toml:
+        toml.write("[certify]\nmake_current = false\n")
+    daemon = DaemonProcess(home)
+    try:
+        daemon.wait_event("daemon_ready", timeout=60)
+        argv = [*ARGV]
+        argv[argv.index("--epochs") + 1] = "1"
+        done = _train(home, argv)
+        out, err = done.communicate(timeout=500)
+    finally:
+        daemon.stop()
+    assert done.returncode == 0, out + err
+    lines = out.splitlines()
+    assert civic.DNA.search(lines[-1])
+    [held] = [line for line in lines if line.startswith("Not made current: ")]
+    assert "make_current" in held
+    for pattern in (civic.EPOCH, civic.LOSS, civic.DNA):
+        assert not pattern.search(held)

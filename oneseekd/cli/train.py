@@ -2,7 +2,10 @@
 
 Takes the flags and environment CivicAI's admin panel gives that script, builds a request,
 queues it through the same validator as every other door, follows the run and prints what the
-admin panel parses: `Epoch i/N`, `loss: x`, and last `DNA: OneSeek-7B-Zero.v…`. Exit 0 on
+admin panel parses: `Epoch i/N` (counted over the whole run, model x epoch, so it never runs
+backwards), `loss: x` (also at each epoch's end), `Not made current: <reason>` when the gate
+held the run back (matched by none of the panel's patterns), and last `DNA:
+OneSeek-7B-Zero.v…` (examples/civicai/README.md). Exit 0 on
 success, 1 on a failed or cancelled run, 2 on a rejected request; SIGTERM or SIGINT (the admin
 panel's stop) asks the daemon to cancel the run and exits 128 + the signal's number.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -24,6 +28,8 @@ import click
 from sqlalchemy import Engine, select
 
 from oneseekd import queue
+from oneseekd.certify.gate import not_current_note
+from oneseekd.certify.layout import run_dna, run_gate
 from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.publish import certified_dna
 from oneseekd.cli.context import Context
@@ -32,6 +38,7 @@ from oneseekd.db.engine import read_session
 from oneseekd.db.models import ModelTraining, Run
 from oneseekd.errors import OneseekError
 from oneseekd.intake.accept import Intake
+from oneseekd.spec import request as runspec
 from oneseekd.spec.names import BY_FLAG, request_from_flags
 
 EXIT_FAILED = 1
@@ -219,8 +226,7 @@ def train_cmd(obj: Context, argv: tuple[str, ...]) -> None:
 
 
 def _follow(obj: Context, engine: Engine, run_id: str, stop: _Stop) -> int:
-    shown_progress: tuple[Any, ...] = ()
-    shown_epochs: set[tuple[str, Any]] = set()  # (model, epoch) that had a line
+    lines: EpochLines | None = None
     while True:
         if stop.signal is not None:
             queue.request_cancel(engine, run_id, ledger=Ledger.for_home(engine, obj.config.home))
@@ -229,15 +235,18 @@ def _follow(obj: Context, engine: Engine, run_id: str, stop: _Stop) -> int:
         with read_session(engine) as session:
             run = session.scalars(select(Run).where(Run.run_id == run_id)).one()
             state, progress, error, pk = run.state, run.progress or {}, run.error, run.id
-        line = _progress_line(progress)
-        if line and line[0] != shown_progress:
-            shown_progress = line[0]
-            shown_epochs.add(line[0][:2])
-            click.echo(line[1])
+            if lines is None:
+                lines = EpochLines(planned_epochs(run.base_models, run.config))
+        if progress.get("model_index", 1) > 1 + lines.models_flushed:
+            lines.echo(lines.trained(_trained(engine, pk)))  # the models before this one
+        lines.echo(lines.progress(progress))
         if state == "succeeded":
             # an epoch that ended between two looks still gets its line: the admin panel's
             # progress parser counts every `Epoch i/N`
-            _missed_epochs(engine, pk, shown_epochs)
+            lines.echo(lines.trained(_trained(engine, pk)))
+            held = not_current_note(run_gate(obj.config.home, run_dna(obj.config.home, run_id)))
+            if held:  # certified, yet the gate kept the current model: exit 0 all the same
+                click.echo(not_made_current(held))
             click.echo(f"DNA: {certified_dna(engine, pk)}")
             return 0
         if state in ("failed", "cancelled"):
@@ -259,35 +268,111 @@ def _follow(obj: Context, engine: Engine, run_id: str, stop: _Stop) -> int:
         time.sleep(POLL_SECONDS)
 
 
-def _missed_epochs(engine: Engine, run_pk: int, shown_epochs: set[tuple[str, Any]]) -> None:
+def _trained(engine: Engine, run_pk: int) -> list[tuple[str, list[float]]]:
+    """Each trained model of the run, in order, with its epochs' training losses."""
     with read_session(engine) as session:
         rows = session.scalars(
             select(ModelTraining)
-            .where(ModelTraining.run_id == run_pk)
+            .where(ModelTraining.run_id == run_pk, ModelTraining.state == "trained")
             .order_by(ModelTraining.position)
         ).all()
-        trained = [(r.model_key, list(r.train_losses or [])) for r in rows]
-    for index, (key, losses) in enumerate(trained, start=1):
-        for epoch, loss in enumerate(losses, start=1):
-            if (key, epoch) not in shown_epochs:
-                click.echo(
-                    f"Epoch {epoch}/{len(losses)}  model {index}/{len(trained)}  {shown(key)}  "
-                    f"loss: {loss:.5f}"
-                )
+        return [(r.model_key, list(r.train_losses or [])) for r in rows]
 
 
-def _progress_line(progress: dict[str, Any]) -> tuple[tuple[Any, ...], str] | None:
-    """One line per progress update, in the form CivicAI's parsers read."""
-    if not progress.get("model") or not progress.get("epochs"):
-        return None
-    key = (progress["model"], progress.get("epoch"), progress.get("step"))
-    parts = [f"Epoch {progress.get('epoch')}/{progress.get('epochs')}"]
-    if progress.get("models"):
-        parts.append(f"model {progress.get('model_index')}/{progress['models']}")
-    parts.append(shown(progress["model"]))
-    if progress.get("steps"):
-        parts.append(f"step {progress.get('step')}/{progress['steps']}")
-    loss = progress.get("loss")
-    if isinstance(loss, int | float):
-        parts.append(f"loss: {loss:.5f}")
-    return key, "  ".join(parts)
+def planned_epochs(base_models: object, config: object) -> list[tuple[str, int]]:
+    """Each model of the run, in training order, with the epochs it is set to train."""
+    keys = [str(k) for k in base_models] if isinstance(base_models, list) else []
+    try:
+        spec = runspec.load(config if isinstance(config, dict) else {})
+    except runspec.SpecError:
+        return [(k, 1) for k in keys]
+    return [(k, spec.models[k].epochs if k in spec.models else 1) for k in keys]
+
+
+# what the admin panel's parsers look for (docs/training.md, "What CivicAI reads"): text that
+# is not one of its lines must not look like one
+_PANEL_LOOKALIKES = (
+    (re.compile(r"Epoch (\d+)\s*/\s*(\d+)"), r"epoch \1 of \2"),
+    (re.compile(r"(loss)\s*[=:]", re.IGNORECASE), r"\1"),
+    (re.compile(r"DNA\s*:"), "DNA"),
+)
+
+
+def not_made_current(reason: str) -> str:
+    """`Not made current: <reason>`, the line for a run the gate held back, written so that
+    none of the panel's patterns (Epoch i/N, loss:, DNA:) match it."""
+    text = " ".join(shown(reason).split())
+    for pattern, replacement in _PANEL_LOOKALIKES:
+        text = pattern.sub(replacement, text)
+    return f"Not made current: {text}"
+
+
+class EpochLines:
+    """The lines CivicAI's admin panel parses, from the run's progress: `Epoch i/N` counted
+    over the whole run (model x epoch: the second model's first epoch follows the first
+    model's last), so the panel's bar never runs backwards, and a `loss:` line at each
+    epoch's end."""
+
+    def __init__(self, planned: list[tuple[str, int]]) -> None:
+        self.offset: dict[str, int] = {}
+        self.index: dict[str, int] = {}
+        total = 0
+        for position, (key, epochs) in enumerate(planned, start=1):
+            self.offset[key], self.index[key] = total, position
+            total += epochs
+        self.total = max(total, 1)
+        self.models = len(planned)
+        self.models_flushed = 0  # the models whose every epoch end has a line
+        self.high = 0  # the highest i printed: a line never goes below it
+        self.ended: set[tuple[str, int]] = set()
+        self.last: tuple[Any, ...] = ()
+
+    def echo(self, lines: list[str]) -> None:
+        for line in lines:
+            click.echo(line)
+
+    def _line(self, key: str, epoch: int, rest: list[str]) -> list[str]:
+        i = min(self.offset.get(key, 0) + epoch, self.total)
+        if i < self.high:
+            return []
+        self.high = i
+        model = f"model {self.index.get(key, 1)}/{self.models}"
+        return ["  ".join([f"Epoch {i}/{self.total}", model, shown(key), *rest])]
+
+    def epoch_end(self, key: str, epoch: int, loss: float) -> list[str]:
+        if (key, epoch) in self.ended:
+            return []
+        self.ended.add((key, epoch))
+        return self._line(key, epoch, ["epoch end", f"loss: {loss:.5f}"])
+
+    def trained(self, models: list[tuple[str, list[float]]]) -> list[str]:
+        """The epoch ends of the models trained so far (their rows), not yet printed."""
+        out: list[str] = []
+        for key, losses in models:
+            for epoch, loss in enumerate(losses, start=1):
+                out += self.epoch_end(key, epoch, loss)
+            self.models_flushed = max(self.models_flushed, self.index.get(key, 0))
+        return out
+
+    def progress(self, p: dict[str, Any]) -> list[str]:
+        """One line per new step, after the lines of the epochs that ended before it."""
+        key = p.get("model")
+        if not key or not p.get("epochs"):
+            return []
+        key, now = str(key), int(p.get("epoch") or 1)
+        ends = [
+            (epoch, float(loss))
+            for epoch, loss in enumerate(p.get("epoch_losses") or [], start=1)
+            if isinstance(loss, int | float)
+        ]
+        # the ends of earlier epochs, then this step, then this epoch's end (when it is over)
+        out = [line for e, loss in ends if e < now for line in self.epoch_end(key, e, loss)]
+        where = (key, p.get("epoch"), p.get("step"))
+        if where != self.last and p.get("step"):
+            self.last = where
+            rest = [f"step {p.get('step')}/{p['steps']}"] if p.get("steps") else []
+            loss = p.get("loss")
+            if isinstance(loss, int | float):
+                rest.append(f"loss: {loss:.5f}")
+            out += self._line(key, now, rest)
+        return out + [line for e, loss in ends if e >= now for line in self.epoch_end(key, e, loss)]

@@ -68,6 +68,9 @@ class ReportsProgress(KeepsBestEpoch):
                 "tokens_per_s": round(rate, 1),
                 "eta_s": round(eta_s, 1),
                 "eta_excludes": excluded,
+                # each finished epoch's training loss: `oneseekctl train` prints `loss:` at
+                # every epoch's end from it, also for an epoch whose end it did not see
+                "epoch_losses": [round(loss, 5) for loss in pos.train_losses],
                 "device": self.device.name,
                 **(now or {}),
             },
