@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -15,6 +17,7 @@ from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import columns, iso, shown
 from oneseekd.cli.read import Row, open_reader
 from oneseekd.home import HomePaths
+from oneseekd.times import human_age, human_text, utcnow
 
 RUN_NOW_COLUMNS = (
     *("run_id", "host", "base_models", "version", "attempts", "started_at", "heartbeat_at"),
@@ -146,6 +149,9 @@ def describe_progress(p: dict[str, Any]) -> str:
     )
 
 
+MIN_WATCH_SECONDS = 0.5  # below it, --watch is refused: a refresh loop, not a busy one
+
+
 @click.command("status")
 @json_option
 @click.option(
@@ -153,9 +159,14 @@ def describe_progress(p: dict[str, Any]) -> str:
     "watch",
     is_flag=False,
     flag_value=2.0,
-    type=float,
+    type=click.FloatRange(min=MIN_WATCH_SECONDS),
     default=None,
-    help="Refresh every N seconds (default 2) until Ctrl-C.",
+    metavar="SECONDS",
+    help=(
+        f"Refresh every SECONDS (default 2, at least {MIN_WATCH_SECONDS}) until Ctrl-C. On a "
+        "terminal the screen is redrawn; piped, each refresh follows a time line; with --json, "
+        "one compact JSON object per line (NDJSON)."
+    ),
 )
 @click.pass_obj
 def status_cmd(obj: Context, as_json: bool, watch: float | None) -> None:
@@ -163,12 +174,19 @@ def status_cmd(obj: Context, as_json: bool, watch: float | None) -> None:
     if watch is None:
         show_status(obj, as_json)
         return
+    redraw = sys.stdout.isatty() and not as_json
     try:
         while True:
-            if not as_json:
-                click.clear()
-            show_status(obj, as_json)
-            time.sleep(max(watch, 0.2))
+            if as_json:  # NDJSON: one object a line, for `jq` or a program reading the pipe
+                click.echo(json.dumps(gather(obj), separators=(",", ":"), default=str))
+            else:
+                if redraw:
+                    click.clear()
+                else:  # piped: the refreshes stay apart, each with its time
+                    click.echo(f"--- {human_text(utcnow())} ---")
+                show_status(obj, False)
+            sys.stdout.flush()
+            time.sleep(watch)
     except KeyboardInterrupt:
         pass
 
@@ -187,7 +205,7 @@ def show_status(obj: Context, as_json: bool) -> None:
             activity = activity.split(":", 1)[0]
         click.echo(
             f"oneseekd: running (pid {d['pid']}), {shown(activity)}, "
-            f"last heartbeat {d['heartbeat_at']}"
+            f"last heartbeat {human_age(d['heartbeat_at'])}"
         )
     else:
         home = shown(data["home"])
@@ -235,7 +253,7 @@ def show_status(obj: Context, as_json: bool) -> None:
         models = shown(", ".join(r["base_models"] or []))
         click.echo(
             f"recent:   {shown(r['run_id'])} {shown(r['state'])} v{shown(r['version'])} "
-            f"({models}) {r['finished_at'] or ''}"
+            f"({models}) {human_text(r['finished_at']) if r['finished_at'] else ''}"
             + (f" \u2014 {shown(r['reason'])}" if r["reason"] else "")
         )
         if r["held_back"]:
