@@ -1,5 +1,6 @@
-"""structlog set-up: one JSON object per line on stderr, stable snake_case event names; and
-how a run log's lines read as text (the run's error, `oneseekctl show`)."""
+"""structlog set-up: one JSON object per line on stderr (human lines on a terminal), stable
+snake_case event names; and how a run log's lines read as text (the run's error, `oneseekctl
+show`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -30,21 +31,56 @@ def _lead_with_time_level_event(
     return {**lead, **event}
 
 
-def configure_logging(level: str, stream: TextIO | None = None) -> None:
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
+def human_wanted(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
+    """The one switch between the two renderers: human lines for a person at a terminal, JSON
+    lines for everything else (a pipe, a file, the journal). systemd sets JOURNAL_STREAM for a
+    unit whose stderr is the journal; ONESEEK_LOG_FORMAT=json or human decides outright."""
+    env = os.environ if env is None else env
+    chosen = env.get("ONESEEK_LOG_FORMAT", "").strip().lower()
+    if chosen in ("json", "human"):
+        return chosen == "human"
+    if env.get("JOURNAL_STREAM"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or a stand-in stream
+        return False
+
+
+def configure_logging(level: str, stream: TextIO | None = None, human: bool | None = None) -> None:
+    """Every process's structlog: JSON lines (timestamp, level and event first), or, when
+    `human` (by default: human_wanted(stream)), structlog's ConsoleRenderer in the one human
+    time format. The trainer always writes JSON: its stderr is the run log."""
+    out = stream or sys.stderr
+    if human is None:
+        human = human_wanted(out)
+    rendering: list[Any] = (
+        [
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=True),
+            structlog.dev.ConsoleRenderer(
+                colors="NO_COLOR" not in os.environ,  # https://no-color.org
+                exception_formatter=structlog.dev.plain_traceback,
+            ),
+        ]
+        if human
+        else [
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _lead_with_time_level_event,
             structlog.processors.JSONRenderer(sort_keys=False),
+        ]
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            *rendering,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         # one write per line, the newline included: the ranks of a torchrun share the run log's
         # descriptor, and print()'s two writes (the text, then "\n") on Python's write-through
         # stderr let another rank's line land between them
-        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
 

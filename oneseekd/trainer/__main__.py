@@ -137,7 +137,7 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--run-id", required=True)
     args = parser.parse_args(argv)
     level = os.environ.get("ONESEEK_LOG_LEVEL", "info")
-    configure_logging(level)
+    configure_logging(level, human=False)  # the run log is JSON lines, whatever its stream
     capture_library_output(level)  # the run log is JSON lines, libraries' output included
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
