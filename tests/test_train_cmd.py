@@ -93,7 +93,7 @@ def test_options_oneseekd_does_not_take_yet_are_refused_by_name(tmp_path: Path) 
     assert done.exit_code == 2
     assert done.output == (
         "Error: the training start was refused\n"
-        "  - unknown argument '--bogus'\n"
+        "  - unknown argument '--bogus' (`oneseekctl train --help` lists the flags)\n"
         "  - oneseekd does not support --deepspeed-stage yet; leave it out (nothing is "
         "ignored silently)\n"
         f"  - MODELS_DIR={tmp_path}/models is not this home's models folder "
