@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 from trainhomes import TinyHome
 
@@ -28,16 +31,29 @@ def reports(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return seen
 
 
+@pytest.fixture
+def logged() -> Iterator[list[MutableMapping[str, Any]]]:
+    """The events logged meanwhile, info included: an earlier test may have set structlog to
+    warnings (the CLI's full machinery does)."""
+    before = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as events:
+            yield events
+    finally:
+        structlog.configure(**before)
+
+
 @pytest.mark.timeout(400)
 def test_every_phase_after_the_steps_is_reported_logged_and_counted(
-    tmp_path: Path, cache: Path, reports: list[dict[str, Any]]
+    tmp_path: Path, cache: Path, reports: list[dict[str, Any]], logged: list[Any]
 ) -> None:
     home = TinyHome(tmp_path / "home", cache, {"Tiny-Llama": "llama"})
     try:
         home.train(["llama"], epochs=1)  # made current: the next run compares with it
         reports.clear()
-        with capture_logs() as logged:
-            home.train(["llama"], epochs=2)
+        logged.clear()
+        home.train(["llama"], epochs=2)
     finally:
         home.engine.dispose()
     started = [e["phase"] for e in logged if e["event"] == "phase_started"]
@@ -58,6 +74,10 @@ def test_every_phase_after_the_steps_is_reported_logged_and_counted(
     compare = [r for r in named if r["phase"] == phases.COMPARING]
     assert compare[0]["step"] == last_step and compare[0]["unit"] == "batches"
     assert compare[-1]["done"] == compare[-1]["total"] > 0
+    # while the samples are written, nothing timed is left: no evaluation counted twice
+    for r in named:
+        if r["phase"] == phases.SAMPLES:
+            assert (r["eta_s"], r["eta_excludes"]) == (0.0, [phases.CERTIFYING])
     # after the base evaluation was timed, the ETA counts the evaluations to come and
     # says which phases it does not count
     stepping = [r for r in reports if r.get("step") and not r.get("phase")]

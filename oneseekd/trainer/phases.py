@@ -11,7 +11,7 @@ guessed: the progress names them in `eta_excludes`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 BASE = "evaluating held-out: base"
 TRAINED = "evaluating held-out: trained"
@@ -30,6 +30,7 @@ class Timing:
 
     evaluation_seconds: float | None = None  # one held-out evaluation, all its batches
     spent: float = 0.0  # seconds in phases so far: not training steps, left out of step speed
+    done: set[str] = field(default_factory=set)  # the phases that have run (for this model)
 
 
 @dataclass(frozen=True)

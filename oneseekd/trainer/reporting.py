@@ -41,17 +41,18 @@ class ReportsProgress(KeepsBestEpoch):
         per_step = elapsed / max(pos.step - first_step, 1)
         evaluations = epochs - len(pos.val_losses)
         left = 0.0
-        if now and now["phase"] in phases.EVALUATIONS and now["total"]:
-            left = 1 - now["done"] / now["total"]
-            evaluations -= 1 if now["phase"] == phases.TRAINED else 0
-            evaluations += 1 if now["phase"] == phases.BASE else 0
+        phase = (now or {}).get("phase")
+        if now and phase in phases.EVALUATIONS and now["total"]:
+            left = 1 - now["done"] / now["total"]  # the evaluation under way
+            evaluations -= 1 if phase == phases.TRAINED else 0  # counted by `left`
+        done = self.timing.done
         ahead = phases.Ahead(
             self.total_steps - pos.step,
             per_step,
             max(evaluations, 0),
             left,
-            self.compares and (now or {}).get("phase") != phases.COMPARING,
-            self.samples and (now or {}).get("phase") != phases.SAMPLES,
+            self.compares and phases.COMPARING not in done and phase != phases.COMPARING,
+            self.samples and phases.SAMPLES not in done and phase != phases.SAMPLES,
         )
         eta_s, excluded = phases.eta(ahead, self.timing)
         self.progress.report(
@@ -103,6 +104,7 @@ class ReportsProgress(KeepsBestEpoch):
         yield tick
         seconds = time.monotonic() - started
         self.timing.spent += seconds
+        self.timing.done.add(name)
         if name in phases.EVALUATIONS:
             self.timing.evaluation_seconds = seconds
         if main:
