@@ -51,9 +51,9 @@ def human_text(value: datetime | str | None) -> str:
         return "-"
     if isinstance(value, str):
         try:
-            value = read_time(value)
+            value = read_time(text := value)
         except ValueError:
-            return value
+            return text
     if value.tzinfo is None:  # a naive time read back from SQLite is UTC
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).strftime(HUMAN_FORMAT)
@@ -65,9 +65,9 @@ def human_age(value: datetime | str | None, now: datetime | None = None) -> str:
         return "never"
     if isinstance(value, str):
         try:
-            value = read_time(value)
+            value = read_time(text := value)
         except ValueError:
-            return value
+            return text
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     seconds = max(0, int(((now or utcnow()) - value).total_seconds()))

@@ -198,6 +198,8 @@ class TrainingRequest(Base):
     claim: Mapped[str | None] = mapped_column(String(100), nullable=True, unique=True)
     content_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     request_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # the sha256 of the request as read and of its dataset's bytes (intake/accept.py)
+    duplicate_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     problems: Mapped[list[str] | None] = mapped_column(JSONText, nullable=True)
     run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
