@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from homes import ctl_text, home_with_a_queued_run
+from homes import ctl_text, drop, home_with_a_queued_run, open_home, request, training_home
 
 from oneseekd.cli import status as status_module
+from oneseekd.intake.accept import Intake
+from oneseekd.intake.dropfolder import DropFolder
 
 
 @pytest.fixture
@@ -96,3 +98,22 @@ def test_watch_json_is_one_compact_object_a_line(
     assert len(lines) == 3
     for line in lines:
         assert json.loads(line)["recent_runs"][0]["run_id"] == run_id
+
+
+def test_status_names_the_newest_refusal(tmp_path: Path) -> None:
+    """Item 5 of issue 30, on status's screen: a refused file is seen without opening
+    requests/rejected/ (the line is cli/requests.py's refusal_line)."""
+    root = training_home(tmp_path / "home")
+    config, engine = open_home(root)
+    try:
+        drop(root, "typo.json", json.dumps(request(epoch=2)))
+        DropFolder(Intake(engine, config.home), config.home, settle=0).poll()
+    finally:
+        engine.dispose()
+    code, out, _ = ctl_text(root, "status")
+    assert code == 0
+    [line] = [line for line in out.splitlines() if line.startswith("rejected: ")]
+    assert line.startswith("rejected: typo.json ")
+    assert "unknown field 'epoch'" in line
+    data = json.loads(ctl_text(root, "status", "--json")[1])
+    assert data["last_refusal"]["name"] == "typo.json"

@@ -16,6 +16,7 @@ from oneseekd.certify.layout import current_summary, run_dna, run_gate
 from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import columns, iso, shown
 from oneseekd.cli.read import Row, open_reader
+from oneseekd.cli.requests import last_refusal, refusal_line
 from oneseekd.home import HomePaths
 from oneseekd.times import human_age, human_text, utcnow
 
@@ -39,6 +40,7 @@ def gather(obj: Context) -> dict[str, Any]:
         running = reader.running()
         recent = reader.recent(5)
         counts = reader.queue_counts()
+        refusal = last_refusal(reader)  # the newest of the last day, if any
     finally:
         reader.close()
     states = Counter(r.state for r in rows if r.host == host)
@@ -66,6 +68,8 @@ def gather(obj: Context) -> dict[str, Any]:
             "other_hosts_ready": dict(sorted(others.items())),
         },
         "queue": {"queued": counts.get("queued", 0), "running": counts.get("running", 0)},
+        # the newest rejected or duplicate request of the last day (cli/requests.py), or null
+        "last_refusal": refusal,
         "current_run": None if current is None else _run_now(current),
         # the certified run oneseek-certified/OneSeek-7B-Zero-CURRENT names (not the running one)
         "current_model": current_summary(obj.config.home),
@@ -226,6 +230,8 @@ def show_status(obj: Context, as_json: bool) -> None:
         click.echo(f"current:  none ({shown(now['problem'])})")
     q = data["queue"]
     click.echo(f"queue:    {q['queued']} queued, {q['running']} running")
+    if data["last_refusal"]:  # `rejected: typo.json 2 min ago — unknown field 'epoch'`
+        click.echo(refusal_line(data["last_refusal"]))
     if run and not d["running"]:  # nobody trains it: no live bar, it waits for the daemon
         models = shown(", ".join(run["base_models"] or []))
         click.echo(
