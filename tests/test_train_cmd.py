@@ -179,10 +179,17 @@ def test_a_training_start_prints_what_the_admin_panel_parses(home: Path) -> None
     assert dna is not None and lines[-1] == f"DNA: {dna.group(1)}"
     certified = home / "models" / "oneseek-certified"
     assert os.readlink(certified / "run-2026-12-01-10-00-00") == dna.group(1)
-    # refused by the validator: exit 2, nothing queued
-    again = _train(home, ARGV)  # the same RUN_ID again
+    # refused by the validator: exit 2, nothing queued. The same request on the same data
+    # repeats a run that succeeded (a duplicate, named); another with the same RUN_ID clashes
+    again = _train(home, ARGV)
     out, err = again.communicate(timeout=60)
     assert again.returncode == 2, out + err
+    assert "duplicate of request #1: run run-2026-12-01-10-00-00 succeeded" in err
+    other = [*ARGV]
+    other[other.index("--seed") + 1] = "8"
+    clash = _train(home, other)  # the same RUN_ID again
+    out, err = clash.communicate(timeout=60)
+    assert clash.returncode == 2, out + err
     assert "run id run-2026-12-01-10-00-00 already exists" in err
     assert len(query(home, "SELECT * FROM runs")) == 1
 
