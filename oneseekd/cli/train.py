@@ -29,6 +29,7 @@ import click
 
 from oneseekd.cli.context import Context
 from oneseekd.cli.display import shown, shown_lines
+from oneseekd.cli.flaghelp import OPTIMIZERS, SCHEDULERS  # submit's help has the same choices
 from oneseekd.errors import OneseekError
 from oneseekd.spec.names import BY_FLAG, request_from_flags
 
@@ -195,11 +196,6 @@ class Help:
     choices: tuple[str, ...] = ()
 
 
-SCHEDULERS = (
-    *("linear", "cosine", "cosine_with_restarts", "polynomial", "constant"),
-    *("constant_with_warmup", "cosine_with_min_lr"),
-)
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor")
 HELP: tuple[tuple[str, tuple[Help, ...]], ...] = (
     (
         "What to train",
