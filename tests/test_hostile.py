@@ -663,7 +663,9 @@ def test_the_daemon_fails_runs_of_code_and_pickles_without_running_them(
     }
     state, outcome, error = ended[runs["evil-remote"]]
     assert (state, outcome) == ("failed", "error")
-    assert error.startswith("the trainer exited with status 65\n")
+    # the trainer's own reason is the cause line; how it exited and its log follow
+    assert error.startswith(REMOTE_REFUSAL)
+    assert "\n(the trainer exited with status 65; the end of its log:)\n" in error
     assert f"Error: {REMOTE_REFUSAL}" in error
     state, outcome, error = ended[runs["evil-tokenizer"]]
     assert (state, outcome) == ("failed", "error")
