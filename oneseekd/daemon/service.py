@@ -112,7 +112,7 @@ class Daemon:
             exit_when_idle=self.exit_when_idle,
         )
         cfg.home.ensure()
-        engine = migrate.open_database(cfg.db_url)
+        engine = migrate.open_database(cfg.db_url, cfg.trainer.lease_seconds)
         self._database = DatabaseFile(engine)
         self._register(engine)
         catalog = Catalog(
