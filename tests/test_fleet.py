@@ -1,7 +1,7 @@
 """A fleet on one PostgreSQL database (issue 31, docs/scale-out.md): a host frozen inside its
 lease renewal loses its run within one lease plus one heartbeat, request files dropped during
-an outage are decided once it ends, and daemons that start together on an empty database all
-come up.
+an outage are decided once it ends, a second live daemon under one host name is refused, and
+daemons that start together on an empty database all come up.
 
 The freeze is aimed as the crash harness aims its kill points: at the instant inside the
 renewal transaction, after the statement that locks the run's row, with the transaction left
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon import DaemonProcess
 from homes import drop, migrated, open_home, request, training_home
 from pg import Outsider
 from sqlalchemy import Engine, event
@@ -27,7 +28,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from oneseekd import queue
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
-from oneseekd.db.engine import make_engine, session_limits
+from oneseekd.daemon import identity
+from oneseekd.db.engine import make_engine, read_session, session_limits, write_session
+from oneseekd.db.models import Daemon as DaemonRow
+from oneseekd.db.models import utcnow
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import DropFolder
 
@@ -279,3 +283,79 @@ def test_a_decision_that_did_not_commit_is_made_again_at_the_next_poll(
         "r2.json",
     ]
     assert list((requests / ".claimed").iterdir()) == []
+
+
+# --- item 3: one live daemon per host name --------------------------------------------------
+def _daemon(home: Path, url: str, host: str) -> DaemonProcess:
+    env = {"ONESEEK_HOST": host, "ONESEEK_LOG_FORMAT": "json"}
+    return DaemonProcess(home, "--db-url", url, env=env)
+
+
+def test_a_second_daemon_under_a_live_host_name_is_refused_and_touches_nothing(
+    tmp_path: Path, pg_url: str
+) -> None:
+    first = _daemon(training_home(tmp_path / "home-a"), pg_url, "gpu-3")
+    try:
+        first.wait_event("daemon_ready", timeout=60)
+        home_b = training_home(tmp_path / "home-b")
+        second = _daemon(home_b, pg_url, "gpu-3")
+        code = second.proc.wait(60)
+        second.kill()
+        text = second.log_path.read_text()
+        assert code == 4, text
+        assert "host name gpu-3 is in use by a live daemon" in text
+        assert f"pid {first.proc.pid}, home {(tmp_path / 'home-a').resolve()}" in text
+        assert "this machine" in text and "[catalog] host" in text
+        assert first.proc.poll() is None  # the live one runs on
+        # under a name of its own, the second host starts beside it
+        other = _daemon(home_b, pg_url, "gpu-4")
+        try:
+            other.wait_event("daemon_ready", timeout=60)
+        finally:
+            other.stop()
+    finally:
+        first.stop()
+
+
+def test_a_daemon_restarted_on_its_own_home_is_not_its_own_namesake(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A SIGKILLed daemon's row keeps a fresh heartbeat; its restart on the same home and
+    machine (systemd's, seconds later) knows it for a predecessor and starts."""
+    home = training_home(tmp_path / "home")
+    first = _daemon(home, pg_url, "gpu-3")
+    first.wait_event("daemon_ready", timeout=60)
+    first.kill()
+    again = _daemon(home, pg_url, "gpu-3")
+    try:
+        again.wait_event("daemon_ready", timeout=60)
+    finally:
+        again.stop()
+
+
+def test_a_namesake_on_this_machine_that_died_is_not_alive(tmp_path: Path, pg_url: str) -> None:
+    """Another home's daemon on this machine that died without a word (its pid is gone) does
+    not keep the name, fresh heartbeat or not; one on another machine does."""
+    config, engine = migrated(training_home(tmp_path / "home"), pg_url)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = utcnow()
+    with write_session(engine) as session:
+        for pid, machine in ((dead.pid, identity.machine_id()), (dead.pid, "another-machine")):
+            session.add(
+                DaemonRow(
+                    host="gpu-3",
+                    pid=pid,
+                    version="x",
+                    started_at=now,
+                    heartbeat_at=now,
+                    home="/srv/other-home",
+                    machine=machine,
+                )
+            )
+    with read_session(engine) as session:
+        found = identity.live_namesake(
+            session, "gpu-3", str(config.home.root), identity.machine_id(), now, 60
+        )
+    engine.dispose()
+    assert found is not None and found.machine == "another-machine"
