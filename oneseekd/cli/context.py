@@ -65,7 +65,9 @@ class Context:
             from oneseekd.db.engine import make_engine
             from oneseekd.db.migrate import check_revision, upgrade
 
-            engine = make_engine(self.config.db_url)
+            engine = make_engine(
+                self.config.db_url, lease_seconds=self.config.trainer.lease_seconds
+            )
             revision = check_revision(engine)
             if revision.verdict == "empty":
                 if not (self.create or self.create_database):

@@ -177,6 +177,10 @@ class Daemon(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     activity: Mapped[str] = mapped_column(Text, default="starting")
+    # where it runs: the home's real path and the machine (daemon/identity.py); None on rows
+    # written before they were recorded
+    home: Mapped[str | None] = mapped_column(Text, nullable=True)
+    machine: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 REQUEST_STATUSES = ("pending", "queued", "rejected", "duplicate")

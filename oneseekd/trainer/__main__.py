@@ -160,7 +160,7 @@ def _main(argv: list[str] | None) -> int:
 
     from oneseekd.db.engine import make_engine
 
-    engine = make_engine(args.db_url)
+    engine = make_engine(args.db_url, lease_seconds=_lease_seconds())
     try:
         config = _stored_config(engine, args.run_id)
         # imported after the signal set-up: torch takes seconds to import
@@ -223,6 +223,18 @@ def _main(argv: list[str] | None) -> int:
         engine.dispose()
         leave(world)
     return protocol.EXIT_OK
+
+
+def _lease_seconds() -> float:
+    """The lease the daemon gave this trainer (protocol.ENV_LEASE_SECONDS); the default when
+    it was started by hand or the value is unreadable."""
+    from oneseekd.config import DEFAULT_LEASE_SECONDS
+
+    try:
+        value = float(os.environ.get(protocol.ENV_LEASE_SECONDS, ""))
+    except ValueError:
+        return DEFAULT_LEASE_SECONDS
+    return value if value > 0 else DEFAULT_LEASE_SECONDS
 
 
 if __name__ == "__main__":
