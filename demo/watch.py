@@ -43,11 +43,14 @@ def line_of(status: dict, seen_run: bool = False) -> str:
     queued = (status.get("queue") or {}).get("queued", 0)
     if queued:
         return f"{queued} queued: waiting for the trainer to start"
+    if seen_run:  # the daemon's own activity line is refreshed only every few seconds
+        recent = (status.get("recent_runs") or [{}])[0]
+        if recent.get("run_id"):
+            return f"{recent['run_id']}: {recent.get('state')}; oneseekd: nothing left, exiting"
+        return "oneseekd: nothing left to do, exiting"
     activity = daemon.get("activity")
     if daemon.get("running") and activity:
         return f"oneseekd: {activity}"
-    if seen_run:
-        return "oneseekd: nothing left to do, exiting"
     return "starting oneseekd: scanning the models, taking in the request"
 
 
