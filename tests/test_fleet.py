@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import DaemonProcess
+from daemon import DaemonProcess, wait_for
 from homes import drop, migrated, open_home, request, training_home
 from pg import Outsider
 from sqlalchemy import Engine, event
@@ -359,3 +359,52 @@ def test_a_namesake_on_this_machine_that_died_is_not_alive(tmp_path: Path, pg_ur
         )
     engine.dispose()
     assert found is not None and found.machine == "another-machine"
+
+
+def test_a_live_daemon_decides_files_dropped_during_an_outage_once_it_ends(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The daemon, running through a database outage, claims files dropped meanwhile, fails
+    to decide them, and decides each once the database is back: no file is left in
+    requests/.claimed/, and no restart is needed."""
+    home = training_home(tmp_path / "home")
+    database = pg_url.rsplit("/", 1)[1]
+    admin = Outsider(pg_url.rsplit("/", 1)[0] + "/postgres", home / "unused.db")
+    daemon = _daemon(home, pg_url, "gpu-1")
+    requests = home / "requests"
+    try:
+        daemon.wait_event("daemon_ready", timeout=60)
+        _outage(admin, database, down=True)
+        names = ["a.json", "b.json", "bad.json"]
+        drop(home, "a.json", request(seed=1))
+        drop(home, "b.json", request(seed=2))
+        drop(home, "bad.json", request(epochs=-1))
+        claimed = requests / ".claimed"
+        wait_for(
+            lambda: claimed.is_dir() and len(list(claimed.iterdir())) == 3,
+            timeout=30,
+            what="the files claimed during the outage",
+        )
+        wait_for(
+            lambda: any(
+                e.get("event") == "part_failed" and e.get("part") == "files"
+                for e in daemon.events()
+            ),
+            timeout=30,
+            what="a failed decision",
+        )
+        _outage(admin, database, down=False)
+
+        def decided() -> bool:
+            done = {p.name for p in (requests / "accepted").glob("*.json")}
+            done |= {p.name for p in (requests / "rejected").glob("*.json")}
+            return set(names) <= done and not list(claimed.iterdir())
+
+        wait_for(decided, timeout=60, what="every file decided after the outage")
+    finally:
+        _outage(admin, database, down=False)
+        admin.close()
+        daemon.stop()
+    assert daemon.proc.returncode == 0
+    assert sorted(p.name for p in (requests / "accepted").iterdir()) == ["a.json", "b.json"]
+    assert (requests / "rejected" / "bad.error.json").exists()
