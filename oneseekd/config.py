@@ -249,7 +249,8 @@ def _validate(
     settings = dataclasses.fields(cls)
     known = {s.name for s in settings}
     problems += [
-        f"{where}: unknown setting {key!r} (known: {', '.join(sorted(known))})"
+        f"{where}: unknown setting {key!r}{_did_you_mean(key, known)} "
+        f"(known: {', '.join(sorted(known))})"
         for key in sorted(set(table) - known)
     ]
     values: dict[str, Any] = {}
@@ -283,6 +284,14 @@ def _validate(
     if hasattr(made, "problems"):
         problems += made.problems()
     return made
+
+
+def _did_you_mean(key: str, known: set[str]) -> str:
+    """' (did you mean 'settle_seconds'?)' for a close known setting, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 SECTIONS: dict[str, type[Any]] = {

@@ -1,13 +1,16 @@
-"""structlog set-up: one JSON object per line on stderr, stable snake_case event names."""
+"""structlog set-up: one JSON object per line on stderr (human lines on a terminal), stable
+snake_case event names; and how a run log's lines read as text (the run's error, `oneseekctl
+show`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import sys
 import warnings
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -28,21 +31,56 @@ def _lead_with_time_level_event(
     return {**lead, **event}
 
 
-def configure_logging(level: str, stream: TextIO | None = None) -> None:
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
+def human_wanted(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
+    """The one switch between the two renderers: human lines for a person at a terminal, JSON
+    lines for everything else (a pipe, a file, the journal). systemd sets JOURNAL_STREAM for a
+    unit whose stderr is the journal; ONESEEK_LOG_FORMAT=json or human decides outright."""
+    env = os.environ if env is None else env
+    chosen = env.get("ONESEEK_LOG_FORMAT", "").strip().lower()
+    if chosen in ("json", "human"):
+        return chosen == "human"
+    if env.get("JOURNAL_STREAM"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or a stand-in stream
+        return False
+
+
+def configure_logging(level: str, stream: TextIO | None = None, human: bool | None = None) -> None:
+    """Every process's structlog: JSON lines (timestamp, level and event first), or, when
+    `human` (by default: human_wanted(stream)), structlog's ConsoleRenderer in the one human
+    time format. The trainer always writes JSON: its stderr is the run log."""
+    out = stream or sys.stderr
+    if human is None:
+        human = human_wanted(out)
+    rendering: list[Any] = (
+        [
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=True),
+            structlog.dev.ConsoleRenderer(
+                colors="NO_COLOR" not in os.environ,  # https://no-color.org
+                exception_formatter=structlog.dev.plain_traceback,
+            ),
+        ]
+        if human
+        else [
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _lead_with_time_level_event,
             structlog.processors.JSONRenderer(sort_keys=False),
+        ]
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            *rendering,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         # one write per line, the newline included: the ranks of a torchrun share the run log's
         # descriptor, and print()'s two writes (the text, then "\n") on Python's write-through
         # stderr let another rank's line land between them
-        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
 
@@ -103,8 +141,12 @@ def _warning_to_structlog(
 
 
 def _exception_to_structlog(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    error = f"{kind.__name__}: {value}"
     structlog.get_logger("oneseekd.trainer").error(
-        "trainer_crashed", exc_info=(kind, value, tb), error=f"{kind.__name__}: {value}"
+        "trainer_crashed",
+        exc_info=(kind, value, tb),
+        error=error,
+        reason=f"the trainer crashed: {' '.join(error.split())}",
     )
 
 
@@ -149,8 +191,93 @@ def render_log_line(line: str) -> str:
     event = data.pop("event")
     data.pop("timestamp", None)
     level = data.pop("level", "info")
+    data.pop("reason", None)  # the run's error already begins with it (daemon/outcome.py)
     text = data.pop("text", None) or data.pop("error", None)
     exception = data.pop("exception", None)
     rest = " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in data.items())
     shown = f"{level}: {event}" + (f": {text}" if text else "") + (f" ({rest})" if rest else "")
     return shown + (f"\n{exception}" if exception else "")
+
+
+# --- a run's failure as an operator reads it ----------------------------------------------------
+# Events that are a library's, or the daemon's own record of how it started the trainer: never
+# the cause of a failure, so they stay out of the excerpt a failed run stores (the run log
+# keeps them).
+NOISE_EVENTS = frozenset({"python_warning", "library_log", "trainer_started", "progress"})
+
+# `line 3: ...`, `  - record 2: ...`: a problem named by where it is, as the data checks write
+_WHERE = re.compile(r"^(?P<lead>\s*(?:- )?)(?P<kind>line|record) (?P<n>\d+): (?P<rest>.*)$")
+
+
+def grouped_lines(lines: list[str]) -> list[str]:
+    """Runs of the same problem at consecutive places as one line (`lines 1-20: ...`), and a
+    line repeated as it is as one line with its count: 20 records cut the same way read as one
+    cause, not twenty."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        match = _WHERE.match(lines[i])
+        j = i + 1
+        if match:
+            first = last = int(match["n"])
+            while j < len(lines):
+                nxt = _WHERE.match(lines[j])
+                same = nxt and (nxt["lead"], nxt["kind"], nxt["rest"]) == (
+                    match["lead"],
+                    match["kind"],
+                    match["rest"],
+                )
+                if not (nxt and same and int(nxt["n"]) == last + 1):
+                    break
+                last = int(nxt["n"])
+                j += 1
+            if last > first:
+                where = f"{match['kind']}s {first}\u2013{last}"
+                out.append(f"{match['lead']}{where}: {match['rest']}")
+                i = j
+                continue
+        while j < len(lines) and lines[j] == lines[i]:
+            j += 1
+        out.append(lines[i] + (f" (\u00d7{j - i})" if j - i > 1 else ""))
+        i = j
+    return out
+
+
+def one_line_reason(message: str, problems: list[str]) -> str:
+    """An error and its problems as one line, the run's cause: the message, then its first
+    problem (grouped, so `lines 1-20: ...` when twenty records fail the same way), then how
+    many others there are."""
+    if not problems:
+        return " ".join(message.split())
+    shown = grouped_lines([" ".join(p.split()) for p in problems])
+    more = len(shown) - 1
+    return f"{' '.join(message.split())}: {shown[0]}" + (
+        f" (and {more} other problem{'s' if more > 1 else ''})" if more else ""
+    )
+
+
+def is_noise(line: str) -> bool:
+    """A run log line that is a library's warning or log line, or the daemon's record of the
+    trainer's argv: left out of a failed run's excerpt."""
+    if not line.startswith("{"):
+        return False
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("event") in NOISE_EVENTS
+
+
+def log_reason(lines: list[str]) -> str | None:
+    """The trainer's own one-line reason for ending, the last `reason` a run log's JSON events
+    carry (trainer_refused, trainer_out_of_memory, trainer_crashed write one), or None."""
+    for line in reversed(lines):
+        if not line.startswith("{"):
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("reason"), str) and data["reason"]:
+            return str(data["reason"])
+    return None

@@ -74,6 +74,26 @@ def _candidates(requested_key: str, keys: list[str], strategy: str) -> list[str]
     return [k for k in keys if squashed in _squash(k) or _squash(k) in squashed]
 
 
+def closest_key(key: str, pool: list[str]) -> str | None:
+    """The key a mistyped name most likely means, or None. A key is compared whole and by
+    its parts too (`mistrl` is far from `mistral-7b-instruct` as a whole, below difflib's
+    cutoff, but one letter from its part `mistral`); of several, the closest."""
+    best: tuple[float, str] | None = None
+    for candidate in pool:
+        parts = candidate.split("-")
+        # the key, each part, and each run of parts as long as the name has
+        pieces = {candidate, *parts}
+        size = key.count("-") + 1
+        pieces |= {"-".join(parts[i : i + size]) for i in range(len(parts))}
+        score = max(difflib.SequenceMatcher(None, key, p).ratio() for p in pieces if p)
+        if score >= 0.75 and (best is None or score > best[0]):
+            best = (score, candidate)
+    if best is not None:
+        return best[1]
+    close = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def match_model(requested: str, keys: Iterable[str]) -> Match:
     """Resolve one requested name against catalog keys, or raise naming the candidates.
 
@@ -97,8 +117,8 @@ def match_model(requested: str, keys: Iterable[str]) -> Match:
                 f"it matches {', '.join(found)}; use the full key of one of them"
             )
     available = ", ".join(pool) if pool else "none (the catalog is empty)"
-    close = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    close = closest_key(key, pool)
+    hint = f" (did you mean {close!r}?)" if close else ""
     raise ModelResolutionError(
         f"model name {requested!r} matches no base model{hint}; available: {available}"
     )

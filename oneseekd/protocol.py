@@ -22,6 +22,9 @@ ENV_COLLECTIVE_TIMEOUT = "ONESEEK_COLLECTIVE_TIMEOUT"  # seconds a rank waits on
 # status it meant to this folder as rank-<n>; the supervisor reads them back
 ENV_EXIT_DIR = "ONESEEK_EXIT_DIR"
 ENV_HOST = "ONESEEK_HOST"  # whose catalog rows the child trains from
+# [trainer] lease_seconds: the child's database sessions are bounded by it on PostgreSQL, as
+# the daemon's are (db/engine.session_limits), so a frozen trainer never holds the run's row
+ENV_LEASE_SECONDS = "ONESEEK_LEASE_SECONDS"
 
 OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "MemoryError")
 

@@ -547,7 +547,7 @@ class CrashRun:
         models = self.rng.choice([["tiny-llama"], ["tiny-qwen"], ["tiny-llama", "tiny-qwen"]])
         if kind == "valid":
             body = small_request(self.seed * 1000 + n, models)
-        elif kind == "duplicate":  # the same bytes as an accepted request, when there is one
+        elif kind == "duplicate":  # an accepted request again: a duplicate unless its run failed
             accepted = sorted((self.home / "requests" / "accepted").glob("*.json"))
             body = json.loads(accepted[0].read_text()) if accepted else small_request(n, models)
         else:

@@ -25,6 +25,10 @@ def seed(home: Path) -> None:
         make_model(base, name)
     broken = make_model(home / "models", "broken-model")
     (broken / "config.json").write_text("[]")
+    # a home has its database (the daemon's start or `db upgrade` makes it): a read command
+    # never makes one
+    code, _, err = ctl_text(home, "db", "upgrade")
+    assert code == 0, err
 
 
 def test_models_json_lists_the_catalog_without_a_daemon(home: Path) -> None:
@@ -142,7 +146,7 @@ def test_an_outdated_database_is_left_to_db_upgrade(home: Path) -> None:
 
 def test_no_home_is_an_error_naming_the_fix() -> None:
     result = CliRunner().invoke(main, ["status"], env={"ONESEEK_HOME": None})
-    assert result.exit_code == 2
+    assert result.exit_code == 78  # configuration (docs/interface.md, "Exit codes")
     assert "pass --home DIR or set ONESEEK_HOME=DIR" in result.stderr
 
 

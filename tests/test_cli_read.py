@@ -134,7 +134,11 @@ def test_an_unknown_run_is_an_error_naming_the_fix(queued_home: tuple[Path, str]
     home, _ = queued_home
     code, _, err = ctl_text(home, "show", "run-nope")
     assert code == 1
-    assert err.strip() == ("Error: no run 'run-nope'\n  - list the runs with `oneseekctl runs`")
+    assert err.splitlines() == [
+        "Error: no run 'run-nope'",
+        "  - name a run id, a DNA, a version (v1.2), the end of either (318fcc), latest or current",
+        "  - list the runs with `oneseekctl runs`",
+    ]
 
 
 def test_another_database_is_read_with_sqlalchemy_core_only(

@@ -114,8 +114,9 @@ def test_a_refused_request_prints_every_problem_and_exits_1(fake_home: Path) -> 
     datasets = fake_home.resolve() / "datasets"
     assert result.stderr.splitlines() == [
         "Error: the request was refused",
-        f"  - dataset 'nope.jsonl' does not exist in {datasets}/; put the file under "
-        f"{datasets}/ and name it relative to that folder",
+        f"  - dataset 'nope.jsonl' does not exist in {datasets}/; the dataset files there, "
+        f"closest first: civic.jsonl; put the file under {datasets}/ and name it relative to "
+        "that folder",
         "  - base_models: model name '7b' is ambiguous (containment match): it matches "
         "mistral-7b-instruct, qwen-2-5-7b; use the full key of one of them",
     ]
@@ -128,7 +129,8 @@ def test_the_same_request_id_is_not_queued_twice(fake_home: Path) -> None:
     assert first.exit_code == 0 and second.exit_code == 0
     run_id = first.stdout.split()[3]
     assert second.stdout.strip() == (
-        f"Not queued again: duplicate of request #1 (run {run_id}); it was not queued twice."
+        f"Not queued again: duplicate of request #1: run {run_id} is queued; the same "
+        "request_id ('n1') is always this request: give a new `request_id` to train it again."
     )
     assert len(json.loads(ctl(fake_home, "runs", "--json").stdout)) == 1
 
@@ -136,23 +138,24 @@ def test_the_same_request_id_is_not_queued_twice(fake_home: Path) -> None:
 def test_runs_show_and_cancel_a_queued_run(fake_home: Path) -> None:
     run_id = submitted(fake_home, "qwen")
     listing = ctl(fake_home, "runs").stdout.splitlines()
+    # one column says the state (the outcome only when it says more)
     assert listing[0].split() == [
         "RUN",
         "STATE",
         "VERSION",
+        "DNA",
         "MODELS",
         "QUEUED",
         "FINISHED",
-        "OUTCOME",
+        "GAIN",
     ]
-    assert listing[1].split()[:4] == [run_id, "queued", "1.0", "qwen-2-5-7b"]
+    assert listing[1].split()[:5] == [run_id, "queued", "1.0", "-", "qwen-2-5-7b"]
     cancelled = ctl(fake_home, "cancel", run_id)
     assert cancelled.stdout.strip() == f"Cancelled run {run_id} (it was still queued)."
+    # cancelling an ended run again is done already, like `systemctl stop`: exit 0
     again = ctl(fake_home, "cancel", run_id)
-    assert again.exit_code == 1
-    assert (
-        again.stderr.strip() == f"Error: run {run_id} already ended (cancelled); nothing to cancel"
-    )
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip() == f"Run {run_id} had already ended (cancelled)."
     shown = ctl(fake_home, "show", run_id).stdout
     assert f"run {run_id}: cancelled\n" in shown  # the outcome only when it says more
     assert "queued -> cancelled  cancelled while queued" in shown
@@ -162,10 +165,12 @@ def test_runs_show_and_cancel_a_queued_run(fake_home: Path) -> None:
 
 
 def test_show_an_unknown_run_names_the_fix(fake_home: Path) -> None:
+    assert ctl(fake_home, "db", "upgrade").exit_code == 0
     result = ctl(fake_home, "show", "run-nope")
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         "Error: no run 'run-nope'",
+        "  - name a run id, a DNA, a version (v1.2), the end of either (318fcc), latest or current",
         "  - list the runs with `oneseekctl runs`",
     ]
 

@@ -163,7 +163,7 @@ def test_exit_when_idle_exits_once_the_catalog_is_current(live_home: Path) -> No
 def test_a_bad_config_stops_the_daemon_with_every_problem(live_home: Path) -> None:
     (live_home / "oneseekd.toml").write_text('log_level = "loud"\n[catalog]\nsettle = 1\n')
     done = refused_start(live_home)
-    assert done.returncode == 2
+    assert done.returncode == 78  # configuration (oneseekd/errors.py)
     assert "Error: the configuration in" in done.stderr
     assert "log_level must be one of debug, info, warning, error, got 'loud'" in done.stderr
     assert "[catalog]: unknown setting 'settle'" in done.stderr

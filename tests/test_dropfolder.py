@@ -132,7 +132,8 @@ def test_the_same_file_twice_is_rejected_as_a_duplicate(drops: tuple) -> None:
     folder.poll()
     error = json.loads((config.home.requests / "rejected" / "b.error.json").read_text())
     assert error["status"] == "duplicate"
-    assert error["problems"][0].startswith("duplicate of request #1 (run run-")
+    assert error["problems"][0].startswith("duplicate of request #1: run run-")
+    assert error["problems"][0].endswith(" is queued; " + error["fix"])
 
 
 def test_a_file_still_being_written_waits_for_the_settle_time(drops: tuple) -> None:

@@ -352,7 +352,8 @@ def test_the_daemon_fails_a_run_whose_adapter_folder_broke_and_serves_the_next(
         )
         state, outcome, error = runs.ended(run_id)
         assert (state, outcome) == ("failed", "error")
-        assert error.startswith("the trainer exited with status 1\n")
+        assert error.startswith("the trainer crashed: FileExistsError: [Errno 17] File exists")
+        assert "\n(the trainer exited with status 1; the end of its log:)\n" in error
         assert f"FileExistsError: [Errno 17] File exists: '{adapters}'" in error
         assert_nothing_half_written(home, run_id)
         assert daemon.proc.poll() is None

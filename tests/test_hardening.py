@@ -304,7 +304,7 @@ def test_a_dataset_swapped_for_a_link_out_of_datasets_fails_the_run(tmp_path: Pa
 def test_a_home_that_does_not_exist_is_an_error_naming_it(tmp_path: Path) -> None:
     typo = tmp_path / "hmoe"
     result = ctl(typo, "status")
-    assert result.exit_code == 2
+    assert result.exit_code == 78
     assert result.stderr == (
         f"Error: the home {typo} does not exist\n"
         "  - check --home / ONESEEK_HOME for a typo\n"
@@ -358,7 +358,8 @@ def test_submit_on_a_full_disk_is_an_error_line_with_the_fix(
     tmp_path: Path, sqlite_pragma: list[str]
 ) -> None:
     home = training_home(tmp_path / "home")
-    assert ctl(home, "status").exit_code == 0  # the database made and the catalog scanned
+    assert ctl(home, "db", "upgrade").exit_code == 0  # the database made
+    assert ctl(home, "status").exit_code == 0  # and the catalog scanned
     (pages,) = sqlite3.connect(home / "oneseek.db").execute("PRAGMA page_count").fetchone()
     sqlite_pragma.append(f"PRAGMA max_page_count = {pages}")  # not one page more: full
     big = home / "big.json"  # its row needs new pages, whatever its verdict

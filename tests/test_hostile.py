@@ -209,9 +209,12 @@ def test_every_hostile_request_gets_its_verdict_through_both_doors(tmp_path: Pat
                 [(first,)] = query(
                     home, "SELECT id FROM training_requests WHERE source_name = ?", name
                 )
-                assert problems == [
-                    f"duplicate of request #{first} (run {queued[name]}); it was not queued twice"
-                ]
+                # what became of that run (queued, running, ended) is said in between
+                assert len(problems) == 1, problems
+                assert problems[0].startswith(f"duplicate of request #{first}: run {queued[name]} ")
+                assert problems[0].endswith(
+                    "is always this request: give a new `request_id` to train it again"
+                )
             else:
                 assert (status, problems) == ("rejected", expected(VERDICTS[name], home)), name
         assert daemon.proc.poll() is None
@@ -660,7 +663,9 @@ def test_the_daemon_fails_runs_of_code_and_pickles_without_running_them(
     }
     state, outcome, error = ended[runs["evil-remote"]]
     assert (state, outcome) == ("failed", "error")
-    assert error.startswith("the trainer exited with status 65\n")
+    # the trainer's own reason is the cause line; how it exited and its log follow
+    assert error.startswith(REMOTE_REFUSAL)
+    assert "\n(the trainer exited with status 65; the end of its log:)\n" in error
     assert f"Error: {REMOTE_REFUSAL}" in error
     state, outcome, error = ended[runs["evil-tokenizer"]]
     assert (state, outcome) == ("failed", "error")

@@ -180,6 +180,29 @@ def test_dataset_problems(setup: tuple, tmp_path: Path, dataset: str, problem: s
     assert verdict.problems[0].startswith(problem.format(d=d)), verdict.problems
 
 
+def test_a_missing_dataset_lists_the_files_there_closest_first(setup: tuple) -> None:
+    config, _, intake = setup
+    d = config.home.datasets
+    (d / "sub").mkdir()
+    (d / "sub" / "civic-2025.jsonl").write_text('{"text": "x"}\n')
+    (d / "notes.json").write_text("[]")
+    (d / "notes.txt").write_text("not a dataset")  # neither listed
+    (d / ".civic.jsonl.tmp").write_text("")
+    fix = f"put the file under {d}/ and name it relative to that folder"
+    verdict = take(intake, request(dataset="civc.jsonl"))
+    assert verdict.problems == [
+        f"dataset 'civc.jsonl' does not exist in {d}/; the dataset files there, closest "
+        f"first: civic.jsonl, sub/civic-2025.jsonl, notes.json; {fix}"
+    ]
+    for name in ("civic.jsonl", "notes.json", "sub/civic-2025.jsonl"):
+        (d / name).unlink()
+    verdict = take(intake, request(dataset="civc.jsonl"))
+    assert verdict.problems == [
+        f"dataset 'civc.jsonl' does not exist in {d}/; the folder holds no .jsonl or .json "
+        f"file; {fix}"
+    ]
+
+
 def test_a_json_array_dataset_is_accepted(setup: tuple) -> None:
     config, _, intake = setup
     (config.home.datasets / "chat.json").write_text(
@@ -221,19 +244,21 @@ def test_same_request_id_is_a_duplicate_of_the_first(setup: tuple) -> None:
     assert second.status == "duplicate"
     assert second.duplicate_of == first.run_id
     assert second.problems == [
-        f"duplicate of request #{first.request_pk} (run {first.run_id}); it was not queued twice"
+        f"duplicate of request #{first.request_pk}: run {first.run_id} is queued; the same "
+        "request_id ('nightly-42') is always this request: give a new `request_id` to train "
+        "it again"
     ]
     con = sqlite3.connect(config.home.db_file)
     assert con.execute("SELECT COUNT(*) FROM runs").fetchone() == (1,)
 
 
-def test_the_same_file_content_twice_is_a_duplicate(setup: tuple) -> None:
+def test_the_same_request_twice_is_a_duplicate_at_every_door(setup: tuple) -> None:
     _, _, intake = setup
     raw = json.dumps(request()).encode()
     assert intake.take_bytes(raw, source="file", source_name="a.json").status == "queued"
     assert intake.take_bytes(raw, source="file", source_name="b.json").status == "duplicate"
-    # submitted content is not deduplicated by bytes: only request_id makes it idempotent
-    assert intake.take_bytes(raw, source="submit").status == "queued"
+    # submitted content is judged the same way (tests/test_duplicates.py has the whole rule)
+    assert intake.take_bytes(raw, source="submit").status == "duplicate"
 
 
 @pytest.mark.parametrize(

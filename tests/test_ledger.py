@@ -492,6 +492,7 @@ def test_an_artifact_outside_the_home_is_refused(world: World, tmp_path: Path) -
 # --- oneseekctl ledger verify ------------------------------------------------------------------
 def test_ctl_ledger_verify(tmp_path: Path) -> None:
     home = training_home(tmp_path / "home")
+    assert ctl(home, "db", "upgrade").exit_code == 0  # a read never makes the database
     empty = ctl(home, "ledger", "verify")
     assert (empty.exit_code, empty.stdout) == (0, "Ledger OK: 0 events, 0 artifacts verified.\n")
     assert (

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import structlog
 
-from oneseekd.logs import configure_logging
+from oneseekd.logs import configure_logging, human_wanted
 
 
 class Writes(io.StringIO):
@@ -70,3 +72,36 @@ def test_processes_sharing_one_log_descriptor_leave_whole_lines(tmp_path: Path) 
     assert len(events) == 2 * lines
     for name in ("rank0", "rank1"):
         assert [e["i"] for e in events if e["writer"] == name] == list(range(lines))
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, as a person's stderr does."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_one_switch_picks_human_lines_for_a_terminal_and_json_for_the_rest() -> None:
+    assert human_wanted(Terminal(), {}) is True
+    assert human_wanted(io.StringIO(), {}) is False  # piped, or a file
+    assert human_wanted(Terminal(), {"JOURNAL_STREAM": "8:12345"}) is False  # under systemd
+    assert human_wanted(Terminal(), {"ONESEEK_LOG_FORMAT": "json"}) is False
+    assert human_wanted(io.StringIO(), {"ONESEEK_LOG_FORMAT": "human"}) is True
+
+
+def test_a_terminal_gets_readable_lines_and_a_pipe_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.delenv("ONESEEK_LOG_FORMAT", raising=False)
+    before = structlog.get_config()
+    terminal, pipe = Terminal(), io.StringIO()
+    try:
+        configure_logging("info", terminal)
+        structlog.get_logger("t").info("run_started", run_id="run-1", attempt=1)
+        configure_logging("info", pipe)
+        structlog.get_logger("t").info("run_started", run_id="run-1", attempt=1)
+    finally:
+        structlog.configure(**before)
+    line = re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue())  # its colours
+    assert not line.startswith("{") and "run_started" in line and "run-1" in line
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line)  # the one human time format
+    assert json.loads(pipe.getvalue())["event"] == "run_started"

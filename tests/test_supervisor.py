@@ -16,12 +16,15 @@ import pytest
 from homes import fake_behaviour, fake_starts, request
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from structlog.testing import capture_logs
 from world import World, close
 
 from oneseekd import queue
 from oneseekd.daemon.procs import Child
 from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.db.engine import write_session
+from oneseekd.logs import one_line_reason
+from oneseekd.trainer.data import refuse
 
 
 @pytest.fixture
@@ -66,6 +69,35 @@ def test_an_error_exit_fails_with_the_tail_of_stderr(world: World) -> None:
     error = str(run["error"])
     assert error.startswith("the trainer exited with status 3\n")
     assert error.endswith("ValueError: tokenizer exploded")
+
+
+CUT = (
+    "its response would be cut off entirely at max_seq_len 16: shorten the prompt, raise "
+    'max_seq_len, or set truncation_side: "left" to cut the prompt instead'
+)
+
+
+def test_a_refused_run_fails_with_the_trainers_reason_in_one_line(world: World) -> None:
+    """The trainer's reason is the error's first line (not "exited with status 65"), the same
+    problem at 20 lines reads once as `lines 1-20`, library noise and the argv stay out, and
+    `run_failed` is an error."""
+    refused = refuse("civic.jsonl", [f"line {n}: {CUT}" for n in range(1, 21)], "record(s) x")
+    noise = {"level": "warning", "event": "python_warning", "category": "FutureWarning"}
+    said = {"level": "error", "event": "trainer_refused", "error": f"Error: {refused}"}
+    said["reason"] = one_line_reason(refused.message, refused.problems)
+    lines = [json.dumps(noise | {"message": "peft asks something"}), json.dumps(said)]
+    run_id = world.submit("1.0", exit=65, stderr="\n".join(lines))
+    with capture_logs() as logged:
+        world.drive(lambda: world.finished(run_id))
+    run = world.run(run_id)
+    assert (run["state"], run["outcome"], run["exit_code"]) == ("failed", "error", 65)
+    error = str(run["error"])
+    cause = f"dataset civic.jsonl has 20 record(s) x: lines 1\u201320: {CUT}"
+    assert error.splitlines()[0] == cause
+    assert error.count(CUT) == 2  # the cause, and the log's refusal grouped once
+    assert "line 2:" not in error and "peft asks" not in error and "argv" not in error
+    [failed] = [e for e in logged if e["event"] == "run_failed"]
+    assert (failed["log_level"], failed["error"]) == ("error", cause)
 
 
 def test_killed_by_a_signal(world: World) -> None:

@@ -88,7 +88,8 @@ def test_a_damaged_entry_is_rebuilt_not_trusted(
     data[-2] ^= 0x01  # one token id changed
     ids.write_bytes(bytes(data))
     encodes = Encodes(monkeypatch)
-    home.train(["llama"], epochs=1)
+    # the same request again is a duplicate of the run that succeeded: a request_id trains it
+    home.train(["llama"], epochs=1, request_id="again")
     assert encodes.n == 48  # encoded again, the damaged rows never used
     [again] = entries(home)
     meta = json.loads((again / META).read_text())
@@ -104,7 +105,7 @@ def test_no_cache_when_its_bound_is_zero(
     toml.write_text(toml.read_text().replace("[trainer]\n", "[trainer]\ncache_bytes = 0\n"))
     encodes = Encodes(monkeypatch)
     home.train(["llama"], epochs=1)
-    home.train(["llama"], epochs=1)
+    home.train(["llama"], epochs=1, request_id="again")  # not a duplicate: trained again
     assert encodes.n == 96 and entries(home) == []
 
 

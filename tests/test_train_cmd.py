@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -92,7 +93,7 @@ def test_options_oneseekd_does_not_take_yet_are_refused_by_name(tmp_path: Path) 
     assert done.exit_code == 2
     assert done.output == (
         "Error: the training start was refused\n"
-        "  - unknown argument '--bogus'\n"
+        "  - unknown argument '--bogus' (`oneseekctl train --help` lists the flags)\n"
         "  - oneseekd does not support --deepspeed-stage yet; leave it out (nothing is "
         "ignored silently)\n"
         f"  - MODELS_DIR={tmp_path}/models is not this home's models folder "
@@ -169,15 +170,26 @@ def test_a_training_start_prints_what_the_admin_panel_parses(home: Path) -> None
     lines = out.splitlines()
     epochs = [m.groups() for m in map(civic.EPOCH.search, lines) if m]
     assert ("1", "2") in epochs and ("2", "2") in epochs
+    assert [int(i) for i, _ in epochs] == sorted(int(i) for i, _ in epochs)  # never backwards
     assert [float(m.group(1)) for m in map(civic.LOSS.search, lines) if m]
+    ends = [line for line in lines if "epoch end" in line]  # a loss: at each epoch's end
+    assert [civic.EPOCH.search(e).groups() for e in ends] == [("1", "2"), ("2", "2")]  # type: ignore[union-attr]
+    assert all(civic.LOSS.search(e) for e in ends)
     dna = civic.DNA.search(lines[-1])
     assert dna is not None and lines[-1] == f"DNA: {dna.group(1)}"
     certified = home / "models" / "oneseek-certified"
     assert os.readlink(certified / "run-2026-12-01-10-00-00") == dna.group(1)
-    # refused by the validator: exit 2, nothing queued
-    again = _train(home, ARGV)  # the same RUN_ID again
+    # refused by the validator: exit 2, nothing queued. The same request on the same data
+    # repeats a run that succeeded (a duplicate, named); another with the same RUN_ID clashes
+    again = _train(home, ARGV)
     out, err = again.communicate(timeout=60)
     assert again.returncode == 2, out + err
+    assert "duplicate of request #1: run run-2026-12-01-10-00-00 succeeded" in err
+    other = [*ARGV]
+    other[other.index("--seed") + 1] = "8"
+    clash = _train(home, other)  # the same RUN_ID again
+    out, err = clash.communicate(timeout=60)
+    assert clash.returncode == 2, out + err
     assert "run id run-2026-12-01-10-00-00 already exists" in err
     assert len(query(home, "SELECT * FROM runs")) == 1
 
@@ -201,3 +213,52 @@ def test_a_kill_cancels_the_run(home: Path) -> None:
         timeout=120,
         what="the run cancelled",
     )
+
+
+@pytest.mark.timeout(600)
+def test_a_refused_run_says_its_one_cause_on_stderr_and_in_status(home: Path) -> None:
+    """Item 2 of issue 30: the trainer's reason (every record cut at max_seq_len, grouped as
+    `lines 1-N`) is the Error line of train's stderr and the status recent line's cause, not
+    "the trainer exited with status 65"."""
+    prompt = " ".join(["the council met again to discuss the budget"] * 8)
+    records = [{"instruction": f"{prompt} ({n})", "output": "yes"} for n in range(1, 21)]
+    (home / "datasets" / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    argv = [*ARGV]
+    argv[argv.index("--max-seq-length") + 1] = "16"
+    argv[argv.index("--dataset") + 1] = "datasets/long.jsonl"
+    done = _train(home, argv)
+    out, err = done.communicate(timeout=500)
+    assert done.returncode == 1, out + err
+    first = err.splitlines()[0]
+    prefix = "Error: run run-2026-12-01-10-00-00 failed: dataset long.jsonl has 20 record(s) "
+    assert first.startswith(prefix), err
+    assert "lines 1\u201320: its response would be cut off entirely at max_seq_len 16" in first
+    assert "exited with status 65" not in first
+    status = CliRunner().invoke(ctl, ["--home", str(home), "status"])
+    [recent] = [line for line in status.output.splitlines() if line.startswith("recent:")]
+    assert recent.endswith(first.removeprefix("Error: run run-2026-12-01-10-00-00 failed: "))
+
+
+@pytest.mark.timeout(600)
+def test_a_run_the_gate_holds_back_says_why_in_a_line_the_panel_does_not_parse(
+    tmp_path: Path, cache: Path
+) -> None:
+    home = tiny_home(tmp_path / "home", cache, {"Tiny-Llama": "llama"})
+    with (home / "oneseekd.toml").open("a") as toml:
+        toml.write("[certify]\nmake_current = false\n")
+    daemon = DaemonProcess(home)
+    try:
+        daemon.wait_event("daemon_ready", timeout=60)
+        argv = [*ARGV]
+        argv[argv.index("--epochs") + 1] = "1"
+        done = _train(home, argv)
+        out, err = done.communicate(timeout=500)
+    finally:
+        daemon.stop()
+    assert done.returncode == 0, out + err
+    lines = out.splitlines()
+    assert civic.DNA.search(lines[-1])
+    [held] = [line for line in lines if line.startswith("Not made current: ")]
+    assert "make_current" in held
+    for pattern in (civic.EPOCH, civic.LOSS, civic.DNA):
+        assert not pattern.search(held)

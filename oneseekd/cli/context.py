@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -31,6 +32,9 @@ class Context:
     _engine: Engine | None = field(default=None, init=False)
 
     create: bool = field(default=False, init=False)  # `db upgrade` may create a new home
+    # `submit` may create the database of a prepared home (one with models/), whose daemon
+    # then takes the run; every read command refuses a folder without a database
+    create_database: bool = field(default=False, init=False)
 
     @property
     def config(self) -> Config:
@@ -54,14 +58,21 @@ class Context:
         return probe(self.config.home.lock_file)
 
     def engine(self) -> Engine:
-        """The database, created when new; an outdated one is left to `db upgrade`."""
+        """The database. Only `db upgrade` (and the daemon) create or migrate one: every other
+        command refuses a folder without one, so that a mistyped --home never becomes a home."""
         if self._engine is None:
+            self.require_database()
             from oneseekd.db.engine import make_engine
             from oneseekd.db.migrate import check_revision, upgrade
 
-            engine = make_engine(self.config.db_url)
+            engine = make_engine(
+                self.config.db_url, lease_seconds=self.config.trainer.lease_seconds
+            )
             revision = check_revision(engine)
             if revision.verdict == "empty":
+                if not (self.create or self.create_database):
+                    engine.dispose()
+                    raise not_a_home(self.config.home.root, "its database is empty")
                 upgrade(engine)
             elif revision.verdict == "behind":
                 raise DatabaseError(
@@ -71,6 +82,15 @@ class Context:
                 )
             self._engine = engine
         return self._engine
+
+    def require_database(self) -> None:
+        """Refuse a home whose SQLite database file does not exist, before anything opens (and
+        so creates) it; `db upgrade` (create=True) makes it."""
+        if self.create or self.create_database:
+            return
+        db_file = sqlite_file(self.config.db_url)
+        if db_file is not None and not db_file.exists():
+            raise not_a_home(self.config.home.root, f"there is no database {db_file}")
 
     def fresh_catalog(self) -> bool:
         """With no daemon keeping the catalog current, scan the model folders now.
@@ -87,6 +107,27 @@ class Context:
         )
         catalog.full_scan()
         return True
+
+
+def sqlite_file(db_url: str) -> Path | None:
+    """The file of a SQLite URL (`sqlite:///PATH`, options after `?` aside); None for an
+    in-memory one or another database."""
+    prefix = "sqlite:///"
+    if not db_url.startswith(prefix):
+        return None
+    path = db_url.removeprefix(prefix).split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def not_a_home(root: Path, why: str) -> ConfigError:
+    return ConfigError(
+        f"{root} is not a oneseekd home: {why}",
+        [
+            "check --home / ONESEEK_HOME for a typo",
+            f"to make it a home, start oneseekd there (`oneseekd --home {root}`) or run "
+            f"`oneseekctl --home {root} db upgrade`",
+        ],
+    )
 
 
 # every command that can answer a script: one flag, one wording

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -14,7 +16,9 @@ from oneseekd.certify.layout import current_summary, run_dna, run_gate
 from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import columns, iso, shown
 from oneseekd.cli.read import Row, open_reader
+from oneseekd.cli.requests import last_refusal, refusal_line
 from oneseekd.home import HomePaths
+from oneseekd.times import human_age, human_text, utcnow
 
 RUN_NOW_COLUMNS = (
     *("run_id", "host", "base_models", "version", "attempts", "started_at", "heartbeat_at"),
@@ -36,6 +40,7 @@ def gather(obj: Context) -> dict[str, Any]:
         running = reader.running()
         recent = reader.recent(5)
         counts = reader.queue_counts()
+        refusal = last_refusal(reader)  # the newest of the last day, if any
     finally:
         reader.close()
     states = Counter(r.state for r in rows if r.host == host)
@@ -63,6 +68,8 @@ def gather(obj: Context) -> dict[str, Any]:
             "other_hosts_ready": dict(sorted(others.items())),
         },
         "queue": {"queued": counts.get("queued", 0), "running": counts.get("running", 0)},
+        # the newest rejected or duplicate request of the last day (cli/requests.py), or null
+        "last_refusal": refusal,
         "current_run": None if current is None else _run_now(current),
         # the certified run oneseek-certified/OneSeek-7B-Zero-CURRENT names (not the running one)
         "current_model": current_summary(obj.config.home),
@@ -86,12 +93,19 @@ def _recent(home: HomePaths, r: Row) -> dict[str, Any]:
         "version": r.version,
         "base_models": r.base_models,
         "finished_at": iso(r.finished_at),
+        # a failed run's cause, the first line of its error (daemon/outcome.py), else null
+        "reason": _cause(r.error) if r.state == "failed" else None,
         # why a certified run was not made current (certify/gate.py), else null
         "held_back": not_current_note(gate),
         # the gate's verdict at certification, each model's differences with their intervals
         # (null before the run was certified)
         "gate": gate,
     }
+
+
+def _cause(error: str | None) -> str | None:
+    lines = (error or "").strip().splitlines()
+    return lines[0] if lines else None
 
 
 def _duration(seconds: float) -> str:
@@ -110,8 +124,10 @@ PHASES = {
 
 
 def describe_progress(p: dict[str, Any]) -> str:
-    """`model (1/2) [#####.....] epoch 1/3, step 5/12, loss 4.365, 812 tok/s, ETA 2m49s`, or
-    the phase a run is in outside its training steps (certifying, certified)."""
+    """`model (1/2) [#####.....] epoch 1/3, step 5/12, loss 4.365, 812 tok/s, ETA 2m49s`, with
+    the phase under way outside the steps named first (`evaluating held-out: trained 3/12
+    batches, ...`, trainer/phases.py), or the phase a run is in after its models
+    (certifying, certified)."""
     if p.get("step") is None:
         phase = PHASES.get(str(p.get("state")), str(p.get("state") or "starting"))
         text = phase.format(**{"dna": "?", **p})
@@ -121,12 +137,23 @@ def describe_progress(p: dict[str, Any]) -> str:
     done, total = int(p.get("step", 0)), max(int(p.get("steps", 1)), 1)
     filled = round(20 * min(done / total, 1.0))
     bar = "#" * filled + "." * (20 - filled)
+    now = ""
+    if p.get("phase"):
+        count = f" {p.get('done')}/{p.get('total')} {p.get('unit')}" if p.get("total") else ""
+        now = f"{p['phase']}{count}, "
+    loss = f"loss {p.get('loss')}, " if p.get("loss") is not None else ""
+    excluded = p.get("eta_excludes") or []
     return shown(
-        f"{p.get('model')} ({p.get('model_index', 1)}/{p.get('models', 1)}) [{bar}] "
+        f"{p.get('model')} ({p.get('model_index', 1)}/{p.get('models', 1)}) [{bar}] {now}"
         f"epoch {p.get('epoch')}/{p.get('epochs')}, step {done}/{total}, "
-        f"loss {p.get('loss')}, {p.get('tokens_per_s')} tok/s, "
-        f"ETA {_duration(float(p.get('eta_s', 0)))} on {p.get('device', '?')}"
+        f"{loss}{p.get('tokens_per_s')} tok/s, "
+        f"ETA {_duration(float(p.get('eta_s', 0)))}"
+        + (f" (not counting {', '.join(map(str, excluded))})" if excluded else "")
+        + f" on {p.get('device', '?')}"
     )
+
+
+MIN_WATCH_SECONDS = 0.5  # below it, --watch is refused: a refresh loop, not a busy one
 
 
 @click.command("status")
@@ -136,9 +163,14 @@ def describe_progress(p: dict[str, Any]) -> str:
     "watch",
     is_flag=False,
     flag_value=2.0,
-    type=float,
+    type=click.FloatRange(min=MIN_WATCH_SECONDS),
     default=None,
-    help="Refresh every N seconds (default 2) until Ctrl-C.",
+    metavar="SECONDS",
+    help=(
+        f"Refresh every SECONDS (default 2, at least {MIN_WATCH_SECONDS}) until Ctrl-C. On a "
+        "terminal the screen is redrawn; piped, each refresh follows a time line; with --json, "
+        "one compact JSON object per line (NDJSON)."
+    ),
 )
 @click.pass_obj
 def status_cmd(obj: Context, as_json: bool, watch: float | None) -> None:
@@ -146,12 +178,19 @@ def status_cmd(obj: Context, as_json: bool, watch: float | None) -> None:
     if watch is None:
         show_status(obj, as_json)
         return
+    redraw = sys.stdout.isatty() and not as_json
     try:
         while True:
-            if not as_json:
-                click.clear()
-            show_status(obj, as_json)
-            time.sleep(max(watch, 0.2))
+            if as_json:  # NDJSON: one object a line, for `jq` or a program reading the pipe
+                click.echo(json.dumps(gather(obj), separators=(",", ":"), default=str))
+            else:
+                if redraw:
+                    click.clear()
+                else:  # piped: the refreshes stay apart, each with its time
+                    click.echo(f"--- {human_text(utcnow())} ---")
+                show_status(obj, False)
+            sys.stdout.flush()
+            time.sleep(watch)
     except KeyboardInterrupt:
         pass
 
@@ -170,7 +209,7 @@ def show_status(obj: Context, as_json: bool) -> None:
             activity = activity.split(":", 1)[0]
         click.echo(
             f"oneseekd: running (pid {d['pid']}), {shown(activity)}, "
-            f"last heartbeat {d['heartbeat_at']}"
+            f"last heartbeat {human_age(d['heartbeat_at'])}"
         )
     else:
         home = shown(data["home"])
@@ -191,6 +230,8 @@ def show_status(obj: Context, as_json: bool) -> None:
         click.echo(f"current:  none ({shown(now['problem'])})")
     q = data["queue"]
     click.echo(f"queue:    {q['queued']} queued, {q['running']} running")
+    if data["last_refusal"]:  # `rejected: typo.json 2 min ago — unknown field 'epoch'`
+        click.echo(refusal_line(data["last_refusal"]))
     if run and not d["running"]:  # nobody trains it: no live bar, it waits for the daemon
         models = shown(", ".join(run["base_models"] or []))
         click.echo(
@@ -218,7 +259,8 @@ def show_status(obj: Context, as_json: bool) -> None:
         models = shown(", ".join(r["base_models"] or []))
         click.echo(
             f"recent:   {shown(r['run_id'])} {shown(r['state'])} v{shown(r['version'])} "
-            f"({models}) {r['finished_at'] or ''}"
+            f"({models}) {human_text(r['finished_at']) if r['finished_at'] else ''}"
+            + (f" \u2014 {shown(r['reason'])}" if r["reason"] else "")
         )
         if r["held_back"]:
             click.echo(f"          not made current: {shown(r['held_back'])}")

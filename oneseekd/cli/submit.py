@@ -1,4 +1,7 @@
-"""oneseekctl submit / cancel: the commands that write, through the intake and the queue."""
+"""oneseekctl submit / cancel: the commands that write, through the intake and the queue.
+
+The intake, the queue and the ledger (SQLAlchemy, pydantic) are imported when a command runs,
+not when it is loaded: `submit --help` answers as fast as `--version`."""
 
 from __future__ import annotations
 
@@ -10,12 +13,11 @@ from typing import Any
 
 import click
 
-from oneseekd import queue
-from oneseekd.certify.ledger import Ledger
 from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import shown
+from oneseekd.cli.flaghelp import ALIASES, FLAG_HELP, REFUSED, FlagHelp
+from oneseekd.cli.names import FORMS
 from oneseekd.errors import OneseekError
-from oneseekd.intake.accept import Intake
 from oneseekd.spec.names import FLAGS as ADMIN_FLAGS
 from oneseekd.spec.names import request_from_flags
 
@@ -114,42 +116,67 @@ _ADMIN = {
 }
 
 
+def _help(flag: str) -> dict[str, Any]:
+    """The click settings that give a flag its text, default and choices (cli/flaghelp.py);
+    the option's own default stays None: an unset flag leaves the request file's value."""
+    info = FLAG_HELP.get(flag)
+    if info is None:
+        return {}
+    text = info.text if info.default is None else f"{info.text}  [default: {info.default}]"
+    settings: dict[str, Any] = {"help": text}
+    if info.choices is not None:
+        settings["type"] = click.Choice(info.choices)
+    return settings
+
+
 def _admin_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for f in reversed(ADMIN_FLAGS):
         if f.flag in _OWN_FLAGS:
             continue
+        # the other spellings and the refused DeepSpeed flags are taken, never listed
+        hidden = f.flag in ALIASES or f.flag in REFUSED
+        info = FLAG_HELP.get(f.flag, FlagHelp(f"sets {f.field} (docs/training.md)"))
+        settings = _help(f.flag) or {"help": info.text}
         if f.switch is not None:
-            command = click.option(
-                f.flag, is_flag=True, default=None, help=f"sets {f.field} (docs/training.md)"
-            )(command)
-        else:
-            command = click.option(f.flag, type=f.kind, help=f"sets {f.field} (docs/training.md)")(
+            command = click.option(f.flag, is_flag=True, default=None, hidden=hidden, **settings)(
                 command
             )
+        else:
+            settings.setdefault("type", f.kind)
+            command = click.option(f.flag, hidden=hidden, **settings)(command)
     return command
 
 
-@click.command("submit")
+_EPILOG = (
+    "train_dna_v2.py's other spellings are taken too: "
+    + ", ".join(ALIASES)
+    + ' (docs/training.md, "Options"). Every field of a request file is in '
+    "docs/interface.md, section 4."
+)
+
+
+@click.command("submit", epilog=_EPILOG)
 @click.argument("args", nargs=-1, metavar="[FILE.json]")
 @click.option(
     "--base-models",
     "base_models",
     multiple=True,
-    help="Base models to train (A B ... or A,B). Env fallback: BASE_MODELS.",
+    help="Base models to train (A B ... or A,B), as `oneseekctl resolve` names them. "
+    "Env fallback: BASE_MODELS.",
 )
-@click.option("--dataset", help="Dataset file under HOME/datasets/.")
-@click.option("--version", help="MAJOR.MINOR; the next free one when omitted.")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--learning-rate", type=float)
-@click.option("--seed", type=int)
-@click.option("--max-seq-len", type=int)
-@click.option("--lora-r", type=int)
-@click.option("--lora-alpha", type=int)
-@click.option("--lora-dropout", type=float)
-@click.option("--target-modules", help="Comma-separated LoRA target modules.")
-@click.option("--request-id", help="Idempotency key: the same key is never queued twice.")
-@click.option("--priority", type=int)
+@click.option("--dataset", **_help("--dataset"))
+@click.option("--version", **_help("--version"))
+@click.option("--epochs", type=int, **_help("--epochs"))
+@click.option("--batch-size", type=int, **_help("--batch-size"))
+@click.option("--learning-rate", type=float, **_help("--learning-rate"))
+@click.option("--seed", type=int, **_help("--seed"))
+@click.option("--max-seq-len", type=int, **_help("--max-seq-len"))
+@click.option("--lora-r", type=int, **_help("--lora-r"))
+@click.option("--lora-alpha", type=int, **_help("--lora-alpha"))
+@click.option("--lora-dropout", type=float, **_help("--lora-dropout"))
+@click.option("--target-modules", **_help("--target-modules"))
+@click.option("--request-id", **_help("--request-id"))
+@click.option("--priority", type=int, **_help("--priority"))
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -169,7 +196,11 @@ def submit_cmd(
 ) -> None:
     """Validate a request (FILE.json and/or flags) and queue it, exactly as a dropped file.
 
+    Flags lay their fields over the file's. Every problem is listed at once, and the command
+    exits 1 when the request is refused.
+
     \b
+    Examples:
     oneseekctl submit request.json
     oneseekctl submit --base-models SmolLM2-135M-Instruct --dataset civic.jsonl --epochs 1
     oneseekctl submit request.json --dry-run   (what would run; nothing queued)
@@ -190,6 +221,11 @@ def submit_cmd(
 
         show(report_of(obj, raw), as_json)
         return
+    # a home prepared for the daemon (models/ in place) gets its database here; a folder
+    # without models/ is more likely a mistyped --home, and is refused as not a home
+    obj.create_database = obj.config.home.models.is_dir()
+    from oneseekd.intake.accept import Intake
+
     obj.fresh_catalog()
     verdict = Intake(
         obj.engine(),
@@ -221,15 +257,49 @@ def submit_cmd(
 
 
 @click.command("cancel")
-@click.argument("run_id")
+@click.argument("name", metavar="RUN")
 @json_option
 @click.pass_obj
-def cancel_cmd(obj: Context, run_id: str, as_json: bool) -> None:
-    """Cancel a queued run now, or ask a running one to stop at its next step."""
-    ledger = Ledger.for_home(obj.engine(), obj.config.home)
-    result = queue.request_cancel(obj.engine(), run_id, ledger=ledger)
+def cancel_cmd(obj: Context, name: str, as_json: bool) -> None:
+    """Cancel a queued run now, or ask a running one to stop at its next step.
+
+    RUN is FORMS_HERE. A run that has ended already is left as it is, and the command
+    exits 0 saying so (like `systemctl stop` of a stopped unit).
+    """
+    from oneseekd import queue
+    from oneseekd.certify.ledger import Ledger
+    from oneseekd.cli.names import resolve_run
+    from oneseekd.cli.read import open_reader
+    from oneseekd.db.models import FINISHED_STATES
+
+    reader = open_reader(obj)[0]
+    run = resolve_run(reader, obj.config.home, name).run
+    result = None
+    if run.state not in FINISHED_STATES:
+        ledger = Ledger.for_home(obj.engine(), obj.config.home)
+        try:
+            result = queue.request_cancel(obj.engine(), run.run_id, ledger=ledger)
+        except OneseekError:
+            # it ended between the look and the cancel: as if it had ended before
+            ended = reader.run(run.run_id)
+            if ended is None or ended.state not in FINISHED_STATES:
+                raise
+            run = ended
+    if result is None:
+        if as_json:
+            emit_json({"run_id": run.run_id, "state": run.state, "immediate": False, "ended": True})
+        else:
+            click.echo(f"Run {shown(run.run_id)} had already ended ({shown(run.state)}).")
+        return
     if as_json:
-        emit_json({"run_id": result.run_id, "state": result.state, "immediate": result.immediate})
+        emit_json(
+            {
+                "run_id": result.run_id,
+                "state": result.state,
+                "immediate": result.immediate,
+                "ended": False,
+            }
+        )
     elif result.immediate:
         click.echo(f"Cancelled run {result.run_id} (it was still queued).")
     else:
@@ -237,3 +307,6 @@ def cancel_cmd(obj: Context, run_id: str, as_json: bool) -> None:
             f"Asked run {result.run_id} to stop at its next step; the daemon stops it "
             "for good after the grace period."
         )
+
+
+cancel_cmd.help = (cancel_cmd.help or "").replace("FORMS_HERE", FORMS)

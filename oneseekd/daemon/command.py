@@ -26,7 +26,9 @@ log = structlog.get_logger("oneseekd")
 )
 @click.version_option(__version__, prog_name="oneseekd")
 def main(home: str | None, db_url: str | None, exit_when_idle: bool) -> None:
-    """Run the oneseekd training daemon in the foreground (logs JSON lines to stderr)."""
+    """Run the oneseekd training daemon in the foreground. It logs to stderr: readable lines
+    on a terminal, JSON lines when piped or under systemd (ONESEEK_LOG_FORMAT=json|human
+    decides outright)."""
     configure_logging("info")
     try:
         config = load_config(home, db_url)

@@ -136,6 +136,7 @@ def plan(engine: Engine, config: Config, run: Run) -> Launch:
         protocol.ENV_PARENT_PID: str(os.getpid()),
         protocol.ENV_WORLD_SIZES: json.dumps(got.plan),
         protocol.ENV_HOST: cfg.catalog.host,
+        protocol.ENV_LEASE_SECONDS: str(cfg.trainer.lease_seconds),
         "PYTHONUNBUFFERED": "1",
     }
     if cfg.trainer.threads:  # else torch's default, or what the daemon's environment says

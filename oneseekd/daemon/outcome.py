@@ -6,23 +6,39 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from oneseekd import attempts, protocol
-from oneseekd.logs import render_log_line
+from oneseekd import attempts, logs, protocol
+from oneseekd.logs import grouped_lines, is_noise, render_log_line
 from oneseekd.queue.states import Ending
 
-TAIL_BYTES = 8192
+TAIL_BYTES = 65536  # enough for a refusal that lists its 20 problems on one JSON line
 TAIL_LINES = 40
 
 
-def log_tail(path: Path) -> str:
+def _last_lines(path: Path) -> list[str]:
     try:
         with path.open("rb") as fh:
-            fh.seek(max(path.stat().st_size - TAIL_BYTES, 0))
+            start = max(path.stat().st_size - TAIL_BYTES, 0)
+            fh.seek(start)
             text = fh.read().decode("utf-8", "replace")
     except OSError:
-        return ""
+        return []
+    lines = text.splitlines()
+    return lines[1:] if start > 0 else lines  # the first is cut: it began before the window
+
+
+def log_tail(path: Path) -> str:
+    """The end of a run's log as an operator reads it: each JSON line as text, library noise
+    (Python warnings, library log lines, the trainer's argv) left out, and the same problem at
+    consecutive lines or records grouped (`lines 1-20: ...`)."""
+    kept = [line for line in _last_lines(path) if not is_noise(line)][-TAIL_LINES:]
     # the log is JSON lines: the error an operator reads shows them as text
-    return "\n".join(render_log_line(line) for line in text.splitlines()[-TAIL_LINES:])
+    rendered = "\n".join(render_log_line(line) for line in kept)
+    return "\n".join(grouped_lines(rendered.splitlines()))
+
+
+def log_reason(path: Path) -> str | None:
+    """The trainer's own reason for ending, as it wrote it in its log (logs.log_reason)."""
+    return logs.log_reason(_last_lines(path))
 
 
 def signal_name(number: int) -> str:
@@ -32,8 +48,10 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def of_exit(code: int, *, cancelled: bool, tail: str) -> Ending:
-    """The outcome of a trainer that ended on its own or was stopped by a cancel."""
+def of_exit(code: int, *, cancelled: bool, tail: str, reason: str | None = None) -> Ending:
+    """The outcome of a trainer that ended on its own or was stopped by a cancel. The error's
+    first line is the cause: the trainer's own `reason` where its log gives one (a refused
+    dataset: which records and why), else what the exit says; the log's end follows."""
     if cancelled:
         return Ending("cancelled", "cancelled", exit_code=code)
     if code == protocol.EXIT_OK:
@@ -55,7 +73,10 @@ def of_exit(code: int, *, cancelled: bool, tail: str) -> Ending:
     if code == protocol.EXIT_STOPPED:
         error = f"the trainer stopped without being asked to (exit {code})\n{tail}"
         return Ending("failed", "stopped", error, code)
-    return Ending("failed", "error", f"the trainer exited with status {code}\n{tail}", code)
+    said = f"the trainer exited with status {code}"
+    if reason:
+        return Ending("failed", "error", f"{reason}\n({said}; the end of its log:)\n{tail}", code)
+    return Ending("failed", "error", f"{said}\n{tail}", code)
 
 
 def of_shutdown(code: int, *, killed: bool) -> tuple[bool, str]:

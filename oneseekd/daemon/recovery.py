@@ -16,9 +16,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from oneseekd import attempts, queue
 from oneseekd.certify import current
-from oneseekd.daemon import procs
+from oneseekd.daemon import identity, procs
 from oneseekd.db.engine import read_session
-from oneseekd.db.models import BaseModel, Run
+from oneseekd.db.models import BaseModel, Daemon, Run
 
 if TYPE_CHECKING:
     from oneseekd.daemon.procs import Child
@@ -55,11 +55,28 @@ def resume_own(sup: Supervisor) -> bool:
     return True
 
 
+def _started_here(sup: Supervisor, run: Run) -> bool:
+    """Whether the run's trainer was started by a daemon of this home on this machine (a
+    predecessor of this one), or by one that did not record where it ran. Only such a
+    trainer is ever signalled: a pid on this machine is not proof enough of whose it is."""
+    if run.daemon_id is None:
+        return True
+    with read_session(sup.engine) as session:
+        row = session.get(Daemon, run.daemon_id)
+    if row is None or row.home is None or row.machine is None:
+        return True
+    return identity.is_predecessor(row, str(sup.config.home.root.resolve()), identity.machine_id())
+
+
 def resume(sup: Supervisor, run: Run, detail: str) -> None:
     host = sup.config.catalog.host
     if run.host == host and run.pid and procs.runs(run.pid, run.run_id):
-        log.warning("orphan_trainer_stopped", run_id=run.run_id, pid=run.pid)
-        procs.stop_left_behind(run.pid, sup.config.trainer.stop_grace_seconds)
+        if _started_here(sup, run):
+            log.warning("orphan_trainer_stopped", run_id=run.run_id, pid=run.pid)
+            procs.stop_left_behind(run.pid, sup.config.trainer.stop_grace_seconds)
+        else:
+            log.error("trainer_not_ours", run_id=run.run_id, pid=run.pid)
+            return
     if sup.finish_certified(run.id, run.run_id, None, attempt=run.attempts):
         return
     problem = cannot_resume(sup, run)

@@ -23,6 +23,7 @@ from oneseekd.catalog.scan import model_roots
 from oneseekd.catalog.watch import Watcher
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config, load_config
+from oneseekd.daemon import identity
 from oneseekd.daemon.lock import HomeLock
 from oneseekd.daemon.notify import Notifier
 from oneseekd.daemon.supervisor import Supervisor
@@ -32,6 +33,7 @@ from oneseekd.db.engine import (
     DatabaseChanged,
     DatabaseFile,
     read_session,
+    serialize,
     write_session,
 )
 from oneseekd.db.models import Daemon as DaemonRow
@@ -112,7 +114,7 @@ class Daemon:
             exit_when_idle=self.exit_when_idle,
         )
         cfg.home.ensure()
-        engine = migrate.open_database(cfg.db_url)
+        engine = migrate.open_database(cfg.db_url, cfg.trainer.lease_seconds)
         self._database = DatabaseFile(engine)
         self._register(engine)
         catalog = Catalog(
@@ -361,15 +363,26 @@ class Daemon:
         return not counts.get("queued") and not counts.get("running")
 
     def _register(self, engine: Engine) -> None:
+        """This daemon's row, unless a live daemon elsewhere has its host name (checked and
+        written in one transaction that daemons starting together queue on)."""
         now = utcnow()
+        host, home = self.config.catalog.host, str(self.config.home.root.resolve())
+        machine = identity.machine_id()
+        window = max(self.config.trainer.lease_seconds, 3 * HEARTBEAT_SECONDS)
         with write_session(engine) as session:
+            serialize(session, "oneseekd.daemons")
+            other = identity.live_namesake(session, host, home, machine, now, window)
+            if other is not None:
+                raise identity.refuse(host, other, machine)
             row = DaemonRow(
-                host=self.config.catalog.host,
+                host=host,
                 pid=os.getpid(),
                 version=__version__,
                 started_at=now,
                 heartbeat_at=now,
                 activity="starting",
+                home=home,
+                machine=machine,
             )
             session.add(row)
             session.flush()

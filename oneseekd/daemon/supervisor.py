@@ -204,11 +204,15 @@ class Supervisor:
             self._interrupted(child, code)
             return  # stays `running`: recover() resumes it at the next start
         ended = outcome.of_exit(
-            code, cancelled=child.stop_reason == "cancel", tail=outcome.log_tail(child.log_path)
+            code,
+            cancelled=child.stop_reason == "cancel",
+            tail=outcome.log_tail(child.log_path),
+            reason=outcome.log_reason(child.log_path),
         )
         if not self._end(child.run_pk, child.run_id, ended, attempt=child.attempt, settle=True):
             return
-        log.info(
+        # a failure is an error in the journal, with its one cause line
+        (log.error if ended.state == "failed" else log.info)(
             ended.event,
             run_id=child.run_id,
             outcome=ended.outcome,

@@ -6,6 +6,11 @@ on the busy timeout instead of failing a lock upgrade with `database is locked`.
 
 PostgreSQL lets writers run side by side, so what SQLite's single write lock serialized for
 free is serialized explicitly there: `serialize` takes a transaction-scoped advisory lock.
+
+On PostgreSQL every session is also bounded by the claim's lease (`session_limits`): a process
+frozen inside a transaction (a VM pause, SIGSTOP, a laptop lid) holds its row locks only until
+the server ends its session, so that a takeover, which skips locked rows, gets an expired run
+within one lease plus one heartbeat whatever the old holder is doing (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from oneseekd.config import SQLITE_BUSY_TIMEOUT_MS
+from oneseekd.config import DEFAULT_LEASE_SECONDS, SQLITE_BUSY_TIMEOUT_MS
 from oneseekd.errors import DatabaseError
 
 _BEGIN_OPTION = "oneseek_sqlite_begin"
@@ -41,10 +46,33 @@ def _text_or_surrogates(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def make_engine(url: str) -> Engine:
+def session_limits(lease_seconds: float) -> dict[str, int]:
+    """PostgreSQL's per-session bounds (milliseconds) for a fleet whose claims last
+    `lease_seconds`. Half a lease each: a session frozen inside a transaction is ended (its
+    locks freed) before the lease it last committed runs out, and no statement, a lock wait
+    included, outlasts a lease. Every transaction of oneseekd is a few short statements;
+    only migrations run longer, and they run without these bounds."""
+    half = max(int(lease_seconds * 1000 / 2), 500)
+    return {
+        "idle_in_transaction_session_timeout": half,
+        "statement_timeout": half,
+        "lock_timeout": half,
+    }
+
+
+def make_engine(url: str, *, lease_seconds: float | None = DEFAULT_LEASE_SECONDS) -> Engine:
+    """An engine on `url`. On PostgreSQL its sessions are bounded by `lease_seconds` (the
+    daemon and its trainers pass `[trainer] lease_seconds`); None leaves them unbounded,
+    for migrations."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql" and lease_seconds is not None:
+            settings = " ".join(f"-c {k}={v}" for k, v in session_limits(lease_seconds).items())
+            given = parsed.query.get("options")  # the URL's own options come after, and win
+            given = " ".join(given) if isinstance(given, tuple) else given
+            connect_args["options"] = f"{settings} {given}" if given else settings
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
@@ -100,8 +128,12 @@ def serialize(session: Session, name: str) -> None:
     already holds the one write lock."""
     if not is_postgresql(session.get_bind()):
         return
-    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
+
+
+def lock_key(name: str) -> int:
+    """The 64-bit advisory lock key of a lock's name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 def database_now(session: Session) -> datetime:

@@ -10,7 +10,8 @@ import structlog
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from oneseekd.db.engine import foreign_keys_off, make_engine, writer
+from oneseekd.config import DEFAULT_LEASE_SECONDS
+from oneseekd.db.engine import foreign_keys_off, is_postgresql, lock_key, make_engine, writer
 from oneseekd.db.heads import scripted_head
 from oneseekd.errors import DatabaseError
 
@@ -73,15 +74,19 @@ def check_revision(engine: Engine) -> Revision:
 
 
 def _check_with_alembic(engine: Engine) -> Revision:
+    with engine.connect() as conn:
+        return _check_on(conn)
+
+
+def _check_on(conn: Connection) -> Revision:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(alembic_config())
     head = head_revision()
-    with engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
-        tables = set(inspect(conn).get_table_names())
-    url = engine.url.render_as_string(hide_password=True)
+    current = MigrationContext.configure(conn).get_current_revision()
+    tables = set(inspect(conn).get_table_names())
+    url = conn.engine.url.render_as_string(hide_password=True)
     if current is None:
         if tables - {"alembic_version"}:
             raise DatabaseError(
@@ -102,18 +107,33 @@ def _check_with_alembic(engine: Engine) -> Revision:
     return Revision(current, head, "current" if current == head else "behind")
 
 
-def upgrade(engine: Engine) -> Revision:
-    """Apply every migration this oneseekd has; a no-op on a current database."""
-    before = check_revision(engine)
-    if before.verdict != "current":
-        from alembic import command
+# the advisory lock that daemons starting together on one PostgreSQL database queue on
+MIGRATION_LOCK = "oneseekd.migrations"
 
-        cfg = alembic_config()
-        with writer(engine).connect() as conn, foreign_keys_off(conn), conn.begin():
+
+def upgrade(engine: Engine) -> Revision:
+    """Apply every migration this oneseekd has; a no-op on a current database.
+
+    Daemons started together on a new database would each find it empty and each create
+    alembic_version (a duplicate key fails all but one). On PostgreSQL the revision is read
+    again under an advisory lock that the migrating transaction holds to its commit, so the
+    others wait, then find it current. SQLite's BEGIN IMMEDIATE already serializes them."""
+    fast = current_without_alembic(engine)
+    if fast is not None:
+        return fast
+    from alembic import command
+
+    cfg = alembic_config()
+    with writer(engine).connect() as conn, foreign_keys_off(conn), conn.begin():
+        if is_postgresql(conn):
+            key = lock_key(MIGRATION_LOCK)
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        before = _check_on(conn)
+        if before.verdict != "current":
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
             _check_foreign_keys(conn)
-    return Revision(before.current, before.head, before.verdict)
+    return before
 
 
 def _check_foreign_keys(conn: Connection) -> None:
@@ -165,7 +185,7 @@ def _main() -> int:
 
     from oneseekd.db.engine import make_engine
 
-    engine = make_engine(os.environ["ONESEEK_MIGRATE_URL"])
+    engine = make_engine(os.environ["ONESEEK_MIGRATE_URL"], lease_seconds=None)
     try:
         revision = upgrade(engine)
     except DatabaseError as exc:
@@ -185,9 +205,10 @@ def _in_memory(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
 
 
-def open_database(url: str) -> Engine:
-    """An engine on a database brought to the newest revision (refusing a newer one)."""
-    engine = make_engine(url)
+def open_database(url: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Engine:
+    """An engine on a database brought to the newest revision (refusing a newer one); on
+    PostgreSQL its sessions are bounded by the claims' lease (engine.session_limits)."""
+    engine = make_engine(url, lease_seconds=lease_seconds)
     try:
         # the usual start finds the database current without alembic; a migration runs in a
         # child interpreter so that alembic's ~10 MB never stay resident in the daemon

@@ -177,6 +177,10 @@ class Daemon(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     activity: Mapped[str] = mapped_column(Text, default="starting")
+    # where it runs: the home's real path and the machine (daemon/identity.py); None on rows
+    # written before they were recorded
+    home: Mapped[str | None] = mapped_column(Text, nullable=True)
+    machine: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 REQUEST_STATUSES = ("pending", "queued", "rejected", "duplicate")
@@ -198,6 +202,8 @@ class TrainingRequest(Base):
     claim: Mapped[str | None] = mapped_column(String(100), nullable=True, unique=True)
     content_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     request_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # the sha256 of the request as read and of its dataset's bytes (intake/accept.py)
+    duplicate_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     problems: Mapped[list[str] | None] = mapped_column(JSONText, nullable=True)
     run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)

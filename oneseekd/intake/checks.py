@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -13,10 +14,12 @@ from sqlalchemy.orm import Session
 
 from oneseekd.catalog.query import resolve_one
 from oneseekd.catalog.scan import Root
+from oneseekd.certify.dna import dataset_hash
 from oneseekd.db.models import BaseModel, Run
 from oneseekd.errors import ModelResolutionError
 from oneseekd.gpus import resolve
 from oneseekd.home import HomePaths
+from oneseekd.intake.incoming import safe_text
 from oneseekd.intake.records import Scan, scan
 from oneseekd.intake.schema import VERSION
 from oneseekd.naming import artifact_prefix, match_model
@@ -27,6 +30,7 @@ from oneseekd.spec.request import RunSpec
 DATASET_SUFFIXES = (".jsonl", ".json")
 SCANS_KEPT = 16
 _SCANS: dict[Path, tuple[tuple[int, int, int, int], Scan]] = {}
+_HASHES: dict[Path, tuple[tuple[int, int, int, int], str]] = {}
 
 
 def check_dataset(
@@ -61,6 +65,23 @@ def _scanned(path: Path) -> Scan:
         if len(_SCANS) >= SCANS_KEPT:
             _SCANS.pop(next(iter(_SCANS)))
         found = _SCANS[path] = (key, scan(path, keep=False))
+    return found[1]
+
+
+def dataset_sha(path: Path) -> str | None:
+    """The sha256 of a dataset's bytes (certify.dna.dataset_hash, the hash the DNA carries),
+    kept while the file is the same as for _scanned: what tells a request repeated on the
+    same data from one on changed data (accept.py, duplicates). None if it cannot be read."""
+    try:
+        st = path.stat()
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        found = _HASHES.get(path)
+        if found is None or found[0] != key:
+            if len(_HASHES) >= SCANS_KEPT:
+                _HASHES.pop(next(iter(_HASHES)))
+            found = _HASHES[path] = (key, dataset_hash(path))
+    except OSError:
+        return None
     return found[1]
 
 
@@ -111,7 +132,8 @@ def confined_dataset(name: str, paths: HomePaths) -> tuple[Path | None, list[str
     try:
         resolved = candidate.resolve(strict=True)
     except (FileNotFoundError, NotADirectoryError):
-        return None, [f"dataset {shown} does not exist in {paths.datasets}/; {fix}"]
+        there = datasets_there(paths, name)
+        return None, [f"dataset {shown} does not exist in {paths.datasets}/; {there}; {fix}"]
     except (OSError, RuntimeError) as exc:
         return None, [f"dataset {shown} cannot be opened: {exc}"]
     if not resolved.is_relative_to(root):
@@ -119,6 +141,35 @@ def confined_dataset(name: str, paths: HomePaths) -> tuple[Path | None, list[str
     if not resolved.is_file():
         return None, [f"dataset {shown} is not a file"]
     return resolved, []
+
+
+DATASETS_SHOWN = 10
+DATASETS_LISTED = 1000  # the files looked at: a huge folder is never walked whole
+
+
+def datasets_there(paths: HomePaths, name: str) -> str:
+    """The dataset files the folder holds, the closest to `name` first (difflib), as a
+    mistyped name is most often one letter off: what to write instead, without a shell."""
+    root = paths.datasets
+    found: list[str] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for file in sorted(files):
+            if not file.startswith(".") and file.lower().endswith(DATASET_SUFFIXES):
+                # a name with undecodable bytes is shown escaped, as every stored text is
+                found.append(safe_text((Path(folder) / file).relative_to(root).as_posix()))
+        if len(found) >= DATASETS_LISTED:
+            break
+    if not found:
+        return "the folder holds no .jsonl or .json file"
+
+    def closeness(candidate: str) -> tuple[float, str]:
+        return -difflib.SequenceMatcher(None, name.lower(), candidate.lower()).ratio(), candidate
+
+    ranked = sorted(found, key=closeness)
+    more = len(ranked) - DATASETS_SHOWN
+    shown = ", ".join(ranked[:DATASETS_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    return f"the dataset files there, closest first: {shown}"
 
 
 def resolve_models(

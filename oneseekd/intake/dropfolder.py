@@ -178,6 +178,18 @@ class DropFolder:
         """Finish files claimed by a daemon that died before moving them, then explain
         rejected files an older daemon moved without their NAME.error.json; returns how many
         claimed files were finished."""
+        done = self._finish_claimed()
+        try:
+            self._explain_rejected()
+        except (OSError, ValueError) as exc:
+            log.error("rejected_files_unexplained", error=f"{type(exc).__name__}: {exc}")
+        return done
+
+    def _finish_claimed(self) -> int:
+        """Decide (again) and move every file in requests/.claimed/: one whose decision
+        committed is moved to match it, one whose decision did not (the database failed
+        under it, or the daemon died) is decided now. A database error leaves the rest
+        where they are, for the next poll."""
         done = 0
         for path in self._claimed_files():
             try:
@@ -192,10 +204,6 @@ class DropFolder:
                 )
                 continue
             done += 1
-        try:
-            self._explain_rejected()
-        except (OSError, ValueError) as exc:
-            log.error("rejected_files_unexplained", error=f"{type(exc).__name__}: {exc}")
         return done
 
     def _recover_one(self, path: Path) -> None:
@@ -278,7 +286,15 @@ class DropFolder:
 
     def poll(self, limit: int = BATCH) -> int:
         """Take in up to `limit` request files that have been still for the settle time, in
-        one intake transaction; returns how many."""
+        one intake transaction; returns how many.
+
+        Files a failed poll left claimed (the database failed between the claim and the
+        decision) are decided first: only this daemon claims into its home's .claimed/, so
+        any file there that is not being decided right now was left by a poll that failed.
+        Every file ends in accepted/ or rejected/ through an outage of any length."""
+        retaken = self._finish_claimed() if self._claimed_files() else 0
+        if retaken:
+            log.info("claimed_files_retaken", count=retaken)
         now = self.clock()
         claimed: list[tuple[Path, str, str]] = []
         seen: dict[tuple[str, int, int, int], float] = {}
@@ -309,7 +325,7 @@ class DropFolder:
         if refusals:  # a row says why, for `oneseekctl runs`; the file stays where it is
             self.intake.take_batch(refusals)
         self._take_all(claimed)
-        return len(claimed) + len(refusals)
+        return retaken + len(claimed) + len(refusals)
 
     def _claim(
         self, entry: os.DirEntry[str], identity: tuple[str, int, int, int]

@@ -27,6 +27,7 @@ class Verdict:
     run_id: str | None = None
     problems: list[str] = field(default_factory=list)
     duplicate_of: str | None = None
+    fix: str | None = None  # a duplicate's: what to do to train again (NAME.error.json)
 
     @property
     def accepted(self) -> bool:
@@ -147,7 +148,11 @@ def log_verdict(verdict: Verdict, source: str, source_name: str | None) -> None:
             name=name,
         )
     else:
-        log.info(
+        # a refused file or row is news no one saw coming: a warning, in the daemon's journal
+        # under any level. `submit` tells its own person at once on the terminal; its CLI logs
+        # warnings to stderr, which would repeat the refusal there as a JSON line.
+        refused = log.info if source == "submit" else log.warning
+        refused(
             "request_" + ("rejected" if verdict.status == "rejected" else "duplicate"),
             request=verdict.request_pk,
             source=source,

@@ -98,7 +98,7 @@ def write_error(target: Path, verdict: Verdict, original: str) -> None:
         "problems": verdict.problems,
         "duplicate_of_run": verdict.duplicate_of,
         "fix": (
-            "this request repeats one already queued; nothing to do"
+            verdict.fix or "this request repeats an earlier one: see problems"
             if verdict.status == "duplicate"
             else "correct every problem listed, then drop the file into requests/ again "
             "(write NAME.json.tmp, then rename it to NAME.json)"

@@ -26,7 +26,12 @@ import structlog
 from oneseekd import protocol
 from oneseekd.errors import OneseekError
 from oneseekd.home import HomePaths
-from oneseekd.logs import capture_library_output, configure_logging, library_loggers_propagate
+from oneseekd.logs import (
+    capture_library_output,
+    configure_logging,
+    library_loggers_propagate,
+    one_line_reason,
+)
 from oneseekd.trainer import heap
 
 if TYPE_CHECKING:
@@ -132,7 +137,7 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--run-id", required=True)
     args = parser.parse_args(argv)
     level = os.environ.get("ONESEEK_LOG_LEVEL", "info")
-    configure_logging(level)
+    configure_logging(level, human=False)  # the run log is JSON lines, whatever its stream
     capture_library_output(level)  # the run log is JSON lines, libraries' output included
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
@@ -155,7 +160,7 @@ def _main(argv: list[str] | None) -> int:
 
     from oneseekd.db.engine import make_engine
 
-    engine = make_engine(args.db_url)
+    engine = make_engine(args.db_url, lease_seconds=_lease_seconds())
     try:
         config = _stored_config(engine, args.run_id)
         # imported after the signal set-up: torch takes seconds to import
@@ -193,10 +198,22 @@ def _main(argv: list[str] | None) -> int:
         log.info("trainer_stopped", text="stopped on request after writing a checkpoint")
         return protocol.EXIT_STOPPED
     except (torch.OutOfMemoryError, MemoryError) as exc:
-        log.error("trainer_out_of_memory", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        error = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "trainer_out_of_memory",
+            error=error,
+            reason=" ".join(error.splitlines()[0].split()),
+            exc_info=True,
+        )
         return protocol.EXIT_OOM
     except OneseekError as exc:
-        log.error("trainer_refused", error=f"Error: {exc}")
+        # `reason` is the run's cause in one line: the supervisor makes it the first line of
+        # the run's error (daemon/outcome.py), which status, show and train print
+        log.error(
+            "trainer_refused",
+            error=f"Error: {exc}",
+            reason=one_line_reason(exc.message, exc.problems),
+        )
         return (
             protocol.EXIT_REFUSED
             if exc.exit_code == protocol.EXIT_REFUSED
@@ -206,6 +223,18 @@ def _main(argv: list[str] | None) -> int:
         engine.dispose()
         leave(world)
     return protocol.EXIT_OK
+
+
+def _lease_seconds() -> float:
+    """The lease the daemon gave this trainer (protocol.ENV_LEASE_SECONDS); the default when
+    it was started by hand or the value is unreadable."""
+    from oneseekd.config import DEFAULT_LEASE_SECONDS
+
+    try:
+        value = float(os.environ.get(protocol.ENV_LEASE_SECONDS, ""))
+    except ValueError:
+        return DEFAULT_LEASE_SECONDS
+    return value if value > 0 else DEFAULT_LEASE_SECONDS
 
 
 if __name__ == "__main__":

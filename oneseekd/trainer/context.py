@@ -10,6 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import Engine, select
 
 from oneseekd import protocol, queue
@@ -26,6 +27,13 @@ from oneseekd.spec.request import RunSpec, SpecError
 from oneseekd.times import utc_text
 
 PROGRESS_SECONDS = 1.0
+# a `progress` event in the run log at most this often: `oneseekctl logs -f` and the journal
+# see a long run go on, without a line per step
+PROGRESS_LOG_SECONDS = 30.0
+LOGGED = ("model", "epoch", "epochs", "step", "steps", "loss", "tokens_per_s", "eta_s")
+LOGGED_PHASE = ("phase", "done", "total", "unit")
+
+log = structlog.get_logger("oneseekd.trainer")
 
 
 class RunRefused(OneseekError):
@@ -145,12 +153,18 @@ class Progress:
         self.run_pk = run_pk
         self.attempt = this_attempt()
         self._last = 0.0
+        self._logged: float | None = None
 
     def report(self, data: dict[str, Any], *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < PROGRESS_SECONDS:
             return
         self._last = now
+        if data.get("step") is not None and (
+            self._logged is None or now - self._logged >= PROGRESS_LOG_SECONDS
+        ):
+            self._logged = now
+            log.info("progress", **{k: data[k] for k in (*LOGGED, *LOGGED_PHASE) if k in data})
         with write_session(self.engine) as session:
             # a trainer whose run was taken over stops here, before its next checkpoint
             queue.check_claim(session, self.run_pk, self.attempt, by="trainer")

@@ -23,6 +23,7 @@ optimizer step. `samples` generates greedily from a few held-out prompts with bo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -100,6 +101,11 @@ def held_out(val: Encoded, train: Encoded, max_tokens: int) -> HeldOut:
     return HeldOut(rows, rows.label_bytes(), source)
 
 
+def batch_count(held: HeldOut, batch_size: int, world: World) -> int:
+    """How many batches one rank's measure() of `held` runs: the phase's total."""
+    return math.ceil(math.ceil(len(held.data.ids) / max(batch_size, 1)) / world.size)
+
+
 def _batches(data: Encoded, batch_size: int) -> list[list[int]]:
     """Rows sorted by length (little padding), cut into batches: the same for every model."""
     order = sorted(range(len(data.ids)), key=lambda i: (len(data.ids[i]), i))
@@ -149,12 +155,14 @@ def measure(
     world: World,
     sharded: bool,
     device: Device,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> Figures:
     """Every figure of `model` on the held-out rows, each rank its share of the batches and
     each row's sums all-reduced (a row is measured by one rank, the others add 0, so the
     result is the same on every run of the same weights, on any number of processes).
     Through the decoder and a chunked head, as the training loss is taken, with no KV cache:
-    it never needs more memory than a training step."""
+    it never needs more memory than a training step. `on_batch(done, total)` is told after
+    each of this rank's batches (the phase's progress)."""
     data = held.data
     counts = data.label_counts()
     batches = _batches(data, batch_size)
@@ -168,7 +176,7 @@ def measure(
     was_training = model.training
     model.eval()
     try:
-        for rows in mine:  # None: the first batch again, not counted
+        for done, rows in enumerate(mine, start=1):  # None: the first batch again, not counted
             batch = collate(data, batches[0] if rows is None else rows, pad_id)
             labels = batch.pop("labels")
             batch = {k: v.to(device.type) for k, v in batch.items()}
@@ -179,6 +187,8 @@ def measure(
             if rows is not None:
                 for row, nats, hit in zip(rows, loss.tolist(), hits.tolist(), strict=True):
                     record_nats[row], record_hits[row] = float(nats), float(hit)
+            if on_batch is not None:
+                on_batch(done, len(mine))
     finally:
         model.train(was_training)
     summed = world.sum(record_nats + record_hits)
@@ -194,6 +204,7 @@ def measure_adapter(
     batch_size: int,
     world: World,
     device: Device,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> Figures:
     """Another adapter of the same base (the current run's, from its folder) measured on these
     held-out rows: loaded beside the trained one, made active, measured, then removed (the
@@ -204,7 +215,7 @@ def measure_adapter(
     try:
         model.set_adapter(name)
         with autocast(device):
-            return measure(model, held, pad_id, batch_size, world, False, device)
+            return measure(model, held, pad_id, batch_size, world, False, device, on_batch)
     finally:
         model.set_adapter(active)
         model.delete_adapter(name)
@@ -251,14 +262,18 @@ def samples(
     records: Records,
     new_tokens: int,
     device: Device,
+    on_prompt: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """For each (record index, ids, mask): the prompt, the reference answer, and the greedy
-    answers of the base (adapter disabled) and the trained model."""
+    answers of the base (adapter disabled) and the trained model; `on_prompt(done, total)`
+    is told after each."""
     was_training = model.training
     model.eval()
     found = []
     try:
-        for index, ids, mask in encoded:
+        for done, (index, ids, mask) in enumerate(encoded, start=1):
+            if on_prompt is not None and done > 1:
+                on_prompt(done - 1, len(encoded))
             prompt = prompt_ids(ids, mask)
             if not prompt or len(prompt) == len(ids):
                 continue

@@ -27,6 +27,7 @@ from oneseekd.config import CertifyConfig
 from oneseekd.db.engine import write_session
 from oneseekd.db.models import Artifact, ModelTraining, utcnow
 from oneseekd.home import HomePaths
+from oneseekd.trainer import phases
 from oneseekd.trainer.context import ModelSpec, RunContext, this_attempt
 from oneseekd.trainer.data import Records
 from oneseekd.trainer.evaluate import measure_adapter, sample_prompts, samples
@@ -67,15 +68,17 @@ def compare_with_current(
     if found["base_hash"] != base_weights_hash(spec.path):
         return None
     pad_id = int(recipe.tokenizer.pad_token_id)
-    figures = measure_adapter(
-        recipe.model,
-        found["path"],
-        recipe.held,
-        pad_id,
-        recipe.batch_size,
-        recipe.world,
-        recipe.device,
-    )
+    with recipe.phase(phases.COMPARING, recipe.eval_batches(), "batches") as tick:
+        figures = measure_adapter(
+            recipe.model,
+            found["path"],
+            recipe.held,
+            pad_id,
+            recipe.batch_size,
+            recipe.world,
+            recipe.device,
+            tick,
+        )
     return {**which, "figures": figures.as_dict()}
 
 
@@ -99,9 +102,16 @@ def held_out_samples(
         except RecordProblem:
             continue
         encoded.append((index, got.ids, got.mask))
-    return samples(
-        recipe.model, recipe.tokenizer, encoded, records, settings.sample_tokens, recipe.device
-    )
+    with recipe.phase(phases.SAMPLES, len(encoded), "prompts") as tick:
+        return samples(
+            recipe.model,
+            recipe.tokenizer,
+            encoded,
+            records,
+            settings.sample_tokens,
+            recipe.device,
+            tick,
+        )
 
 
 def certify_run(

@@ -15,6 +15,7 @@ import torch
 from sqlalchemy import Engine, select
 
 from oneseekd import queue
+from oneseekd.certify.current import current_adapter
 from oneseekd.certify.ledger import Ledger
 from oneseekd.certify.live import LiveMetrics
 from oneseekd.certify.publish import publish
@@ -73,6 +74,10 @@ def train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelResu
         run.progress,
         run.should_stop,
         {"model_index": position + 1, "models": len(ctx.models)},
+        # the phases after the last step, for the ETA (the current run's base is checked
+        # when it is measured: a current adapter of this key is the estimate's signal)
+        compares=settings.compare_with_current and current_adapter(ctx.home, key) is not None,
+        samples=settings.sample_prompts > 0,
     )
     if live is not None:
         told = live  # for the closure: a name mypy sees is not None

@@ -24,7 +24,7 @@ import torch
 from peft import get_peft_model_state_dict
 
 from oneseekd.certify.certified import Figures
-from oneseekd.trainer import keep, sharding
+from oneseekd.trainer import keep, phases, sharding
 from oneseekd.trainer.batching import (
     Batch,
     order_digest,
@@ -36,10 +36,10 @@ from oneseekd.trainer.batching import (
 from oneseekd.trainer.checkpoint import Checkpoints, Position, rng_state
 from oneseekd.trainer.context import ModelSpec, Progress
 from oneseekd.trainer.data import Records
-from oneseekd.trainer.evaluate import measure
-from oneseekd.trainer.keeping import KeepsBestEpoch
+from oneseekd.trainer.evaluate import batch_count, measure
 from oneseekd.trainer.loading import Device
 from oneseekd.trainer.loss import loss_sum
+from oneseekd.trainer.reporting import ReportsProgress
 from oneseekd.trainer.tokcache import TokenCache
 from oneseekd.trainer.world import World
 
@@ -103,9 +103,13 @@ class Reporting:
     on_epoch: Callable[[str, Position], None] = _untold
     on_step: Callable[[str, list[float]], None] = _untold  # every optimizer step's loss so far
     on_auto_stop: Callable[[str, dict[str, Any]], None] = _untold  # auto-stop's state, per epoch
+    # the phases after the last step that the ETA counts (trainer/phases.py): the current
+    # model measured on the same rows, the samples generated
+    compares: bool = False
+    samples: bool = False
 
 
-class LoraRecipe(KeepsBestEpoch):
+class LoraRecipe(ReportsProgress):
     def __init__(self, task: Task, place: Placement, reporting: Reporting) -> None:
         self.spec = task.spec
         self.hp = task.hyper
@@ -126,6 +130,10 @@ class LoraRecipe(KeepsBestEpoch):
         self.on_epoch = reporting.on_epoch
         self.on_step = reporting.on_step
         self.on_auto_stop = reporting.on_auto_stop
+        self.compares, self.samples = reporting.compares, reporting.samples
+        self.timing = phases.Timing()
+        self._started = time.monotonic()  # train() starts the clock again
+        self._before = (0, 0, 0.0)
         self._window_loss = torch.zeros(())  # the summed loss of the window so far
 
     def _loss(self, net: Any, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> Any:
@@ -282,48 +290,37 @@ class LoraRecipe(KeepsBestEpoch):
             self.on_step(self.spec.key, pos.step_losses)
         return True
 
-    def _report(self, pos: Position, epochs: int) -> None:
-        elapsed = max(time.monotonic() - self._started, 1e-9)
-        first_step, first_tokens, _ = self._before
-        rate = (pos.tokens_seen - first_tokens) / elapsed
-        per_step = elapsed / max(pos.step - first_step, 1)
-        remaining = self.total_steps - pos.step
-        self.progress.report(
-            {
-                **self.label,
-                "model": self.spec.key,
-                "epoch": pos.epoch + 1,
-                "epochs": epochs,
-                "step": pos.step,
-                "steps": self.total_steps,
-                "loss": round(pos.loss_sum / max(pos.loss_tokens, 1), 5),
-                "tokens_per_s": round(rate, 1),
-                "eta_s": round(per_step * remaining, 1),
-                "device": self.device.name,
-            }
-        )
-
     def evaluate(self, pad_id: int) -> float:
         """Token-weighted mean loss on the held-out rows (trainer/evaluate.py: the validation
         split, the train split if it is empty), over the same labels training uses; every
         figure of it is kept in the position (checkpointed) for certification."""
-        figures = self._measure(pad_id)
+        with self.phase(phases.TRAINED, self.eval_batches(), "batches") as tick:
+            figures = self._measure(pad_id, tick)
         self.position.evals.append(figures)
         return float(figures["loss"])
 
     def evaluate_base(self, pad_id: int) -> dict[str, Any]:
         """The base model's figures on the same rows and batches: the adapter disabled."""
-        with self.model.disable_adapter():
-            return self._measure(pad_id)
+        with (
+            self.phase(phases.BASE, self.eval_batches(), "batches") as tick,
+            self.model.disable_adapter(),
+        ):
+            return self._measure(pad_id, tick)
 
-    def _measure(self, pad_id: int) -> dict[str, Any]:
+    def eval_batches(self) -> int:
+        """The batches of one held-out evaluation on this rank."""
+        return batch_count(self.held, self.batch_size, self.world)
+
+    def _measure(
+        self, pad_id: int, on_batch: Callable[[int, int], None] | None = None
+    ) -> dict[str, Any]:
         # sharded, the forward must go through the root that gathers the weights (the chunked
         # wrapper, asked for no labels, answers with the model's own output and its logits)
         net = self.inner if self.sharded else self.model
         world, device = self.world, self.device
         with self._autocast():
             return measure(
-                net, self.held, pad_id, self.batch_size, world, self.sharded, device
+                net, self.held, pad_id, self.batch_size, world, self.sharded, device, on_batch
             ).as_dict()
 
     def _where(self, pos: Position) -> tuple[int, int, int]:

@@ -5,6 +5,7 @@ metrics, the adapters, the ledger and the certified folder."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from oneseekd.db.engine import read_session
 from oneseekd.db.models import Run, utcnow
 from oneseekd.home import HomePaths
 from oneseekd.spec.host import check
+from oneseekd.trainer import phases
 from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import Progress, RunRefused, load_context, training_row
 from oneseekd.trainer.data import duplicates, split
@@ -158,7 +160,10 @@ def train_run(
         results[spec.key] = train_one(shared, spec.key, position, row.id)
     if not world.main:
         return ""  # certifying is rank 0's alone
-    progress.report({"model": None, "state": "certifying"}, force=True)  # seconds, named
+    # seconds to minutes (hashing every base model's weights): named, not estimated
+    progress.report({"model": None, "state": "certifying", "phase": phases.CERTIFYING}, force=True)
+    log.info("phase_started", phase=phases.CERTIFYING, models=len(ctx.models))
+    certifying = time.monotonic()
     inputs = {
         "base_models": {m.key: base_weights_hash(m.path) for m in ctx.models},
         "dataset": dataset_unchanged(ctx, trained_on),
@@ -183,6 +188,8 @@ def train_run(
     )
     publish(engine, home, ctx.run_pk)
     checkpoints.remove()
+    seconds = round(time.monotonic() - certifying, 2)
+    log.info("phase_finished", phase=phases.CERTIFYING, seconds=seconds)
     note = not_current_note(verdict.as_dict())
     progress.report(
         {"model": None, "state": "certified", "dna": dna, "current": verdict.made_current}
