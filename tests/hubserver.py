@@ -11,8 +11,8 @@ It serves exactly what huggingface_hub calls to pin and fetch a model repository
 
 Tests build repositories in memory (`HubServer.add`), move a branch (`move`), serve a file
 corrupted (`corrupt`), cut a response short after N bytes (`cut_after`), and read what was
-served (`served_bytes`, `gets`, `requests`). No real mirror server (olah) is used: none serves a local
-repository without reaching huggingface.co first.
+served (`served_bytes`, `gets`, `requests`). No real mirror server (olah) is used: none serves
+a local repository without reaching huggingface.co first.
 """
 
 from __future__ import annotations
