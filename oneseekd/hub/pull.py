@@ -85,6 +85,7 @@ def pull_model(
     backoff_s: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
     free_bytes: Callable[[Path], int] | None = None,
+    on_pinned: Callable[[Pinned], None] = lambda p: None,
 ) -> Pulled:
     target = where.base_models / (folder or ref.folder)
     have = installed_manifest(target)
@@ -107,6 +108,7 @@ def pull_model(
         sleep=sleep,
         on_failure=lambda why: _offline_refusal(ref, target, why),
     )
+    on_pinned(pinned)
     if have is not None and same_repo and have.get("commit") == pinned.commit:
         return Pulled(target, pinned, pinned.commit, _sha256s(have), fetched=False)
     if target.exists():

@@ -1,0 +1,210 @@
+"""The `model_downloads` door (oneseekd/hub/downloads.py), in this process: a row is claimed,
+carried out in a thread, and ended with the catalog, the ledger and the reason in the row,
+against a Hub on loopback (tests/hubserver.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon import wait_for
+from hubserver import HubServer
+from modelfactory import make_model
+from sqlalchemy import Engine, select
+
+from oneseekd.catalog.live import Catalog
+from oneseekd.catalog.scan import model_roots
+from oneseekd.certify.ledger import Ledger
+from oneseekd.config import Config, load_config
+from oneseekd.db.engine import make_engine, read_session
+from oneseekd.db.migrate import upgrade
+from oneseekd.db.models import BaseModel, LedgerEvent, ModelDownload
+from oneseekd.hub import downloads as downloads_module
+from oneseekd.hub.downloads import Downloads
+
+REPO = "tiny-org/Tiny-Llama"
+
+
+def model_files(tmp_path: Path) -> dict[str, bytes]:
+    folder = make_model(tmp_path / "built", "Tiny-Llama")
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    files["modeling_tiny.py"] = b"import os\n"  # never fetched
+    return files
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubServer]:
+    server = HubServer()
+    server.add(REPO, model_files(tmp_path))
+    with server.running():
+        yield server
+
+
+@pytest.fixture
+def setup(home: Path, hub: HubServer) -> Iterator[tuple[Config, Engine, Downloads]]:
+    (home / "oneseekd.toml").write_text(
+        f'[hub]\nendpoint = "{hub.endpoint}"\n[catalog]\nsettle_seconds = 5\n'
+    )
+    config = load_config(home, env={})
+    engine = make_engine(config.db_url)
+    upgrade(engine)
+    catalog = Catalog(engine, model_roots(config), 5.0, host=config.catalog.host)
+    catalog.full_scan()
+    downloads = Downloads(
+        engine, config, ledger=Ledger.for_home(engine, config.home), catalog=catalog
+    )
+    yield config, engine, downloads
+    downloads.shutdown()
+    engine.dispose()
+
+
+def insert(config: Config, repository: str, **columns: object) -> int:
+    """A row as another program INSERTs it: plain sqlite3, only the columns it names."""
+    con = sqlite3.connect(config.home.db_file)
+    names = ["repository", *columns]
+    cur = con.execute(
+        f"INSERT INTO model_downloads ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+        [repository, *columns.values()],
+    )
+    con.commit()
+    con.close()
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def row(engine: Engine, row_id: int) -> ModelDownload:
+    with read_session(engine) as session:
+        return session.get_one(ModelDownload, row_id)
+
+
+def until_ended(engine: Engine, downloads: Downloads, row_id: int) -> ModelDownload:
+    def ended() -> ModelDownload | None:
+        downloads._last_look = float("-inf")
+        downloads.tick()
+        r = row(engine, row_id)
+        return r if r.status in ("succeeded", "failed", "cancelled") else None
+
+    return wait_for(ended, 30, what=f"download {row_id} to end")
+
+
+def test_an_inserted_row_is_downloaded_into_the_catalog_ready_with_its_ledger_event(
+    setup: tuple[Config, Engine, Downloads], hub: HubServer
+) -> None:
+    config, engine, downloads = setup
+    row_id = insert(config, REPO)
+    done = until_ended(engine, downloads, row_id)
+    commit = hub.repos[REPO].branches["main"]
+    assert (done.status, done.commit, done.model_key) == ("succeeded", commit, "tiny-llama")
+    assert done.host == config.catalog.host and done.bytes_done == done.bytes_total > 0
+    assert done.error is None and done.finished_at is not None
+    with read_session(engine) as session:
+        model = session.scalars(select(BaseModel).where(BaseModel.key == "tiny-llama")).one()
+        # ready at once: the settle time (5 s here) is not waited out for a checked folder
+        assert model.state == "ready"
+        event = session.scalars(
+            select(LedgerEvent).where(LedgerEvent.event == "model_downloaded")
+        ).one()
+    payload = json.loads(event.payload)
+    assert (payload["repository"], payload["commit"], payload["folder"]) == (
+        REPO,
+        commit,
+        "Tiny-Llama",
+    )
+    files = hub.repos[REPO].commits[commit]
+    assert payload["files"] == {
+        n: hashlib.sha256(files[n]).hexdigest() for n in files if not n.endswith(".py")
+    }
+    assert not (config.home.incoming / "Tiny-Llama").exists()
+
+
+def test_a_bad_repository_id_fails_its_row_with_the_reason(
+    setup: tuple[Config, Engine, Downloads],
+) -> None:
+    config, engine, downloads = setup
+    bad = insert(config, "not a repo")
+    folder = insert(config, REPO, folder="../escape")
+    assert until_ended(engine, downloads, bad).status == "failed"
+    failed = row(engine, bad)
+    assert "cannot pull" in (failed.error or "")
+    assert any("is not a Hub repository id" in p for p in failed.problems or [])
+    escaped = until_ended(engine, downloads, folder)
+    assert escaped.status == "failed" and "cannot be a model folder's name" in (escaped.error or "")
+
+
+def test_404_and_401_end_their_rows_failed_with_a_clear_error(
+    setup: tuple[Config, Engine, Downloads], hub: HubServer, tmp_path: Path
+) -> None:
+    config, engine, downloads = setup
+    hub.add("tiny-org/Private", model_files(tmp_path / "p"), token="hf_secret")
+    missing = until_ended(engine, downloads, insert(config, "tiny-org/Nowhere"))
+    assert missing.status == "failed"
+    assert "no repository tiny-org/Nowhere" in (missing.error or "")
+    private = until_ended(engine, downloads, insert(config, "tiny-org/Private"))
+    assert private.status == "failed"
+    assert "refused access to tiny-org/Private (401)" in (private.error or "")
+    assert any(str(config.home.hf_token) in p for p in private.problems or [])
+
+
+def test_offline_refuses_naming_what_to_copy_in(
+    home: Path, setup: tuple[Config, Engine, Downloads], hub: HubServer
+) -> None:
+    config, engine, downloads = setup
+    downloads.config = load_config(home, env={"HF_HUB_OFFLINE": "1"})
+    done = until_ended(engine, downloads, insert(config, REPO))
+    assert done.status == "failed" and "[hub] offline is set" in (done.error or "")
+    assert any("copy the folder to" in p for p in done.problems or [])
+    assert hub.requests == []  # not one request to the network
+
+
+def test_cancel_stops_a_running_download_and_a_pending_one(
+    setup: tuple[Config, Engine, Downloads], hub: HubServer
+) -> None:
+    config, engine, downloads = setup
+    hub.bytes_per_second = 64 * 1024  # about 3 s for the weights
+    running = insert(config, REPO)
+    pending = insert(config, REPO, folder="Second")
+    wait_for(lambda: (downloads.tick(), row(engine, running).bytes_done)[1], 20, what="bytes")
+    con = sqlite3.connect(config.home.db_file)
+    con.execute("UPDATE model_downloads SET cancel_requested = 1")
+    con.commit()
+    con.close()
+    assert until_ended(engine, downloads, running).status == "cancelled"
+    assert until_ended(engine, downloads, pending).status == "cancelled"
+    assert not (config.home.base_models / "Tiny-Llama").exists()
+
+
+def test_a_row_its_dead_process_left_running_goes_back_to_pending(
+    setup: tuple[Config, Engine, Downloads],
+) -> None:
+    config, engine, downloads = setup
+    dead = insert(config, REPO, status="running", host=config.catalog.host, pid=2**22 + 7)
+    elsewhere = insert(config, REPO, status="running", host="other-host", pid=2**22 + 7)
+    assert downloads.recover() == 1
+    assert row(engine, dead).status == "pending"
+    assert row(engine, elsewhere).status == "running"  # another host's daemon resumes its own
+
+
+def test_progress_is_written_about_once_a_second(
+    setup: tuple[Config, Engine, Downloads], hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, engine, downloads = setup
+    monkeypatch.setattr(downloads_module, "PROGRESS_SECONDS", 0.2)
+    hub.bytes_per_second = 128 * 1024
+    row_id = insert(config, REPO)
+
+    def partway() -> ModelDownload | None:
+        downloads.tick()
+        r = row(engine, row_id)
+        return r if r.bytes_done and r.bytes_done < (r.bytes_total or 0) else None
+
+    r = wait_for(partway, 20, what="a download partway")
+    assert r.status == "running" and r.commit == hub.repos[REPO].branches["main"]
+    assert r.progress is not None and r.progress["file"] == "model.safetensors"
+    assert r.progress["rate"] > 0 and r.heartbeat_at is not None
+    hub.bytes_per_second = None
+    assert until_ended(engine, downloads, row_id).status == "succeeded"
+    assert downloads.job is None  # the thread has ended: nothing left running
