@@ -105,6 +105,7 @@ def test_an_inserted_row_is_downloaded_into_the_catalog_ready_with_its_ledger_ev
         model = session.scalars(select(BaseModel).where(BaseModel.key == "tiny-llama")).one()
         # ready at once: the settle time (5 s here) is not waited out for a checked folder
         assert model.state == "ready"
+        assert (model.source_repository, model.source_commit) == (REPO, commit)
         event = session.scalars(
             select(LedgerEvent).where(LedgerEvent.event == "model_downloaded")
         ).one()

@@ -51,7 +51,8 @@ RUN_COLUMNS = (
 MODEL_COLUMNS = (
     "id, host, key, display_name, detected_name, path, root, state, state_reason, enabled, "
     "model_type, architectures, parameter_count, size_bytes, weight_format, has_tokenizer, "
-    "fingerprint, shadowed_paths, first_seen_at, updated_at, state_changed_at"
+    "fingerprint, shadowed_paths, first_seen_at, updated_at, state_changed_at, "
+    "source_repository, source_commit"
 )
 
 
