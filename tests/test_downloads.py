@@ -209,3 +209,41 @@ def test_progress_is_written_about_once_a_second(
     hub.bytes_per_second = None
     assert until_ended(engine, downloads, row_id).status == "succeeded"
     assert downloads.job is None  # the thread has ended: nothing left running
+
+
+def test_a_file_served_corrupted_fails_the_row_and_never_reaches_the_catalog(
+    setup: tuple[Config, Engine, Downloads], hub: HubServer
+) -> None:
+    config, engine, downloads = setup
+    hub.corrupt(REPO, "model.safetensors")
+    done = until_ended(engine, downloads, insert(config, REPO))
+    assert done.status == "failed"
+    assert "model.safetensors arrived damaged: sha256" in (done.error or "")
+    assert done.model_key is None
+    assert not (config.home.base_models / "Tiny-Llama").exists()
+    downloads.catalog.full_scan()  # not even a full scan finds a trace of it
+    with read_session(engine) as session:
+        assert session.scalars(select(BaseModel.key)).all() == []
+        assert session.scalars(select(LedgerEvent)).all() == []
+
+
+def test_a_revision_moved_after_pinning_still_installs_the_pinned_commit(
+    setup: tuple[Config, Engine, Downloads], hub: HubServer
+) -> None:
+    config, engine, downloads = setup
+    pinned = hub.repos[REPO].branches["main"]
+    old = hub.repos[REPO].commits[pinned]
+    hub.bytes_per_second = 64 * 1024
+    row_id = insert(config, REPO)
+
+    def underway() -> bool:
+        downloads.tick()
+        return bool(row(engine, row_id).commit)
+
+    wait_for(underway, 20, what="the revision pinned")
+    moved = hub.move(REPO, {**old, "config.json": b'{"model_type": "llama", "moved": true}'})
+    hub.bytes_per_second = None
+    done = until_ended(engine, downloads, row_id)
+    assert (done.status, done.commit) == ("succeeded", pinned) and moved != pinned
+    installed = config.home.base_models / "Tiny-Llama" / "config.json"
+    assert installed.read_bytes() == old["config.json"]
