@@ -158,7 +158,7 @@ def _insert(
         return row.id
 
 
-def _carry_out_here(obj: Context, engine: Engine, row_id: int) -> threading.Thread | None:
+def _carry_out_here(obj: Context, engine: Engine, row_id: int) -> _Here | None:
     """Claim the row as this process and download in a thread; None when a daemon claimed
     it first."""
     from oneseekd.catalog.live import Catalog
@@ -175,7 +175,18 @@ def _carry_out_here(obj: Context, engine: Engine, row_id: int) -> threading.Thre
         return None
     thread = threading.Thread(target=downloads.carry_out, args=(job,), daemon=True)
     thread.start()
-    return thread
+    return _Here(thread, job.cancel)
+
+
+class _Here:
+    """A download this process carries out: its thread, and the flag that stops it."""
+
+    def __init__(self, thread: threading.Thread, cancel: threading.Event) -> None:
+        self.thread = thread
+        self.cancel = cancel
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
 
 
 def _read(engine: Engine, row_id: int) -> ModelDownload:
@@ -186,9 +197,7 @@ def _read(engine: Engine, row_id: int) -> ModelDownload:
         return session.get_one(ModelDownload, row_id)
 
 
-def _follow(
-    engine: Engine, row_id: int, *, quiet: bool, worker: threading.Thread | None
-) -> ModelDownload:
+def _follow(engine: Engine, row_id: int, *, quiet: bool, worker: _Here | None) -> ModelDownload:
     last_print = 0.0
     last_line = ""
     try:
@@ -205,16 +214,20 @@ def _follow(
                 last_print, last_line = now, line
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
-        where = "here" if worker is not None else "in the daemon"
-        click.echo(
-            f"\nStopped following download-{row_id}; "
-            + (
-                "what arrived is kept, and the next pull or daemon resumes it."
-                if worker is not None
-                else f"it goes on {where} (`oneseekctl cancel download-{row_id}` stops it)."
-            ),
-            err=True,
-        )
+        if worker is None:
+            click.echo(
+                f"\nStopped following download-{row_id}; it goes on in the daemon "
+                f"(`oneseekctl cancel download-{row_id}` stops it).",
+                err=True,
+            )
+        else:  # this process was the download: it ends cancelled, its bytes kept
+            worker.cancel.set()
+            worker.thread.join(10.0)
+            click.echo(
+                f"\nCancelled download-{row_id}; what arrived is kept, and a pull of the same "
+                "repository resumes from it.",
+                err=True,
+            )
         raise SystemExit(130) from None
 
 
