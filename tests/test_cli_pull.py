@@ -74,9 +74,11 @@ def test_detach_queues_status_lists_and_cancel_cancels_a_download(
     queued = ctl(home, "pull", f"{REPO}@main", "--name", "Mine", "--detach", "--json", env=env(hub))
     assert queued.exit_code == 0, queued.output
     row_id = json.loads(queued.stdout)["download"]
-    assert rows(home, "SELECT status, folder, source FROM model_downloads") == [
-        ("pending", "Mine", "pull")
-    ]
+    [(status, folder, source, host)] = rows(
+        home, "SELECT status, folder, source, host FROM model_downloads"
+    )
+    assert (status, folder, source) == ("pending", "Mine", "pull")
+    assert host  # this host's daemon downloads it, not another on a shared database
     status = json.loads(ctl(home, "status", "--json").stdout)
     [listed] = status["downloads"]
     assert (listed["name"], listed["repository"], listed["status"]) == (

@@ -99,7 +99,10 @@ def pull_cmd(
         folder = check_folder(folder)
     obj.create_database = obj.config.home.models.is_dir()  # a prepared home, like submit
     engine = obj.engine()
-    row_id = _insert(engine, parsed.repo, parsed.revision, folder, allow_pickle)
+    # this host's daemon (or this process) downloads it: the model is wanted where it was pulled
+    row_id = _insert(
+        engine, parsed.repo, parsed.revision, folder, allow_pickle, obj.config.catalog.host
+    )
     name = f"download-{row_id}"
     if detach:
         if as_json:
@@ -137,7 +140,12 @@ def pull_cmd(
 
 
 def _insert(
-    engine: Engine, repository: str, revision: str, folder: str | None, allow_pickle: bool
+    engine: Engine,
+    repository: str,
+    revision: str,
+    folder: str | None,
+    allow_pickle: bool,
+    host: str,
 ) -> int:
     from oneseekd.db.engine import write_session
     from oneseekd.db.models import ModelDownload, utcnow
@@ -150,6 +158,7 @@ def _insert(
             allow_pickle=allow_pickle,
             status="pending",
             source="pull",
+            host=host,
             cancel_requested=False,
             created_at=utcnow(),
         )
