@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import DaemonProcess, query, run_until_idle, wait_for
+from daemon import DaemonProcess, query, run_state, run_until_idle, wait_for
+from homes import drop, request
 from hubserver import HubServer
 from modelfactory import TINY_TENSORS, make_model
 from trainhomes import FAST, cached_tiny, civic_dataset
@@ -123,6 +124,28 @@ def test_a_daemon_killed_mid_file_resumes_at_its_restart_fetching_only_the_missi
     # the row counts the bytes this start fetched: the rest of the weights, the files not begun
     assert json.loads(progress)["fetched_bytes"] == sum(g[2] for g in hub.gets[before:])
     assert query(home, "SELECT state FROM base_models") == [("ready",)]
+
+
+def test_a_run_trains_while_a_download_is_under_way(
+    tmp_path: Path, hub: HubServer, fake_home: Path
+) -> None:
+    """Downloads run beside training: a run queued during a slow download is trained (by the
+    fake trainer) and ends while the download still runs."""
+    hub.add(REPO, files_of(make_model(tmp_path / "built", "Tiny-Llama")))
+    hub.bytes_per_second = 16 * 1024  # about 12 s for the weights, unless sped up
+    daemon = DaemonProcess(fake_home, env={"HF_ENDPOINT": hub.endpoint})
+    try:
+        daemon.wait_event("daemon_ready")
+        row_id = insert(fake_home, REPO)
+        wait_for(lambda: hub.served_bytes.get("model.safetensors"), 20, what="the download")
+        drop(fake_home, "during.json", request())
+        run_id = daemon.wait_event("run_started")["run_id"]
+        wait_for(lambda: run_state(fake_home, run_id) == "succeeded", 20, what="the run")
+        assert status_of(fake_home, row_id) == "running"  # the download went on meanwhile
+        hub.bytes_per_second = None
+        wait_for(lambda: status_of(fake_home, row_id) == "succeeded", 30, what="the download")
+    finally:
+        daemon.kill()
 
 
 @pytest.mark.timeout(600)

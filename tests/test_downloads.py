@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sqlite3
+from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -247,3 +249,16 @@ def test_a_revision_moved_after_pinning_still_installs_the_pinned_commit(
     assert (done.status, done.commit) == ("succeeded", pinned) and moved != pinned
     installed = config.home.base_models / "Tiny-Llama" / "config.json"
     assert installed.read_bytes() == old["config.json"]
+
+
+def test_a_disk_without_room_fails_the_row_with_the_numbers(
+    setup: tuple[Config, Engine, Downloads], hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, engine, downloads = setup
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))
+    done = until_ended(engine, downloads, insert(config, REPO))
+    assert done.status == "failed"
+    assert f"not enough disk space for {REPO}" in (done.error or "")
+    assert "1.0 MiB free" in (done.error or "")
+    assert "model.safetensors" not in hub.served_bytes  # refused before the first byte
