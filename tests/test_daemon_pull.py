@@ -132,7 +132,7 @@ def test_a_run_trains_while_a_download_is_under_way(
     """Downloads run beside training: a run queued during a slow download is trained (by the
     fake trainer) and ends while the download still runs."""
     hub.add(REPO, files_of(make_model(tmp_path / "built", "Tiny-Llama")))
-    hub.bytes_per_second = 16 * 1024  # about 12 s for the weights, unless sped up
+    hub.bytes_per_second = 8 * 1024  # about 25 s for the weights, unless sped up
     daemon = DaemonProcess(fake_home, env={"HF_ENDPOINT": hub.endpoint})
     try:
         daemon.wait_event("daemon_ready")
@@ -142,6 +142,9 @@ def test_a_run_trains_while_a_download_is_under_way(
         run_id = daemon.wait_event("run_started")["run_id"]
         wait_for(lambda: run_state(fake_home, run_id) == "succeeded", 20, what="the run")
         assert status_of(fake_home, row_id) == "running"  # the download went on meanwhile
+        activity = "SELECT activity FROM daemons WHERE activity LIKE '%downloading%'"
+        [(line,)] = wait_for(lambda: query(fake_home, activity), 10, what="the heartbeat")
+        assert line.endswith(f"; downloading {REPO}")  # systemd's STATUS= names it too
         hub.bytes_per_second = None
         wait_for(lambda: status_of(fake_home, row_id) == "succeeded", 30, what="the download")
     finally:

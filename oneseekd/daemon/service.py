@@ -307,6 +307,12 @@ class Daemon:
     @staticmethod
     def _status_line(engine: Engine, parts: _Parts) -> str:
         """What the daemon is doing, for systemd's STATUS= and the daemons table."""
+        line = Daemon._training_line(engine, parts)
+        job = parts.downloads.job
+        return line if job is None else f"{line}; downloading {job.ref}"
+
+    @staticmethod
+    def _training_line(engine: Engine, parts: _Parts) -> str:
         child = parts.supervisor.child
         if child is None:
             queued = queue.queue_counts(engine).get("queued", 0)
