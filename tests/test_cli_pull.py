@@ -58,6 +58,10 @@ def test_pull_names_the_reason_it_failed_and_exits_1(home: Path, hub: HubServer)
     assert missing.exit_code == 1
     assert "Error: no repository tiny-org/Nowhere on http://" in missing.output
     assert "check the repository id for a typo" in missing.output
+    as_json = ctl(home, "pull", "tiny-org/Nowhere", "--json", env=env(hub))
+    assert as_json.exit_code == 1 and json.loads(as_json.stdout)["status"] == "failed"
+    error = json.loads(as_json.stderr)  # errors as every command gives them with --json
+    assert error["exit_code"] == 1 and "no repository tiny-org/Nowhere" in error["error"]
     bad = ctl(home, "pull", "not-a-repo", env=env(hub))
     assert bad.exit_code == 1 and "is not a Hub repository id" in bad.output
     named = ctl(home, "pull", REPO, "--name", "../up", env=env(hub))

@@ -130,10 +130,13 @@ def test_a_bad_repository_id_fails_its_row_with_the_reason(
     config, engine, downloads = setup
     bad = insert(config, "not a repo")
     folder = insert(config, REPO, folder="../escape")
+    # what another program may write: text in a boolean, an empty folder (the default)
+    odd = insert(config, REPO, folder="", allow_pickle="yes")
     assert until_ended(engine, downloads, bad).status == "failed"
     failed = row(engine, bad)
     assert "cannot pull" in (failed.error or "")
     assert any("is not a Hub repository id" in p for p in failed.problems or [])
+    assert until_ended(engine, downloads, odd).status == "succeeded"
     escaped = until_ended(engine, downloads, folder)
     assert escaped.status == "failed" and "cannot be a model folder's name" in (escaped.error or "")
 

@@ -9,7 +9,6 @@ meanwhile never runs it twice. `--detach` returns at once with the row's id.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -115,11 +114,11 @@ def pull_cmd(
         return
     worker = None
     if not obj.daemon().held:
-        click.echo(
-            f"No daemon runs on {shown(str(obj.config.home.root))}: downloading here "
-            "(interrupted, the next pull or the daemon resumes it).",
-            err=True,
-        )
+        if not as_json:  # with --json, stderr holds nothing but an error
+            click.echo(
+                f"No daemon runs on {shown(str(obj.config.home.root))}: downloading here.",
+                err=True,
+            )
         worker = _carry_out_here(obj, engine, row_id)
     row = _follow(engine, row_id, quiet=as_json, worker=worker)
     if as_json:
@@ -132,8 +131,6 @@ def pull_cmd(
                 f"{shown(str(row.model_key))}, ready."
             )
         return
-    if as_json:
-        sys.exit(EXIT_REFUSED)
     if row.status == "cancelled":
         raise PullFailed(f"{name} was cancelled", ["what arrived is kept: pull again to resume"])
     raise PullFailed(row.error or f"{name} failed", list(row.problems or []))
@@ -179,12 +176,20 @@ def _carry_out_here(obj: Context, engine: Engine, row_id: int) -> _Here | None:
     cfg.home.ensure()
     catalog = Catalog(engine, model_roots(cfg), cfg.catalog.settle_seconds, host=cfg.catalog.host)
     downloads = Downloads(engine, cfg, ledger=Ledger.for_home(engine, cfg.home), catalog=catalog)
+    downloads.log = _Quiet()  # this command says how it ended itself, once
     job = downloads.claim(row_id)
     if job is None:
         return None
     thread = threading.Thread(target=downloads.carry_out, args=(job,), daemon=True)
     thread.start()
     return _Here(thread, job.cancel)
+
+
+class _Quiet:
+    """A logger that says nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
 
 
 class _Here:

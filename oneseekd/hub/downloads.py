@@ -121,6 +121,8 @@ class Downloads:
         self.catalog = catalog
         self.pid = pid if pid is not None else os.getpid()
         self.job: _Job | None = None
+        # the daemon's log; `oneseekctl pull` says the outcome itself and passes a silent one
+        self.log: Any = log
         self._last_stale_check = float("-inf")
         self._last_look = float("-inf")
 
@@ -155,7 +157,7 @@ class Downloads:
                     continue
                 row.status = "pending"
                 row.pid = None
-                log.warning(
+                self.log.warning(
                     "download_requeued",
                     download=row.id,
                     repository=row.repository,
@@ -213,7 +215,7 @@ class Downloads:
                 except OneseekError as exc:
                     self._end(row, "failed", now, error=exc.message, problems=exc.problems)
                     continue
-                log.info(
+                self.log.info(
                     "download_started",
                     download=row.id,
                     repository=ref.repo,
@@ -239,9 +241,9 @@ class Downloads:
         row.problems = problems or None
         said = {"download": row.id, "repository": row.repository, "error": error}
         if status == "failed":
-            log.error("download_failed", **said, problems=problems or [])
+            self.log.error("download_failed", **said, problems=problems or [])
         elif status == "cancelled":
-            log.info("download_cancelled", **said)
+            self.log.info("download_cancelled", **said)
 
     # --- the daemon's loop -------------------------------------------------------------------
     def tick(self) -> None:
@@ -361,7 +363,7 @@ class Downloads:
             if job.stop.is_set() and not job.cancel.is_set() and pulled is None:
                 row.status = "pending"  # the daemon stopped: the next start resumes it
                 row.pid = None
-                log.info("download_paused", download=row.id, repository=row.repository)
+                self.log.info("download_paused", download=row.id, repository=row.repository)
             elif pulled is not None:
                 self._succeed(session, row, job, pulled, found, now)
             elif isinstance(job.error, Cancelled) or job.cancel.is_set():
@@ -371,7 +373,7 @@ class Downloads:
             else:
                 error = job.error
                 self._end(row, "failed", now, error=f"{type(error).__name__}: {error}")
-                log.error("download_crashed", download=row.id, exc_info=error)
+                self.log.error("download_crashed", download=row.id, exc_info=error)
             session.flush()
             session.expunge(row)
         return row
@@ -405,7 +407,7 @@ class Downloads:
             },
             now=now,
         )
-        log.info(
+        self.log.info(
             "download_succeeded",
             download=row.id,
             repository=job.ref.repo,
