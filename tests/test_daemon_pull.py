@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from daemon import DaemonProcess, query, run_state, run_until_idle, wait_for
-from homes import drop, request
+from homes import ctl, drop, request
 from hubserver import HubServer
 from modelfactory import TINY_TENSORS, make_model
 from trainhomes import FAST, cached_tiny, civic_dataset
@@ -76,6 +77,32 @@ def test_a_row_inserted_with_sqlite3_is_downloaded_by_the_daemon(
         assert query(home, "SELECT state, source_repository FROM base_models") == [("ready", REPO)]
         assert query(home, "SELECT event FROM ledger_events") == [("model_downloaded",)]
         assert daemon.wait_event("download_succeeded")["download"] == row_id
+        # `oneseekctl pull` with the daemon running: the daemon downloads, the command follows
+        hub.add("tiny-org/Second", files_of(make_model(tmp_path / "two", "Second")))
+        pulled = ctl(home, "pull", "tiny-org/Second", env={"HF_ENDPOINT": hub.endpoint})
+        assert pulled.exit_code == 0, pulled.output
+        assert "No daemon runs" not in pulled.output
+        assert "catalog key second, ready" in pulled.output
+        second = "SELECT pid FROM model_downloads WHERE repository = 'tiny-org/Second'"
+        assert query(home, second) == [(daemon.proc.pid,)]
+    finally:
+        daemon.kill()
+
+
+def test_a_daemon_stopped_mid_download_leaves_its_row_pending_for_the_next_start(
+    tmp_path: Path, hub: HubServer
+) -> None:
+    hub.add(REPO, files_of(make_model(tmp_path / "built", "Tiny-Llama")))
+    hub.bytes_per_second = 16 * 1024
+    home = prepared_home(tmp_path / "home")
+    daemon = DaemonProcess(home, env={"HF_ENDPOINT": hub.endpoint})
+    try:
+        daemon.wait_event("daemon_ready")
+        row_id = insert(home, REPO)
+        wait_for(lambda: hub.served_bytes.get("model.safetensors"), 20, what="the download")
+        assert daemon.stop(signal.SIGTERM) == 0
+        assert [e for e in daemon.events() if e["event"] == "download_paused"]
+        assert status_of(home, row_id) == "pending"
     finally:
         daemon.kill()
 
@@ -160,10 +187,8 @@ def test_a_model_pulled_through_the_table_trains_and_its_dna_names_the_commit(
     home = prepared_home(tmp_path / "home")
     civic_dataset(home / "datasets" / "civic.jsonl")
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-    # the first start creates the database; the download is all it has to do
-    pulled = run_until_idle(home, timeout=120)
-    assert pulled.returncode == 0, pulled.stderr[-3000:]
-    insert(home, REPO)
+    assert ctl(home, "db", "upgrade").exit_code == 0
+    insert(home, REPO)  # the admin panel's door; the daemon's first start downloads it
     pulled = run_until_idle(home, timeout=120)
     assert pulled.returncode == 0, pulled.stderr[-3000:]
     assert query(home, "SELECT status FROM model_downloads") == [("succeeded",)]
