@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sqlite3
 from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from daemon import wait_for
 from hubserver import HubServer
 from modelfactory import make_model
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
@@ -47,11 +46,14 @@ def hub(tmp_path: Path) -> Iterator[HubServer]:
 
 
 @pytest.fixture
-def setup(home: Path, hub: HubServer) -> Iterator[tuple[Config, Engine, Downloads]]:
+def setup(
+    home: Path, hub: HubServer, db_url: str | None
+) -> Iterator[tuple[Config, Engine, Downloads]]:
+    """SQLite and PostgreSQL (the db_url fixture: skipped where PostgreSQL is not installed)."""
     (home / "oneseekd.toml").write_text(
         f'[hub]\nendpoint = "{hub.endpoint}"\n[catalog]\nsettle_seconds = 5\n'
     )
-    config = load_config(home, env={})
+    config = load_config(home, db_url, env={})
     engine = make_engine(config.db_url)
     upgrade(engine)
     catalog = Catalog(engine, model_roots(config), 5.0, host=config.catalog.host)
@@ -65,17 +67,32 @@ def setup(home: Path, hub: HubServer) -> Iterator[tuple[Config, Engine, Download
 
 
 def insert(config: Config, repository: str, **columns: object) -> int:
-    """A row as another program INSERTs it: plain sqlite3, only the columns it names."""
-    con = sqlite3.connect(config.home.db_file)
+    """A row as another program INSERTs it: plain SQL naming only its columns."""
+    engine = make_engine(config.db_url)
     names = ["repository", *columns]
-    cur = con.execute(
-        f"INSERT INTO model_downloads ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-        [repository, *columns.values()],
-    )
-    con.commit()
-    con.close()
-    assert cur.lastrowid is not None
-    return cur.lastrowid
+    values = {"repository": repository, **columns}
+    try:
+        with engine.begin() as conn:
+            return int(
+                conn.execute(
+                    text(
+                        f"INSERT INTO model_downloads ({', '.join(names)}) "
+                        f"VALUES ({', '.join(':' + n for n in names)}) RETURNING id"
+                    ),
+                    values,
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def update_all(config: Config, sql: str) -> None:
+    engine = make_engine(config.db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql))
+    finally:
+        engine.dispose()
 
 
 def row(engine: Engine, row_id: int) -> ModelDownload:
@@ -174,10 +191,7 @@ def test_cancel_stops_a_running_download_and_a_pending_one(
     running = insert(config, REPO)
     pending = insert(config, REPO, folder="Second")
     wait_for(lambda: (downloads.tick(), row(engine, running).bytes_done)[1], 20, what="bytes")
-    con = sqlite3.connect(config.home.db_file)
-    con.execute("UPDATE model_downloads SET cancel_requested = 1")
-    con.commit()
-    con.close()
+    update_all(config, "UPDATE model_downloads SET cancel_requested = TRUE")
     assert until_ended(engine, downloads, running).status == "cancelled"
     assert until_ended(engine, downloads, pending).status == "cancelled"
     assert not (config.home.base_models / "Tiny-Llama").exists()
