@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
+import threading
 from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,9 +206,47 @@ def test_a_row_its_dead_process_left_running_goes_back_to_pending(
     config, engine, downloads = setup
     dead = insert(config, REPO, status="running", host=config.catalog.host, pid=2**22 + 7)
     elsewhere = insert(config, REPO, status="running", host="other-host", pid=2**22 + 7)
-    assert downloads.recover() == 1
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = "2026-01-01T00:00:00.000000Z"  # a live pid whose row stopped beating: reused
+        live = insert(config, REPO, status="running", host=config.catalog.host, pid=alive.pid)
+        reused = insert(
+            config,
+            REPO,
+            status="running",
+            host=config.catalog.host,
+            pid=alive.pid,
+            heartbeat_at=stale,
+        )
+        assert downloads.recover() == 2
+        assert row(engine, live).status == "running"  # a live `oneseekctl pull` keeps its own
+        assert row(engine, reused).status == "pending"
+    finally:
+        alive.kill()
+        alive.wait()
     assert row(engine, dead).status == "pending"
     assert row(engine, elsewhere).status == "running"  # another host's daemon resumes its own
+
+
+def test_a_download_beats_and_reads_cancel_while_nothing_arrives(
+    setup: tuple[Config, Engine, Downloads], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, engine, downloads = setup
+    monkeypatch.setattr(downloads_module, "BEAT_SECONDS", 0.05)
+    row_id = insert(config, REPO)
+    job = downloads.claim(row_id)
+    assert job is not None
+    claimed_at = row(engine, row_id).heartbeat_at
+    done = threading.Event()
+    beat = threading.Thread(target=downloads._beat, args=(job, done))
+    beat.start()
+    try:
+        wait_for(lambda: row(engine, row_id).heartbeat_at != claimed_at, 10, what="a beat")
+        update_all(config, "UPDATE model_downloads SET cancel_requested = TRUE")
+        assert job.cancel.wait(10)
+    finally:
+        done.set()
+        beat.join()
 
 
 def test_progress_is_written_about_once_a_second(

@@ -43,6 +43,7 @@ from oneseekd.hub.repo import HubError, RepoRef, parse
 log = structlog.get_logger("oneseekd.hub")
 
 PROGRESS_SECONDS = 1.0  # how often a download writes its row
+BEAT_SECONDS = 5.0  # the row's heartbeat while nothing arrives (pinning, retries, backoff)
 LOOK_SECONDS = 0.5  # how often the loop looks for a new row
 STALE_CHECK_SECONDS = 5.0  # how often rows left running by a dead `oneseekctl pull` are looked for
 ATTEMPTS = 5
@@ -150,11 +151,10 @@ class Downloads:
             back = [
                 r
                 for r in rows
-                if r.pid == self.pid or not _alive(r.pid) or not self._fresh(r.heartbeat_at)
+                if (r.pid == self.pid or not _alive(r.pid) or not self._fresh(r.heartbeat_at))
+                and (self.job is None or r.id != self.job.row_id)
             ]
             for row in back:
-                if self.job is not None and row.id == self.job.row_id:
-                    continue
                 row.status = "pending"
                 row.pid = None
                 self.log.warning(
@@ -167,8 +167,10 @@ class Downloads:
         return len(back)
 
     def _fresh(self, at: datetime | None) -> bool:
+        """Whether a row's heartbeat is recent: its process beats every BEAT_SECONDS while it
+        downloads, so a stale one is a dead process (a pid taken again after a reboot too)."""
         if at is None:
-            return True  # claimed a moment ago, no progress yet
+            return True
         return (utcnow() - at).total_seconds() < max(self.config.trainer.lease_seconds, 10.0)
 
     def pending_ids(self) -> list[int]:
@@ -311,6 +313,9 @@ class Downloads:
                     .values(commit=p.commit, bytes_total=p.total_bytes, heartbeat_at=utcnow())
                 )
 
+        beating = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, beating), daemon=True)
+        beat.start()
         try:
             job.pulled = pull_model(
                 job.ref,
@@ -325,6 +330,29 @@ class Downloads:
             )
         except BaseException as exc:  # the loop's thread ends the row with it
             job.error = exc
+        finally:
+            beating.set()
+            beat.join()
+
+    def _beat(self, job: _Job, done: threading.Event) -> None:
+        """The row's heartbeat, and a cancel read, while the pull is busy elsewhere than in
+        its progress (pinning, a retry's backoff), so the row never looks abandoned."""
+        while not done.wait(BEAT_SECONDS):
+            try:
+                with write_session(self.engine) as session:
+                    session.execute(
+                        update(ModelDownload)
+                        .where(ModelDownload.id == job.row_id)
+                        .values(heartbeat_at=utcnow())
+                    )
+                    wanted = session.scalar(
+                        select(ModelDownload.cancel_requested).where(ModelDownload.id == job.row_id)
+                    )
+            except Exception as exc:  # the next beat tries again; the pull goes on
+                self.log.warning("download_heartbeat_failed", download=job.row_id, error=str(exc))
+                continue
+            if wanted:
+                job.cancel.set()
 
     def _write_progress(self, job: _Job, t: Transfer) -> None:
         eta = t.eta_s
