@@ -119,3 +119,12 @@ def test_status_shows_a_running_download_s_bytes_rate_and_eta(home: Path) -> Non
     ) in text
     [listed] = json.loads(ctl(home, "status", "--json").stdout)["downloads"]
     assert listed["bytes_done"] == 1048576 and listed["progress"]["rate"] == 524288
+
+
+def test_pull_says_the_catalog_state_of_a_model_it_cannot_read(home: Path, hub: HubServer) -> None:
+    weights = (home.parent / "built" / "Tiny-Llama" / "model.safetensors").read_bytes()
+    hub.add("tiny-org/Broken", {"config.json": b"{not json", "model.safetensors": weights})
+    result = ctl(home, "pull", "tiny-org/Broken", env=env(hub))
+    assert result.exit_code == 0, result.output  # the download itself is whole and checked
+    assert "catalog key broken, invalid (" in result.output
+    assert ", ready" not in result.output

@@ -125,10 +125,12 @@ def pull_cmd(
         emit_json(download_dict(row))
     if row.status == "succeeded":
         if not as_json:
+            state, reason = _catalog_state(engine, row.model_key, obj.config.catalog.host)
             click.echo(
                 f"Pulled {shown(str(parsed))} at commit {shown(str(row.commit))} into "
                 f"base_models/{shown(folder or parsed.folder)}: catalog key "
-                f"{shown(str(row.model_key))}, ready."
+                f"{shown(str(row.model_key))}, {shown(state)}"
+                + (f" ({shown(reason)})." if reason else ".")
             )
         return
     if row.status == "cancelled":
@@ -201,6 +203,22 @@ class _Here:
 
     def is_alive(self) -> bool:
         return self.thread.is_alive()
+
+
+def _catalog_state(engine: Engine, key: str | None, host: str) -> tuple[str, str | None]:
+    """The installed model's state in the catalog, and why when it is not `ready`."""
+    from sqlalchemy import select
+
+    from oneseekd.db.engine import read_session
+    from oneseekd.db.models import BaseModel
+
+    with read_session(engine) as session:
+        found = session.execute(
+            select(BaseModel.state, BaseModel.state_reason).where(
+                BaseModel.key == key, BaseModel.host == host
+            )
+        ).first()
+    return ("not in the catalog", None) if found is None else (found[0], found[1])
 
 
 def _read(engine: Engine, row_id: int) -> ModelDownload:
