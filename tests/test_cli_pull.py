@@ -46,6 +46,8 @@ def test_pull_without_a_daemon_downloads_here_into_the_catalog(home: Path, hub: 
     assert "catalog key tiny-llama, ready." in result.output
     assert rows(home, "SELECT status, source FROM model_downloads") == [("succeeded", "pull")]
     assert rows(home, "SELECT state, source_commit FROM base_models") == [("ready", commit)]
+    verify = ctl(home, "ledger", "verify")  # the model_downloaded event is signed and chained
+    assert verify.exit_code == 0, verify.output
     # the same pull again downloads nothing and says so the same way
     served = dict(hub.served_bytes)
     again = ctl(home, "pull", REPO, "--json", env=env(hub))
