@@ -43,6 +43,7 @@ DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 1800.0
 DEFAULT_LEASE_SECONDS = 60.0
 MAX_HOST_LENGTH = 255
 DEFAULT_TRAINER_THREADS = 0  # 0: torch's own choice (or the daemon's OMP_NUM_THREADS)
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 
 
 def default_host(env: Mapping[str, str] | None = None) -> str:
@@ -126,6 +127,19 @@ def _roots(value: Any, where: str, home: Path) -> tuple[Path, ...]:
     return tuple(roots)
 
 
+def _endpoint(value: Any, where: str, _home: Path) -> str:
+    if (
+        not isinstance(value, str)
+        or not value.strip().startswith(("http://", "https://"))
+        or any(c.isspace() for c in value.strip())
+    ):
+        raise _Problem(
+            f"{where} must be the URL of the Hub or of a mirror (http:// or https://), "
+            f"got {value!r}"
+        )
+    return value.strip().rstrip("/")
+
+
 def _setting(default: Any, rule: Rule, *, factory: Callable[[], Any] | None = None) -> Any:
     """A setting of the schema: its default and the rule a value in the file must pass."""
     if factory is not None:
@@ -207,6 +221,17 @@ class CertifyConfig:
 
 
 @dataclass(frozen=True)
+class HubConfig:
+    """Where `oneseekctl pull` and the daemon's downloads fetch base models (oneseekd/hub/)."""
+
+    # the Hub or a mirror; default: HF_ENDPOINT from the environment, else huggingface.co
+    endpoint: str = _setting(DEFAULT_HUB_ENDPOINT, _endpoint)
+    # true: no download asks the network; a pull is refused naming what to copy in by hand
+    # (HF_HUB_OFFLINE=1 in the environment sets it too)
+    offline: bool = _setting(False, _boolean)
+
+
+@dataclass(frozen=True)
 class Settings:
     """oneseekd.toml as a whole: the top-level settings and one table per section."""
 
@@ -215,6 +240,7 @@ class Settings:
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     certify: CertifyConfig = field(default_factory=CertifyConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
 
 @dataclass(frozen=True)
@@ -226,6 +252,7 @@ class Config:
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     certify: CertifyConfig = field(default_factory=CertifyConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
 
 # a setting an ONESEEK_* variable overrides, checked by the setting's own rule after it
@@ -299,7 +326,10 @@ SECTIONS: dict[str, type[Any]] = {
     "intake": IntakeConfig,
     "trainer": TrainerConfig,
     "certify": CertifyConfig,
+    "hub": HubConfig,
 }
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 
 def resolve_home(home: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
@@ -347,6 +377,7 @@ def load_config(
             f"database URL {url!r} is not an SQLAlchemy URL; "
             "use e.g. sqlite:////var/lib/oneseekd/oneseek.db"
         )
+    hub = _hub_from_env(settings.hub, toml.get("hub"), env, problems)
     if problems:
         raise ConfigError(f"the configuration in {root} is invalid", problems)
     catalog = settings.catalog
@@ -362,4 +393,23 @@ def load_config(
         intake=settings.intake,
         trainer=settings.trainer,
         certify=settings.certify,
+        hub=hub,
     )
+
+
+def _hub_from_env(
+    hub: HubConfig, table: Any, env: Mapping[str, str], problems: list[str]
+) -> HubConfig:
+    """huggingface_hub's own variables, as every tool that downloads from the Hub reads them:
+    HF_ENDPOINT when the file names no endpoint, and HF_HUB_OFFLINE=1 turns offline on."""
+    given = table if isinstance(table, dict) else {}
+    if "endpoint" not in given and env.get("HF_ENDPOINT"):
+        try:
+            hub = dataclasses.replace(
+                hub, endpoint=_endpoint(env["HF_ENDPOINT"], "HF_ENDPOINT", Path())
+            )
+        except _Problem as exc:
+            problems += [str(p) for p in exc.args]
+    if env.get("HF_HUB_OFFLINE", "").strip().lower() in TRUE_WORDS:
+        hub = dataclasses.replace(hub, offline=True)
+    return hub

@@ -45,6 +45,11 @@ class HomePaths:
     requests = _Under("requests")
     datasets = _Under("datasets")
     logs = _Under("logs")
+    # downloads from the Hub arrive here and are renamed into base_models/ once checked; the
+    # catalog skips it (a folder whose name starts with a dot)
+    incoming = _Under("models", ".incoming")
+    keys = _Under("keys")
+    hf_token = _Under("keys", "hf_token")  # a token for gated or private repositories (0600)
     # what oneseekd remembers to answer faster and can always find out again (never a record)
     cache = _Under("cache")
 

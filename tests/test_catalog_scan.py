@@ -270,3 +270,31 @@ def test_warm_rescan_reuses_unchanged_folders_and_sees_changed_ones(
     assert second.models["model-a"].state == "invalid"
     assert second.models["model-a"].detected_name == "model-a"
     assert second.models["model-b"].detected_name == "from-cache"
+
+
+def test_a_pulled_folder_records_its_repository_and_commit(config: Config, engine: Engine) -> None:
+    from homes import ctl
+
+    folder = make_model(config.home.base_models, "Tiny-Llama")
+    copied = make_model(config.home.base_models, "Copied-In")
+    commit = "a" * 40
+    (folder / ".oneseek-pull.json").write_text(
+        json.dumps({"repository": "tiny-org/Tiny-Llama", "commit": commit, "files": {}})
+    )
+    (copied / ".oneseek-pull.json").write_text("[not a manifest]")
+    (config.home.config_file).write_text("[catalog]\nsettle_seconds = 0\n")
+    scan_into(config, engine)
+    rows = {r.key: r for r in load_rows(engine)}
+    assert (rows["tiny-llama"].source_repository, rows["tiny-llama"].source_commit) == (
+        "tiny-org/Tiny-Llama",
+        commit,
+    )
+    assert rows["copied-in"].source_repository is None and rows["copied-in"].state == "ready"
+    shown = ctl(config.home.root, "models")
+    assert f"tiny-llama: pulled from tiny-org/Tiny-Llama at commit {commit[:12]}" in shown.output
+    [listed] = [
+        m
+        for m in json.loads(ctl(config.home.root, "models", "--json").output)
+        if m["key"] == "tiny-llama"
+    ]
+    assert (listed["source_repository"], listed["source_commit"]) == ("tiny-org/Tiny-Llama", commit)

@@ -62,7 +62,7 @@ def test_a_bad_config_is_refused_with_every_problem_listed(tmp_path: Path) -> No
         load_config(tmp_path, env={})
     assert err.value.problems == [
         "oneseekd.toml: unknown setting 'workers' "
-        "(known: catalog, certify, intake, log_level, trainer)",
+        "(known: catalog, certify, hub, intake, log_level, trainer)",
         "log_level must be one of debug, info, warning, error, got 'loud'",
         "catalog.settle_seconds must be at least 0, got -1",
         "catalog.rescan_interval_seconds must be a number of seconds, got 'often'",
@@ -112,3 +112,28 @@ def test_make_current_defaults_to_true_and_must_be_a_boolean(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path, env={})
     assert info.value.problems == ["certify.make_current must be true or false, got 'no'"]
+
+
+def test_hub_endpoint_defaults_to_hf_endpoint_then_the_hub(tmp_path: Path) -> None:
+    assert load_config(tmp_path, env={}).hub.endpoint == "https://huggingface.co"
+    assert load_config(tmp_path, env={}).hub.offline is False
+    mirror = {"HF_ENDPOINT": "http://mirror.local:8080/"}
+    assert load_config(tmp_path, env=mirror).hub.endpoint == "http://mirror.local:8080"
+    # the file wins over the environment
+    (tmp_path / "oneseekd.toml").write_text('[hub]\nendpoint = "https://hf.internal"\n')
+    assert load_config(tmp_path, env=mirror).hub.endpoint == "https://hf.internal"
+
+
+def test_hub_offline_is_set_by_the_file_or_hf_hub_offline(tmp_path: Path) -> None:
+    assert load_config(tmp_path, env={"HF_HUB_OFFLINE": "1"}).hub.offline is True
+    (tmp_path / "oneseekd.toml").write_text("[hub]\noffline = true\n")
+    assert load_config(tmp_path, env={}).hub.offline is True
+
+
+def test_bad_hub_settings_are_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "oneseekd.toml").write_text('[hub]\nendpoint = "mirror"\nofline = true\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path, env={"HF_ENDPOINT": "also bad"})
+    text = str(err.value)
+    assert "hub.endpoint must be the URL of the Hub or of a mirror" in text
+    assert "unknown setting 'ofline' (did you mean 'offline'?)" in text

@@ -114,3 +114,25 @@ def test_unreadable_columns_of_a_sound_row_or_no_row_are_none(engine: Engine) ->
     with read_session(engine) as session:
         assert unreadable_columns(session, TrainingRequest, row_id) == {}
         assert unreadable_columns(session, TrainingRequest, row_id + 1) == {}
+
+
+def test_another_program_inserts_a_download_with_only_its_repository(
+    config: Config, engine: Engine
+) -> None:
+    """The admin panel's door to the Hub: one column, the rest from the schema's defaults."""
+    con = sqlite3.connect(config.home.db_file)
+    con.execute("INSERT INTO model_downloads (repository) VALUES ('acme/tiny-llama')")
+    con.commit()
+    row = con.execute(
+        "SELECT revision, folder, allow_pickle, status, source, cancel_requested, created_at "
+        "FROM model_downloads"
+    ).fetchone()
+    assert row[:6] == ("main", None, 0, "pending", "database", 0)
+    assert len(row[6]) == len("2026-11-24T19:00:00.000000Z")  # one fixed width, as every time
+    with pytest.raises(sqlite3.IntegrityError, match="ck_model_downloads_status"):
+        con.execute("INSERT INTO model_downloads (repository, status) VALUES ('a/b', 'done')")
+    con.close()
+    columns = {
+        r[1] for r in sqlite3.connect(config.home.db_file).execute("PRAGMA table_info(base_models)")
+    }
+    assert {"source_repository", "source_commit"} <= columns

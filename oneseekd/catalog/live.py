@@ -133,6 +133,28 @@ class Catalog:
         self._log(done, "folders", time.perf_counter() - started, len(due))
         return done
 
+    def take_in(self, folder: Path) -> Found | None:
+        """A folder known to be whole (a pull renamed it in after checking every byte): read
+        now, without waiting out the settle time; what the catalog holds for it after."""
+        root = next((r for r in self.roots if folder.parent == r.path), None)
+        spot = None if root is None else candidate(root, folder, self.roots, [])
+        if spot is None or root is None:
+            return None
+        now = self.clock()
+        found = inspect_folder(spot[0], spot[1], root, self.roots, now, 0.0, None)
+        if found is None:
+            return None
+        if self._needs_full_scan(folder, self._cache.get(folder), found, {}):
+            self.full_scan()
+            return self._cache.get(folder)
+        self._cache[folder] = found
+        result = ScanResult(models={found.key: found}, seen_folders={folder})
+        with self._lock:
+            self._due.pop(folder, None)  # the watcher's events for it: read already
+        done = reconcile(self.engine, result, complete=False, gone=[], host=self.host)
+        self._log(done, "folders", 0.0, 1)
+        return found
+
     def _needs_full_scan(
         self, folder: Path, old: Found | None, found: Found | None, batch: dict[str, Found]
     ) -> bool:

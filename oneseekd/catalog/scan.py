@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -74,6 +75,9 @@ class Found:
     fingerprint: str = ""
     changed_at: float = 0.0  # newest mtime/ctime in the folder
     shadowed: tuple[str, ...] = ()
+    # a folder `oneseekctl pull` installed: the repository and commit its manifest names
+    source_repository: str | None = None
+    source_commit: str | None = None
 
     def differs_from(self, row: Any) -> bool:
         """Whether a catalog row (the ORM's, or the light read path's plain one) says other
@@ -88,6 +92,8 @@ class Found:
             or row.state_reason != self.reason
             or row.shadowed_paths != (list(self.shadowed) or None)
             or row.detected_name != self.detected_name
+            or row.source_repository != self.source_repository
+            or row.source_commit != self.source_commit
         )
 
 
@@ -258,8 +264,11 @@ def inspect_folder(
     except FolderProblem as problem:
         return replace(base, state=problem.state, reason=problem.reason)
     archs = config.get("architectures")
+    repository, commit = pulled_from(path)
     return replace(
         base,
+        source_repository=repository,
+        source_commit=commit,
         state="ready",
         reason=None,
         detected_name=display_name(config, folder.name),
@@ -283,6 +292,24 @@ def _hub_snapshot(entry: Path) -> Path | None:
     except OSError:
         return None
     return max(revs, key=lambda p: p.stat().st_mtime) if revs else None
+
+
+PULL_MANIFEST = ".oneseek-pull.json"  # written by oneseekd/hub/fetch.py's install()
+
+
+def pulled_from(path: Path) -> tuple[str | None, str | None]:
+    """(repository, commit) a pulled folder's manifest names; (None, None) for a folder
+    copied in, or a manifest that does not read as one."""
+    try:
+        data = json.loads((path / PULL_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    repository, commit = data.get("repository"), data.get("commit")
+    if not (isinstance(repository, str) and isinstance(commit, str)):
+        return None, None
+    return repository[:300], commit[:64]
 
 
 def candidate(

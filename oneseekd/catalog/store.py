@@ -88,6 +88,8 @@ def _apply_fields(row: BaseModel, found: Found, now: datetime) -> None:
     row.has_tokenizer = found.has_tokenizer
     row.fingerprint = found.fingerprint
     row.shadowed_paths = list(found.shadowed) or None
+    row.source_repository = found.source_repository
+    row.source_commit = found.source_commit
     row.updated_at = now
     # a time another program overwrote with text that is not one reads as None: unknown
     row.first_seen_at = row.first_seen_at or now
@@ -114,6 +116,8 @@ def _new_row(found: Found, now: datetime, host: str) -> dict[str, Any]:
         "has_tokenizer": found.has_tokenizer,
         "fingerprint": found.fingerprint,
         "shadowed_paths": list(found.shadowed) or None,
+        "source_repository": found.source_repository,
+        "source_commit": found.source_commit,
         "first_seen_at": now,
         "updated_at": now,
         "state_changed_at": now,

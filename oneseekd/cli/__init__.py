@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("oneseekd.cli.db", "db_group"),
     "promote": ("oneseekd.cli.promote", "promote_cmd"),
     "train": ("oneseekd.cli.train", "train_cmd"),
+    "pull": ("oneseekd.cli.pull", "pull_cmd"),
 }
 # what `oneseekctl --help` says of each command, in full and without importing it (a command
 # missing here is imported for its own first docstring line); tests/test_cli_help.py checks
@@ -59,6 +60,8 @@ SUMMARIES: dict[str, str] = {
     "db": "The state database.",
     "promote": "Make a certified run the current one (a rollback too).",
     "train": "CivicAI's training start: train_dna_v2.py's flags, followed to its DNA: line.",
+    "pull": "Download a base model from the Hugging Face Hub into the catalog, pinned and "
+    "verified.",
 }
 # the commands whose modules import nothing heavy; every other one gets the full machinery
 # (SQLAlchemy, structlog set to warnings on stderr) as it is loaded

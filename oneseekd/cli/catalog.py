@@ -20,6 +20,7 @@ MODEL_COLUMNS = (
     *("host", "key", "display_name", "path", "root", "state", "state_reason", "enabled"),
     *("model_type", "architectures", "parameter_count", "size_bytes", "weight_format"),
     *("has_tokenizer", "shadowed_paths", "first_seen_at", "state_changed_at"),
+    *("source_repository", "source_commit"),
 )
 
 
@@ -67,6 +68,12 @@ def models_cmd(obj: Context, as_json: bool, show_all: bool) -> None:
         f"{shown(r.key)}: shadows {shown(p)} (base_models/ wins)"
         for r in rows
         for p in _paths(r.shadowed_paths)
+    ]
+    notes += [
+        f"{shown(r.key)}: pulled from {shown(r.source_repository)} at commit "
+        f"{shown(str(r.source_commit)[:12])}"
+        for r in rows
+        if r.source_repository
     ]
     if notes:
         click.echo("\n" + "\n".join(notes))

@@ -41,7 +41,7 @@ _TIMES = frozenset(
     | {"stopped_at", "lease_expires_at", "queued_at", "finished_at", "at"}
     | {"created_at", "decided_at"}
 )
-_BOOLS = frozenset({"enabled", "has_tokenizer", "cancel_requested"})
+_BOOLS = frozenset({"enabled", "has_tokenizer", "cancel_requested", "allow_pickle"})
 
 RUN_COLUMNS = (
     "id, run_id, request_id, state, outcome, version, base_models, fingerprints, dataset, "
@@ -51,7 +51,8 @@ RUN_COLUMNS = (
 MODEL_COLUMNS = (
     "id, host, key, display_name, detected_name, path, root, state, state_reason, enabled, "
     "model_type, architectures, parameter_count, size_bytes, weight_format, has_tokenizer, "
-    "fingerprint, shadowed_paths, first_seen_at, updated_at, state_changed_at"
+    "fingerprint, shadowed_paths, first_seen_at, updated_at, state_changed_at, "
+    "source_repository, source_commit"
 )
 
 
@@ -142,6 +143,15 @@ class Reader:
             f"SELECT {RUN_COLUMNS} FROM runs WHERE state IN ('succeeded', 'failed', 'cancelled') "
             "ORDER BY finished_at DESC LIMIT :limit",
             limit=limit,
+        )
+
+    def downloads(self) -> list[Row]:
+        """model_downloads rows not yet ended, oldest first (none on a database before 0008)."""
+        return self.rows(
+            "SELECT id, repository, revision, folder, allow_pickle, status, source, host, pid, "
+            '"commit", bytes_total, bytes_done, progress, error, problems, cancel_requested, '
+            "model_key, created_at, started_at, finished_at, heartbeat_at FROM model_downloads "
+            "WHERE status IN ('pending', 'running') ORDER BY id"
         )
 
     def queue_counts(self) -> dict[str, int]:

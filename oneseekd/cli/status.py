@@ -15,6 +15,7 @@ from oneseekd.certify.gate import interval_notes, not_current_note
 from oneseekd.certify.layout import current_summary, run_dna, run_gate
 from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import columns, iso, shown
+from oneseekd.cli.pull import download_dict, progress_text
 from oneseekd.cli.read import Row, open_reader
 from oneseekd.cli.requests import last_refusal, refusal_line
 from oneseekd.home import HomePaths
@@ -40,6 +41,7 @@ def gather(obj: Context) -> dict[str, Any]:
         running = reader.running()
         recent = reader.recent(5)
         counts = reader.queue_counts()
+        downloads = reader.downloads()
         refusal = last_refusal(reader)  # the newest of the last day, if any
     finally:
         reader.close()
@@ -68,6 +70,8 @@ def gather(obj: Context) -> dict[str, Any]:
             "other_hosts_ready": dict(sorted(others.items())),
         },
         "queue": {"queued": counts.get("queued", 0), "running": counts.get("running", 0)},
+        # model_downloads rows pending or running (oneseekctl pull, or the admin panel's rows)
+        "downloads": [download_dict(d) for d in downloads],
         # the newest rejected or duplicate request of the last day (cli/requests.py), or null
         "last_refusal": refusal,
         "current_run": None if current is None else _run_now(current),
@@ -230,6 +234,17 @@ def show_status(obj: Context, as_json: bool) -> None:
         click.echo(f"current:  none ({shown(now['problem'])})")
     q = data["queue"]
     click.echo(f"queue:    {q['queued']} queued, {q['running']} running")
+    for dl in data["downloads"]:
+        what = f"{dl['name']} {dl['repository']}" + (
+            f"@{dl['revision']}" if dl["revision"] not in (None, "main") else ""
+        )
+        doing = (
+            progress_text(_Attrs(dl))
+            if dl["status"] == "running"
+            else "waiting for a daemon" + ("" if d["running"] else " (none runs here)")
+        )
+        cancel = ", cancel requested" if dl["cancel_requested"] else ""
+        click.echo(f"download: {shown(what)}: {doing}{cancel}")
     if data["last_refusal"]:  # `rejected: typo.json 2 min ago — unknown field 'epoch'`
         click.echo(refusal_line(data["last_refusal"]))
     if run and not d["running"]:  # nobody trains it: no live bar, it waits for the daemon
@@ -272,6 +287,11 @@ def show_status(obj: Context, as_json: bool) -> None:
         f"{_bytes(t['bytes'])} of {_bytes(t['limit_bytes'])} (cache/tokenized/, bounded by "
         "trainer.cache_bytes)"
     )
+
+
+class _Attrs(dict[str, Any]):
+    def __getattr__(self, name: str) -> Any:
+        return self.get(name)
 
 
 def _bytes(n: int) -> str:

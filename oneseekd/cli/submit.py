@@ -264,8 +264,13 @@ def cancel_cmd(obj: Context, name: str, as_json: bool) -> None:
     """Cancel a queued run now, or ask a running one to stop at its next step.
 
     RUN is FORMS_HERE. A run that has ended already is left as it is, and the command
-    exits 0 saying so (like `systemctl stop` of a stopped unit).
+    exits 0 saying so (like `systemctl stop` of a stopped unit). A download (`oneseekctl
+    pull`) is cancelled by its id, download-N, or by its repository ORG/NAME while it is
+    pending or running; what arrived is kept for a later pull.
     """
+    if is_download(name):
+        cancel_download(obj, name, as_json)
+        return
     from oneseekd import queue
     from oneseekd.certify.ledger import Ledger
     from oneseekd.cli.names import resolve_run
@@ -307,6 +312,81 @@ def cancel_cmd(obj: Context, name: str, as_json: bool) -> None:
             f"Asked run {result.run_id} to stop at its next step; the daemon stops it "
             "for good after the grace period."
         )
+
+
+def is_download(name: str) -> bool:
+    """download-N, or a repository ORG/NAME: no run is named with a '/'."""
+    return name.startswith("download-") or "/" in name
+
+
+def cancel_download(obj: Context, name: str, as_json: bool) -> None:
+    """A pending download is cancelled at once; a running one is asked to stop (it does
+    within a second, keeping what arrived)."""
+    from sqlalchemy import or_, select, update
+
+    from oneseekd.db.engine import write_session
+    from oneseekd.db.models import ModelDownload, utcnow
+
+    number = name.removeprefix("download-")
+    with write_session(obj.engine()) as session:
+        query = select(ModelDownload).order_by(ModelDownload.id.desc())
+        if name.startswith("download-"):
+            if not number.isdigit():
+                raise OneseekError(
+                    f"{name!r} names no download", ["write download-N, N its id in `status`"]
+                )
+            query = query.where(ModelDownload.id == int(number))
+        else:
+            repo = name.removeprefix("hf:").partition("@")[0]
+            query = query.where(
+                ModelDownload.repository == repo,
+                or_(ModelDownload.status == "pending", ModelDownload.status == "running"),
+            )
+        row = session.scalars(query.limit(1)).first()
+        if row is None:
+            raise OneseekError(
+                f"no download {name}" + ("" if number.isdigit() else " pending or running"),
+                ["`oneseekctl status` lists the downloads in progress"],
+            )
+        ended = row.status not in ("pending", "running")
+        immediate = False
+        if not ended:
+            immediate = bool(
+                session.execute(
+                    update(ModelDownload)
+                    .where(ModelDownload.id == row.id, ModelDownload.status == "pending")
+                    .values(
+                        status="cancelled",
+                        cancel_requested=True,
+                        finished_at=utcnow(),
+                        error="cancelled before it started",
+                    )
+                ).rowcount  # type: ignore[attr-defined]
+            )
+            if not immediate:
+                session.execute(
+                    update(ModelDownload)
+                    .where(ModelDownload.id == row.id)
+                    .values(cancel_requested=True)
+                )
+        row_id, repository, status = row.id, row.repository, row.status
+    label = f"download-{row_id} ({shown(repository)})"
+    if as_json:
+        emit_json(
+            {
+                "download": row_id,
+                "name": f"download-{row_id}",
+                "state": "cancelled" if immediate else status,
+                "immediate": immediate,
+                "ended": ended,
+            }
+        )
+    elif ended:
+        click.echo(f"Download {label} had already ended ({shown(status)}).")
+    elif immediate:
+        click.echo(f"Cancelled {label} (it had not started).")
+    else:
+        click.echo(f"Asked {label} to stop; it does within a second, keeping what arrived.")
 
 
 cancel_cmd.help = (cancel_cmd.help or "").replace("FORMS_HERE", FORMS)

@@ -39,6 +39,7 @@ from oneseekd.db.engine import (
 from oneseekd.db.models import Daemon as DaemonRow
 from oneseekd.db.models import Run, utcnow
 from oneseekd.errors import OneseekError
+from oneseekd.hub.downloads import Downloads
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import DropFolder
 from oneseekd.intake.rows import PendingRows
@@ -54,6 +55,7 @@ class _Parts:
     drops: DropFolder
     rows: PendingRows
     supervisor: Supervisor
+    downloads: Downloads  # model_downloads rows, each in a thread beside training
 
 
 HEARTBEAT_SECONDS = 5.0
@@ -136,13 +138,15 @@ class Daemon:
         drops.database = self._database  # a file is moved only once its row is in this file
         rows = PendingRows(intake, engine)
         supervisor = Supervisor(engine, cfg, self._row_id, ledger=ledger)
+        downloads = Downloads(engine, cfg, ledger=ledger, catalog=catalog)
+        downloads.recover()  # a download this host's last daemon left resumes from its bytes
         drops.recover()
         rows.poll(force=True)
         try:
             supervisor.recover()
         except Exception as exc:  # retried by the loop (the supervisor resumes its own run)
             log.error("recover_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
-        self._parts = _Parts(catalog, intake, drops, rows, supervisor)
+        self._parts = _Parts(catalog, intake, drops, rows, supervisor, downloads)
         watcher = Watcher(catalog)
         watcher.start()
         scheduler = BackgroundScheduler(daemon=True)
@@ -162,6 +166,10 @@ class Daemon:
         finally:
             self.notifier.stopping()
             supervisor.shutdown(urgent=lambda: self.signals > 1)
+            try:
+                downloads.shutdown()
+            except Exception as exc:  # the row waits for the next start either way
+                log.error("download_stop_failed", error=f"{type(exc).__name__}: {exc}")
             rows.close()
             scheduler.shutdown(wait=False)
             self._watcher.stop()
@@ -278,6 +286,9 @@ class Daemon:
         ):
             parts.supervisor.tick(accepting=not self.stop_requested)
             self._last_look = now
+        self._doing = "downloads"
+        if not self.stop_requested:  # a thread of its own: never in training's way
+            self._parts_alone.run("downloads", parts.downloads.tick)
         self._doing = "idle check"
         if self.exit_when_idle and not self._parts_alone.failing and self._idle(engine, parts):
             return None
@@ -296,6 +307,12 @@ class Daemon:
     @staticmethod
     def _status_line(engine: Engine, parts: _Parts) -> str:
         """What the daemon is doing, for systemd's STATUS= and the daemons table."""
+        line = Daemon._training_line(engine, parts)
+        job = parts.downloads.job
+        return line if job is None else f"{line}; downloading {job.ref}"
+
+    @staticmethod
+    def _training_line(engine: Engine, parts: _Parts) -> str:
         child = parts.supervisor.child
         if child is None:
             queued = queue.queue_counts(engine).get("queued", 0)
@@ -330,6 +347,7 @@ class Daemon:
         catalog.settle = new.catalog.settle_seconds
         parts.drops.settle = new.intake.settle_seconds
         parts.supervisor.config = new
+        parts.downloads.config = new
         if new.catalog.rescan_interval_seconds != old.catalog.rescan_interval_seconds:
             self._scheduler.reschedule_job(
                 "full_scan", trigger="interval", seconds=new.catalog.rescan_interval_seconds
@@ -358,6 +376,8 @@ class Daemon:
         if parts.catalog.pending() or parts.drops.waiting() or parts.supervisor.busy:
             return False
         if parts.rows.pending_ids():
+            return False
+        if parts.downloads.busy or parts.downloads.pending_ids():
             return False
         counts = queue.queue_counts(engine)
         return not counts.get("queued") and not counts.get("running")

@@ -137,6 +137,10 @@ class BaseModel(Base):
     has_tokenizer: Mapped[bool] = mapped_column(Boolean, default=False)
     fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     shadowed_paths: Mapped[list[str] | None] = mapped_column(JSONText, nullable=True)
+    # a folder `oneseekctl pull` installed: the repository and commit its .oneseek-pull.json
+    # names (None for a folder copied in by hand)
+    source_repository: Mapped[str | None] = mapped_column(Text, nullable=True)
+    source_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # NOT NULL, but another program may write text that is not a time: it reads as None
     first_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=False)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=False)
@@ -248,6 +252,40 @@ class Run(Base):
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+DOWNLOAD_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
+
+
+class ModelDownload(Base):
+    """A base model to download from the Hub. `oneseekctl pull` and other programs INSERT rows
+    naming `repository` (and optionally `revision`, `folder`, `allow_pickle`); the daemon of
+    the host that claims one carries it out (oneseekd/hub/downloads.py) and writes the rest."""
+
+    __tablename__ = "model_downloads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(String(200), default="main")
+    folder: Mapped[str | None] = mapped_column(Text, nullable=True)  # None: the repo's name
+    allow_pickle: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    source: Mapped[str] = mapped_column(String(20), default="database")  # or "pull"
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    bytes_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    bytes_done: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # {"rate": bytes/s, "eta_s": seconds or null, "file": the file arriving}
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONText, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    problems: Mapped[list[str] | None] = mapped_column(JSONText, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    model_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class RunEvent(_StateChange, Base):

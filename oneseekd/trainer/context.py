@@ -59,6 +59,9 @@ class ModelSpec:
     display_name: str
     path: Path
     fingerprint_at_intake: str
+    # a pulled model's Hub repository and commit (its catalog row), named by the DNA's inputs
+    source_repository: str | None = None
+    source_commit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,16 @@ def load_context(
                 "train the model as it is now"
             )
             continue
-        models.append(ModelSpec(key, row.display_name, Path(row.path), row.fingerprint or ""))
+        models.append(
+            ModelSpec(
+                key,
+                row.display_name,
+                Path(row.path),
+                row.fingerprint or "",
+                row.source_repository,
+                row.source_commit,
+            )
+        )
     dataset = home.datasets / run.dataset
     if not dataset.is_file():
         problems.append(f"dataset {run.dataset} is gone from {home.datasets}/")

@@ -169,6 +169,13 @@ def train_run(
         "dataset": dataset_unchanged(ctx, trained_on),
         "config": canonical_hash(ctx.config),
     }
+    pulled = {
+        m.key: {"repository": m.source_repository, "commit": m.source_commit}
+        for m in ctx.models
+        if m.source_repository
+    }
+    if pulled:  # models pulled from the Hub: which repository and commit each one was
+        inputs["base_model_sources"] = pulled
     held = {k: r.quantization for k, r in results.items() if r.quantization}
     if held:  # the DNA names how each quantized base was held (the config says what was asked)
         inputs["quantization"] = held
