@@ -7,28 +7,13 @@ what it says changes. It reads `oneseekctl status --json`, as any script may.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 
 from oneseekd.cli.status import describe_progress
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by the shell) is gone for our purpose
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+from oneseekd.daemon.procs import alive
 
 
 def line_of(status: dict, seen_run: bool = False) -> str:
@@ -58,7 +43,7 @@ def main(bin_dir: str, home: str, pid: int) -> None:
     tty = sys.stdout.isatty()
     shown = ""
     seen_run = False
-    while _alive(pid):
+    while alive(pid):
         result = subprocess.run(
             [f"{bin_dir}/oneseekctl", "--home", home, "status", "--json"],
             capture_output=True,

@@ -11,7 +11,6 @@ that no longer exists.
 
 from __future__ import annotations
 
-import os
 import socket
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from oneseekd.daemon import procs
 from oneseekd.db.models import Daemon
 from oneseekd.errors import DaemonAlreadyRunning
 
@@ -36,16 +36,6 @@ def machine_id() -> str:
         if text:
             return text
     return f"hostname:{socket.gethostname()}"
-
-
-def _alive_here(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def is_predecessor(row: Daemon, home: str, machine: str) -> bool:
@@ -70,7 +60,7 @@ def live_namesake(
     for row in rows:
         if is_predecessor(row, home, machine):
             continue
-        if row.machine == machine and not _alive_here(row.pid):
+        if row.machine == machine and not procs.alive(row.pid):
             continue  # another home's daemon on this machine that died without a word
         return row
     return None

@@ -20,6 +20,24 @@ from typing import IO
 from oneseekd import protocol
 
 
+def alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists on this machine (it may be another user's); a
+    zombie, exited but not yet reaped, counts as gone."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def environ(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/environ").read_bytes()

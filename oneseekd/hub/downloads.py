@@ -32,6 +32,7 @@ from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import RESERVED
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config
+from oneseekd.daemon import procs
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import ModelDownload, utcnow
 from oneseekd.errors import OneseekError
@@ -75,18 +76,6 @@ def where_for(config: Config) -> Where:
         endpoint=config.hub.endpoint,
         offline=config.hub.offline,
     )
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -151,7 +140,7 @@ class Downloads:
             back = [
                 r
                 for r in rows
-                if (r.pid == self.pid or not _alive(r.pid) or not self._fresh(r.heartbeat_at))
+                if (r.pid == self.pid or not procs.alive(r.pid) or not self._fresh(r.heartbeat_at))
                 and (self.job is None or r.id != self.job.row_id)
             ]
             for row in back:
