@@ -51,6 +51,7 @@ TABLES = [
     "daemons",
     "ledger_events",
     "ledger_keys",
+    "model_downloads",
     "model_trainings",
     "run_events",
     "runs",
