@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import CursorResult, Engine, or_, select, update
+from sqlalchemy.orm import Session
 
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import RESERVED
@@ -130,19 +131,13 @@ class Downloads:
 
     def recover(self) -> int:
         """Rows this host left `running` whose process is gone go back to `pending`, to
-        resume from the bytes on disk; a live `oneseekctl pull` keeps its own."""
+        resume from the bytes on disk; a live `oneseekctl pull` keeps its own. A read first:
+        the idle loop calls this every few seconds and takes no write lock for nothing."""
+        with read_session(self.engine) as session:
+            if not self._left(session):
+                return 0
         with write_session(self.engine) as session:
-            rows = session.scalars(
-                select(ModelDownload).where(
-                    ModelDownload.status == "running", ModelDownload.host == self.host
-                )
-            ).all()
-            back = [
-                r
-                for r in rows
-                if (r.pid == self.pid or not procs.alive(r.pid) or not self._fresh(r.heartbeat_at))
-                and (self.job is None or r.id != self.job.row_id)
-            ]
+            back = self._left(session)
             for row in back:
                 row.status = "pending"
                 row.pid = None
@@ -154,6 +149,20 @@ class Downloads:
                     detail="its process ended mid-download; it resumes from the bytes on disk",
                 )
         return len(back)
+
+    def _left(self, session: Session) -> list[ModelDownload]:
+        """This host's `running` rows whose process is gone (or is this one, restarted)."""
+        rows = session.scalars(
+            select(ModelDownload).where(
+                ModelDownload.status == "running", ModelDownload.host == self.host
+            )
+        ).all()
+        return [
+            r
+            for r in rows
+            if (r.pid == self.pid or not procs.alive(r.pid) or not self._fresh(r.heartbeat_at))
+            and (self.job is None or r.id != self.job.row_id)
+        ]
 
     def _fresh(self, at: datetime | None) -> bool:
         """Whether a row's heartbeat is recent: its process beats every BEAT_SECONDS while it
