@@ -34,6 +34,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -1123,8 +1124,6 @@ class WholeModels:
     in base_models/ and every `ready` catalog row must be the whole model at every look."""
 
     def __init__(self, home: Path, expected: dict[str, str]) -> None:
-        import threading
-
         self.home = home
         self.expected = expected
         self.problems: list[str] = []
@@ -1143,9 +1142,12 @@ class WholeModels:
     def _run(self) -> None:
         while not self._stop.wait(0.005):
             found = []
-            for folder in _base_folders(self.home):
-                found += whole_model_problems(folder, self.expected)
-            found += _catalog_problems(self.home, self.expected)
+            try:
+                for folder in _base_folders(self.home):
+                    found += whole_model_problems(folder, self.expected)
+                found += _catalog_problems(self.home, self.expected)
+            except OSError as exc:  # a file of base_models/ gone while it was read
+                found.append(f"base_models/ changed under a look: {exc}")
             self.looks += 1
             self.problems += [p for p in found if p not in self.problems]
 
