@@ -13,6 +13,13 @@ Two ways to kill:
 
 `check_invariants(home, dropped)` names every broken guarantee; an empty list means the home
 is whole.
+
+Downloads (issue 28): the daemon pulling a model from the tests' Hub (tests/hubserver.py) is
+SIGKILLed mid-file from outside (the Hub holds the file's rest back) or, from inside
+(`python tests/crashharness.py --download-crash-at POINT --home HOME` as the daemon), at one
+of `DOWNLOAD_POINTS`: between two files, and just before and just after the rename into
+base_models/. `WholeModels` watches the home all the while; `check_download_killed` and
+`check_download_done` name what a kill or its restart broke.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +43,6 @@ from typing import Any
 
 from daemon import DaemonProcess, cmdlines, run_until_idle
 from homes import drop as drop  # test_crash and test_promote import it from here
-from trainhomes import civic_dataset, tiny_home
 
 HARNESS = Path(__file__).resolve()
 DATASET = "crash.jsonl"
@@ -70,6 +77,8 @@ def crash_home(
 ) -> Path:
     """A tiny-model home with a small dataset, configured so that crashes are resumed rather
     than given up (trainer.max_attempts raised)."""
+    from trainhomes import civic_dataset, tiny_home  # torch and the trainer: not for downloads
+
     home = tiny_home(root, cache, MODELS)
     civic_dataset(home / "datasets" / DATASET, n=16)
     (home / "requests").mkdir(exist_ok=True)
@@ -973,7 +982,231 @@ def _install_pointer_pause(folder: Path) -> None:
     current.settle = marked_settle
 
 
+# --- downloads: the daemon killed while it pulls a model from the Hub ----------------------------
+DOWNLOAD_REPO = "tiny-org/Tiny-Llama"
+DOWNLOAD_FOLDER = "Tiny-Llama"  # the repository's name: the folder a pull installs into
+WEIGHTS = "model.safetensors"
+DOWNLOAD_POINTS = {
+    "mid_file": "the weights partly arrived, the Hub holding the rest back (killed from outside)",
+    "file_placed": "the weights checked and moved out of .parts/, their check not yet recorded",
+    "file_recorded": "the weights' check recorded, the next file not yet asked for",
+    "installing": "every file checked, the staging folder not yet renamed into base_models/",
+    "installed": "the staging folder renamed into base_models/, its row not yet succeeded",
+}
+PULL_MANIFEST = ".oneseek-pull.json"
+
+
+def download_home(root: Path) -> Path:
+    """A home with no model yet; the catalog takes a folder in at once (no settle wait)."""
+    (root / "models" / "oneseek-7b-zero" / "base_models").mkdir(parents=True)
+    (root / "oneseekd.toml").write_text(
+        "[catalog]\nsettle_seconds = 0\nrescan_interval_seconds = 3600\n"
+        "[intake]\nsettle_seconds = 0\n"
+    )
+    return root
+
+
+def download_command(point: str) -> list[str]:
+    """The daemon's argv (before `--home HOME`), SIGKILLing itself at `point` of a download."""
+    assert point in DOWNLOAD_POINTS and point != "mid_file"
+    return [sys.executable, str(HARNESS), "--download-crash-at", point]
+
+
+def insert_download(home: Path, repository: str = DOWNLOAD_REPO) -> int:
+    """The admin panel's door: one INSERT into model_downloads."""
+    con = sqlite3.connect(home / "oneseek.db", timeout=30)
+    try:
+        with con:
+            cur = con.execute("INSERT INTO model_downloads (repository) VALUES (?)", (repository,))
+    finally:
+        con.close()
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def _install_download_crash(point: str) -> None:
+    import oneseekd.hub.fetch as fetch
+
+    def die() -> None:
+        print(f"crashharness: SIGKILL at {point}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if point == "file_placed":  # fetch(): os.replace(.parts/<name>.part, <name>)
+        replace = os.replace
+
+        def crash_replace(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+            replace(src, dst, *a, **k)
+            if Path(src).parent.name == fetch.PARTS and Path(dst).name == WEIGHTS:
+                die()
+
+        os.replace = crash_replace  # type: ignore[assignment]
+    elif point == "file_recorded":  # fetch(): _write_json(.oneseek-checked.json, checked)
+        write = fetch._write_json
+
+        def crash_write(path: Path, data: Any) -> None:
+            write(path, data)
+            if path.name == fetch.CHECKED and WEIGHTS in data:
+                die()
+
+        fetch._write_json = crash_write
+    else:  # install(): os.rename(staging, base_models/<folder>)
+        rename = os.rename
+
+        def crash_rename(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+            ours = Path(src).parent.name == ".incoming" and Path(dst).parent.name == "base_models"
+            if ours and point == "installing":
+                die()
+            rename(src, dst, *a, **k)
+            if ours and point == "installed":
+                die()
+
+        os.rename = crash_rename  # type: ignore[assignment]
+
+
+def whole_model_problems(folder: Path, expected: dict[str, str]) -> list[str]:
+    """What makes `folder` other than the whole pulled model: each of the Hub's files (name ->
+    sha256) there with its bytes, no other file, and the manifest recording those sha256s."""
+    name = folder.name
+    try:
+        files = {p.name: p for p in folder.iterdir() if p.is_file() and p.name[0] != "."}
+        manifest = json.loads((folder / PULL_MANIFEST).read_text())
+    except FileNotFoundError as exc:
+        return [f"{name} is half a model: {Path(str(exc.filename)).name} is missing"]
+    except ValueError:
+        return [f"{name}/{PULL_MANIFEST} is not whole JSON"]
+    problems = []
+    if set(files) != set(expected):
+        problems.append(
+            f"{name} is half a model: missing {sorted(set(expected) - set(files))}, "
+            f"unexpected {sorted(set(files) - set(expected))}"
+        )
+    for file in sorted(set(files) & set(expected)):
+        if _sha256(files[file]) != expected[file]:
+            problems.append(f"{name}/{file} differs from the Hub's sha256")
+    recorded = {k: v.get("sha256") for k, v in (manifest.get("files") or {}).items()}
+    if recorded != expected:
+        problems.append(f"{name}/{PULL_MANIFEST} records other files or sha256s: {recorded}")
+    return problems
+
+
+def _catalog_problems(home: Path, expected: dict[str, str]) -> list[str]:
+    """A catalog row `ready` now, or ever (its history), names a whole model."""
+    problems = []
+    rows = _query(home, "SELECT key, path FROM base_models WHERE state = 'ready'")
+    rows += _query(
+        home,
+        "SELECT b.key, b.path FROM catalog_events e JOIN base_models b ON b.id = e.model_id "
+        "WHERE e.new_state = 'ready'",
+    )
+    for key, path in sorted(set(rows)):
+        folder = Path(path)
+        if ".incoming" in folder.parts:
+            problems.append(f"the catalog has {key} ready in the staging folder {path}")
+            continue
+        problems += [
+            f"{key} is ready in the catalog but {p}" for p in whole_model_problems(folder, expected)
+        ]
+    return problems
+
+
+def _base_folders(home: Path) -> list[Path]:
+    base = home / "models" / "oneseek-7b-zero" / "base_models"
+    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _incoming(home: Path) -> list[str]:
+    incoming = home / "models" / ".incoming"
+    return sorted(p.name for p in incoming.iterdir()) if incoming.is_dir() else []
+
+
+class WholeModels:
+    """Looks at a home every few milliseconds while a pull and its kills go on: every folder
+    in base_models/ and every `ready` catalog row must be the whole model at every look."""
+
+    def __init__(self, home: Path, expected: dict[str, str]) -> None:
+        self.home = home
+        self.expected = expected
+        self.problems: list[str] = []
+        self.looks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> WholeModels:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            found = []
+            try:
+                for folder in _base_folders(self.home):
+                    found += whole_model_problems(folder, self.expected)
+                found += _catalog_problems(self.home, self.expected)
+            except OSError as exc:  # a file of base_models/ gone while it was read
+                found.append(f"base_models/ changed under a look: {exc}")
+            self.looks += 1
+            self.problems += [p for p in found if p not in self.problems]
+
+
+def check_download_killed(home: Path, commit: str, expected: dict[str, str]) -> list[str]:
+    """Right after a kill: base_models/ holds nothing but the whole model, the catalog has
+    nothing else ready, and `.incoming/` at most the staging folder of this unfinished pull."""
+    problems = [p for f in _base_folders(home) for p in whole_model_problems(f, expected)]
+    problems += _catalog_problems(home, expected)
+    extra = [n for n in _incoming(home) if n != f"{DOWNLOAD_FOLDER}@{commit}"]
+    if extra:
+        problems.append(f".incoming/ holds {extra} besides the unfinished pull's staging folder")
+    return problems
+
+
+def check_download_done(
+    home: Path, row_id: int, commit: str, expected: dict[str, str]
+) -> list[str]:
+    """After the restart: the row succeeded with the pinned commit; base_models/ holds the whole
+    model, `ready` in the catalog (and never a partial one ready); `.incoming/` is empty; one
+    signed `model_downloaded` event names every file's sha256; `ledger verify` passes."""
+    problems = []
+    row = _query(
+        home, 'SELECT status, "commit", model_key, error FROM model_downloads WHERE id = ?', row_id
+    )
+    if row != [("succeeded", commit, "tiny-llama", None)]:
+        problems.append(f"download #{row_id} ended {row}, not succeeded at {commit[:12]}")
+    folder = home / "models" / "oneseek-7b-zero" / "base_models" / DOWNLOAD_FOLDER
+    if _base_folders(home) != [folder]:
+        problems.append(f"base_models/ holds {[f.name for f in _base_folders(home)]}")
+    else:
+        problems += whole_model_problems(folder, expected)
+    catalog = _query(home, "SELECT key, state, path, source_commit FROM base_models")
+    if catalog != [("tiny-llama", "ready", str(folder), commit)]:
+        problems.append(f"the catalog holds {catalog}, not tiny-llama ready at {commit[:12]}")
+    problems += _catalog_problems(home, expected)
+    if _incoming(home):
+        problems.append(f".incoming/ still holds {_incoming(home)} after the pull succeeded")
+    events = [
+        json.loads(payload)
+        for (payload,) in _query(
+            home, "SELECT payload FROM ledger_events WHERE event = 'model_downloaded'"
+        )
+    ]
+    if [(e["commit"], e["files"]) for e in events] != [(commit, expected)]:
+        problems.append(f"the ledger's model_downloaded events are {events}")
+    return problems + _check_ledger_verify(home)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--download-crash-at"]:  # oneseekd ARGS..., killed at a download's step
+        _install_download_crash(argv[1])
+        from oneseekd.entry import main as daemon_main
+
+        sys.argv = ["oneseekd", *argv[2:]]
+        daemon_main()
+        return 0
+    import trainhomes  # noqa: F401  # first, as before: bitsandbytes before peft (trainhomes.py)
+
     if argv[:1] == ["--promote-pause"]:  # oneseekctl ARGS..., marked and paused
         _install_pointer_pause(Path(argv[1]))
         from oneseekd.cli import main as ctl

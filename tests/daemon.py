@@ -35,7 +35,13 @@ def wait_for(
 
 
 class DaemonProcess:
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,  # instead of `python -m oneseekd` (crashharness)
+    ) -> None:
         self.home = home
         self.log_path = home / "daemon-test.log"
         home.mkdir(parents=True, exist_ok=True)
@@ -44,7 +50,7 @@ class DaemonProcess:
         env.pop("ONESEEK_HOME", None)
         env.pop("ONESEEK_DB_URL", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "oneseekd", "--home", str(home), *args],
+            [*(command or [sys.executable, "-m", "oneseekd"]), "--home", str(home), *args],
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             env=env,

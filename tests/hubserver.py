@@ -10,9 +10,11 @@ It serves exactly what huggingface_hub calls to pin and fetch a model repository
   `X-Error-Code` RepoNotFound / RevisionNotFound / EntryNotFound.
 
 Tests build repositories in memory (`HubServer.add`), move a branch (`move`), serve a file
-corrupted (`corrupt`), cut a response short after N bytes (`cut_after`), and read what was
-served (`served_bytes`, `gets`, `requests`). No real mirror server (olah) is used: none serves
-a local repository without reaching huggingface.co first.
+corrupted (`corrupt`), cut a response short after N bytes (`cut_after`), hold one after N
+bytes until the test releases it (`hold_after`, `holding`, `release`: a download stopped at a
+known byte, to kill or cancel it there), and read what was served (`served_bytes`, `gets`,
+`requests`). No real mirror server (olah) is used: none serves a local repository without
+reaching huggingface.co first.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class HubServer:
         self.served_bytes: dict[str, int] = {}  # file name -> body bytes sent, all repos
         self.gets: list[list[Any]] = []  # [file name, first byte, bytes sent] of every GET
         self.bytes_per_second: float | None = None  # a slow link, for killing mid-file
+        self.holds: dict[tuple[str, str], int] = {}  # (repo, file) -> bytes before a wait
+        self.holding = threading.Event()  # a held GET has sent its bytes and waits
+        self._released = threading.Event()
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -77,6 +82,16 @@ class HubServer:
     def cut_after(self, repo: str, name: str, nbytes: int) -> None:
         """The next GET of the file drops the connection after nbytes of its body."""
         self.cuts[(repo, name)] = nbytes
+
+    def hold_after(self, repo: str, name: str, nbytes: int) -> None:
+        """The next GET of the file sends nbytes of its body (a multiple of 4096), sets
+        `holding` and waits for `release()` (two minutes at most) before it sends the rest."""
+        self.holds[(repo, name)] = nbytes
+        self.holding.clear()
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
 
     # --- serving --------------------------------------------------------------------------
     @property
@@ -108,6 +123,7 @@ class HubServer:
         try:
             yield self
         finally:
+            self.release()  # a held GET ends (its client may be gone)
             self._server.shutdown()
             self._server.server_close()
 
@@ -217,12 +233,17 @@ class HubServer:
         cut = self.cuts.pop((repo, name), None)
         if cut is not None:
             body = body[:cut]
+        hold = self.holds.pop((repo, name), None)
         get: list[Any] = [name, start, 0]
         with self.lock:
             self.gets.append(get)
         chunk = 4096
         for i in range(0, len(body), chunk):
             piece = body[i : i + chunk]
+            if hold is not None and i >= hold:
+                hold = None
+                self.holding.set()
+                self._released.wait(120)
             try:
                 h.wfile.write(piece)
                 h.wfile.flush()

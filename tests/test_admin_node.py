@@ -7,6 +7,7 @@ skipped only where `node` is missing; its npm dependencies are installed by `mak
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 from daemon import DaemonProcess, query, run_state, wait_for
 from homes import ctl_text
+from hubserver import HubServer
+from modelfactory import TINY_TENSORS, make_model
 from trainhomes import FAST, tiny_home
 
 if shutil.which("node") is None:
@@ -105,6 +108,19 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
         yield proc
     finally:
         proc.stop(timeout=60)
+
+
+def cli(home: Path, *args: str, timeout: float = 60) -> Any:
+    """`node cli.js HOME ARGS...`: its JSON answer (exit 0 and no lock asserted)."""
+    done = subprocess.run(
+        ["node", str(ADMIN_DIR / "cli.js"), str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "locked" not in done.stderr.lower(), done.stderr
+    return json.loads(done.stdout)
 
 
 def test_a_request_from_node_is_trained_end_to_end(daemon: DaemonProcess) -> None:
@@ -436,6 +452,13 @@ def test_node_errors_name_the_problem_and_never_create_a_database(tmp_path: Path
           traversal: errorOf(() => admin.liveMetrics('../../etc')),
           cancel: errorOf(() => admin.cancel('run-nope')),
           array: errorOf(() => admin.requestTraining([])),
+          download: errorOf(() => admin.download(999)),
+          downloadId: errorOf(() => admin.download('1')),
+          cancelDownload: errorOf(() => admin.cancelDownload(999)),
+          pullNothing: errorOf(() => admin.pullModel('')),
+          pullTwice: errorOf(() => admin.pullModel('a/b@main', { revision: 'dev' })),
+          pullPickle: errorOf(() => admin.pullModel('a/b', { allowPickle: 'yes' })),
+          pullFolder: errorOf(() => admin.pullModel('a/b', { folder: 7 })),
         });
         console.log(JSON.stringify({ errors, models: admin.listModels() }));
         """,
@@ -448,7 +471,7 @@ def test_node_errors_name_the_problem_and_never_create_a_database(tmp_path: Path
     assert not (empty / "oneseek.db").exists()
     assert errors["foreign"].startswith(
         f"Error: {foreign / 'oneseek.db'} has no table base_models, training_requests, runs, "
-        "model_trainings"
+        "model_trainings, model_downloads: "
     )
     assert errors["notOpen"] == "Error: oneseekd admin: not open; call open(HOME) first"
     assert errors["key"] == (
@@ -461,4 +484,183 @@ def test_node_errors_name_the_problem_and_never_create_a_database(tmp_path: Path
     assert errors["run"] == errors["metrics"] == errors["cancel"] == 'Error: unknown run "run-nope"'
     assert errors["traversal"].startswith("TypeError: not a run id")
     assert errors["array"].startswith("TypeError: ")
+    assert errors["download"] == errors["cancelDownload"] == "Error: no model download #999"
+    assert errors["downloadId"] == "TypeError: a download id is a positive integer, got 1"
+    for pull in ("pullNothing", "pullTwice", "pullPickle", "pullFolder"):
+        assert errors[pull].startswith("TypeError: pullModel("), errors
     assert out["models"] == []
+    assert query(home, "SELECT COUNT(*) FROM model_downloads") == [(0,)]
+
+
+# --- pulling a model from the Hub through model_downloads ---------------------------------------
+REPO = "tiny-org/Tiny-Llama"
+WEIGHTS = "model.safetensors"
+
+
+@pytest.fixture
+def hub() -> Iterator[HubServer]:
+    server = HubServer()
+    with server.running():
+        yield server
+
+
+@pytest.fixture
+def hub_daemon(tmp_path: Path, hub: HubServer) -> Iterator[DaemonProcess]:
+    """A daemon on a home with no model yet, its HF_ENDPOINT the Hub on loopback; the Hub
+    serves REPO, whose weights hold 1 MiB more than the tiny model's."""
+    big = {**TINY_TENSORS, "model.extra.weight": [2**18]}  # float32: 1 MiB
+    built = make_model(tmp_path / "built", "Tiny-Llama", tensors=big)
+    hub.add(REPO, {p.name: p.read_bytes() for p in built.iterdir() if p.is_file()})
+    home = tmp_path / "home"
+    (home / "models" / "oneseek-7b-zero" / "base_models").mkdir(parents=True)
+    (home / "oneseekd.toml").write_text(
+        "[catalog]\nsettle_seconds = 0\nrescan_interval_seconds = 3600\n"
+        "[intake]\nsettle_seconds = 0\n"
+    )
+    proc = DaemonProcess(home, env={"HF_ENDPOINT": hub.endpoint})
+    try:
+        proc.wait_event("daemon_ready", timeout=60)
+        yield proc
+    finally:
+        hub.release()
+        proc.stop(timeout=60)
+
+
+def test_a_model_pulled_from_node_is_downloaded_through_the_table_and_ready(
+    hub_daemon: DaemonProcess, hub: HubServer
+) -> None:
+    home = hub_daemon.home
+    files = hub.repos[REPO].commits[hub.repos[REPO].branches["main"]]
+    # a slow link, and the weights held after 512 KiB: the row is read while bytes arrive
+    hub.bytes_per_second = 256 * 1024
+    hub.hold_after(REPO, WEIGHTS, 512 * 1024)
+    during = node(
+        """
+        admin.open(V.home);
+        const id = admin.pullModel(V.repo);
+        const seen = [];
+        let d = admin.download(id);
+        const deadline = Date.now() + 60000;
+        for (;;) {
+          d = admin.download(id);
+          if (seen[seen.length - 1] !== d.status) seen.push(d.status);
+          if (d.status !== 'pending' && d.status !== 'running') break;
+          if (d.progress && d.progress.file === V.weights && d.bytes_done > 0) break;
+          if (Date.now() > deadline) break;
+          sleep(50);
+        }
+        console.log(JSON.stringify({ id, seen, d, active: admin.listDownloads({ active: true }) }));
+        admin.close();
+        """,
+        timeout=90,
+        home=str(home),
+        repo=REPO,
+        weights=WEIGHTS,
+    )
+    row = during["d"]
+    commit = hub.repos[REPO].branches["main"]
+    assert during["seen"][-1] == "running", during
+    assert (row["repository"], row["revision"], row["folder"], row["allow_pickle"]) == (
+        REPO,
+        "main",
+        None,
+        False,
+    )
+    assert (row["source"], row["commit"], row["cancel_requested"], row["model"]) == (
+        "database",
+        commit,  # pinned before the first byte
+        False,
+        None,
+    )
+    assert row["bytes_total"] == sum(len(b) for b in files.values())
+    assert 0 < row["bytes_done"] < row["bytes_total"]
+    progress = row["progress"]
+    assert progress["file"] == WEIGHTS and progress["rate"] > 0 and progress["eta_s"] > 0
+    assert [d["id"] for d in during["active"]] == [during["id"]]
+    hub.bytes_per_second = None
+    hub.release()
+    done = cli(home, "download", str(during["id"]), "--wait", "60", timeout=90)
+    assert (done["status"], done["error"], done["problems"]) == ("succeeded", None, [])
+    assert (done["commit"], done["model_key"]) == (commit, "tiny-llama")
+    assert done["bytes_done"] == done["bytes_total"] == row["bytes_total"]
+    model = done["model"]
+    assert (model["key"], model["state"], model["path"]) == (
+        "tiny-llama",
+        "ready",
+        str(home / "models" / "oneseek-7b-zero" / "base_models" / "Tiny-Llama"),
+    )
+    installed = Path(model["path"])
+    manifest = json.loads((installed / ".oneseek-pull.json").read_text())
+    assert manifest["commit"] == commit
+    for name, data in files.items():  # every byte, and every sha256 the pull recorded
+        assert (installed / name).read_bytes() == data, name
+        assert manifest["files"][name]["sha256"] == hashlib.sha256(data).hexdigest(), name
+    assert query(home, "SELECT state, source_repository, source_commit FROM base_models") == [
+        ("ready", REPO, commit)
+    ]
+    assert [d["status"] for d in cli(home, "downloads")] == ["succeeded"]
+    assert cli(home, "downloads", "--active") == []
+    assert_no_lock_errors(hub_daemon)
+
+
+def test_a_download_from_node_is_cancelled_and_a_bad_one_says_why(
+    hub_daemon: DaemonProcess, hub: HubServer
+) -> None:
+    home = hub_daemon.home
+    hub.hold_after(REPO, WEIGHTS, 64 * 1024)
+    started = node(
+        """
+        admin.open(V.home);
+        const bad = admin.pullModel('not a repository');
+        const id = admin.pullModel(V.repo + '@main', { folder: 'Llama-Pulled' });
+        const deadline = Date.now() + 60000;
+        let d = admin.download(id);
+        while (d.status === 'pending' && Date.now() < deadline) {
+          sleep(50);
+          d = admin.download(id);
+        }
+        console.log(JSON.stringify({ bad: admin.download(bad), id, d }));
+        admin.close();
+        """,
+        timeout=90,
+        home=str(home),
+        repo=REPO,
+    )
+    bad, row_id = started["bad"], started["id"]
+    assert (bad["status"], bad["model"]) == ("failed", None)
+    assert bad["error"].startswith("cannot pull 'not a repository")
+    assert bad["problems"] == [
+        "'not a repository' is not a Hub repository id: write ORG/NAME, for example "
+        "Qwen/Qwen2.5-7B-Instruct"
+    ]
+    assert (started["d"]["status"], started["d"]["folder"]) == ("running", "Llama-Pulled")
+    assert hub.holding.wait(30), "the daemon never reached the held weights"
+    hub.bytes_per_second = 64 * 1024  # after the release the rest dribbles: the cancel is seen
+    asked = cli(home, "cancel-download", str(row_id))
+    assert asked == {"id": row_id, "status": "running", "cancel_requested": True}
+    hub.release()
+    ended = cli(home, "download", str(row_id), "--wait", "60", timeout=90)
+    assert (ended["status"], ended["error"]) == ("cancelled", "cancelled: what arrived is kept")
+    models = home / "models"
+    assert not (models / "oneseek-7b-zero" / "base_models" / "Llama-Pulled").exists()
+    commit = hub.repos[REPO].branches["main"]
+    part = models / ".incoming" / f"Llama-Pulled@{commit}" / ".parts" / f"{WEIGHTS}.part"
+    assert part.stat().st_size > 0  # kept for a later pull to resume from
+    assert query(home, "SELECT COUNT(*) FROM base_models") == [(0,)]
+    errors = node(
+        """
+        admin.open(V.home);
+        console.log(JSON.stringify({
+          again: errorOf(() => admin.cancelDownload(V.id)),
+          failed: errorOf(() => admin.cancelDownload(V.bad)),
+        }));
+        """,
+        home=str(home),
+        id=row_id,
+        bad=bad["id"],
+    )
+    assert errors == {
+        "again": f"Error: download #{row_id} already ended (cancelled); nothing to cancel",
+        "failed": f"Error: download #{bad['id']} already ended (failed); nothing to cancel",
+    }
+    assert_no_lock_errors(hub_daemon)

@@ -6,6 +6,7 @@ of ten kill points, and the other crash points inside the trainer, each both way
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,19 +21,31 @@ import pytest
 from cases import slow_but
 from crashharness import (
     CRASH_POINTS,
+    DOWNLOAD_FOLDER,
+    DOWNLOAD_POINTS,
+    DOWNLOAD_REPO,
     PHASES,
+    WEIGHTS,
     CrashRun,
+    WholeModels,
+    check_download_done,
+    check_download_killed,
     check_invariants,
     check_outputs,
     crash_command,
     crash_home,
+    download_command,
+    download_home,
     drop,
+    insert_download,
     schedule,
     small_request,
     unexpected_failures,
+    whole_model_problems,
 )
-from daemon import DaemonProcess, model_state, run_until_idle, wait_for
+from daemon import DaemonProcess, model_state, query, run_until_idle, wait_for
 from homes import request, training_home
+from hubserver import HubServer
 from modelfactory import make_model
 
 # the supervisor's JSON line that starts a run's second attempt (the run log is JSON lines)
@@ -389,3 +402,111 @@ def test_the_harness_trainer_passes_through_when_not_crashing(tmp_path: Path) ->
     assert [(state, attempts) for _, state, _, attempts in _runs(home)] == [("succeeded", 1)]
     assert check_invariants(home, ["one.json"]) + check_outputs(home) == []
     assert json.loads((home / "requests" / "accepted" / "one.json").read_text())["seed"] == 5
+
+
+# --- SIGKILLs of the daemon while it pulls a model from the Hub (issue 28) ---------------------
+# What the restart asks the Hub for, after each kill: only what was not on disk. config.json,
+# model.safetensors and tokenizer.json arrive in that order.
+REFETCHED = {
+    "mid_file": [WEIGHTS, "tokenizer.json"],  # the weights from the byte the kill left
+    "file_placed": ["tokenizer.json"],  # the weights checked again from disk
+    "file_recorded": ["tokenizer.json"],
+    "installing": [],  # every file checked again from disk, then the rename
+    "installed": [],  # the model is in place: the row ends from it
+}
+
+
+def part_size(home: Path, commit: str) -> int:
+    """The bytes of the weights in their part file (0: none), as a pull left them."""
+    staging = home / "models" / ".incoming" / f"{DOWNLOAD_FOLDER}@{commit}"
+    part = staging / ".parts" / f"{WEIGHTS}.part"
+    return part.stat().st_size if part.is_file() else 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("point", sorted(DOWNLOAD_POINTS))
+def test_a_daemon_killed_while_it_pulls_a_model_never_catalogs_half_a_model(
+    tmp_path: Path, point: str
+) -> None:
+    """The daemon SIGKILLed during a download (mid-file, between two files) and at the rename
+    into base_models/ (just before and just after): at every instant base_models/ and the
+    catalog hold nothing but the whole model, and after a restart the pull ends from the bytes
+    on disk, each file's sha256 the Hub's."""
+    built = make_model(tmp_path / "built", DOWNLOAD_FOLDER)
+    files = {p.name: p.read_bytes() for p in built.iterdir() if p.is_file()}
+    expected = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    home = download_home(tmp_path / "home")
+    hub = HubServer()
+    with hub.running(), WholeModels(home, expected) as watcher:
+        commit = hub.add(DOWNLOAD_REPO, files)
+        env = {"HF_ENDPOINT": hub.endpoint}
+        if point == "mid_file":
+            hub.hold_after(DOWNLOAD_REPO, WEIGHTS, 64 * 1024)
+            first = DaemonProcess(home, env=env)
+        else:
+            first = DaemonProcess(home, env=env, command=download_command(point))
+        try:
+            first.wait_event("daemon_ready", timeout=60)
+            row_id = insert_download(home)
+            if point == "mid_file":  # the Hub sent 64 KiB of the weights and holds the rest
+                assert hub.holding.wait(30), first.log_path.read_text()[-3000:]
+                wait_for(lambda: part_size(home, commit), 30, what="the weights' first bytes")
+                first.proc.kill()
+            assert first.proc.wait(60) == -signal.SIGKILL
+        finally:
+            first.kill()
+            hub.release()
+        log = first.log_path.read_text()
+        first.log_path.rename(home / "daemon-killed.log")
+        if point != "mid_file":
+            assert f"crashharness: SIGKILL at {point}" in log, log[-3000:]
+        assert query(home, "SELECT status FROM model_downloads") == [("running",)]
+        assert check_download_killed(home, commit, expected) == []
+        installed = home / "models" / "oneseek-7b-zero" / "base_models" / DOWNLOAD_FOLDER
+        assert installed.exists() == (point == "installed")
+        on_disk = part_size(home, commit)  # where the restart asks the weights from
+        assert (on_disk > 0) == (point == "mid_file")
+        before = len(hub.gets)
+        second = DaemonProcess(home, env=env)
+        try:
+            wait_for(
+                lambda: (
+                    query(home, "SELECT status FROM model_downloads")[0][0]
+                    in ("succeeded", "failed", "cancelled")
+                ),
+                60,
+                what="the download's end after the restart",
+            )
+            assert second.stop(signal.SIGTERM, timeout=30) == 0
+        finally:
+            second.kill()
+        assert watcher.looks > 0
+    restart = second.log_path.read_text()
+    problems = watcher.problems + check_download_done(home, row_id, commit, expected)
+    assert problems == [], "\n".join(problems) + restart[-3000:]
+    assert [e for e in second.events() if e.get("event") == "download_requeued"]
+    refetched = hub.gets[before:]
+    assert [name for name, _, _ in refetched] == REFETCHED[point], refetched
+    # each asked from the bytes on disk, and sent only the rest
+    for name, start, sent in refetched:
+        assert start == (on_disk if name == WEIGHTS else 0), refetched
+        assert sent == len(files[name]) - start, refetched
+
+
+def test_the_download_checks_can_fail(tmp_path: Path) -> None:
+    """whole_model_problems names a partial model, a file that is not the Hub's, and a model
+    whose manifest is missing: the checks the download crash tests rely on."""
+    built = make_model(tmp_path / "base", DOWNLOAD_FOLDER)
+    expected = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in built.iterdir()}
+    assert whole_model_problems(built, expected) == [
+        f"{DOWNLOAD_FOLDER} is half a model: .oneseek-pull.json is missing"
+    ]
+    manifest = {"files": {name: {"sha256": sha} for name, sha in expected.items()}}
+    (built / ".oneseek-pull.json").write_text(json.dumps(manifest))
+    assert whole_model_problems(built, expected) == []
+    (built / "tokenizer.json").unlink()
+    (built / WEIGHTS).write_bytes(b"not the weights")
+    assert whole_model_problems(built, expected) == [
+        f"{DOWNLOAD_FOLDER} is half a model: missing ['tokenizer.json'], unexpected []",
+        f"{DOWNLOAD_FOLDER}/{WEIGHTS} differs from the Hub's sha256",
+    ]

@@ -123,6 +123,26 @@ def test_a_file_served_corrupted_is_refused_and_never_installed(
     assert pull_model(parse(REPO), where, sleep=no_sleep).fetched
 
 
+def test_files_in_place_but_unrecorded_are_checked_from_disk_not_fetched_again(
+    hub: HubServer, where: Where
+) -> None:
+    """What a kill just before the rename into base_models/ leaves (install() cleared the
+    record of checked files), with one file since damaged: only that one is fetched again."""
+    ref = parse(REPO)
+    commit = hub.repos[REPO].branches["main"]
+    pinned = pin(ref, endpoint=hub.endpoint, token=None, token_file=where.token_file)
+    staging = staging_folder(where.incoming, pinned, ref.folder)
+    fetch(pinned, staging, endpoint=hub.endpoint, token=None, token_file=where.token_file)
+    (staging / CHECKED).unlink()
+    (staging / "tokenizer.json").write_bytes(b"{}")  # the same name, not the Hub's bytes
+    before = len(hub.gets)
+    pulled = pull_model(ref, where, sleep=no_sleep)
+    assert [name for name, _, _ in hub.gets[before:]] == ["tokenizer.json"]
+    files = hub.repos[REPO].commits[commit]
+    assert all((pulled.target / f.name).read_bytes() == files[f.name] for f in pinned.files)
+    assert list(where.incoming.iterdir()) == []
+
+
 def test_a_dropped_transfer_resumes_from_the_bytes_on_disk(hub: HubServer, where: Where) -> None:
     size = len(hub.repos[REPO].commits[hub.repos[REPO].branches["main"]]["model.safetensors"])
     hub.cut_after(REPO, "model.safetensors", size // 3)

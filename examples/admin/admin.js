@@ -7,7 +7,10 @@
  *   - INSERT into training_requests (status 'pending'): the daemon validates the row exactly like
  *     a dropped file and writes its verdict back ('queued' | 'rejected' | 'duplicate');
  *   - UPDATE base_models.enabled and base_models.display_name;
- *   - UPDATE runs.cancel_requested = 1 on a queued or running run.
+ *   - UPDATE runs.cancel_requested = 1 on a queued or running run;
+ *   - INSERT into model_downloads (status 'pending'): the daemon downloads the model from the
+ *     Hub (pinned, every file checked) into base_models/ and writes the outcome back;
+ *   - UPDATE model_downloads.cancel_requested = 1 on a pending or running download.
  *
  * Everything else belongs to the daemon. Every write here is one statement in its own
  * transaction, on a WAL connection with a 30 s busy timeout, so it waits for the daemon's
@@ -17,6 +20,8 @@
  *   admin.open('/srv/oneseek');
  *   const id = admin.requestTraining({ base_models: ['llama'], dataset: 'civic.jsonl' });
  *   admin.requestStatus(id);   // { status: 'queued', run: { run_id, state, progress, ... } }
+ *   const pull = admin.pullModel('Qwen/Qwen2.5-7B-Instruct');
+ *   admin.download(pull);      // { status: 'running', bytes_done, bytes_total, progress, ... }
  *   admin.close();
  *
  * open() also returns an Admin object with the same methods, for programs that hold several
@@ -28,7 +33,13 @@ const path = require('node:path');
 const Database = require('better-sqlite3');
 
 const BUSY_TIMEOUT_MS = 30000;
-const REQUIRED_TABLES = ['base_models', 'training_requests', 'runs', 'model_trainings'];
+const REQUIRED_TABLES = [
+  'base_models',
+  'training_requests',
+  'runs',
+  'model_trainings',
+  'model_downloads',
+];
 const RUN_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 const MAX_DISPLAY_NAME = 300; // base_models.display_name is VARCHAR(300)
 
@@ -39,6 +50,10 @@ const MODEL_COLUMNS = `key, display_name, detected_name, path, root, state, stat
 const RUN_COLUMNS = `id, run_id, request_id, request_key, state, priority, version, base_models,
   dataset, attempts, cancel_requested, outcome, exit_code, error, log_path, progress, queued_at,
   started_at, finished_at, heartbeat_at`;
+
+const DOWNLOAD_COLUMNS = `id, repository, revision, folder, allow_pickle, status, source, host,
+  pid, "commit", bytes_total, bytes_done, progress, error, problems, cancel_requested, model_key,
+  created_at, started_at, finished_at, heartbeat_at`;
 
 function parseJson(text) {
   if (text === null || text === undefined) return null;
@@ -65,6 +80,22 @@ function runOf(row) {
     base_models: parseJson(row.base_models),
     progress: parseJson(row.progress),
   };
+}
+
+function downloadOf(row) {
+  return {
+    ...row,
+    allow_pickle: Boolean(row.allow_pickle),
+    cancel_requested: Boolean(row.cancel_requested),
+    progress: parseJson(row.progress),
+    problems: parseJson(row.problems) || [],
+  };
+}
+
+function checkDownloadId(id) {
+  if (!Number.isInteger(id) || id < 1) {
+    throw new TypeError(`a download id is a positive integer, got ${String(id)}`);
+  }
 }
 
 function checkKey(key) {
@@ -157,6 +188,25 @@ class Admin {
           WHERE run_id = ? AND state IN ('queued', 'running')`,
       ),
       runState: db.prepare('SELECT state FROM runs WHERE run_id = ?').pluck(),
+      insertDownload: db.prepare(
+        `INSERT INTO model_downloads (repository, revision, folder, allow_pickle, host, status,
+                                      source)
+         VALUES (?, ?, ?, ?, ?, 'pending', 'database')`,
+      ),
+      download: db.prepare(`SELECT ${DOWNLOAD_COLUMNS} FROM model_downloads WHERE id = ?`),
+      downloads: db.prepare(`SELECT ${DOWNLOAD_COLUMNS} FROM model_downloads ORDER BY id`),
+      activeDownloads: db.prepare(
+        `SELECT ${DOWNLOAD_COLUMNS} FROM model_downloads
+          WHERE status IN ('pending', 'running') ORDER BY id`,
+      ),
+      downloadedModel: db.prepare(
+        `SELECT ${MODEL_COLUMNS} FROM base_models WHERE key = ? AND host = ?`,
+      ),
+      cancelDownload: db.prepare(
+        `UPDATE model_downloads SET cancel_requested = 1
+          WHERE id = ? AND status IN ('pending', 'running')`,
+      ),
+      downloadStatus: db.prepare('SELECT status FROM model_downloads WHERE id = ?').pluck(),
     };
   }
 
@@ -329,6 +379,94 @@ class Admin {
     return { run_id: runId, state: this.sql.runState.get(runId), cancel_requested: true };
   }
 
+  /**
+   * Asks the daemon to download a base model from the Hugging Face Hub (or the mirror its
+   * HF_ENDPOINT / [hub] endpoint names): INSERTs a 'pending' model_downloads row and returns
+   * its id. `repository` is ORG/NAME, or ORG/NAME@REVISION; options: revision (a branch, tag
+   * or commit; default main), folder (under base_models/; default the repository's name),
+   * allowPickle (fetch *.bin / *.pt weights of a repository without safetensors), host (the
+   * host whose daemon downloads it; default the first daemon to look). The daemon checks the
+   * names and fails the row with the reason when they are wrong: follow it with download(id).
+   */
+  pullModel(repository, { revision, folder, allowPickle = false, host } = {}) {
+    if (typeof repository !== 'string' || repository.trim() === '') {
+      throw new TypeError('pullModel(repository): a repository is "ORG/NAME" or "ORG/NAME@REV"');
+    }
+    let repo = repository.trim();
+    const at = repo.indexOf('@');
+    if (at >= 0) {
+      if (revision !== undefined) {
+        throw new TypeError(
+          `pullModel(${JSON.stringify(repository)}, { revision }): give the revision once, ` +
+            'after the @ or as the option',
+        );
+      }
+      revision = repo.slice(at + 1);
+      repo = repo.slice(0, at);
+    }
+    for (const [name, value] of Object.entries({ revision, folder, host })) {
+      if (value !== undefined && value !== null && (typeof value !== 'string' || value === '')) {
+        throw new TypeError(`pullModel(..., { ${name} }): a non-empty string, if given`);
+      }
+    }
+    if (typeof allowPickle !== 'boolean') {
+      throw new TypeError('pullModel(..., { allowPickle }): true or false');
+    }
+    this._db();
+    const info = this.sql.insertDownload.run(
+      repo,
+      revision || 'main',
+      folder || null,
+      allowPickle ? 1 : 0,
+      host || null,
+    );
+    return Number(info.lastInsertRowid);
+  }
+
+  /**
+   * One download: status ('pending' until a daemon claims it, within about a second, then
+   * 'running', and 'succeeded', 'failed' or 'cancelled'), bytes_done of bytes_total, progress
+   * ({ rate: bytes/s, eta_s, file, fetched_bytes }, written about once a second), commit (the
+   * revision pinned before the first byte), error and problems, and once it succeeded
+   * model_key and model: the catalog row of the installed folder.
+   */
+  download(id) {
+    checkDownloadId(id);
+    this._db();
+    const row = this.sql.download.get(id);
+    if (row === undefined) throw new Error(`no model download #${id}`);
+    const out = downloadOf(row);
+    out.model = null;
+    if (row.model_key !== null && row.host !== null) {
+      const model = this.sql.downloadedModel.get(row.model_key, row.host);
+      if (model !== undefined) out.model = modelOf(model);
+    }
+    return out;
+  }
+
+  /** Every download by id (only pending and running ones with active: true). */
+  listDownloads({ active = false } = {}) {
+    this._db();
+    const stmt = active ? this.sql.activeDownloads : this.sql.downloads;
+    return stmt.all().map(downloadOf);
+  }
+
+  /**
+   * Asks the daemon to cancel a pending or running download (cancel_requested = 1): a pending
+   * one is cancelled when claimed, a running one stops at its next bytes, keeping what arrived
+   * for a later pull. A download that already ended is an Error saying so.
+   */
+  cancelDownload(id) {
+    checkDownloadId(id);
+    this._db();
+    if (this.sql.cancelDownload.run(id).changes === 0) {
+      const status = this.sql.downloadStatus.get(id);
+      if (status === undefined) throw new Error(`no model download #${id}`);
+      throw new Error(`download #${id} already ended (${status}); nothing to cancel`);
+    }
+    return { id, status: this.sql.downloadStatus.get(id), cancel_requested: true };
+  }
+
   close() {
     if (this.db.open) this.db.close();
   }
@@ -370,4 +508,8 @@ module.exports = {
   run: (runId) => admin().run(runId),
   liveMetrics: (runId) => admin().liveMetrics(runId),
   cancel: (runId) => admin().cancel(runId),
+  pullModel: (repository, options) => admin().pullModel(repository, options),
+  download: (id) => admin().download(id),
+  listDownloads: (options) => admin().listDownloads(options),
+  cancelDownload: (id) => admin().cancelDownload(id),
 };

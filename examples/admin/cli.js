@@ -11,6 +11,10 @@
  *   node cli.js HOME run RUN_ID
  *   node cli.js HOME metrics RUN_ID
  *   node cli.js HOME cancel RUN_ID
+ *   node cli.js HOME pull REPO[@REV] [--name FOLDER] [--allow-pickle] [--wait SECONDS]
+ *   node cli.js HOME downloads [--active]
+ *   node cli.js HOME download ID [--wait SECONDS]
+ *   node cli.js HOME cancel-download ID
  *
  * Errors go to stderr as "Error: ..." with exit code 1 (2 for a usage error).
  */
@@ -27,7 +31,16 @@ commands:
   status ID [--wait SECONDS]  the verdict (and run) of a request; --wait until decided
   run RUN_ID                  one run with each model's losses
   metrics RUN_ID              the run's live_metrics.json
-  cancel RUN_ID               cancel a queued or running run`;
+  cancel RUN_ID               cancel a queued or running run
+  pull REPO[@REV] [--name FOLDER] [--allow-pickle] [--wait SECONDS]
+                              download a base model from the Hub; prints its id (with
+                              --wait: the download once it ended, or as it stands then)
+  downloads [--active]        every download (--active: pending and running ones)
+  download ID [--wait SECONDS]
+                              one download's status and progress; --wait until it ends
+  cancel-download ID          cancel a pending or running download`;
+
+const DOWNLOAD_ENDED = ['succeeded', 'failed', 'cancelled'];
 
 class UsageError extends Error {}
 
@@ -37,6 +50,34 @@ function need(args, n, what) {
 
 function sleep(ms) {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/** The value after `flag` in args (undefined when absent), and args without the two. */
+function option(args, flag) {
+  const at = args.indexOf(flag);
+  if (at < 0) return [undefined, args];
+  if (at + 1 >= args.length) throw new UsageError(`${flag} needs a value`);
+  return [args[at + 1], [...args.slice(0, at), ...args.slice(at + 2)]];
+}
+
+function waitSeconds(args) {
+  const [value] = option(args, '--wait');
+  if (value === undefined) return 0;
+  const seconds = Number(value);
+  if (!Number.isFinite(seconds) || seconds < 0) {
+    throw new UsageError(`--wait takes a number of seconds, got ${JSON.stringify(value)}`);
+  }
+  return seconds;
+}
+
+function followDownload(id, seconds) {
+  const deadline = Date.now() + seconds * 1000;
+  let download = admin.download(id);
+  while (!DOWNLOAD_ENDED.includes(download.status) && Date.now() < deadline) {
+    sleep(200);
+    download = admin.download(id);
+  }
+  return download;
 }
 
 function main(argv) {
@@ -83,6 +124,25 @@ function main(argv) {
       case 'cancel':
         need(args, 1, 'RUN_ID');
         return admin.cancel(args[0]);
+      case 'pull': {
+        const seconds = waitSeconds(args);
+        let [folder, rest] = option(args, '--name');
+        [, rest] = option(rest, '--wait');
+        const allowPickle = rest.includes('--allow-pickle');
+        rest = rest.filter((a) => a !== '--allow-pickle');
+        need(rest, 1, 'REPO[@REV]');
+        if (rest.length > 1) throw new UsageError(`unexpected ${JSON.stringify(rest[1])}`);
+        const id = admin.pullModel(rest[0], { folder, allowPickle });
+        return seconds > 0 ? followDownload(id, seconds) : { id };
+      }
+      case 'downloads':
+        return admin.listDownloads({ active: args.includes('--active') });
+      case 'download':
+        need(args, 1, 'ID');
+        return followDownload(Number(args[0]), waitSeconds(args));
+      case 'cancel-download':
+        need(args, 1, 'ID');
+        return admin.cancelDownload(Number(args[0]));
       default:
         throw new UsageError(`unknown command "${command}"`);
     }

@@ -4,10 +4,12 @@ The staging folder (`models/.incoming/<FOLDER>@<commit>/`, which the catalog nev
 named by the commit, so a pull killed at any point resumes where it stopped: a file arrives
 as `.parts/<name>.part`, fsynced as it grows, and the next try asks only for the bytes after
 it (`Range`); a file already checked is recorded in `.oneseek-checked.json` and never fetched
-or hashed again. The transfer is our own ranged GET of the Hub's `resolve/<commit>/<file>`
-(huggingface_hub's pins the revision): huggingface_hub 2.x downloads into a file unique to
-each process and never reuses one a killed process left, so it cannot resume after a kill.
-Files stored with Xet on the Hub are served over the same URL.
+or hashed again. A file found in place but not recorded (a kill between its move out of
+`.parts/` and the record, or before the rename into base_models/, which clears the record) is
+checked again from disk rather than fetched again. The transfer is our own ranged GET of
+the Hub's `resolve/<commit>/<file>` (huggingface_hub's pins the revision): huggingface_hub
+2.x downloads into a file unique to each process and never reuses one a killed process left,
+so it cannot resume after a kill. Files stored with Xet on the Hub are served over the same URL.
 
 Every file is checked as soon as it is whole: an LFS file's sha256, a small file's git blob id,
 and every size, against the Hub's metadata taken when the revision was pinned. A file that
@@ -232,7 +234,9 @@ def fetch(
     check_room(pinned, staging, free_bytes)
     checked = _read_checked(staging)
     transfer = Transfer(pinned.total_bytes, started=time.monotonic())
-    transfer.done_bytes = sum(f.size for f in pinned.files if f.name in checked)
+    transfer.done_bytes = sum(
+        f.size for f in pinned.files if f.name in checked and (staging / f.name).is_file()
+    )
     for f in pinned.files:
         if f.name in checked and (staging / f.name).is_file():
             continue
@@ -240,6 +244,10 @@ def fetch(
             raise Cancelled(f"the pull of {pinned.ref} was cancelled")
         transfer.file = f.name
         base = transfer.done_bytes
+        if _checked_in_place(staging, f, checked):
+            transfer.done_bytes = base + f.size
+            progress(transfer)
+            continue
         url = f"{endpoint.rstrip('/')}/{pinned.ref.repo}/resolve/{pinned.commit}/{quote(f.name)}"
 
         def on_bytes(n: int, fetched: bool, base: int = base, size: int = f.size) -> None:
@@ -283,6 +291,21 @@ def fetch(
         transfer.done_bytes = base + f.size
         progress(transfer)
     return {f.name: checked[f.name] for f in pinned.files}
+
+
+def _checked_in_place(staging: Path, f: HubFile, checked: dict[str, str]) -> bool:
+    """Whether a file already in place in the staging folder, whose check was not recorded,
+    is the Hub's (then recorded); one that is not is deleted, to be fetched again."""
+    final = staging / f.name
+    if not final.is_file():
+        return False
+    try:
+        checked[f.name] = check_file(final, f)
+    except HubError:
+        final.unlink(missing_ok=True)
+        return False
+    _write_json(staging / CHECKED, checked)
+    return True
 
 
 class Cancelled(HubError):
