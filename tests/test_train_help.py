@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from oneseekd.cli import main as ctl
-from oneseekd.cli.train import FLAGS, HELP, TrainRefused, build_request
+from oneseekd.cli.train import FLAGS, TrainRefused, build_request
+from oneseekd.cli.trainhelp import HELP
 from oneseekd.spec.names import BY_FLAG
 from oneseekd.spec.request import AutoStopOptions, LoraOptions, RunOptions
 
