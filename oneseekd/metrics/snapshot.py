@@ -22,7 +22,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from oneseekd.certify.layout import run_dna, run_gate
-from oneseekd.cli.read import Reader, Row
+from oneseekd.cli.read import RUN_COLUMNS, Reader, Row
 from oneseekd.home import HomePaths
 from oneseekd.metrics import verified
 from oneseekd.metrics.verified import Verified
@@ -30,7 +30,7 @@ from oneseekd.metrics.verified import Verified
 log = structlog.get_logger("oneseekd")
 
 CATALOG_STATES = ("ready", "incomplete", "invalid", "missing")
-RECENT_RUNS = 20  # how far back the last certification of this host is looked for
+CERTIFIED_LOOKED_AT = 5  # this host's newest succeeded runs, for one whose folder is here
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class SnapshotReader:
     host: str
     _ledger: dict[str, int] = field(default_factory=dict)
     _ledger_seq: int = 0
-    _certified: dict[str, Certified | None] = field(default_factory=dict)
+    _certified: dict[str, Certified] = field(default_factory=dict)
 
     def read(self) -> Snapshot:
         started = time.perf_counter()
@@ -189,10 +189,15 @@ class SnapshotReader:
             models = self._catalog(reader)
             runs = reader.queue_counts()
             running = tuple(run_now(r) for r in reader.running() if r.host == self.host)
-            recent = reader.recent(RECENT_RUNS)
+            succeeded = reader.rows(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE state = 'succeeded' "
+                "AND (host = :host OR host IS NULL) ORDER BY finished_at DESC LIMIT :limit",
+                host=self.host,
+                limit=CERTIFIED_LOOKED_AT,
+            )
             self._read_ledger(reader)
             pending = reader.downloads()
-        certified = self._last_certified(recent)
+        certified = self._last_certified(succeeded)
         ours = [d for d in pending if d.status == "running" and d.host == self.host]
         return Snapshot(
             at=time.time(),
@@ -230,14 +235,12 @@ class SnapshotReader:
             self._ledger[str(r.event)] = self._ledger.get(str(r.event), 0) + int(r.n)
             self._ledger_seq = max(self._ledger_seq, int(r.top))
 
-    def _last_certified(self, recent: list[Row]) -> Certified | None:
-        for row in recent:
-            if row.state != "succeeded" or row.host not in (self.host, None):
-                continue
-            if row.run_id not in self._certified:
-                self._certified[row.run_id] = certified_of(self.home, row)
-            found = self._certified[row.run_id]
+    def _last_certified(self, succeeded: list[Row]) -> Certified | None:
+        """The newest of them whose certified folder this home holds (its gate read once)."""
+        for row in succeeded:
+            found = self._certified.get(row.run_id) or certified_of(self.home, row)
             if found is not None:
+                self._certified[row.run_id] = found
                 return found
         return None
 
