@@ -20,6 +20,10 @@ shared and noisy: compare ratios, not absolute figures):
 
 Goals (issue 6): under 80 MB RSS and under 1% of one core.
 
+`--metrics` measures the daemon with the Prometheus endpoint on (`[metrics] listen`, issue 29;
+its snapshot read every 5 s, the default) and scraped over HTTP every --scrape-interval seconds
+through the window, as Prometheus would: the same goals hold.
+
 `--why` adds the diagnosis of where the figures come from:
 
 - memory: the RSS each group of imports adds, in the order the daemon imports them, measured
@@ -29,7 +33,7 @@ Goals (issue 6): under 80 MB RSS and under 1% of one core.
   TICK_SECONDS), timed in this process on a home of the same size, and what that costs as a
   share of one core.
 
-Run: .venv/bin/python bench/idle.py [--seconds 60] [--models 1000] [--json] [--why]
+Run: .venv/bin/python bench/idle.py [--seconds 60] [--models 1000] [--metrics] [--json] [--why]
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +62,7 @@ CPU_GOAL_PERCENT = 1.0
 SETTLE_AFTER_READY_S = 3.0
 TINY = {"w": [8, 8]}  # one 8x8 F32 tensor: a 256-byte weight file per model
 LIBRARIES = "sqlalchemy, pydantic, structlog, click, watchdog, apscheduler, cryptography"
+SCRAPE_INTERVAL_S = 15.0  # Prometheus' usual scrape_interval
 
 
 @dataclass(frozen=True)
@@ -107,12 +113,27 @@ def figures(name: str, pid: int, start: Sample, end: Sample) -> Figures:
     )
 
 
-def build_home(root: Path, models: int) -> None:
+def build_home(root: Path, models: int, metrics: bool = False) -> None:
     base = root / "models" / "oneseek-7b-zero" / "base_models"
     for i in range(models):
         make_model(base, f"Idle-Model-{i:05d}", tensors=TINY, tokenizer=False)
     (root / "datasets").mkdir(parents=True)
     (root / "requests").mkdir()
+    if metrics:  # any free port of loopback; the daemon logs the one it bound
+        (root / "oneseekd.toml").write_text('[metrics]\nlisten = "127.0.0.1:0"\n')
+
+
+def metrics_port(log_path: Path) -> int | None:
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"metrics_listening"' in line:
+            return int(json.loads(line)["port"])
+    return None
+
+
+def scrape(port: int) -> int:
+    """One scrape of /metrics, as Prometheus makes it; the bytes it answered."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        return len(reply.read())
 
 
 def ready_models(db: Path) -> int:
@@ -152,14 +173,20 @@ def start_baselines(seconds: float) -> list[tuple[str, subprocess.Popen[bytes]]]
 
 
 def measure(
-    seconds: float, models: int, keep: bool, command: list[str] | None = None
+    seconds: float,
+    models: int,
+    keep: bool,
+    command: list[str] | None = None,
+    metrics: bool = False,
+    scrape_every: float = SCRAPE_INTERVAL_S,
 ) -> dict[str, object]:
-    """Build the home, start the daemon (or `command` + `--home HOME`), measure the window."""
+    """Build the home, start the daemon (or `command` + `--home HOME`), measure the window;
+    with `metrics`, the endpoint on and scraped every `scrape_every` seconds in it."""
     root = Path(tempfile.mkdtemp(prefix="oneseek-idle-"))
     home = root / "home"
     try:
         started = time.perf_counter()
-        build_home(home, models)
+        build_home(home, models, metrics)
         built = time.perf_counter() - started
         env = {k: v for k, v in os.environ.items() if not k.startswith("ONESEEK_")}
         log_path = root / "daemon.log"
@@ -183,11 +210,20 @@ def measure(
                 daemon,
             )
             loaded = time.perf_counter() - loaded_at
+            port = metrics_port(log_path) if metrics else None
+            if metrics and port is None:
+                raise SystemExit("metrics asked for, but the daemon logged no metrics_listening")
+            scraped = [scrape(port)] if port is not None else []  # the first, as Prometheus'
             time.sleep(SETTLE_AFTER_READY_S)
-            procs = [("oneseekd (idle)", daemon), *baselines]
+            name = "oneseekd (idle, metrics on)" if metrics else "oneseekd (idle)"
+            procs = [(name, daemon), *baselines]
             lines_before = log_path.read_bytes().count(b"\n")
             first = {name: sample(p.pid) for name, p in procs}
-            time.sleep(seconds)
+            window_ends = time.monotonic() + seconds
+            while port is not None and time.monotonic() + scrape_every < window_ends:
+                time.sleep(scrape_every)
+                scraped.append(scrape(port))
+            time.sleep(max(window_ends - time.monotonic(), 0.0))
             last = {name: sample(p.pid) for name, p in procs}
             lines_during = log_path.read_bytes().count(b"\n") - lines_before
             if daemon.poll() is not None:
@@ -209,6 +245,8 @@ def measure(
             "build_seconds": round(built, 1),
             "catalog_ready_seconds": round(loaded, 1),
             "log_lines_in_window": lines_during,
+            "scrapes": len(scraped),
+            "scrape_bytes": scraped[-1] if scraped else None,
             "results": [asdict(r) for r in results],
             "home": str(home) if keep else None,
         }
@@ -225,6 +263,11 @@ def report(data: dict[str, object]) -> int:
         f"(built in {data['build_seconds']} s, catalog ready {data['catalog_ready_seconds']} s "
         "after start)"
     )
+    if data.get("scrapes"):
+        print(
+            f"metrics on: scraped {data['scrapes']} times ({data['scrape_bytes']} bytes each), "
+            "once before the window and every scrape interval in it"
+        )
     print()
     print(f"{'process':44} {'RSS start MB':>12} {'RSS end MB':>11} {'peak MB':>8} {'CPU %':>7}")
     for r in results:
@@ -381,8 +424,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument("--keep", action="store_true", help="keep the temporary home")
     parser.add_argument("--why", action="store_true", help="diagnose imports and idle ticks")
+    parser.add_argument(
+        "--metrics", action="store_true", help="[metrics] listen on, and scraped in the window"
+    )
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=SCRAPE_INTERVAL_S,
+        help=f"seconds between scrapes with --metrics ({SCRAPE_INTERVAL_S:g})",
+    )
     args = parser.parse_args(argv)
-    data = measure(args.seconds, args.models, args.keep)
+    data = measure(
+        args.seconds,
+        args.models,
+        args.keep,
+        metrics=args.metrics,
+        scrape_every=args.scrape_interval,
+    )
     code = report(data)
     if args.why:
         report_why(args.models)

@@ -9,7 +9,9 @@ command reads the configuration, and its read path must not import pydantic.)
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import socket
 import sys
 import tomllib
@@ -44,6 +46,9 @@ DEFAULT_LEASE_SECONDS = 60.0
 MAX_HOST_LENGTH = 255
 DEFAULT_TRAINER_THREADS = 0  # 0: torch's own choice (or the daemon's OMP_NUM_THREADS)
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
+# [metrics]: the Prometheus endpoint, off unless `listen` is set; a bare port binds to loopback
+METRICS_LOOPBACK = "127.0.0.1"
+DEFAULT_METRICS_REFRESH_SECONDS = 5.0
 
 
 def default_host(env: Mapping[str, str] | None = None) -> str:
@@ -140,6 +145,54 @@ def _endpoint(value: Any, where: str, _home: Path) -> str:
     return value.strip().rstrip("/")
 
 
+_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*$")
+
+
+def _listen(value: Any, where: str, _home: Path) -> tuple[str, int] | None:
+    """`HOST:PORT` (`[::1]:9464` for IPv6), or a bare port on loopback; "" turns it off. A
+    name is resolved when the daemon binds, not here (the configuration never asks DNS)."""
+    example = (
+        f'e.g. "{METRICS_LOOPBACK}:9464" for this host only, "0.0.0.0:9464" for every '
+        'interface, "[::1]:9464" for IPv6 loopback'
+    )
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise _Problem(f"{where} must be HOST:PORT as a string ({example}), got {value!r}")
+    text = str(value).strip()
+    if not text:
+        return None
+    if text.isdigit():
+        host, port = METRICS_LOOPBACK, text
+    elif text.startswith("["):
+        host, closed, port = text[1:].partition("]:")
+        if closed and not _is_ip(host, 6):
+            raise _Problem(f"{where}: {host!r} is not an IPv6 address ({example}), got {value!r}")
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon:
+            host, port = text, ""  # no port: said below
+        elif ":" in host:
+            raise _Problem(
+                f'{where}: an IPv6 address goes in brackets, as in "[{host}]:{port}", got {value!r}'
+            )
+        if colon and not host:
+            raise _Problem(f"{where} must name the address to listen on ({example}), got {value!r}")
+        if not (_is_ip(host, 4) or _HOST_NAME.match(host)):
+            raise _Problem(
+                f"{where}: {host!r} is neither an IP address nor a host name ({example})"
+            )
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        # 0: any free port, named in the log's metrics_listening (for tests, not Prometheus)
+        raise _Problem(f"{where} must end in a port from 1 to 65535 ({example}), got {value!r}")
+    return host, int(port)
+
+
+def _is_ip(text: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
+
+
 def _setting(default: Any, rule: Rule, *, factory: Callable[[], Any] | None = None) -> Any:
     """A setting of the schema: its default and the rule a value in the file must pass."""
     if factory is not None:
@@ -232,6 +285,17 @@ class HubConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The daemon's Prometheus endpoint (oneseekd/metrics/, docs/operations.md "Metrics")."""
+
+    # (host, port) to serve /metrics on; None (the default): no endpoint, nothing imported
+    listen: tuple[str, int] | None = _setting(None, _listen)
+    # how often the catalog, queue and running run's figures are read from the database into
+    # what a scrape answers (a scrape itself never reads the database)
+    refresh_seconds: float = _setting(DEFAULT_METRICS_REFRESH_SECONDS, _seconds(0.1))
+
+
+@dataclass(frozen=True)
 class Settings:
     """oneseekd.toml as a whole: the top-level settings and one table per section."""
 
@@ -241,6 +305,7 @@ class Settings:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     certify: CertifyConfig = field(default_factory=CertifyConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 @dataclass(frozen=True)
@@ -253,6 +318,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     certify: CertifyConfig = field(default_factory=CertifyConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # a setting an ONESEEK_* variable overrides, checked by the setting's own rule after it
@@ -327,6 +393,7 @@ SECTIONS: dict[str, type[Any]] = {
     "trainer": TrainerConfig,
     "certify": CertifyConfig,
     "hub": HubConfig,
+    "metrics": MetricsConfig,
 }
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -394,6 +461,7 @@ def load_config(
         trainer=settings.trainer,
         certify=settings.certify,
         hub=hub,
+        metrics=settings.metrics,
     )
 
 

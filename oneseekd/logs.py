@@ -4,13 +4,14 @@ show`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import sys
 import warnings
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -47,10 +48,39 @@ def human_wanted(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
         return False
 
 
-def configure_logging(level: str, stream: TextIO | None = None, human: bool | None = None) -> None:
+# Sees every event a process logs, whatever the log level: (method name, event dict) -> None.
+# The daemon's metrics count the events it already logs through one (oneseekd/metrics/events.py).
+Observer = Callable[[str, Mapping[str, Any]], None]
+
+
+def _observed(observer: Observer, level: str) -> Callable[..., Any]:
+    """A processor that shows each event to `observer`, then drops it when it is below the
+    level in force: with an observer, filtering moves from the logger into this processor, so
+    an operator's `log_level = "warning"` does not stop the info events from being counted."""
+    floor = _LEVELS[level]
+
+    def observe(
+        _logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        with contextlib.suppress(Exception):  # counting must never cost a log line
+            observer(method, event)
+        if _LEVELS.get(method, logging.ERROR) < floor:
+            raise structlog.DropEvent
+        return event
+
+    return observe
+
+
+def configure_logging(
+    level: str,
+    stream: TextIO | None = None,
+    human: bool | None = None,
+    observer: Observer | None = None,
+) -> None:
     """Every process's structlog: JSON lines (timestamp, level and event first), or, when
     `human` (by default: human_wanted(stream)), structlog's ConsoleRenderer in the one human
-    time format. The trainer always writes JSON: its stderr is the run log."""
+    time format. The trainer always writes JSON: its stderr is the run log. `observer` sees
+    every event, those below `level` included (the daemon's metrics)."""
     out = stream or sys.stderr
     if human is None:
         human = human_wanted(out)
@@ -70,13 +100,17 @@ def configure_logging(level: str, stream: TextIO | None = None, human: bool | No
             structlog.processors.JSONRenderer(sort_keys=False),
         ]
     )
+    watching = [] if observer is None else [_observed(observer, level)]
     structlog.configure(
         processors=[
+            *watching,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             *rendering,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            _LEVELS[level] if observer is None else logging.DEBUG
+        ),
         # one write per line, the newline included: the ranks of a torchrun share the run log's
         # descriptor, and print()'s two writes (the text, then "\n") on Python's write-through
         # stderr let another rank's line land between them

@@ -62,7 +62,7 @@ def test_a_bad_config_is_refused_with_every_problem_listed(tmp_path: Path) -> No
         load_config(tmp_path, env={})
     assert err.value.problems == [
         "oneseekd.toml: unknown setting 'workers' "
-        "(known: catalog, certify, hub, intake, log_level, trainer)",
+        "(known: catalog, certify, hub, intake, log_level, metrics, trainer)",
         "log_level must be one of debug, info, warning, error, got 'loud'",
         "catalog.settle_seconds must be at least 0, got -1",
         "catalog.rescan_interval_seconds must be a number of seconds, got 'often'",

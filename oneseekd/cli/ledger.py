@@ -11,6 +11,7 @@ from oneseekd.certify.tip import read_tip
 from oneseekd.certify.verify import verify
 from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.errors import OneseekError
+from oneseekd.metrics import verified
 
 
 def _count(n: int, noun: str) -> str:
@@ -29,6 +30,12 @@ def verify_cmd(obj: Context, as_json: bool) -> None:
     """Re-check the hash chain, the signatures, every artifact's sha256 against its file and
     every ledger_proof.json; exit 1 on any mismatch."""
     report = verify(obj.engine(), obj.config.home)
+    # for the daemon's metrics (oneseekd_ledger_verify_*): an alert watches the last result
+    unwritten = verified.record(
+        obj.config.home, report.ok, report.events, report.artifacts, len(report.problems)
+    )
+    if unwritten is not None:
+        click.echo(f"(the result is not recorded for the daemon's metrics: {unwritten})", err=True)
     if as_json:
         emit_json(asdict(report))
         if not report.ok:

@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -44,6 +45,9 @@ from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import DropFolder
 from oneseekd.intake.rows import PendingRows
 from oneseekd.logs import configure_logging
+
+if TYPE_CHECKING:
+    from oneseekd.metrics.server import Metrics
 
 log = structlog.get_logger("oneseekd")
 
@@ -81,6 +85,7 @@ class Daemon:
         self._database_problem: str | None = None
         self._wake = threading.Event()
         self.notifier = Notifier()
+        self._metrics: Metrics | None = None  # [metrics] listen: the Prometheus endpoint
 
     # Signal handlers only set flags; the loop does the work.
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -115,6 +120,34 @@ class Daemon:
             version=__version__,
             exit_when_idle=self.exit_when_idle,
         )
+        self._start_metrics()  # first: a port it cannot bind stops the start here (exit 78)
+        try:
+            return self._run_serving()
+        finally:
+            if self._metrics is not None:
+                self._metrics.stop()
+
+    def _start_metrics(self) -> None:
+        """The Prometheus endpoint, when `[metrics] listen` is set: prometheus_client is
+        imported only then. From here on its counters see every event the daemon logs."""
+        cfg = self.config
+        if cfg.metrics.listen is None:
+            return
+        from oneseekd.metrics.server import Metrics
+
+        metrics = Metrics(cfg)
+        host, port = metrics.serve()
+        self._metrics = metrics
+        configure_logging(cfg.log_level, observer=metrics.events.observe)
+        log.info("metrics_listening", address=f"{host}:{port}", port=port, path="/metrics")
+
+    def _mark(self, what: str) -> None:
+        """The loop's times for the metrics (an alert on a stalled loop watches them)."""
+        if self._metrics is not None:
+            setattr(self._metrics.marks, what, time.time())
+
+    def _run_serving(self) -> int:
+        cfg = self.config
         cfg.home.ensure()
         engine = migrate.open_database(cfg.db_url, cfg.trainer.lease_seconds)
         self._database = DatabaseFile(engine)
@@ -124,6 +157,7 @@ class Daemon:
         )
         catalog.wakeup = self._wake
         done = catalog.full_scan()
+        self._mark("catalog_scan")
         log.info("catalog_loaded", models=done.total)
         ledger = Ledger.for_home(engine, cfg.home)  # a bad key stops the daemon here
         intake = Intake(
@@ -147,6 +181,8 @@ class Daemon:
         except Exception as exc:  # retried by the loop (the supervisor resumes its own run)
             log.error("recover_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
         self._parts = _Parts(catalog, intake, drops, rows, supervisor, downloads)
+        if self._metrics is not None:
+            self._metrics.watch(engine)
         watcher = Watcher(catalog)
         watcher.start()
         scheduler = BackgroundScheduler(daemon=True)
@@ -177,6 +213,8 @@ class Daemon:
                 self._heartbeat(engine, "stopped", stopped=True)
             except SQLAlchemyError as exc:  # the database went away: nothing more to record
                 log.error("heartbeat_failed", error=str(exc))
+            if self._metrics is not None:  # no read of an engine being disposed
+                self._metrics.unwatch()
             engine.dispose()
         if self._database_problem is not None:
             log.error(
@@ -263,7 +301,8 @@ class Daemon:
         self._doing = "catalog"
         if self._full_scan_due:
             self._full_scan_due = False
-            self._parts_alone.run("catalog", catalog.full_scan)
+            if self._parts_alone.run("catalog", catalog.full_scan) is not None:
+                self._mark("catalog_scan")
         self._parts_alone.run("catalog", catalog.process_due)
         taken = 0
         self._doing = "intake"
@@ -271,9 +310,11 @@ class Daemon:
             # requests wait while a model folder settles: a request never races a copy. Each
             # door fails alone: an unreadable requests/ never stops the rows another
             # program INSERTs, nor the queue behind them
-            taken = (self._parts_alone.run("files", parts.drops.poll) or 0) + (
-                self._parts_alone.run("rows", parts.rows.poll) or 0
-            )
+            files = self._parts_alone.run("files", parts.drops.poll)
+            rows = self._parts_alone.run("rows", parts.rows.poll)
+            taken = (files or 0) + (rows or 0)
+            if files is not None and rows is not None:  # None: failed, or backing off
+                self._mark("intake")
         self._doing = "supervisor"
         now = time.monotonic()
         # a look at the queue is a write transaction: idle, take one only when something
@@ -342,7 +383,14 @@ class Daemon:
             self.notifier.ready("configuration reload refused; see the log")
             return
         old, self.config = self.config, new
-        configure_logging(new.log_level)
+        metrics = self._metrics
+        configure_logging(new.log_level, observer=metrics.events.observe if metrics else None)
+        if new.metrics != old.metrics:
+            log.warning(
+                "metrics_restart_needed",
+                detail="[metrics] changed: the endpoint keeps its settings until the daemon "
+                "restarts",
+            )
         catalog = parts.catalog
         catalog.settle = new.catalog.settle_seconds
         parts.drops.settle = new.intake.settle_seconds
