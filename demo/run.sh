@@ -53,6 +53,8 @@ if [ -f "$certified/OneSeek-7B-Zero-CURRENT.txt" ]; then
 else  # the gate kept the run from current: status above says why
   echo "OneSeek-7B-Zero-CURRENT.txt: none (the run was not made current; see 'not made current' above)"
 fi
+# the last screen: each model's held-out figures, base -> trained, as show and status print them
+"$BIN/oneseekctl" --home "$HOME_DIR" show "$run" --json | "$BIN/python" demo/gain.py
 echo
 echo "== next: oneseekctl is in $BIN/ (or run: source $BIN/activate)"
 echo "   $BIN/oneseekctl --home $HOME_DIR status"

@@ -1,12 +1,15 @@
 """Issue 30, items 7 and 8: any name for a run (one resolver for show, logs, cancel and
-promote), and `show` / `runs` saying what a run was; on a home with two real certified runs."""
+promote), and `show` / `runs` saying what a run was; issue 29: the held-out figures `show`,
+`status` and the demo's last screen print; on a home with two real certified runs."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from crashharness import crash_home, drop, small_request
@@ -135,8 +138,8 @@ def test_show_says_what_a_run_was(two_runs: Path) -> None:
     ), text
     assert re.search(r"^  took:     \d+s \(tiny-llama [\d.]+ tok/s\)$", text, re.M), text
     assert re.search(
-        r"^  figures:  tiny-llama: held-out loss [\d.]+ -> [\d.]+, bits per byte [\d.]+ -> "
-        r"[\d.]+ \(gain -?[\d.]+, [+-][\d.]+%\)$",
+        r"^  figures:  tiny-llama: bits per byte [\d.]+ -> [\d.]+, [+-][\d.]+% \(95 % interval "
+        r"[+-][\d.]+% to [+-][\d.]+%: [a-z ]+\), next-token accuracy [\d.]+% -> [\d.]+%$",
         text,
         re.M,
     ), text
@@ -145,6 +148,82 @@ def test_show_says_what_a_run_was(two_runs: Path) -> None:
     assert re.search(r"queued \d{4}-\d\d-\d\d \d\d:\d\d:\d\d, started ", text), text
     assert ".000" not in text and "Z\n" not in text
     assert f"run {second['run_id']}: succeeded\n" in text  # the outcome, once
+
+
+def results_of(home: Path, run_id: str) -> dict[str, Any]:
+    """The training_results.json of a certified run."""
+    path = home / "models" / "oneseek-certified" / run_id / "training_results.json"
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def figures_line(results: dict[str, Any], model: str = "tiny-llama") -> str:
+    """What show, status and the demo print for a model, written out from the run's
+    training_results.json: base -> trained bits per byte, the gate's difference and interval
+    as shares of the base's, its verdict, and next-token accuracy."""
+    ev = results["metrics"][model]["evaluation"]
+    against = results["gate"]["models"][model]["base"]
+    base, trained = ev["base"], ev["trained"]
+    low, high = against["interval"]
+
+    def share(bits: float) -> str:
+        return f"{bits / base['bits_per_byte'] * 100:+.2f}%"
+
+    return (
+        f"{model}: bits per byte {base['bits_per_byte']:.4f} -> {trained['bits_per_byte']:.4f}, "
+        f"{share(against['difference'])} (95 % interval {share(low)} to {share(high)}: "
+        f"{against['verdict']}), next-token accuracy {base['accuracy'] * 100:.1f}% -> "
+        f"{trained['accuracy'] * 100:.1f}%"
+    )
+
+
+def test_show_prints_the_figures_of_the_certified_run(two_runs: Path) -> None:
+    """Issue 29: each model's held-out figures, as the certified folder records them."""
+    for run in runs_of(two_runs):
+        results = results_of(two_runs, run["run_id"])
+        text = ctl(two_runs, "show", run["run_id"]).stdout
+        assert f"\n  figures:  {figures_line(results)}\n" in text, text
+        shown = json.loads(ctl(two_runs, "show", run["run_id"], "--json").stdout)
+        ev = results["metrics"]["tiny-llama"]["evaluation"]
+        figures = shown["figures"]["tiny-llama"]
+        assert (figures["base_bits_per_byte"], figures["trained_bits_per_byte"]) == (
+            ev["base"]["bits_per_byte"],
+            ev["trained"]["bits_per_byte"],
+        )
+        assert (figures["base_accuracy"], figures["trained_accuracy"]) == (
+            ev["base"]["accuracy"],
+            ev["trained"]["accuracy"],
+        )
+        assert figures["verdict"] == results["gate"]["models"]["tiny-llama"]["base"]["verdict"]
+        assert shown["no_figures"] is None
+
+
+def test_status_prints_the_current_models_figures(two_runs: Path) -> None:
+    second = runs_of(two_runs)[1]  # current
+    results = results_of(two_runs, second["run_id"])
+    lines = ctl(two_runs, "status").stdout.splitlines()
+    at = lines.index(f"current:  {second['dna']} (run {second['run_id']})")
+    assert lines[at + 1] == f"figures:  {figures_line(results)}"
+    assert not any("[" in line for line in lines)  # a status text line never holds one
+    held = json.loads(ctl(two_runs, "status", "--json").stdout)["certified_figures"]
+    assert (held["run_id"], held["dna"], held["current"]) == (second["run_id"], second["dna"], True)
+    figures = held["figures"]["tiny-llama"]
+    ev = results["metrics"]["tiny-llama"]["evaluation"]
+    assert figures["trained_bits_per_byte"] == ev["trained"]["bits_per_byte"]
+    assert figures["trained_accuracy"] == ev["trained"]["accuracy"]
+
+
+def test_the_demos_last_screen_prints_the_figures(two_runs: Path) -> None:
+    path = Path(__file__).parent.parent / "demo" / "gain.py"
+    spec = importlib.util.spec_from_file_location("demo_gain", path)
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    second = runs_of(two_runs)[1]
+    shown = json.loads(ctl(two_runs, "show", second["run_id"], "--json").stdout)
+    screen = demo.screen(shown)
+    assert second["run_id"] in screen[0]
+    assert screen[1:] == [figures_line(results_of(two_runs, second["run_id"]))]
 
 
 def test_runs_says_dna_current_and_gain_in_one_state_column(two_runs: Path) -> None:

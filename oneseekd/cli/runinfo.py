@@ -1,9 +1,10 @@
 """What a run was, as `show` and `runs` tell it: its settings, how long it took and how fast,
-its held-out figures and the history of the CURRENT pointer's moves to it and away from it.
+and the history of the CURRENT pointer's moves to it and away from it (its held-out figures:
+cli/gain.py, shared with `status` and the demo).
 
 Read from what is already recorded, without the ORM: the run spec (runs.config), the
-model_trainings rows, the certified folder's oneseek_dna.json (the held-out evaluation) and the
-ledger's signed events (a certification that made the run current, a `model_promoted`).
+model_trainings rows and the ledger's signed events (a certification that made the run
+current, a `model_promoted`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from oneseekd.certify.layout import certified_dir
 from oneseekd.cli.read import Reader, Row
-from oneseekd.home import HomePaths
 from oneseekd.times import utcnow
 
 # the ledger events that move the CURRENT pointer (certify/certified.py, certify/current.py)
@@ -96,79 +95,6 @@ def throughput(reader: Reader, run: Row) -> dict[str, float | None]:
     }
 
 
-def figures(paths: HomePaths, dna: str | None) -> dict[str, dict[str, Any]]:
-    """Per model, the held-out figures of base and trained (oneseek_dna.json's evaluation):
-    loss and bits per byte, and the gain in bits per byte (base minus trained; more is
-    better), also as a share of the base's."""
-    evaluation = _dna_file(paths, dna).get("evaluation") if dna is not None else None
-    found: dict[str, dict[str, Any]] = {}
-    for key, ev in (evaluation if isinstance(evaluation, dict) else {}).items():
-        if not isinstance(ev, dict):
-            continue
-        base, trained = _mapping(ev.get("base")), _mapping(ev.get("trained"))
-        base_bpb, trained_bpb = (
-            _number(base.get("bits_per_byte")),
-            _number(trained.get("bits_per_byte")),
-        )
-        gain = _number(ev.get("bits_per_byte_gain"))
-        if gain is None and base_bpb is not None and trained_bpb is not None:
-            gain = base_bpb - trained_bpb
-        found[key] = {
-            "base_loss": _number(base.get("loss")),
-            "trained_loss": _number(trained.get("loss")),
-            "base_bits_per_byte": base_bpb,
-            "trained_bits_per_byte": trained_bpb,
-            "gain_bits_per_byte": gain,
-            "gain_share": gain / base_bpb if gain is not None and base_bpb else None,
-        }
-    return found
-
-
-def _dna_file(paths: HomePaths, dna: str) -> dict[str, Any]:
-    """A certified folder's oneseek_dna.json (an artifact, never rewritten); {} unreadable."""
-    try:
-        return _payload((certified_dir(paths, dna) / "oneseek_dna.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def gain_cell(found: dict[str, dict[str, Any]]) -> str:
-    """The `runs` GAIN column: the held-out gain in bits per byte of the run's least improved
-    model, as a share of its base's (`+0.6%`); `-` when not measured."""
-    shares = [f["gain_share"] for f in found.values() if f.get("gain_share") is not None]
-    if not shares:
-        return "-"
-    return f"{min(shares) * 100:+.1f}%"
-
-
-def figures_line(key: str, f: dict[str, Any]) -> str:
-    """`tiny-llama: held-out loss 5.975 -> 5.939, bits per byte 2.789 -> 2.772 (gain 0.0166,
-    +0.6%)`."""
-
-    def num(value: float | None, digits: int = 3) -> str:
-        return "?" if value is None else f"{value:.{digits}f}"
-
-    share = f.get("gain_share")
-    gain = (
-        f" (gain {num(f.get('gain_bits_per_byte'), 4)}"
-        + (f", {share * 100:+.1f}%" if share is not None else "")
-        + ")"
-    )
-    return (
-        f"{key}: held-out loss {num(f.get('base_loss'))} -> {num(f.get('trained_loss'))}, "
-        f"bits per byte {num(f.get('base_bits_per_byte'))} -> "
-        f"{num(f.get('trained_bits_per_byte'))}{gain}"
-    )
-
-
 def promotions(reader: Reader, run: Row) -> list[dict[str, Any]]:
     """Every move of the CURRENT pointer to this run and away from it, oldest first, from the
     ledger: made current at certification, promoted (with the reason), replaced by another."""
@@ -224,6 +150,10 @@ def promotion_line(move: dict[str, Any]) -> str:
     if move.get("overrides_gate"):
         line += f" (over the gate: {move['overrides_gate']})"
     return line
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _payload(text: Any) -> dict[str, Any]:

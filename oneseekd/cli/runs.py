@@ -8,7 +8,7 @@ import click
 
 from oneseekd.certify.gate import interval_notes, not_current_note
 from oneseekd.certify.layout import current_summary, run_dna, run_gate
-from oneseekd.cli import runinfo
+from oneseekd.cli import gain, runinfo
 from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import columns, iso, shown, shown_lines, shown_table
 from oneseekd.cli.names import FORMS, resolve_run
@@ -29,14 +29,21 @@ def run_dict(
 ) -> dict[str, Any]:
     dna = run_dna(paths, run.run_id) if paths is not None else None
     gate = run_gate(paths, dna) if paths is not None else None
+    held = (
+        gain.held_out(paths, run.run_id, run.state, dna)
+        if paths is not None
+        else {"figures": {}, "no_figures": None}
+    )
     return {
         "dna": dna,
         "current": dna is not None and dna == current,
         # certify/gate.py's verdict at certification: made_current, and the reasons if not
         "gate": gate,
         "held_back": not_current_note(gate),
-        # per model: held-out loss and bits per byte of base and trained, and the gain
-        "figures": runinfo.figures(paths, dna) if paths is not None else {},
+        # per model: held-out loss, bits per byte and accuracy of base and trained, the gain
+        # and the change in percent with the gate's interval (cli/gain.py); or why none
+        "figures": held["figures"],
+        "no_figures": held["no_figures"],
         "duration_s": runinfo.duration_seconds(run),
     } | columns(run, RUN_COLUMNS)
 
@@ -89,7 +96,7 @@ def runs_cmd(obj: Context, limit: int, state: str | None, as_json: bool) -> None
                     ",".join(r.base_models or []),
                     human_text(r.queued_at),
                     human_text(r.finished_at),
-                    runinfo.gain_cell(data["figures"]),
+                    gain.gain_cell(data["figures"]),
                 ]
                 for r, data in zip(runs, listed, strict=True)
             ],
@@ -191,8 +198,9 @@ def _show_text(run: Row, request: Row | None, events: list[Row], data: dict[str,
     if data["dna"]:
         mark = " (current)" if data["current"] else ""
         click.echo(f"  dna:      {shown(data['dna'])}{mark}")
-        for key, values in data["figures"].items():
-            click.echo(f"  figures:  {shown(runinfo.figures_line(key, values))}")
+    for text in gain.lines(data):
+        click.echo(f"  figures:  {text}")
+    if data["dna"]:
         held = held_back_line(data)
         if held:
             click.echo(f"  gate:     {held}")

@@ -13,6 +13,7 @@ import click
 from oneseekd import cachedir
 from oneseekd.certify.gate import interval_notes, not_current_note
 from oneseekd.certify.layout import current_summary, run_dna, run_gate
+from oneseekd.cli import gain
 from oneseekd.cli.context import Context, emit_json, json_option
 from oneseekd.cli.display import columns, iso, shown
 from oneseekd.cli.pull import download_dict, progress_text
@@ -33,6 +34,8 @@ def _run_now(run: Row) -> dict[str, Any]:
 
 def gather(obj: Context) -> dict[str, Any]:
     lock = obj.daemon()
+    # the certified run oneseek-certified/OneSeek-7B-Zero-CURRENT names (not the running one)
+    now = current_summary(obj.config.home)
     reader, scanned = open_reader(obj, catalog=True)
     try:  # closed at once: `--watch` reads again every few seconds for hours
         host = obj.config.catalog.host
@@ -43,6 +46,8 @@ def gather(obj: Context) -> dict[str, Any]:
         counts = reader.queue_counts()
         downloads = reader.downloads()
         refusal = last_refusal(reader)  # the newest of the last day, if any
+        # nothing current: the newest certified run's figures instead
+        succeeded = [] if now["dna"] else reader.runs(NEWEST_CERTIFIED, "succeeded")
     finally:
         reader.close()
     states = Counter(r.state for r in rows if r.host == host)
@@ -75,12 +80,33 @@ def gather(obj: Context) -> dict[str, Any]:
         # the newest rejected or duplicate request of the last day (cli/requests.py), or null
         "last_refusal": refusal,
         "current_run": None if current is None else _run_now(current),
-        # the certified run oneseek-certified/OneSeek-7B-Zero-CURRENT names (not the running one)
-        "current_model": current_summary(obj.config.home),
+        "current_model": now,
+        # the held-out figures of the current model, else of the newest certified run
+        # (cli/gain.py), or null when no run is certified
+        "certified_figures": _certified_figures(obj.config.home, now, succeeded),
         "other_running_runs": [_run_now(r) for r in running if r is not current],
         "recent_runs": [_recent(obj.config.home, r) for r in recent],
         "tokenization_cache": _tokenization_cache(obj),
     }
+
+
+NEWEST_CERTIFIED = 10  # the succeeded runs status looks through for one certified
+
+
+def _certified_figures(
+    home: HomePaths, now: dict[str, Any], succeeded: list[Row]
+) -> dict[str, Any] | None:
+    """The held-out figures `status` shows: the current model's, else the newest certified
+    run's; None when neither is."""
+    if now["dna"]:
+        run_id, dna = str(now["run_id"] or "?"), str(now["dna"])
+    else:
+        found = next(((r.run_id, d) for r in succeeded if (d := run_dna(home, r.run_id))), None)
+        if found is None:
+            return None
+        run_id, dna = found
+    held = gain.held_out(home, run_id, "succeeded", dna)
+    return {"run_id": run_id, "dna": dna, "current": bool(now["dna"])} | held
 
 
 def _tokenization_cache(obj: Context) -> dict[str, int]:
@@ -232,6 +258,13 @@ def show_status(obj: Context, as_json: bool) -> None:
         click.echo(f"current:  {shown(now['dna'])} (run {shown(now['run_id'] or '?')})")
     else:
         click.echo(f"current:  none ({shown(now['problem'])})")
+    held = data["certified_figures"]
+    if held and not held["current"]:
+        click.echo(
+            f"newest:   {shown(held['dna'])} (run {shown(held['run_id'])}), certified, not current"
+        )
+    for text in gain.lines(held) if held else []:
+        click.echo(f"figures:  {text}")
     q = data["queue"]
     click.echo(f"queue:    {q['queued']} queued, {q['running']} running")
     for dl in data["downloads"]:
