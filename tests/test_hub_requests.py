@@ -311,3 +311,20 @@ def test_train_with_an_hf_base_model_follows_the_download_then_the_run(
     queued = next(i for i, line in enumerate(lines) if line.startswith("Queued as run "))
     assert any(line.startswith(f"download-1 {REPO}: ") for line in lines[1:queued])
     assert lines[-1].startswith("DNA: ")
+
+
+def test_a_withdrawn_request_stays_refused_when_its_download_ends(
+    parts: Parts, hub: HubServer
+) -> None:
+    """`train`'s stop while it waits: the request is refused at once, the download goes on
+    (for a later request), and its end decides nothing again."""
+    home = parts.config.home.root
+    waiting = submit(parts, request(base_models=[HF]))
+    assert parts.intake.withdraw(waiting.request_pk, "withdrawn by a test")
+    assert not parts.intake.withdraw(waiting.request_pk, "twice")  # decided already
+    parts.until("SELECT 1 FROM model_downloads WHERE status = 'succeeded'")
+    parts.turn()
+    assert rows(home, "SELECT status, problems FROM training_requests") == [
+        ("rejected", '["withdrawn by a test"]')
+    ]
+    assert rows(home, "SELECT COUNT(*) FROM runs") == [(0,)]
