@@ -206,3 +206,33 @@ def test_a_model_pulled_through_the_table_trains_and_its_dna_names_the_commit(
     assert dna["inputs"]["base_model_sources"] == {
         "tiny-llama": {"repository": REPO, "commit": commit}
     }
+
+
+@pytest.mark.timeout(600)
+def test_a_request_file_naming_hf_downloads_its_model_then_trains_it(
+    tmp_path: Path, hub: HubServer, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh home, one request file naming the repository: the daemon downloads the model,
+    then queues and trains the run (one start, to idle), and the DNA names the commit."""
+    hub.add(REPO, files_of(cached_tiny(cache, "Tiny-Llama", "llama")))
+    commit = hub.repos[REPO].branches["main"]
+    home = prepared_home(tmp_path / "home")
+    civic_dataset(home / "datasets" / "civic.jsonl")
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    body = {"base_models": [f"hf:{REPO}"], "dataset": "civic.jsonl", **FAST, "epochs": 1}
+    drop(home, "from-the-hub.json", body)
+    trained = run_until_idle(home, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert query(home, "SELECT status, source, model_key FROM model_downloads") == [
+        ("succeeded", "request", "tiny-llama")
+    ]
+    [(run_id, state)] = query(home, "SELECT run_id, state FROM runs")
+    assert state == "succeeded", (home / "logs" / f"{run_id}.log").read_text()[-3000:]
+    assert query(home, "SELECT status, download_id FROM training_requests") == [("queued", 1)]
+    assert (home / "requests" / "accepted" / "from-the-hub.json").is_file()
+    dna = json.loads(
+        (home / "models" / "oneseek-certified" / run_id / "oneseek_dna.json").read_text()
+    )
+    assert dna["inputs"]["base_model_sources"] == {
+        "tiny-llama": {"repository": REPO, "commit": commit}
+    }

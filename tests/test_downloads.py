@@ -320,3 +320,36 @@ def test_a_disk_without_room_fails_the_row_with_the_numbers(
     assert f"not enough disk space for {REPO}" in (done.error or "")
     assert "1.0 MiB free" in (done.error or "")
     assert "model.safetensors" not in hub.served_bytes  # refused before the first byte
+
+
+def test_a_download_killed_just_after_its_rename_ends_succeeded_with_the_hub_unreachable(
+    home: Path,
+    setup: tuple[Config, Engine, Downloads],
+    hub: HubServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The folder in base_models/ holds the commit the row pinned: it is the row's own, and
+    the restart ends the row without asking the Hub again (which may be gone by then)."""
+    config, engine, downloads = setup
+    monkeypatch.setattr(downloads_module, "ATTEMPTS", 1)
+    row_id = insert(config, REPO)
+    assert until_ended(engine, downloads, row_id).status == "succeeded"
+    commit = hub.repos[REPO].branches["main"]
+    # as a SIGKILL right after the rename leaves it: running, its process gone, not ended
+    update_all(
+        config,
+        f"UPDATE model_downloads SET status = 'running', pid = {2**22 + 7}, "
+        "finished_at = NULL, model_key = NULL",
+    )
+    (home / "oneseekd.toml").write_text('[hub]\nendpoint = "http://127.0.0.1:9"\n')
+    downloads.config = load_config(home, config.db_url, env={})  # nothing listens on port 9
+    asked = len(hub.requests)
+    assert downloads.recover() == 1
+    done = until_ended(engine, downloads, row_id)
+    assert (done.status, done.commit, done.model_key, done.error) == (
+        "succeeded",
+        commit,
+        "tiny-llama",
+        None,
+    )
+    assert len(hub.requests) == asked

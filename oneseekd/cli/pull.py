@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -261,6 +262,39 @@ def _follow(engine: Engine, row_id: int, *, quiet: bool, worker: _Here | None) -
                 err=True,
             )
         raise SystemExit(130) from None
+
+
+def follow_request(
+    engine: Engine, request_pk: int, stopped: Callable[[], bool], *, alive: Callable[[], bool]
+) -> tuple[str, str | None, list[str]]:
+    """Follow a request that waits for the download of a model it names (`train
+    --base-models hf:ORG/NAME`), printing the download's progress as `pull` does, until the
+    daemon decides it: (its status, its run's id, its problems). Returns ("pending", None, [])
+    when `stopped()` or when no daemon serves the home any more (`alive()` false)."""
+
+    from oneseekd.db.engine import read_session
+    from oneseekd.db.models import ModelDownload, Run, TrainingRequest
+
+    last_print = 0.0
+    last_line = ""
+    while not stopped() and alive():
+        with read_session(engine) as session:
+            request = session.get_one(TrainingRequest, request_pk)
+            if request.status != "pending":
+                run = session.get(Run, request.run_id) if request.run_id is not None else None
+                return request.status, run.run_id if run else None, list(request.problems or [])
+            row = session.get(ModelDownload, request.download_id or -1)
+            line = (
+                "waiting for the daemon"
+                if row is None or row.status != "running"
+                else f"download-{row.id} {shown(row.repository)}: {progress_text(row)}"
+            )
+        now = time.monotonic()
+        if line != last_line and now - last_print >= PRINT_SECONDS:
+            click.echo(line)
+            last_print, last_line = now, line
+        time.sleep(POLL_SECONDS)
+    return "pending", None, []
 
 
 DOWNLOAD_COLUMNS = (

@@ -3,7 +3,8 @@
 A refused file ends in requests/rejected/ and a refused row keeps its verdict in the database:
 neither is seen unless someone looks. This lists what came in, by which door, when, and what
 became of it (the run it queued, or the first problem), newest first. Light like the other
-read commands (oneseekd/cli/read.py): on a SQLite home it imports no SQLAlchemy.
+read commands (oneseekd/cli/read.py): on a SQLite home it imports no SQLAlchemy. A request
+naming `hf:ORG/NAME` whose model is being downloaded is `pending`, waiting for download-N.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ REFUSED = ("rejected", "duplicate")
 
 _SELECT = (
     "SELECT t.id, t.source, t.source_name, t.status, t.created_at, t.decided_at, t.problems, "
-    "r.run_id AS run, first_run.run_id AS duplicate_of_run "
+    "r.run_id AS run, first_run.run_id AS duplicate_of_run, t.download_id, "
+    "d.repository AS download_repository, d.status AS download_status "
     "FROM training_requests t "
     "LEFT JOIN runs r ON r.id = t.run_id "
+    "LEFT JOIN model_downloads d ON d.id = t.download_id "
     "LEFT JOIN training_requests f ON f.id = t.duplicate_of "
     "LEFT JOIN runs first_run ON first_run.id = f.run_id "
 )
@@ -55,7 +58,18 @@ def verdict_dict(row: Row) -> dict[str, Any]:
         "duplicate_of_run": row.duplicate_of_run,
         "problem": str(problems[0]) if problems else None,
         "problems": problems,
+        "download": row.download_id,
+        "waiting_for": waiting_for(row),
     }
+
+
+def waiting_for(row: Row) -> str | None:
+    """`download-3 (ORG/NAME), running`: the download a pending request waits for."""
+    if row.status != "pending" or row.download_id is None:
+        return None
+    repository = row.download_repository or "a download no longer in the table"
+    state = f", {row.download_status}" if row.download_status else ""
+    return f"download-{row.download_id} ({repository}){state}"
 
 
 def _named(data: dict[str, Any]) -> str:
@@ -107,8 +121,9 @@ def requests_cmd(obj: Context, limit: int, status: str | None, as_json: bool) ->
     """Recent requests from every door and their verdicts, newest first.
 
     Each dropped file, `submit` and row: when it came, by which door, the verdict (queued,
-    rejected, duplicate, or pending while the daemon decides), the run it queued or its
-    first problem. NAME.error.json in requests/rejected/ has every problem of a file.
+    rejected, duplicate, or pending while the daemon decides, or while the download of a
+    model it names as hf:ORG/NAME runs), the run it queued or its first problem.
+    NAME.error.json in requests/rejected/ has every problem of a file.
 
     \b
     oneseekctl requests
@@ -139,7 +154,11 @@ def requests_cmd(obj: Context, limit: int, status: str | None, as_json: bool) ->
                     _named(d),
                     d["status"],
                     d["run_id"] or "-",
-                    _cut(d["problem"]) if d["problem"] else "-",
+                    f"waiting for {_cut(d['waiting_for'])}"
+                    if d["waiting_for"]
+                    else _cut(d["problem"])
+                    if d["problem"]
+                    else "-",
                 ]
                 for d in data
             ],

@@ -241,7 +241,14 @@ def submit_cmd(
                 "run_id": verdict.run_id,
                 "duplicate_of": verdict.duplicate_of,
                 "problems": verdict.problems,
+                "download": verdict.download,
             }
+        )
+    elif verdict.status == "waiting":
+        click.echo(
+            f"Waiting for {shown(str(verdict.waiting_for))} (request #{verdict.request_pk}): "
+            "the run is queued once the model is in the catalog, or the request is refused "
+            "with the download's reason. Follow it with `oneseekctl status`."
         )
     elif verdict.status == "queued":
         click.echo(f"Queued as run {verdict.run_id} (request #{verdict.request_pk}).")

@@ -241,10 +241,57 @@ def train_cmd(obj: Context, argv: tuple[str, ...]) -> None:
     verdict = Intake(
         engine, home, host=obj.config.catalog.host, cpu_processes=obj.config.trainer.cpu_processes
     ).take_bytes(json.dumps(data).encode(), source="submit", source_name="train")
-    if verdict.status != "queued" or verdict.run_id is None:
+    run_id = verdict.run_id
+    if verdict.status == "waiting":
+        run_id = _await_download(obj, engine, verdict, stop)
+    elif verdict.status != "queued":
         raise TrainRefused("the request was refused", verdict.problems)
-    click.echo(f"Queued as run {verdict.run_id}")
-    sys.exit(_follow(obj, engine, verdict.run_id, stop))
+    assert run_id is not None
+    click.echo(f"Queued as run {run_id}")
+    sys.exit(_follow(obj, engine, run_id, stop))
+
+
+def _await_download(obj: Context, engine: Engine, verdict: Any, stop: _Stop) -> str:
+    """A request naming `hf:ORG/NAME` whose model is not here: print the download's progress
+    until the daemon decides the request; its run's id, or the refusal (the download's reason).
+    A stop meanwhile withdraws the request (the download goes on, for a later request)."""
+    from oneseekd.cli.pull import follow_request
+
+    click.echo(f"Waiting for {shown(str(verdict.waiting_for))} (request #{verdict.request_pk})")
+    status, run_id, problems = follow_request(
+        engine,
+        verdict.request_pk,
+        lambda: stop.signal is not None,
+        alive=lambda: obj.daemon().held,
+    )
+    if status == "queued" and run_id is not None:
+        return run_id
+    if status == "pending" and stop.signal is not None:
+        from oneseekd.intake.accept import Intake
+
+        name = signal.Signals(stop.signal).name
+        withdrawn = Intake(engine, obj.config.home, host=obj.config.catalog.host).withdraw(
+            verdict.request_pk, f"withdrawn by `oneseekctl train`'s stop ({name})"
+        )
+        if withdrawn:
+            click.echo(
+                f"Withdrew request #{verdict.request_pk} ({name}); {verdict.waiting_for} goes on",
+                err=True,
+            )
+            sys.exit(128 + stop.signal)
+        # decided meanwhile: a queued run is cancelled by _follow, which sees the stop
+        status, run_id, problems = follow_request(
+            engine, verdict.request_pk, lambda: False, alive=lambda: True
+        )
+        if status == "queued" and run_id is not None:
+            return run_id
+    if status == "pending":
+        raise OneseekError(
+            f"oneseekd stopped serving {obj.config.home.root}; request #{verdict.request_pk} "
+            f"still waits for {verdict.waiting_for}",
+            ["it goes on when the daemon starts again (follow it with `oneseekctl status`)"],
+        )
+    raise TrainRefused("the request was refused", problems)
 
 
 def _follow(obj: Context, engine: Engine, run_id: str, stop: _Stop) -> int:

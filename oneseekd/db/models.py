@@ -208,6 +208,8 @@ class TrainingRequest(Base):
     request_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # the sha256 of the request as read and of its dataset's bytes (intake/accept.py)
     duplicate_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the model_downloads row a request naming `hf:ORG/NAME` waits for (intake/hubnames.py)
+    download_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     problems: Mapped[list[str] | None] = mapped_column(JSONText, nullable=True)
     run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)

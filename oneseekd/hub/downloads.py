@@ -87,6 +87,7 @@ class _Job:
     ref: RepoRef
     folder: str
     allow_pickle: bool
+    commit: str | None = None  # pinned by an earlier start of this row
     started: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -223,7 +224,7 @@ class Downloads:
                     folder=folder,
                     source=row.source,
                 )
-                return _Job(row.id, ref, folder, bool(row.allow_pickle))
+                return _Job(row.id, ref, folder, bool(row.allow_pickle), row.commit)
         return None
 
     def _end(
@@ -325,6 +326,7 @@ class Downloads:
                 attempts=ATTEMPTS,
                 backoff_s=BACKOFF_SECONDS,
                 on_pinned=pinned,
+                pinned_commit=job.commit,
             )
         except BaseException as exc:  # the loop's thread ends the row with it
             job.error = exc

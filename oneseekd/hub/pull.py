@@ -86,11 +86,15 @@ def pull_model(
     sleep: Callable[[float], None] = time.sleep,
     free_bytes: Callable[[Path], int] | None = None,
     on_pinned: Callable[[Pinned], None] = lambda p: None,
+    pinned_commit: str | None = None,
 ) -> Pulled:
+    """`pinned_commit`: the commit this download pinned before it was interrupted (its row's);
+    a folder installed from that commit is this download's own, finished by the rename just
+    before a kill: taken as it is, without asking the Hub again."""
     target = where.base_models / (folder or ref.folder)
     have = installed_manifest(target)
     same_repo = have is not None and have.get("repository") == ref.repo
-    if have is not None and same_repo and ref.revision == have.get("commit"):
+    if have is not None and same_repo and have.get("commit") in (ref.revision, pinned_commit):
         return Pulled(target, None, str(have["commit"]), _sha256s(have), fetched=False)
     if where.offline:
         raise _offline_refusal(ref, target, "[hub] offline is set")

@@ -32,6 +32,7 @@ from oneseekd.db.models import (
     utcnow,
 )
 from oneseekd.home import HomePaths
+from oneseekd.intake import hubnames
 from oneseekd.intake.batch import Batch, ended_versions, no_single_host, run_spec
 from oneseekd.intake.checks import (
     check_dataset,
@@ -210,11 +211,15 @@ class Intake:
             return self._duplicate(session, row, *first, now)
         run = None
         if request is not None:
-            run, more = self._queue(session, batch, row, request, dataset, now)
+            hub = hubnames.resolve(session, batch, row, list(request.base_models), self.host)
+            run, more = self._queue(session, batch, row, request, dataset, now, hub)
             problems = problems + more
+            if run is None and not problems and hub.missing:
+                return self._wait(session, row, hub, now)
         elif ready.model_names:
-            more = resolve_models(batch.models, ready.model_names, self.roots, self.host)[1]
-            problems = problems + more
+            hub = hubnames.resolve(session, batch, row, ready.model_names, self.host)
+            more = resolve_models(batch.models, hub.names, self.roots, self.host)[1]
+            problems = problems + hub.problems + more
         return self._record(session, row, run, problems, now)
 
     def _request_row(
@@ -235,8 +240,10 @@ class Intake:
             session.add(row)
         source_name = item.source_name
         row.source_name = safe_text(source_name) if source_name else row.source_name
-        row.claim = item.claim
-        row.content_sha256 = item.sha
+        if item.row_id is None or row.download_id is None:
+            # a request decided again after its download keeps its file's claim token
+            row.claim = item.claim
+            row.content_sha256 = item.sha
         row.request_key = request.request_id if request else None
         session.flush()
         return row
@@ -279,11 +286,10 @@ class Intake:
         request: TrainingRequestModel,
         dataset: Path | None,
         now: datetime,
+        hub: hubnames.HubNames,
     ) -> tuple[Run | None, list[str]]:
-        models, problems = resolve_models(
-            batch.models, list(request.base_models), self.roots, self.host
-        )
-        problems += self._gpu_problems(request)
+        models, problems = resolve_models(batch.models, hub.names, self.roots, self.host)
+        problems = hub.problems + problems + self._gpu_problems(request)
         keys = [m.key for m in models]
         per_model: dict[str, str] = {}
         if models and request.per_model:
@@ -306,6 +312,8 @@ class Intake:
             )
         elif request.run_id is not None:
             problems += run_folder_problem(request.run_id, self.paths)
+        if hub.missing:  # the checks that need those models wait for their download
+            return None, problems
         spec = None
         if models and not problems:
             version = version or batch.next_free
@@ -346,6 +354,36 @@ class Intake:
         batch.take(version)  # later requests of the same batch see it taken
         queue.queued(session, run, now, f"request #{row.id} from {row.source}")
         return run, []
+
+    def withdraw(self, row_id: int, reason: str) -> bool:
+        """Refuse a request still waiting for its download (`train`'s stop); False when it
+        was decided meanwhile."""
+        now = self.clock()
+        self.ledger  # noqa: B018 - load the key before taking the write lock
+        with write_session(self.engine) as session:
+            serialize(session, "oneseekd.intake")  # not while a daemon decides it
+            row = session.get(TrainingRequest, row_id)
+            if row is None or row.status != "pending":
+                return False
+            verdict = self._record(session, row, None, [reason], now)
+            source, name = row.source, row.source_name
+        log_verdict(verdict, source, name)
+        return True
+
+    def _wait(
+        self, session: Session, row: TrainingRequest, hub: hubnames.HubNames, now: datetime
+    ) -> Verdict:
+        """No verdict yet: the request stays `pending` until the download of a model it names
+        ends (hubnames.py); the download is created here, in the same transaction."""
+        downloads = hubnames.wait(session, hub.missing, now, self.host)
+        first = downloads[0]
+        row.download_id = first.id
+        return Verdict(
+            "waiting",
+            row.id,
+            download=first.id,
+            waiting_for=f"download-{first.id} ({first.repository})",
+        )
 
     def _record(
         self,

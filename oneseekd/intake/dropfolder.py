@@ -3,7 +3,9 @@
 A writer puts NAME.json.tmp and renames it to NAME.json; `*.tmp` and dot-files are never read.
 A file is claimed by renaming it into requests/.claimed/ under a unique token before it is
 read, so it is taken exactly once; after a crash, claimed files are finished at the next start
-(the token in the database says whether a verdict was already written).
+(the token in the database says whether a verdict was already written). A request waiting for
+the download of a model it names (`hf:ORG/NAME`, intake/hubnames.py) stays claimed, its row
+`pending`, until the rows door decides it when the download ends; the next poll then moves it.
 """
 
 from __future__ import annotations
@@ -193,7 +195,8 @@ class DropFolder:
         done = 0
         for path in self._claimed_files():
             try:
-                self._recover_one(path)
+                if not self._recover_one(path):
+                    continue  # waits for its download
             except (OSError, ValueError) as exc:  # one bad file never stops a start
                 self._stuck.add(path.name)
                 log.error(
@@ -206,12 +209,15 @@ class DropFolder:
             done += 1
         return done
 
-    def _recover_one(self, path: Path) -> None:
+    def _recover_one(self, path: Path) -> bool:
+        """Whether the file was finished: not while its request waits for a download."""
         token, _, original = path.name.partition(SEPARATOR)
         with read_session(self.intake.engine) as session:
             row = session.scalars(
                 select(TrainingRequest).where(TrainingRequest.claim == token)
             ).first()
+            if row is not None and row.status == "pending" and row.download_id is not None:
+                return False
             decided = (
                 None
                 if row is None or row.status == "pending"
@@ -221,6 +227,7 @@ class DropFolder:
                 original = row.source_name  # the full name, when a long one was shortened
         verdict = decided or self._take(path, original, token)
         self._finish(path, original, verdict)
+        return verdict.status != "waiting"
 
     def _explain_rejected(self) -> None:
         """Write the missing NAME.error.json of each file in rejected/ from its request's
@@ -380,6 +387,8 @@ class DropFolder:
         return verdict
 
     def _finish(self, path: Path, original: str, verdict: Verdict) -> None:
+        if verdict.status == "waiting":
+            return  # stays claimed until its download ends and its row is decided
         if verdict.accepted:
             place(path, self.paths.requests / "accepted", original)
             return

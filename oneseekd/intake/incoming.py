@@ -22,12 +22,16 @@ MAX_REQUEST_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Verdict:
-    status: str  # queued | rejected | duplicate
+    # queued | rejected | duplicate; or waiting: no verdict yet, the request stays `pending`
+    # until the download of a model it names (`hf:ORG/NAME`) ends (hubnames.py)
+    status: str
     request_pk: int
     run_id: str | None = None
     problems: list[str] = field(default_factory=list)
     duplicate_of: str | None = None
     fix: str | None = None  # a duplicate's: what to do to train again (NAME.error.json)
+    download: int | None = None  # waiting: the model_downloads row it waits for
+    waiting_for: str | None = None  # waiting: `download-N (ORG/NAME)`, for people
 
     @property
     def accepted(self) -> bool:
@@ -139,6 +143,16 @@ class Incoming:
 
 def log_verdict(verdict: Verdict, source: str, source_name: str | None) -> None:
     name = safe_text(source_name) if source_name else None
+    if verdict.status == "waiting":
+        log.info(
+            "request_waiting",
+            request=verdict.request_pk,
+            source=source,
+            name=name,
+            download=verdict.download,
+            detail=f"waiting for {verdict.waiting_for}: decided when it ends",
+        )
+        return
     if verdict.status == "queued":
         log.info(
             "request_accepted",

@@ -3,15 +3,22 @@
 SQLite's `PRAGMA data_version` changes when another connection commits, so a cheap check on a
 connection of our own tells when to look; the look itself reads the partial index of pending
 rows, never the whole table. Other databases are simply polled through that index.
+
+A request waiting for the download of a model it names (`download_id`, intake/hubnames.py) is
+left alone while that download is pending or running, and decided again once it has ended, as
+its own door (a file keeps its claim, for the drop folder to move it by its verdict).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, Select, select
+from typing import Any
+
+from sqlalchemy import Engine, Select, or_, select
 
 from oneseekd.db.engine import ChangeProbe, read_session
-from oneseekd.db.models import TrainingRequest
+from oneseekd.db.models import ModelDownload, TrainingRequest
 from oneseekd.intake.accept import Intake
+from oneseekd.intake.hubnames import LIVE
 from oneseekd.intake.incoming import Incoming
 
 BATCH = 64  # rows decided per transaction
@@ -32,10 +39,24 @@ class PendingRows:
         with read_session(self.engine) as session:
             return list(session.scalars(self._pending().with_only_columns(TrainingRequest.id)))
 
-    def _pending(self) -> Select[int, str]:
+    def _pending(self) -> Select[int, str, str, int | None]:
+        """Pending rows, less those waiting for a download still under way."""
         return (
-            select(TrainingRequest.id, TrainingRequest.payload)
-            .where(TrainingRequest.status == "pending")
+            select(
+                TrainingRequest.id,
+                TrainingRequest.payload,
+                TrainingRequest.source,
+                TrainingRequest.download_id,
+            )
+            .outerjoin(ModelDownload, ModelDownload.id == TrainingRequest.download_id)
+            .where(
+                TrainingRequest.status == "pending",
+                or_(
+                    TrainingRequest.download_id.is_(None),
+                    ModelDownload.id.is_(None),  # deleted: decided again, downloaded again
+                    ModelDownload.status.not_in(LIVE),
+                ),
+            )
             .order_by(TrainingRequest.id)
             .limit(BATCH)
         )
@@ -50,8 +71,15 @@ class PendingRows:
             rows = session.execute(self._pending()).all()
         self._more = len(rows) == BATCH
         if rows:
-            self.intake.take_batch([Incoming.of_row(row_id, payload) for row_id, payload in rows])
+            self.intake.take_batch([_incoming(*row) for row in rows])
         return len(rows)
 
     def close(self) -> None:
         self._probe.close()
+
+
+def _incoming(row_id: int, payload: Any, source: str | None, download_id: int | None) -> Incoming:
+    item = Incoming.of_row(row_id, payload)
+    if download_id is not None and source:  # a file's or submit's request, after its download
+        item.source = source
+    return item
