@@ -102,6 +102,27 @@ def test_a_bad_request_is_refused_as_submit_refuses_it(home: TinyHome) -> None:
     nothing_queued(home)
 
 
+def test_a_hub_name_is_measured_as_the_model_on_the_box_or_refused_with_the_pull(
+    home: TinyHome,
+) -> None:
+    # a folder copied in by hand, named as the repository: intake trains it for hf:ORG/NAME
+    here = ctl(
+        home.root, "submit", "--base-models", "hf:some-org/Tiny-Llama", "--dataset",
+        "civic.jsonl", "--max-seq-len", "48", "--dry-run", "--json",
+    )  # fmt: skip
+    assert here.exit_code == 0, here.output
+    assert [m["model"] for m in json.loads(here.stdout)["models"]] == ["tiny-llama"]
+    away = ctl(
+        home.root, "submit", "--base-models", "hf:some-org/Elsewhere-1B", "--dataset",
+        "civic.jsonl", "--dry-run",
+    )  # fmt: skip
+    assert away.exit_code != 0
+    assert "hf:some-org/Elsewhere-1B is not on this box yet" in away.output
+    assert "oneseekctl pull some-org/Elsewhere-1B" in away.output
+    assert "unknown" not in away.output.lower()
+    nothing_queued(home)
+
+
 def test_the_dry_run_keeps_torch_out_of_oneseekctl(home: TinyHome) -> None:
     probe = textwrap.dedent("""
         import sys

@@ -24,8 +24,11 @@ from oneseekd.db.engine import read_session
 from oneseekd.db.models import BaseModel, ModelTraining
 from oneseekd.errors import OneseekError
 from oneseekd.gpus import host_gpus, resolve
+from oneseekd.hub.repo import HubError, is_hub_name, parse
 from oneseekd.intake.accept import Intake
+from oneseekd.intake.batch import Batch
 from oneseekd.intake.checks import check_dataset, resolve_models
+from oneseekd.intake.hubnames import on_the_box
 from oneseekd.intake.schema import parse_request
 from oneseekd.spec.fields import memory_bytes
 from oneseekd.spec.memory import Shape, activation_bytes, logits_bytes
@@ -126,7 +129,9 @@ def _report(obj: Context, raw: bytes, child: subprocess.Popen[str]) -> dict[str,
     with read_session(obj.engine()) as session:
         rows = list(session.scalars(select(BaseModel).where(BaseModel.state != "missing")))
         catalog = by_key(rows, intake.roots, intake.host)
-        chosen, more = resolve_models(catalog, list(request.base_models), intake.roots)
+        names, hub = _hub_names(session, rows, list(request.base_models), intake.host)
+        chosen, more = resolve_models(catalog, names, intake.roots)
+        more = hub + more
         found = [
             (name, row.key, Path(row.path))
             for name, row in zip(request.base_models, chosen, strict=False)
@@ -166,6 +171,37 @@ def _report(obj: Context, raw: bytes, child: subprocess.Popen[str]) -> dict[str,
             }
         )
     return report
+
+
+def _hub_names(
+    session: Session, rows: list[BaseModel], requested: list[str], host: str
+) -> tuple[list[str], list[str]]:
+    """Each `hf:ORG/NAME[@REV]` name replaced by the catalog key of the model already here for
+    it, as intake reads it (intake/hubnames.py); one not here yet cannot be measured: the dry
+    run says how to get it instead of calling it unknown. A name with a problem is left out of
+    the names (the request is refused for it anyway)."""
+    batch = Batch(models={r.key: r for r in rows}, taken=set(), rows=rows)
+    names: list[str] = []
+    problems: list[str] = []
+    for name in requested:
+        if not is_hub_name(name):
+            names.append(name)
+            continue
+        try:
+            ref = parse(name)
+        except HubError as exc:
+            problems.append(f"base_models: {exc.message}: {'; '.join(exc.problems)}")
+            continue
+        key = on_the_box(session, batch, ref, host)
+        if key is None:
+            problems.append(
+                f"base_models: {name} is not on this box yet, and a dry run measures only "
+                f"models that are: `oneseekctl pull {ref}` first, or submit the request "
+                "without --dry-run (it waits for the download, then is decided)"
+            )
+        else:
+            names.append(key)
+    return names, problems
 
 
 def _measured_rate(session: Session, key: str) -> float | None:
