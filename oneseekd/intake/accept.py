@@ -8,7 +8,6 @@ request gets the same verdict whichever way it came in. Nothing here raises on b
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,8 +19,7 @@ from sqlalchemy.orm import Session
 from oneseekd import gpus, queue
 from oneseekd.catalog.query import by_key, home_roots, usable_by_host
 from oneseekd.catalog.scan import Root
-from oneseekd.certify.layout import run_dna
-from oneseekd.certify.ledger import Ledger, canonical_json
+from oneseekd.certify.ledger import Ledger
 from oneseekd.config import DEFAULT_CPU_PROCESSES, default_host
 from oneseekd.db.engine import read_session, serialize, write_session
 from oneseekd.db.models import (
@@ -37,12 +35,12 @@ from oneseekd.intake.batch import Batch, ended_versions, no_single_host, run_spe
 from oneseekd.intake.checks import (
     check_dataset,
     check_per_model,
-    dataset_sha,
     memory_problems,
     resolve_models,
     run_folder_problem,
     taken_versions,
 )
+from oneseekd.intake.duplicates import duplicate, duplicate_key, first_of
 from oneseekd.intake.incoming import Incoming, Verdict, log_verdict, new_run_id, safe_text
 from oneseekd.intake.schema import (
     TrainingRequestModel,
@@ -50,7 +48,6 @@ from oneseekd.intake.schema import (
     parse_request,
 )
 from oneseekd.spec.host import HostFacts, check
-from oneseekd.times import human_text
 
 
 @dataclass
@@ -206,9 +203,9 @@ class Intake:
         if row is None:  # a pending row someone else decided meanwhile
             return None
         row.duplicate_key = ready.duplicate_key
-        first = self._first_of(session, row, request)
+        first = first_of(session, row, request)
         if first is not None:
-            return self._duplicate(session, row, *first, now)
+            return duplicate(self.ledger, session, row, *first, now, self.paths)
         run = None
         if request is not None:
             hub = hubnames.resolve(session, batch, row, list(request.base_models), self.host)
@@ -247,36 +244,6 @@ class Intake:
         row.request_key = request.request_id if request else None
         session.flush()
         return row
-
-    def _first_of(
-        self, session: Session, row: TrainingRequest, request: TrainingRequestModel | None
-    ) -> tuple[TrainingRequest, Run] | None:
-        """The request this one repeats, with its run (docs/interface.md, "Duplicates"): the
-        one whose run has the same request_id, whatever became of that run; without a
-        request_id, the same request on the same dataset bytes, only while its run is queued
-        or running or once it has succeeded (after a failure or a cancel it runs again). The
-        same rule for every door: files, submit and rows."""
-        if request is None:
-            return None  # refused on its own problems; a refused request is never a first
-        if request.request_id is not None:
-            run = session.scalars(select(Run).where(Run.request_key == request.request_id)).first()
-        elif row.duplicate_key is not None:
-            run = session.scalars(
-                select(Run)
-                .join(TrainingRequest, TrainingRequest.run_id == Run.id)
-                .where(
-                    TrainingRequest.duplicate_key == row.duplicate_key,
-                    TrainingRequest.id != row.id,
-                    Run.state.in_(BLOCKING_STATES),
-                )
-                .order_by(Run.id.desc())
-            ).first()
-        else:
-            return None
-        if run is None:
-            return None
-        first = session.get(TrainingRequest, run.request_id)
-        return None if first is None else (first, run)
 
     def _queue(
         self,
@@ -427,84 +394,3 @@ class Intake:
             now=now,
         )
         return Verdict("queued", row.id, run_id=run.run_id)
-
-    def _duplicate(
-        self,
-        session: Session,
-        row: TrainingRequest,
-        first: TrainingRequest,
-        run: Run,
-        now: datetime,
-    ) -> Verdict:
-        happened, fix = first_run_fate(run, self.paths)
-        row.status = "duplicate"
-        row.duplicate_of = first.id
-        row.decided_at = now
-        message = f"duplicate of request #{first.id}: {happened}; {fix}"
-        row.problems = [message]
-        row.error = message
-        self.ledger.append(
-            session,
-            "request_duplicate",
-            {
-                "request": row.id,
-                "source": row.source,
-                "duplicate_of": first.id,
-                "duplicate_of_run": run.run_id,
-            },
-            now=now,
-        )
-        return Verdict("duplicate", row.id, problems=[message], duplicate_of=run.run_id, fix=fix)
-
-
-# the states of a first run that make a request without a request_id a duplicate: after a
-# failure or a cancel the same request runs again
-BLOCKING_STATES = ("queued", "running", "succeeded")
-
-
-def duplicate_key(request: TrainingRequestModel, dataset: Path) -> str | None:
-    """The sha256 of the request as read (its fields: spelling, key order and whitespace do
-    not count, so a file, submit's flags and a row agree) and of its dataset's bytes (a
-    changed dataset is a new request). None when the dataset cannot be read to hash."""
-    sha = dataset_sha(dataset)
-    if sha is None:
-        return None
-    try:
-        fields = canonical_json(request.model_dump(mode="json"))
-    except ValueError:  # a value JSON cannot hold (NaN): never taken for a repeat
-        return None
-    return hashlib.sha256(fields + b"\n" + sha.encode()).hexdigest()
-
-
-def first_run_fate(run: Run, paths: HomePaths) -> tuple[str, str]:
-    """What became of the run a duplicate repeats, and what to do to train again."""
-    name = run.run_id
-    by_id = run.request_key is not None
-    again = (
-        f"the same request_id ({run.request_key!r}) is always this request: give a new "
-        "`request_id` to train it again"
-    )
-    if run.state in ("queued", "running"):
-        happened = f"run {name} is {run.state}"
-        fix = (
-            again
-            if by_id
-            else "it trains once: follow it with `oneseekctl status`, or add a `request_id` "
-            "to queue a second run"
-        )
-    elif run.state == "succeeded":
-        made = run_dna(paths, name) or f"version {run.version}"
-        happened = f"run {name} succeeded as {made} on {human_text(run.finished_at)}"
-        fix = again if by_id else "change the dataset or add a `request_id` to train again"
-    elif run.state == "failed":
-        reason = next((line.strip() for line in (run.error or "").splitlines() if line.strip()), "")
-        happened = f"run {name} failed" + (f": {_cut(reason)}" if reason else "")
-        fix = again
-    else:
-        happened = f"run {name} was {run.state}"
-        fix = again
-    return happened, fix
-
-
-def _cut(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
