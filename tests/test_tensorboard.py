@@ -11,14 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gloo import recipe, spawn
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from trainhomes import TinyHome
+from trainhomes import TinyHome, cached_tiny
 
 from oneseekd.certify.dna import canonical_hash
 from oneseekd.config import load_config
 from oneseekd.errors import ConfigError
 from oneseekd.intake.schema import parse_request
 from oneseekd.spec.request import build, parse_options, trained_config
+from oneseekd.trainer.curves import Curves
+from oneseekd.trainer.world import World
 
 # the runs train in the precision "auto" picks: CI runs them with ONESEEK_CPU_BF16 both ways
 pytestmark = pytest.mark.precision
@@ -115,6 +118,51 @@ def test_the_homes_default_none_and_the_same_dna(
     assert "tensorboard" not in one.results(run_id)
     # the same training in two homes, one reporting its curves: the same DNA
     assert with_curves == without
+
+
+RECORDS = [{"text": " ".join(["Riksdagen beslutar om lagar"] * n)} for n in (1, 5, 2, 4, 3, 6)]
+
+
+def norms(world: World, model: Path, out: Path, hyper: dict[str, Any]) -> None:
+    """Train a recipe over RECORDS with curves (rank 0's, in out/tb) and the gradient norms
+    measured on every rank, as train_one sets them."""
+    world_or_none = world if world.distributed else None
+    hyper = {"gradient_accumulation_steps": 1, **hyper}  # a step per batch of 2 rows
+    r = recipe(model, RECORDS, out / "checkpoints", world_or_none, **hyper)
+    r.setup()
+    r.grad_norms = True
+    r.curves = Curves(out / "tb", "tiny-llama") if world.main else None
+    try:
+        r.train()
+    finally:
+        if r.curves is not None:
+            r.curves.close()
+
+
+def grad_norms(out: Path) -> list[float]:
+    return values(scalars(out / "tb" / "tiny-llama")["tiny-llama/train/grad_norm"])
+
+
+@pytest.mark.timeout(600)
+def test_the_gradient_norm_is_the_whole_models_clipped_or_not_sharded_or_not(
+    tmp_path: Path, cache: Path
+) -> None:
+    model = cached_tiny(cache, "Tiny-Llama", "llama")
+    norms(World(), model, tmp_path / "one", {"epochs": 2})
+    clipped = grad_norms(tmp_path / "one")
+    assert len(clipped) == 6 and all(n > 0 for n in clipped)  # 3 steps an epoch
+    # nothing clipped (max_grad_norm 0): measured for the curves all the same; the first step
+    # starts from the same weights
+    unclipped_hyper = {"epochs": 2, "max_grad_norm": 0.0}
+    norms(World(), model, tmp_path / "unclipped", unclipped_hyper)
+    unclipped = grad_norms(tmp_path / "unclipped")
+    assert len(unclipped) == 6 and unclipped[0] == pytest.approx(clipped[0], rel=1e-5)
+    # sharded over two ranks, each holding half of every LoRA weight: the norm of the whole
+    # gradient, not of rank 0's shard (no clipping made it whole), and no rank waits on a
+    # collective the other skipped
+    sharded = {**unclipped_hyper, "sharding": "fsdp"}
+    spawn(norms, 2, tmp_path / "ranks", model, tmp_path / "fsdp", sharded)
+    assert grad_norms(tmp_path / "fsdp") == pytest.approx(unclipped, rel=1e-4)
 
 
 def test_where_a_run_reports_is_not_hashed_into_its_dna() -> None:

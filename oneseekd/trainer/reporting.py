@@ -36,14 +36,15 @@ class ReportsProgress(KeepsBestEpoch):
 
     def _grad_norm(self, clipped: Any) -> Any:
         """The step's gradient norm as a tensor (clipping's, or measured here when nothing
-        clips), on every rank, when the curves ask for it; else None. Not read here: the
-        curves read it once the next step's loss has been read (trainer/curves.py)."""
+        clips) when the curves ask for it; else None. Taken on every rank: a sharded model's
+        norm combines the ranks' shards in a collective. Not read here: the curves read it
+        once the next step's loss has been read (trainer/curves.py)."""
         if not self.grad_norms:
             return None
         if clipped is None:  # max_grad_norm 0: nothing clipped, so nothing measured it
             grads = [p.grad for p in self.params if p.grad is not None]
             clipped = torch.nn.utils.get_total_norm(grads)
-        if isinstance(clipped, DTensor):  # a sharded model's: the shards' norms combined
+        if isinstance(clipped, DTensor):  # a sharded model's (replicated: a plain tensor now)
             clipped = clipped.full_tensor()
         return clipped
 
