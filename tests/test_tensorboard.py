@@ -21,6 +21,7 @@ from oneseekd.errors import ConfigError
 from oneseekd.intake.schema import parse_request
 from oneseekd.spec.request import build, parse_options, trained_config
 from oneseekd.trainer.curves import Curves
+from oneseekd.trainer.run import train_run
 from oneseekd.trainer.world import World
 
 # the runs train in the precision "auto" picks: CI runs them with ONESEEK_CPU_BF16 both ways
@@ -118,6 +119,34 @@ def test_the_homes_default_none_and_the_same_dna(
     assert "tensorboard" not in one.results(run_id)
     # the same training in two homes, one reporting its curves: the same DNA
     assert with_curves == without
+
+
+class Crash(Exception):
+    """The trainer dying between two checkpoints."""
+
+
+@pytest.mark.timeout(600)
+def test_a_resumed_model_shows_each_step_once(one: TinyHome) -> None:
+    run_id = one.start(["tiny-llama"], epochs=1, report_to=["tensorboard"])
+    calls = {"n": 0}
+
+    def crash_after_step_5() -> bool:  # asked after every step; checkpoints every 2 (FAST)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Crash
+        return False
+
+    with pytest.raises(Crash):
+        train_run(one.engine, one.config.home, run_id, should_stop=crash_after_step_5)
+    folder = one.root / "runs" / run_id / "tensorboard" / "tiny-llama"
+    assert [s for s, _ in scalars(folder)["tiny-llama/train/loss"]] == [1, 2, 3, 4, 5]
+    train_run(one.engine, one.config.home, run_id)  # resumed from step 4's checkpoint
+    metrics = one.results(run_id)["metrics"]["tiny-llama"]
+    loss = scalars(folder)["tiny-llama/train/loss"]
+    # step 5 was logged by both attempts: TensorBoard shows the second's alone
+    assert [s for s, _ in loss] == list(range(1, metrics["steps"] + 1))
+    assert close(values(loss), metrics["step_losses"])
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 2
 
 
 RECORDS = [{"text": " ".join(["Riksdagen beslutar om lagar"] * n)} for n in (1, 5, 2, 4, 3, 6)]
