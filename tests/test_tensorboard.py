@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from gloo import recipe, spawn
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboardX import event_file_writer
 from trainhomes import TinyHome, cached_tiny
 
 from oneseekd.certify.dna import canonical_hash
@@ -126,7 +128,12 @@ class Crash(Exception):
 
 
 @pytest.mark.timeout(600)
-def test_a_resumed_model_shows_each_step_once(one: TinyHome) -> None:
+def test_a_resumed_model_shows_each_step_once(
+    one: TinyHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # both attempts within one second (an event file is named by its second and host): the
+    # second must not overwrite the first's file
+    monkeypatch.setattr(event_file_writer, "time", SimpleNamespace(time=lambda: 1_765_000_000.0))
     run_id = one.start(["tiny-llama"], epochs=1, report_to=["tensorboard"])
     calls = {"n": 0}
 

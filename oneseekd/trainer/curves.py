@@ -7,11 +7,11 @@ base (a flat line to beat). `tensorboard --logdir HOME/runs` compares runs.
 
 tensorboardX is the writer: with torch and transformers loaded it imports in about half the time
 of torch.utils.tensorboard (docs/training.md, "Curves in TensorBoard"), and it is imported only
-by a run that asks for curves. A run resumed from a checkpoint starts its model's writer with
-`purge_step` one past the checkpoint's step, so TensorBoard hides the steps the stopped attempt
-logged after it, and the curve shows each step once. The gradient norm is read one step late,
-once the next step's loss has been read (the one device read of a step), so curves add no wait
-on the device.
+by a run that asks for curves. Each attempt writes a file of its own, its model's writer
+started with `purge_step` one past the step it resumes from, so TensorBoard hides the steps an
+earlier attempt logged after its last checkpoint, and the curve shows each step once. The
+gradient norm is read one step late, once the next step's loss has been read (the one device
+read of a step), so curves add no wait on the device.
 """
 
 from __future__ import annotations
@@ -52,8 +52,13 @@ class Curves:
         self.key = key
         self._writer = SummaryWriter(
             str(folder / key),
-            purge_step=resumed_at_step + 1 if resumed_at_step else None,
+            # what an earlier attempt logged past the step this one starts from is hidden
+            purge_step=resumed_at_step + 1,
             flush_secs=30,
+            # the file's name has the second it was made in and the host: an attempt started
+            # within the same second would take the same name and overwrite the last one's
+            # file; nanoseconds keep the names apart, in the order TensorBoard reads them
+            filename_suffix=f".{time.time_ns()}",
         )
         self._pending: tuple[int, Any] | None = None  # (step, gradient norm tensor)
         self._clock: tuple[float, float, int] | None = None  # (time, phase time, tokens)
