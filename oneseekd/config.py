@@ -50,6 +50,10 @@ DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 METRICS_LOOPBACK = "127.0.0.1"
 DEFAULT_METRICS_REFRESH_SECONDS = 5.0
 
+# where a run's curves may be reported (a request's `report_to`, `[trainer] report_to`):
+# "tensorboard" writes event files under HOME/runs/<run_id>/tensorboard/ (trainer/curves.py)
+REPORTERS: tuple[str, ...] = ("tensorboard",)
+
 
 def default_host(env: Mapping[str, str] | None = None) -> str:
     """The host name rows and claims carry when none is configured: ONESEEK_HOST (what the
@@ -193,6 +197,19 @@ def _is_ip(text: str, version: int) -> bool:
         return False
 
 
+def _reporters(value: Any, where: str, _home: Path) -> tuple[str, ...]:
+    """[trainer] report_to: the reporters a run writes to when its request names none."""
+    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+        raise _Problem(f'{where} must be a list of reporters like ["tensorboard"], got {value!r}')
+    unknown = [r for r in value if r not in REPORTERS]
+    if unknown:
+        raise _Problem(
+            f"{where}: {unknown[0]!r} is not a reporter oneseekd writes"
+            f"{_did_you_mean(unknown[0], set(REPORTERS))} (known: {', '.join(REPORTERS)})"
+        )
+    return tuple(dict.fromkeys(value))
+
+
 def _setting(default: Any, rule: Rule, *, factory: Callable[[], Any] | None = None) -> Any:
     """A setting of the schema: its default and the rule a value in the file must pass."""
     if factory is not None:
@@ -239,6 +256,8 @@ class TrainerConfig:
     stop_grace_seconds: float = _setting(DEFAULT_STOP_GRACE_SECONDS, _seconds(0.0))
     heartbeat_seconds: float = _setting(DEFAULT_HEARTBEAT_SECONDS, _seconds(0.05))
     lease_seconds: float = _setting(DEFAULT_LEASE_SECONDS, _seconds(1.0))
+    # where a run reports its curves when its request has no report_to (REPORTERS); none: nowhere
+    report_to: tuple[str, ...] = _setting((), _reporters)
 
     def problems(self) -> list[str]:
         """What no single setting shows: checked on the values in force."""

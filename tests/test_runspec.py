@@ -526,6 +526,7 @@ def test_run_fields_are_not_per_model() -> None:
         "weighting",
         "export_merged",
         "export_dequantized",
+        "report_to",  # where the curves go (trainer/curves.py)
     }
 
 

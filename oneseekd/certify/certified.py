@@ -96,6 +96,9 @@ class Certification:
     finished: datetime
     make_current: bool = True
     gate: dict[str, Any] | None = None  # certify/gate.py's verdict (made_current, reasons)
+    # the run's TensorBoard event files, relative to the home (runs/<run_id>/tensorboard);
+    # None: it wrote none
+    curves: str | None = None
 
 
 def adapter_name(version: str, key: str) -> str:
@@ -339,6 +342,8 @@ def _write_documents(
             "finished_at": utc_text(c.finished),
             "timestamp": utc_text(c.finished),
             "duration_seconds": round((c.finished - c.started).total_seconds(), 3),
+            # only where the run wrote curves: the shape CivicAI reads is otherwise unchanged
+            **({"tensorboard": c.curves} if c.curves else {}),
         },
         "live_metrics.json": live_document(
             {m.key: m.train_losses for m in c.models},

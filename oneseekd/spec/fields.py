@@ -4,10 +4,13 @@ other), and what the trainer reads them as."""
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import BeforeValidator, PlainValidator
+
+from oneseekd.config import REPORTERS
 
 # sharding "auto" shards a model whose weights take more than this share of one GPU's memory
 FSDP_AUTO_FRACTION = 0.5
@@ -114,3 +117,32 @@ def _micro_batch(value: Any) -> int | Literal["auto"] | None:
 # rows a batch is split into for the forward and backward passes (gradient accumulation
 # within the batch: the optimizer step is the same); None: the whole batch at once
 MicroBatch = Annotated[int | Literal["auto"] | None, PlainValidator(_micro_batch)]
+
+
+def _report_to(value: Any) -> list[str] | None:
+    """A list of reporters, one reporter's name, or "none" (an empty list); None: the home's
+    `[trainer] report_to`."""
+    if value is None:
+        return None
+    if value == "none":
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ValueError(
+            'must be a list of reporters like ["tensorboard"], one reporter\'s name, or "none"'
+        )
+    for name in names:
+        if name not in REPORTERS:
+            close = difflib.get_close_matches(name.lower(), REPORTERS, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"{name!r} is not a reporter oneseekd writes{hint}; known: {', '.join(REPORTERS)}"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError("names a reporter twice")
+    return list(names)
+
+
+# where a run reports its curves (trainer/curves.py); None: the home's [trainer] report_to.
+# Not a training option: it changes no weight, so the DNA does not hash it (request.py)
+ReportTo = Annotated[list[str] | None, PlainValidator(_report_to)]

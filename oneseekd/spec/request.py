@@ -26,6 +26,7 @@ from oneseekd.spec.fields import (
     Memory,
     MicroBatch,
     Optimizer,
+    ReportTo,
     Scheduler,
     Sharding,
     Targets,
@@ -147,10 +148,21 @@ class RunOptions(ModelOptions):
     export_merged: bool = False
     # merge a quantized base's adapter into its dequantized weights (trainer/merge.py)
     export_dequantized: bool = False
+    # where the run's curves go (["tensorboard"]: trainer/curves.py); None: [trainer] report_to
+    report_to: ReportTo = None
 
 
 MODEL_FIELDS = tuple(ModelOptions.model_fields)
 RUN_FIELDS = tuple(f for f in RunOptions.model_fields if f not in ModelOptions.model_fields)
+# fields of the stored config that say where a run reports, not what it trains: they change no
+# weight, so the config hash in the DNA leaves them out (the same training, the same DNA)
+NOT_TRAINING = ("report_to",)
+
+
+def trained_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's stored config as the DNA hashes it: without the fields of NOT_TRAINING (a run
+    stored before they existed hashes as it did)."""
+    return {k: v for k, v in config.items() if k not in NOT_TRAINING}
 
 
 class RunSpec(BaseModel):
@@ -171,6 +183,8 @@ class RunSpec(BaseModel):
     weighting: Literal["bits_per_byte", "val_loss", "equal"] = "val_loss"
     export_merged: bool = False
     export_dequantized: bool = False
+    # where the run's curves go; None: the training host's [trainer] report_to (NOT_TRAINING)
+    report_to: list[str] | None = None
     # what the model speaks, for metadata.json (CivicAI's --language); not a training option
     language: str | None = None
     models: dict[str, ModelOptions]

@@ -123,11 +123,13 @@ def certify_run(
     counts: dict[str, int],
     started: datetime,
     settings: CertifyConfig,
+    curves: str | None = None,
 ) -> tuple[str, Verdict]:
     """The gate, then the certification (rank 0): refused under `[certify]
     require_improvement` when a model did not beat its base (a run not measured, with no or
     too few held-out rows, is not refused); otherwise certified, and made current only when the gate
-    lets it. Returns the DNA and the verdict."""
+    lets it. `curves`: where the run's TensorBoard files lie, for training_results.json.
+    Returns the DNA and the verdict."""
     size = HeldOutSize(
         counts["train"] + counts["validation"],
         counts["validation"],
@@ -163,6 +165,7 @@ def certify_run(
             utcnow(),
             make_current=verdict.made_current,
             gate=verdict.as_dict(),
+            curves=curves,
         )
         dna = certify(session, ledger, ctx.home, cert)
         weights = final_weights(weighed(trained, weighting), weighting)

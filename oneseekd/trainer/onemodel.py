@@ -8,6 +8,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -26,6 +27,7 @@ from oneseekd.db.models import LedgerEvent, ModelTraining, utcnow
 from oneseekd.errors import OneseekError
 from oneseekd.trainer.checkpoint import Checkpoints, Position
 from oneseekd.trainer.context import Progress, RunContext, this_attempt, update_training
+from oneseekd.trainer.curves import Curves
 from oneseekd.trainer.data import Records
 from oneseekd.trainer.loading import Device
 from oneseekd.trainer.measured import compare_with_current, held_out_samples
@@ -59,6 +61,8 @@ class SharedRun:
     settings: CertifyConfig
     dataset_sha256: str = ""  # the bytes the records were read from (datahash.load_dataset)
     cache_bytes: int = 0  # [trainer] cache_bytes: the tokenization cache's bound
+    # where the run's TensorBoard curves go (trainer/curves.py); None: it asked for none
+    curves: Path | None = None
 
 
 def train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelResult:
@@ -78,6 +82,7 @@ def train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelResu
         # when it is measured: a current adapter of this key is the estimate's signal)
         compares=settings.compare_with_current and current_adapter(ctx.home, key) is not None,
         samples=settings.sample_prompts > 0,
+        grad_norms=run.curves is not None,
     )
     if live is not None:
         told = live  # for the closure: a name mypy sees is not None
@@ -119,7 +124,13 @@ def train_one(run: SharedRun, key: str, position: int, row_id: int) -> ModelResu
         steps=recipe.total_steps,
         resumed_at_step=recipe.position.step,
     )
-    result = recipe.train()
+    if run.curves is not None and world.main:
+        recipe.curves = Curves(run.curves, key, recipe.position.step)
+    try:
+        result = recipe.train()
+    finally:
+        if recipe.curves is not None:
+            recipe.curves.close()
     check_finite(result)
     result.evaluation["current"] = compare_with_current(recipe, spec, settings, ctx.home)
     result.evaluation["samples"] = held_out_samples(recipe, records, settings)

@@ -35,6 +35,7 @@ from oneseekd.trainer.batching import (
 )
 from oneseekd.trainer.checkpoint import Checkpoints, Position, rng_state
 from oneseekd.trainer.context import ModelSpec, Progress
+from oneseekd.trainer.curves import Curves
 from oneseekd.trainer.data import Records
 from oneseekd.trainer.evaluate import batch_count, measure
 from oneseekd.trainer.loading import Device
@@ -107,6 +108,11 @@ class Reporting:
     # model measured on the same rows, the samples generated
     compares: bool = False
     samples: bool = False
+    # the model's TensorBoard curves (trainer/curves.py), rank 0's; None: not asked for
+    curves: Curves | None = None
+    # whether every step's gradient norm is measured for the curves: said on every rank,
+    # since a sharded model's norm takes a collective
+    grad_norms: bool = False
 
 
 class LoraRecipe(ReportsProgress):
@@ -131,6 +137,7 @@ class LoraRecipe(ReportsProgress):
         self.on_step = reporting.on_step
         self.on_auto_stop = reporting.on_auto_stop
         self.compares, self.samples = reporting.compares, reporting.samples
+        self.curves, self.grad_norms = reporting.curves, reporting.grad_norms
         self.timing = phases.Timing()
         self._started = time.monotonic()  # train() starts the clock again
         self._before = (0, 0, 0.0)
@@ -155,6 +162,8 @@ class LoraRecipe(ReportsProgress):
         pad_id = int(self.tokenizer.pad_token_id)
         self._started = time.monotonic()
         self._before = (pos.step, pos.tokens_seen, pos.seconds)
+        if self.curves is not None:
+            self.curves.start(pos.tokens_seen, self.timing.spent)
         padding = padding_share(lengths, self._batches(0), self.packed)
         if pos.base_eval is None:  # before the first step; kept in the checkpoints
             pos.base_eval = self.evaluate_base(pad_id)
@@ -189,6 +198,7 @@ class LoraRecipe(ReportsProgress):
             )
             if self.world.main:
                 self.on_epoch(self.spec.key, pos)
+                self._curve_epoch(pos)
                 if self.auto_stop is not None:
                     self.on_auto_stop(self.spec.key, self.auto_stop.info())
             pos.epoch += 1
@@ -276,8 +286,11 @@ class LoraRecipe(ReportsProgress):
         pos.labels_seen += window_labels
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
+        norm = None
         if self.max_grad_norm > 0:  # 0: no clipping
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        norm = self._grad_norm(norm)  # None unless the curves ask for it
+        rate = float(self.optimizer.param_groups[0]["lr"])  # the rate this step applies
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -288,6 +301,7 @@ class LoraRecipe(ReportsProgress):
         pos.step += 1
         if world.main:
             self.on_step(self.spec.key, pos.step_losses)
+            self._curve_step(pos, rate, norm)
         return True
 
     def evaluate(self, pad_id: int) -> float:

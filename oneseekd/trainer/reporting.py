@@ -10,10 +10,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import structlog
+import torch
+from torch.distributed.tensor import DTensor
 
 from oneseekd.trainer import phases
 from oneseekd.trainer.checkpoint import Position
 from oneseekd.trainer.context import Progress
+from oneseekd.trainer.curves import Curves
 from oneseekd.trainer.keeping import KeepsBestEpoch
 
 log = structlog.get_logger("oneseekd.trainer")
@@ -28,6 +31,33 @@ class ReportsProgress(KeepsBestEpoch):
     timing: phases.Timing
     _started: float
     _before: tuple[int, int, float]
+    curves: Curves | None
+    grad_norms: bool
+
+    def _grad_norm(self, clipped: Any) -> Any:
+        """The step's gradient norm as a tensor (clipping's, or measured here when nothing
+        clips) when the curves ask for it; else None. Taken on every rank: a sharded model's
+        norm combines the ranks' shards in a collective. Not read here: the curves read it
+        once the next step's loss has been read (trainer/curves.py)."""
+        if not self.grad_norms:
+            return None
+        if clipped is None:  # max_grad_norm 0: nothing clipped, so nothing measured it
+            grads = [p.grad for p in self.params if p.grad is not None]
+            clipped = torch.nn.utils.get_total_norm(grads)
+        if isinstance(clipped, DTensor):  # a sharded model's (replicated: a plain tensor now)
+            clipped = clipped.full_tensor()
+        return clipped
+
+    def _curve_step(self, pos: Position, rate: float, norm: Any) -> None:
+        if self.curves is not None:
+            loss = pos.step_losses[-1]
+            self.curves.step(pos.step, loss, rate, pos.tokens_seen, self.timing.spent, norm)
+
+    def _curve_epoch(self, pos: Position) -> None:
+        if self.curves is not None:
+            figures = pos.evals[-1] if pos.evals else {}
+            first = len(pos.val_losses) == 1
+            self.curves.epoch(pos.step, pos.train_losses[-1], figures, pos.base_eval, first)
 
     def _report(
         self, pos: Position, epochs: int, now: dict[str, Any] | None = None, force: bool = False

@@ -25,9 +25,11 @@ from oneseekd.db.engine import read_session
 from oneseekd.db.models import Run, utcnow
 from oneseekd.home import HomePaths
 from oneseekd.spec.host import check
+from oneseekd.spec.request import trained_config
 from oneseekd.trainer import phases
 from oneseekd.trainer.checkpoint import Checkpoints
 from oneseekd.trainer.context import Progress, RunRefused, load_context, training_row
+from oneseekd.trainer.curves import curves_path, relative_path, reports_curves
 from oneseekd.trainer.data import duplicates, split
 from oneseekd.trainer.datahash import dataset_unchanged, load_dataset
 from oneseekd.trainer.loading import Device, pick_device
@@ -109,6 +111,8 @@ def train_run(
         else None
     )
     progress = _LiveProgress(engine, ctx.run_pk, live)
+    # TensorBoard curves: the request's report_to, else this home's [trainer] report_to
+    reports = reports_curves(ctx.spec.report_to, config.trainer.report_to)
     log.info(
         "training_started",
         run_id=run_id,
@@ -135,6 +139,7 @@ def train_run(
         settings,
         trained_on,
         config.trainer.cache_bytes,
+        curves_path(home, run_id) if reports else None,
     )
     results: dict[str, ModelResult] = {}
     for position, spec in enumerate(ctx.models):
@@ -167,7 +172,8 @@ def train_run(
     inputs = {
         "base_models": {m.key: base_weights_hash(m.path) for m in ctx.models},
         "dataset": dataset_unchanged(ctx, trained_on),
-        "config": canonical_hash(ctx.config),
+        # where the run reports is not what it trains: the same training, the same DNA
+        "config": canonical_hash(trained_config(ctx.config)),
     }
     pulled = {
         m.key: {"repository": m.source_repository, "commit": m.source_commit}
@@ -192,6 +198,7 @@ def train_run(
         },
         started,
         settings,
+        relative_path(run_id) if reports else None,
     )
     publish(engine, home, ctx.run_pk)
     checkpoints.remove()
