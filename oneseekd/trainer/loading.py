@@ -59,6 +59,15 @@ def device_memory(device: Device, index: int = 0) -> int | None:
     return int(torch.cuda.get_device_properties(index).total_memory)
 
 
+def memory_in_use(device: Device, index: int = 0) -> int | None:
+    """The GPU memory this process holds now (torch's caching allocator's reserved bytes:
+    what nvidia-smi counts against it, and what another process cannot have), for the
+    progress the metrics endpoint exports; None on the CPU. A host-side counter: no sync."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.memory_reserved(index))
+
+
 def memory_cap(cap: int, total: int, index: int = 0) -> int:
     """max_memory_per_gpu carried out: this process may take at most `cap` bytes of GPU
     `index` (torch's caching allocator raises out-of-memory past it, which the supervisor

@@ -18,6 +18,7 @@ from oneseekd.trainer.checkpoint import Position
 from oneseekd.trainer.context import Progress
 from oneseekd.trainer.curves import Curves
 from oneseekd.trainer.keeping import KeepsBestEpoch
+from oneseekd.trainer.loading import Device, memory_in_use
 
 log = structlog.get_logger("oneseekd.trainer")
 
@@ -103,6 +104,7 @@ class ReportsProgress(KeepsBestEpoch):
                 # every epoch's end from it, also for an epoch whose end it did not see
                 "epoch_losses": [round(loss, 5) for loss in pos.train_losses],
                 "device": self.device.name,
+                **_held(self.device, self.world.local_rank),
                 **(now or {}),
             },
             force=force,
@@ -139,3 +141,10 @@ class ReportsProgress(KeepsBestEpoch):
             self.timing.evaluation_seconds = seconds
         if main:
             log.info("phase_finished", model=key, phase=name, seconds=round(seconds, 2))
+
+
+def _held(device: Device, index: int) -> dict[str, int]:
+    """`device_memory_bytes` while the run holds GPU memory (the metrics endpoint's gauge);
+    nothing on the CPU, where there is no device memory to report, never a made-up 0."""
+    held = memory_in_use(device, index)
+    return {} if held is None else {"device_memory_bytes": held}
