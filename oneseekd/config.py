@@ -1,17 +1,15 @@
 """Configuration: flags and ONESEEK_* environment for where things are, oneseekd.toml for the rest.
 
 Every default lives in this module. oneseekd.toml is checked by one schema: a frozen dataclass
-per [section], each setting carrying its default and the rule that checks it, walked by one
-validator that lists every problem at once. (Not pydantic, as requests are: every oneseekctl
-command reads the configuration, and its read path must not import pydantic.)
+per [section], each setting carrying its default and the rule that checks it (configrules.py),
+walked by one validator that lists every problem at once. (Not pydantic, as requests are: every
+oneseekctl command reads the configuration, and its read path must not import pydantic.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
-import re
 import socket
 import sys
 import tomllib
@@ -20,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oneseekd import configrules as rule
 from oneseekd.errors import ConfigError
 from oneseekd.home import CONFIG_FILE, HomePaths, default_db_url
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # --- every default in one place -------------------------------------------------------------
 DEFAULT_LOG_LEVEL = "info"
@@ -43,16 +40,11 @@ DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 1800.0
 # A claimed run's lease: renewed with every trainer heartbeat; another daemon may take the run
 # over once it has expired (docs/scale-out.md).
 DEFAULT_LEASE_SECONDS = 60.0
-MAX_HOST_LENGTH = 255
 DEFAULT_TRAINER_THREADS = 0  # 0: torch's own choice (or the daemon's OMP_NUM_THREADS)
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 # [metrics]: the Prometheus endpoint, off unless `listen` is set; a bare port binds to loopback
-METRICS_LOOPBACK = "127.0.0.1"
+# (METRICS_LOOPBACK, configrules.py)
 DEFAULT_METRICS_REFRESH_SECONDS = 5.0
-
-# where a run's curves may be reported (a request's `report_to`, `[trainer] report_to`):
-# "tensorboard" writes event files under HOME/runs/<run_id>/tensorboard/ (trainer/curves.py)
-REPORTERS: tuple[str, ...] = ("tensorboard",)
 
 
 def default_host(env: Mapping[str, str] | None = None) -> str:
@@ -62,202 +54,63 @@ def default_host(env: Mapping[str, str] | None = None) -> str:
     return (env.get("ONESEEK_HOST") or "").strip() or socket.gethostname()
 
 
-# --- the schema: one frozen dataclass per section, each setting with the rule that checks it ---
-class _Problem(Exception):
-    """A value a rule refused, worded for the operator."""
-
-
-Rule = Callable[[Any, str, Path], Any]  # (value, where, home) -> the value as the daemon uses it
-
-
-def _seconds(minimum: float) -> Rule:
-    def check(value: Any, where: str, _home: Path) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Problem(f"{where} must be a number of seconds, got {value!r}")
-        if value < minimum:
-            raise _Problem(f"{where} must be at least {minimum:g}, got {value!r}")
-        return float(value)
-
-    return check
-
-
-def _whole(minimum: int, what: str) -> Rule:
-    def check(value: Any, where: str, _home: Path) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _Problem(f"{where} must be {what}, got {value!r}")
-        return value
-
-    return check
-
-
-def _boolean(value: Any, where: str, _home: Path) -> bool:
-    if not isinstance(value, bool):
-        raise _Problem(f"{where} must be true or false, got {value!r}")
-    return value
-
-
-def _log_level(value: Any, where: str, _home: Path) -> str:
-    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
-        raise _Problem(f"{where} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
-    return value.lower()
-
-
-def _host(value: Any, where: str, _home: Path) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_HOST_LENGTH:
-        raise _Problem(
-            f"{where} must be a host name of 1 to {MAX_HOST_LENGTH} characters, got {value!r}"
-        )
-    return value.strip()
-
-
-def _command(value: Any, where: str, _home: Path) -> tuple[str, ...]:
-    if not (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)):
-        raise _Problem(f"{where} must be a non-empty list of strings (an argv), got {value!r}")
-    return tuple(value)
-
-
-def _roots(value: Any, where: str, home: Path) -> tuple[Path, ...]:
-    """Folders, relative to the home when not absolute; each must exist."""
-    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
-        raise _Problem(f"{where} must be a list of folder paths, got {value!r}")
-    roots: list[Path] = []
-    problems: list[str] = []
-    for raw in value:
-        root = Path(raw).expanduser()
-        root = root if root.is_absolute() else home / root
-        if root.is_dir():
-            roots.append(root)
-        else:
-            problems.append(
-                f"{where}: {raw!r} is not a folder ({root}); create it or remove it from the list"
-            )
-    if problems:
-        raise _Problem(*problems)
-    return tuple(roots)
-
-
-def _endpoint(value: Any, where: str, _home: Path) -> str:
-    if (
-        not isinstance(value, str)
-        or not value.strip().startswith(("http://", "https://"))
-        or any(c.isspace() for c in value.strip())
-    ):
-        raise _Problem(
-            f"{where} must be the URL of the Hub or of a mirror (http:// or https://), "
-            f"got {value!r}"
-        )
-    return value.strip().rstrip("/")
-
-
-_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*$")
-
-
-def _listen(value: Any, where: str, _home: Path) -> tuple[str, int] | None:
-    """`HOST:PORT` (`[::1]:9464` for IPv6), or a bare port on loopback; "" turns it off. A
-    name is resolved when the daemon binds, not here (the configuration never asks DNS)."""
-    example = (
-        f'e.g. "{METRICS_LOOPBACK}:9464" for this host only, "0.0.0.0:9464" for every '
-        'interface, "[::1]:9464" for IPv6 loopback'
-    )
-    if not isinstance(value, str | int) or isinstance(value, bool):
-        raise _Problem(f"{where} must be HOST:PORT as a string ({example}), got {value!r}")
-    text = str(value).strip()
-    if not text:
-        return None
-    if text.isdigit():
-        host, port = METRICS_LOOPBACK, text
-    elif text.startswith("["):
-        host, closed, port = text[1:].partition("]:")
-        if closed and not _is_ip(host, 6):
-            raise _Problem(f"{where}: {host!r} is not an IPv6 address ({example}), got {value!r}")
-    else:
-        host, colon, port = text.rpartition(":")
-        if not colon:
-            host, port = text, ""  # no port: said below
-        elif ":" in host:
-            raise _Problem(
-                f'{where}: an IPv6 address goes in brackets, as in "[{host}]:{port}", got {value!r}'
-            )
-        if colon and not host:
-            raise _Problem(f"{where} must name the address to listen on ({example}), got {value!r}")
-        if not (_is_ip(host, 4) or _HOST_NAME.match(host)):
-            raise _Problem(
-                f"{where}: {host!r} is neither an IP address nor a host name ({example})"
-            )
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        # 0: any free port, named in the log's metrics_listening (for tests, not Prometheus)
-        raise _Problem(f"{where} must end in a port from 1 to 65535 ({example}), got {value!r}")
-    return host, int(port)
-
-
-def _is_ip(text: str, version: int) -> bool:
-    try:
-        return ipaddress.ip_address(text).version == version
-    except ValueError:
-        return False
-
-
-def _reporters(value: Any, where: str, _home: Path) -> tuple[str, ...]:
-    """[trainer] report_to: the reporters a run writes to when its request names none."""
-    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
-        raise _Problem(f'{where} must be a list of reporters like ["tensorboard"], got {value!r}')
-    unknown = [r for r in value if r not in REPORTERS]
-    if unknown:
-        raise _Problem(
-            f"{where}: {unknown[0]!r} is not a reporter oneseekd writes"
-            f"{_did_you_mean(unknown[0], set(REPORTERS))} (known: {', '.join(REPORTERS)})"
-        )
-    return tuple(dict.fromkeys(value))
-
-
-def _setting(default: Any, rule: Rule, *, factory: Callable[[], Any] | None = None) -> Any:
+# --- the schema: one frozen dataclass per section, each setting with the rule that checks it
+# (the rules: configrules.py) ---
+def _setting(default: Any, check: rule.Rule, *, factory: Callable[[], Any] | None = None) -> Any:
     """A setting of the schema: its default and the rule a value in the file must pass."""
     if factory is not None:
-        return field(default_factory=factory, metadata={"rule": rule})
-    return field(default=default, metadata={"rule": rule})
+        return field(default_factory=factory, metadata={"rule": check})
+    return field(default=default, metadata={"rule": check})
 
 
 @dataclass(frozen=True)
 class CatalogConfig:
     # the name this daemon's catalog rows and claimed runs carry (several hosts, one database)
-    host: str = _setting(None, _host, factory=default_host)
-    settle_seconds: float = _setting(DEFAULT_SETTLE_SECONDS, _seconds(0.0))
+    host: str = _setting(None, rule.host, factory=default_host)
+    settle_seconds: float = _setting(DEFAULT_SETTLE_SECONDS, rule.seconds(0.0))
     rescan_interval_seconds: float = _setting(
-        DEFAULT_RESCAN_INTERVAL_SECONDS, _seconds(MIN_RESCAN_INTERVAL_SECONDS)
+        DEFAULT_RESCAN_INTERVAL_SECONDS, rule.seconds(MIN_RESCAN_INTERVAL_SECONDS)
     )
-    extra_roots: tuple[Path, ...] = _setting((), _roots)
+    extra_roots: tuple[Path, ...] = _setting((), rule.roots)
 
 
 @dataclass(frozen=True)
 class IntakeConfig:
-    settle_seconds: float = _setting(DEFAULT_INTAKE_SETTLE_SECONDS, _seconds(0.0))
+    settle_seconds: float = _setting(DEFAULT_INTAKE_SETTLE_SECONDS, rule.seconds(0.0))
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
     """The child process: what starts it, how it is stopped, how often it is retried."""
 
-    command: tuple[str, ...] = _setting(DEFAULT_TRAINER_COMMAND, _command)
-    max_attempts: int = _setting(DEFAULT_MAX_ATTEMPTS, _whole(1, "a whole number of at least 1"))
+    command: tuple[str, ...] = _setting(DEFAULT_TRAINER_COMMAND, rule.command)
+    max_attempts: int = _setting(
+        DEFAULT_MAX_ATTEMPTS, rule.whole(1, "a whole number of at least 1")
+    )
     # on a host without GPUs, how many CPU processes (DDP over gloo) stand in for them
-    cpu_processes: int = _setting(DEFAULT_CPU_PROCESSES, _whole(1, "a whole number of at least 1"))
+    cpu_processes: int = _setting(
+        DEFAULT_CPU_PROCESSES, rule.whole(1, "a whole number of at least 1")
+    )
     # how long a rank of a multi-process run waits on the others before the run fails
-    collective_timeout_seconds: float = _setting(DEFAULT_COLLECTIVE_TIMEOUT_SECONDS, _seconds(1.0))
+    collective_timeout_seconds: float = _setting(
+        DEFAULT_COLLECTIVE_TIMEOUT_SECONDS, rule.seconds(1.0)
+    )
     # CPU threads of the child's torch; 0: its default
     threads: int = _setting(
-        DEFAULT_TRAINER_THREADS, _whole(0, "a whole number of CPU threads (0: torch's default)")
+        DEFAULT_TRAINER_THREADS, rule.whole(0, "a whole number of CPU threads (0: torch's default)")
     )
     # the tokenization cache's bound in bytes (home/cache/tokenized/, least recently used
     # evicted; 0: no cache): each dataset is tokenized once per tokenizer and options
     cache_bytes: int = _setting(
-        DEFAULT_CACHE_BYTES, _whole(0, "a whole number of bytes (0: no tokenization cache)")
+        DEFAULT_CACHE_BYTES, rule.whole(0, "a whole number of bytes (0: no tokenization cache)")
     )
-    cancel_grace_seconds: float = _setting(DEFAULT_CANCEL_GRACE_SECONDS, _seconds(0.0))
-    stop_grace_seconds: float = _setting(DEFAULT_STOP_GRACE_SECONDS, _seconds(0.0))
-    heartbeat_seconds: float = _setting(DEFAULT_HEARTBEAT_SECONDS, _seconds(0.05))
-    lease_seconds: float = _setting(DEFAULT_LEASE_SECONDS, _seconds(1.0))
-    # where a run reports its curves when its request has no report_to (REPORTERS); none: nowhere
-    report_to: tuple[str, ...] = _setting((), _reporters)
+    cancel_grace_seconds: float = _setting(DEFAULT_CANCEL_GRACE_SECONDS, rule.seconds(0.0))
+    stop_grace_seconds: float = _setting(DEFAULT_STOP_GRACE_SECONDS, rule.seconds(0.0))
+    heartbeat_seconds: float = _setting(DEFAULT_HEARTBEAT_SECONDS, rule.seconds(0.05))
+    lease_seconds: float = _setting(DEFAULT_LEASE_SECONDS, rule.seconds(1.0))
+    # where a run reports its curves when its request has no report_to (configrules.REPORTERS);
+    # none: nowhere
+    report_to: tuple[str, ...] = _setting((), rule.reporters)
 
     def problems(self) -> list[str]:
         """What no single setting shows: checked on the values in force."""
@@ -274,22 +127,22 @@ class TrainerConfig:
 class CertifyConfig:
     # a new certification becomes oneseek-certified/OneSeek-7B-Zero-CURRENT; false leaves
     # the pointer to `oneseekctl promote` (or to CivicAI's "Set as Active")
-    make_current: bool = _setting(True, _boolean)
+    make_current: bool = _setting(True, rule.boolean)
     # a run whose model does not beat its base on held-out bits per byte is refused
     # certification (false: certified, but not made current)
-    require_improvement: bool = _setting(False, _boolean)
+    require_improvement: bool = _setting(False, rule.boolean)
     # a run on the base models of the current one becomes current only if no model of it is
     # worse than the current one's on this run's held-out data
-    compare_with_current: bool = _setting(True, _boolean)
+    compare_with_current: bool = _setting(True, rule.boolean)
     # the held-out tokens evaluated per model (a deterministic prefix of the validation split)
-    eval_tokens: int = _setting(50_000, _whole(1, "a whole number >= 1"))
+    eval_tokens: int = _setting(50_000, rule.whole(1, "a whole number >= 1"))
     # below this many held-out records, or target bytes, the gate gives no verdict: the run is
     # certified "too few held-out data", not made current (certify/gate.py)
-    min_held_out_records: int = _setting(10, _whole(2, "a whole number >= 2"))
-    min_held_out_bytes: int = _setting(256, _whole(1, "a whole number >= 1"))
+    min_held_out_records: int = _setting(10, rule.whole(2, "a whole number >= 2"))
+    min_held_out_bytes: int = _setting(256, rule.whole(1, "a whole number >= 1"))
     # greedy generations of base and trained for this many held-out prompts (samples.json)
-    sample_prompts: int = _setting(3, _whole(0, "a whole number >= 0"))
-    sample_tokens: int = _setting(48, _whole(0, "a whole number >= 0"))
+    sample_prompts: int = _setting(3, rule.whole(0, "a whole number >= 0"))
+    sample_tokens: int = _setting(48, rule.whole(0, "a whole number >= 0"))
 
 
 @dataclass(frozen=True)
@@ -297,10 +150,10 @@ class HubConfig:
     """Where `oneseekctl pull` and the daemon's downloads fetch base models (oneseekd/hub/)."""
 
     # the Hub or a mirror; default: HF_ENDPOINT from the environment, else huggingface.co
-    endpoint: str = _setting(DEFAULT_HUB_ENDPOINT, _endpoint)
+    endpoint: str = _setting(DEFAULT_HUB_ENDPOINT, rule.endpoint)
     # true: no download asks the network; a pull is refused naming what to copy in by hand
     # (HF_HUB_OFFLINE=1 in the environment sets it too)
-    offline: bool = _setting(False, _boolean)
+    offline: bool = _setting(False, rule.boolean)
 
 
 @dataclass(frozen=True)
@@ -308,17 +161,17 @@ class MetricsConfig:
     """The daemon's Prometheus endpoint (oneseekd/metrics/, docs/operations.md "Metrics")."""
 
     # (host, port) to serve /metrics on; None (the default): no endpoint, nothing imported
-    listen: tuple[str, int] | None = _setting(None, _listen)
+    listen: tuple[str, int] | None = _setting(None, rule.listen)
     # how often the catalog, queue and running run's figures are read from the database into
     # what a scrape answers (a scrape itself never reads the database)
-    refresh_seconds: float = _setting(DEFAULT_METRICS_REFRESH_SECONDS, _seconds(0.1))
+    refresh_seconds: float = _setting(DEFAULT_METRICS_REFRESH_SECONDS, rule.seconds(0.1))
 
 
 @dataclass(frozen=True)
 class Settings:
     """oneseekd.toml as a whole: the top-level settings and one table per section."""
 
-    log_level: str = _setting(DEFAULT_LOG_LEVEL, _log_level)
+    log_level: str = _setting(DEFAULT_LOG_LEVEL, rule.log_level)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -361,14 +214,14 @@ def _validate(
     settings = dataclasses.fields(cls)
     known = {s.name for s in settings}
     problems += [
-        f"{where}: unknown setting {key!r}{_did_you_mean(key, known)} "
+        f"{where}: unknown setting {key!r}{rule.did_you_mean(key, known)} "
         f"(known: {', '.join(sorted(known))})"
         for key in sorted(set(table) - known)
     ]
     values: dict[str, Any] = {}
     for setting in settings:
-        rule: Rule | None = setting.metadata.get("rule")
-        if rule is None:  # a section of the file
+        check: rule.Rule | None = setting.metadata.get("rule")
+        if check is None:  # a section of the file
             values[setting.name] = _validate(
                 SECTIONS[setting.name],
                 table.get(setting.name, {}),
@@ -388,22 +241,14 @@ def _validate(
             given.append((variable, env[variable]))
         for name, value in given:
             try:
-                values[setting.name] = rule(value, name, home)
-            except _Problem as exc:
+                values[setting.name] = check(value, name, home)
+            except rule.Problem as exc:
                 problems += [str(p) for p in exc.args]
                 values.pop(setting.name, None)
     made = cls(**values)
     if hasattr(made, "problems"):
         problems += made.problems()
     return made
-
-
-def _did_you_mean(key: str, known: set[str]) -> str:
-    """' (did you mean 'settle_seconds'?)' for a close known setting, else ''."""
-    import difflib
-
-    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -493,9 +338,9 @@ def _hub_from_env(
     if "endpoint" not in given and env.get("HF_ENDPOINT"):
         try:
             hub = dataclasses.replace(
-                hub, endpoint=_endpoint(env["HF_ENDPOINT"], "HF_ENDPOINT", Path())
+                hub, endpoint=rule.endpoint(env["HF_ENDPOINT"], "HF_ENDPOINT", Path())
             )
-        except _Problem as exc:
+        except rule.Problem as exc:
             problems += [str(p) for p in exc.args]
     if env.get("HF_HUB_OFFLINE", "").strip().lower() in TRUE_WORDS:
         hub = dataclasses.replace(hub, offline=True)
