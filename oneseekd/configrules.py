@@ -12,12 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from oneseekd.spec import REPORTERS  # the request field's vocabulary: where curves may go
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_HOST_LENGTH = 255
 METRICS_LOOPBACK = "127.0.0.1"  # [metrics] listen given as a bare port binds here
-# where a run's curves may be reported (a request's `report_to`, `[trainer] report_to`):
-# "tensorboard" writes event files under HOME/runs/<run_id>/tensorboard/ (trainer/curves.py)
-REPORTERS: tuple[str, ...] = ("tensorboard",)
 
 
 class Problem(Exception):

@@ -10,3 +10,8 @@
 Nothing here imports the rest of oneseekd, torch or the database; the imports run one way,
 `names`, `fields` -> `request` -> `host`, and `memory` -> `plan`.
 """
+
+# where a run's curves may be reported (a request's `report_to`, `[trainer] report_to`):
+# "tensorboard" writes event files under HOME/runs/<run_id>/tensorboard/ (trainer/curves.py).
+# Here, with no import, so that the configuration's read path can check it without pydantic.
+REPORTERS: tuple[str, ...] = ("tensorboard",)

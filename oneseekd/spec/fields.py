@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import BeforeValidator, PlainValidator
 
-from oneseekd.configrules import REPORTERS
+from oneseekd.spec import REPORTERS
 
 # sharding "auto" shards a model whose weights take more than this share of one GPU's memory
 FSDP_AUTO_FRACTION = 0.5
