@@ -305,7 +305,7 @@ IMPORT_GROUPS = (
     ("click", "click"),
     ("cryptography (ed25519)", "cryptography.hazmat.primitives.asymmetric.ed25519"),
     ("watchdog", "watchdog.observers"),
-    ("structlog (imports asyncio, and ssl with it)", "structlog"),
+    ("structlog", "structlog"),
     ("oneseekd.config, db (models, migrate)", "oneseekd.db.migrate"),
     ("oneseekd.intake (pydantic schema)", "oneseekd.intake.accept"),
     ("oneseekd.daemon.service (the rest)", "oneseekd.daemon.service"),
