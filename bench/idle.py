@@ -15,8 +15,7 @@ shared and noisy: compare ratios, not absolute figures):
 
 - `python -c "import time; time.sleep(N)"`: the interpreter alone;
 - the same after importing the daemon's libraries (sqlalchemy, pydantic, structlog, click,
-  watchdog, apscheduler, cryptography): what the dependencies cost before oneseekd does
-  anything.
+  watchdog, cryptography): what the dependencies cost before oneseekd does anything.
 
 Goals (issue 6): under 80 MB RSS and under 1% of one core.
 
@@ -27,11 +26,12 @@ through the window, as Prometheus would: the same goals hold.
 `--why` adds the diagnosis of where the figures come from:
 
 - memory: the RSS each group of imports adds, in the order the daemon imports them, measured
-  in a fresh interpreter (`python -X importtime -c "import oneseekd.daemon.service"` names the
-  modules behind each group);
-- CPU: the CPU time of each thing the main loop does on every idle tick (it ticks every
-  TICK_SECONDS), timed in this process on a home of the same size, and what that costs as a
-  share of one core.
+  in a fresh interpreter that keeps `rich` out as the daemon's entry point does
+  (oneseekd/entry.py), and which of alembic and rich the daemon's own imports loaded (neither,
+  on a database at head); `python -X importtime -m oneseekd --home HOME` names the modules;
+- CPU: the CPU time of each thing the idle main loop does, timed in this process on a home of
+  the same size, times how often the loop does it (every TICK_SECONDS tick, once a
+  QUEUE_LOOK_SECONDS, once a HEARTBEAT_SECONDS), as a share of one core.
 
 Run: .venv/bin/python bench/idle.py [--seconds 60] [--models 1000] [--metrics] [--json] [--why]
 """
@@ -61,7 +61,7 @@ RSS_GOAL_MB = 80.0
 CPU_GOAL_PERCENT = 1.0
 SETTLE_AFTER_READY_S = 3.0
 TINY = {"w": [8, 8]}  # one 8x8 F32 tensor: a 256-byte weight file per model
-LIBRARIES = "sqlalchemy, pydantic, structlog, click, watchdog, apscheduler, cryptography"
+LIBRARIES = "sqlalchemy, pydantic, structlog, click, watchdog, cryptography"
 SCRAPE_INTERVAL_S = 15.0  # Prometheus' usual scrape_interval
 
 
@@ -305,24 +305,30 @@ IMPORT_GROUPS = (
     ("click", "click"),
     ("cryptography (ed25519)", "cryptography.hazmat.primitives.asymmetric.ed25519"),
     ("watchdog", "watchdog.observers"),
-    ("apscheduler", "apscheduler.schedulers.background"),
-    ("structlog (imports rich when installed)", "structlog"),
-    ("alembic (+ mako, every dialect's DDL)", "alembic.command"),
-    ("oneseekd.db", "oneseekd.db.migrate"),
+    ("structlog", "structlog"),
+    ("oneseekd.config, db (models, migrate)", "oneseekd.db.migrate"),
     ("oneseekd.intake (pydantic schema)", "oneseekd.intake.accept"),
     ("oneseekd.daemon.service (the rest)", "oneseekd.daemon.service"),
+    ("oneseekd.daemon.command (the entry point's)", "oneseekd.daemon.command"),
+    ("oneseekd.metrics.server (with [metrics] only)", "oneseekd.metrics.server"),
 )
 
+# `rich` kept out as oneseekd/entry.py keeps it out of the daemon; alembic and rich named when
+# the daemon's own imports (before the metrics, which only [metrics] listen imports) load them
 _IMPORT_PROBE = """
 import importlib, json, re, sys
+sys.modules["rich"] = None
 def rss():
     text = open("/proc/self/status").read()
     return int(re.search(r"VmRSS:\\s+(\\d+)", text).group(1)) / 1024
 out = [["python", rss()]]
 for label, module in json.loads(sys.argv[1]):
+    if module == "oneseekd.metrics.server":
+        loaded = [m for m in ("alembic", "rich") if sys.modules.get(m) is not None]
+        said = ", ".join(loaded) or "no alembic, no rich"
+        out.append(["(the daemon's imports loaded: %s)" % said, rss()])
     importlib.import_module(module)
     out.append([label, rss()])
-out.append(["(rich imported: %s)" % ("rich" in sys.modules), rss()])
 print(json.dumps(out))
 """
 
@@ -338,20 +344,29 @@ def import_costs() -> list[tuple[str, float]]:
     return [(label, float(mb)) for label, mb in json.loads(done.stdout)]
 
 
-def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float]]:
-    """CPU microseconds per call of each thing the idle main loop does, on a home of `models`
-    ready models (the daemon's own components, in this process)."""
+def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float, float]]:
+    """What the idle main loop does, on a home of `models` ready models (the daemon's own
+    components, in this process): each thing's CPU microseconds per call, and how many times a
+    second the loop calls it."""
     import logging
+    from types import SimpleNamespace
 
     import structlog
 
-    from oneseekd import queue
     from oneseekd.catalog.live import Catalog
     from oneseekd.catalog.scan import model_roots
+    from oneseekd.certify.ledger import Ledger
     from oneseekd.config import load_config
+    from oneseekd.daemon.service import (
+        HEARTBEAT_SECONDS,
+        QUEUE_LOOK_SECONDS,
+        TICK_SECONDS,
+        Daemon,
+    )
     from oneseekd.daemon.supervisor import Supervisor
-    from oneseekd.db.engine import make_engine
+    from oneseekd.db.engine import ChangeProbe, DatabaseFile, make_engine
     from oneseekd.db.migrate import upgrade
+    from oneseekd.hub.downloads import STALE_CHECK_SECONDS, Downloads
     from oneseekd.intake.accept import Intake
     from oneseekd.intake.dropfolder import DropFolder
     from oneseekd.intake.rows import PendingRows
@@ -366,32 +381,52 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float]]:
         upgrade(engine)
         catalog = Catalog(engine, model_roots(config), config.catalog.settle_seconds)
         catalog.full_scan()
-        intake = Intake(engine, config.home)
+        ledger = Ledger.for_home(engine, config.home)
+        intake = Intake(engine, config.home, ledger=ledger)
         drops = DropFolder(intake, config.home, config.intake.settle_seconds)
         pending = PendingRows(intake, engine)
-        supervisor = Supervisor(engine, config, None)
-        steps = {
-            "catalog.process_due() + pending()": lambda: (
-                catalog.process_due(),
-                catalog.pending(),
+        supervisor = Supervisor(engine, config, None, ledger=ledger)
+        downloads = Downloads(engine, config, ledger=ledger, catalog=catalog)
+        downloads.wait_for_change = True
+        downloads.tick()  # the first look, owed at start; then nothing is owed
+        probe = ChangeProbe(engine)
+        database = DatabaseFile(engine)
+        daemon = Daemon(config)
+        daemon._register(engine)
+        parts = SimpleNamespace(supervisor=supervisor, downloads=downloads)
+        every_tick = 1 / TICK_SECONDS
+        steps: list[tuple[str, Callable[[], object], float]] = [
+            ("database file check (stat)", database.problem, every_tick),
+            (
+                "catalog.process_due() + pending()",
+                lambda: (catalog.process_due(), catalog.pending()),
+                every_tick,
             ),
-            "drops.poll() (scandir of requests/)": drops.poll,
-            "rows.poll() (PRAGMA data_version)": pending.poll,
-            "supervisor.tick(), of which:": supervisor.tick,
-            "  queue.cancel_queued_flagged() (write txn)": lambda: queue.cancel_queued_flagged(
-                engine, ledger=supervisor.ledger
+            ("drops.poll() (scandir of requests/)", drops.poll, every_tick),
+            ("rows.poll() (PRAGMA data_version)", pending.poll, every_tick),
+            ("loop's probe.changed() (PRAGMA data_version)", probe.changed, every_tick),
+            ("downloads.tick() (no look owed)", downloads.tick, every_tick),
+            ("supervisor.tick() (empty queue: one read)", supervisor.tick, 1 / QUEUE_LOOK_SECONDS),
+            (
+                "heartbeat (status line, one write txn)",
+                lambda: daemon._heartbeat(engine, Daemon._status_line(engine, parts)),  # type: ignore[arg-type]
+                1 / HEARTBEAT_SECONDS,
             ),
-            "  queue.claim_next() (write txn)": lambda: queue.claim_next(
-                engine, None, ledger=supervisor.ledger
+            (
+                "after the heartbeat's commit: rows + downloads look",
+                lambda: (pending.poll(force=True), downloads.pending_ids()),
+                1 / HEARTBEAT_SECONDS,
             ),
-        }
+            ("downloads.recover() (a read)", downloads.recover, 1 / STALE_CHECK_SECONDS),
+        ]
         costs = []
-        for label, step in steps.items():
+        for label, step, rate in steps:
             step()  # warm caches
             started = time.process_time()
             for _ in range(calls):
                 step()
-            costs.append((label, 1e6 * (time.process_time() - started) / calls))
+            costs.append((label, 1e6 * (time.process_time() - started) / calls, rate))
+        probe.close()
         pending.close()
         engine.dispose()
         return costs
@@ -400,21 +435,21 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float]]:
 
 
 def report_why(models: int) -> None:
-    from oneseekd.daemon.service import TICK_SECONDS
-
     print()
-    print("why, memory: RSS after each group of imports (fresh interpreter)")
+    print("why, memory: RSS after each group of imports (fresh interpreter, rich kept out)")
     previous = None
     for label, mb in import_costs():
         added = "" if previous is None else f"+{mb - previous:5.1f}"
-        print(f"  {label:46} {mb:6.1f} MB {added}")
+        print(f"  {label:50} {mb:6.1f} MB {added}")
         previous = mb
-    ticks = 1 / TICK_SECONDS
     print()
-    print(f"why, CPU: each idle tick of the main loop ({ticks:g} ticks/s), {models} models")
-    for label, micros in tick_costs(models):
-        share = micros * ticks / 1e4
-        print(f"  {label:46} {micros:8.0f} us/tick  = {share:5.2f}% of a core")
+    print(f"why, CPU: what the idle main loop does, {models} models")
+    total = 0.0
+    for label, micros, rate in tick_costs(models):
+        share = micros * rate / 1e4
+        total += share
+        print(f"  {label:50} {micros:7.0f} us x {rate:4.1f}/s = {share:5.3f}% of a core")
+    print(f"  {'in all':50} {'':22} {total:5.3f}% of a core")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,20 +10,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import structlog
 from daemon import query
 from homes import open_home, training_home
-from sqlalchemy import text
+from sqlalchemy import Engine, event, text
 
+from oneseekd.catalog.live import Catalog
+from oneseekd.catalog.scan import model_roots
+from oneseekd.certify.ledger import Ledger
 from oneseekd.config import load_config
 from oneseekd.daemon import service
 from oneseekd.daemon.service import Daemon
 from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.db.engine import ChangeProbe, make_engine, write_session
 from oneseekd.db.migrate import head_revision, scripted_head
+from oneseekd.hub.downloads import Downloads
 
 
 def test_the_scripted_head_is_alembic_s_head() -> None:
@@ -31,12 +36,13 @@ def test_the_scripted_head_is_alembic_s_head() -> None:
 
 
 def _modules_after_a_daemon_run(home: Path, out: Path) -> list[str]:
-    """Run the real entry point to idle, and name which of alembic/rich it had imported."""
+    """Run the real entry point to idle, and name which of alembic, rich and apscheduler (no
+    longer a dependency, but installed here) it had imported."""
     code = (
         "import atexit, json, sys\n"
         f"out = {str(out)!r}\n"
         "def report():\n"
-        "    open(out, 'w').write(json.dumps(sorted(m for m in ('alembic', 'rich')"
+        "    open(out, 'w').write(json.dumps(sorted(m for m in ('alembic', 'rich', 'apscheduler')"
         " if sys.modules.get(m) is not None)))\n"
         "atexit.register(report)\n"
         f"sys.argv = ['oneseekd', '--home', {str(home)!r}, '--exit-when-idle']\n"
@@ -50,13 +56,16 @@ def _modules_after_a_daemon_run(home: Path, out: Path) -> list[str]:
     return list(json.loads(out.read_text()))
 
 
-def test_a_daemon_on_a_current_database_never_imports_alembic_or_rich(tmp_path: Path) -> None:
+def test_a_daemon_on_a_current_database_never_imports_alembic_rich_or_a_scheduler(
+    tmp_path: Path,
+) -> None:
     home = training_home(tmp_path / "home")
     out = tmp_path / "modules"
     # the first start migrates the new database, in a child interpreter
     assert _modules_after_a_daemon_run(home, out) == []
     assert query(home, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
-    # every later start finds it current without alembic; rich is never loaded
+    # every later start finds it current without alembic; rich is never loaded, and the
+    # periodic full scan is the loop's own timer, not APScheduler's thread
     assert _modules_after_a_daemon_run(home, out) == []
 
 
@@ -195,3 +204,114 @@ def test_a_step_that_raises_is_logged_and_retried_and_the_daemon_keeps_serving(
     assert [e.get("exc_info") for e in failed] == [True, False]  # the traceback once
     assert [e["after_failures"] for e in events if e["event"] == "part_recovered"] == [2]
     assert query(home, "SELECT state FROM runs") == [("succeeded",)]
+
+
+def _statements(engine_statements: list[tuple[float, str]]) -> Callable[..., None]:
+    """A listener on engines: each statement this thread (the daemon's loop) sends, with when;
+    a write from any thread (the metrics snapshot's reads are its own)."""
+    loop = threading.current_thread()
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if threading.current_thread() is loop or statement == "BEGIN IMMEDIATE":
+            engine_statements.append((time.monotonic(), statement))
+
+    return record
+
+
+def test_an_idle_daemon_with_metrics_on_writes_only_its_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle, with nothing queued or running and metrics on (its snapshot read every 0.2 s):
+    the only write transaction is the daemon's heartbeat, where each look at the queue was two
+    (cancel flags, a claim), one a second; and model_downloads is looked at for new rows only
+    after a commit (the heartbeat's), not twice a second."""
+    home = training_home(tmp_path / "home")
+    with (home / "oneseekd.toml").open("a") as fh:
+        fh.write('[metrics]\nlisten = "127.0.0.1:0"\nrefresh_seconds = 0.2\n')
+    monkeypatch.setattr(service, "HEARTBEAT_SECONDS", 2.0)
+    sent: list[tuple[float, str]] = []
+    listener = _statements(sent)
+    event.listen(Engine, "before_cursor_execute", listener)
+    daemon = Daemon(load_config(home, env={}))
+    window = 4.0
+    marks: dict[str, float] = {}
+
+    def stop_after_quiet_window() -> None:
+        while getattr(daemon, "_parts", None) is None:
+            time.sleep(0.05)
+        time.sleep(1.0)  # past start-up
+        marks["start"] = time.monotonic()
+        time.sleep(window)
+        marks["end"] = time.monotonic()
+        daemon.stop_requested = True
+
+    stopper = threading.Thread(target=stop_after_quiet_window)
+    stopper.start()
+    try:
+        assert daemon.run() == 0
+    finally:
+        event.remove(Engine, "before_cursor_execute", listener)
+        stopper.join()
+    quiet = [sql for at, sql in sent if marks["start"] <= at <= marks["end"]]
+    heartbeats = [sql for sql in quiet if sql.startswith("UPDATE daemons SET heartbeat_at")]
+    writes = [sql for sql in quiet if sql == "BEGIN IMMEDIATE"]
+    assert 1 <= len(heartbeats) <= 3  # one every 2 s
+    assert len(writes) == len(heartbeats), [
+        sql for sql in quiet if sql.startswith(("UPDATE", "INSERT", "DELETE"))
+    ]
+    looks = [sql for sql in quiet if "FROM model_downloads" in sql and "pending" in sql]
+    assert len(looks) <= len(heartbeats)  # without the gate: about 8
+
+
+def test_a_supervisor_with_an_empty_queue_takes_no_write_transaction(tmp_path: Path) -> None:
+    """Every step of a tick acts on a queued or a running run: with none, one read of the queue
+    and nothing written (it used to be a cancel-flag and a claim write transaction)."""
+    home = training_home(tmp_path / "home")
+    config, engine = open_home(home)
+    supervisor = Supervisor(engine, config, None)
+    sent: list[tuple[float, str]] = []
+    listener = _statements(sent)
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        for _ in range(3):
+            supervisor.tick()
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+        engine.dispose()
+    statements = [sql for _, sql in sent]
+    assert "BEGIN IMMEDIATE" not in statements
+    assert len([sql for sql in statements if "FROM runs" in sql]) == 3, statements
+
+
+def test_new_download_rows_are_looked_for_only_after_a_commit(tmp_path: Path) -> None:
+    """The loop tells Downloads when its data_version probe saw a commit; until then a row
+    INSERTed is not looked for, and once told, the next tick takes it (here: fails it, the
+    repository name being impossible, with no Hub needed)."""
+    home = training_home(tmp_path / "home")
+    config, engine = open_home(home)
+    catalog = Catalog(engine, model_roots(config), 0.0, host=config.catalog.host)
+    downloads = Downloads(
+        engine, config, ledger=Ledger.for_home(engine, config.home), catalog=catalog
+    )
+    downloads.wait_for_change = True
+    try:
+        downloads.tick()  # the first look is owed: nothing there
+        other = make_engine(config.db_url)
+        with other.begin() as conn:
+            conn.execute(text("INSERT INTO model_downloads (repository) VALUES ('not a repo')"))
+        other.dispose()
+
+        def status() -> str:
+            with engine.connect() as conn:
+                return str(conn.execute(text("SELECT status FROM model_downloads")).scalar_one())
+
+        downloads._last_look = float("-inf")
+        downloads.tick()
+        assert status() == "pending"  # no change reported: not looked for
+        downloads.database_changed()
+        downloads._last_look = float("-inf")
+        downloads.tick()
+        assert status() == "failed"
+    finally:
+        downloads.shutdown()
+        engine.dispose()

@@ -384,8 +384,11 @@ def test_a_reap_cut_short_by_a_database_error_is_finished_later(
 def test_a_database_outage_stops_the_trainer_before_its_lease_can_expire(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from oneseekd.daemon import supervisor as module
+
     _run_id, child = _training(world, sleep=30)
-    monkeypatch.setattr(queue, "cancel_queued_flagged", _db_down)  # every query fails
+    monkeypatch.setattr(module, "_live_states", _db_down)  # every query fails
+    monkeypatch.setattr(queue, "cancel_queued_flagged", _db_down)
     monkeypatch.setattr(queue, "heartbeat", _db_down)
     child.renewed_at -= world.config.trainer.lease_seconds  # past 80 % of the lease
     with pytest.raises(OperationalError):

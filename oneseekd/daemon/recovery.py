@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("oneseekd.supervisor")
 
 
-def _settle_current(sup: Supervisor) -> None:
+def settle_current(sup: Supervisor) -> None:
     try:  # a CURRENT move whose ledger event committed before a crash is finished now
         current.settle(sup.engine, sup.config.home)
     except (OSError, current.ViewBlocked) as exc:
@@ -37,7 +37,7 @@ def _settle_current(sup: Supervisor) -> None:
 def recover(sup: Supervisor) -> None:
     """A run this host left `running` when its daemon stopped or died: resume it, or fail
     it. Runs of other hosts are taken over only once their lease expires (see take_over)."""
-    _settle_current(sup)
+    settle_current(sup)
     run = queue.running_run(sup.engine, sup.config.catalog.host)
     if run is not None:
         resume(sup, run, f"resumed after the daemon restarted (attempt {run.attempts + 1})")
@@ -47,7 +47,7 @@ def resume_own(sup: Supervisor) -> bool:
     """A run of this host left `running` with no child here (its start failed after the
     claim, a reap was cut short by an error, or it was abandoned while the database was
     unreachable): resume it as a restart would. True when there was one."""
-    _settle_current(sup)
+    settle_current(sup)
     run = queue.running_run(sup.engine, sup.config.catalog.host)
     if run is None:
         return False

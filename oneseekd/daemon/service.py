@@ -13,7 +13,6 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import structlog
-from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -79,6 +78,7 @@ class Daemon:
         self.stop_requested = False
         self.signals = 0
         self._full_scan_due = False
+        self._next_full_scan = float("inf")  # monotonic; set once the first full scan is done
         self._reload_due = False
         self._row_id: int | None = None
         self._parts_alone = Alone()  # the doors and the catalog fail (and back off) alone
@@ -185,15 +185,8 @@ class Daemon:
             self._metrics.watch(engine)
         watcher = Watcher(catalog)
         watcher.start()
-        scheduler = BackgroundScheduler(daemon=True)
-        scheduler.add_job(
-            self._request_full_scan,
-            "interval",
-            seconds=cfg.catalog.rescan_interval_seconds,
-            id="full_scan",
-        )
-        scheduler.start()
-        self._scheduler = scheduler
+        # the periodic full scan is a time the loop checks, not a scheduler's thread
+        self._next_full_scan = time.monotonic() + cfg.catalog.rescan_interval_seconds
         self._watcher = watcher
         log.info("daemon_ready", watched=[str(p) for p in watcher.watched])
         self.notifier.ready(self._status_line(engine, self._parts))
@@ -207,7 +200,6 @@ class Daemon:
             except Exception as exc:  # the row waits for the next start either way
                 log.error("download_stop_failed", error=f"{type(exc).__name__}: {exc}")
             rows.close()
-            scheduler.shutdown(wait=False)
             self._watcher.stop()
             try:
                 self._heartbeat(engine, "stopped", stopped=True)
@@ -230,6 +222,8 @@ class Daemon:
 
     def _loop(self, engine: Engine, parts: _Parts) -> None:
         probe = ChangeProbe(engine)
+        # new download rows are looked for on a change, where there is a probe to tell
+        parts.downloads.wait_for_change = probe.available
         try:
             self._loop_until_stopped(engine, parts, probe)
         finally:
@@ -299,6 +293,9 @@ class Daemon:
             self.notifier.watchdog()  # from the loop itself: a hung loop gets restarted
             self._last_ping = time.monotonic()
         self._doing = "catalog"
+        if time.monotonic() >= self._next_full_scan:
+            self._next_full_scan = time.monotonic() + self.config.catalog.rescan_interval_seconds
+            self._full_scan_due = True
         if self._full_scan_due:
             self._full_scan_due = False
             if self._parts_alone.run("catalog", catalog.full_scan) is not None:
@@ -317,17 +314,15 @@ class Daemon:
                 self._mark("intake")
         self._doing = "supervisor"
         now = time.monotonic()
-        # a look at the queue is a write transaction: idle, take one only when something
-        # changed (a request decided, a run cancelled or finished) or the safety net is due
-        if (
-            parts.supervisor.busy
-            or taken
-            or probe.changed()
-            or now - self._last_look >= QUEUE_LOOK_SECONDS
-        ):
+        changed = probe.changed()  # once a tick, for every part that looks only on a change
+        # idle, look at the queue only when something changed (a request decided, a run
+        # cancelled or finished) or the safety net is due
+        if parts.supervisor.busy or taken or changed or now - self._last_look >= QUEUE_LOOK_SECONDS:
             parts.supervisor.tick(accepting=not self.stop_requested)
             self._last_look = now
         self._doing = "downloads"
+        if changed:
+            parts.downloads.database_changed()
         if not self.stop_requested:  # a thread of its own: never in training's way
             self._parts_alone.run("downloads", parts.downloads.tick)
         self._doing = "idle check"
@@ -397,9 +392,8 @@ class Daemon:
         parts.supervisor.config = new
         parts.downloads.config = new
         if new.catalog.rescan_interval_seconds != old.catalog.rescan_interval_seconds:
-            self._scheduler.reschedule_job(
-                "full_scan", trigger="interval", seconds=new.catalog.rescan_interval_seconds
-            )
+            # counted from now, as a new interval is
+            self._next_full_scan = time.monotonic() + new.catalog.rescan_interval_seconds
         if new.catalog.extra_roots != old.catalog.extra_roots:
             roots = model_roots(new)
             catalog.roots = roots

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from oneseekd import protocol, queue
@@ -28,6 +28,15 @@ from oneseekd.db.models import Run
 from oneseekd.errors import OneseekError
 
 log = structlog.get_logger("oneseekd.supervisor")
+
+
+def _live_states(engine: Engine) -> set[str]:
+    """Which of `queued` and `running` some run is in (any host's), from the queue's index."""
+    with engine.connect() as conn:  # no Session: this runs every second an idle daemon ticks
+        found = conn.scalars(
+            select(Run.state).where(Run.state.in_(("queued", "running"))).distinct()
+        )
+        return set(found)
 
 
 class Supervisor:
@@ -64,11 +73,22 @@ class Supervisor:
 
     # --- the loop ----------------------------------------------------------------------------
     def tick(self, *, accepting: bool = True) -> None:
-        """Watch the child; when there is none and the daemon is accepting, start the next."""
+        """Watch the child; when there is none and the daemon is accepting, start the next.
+
+        Every step below acts on a queued run (a cancel flag, a claim) or a running one (a
+        resume, a takeover): one read of the queue's index says whether there are any, so an
+        empty queue costs that read, not two write transactions and four reads."""
         self.watch()  # first: a failing write below must not keep the child unwatched
-        for run_id in queue.cancel_queued_flagged(self.engine, ledger=self.ledger):
-            log.info("run_cancelled", run_id=run_id, while_state="queued")
-        if self.child is not None or not accepting or recovery.resume_own(self):
+        live = _live_states(self.engine)
+        if "queued" in live:
+            for run_id in queue.cancel_queued_flagged(self.engine, ledger=self.ledger):
+                log.info("run_cancelled", run_id=run_id, while_state="queued")
+        if self.child is not None or not accepting:
+            return
+        if not live:
+            recovery.settle_current(self)  # a file's check: no run needs the database
+            return
+        if recovery.resume_own(self):
             return
         launchable = launch.launchable(self.engine, self.config)
         if not self._take_over(launchable):

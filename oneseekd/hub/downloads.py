@@ -46,7 +46,7 @@ log = structlog.get_logger("oneseekd.hub")
 
 PROGRESS_SECONDS = 1.0  # how often a download writes its row
 BEAT_SECONDS = 5.0  # the row's heartbeat while nothing arrives (pinning, retries, backoff)
-LOOK_SECONDS = 0.5  # how often the loop looks for a new row
+LOOK_SECONDS = 0.5  # at most how often the loop looks for a new row, once the database changed
 STALE_CHECK_SECONDS = 5.0  # how often rows left running by a dead `oneseekctl pull` are looked for
 ATTEMPTS = 5
 BACKOFF_SECONDS = 2.0
@@ -117,6 +117,10 @@ class Downloads:
         self.log: Any = log
         self._last_stale_check = float("-inf")
         self._last_look = float("-inf")
+        # the daemon's loop sets this where it has a change probe, and then calls
+        # database_changed() on each change: pending rows are looked for only after one
+        self.wait_for_change = False
+        self._look_due = True  # a look for pending rows is owed (the first one, or a change)
 
     @property
     def host(self) -> str:
@@ -247,22 +251,36 @@ class Downloads:
             self.log.info("download_cancelled", **said)
 
     # --- the daemon's loop -------------------------------------------------------------------
+    def database_changed(self) -> None:
+        """Someone committed (the loop's `PRAGMA data_version` probe saw it): a new row may be
+        there. Owed until a look is taken, even while this part backs off from a failure."""
+        self._look_due = True
+
     def tick(self) -> None:
-        """One look from the loop: end a finished download, else start the next."""
+        """One look from the loop: end a finished download, else start the next.
+
+        With `wait_for_change`, pending rows are looked for only once the database changed
+        (a new row is a commit): an idle daemon does not read the table twice a second for
+        nothing."""
         job = self.job
         if job is not None:
             if job.thread is not None and job.thread.is_alive():
                 return
             self.job = None
             self.finish(job)
+            self._look_due = True  # the next pending row, if any, starts now
         now = time.monotonic()
         if now - self._last_stale_check >= STALE_CHECK_SECONDS:
             self._last_stale_check = now
-            self.recover()  # a `oneseekctl pull` that died leaves its row to the daemon
+            if self.recover():  # a `oneseekctl pull` that died leaves its row to the daemon
+                self._look_due = True
+        if self.wait_for_change and not self._look_due:
+            return
         if now - self._last_look < LOOK_SECONDS:
             return
         self._last_look = now
         if not self.pending_ids():  # a read: the loop's idle turns take no write lock here
+            self._look_due = False
             return
         started = self.claim()
         if started is not None:
