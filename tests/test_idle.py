@@ -36,13 +36,12 @@ def test_the_scripted_head_is_alembic_s_head() -> None:
 
 
 def _modules_after_a_daemon_run(home: Path, out: Path) -> list[str]:
-    """Run the real entry point to idle, and name which of alembic, rich and apscheduler (no
-    longer a dependency, but installed here) it had imported."""
+    """Run the real entry point to idle, and name which of alembic and rich it had imported."""
     code = (
         "import atexit, json, sys\n"
         f"out = {str(out)!r}\n"
         "def report():\n"
-        "    open(out, 'w').write(json.dumps(sorted(m for m in ('alembic', 'rich', 'apscheduler')"
+        "    open(out, 'w').write(json.dumps(sorted(m for m in ('alembic', 'rich')"
         " if sys.modules.get(m) is not None)))\n"
         "atexit.register(report)\n"
         f"sys.argv = ['oneseekd', '--home', {str(home)!r}, '--exit-when-idle']\n"
@@ -56,7 +55,7 @@ def _modules_after_a_daemon_run(home: Path, out: Path) -> list[str]:
     return list(json.loads(out.read_text()))
 
 
-def test_a_daemon_on_a_current_database_never_imports_alembic_rich_or_a_scheduler(
+def test_a_daemon_on_a_current_database_never_imports_alembic_or_rich(
     tmp_path: Path,
 ) -> None:
     home = training_home(tmp_path / "home")
@@ -64,8 +63,7 @@ def test_a_daemon_on_a_current_database_never_imports_alembic_rich_or_a_schedule
     # the first start migrates the new database, in a child interpreter
     assert _modules_after_a_daemon_run(home, out) == []
     assert query(home, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
-    # every later start finds it current without alembic; rich is never loaded, and the
-    # periodic full scan is the loop's own timer, not APScheduler's thread
+    # every later start finds it current without alembic; rich is never loaded
     assert _modules_after_a_daemon_run(home, out) == []
 
 

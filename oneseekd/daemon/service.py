@@ -13,6 +13,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -78,7 +79,6 @@ class Daemon:
         self.stop_requested = False
         self.signals = 0
         self._full_scan_due = False
-        self._next_full_scan = float("inf")  # monotonic; set once the first full scan is done
         self._reload_due = False
         self._row_id: int | None = None
         self._parts_alone = Alone()  # the doors and the catalog fail (and back off) alone
@@ -185,8 +185,17 @@ class Daemon:
             self._metrics.watch(engine)
         watcher = Watcher(catalog)
         watcher.start()
-        # the periodic full scan is a time the loop checks, not a scheduler's thread
-        self._next_full_scan = time.monotonic() + cfg.catalog.rescan_interval_seconds
+        # the periodic full scan: APScheduler's thread sleeps until it is due, then flags it
+        # for the loop (the scan itself runs on the loop, never beside it)
+        scheduler = BackgroundScheduler(daemon=True)
+        scheduler.add_job(
+            self._request_full_scan,
+            "interval",
+            seconds=cfg.catalog.rescan_interval_seconds,
+            id="full_scan",
+        )
+        scheduler.start()
+        self._scheduler = scheduler
         self._watcher = watcher
         log.info("daemon_ready", watched=[str(p) for p in watcher.watched])
         self.notifier.ready(self._status_line(engine, self._parts))
@@ -200,6 +209,7 @@ class Daemon:
             except Exception as exc:  # the row waits for the next start either way
                 log.error("download_stop_failed", error=f"{type(exc).__name__}: {exc}")
             rows.close()
+            scheduler.shutdown(wait=False)
             self._watcher.stop()
             try:
                 self._heartbeat(engine, "stopped", stopped=True)
@@ -293,9 +303,6 @@ class Daemon:
             self.notifier.watchdog()  # from the loop itself: a hung loop gets restarted
             self._last_ping = time.monotonic()
         self._doing = "catalog"
-        if time.monotonic() >= self._next_full_scan:
-            self._next_full_scan = time.monotonic() + self.config.catalog.rescan_interval_seconds
-            self._full_scan_due = True
         if self._full_scan_due:
             self._full_scan_due = False
             if self._parts_alone.run("catalog", catalog.full_scan) is not None:
@@ -392,8 +399,9 @@ class Daemon:
         parts.supervisor.config = new
         parts.downloads.config = new
         if new.catalog.rescan_interval_seconds != old.catalog.rescan_interval_seconds:
-            # counted from now, as a new interval is
-            self._next_full_scan = time.monotonic() + new.catalog.rescan_interval_seconds
+            self._scheduler.reschedule_job(
+                "full_scan", trigger="interval", seconds=new.catalog.rescan_interval_seconds
+            )
         if new.catalog.extra_roots != old.catalog.extra_roots:
             roots = model_roots(new)
             catalog.roots = roots
