@@ -4,7 +4,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from homes import open_home, training_home
@@ -140,3 +140,20 @@ def pg_url(pg_cluster: Cluster | None) -> str:
             f"{REQUIRE_ENV}=1 makes this an error"
         )
     return pg_cluster.create_database()
+
+
+@pytest.fixture
+def progress_reports(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every progress report the trainer makes in this process, written to the row or not
+    (its throttle)."""
+    from oneseekd.trainer import context
+
+    seen: list[dict[str, Any]] = []
+    report = context.Progress.report
+
+    def keep(self: context.Progress, data: dict[str, Any], *, force: bool = False) -> None:
+        seen.append(dict(data))
+        report(self, data, force=force)
+
+    monkeypatch.setattr(context.Progress, "report", keep)
+    return seen

@@ -11,7 +11,7 @@ import pytest
 import torch
 from trainhomes import TinyHome
 
-from oneseekd.trainer import context, loading, reporting
+from oneseekd.trainer import loading, reporting
 from oneseekd.trainer.loading import Device, memory_in_use
 
 
@@ -33,16 +33,12 @@ def test_the_cpu_holds_no_device_memory_and_a_gpu_reports_its_reserved_bytes(
 
 @pytest.mark.timeout(300)
 def test_every_step_report_carries_the_memory_the_device_holds(
-    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    progress_reports: list[dict[str, Any]],
 ) -> None:
-    seen: list[dict[str, Any]] = []
-    report = context.Progress.report
-
-    def keep(self: context.Progress, data: dict[str, Any], *, force: bool = False) -> None:
-        seen.append(dict(data))
-        report(self, data, force=force)
-
-    monkeypatch.setattr(context.Progress, "report", keep)
+    seen = progress_reports
     home = TinyHome(tmp_path / "home", cache, {"Tiny-Llama": "llama"})
     try:
         home.train(["llama"], epochs=1)  # on the CPU: no device memory in any report

@@ -125,6 +125,26 @@ def test_the_change_probe_sees_every_commit_and_nothing_else(tmp_path: Path) -> 
         engine.dispose()
 
 
+def _stop_after_a_quiet_window(
+    daemon: Daemon, settle: float, window: float, marks: dict[str, float]
+) -> threading.Thread:
+    """A thread that waits until the daemon runs, `settle` seconds past its start-up, marks
+    the `start` and `end` of a quiet `window`, then asks the daemon to stop."""
+
+    def stop() -> None:
+        while getattr(daemon, "_parts", None) is None:
+            time.sleep(0.05)
+        time.sleep(settle)
+        marks["start"] = time.monotonic()
+        time.sleep(window)
+        marks["end"] = time.monotonic()
+        daemon.stop_requested = True
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    return stopper
+
+
 def test_an_idle_daemon_looks_at_the_queue_only_when_the_database_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -142,18 +162,7 @@ def test_an_idle_daemon_looks_at_the_queue_only_when_the_database_changed(
     daemon = Daemon(load_config(home, env={}))
     window = 3.0
     marks: dict[str, float] = {}
-
-    def stop_after_quiet_window() -> None:
-        while getattr(daemon, "_parts", None) is None:
-            time.sleep(0.05)
-        time.sleep(0.5)  # past start-up
-        marks["start"] = time.monotonic()
-        time.sleep(window)
-        marks["end"] = time.monotonic()
-        daemon.stop_requested = True
-
-    stopper = threading.Thread(target=stop_after_quiet_window)
-    stopper.start()
+    stopper = _stop_after_a_quiet_window(daemon, 0.5, window, marks)
     assert daemon.run() == 0
     stopper.join()
     quiet = [t for t in ticks if marks["start"] <= t <= marks["end"]]
@@ -233,18 +242,7 @@ def test_an_idle_daemon_with_metrics_on_writes_only_its_heartbeat(
     daemon = Daemon(load_config(home, env={}))
     window = 4.0
     marks: dict[str, float] = {}
-
-    def stop_after_quiet_window() -> None:
-        while getattr(daemon, "_parts", None) is None:
-            time.sleep(0.05)
-        time.sleep(1.0)  # past start-up
-        marks["start"] = time.monotonic()
-        time.sleep(window)
-        marks["end"] = time.monotonic()
-        daemon.stop_requested = True
-
-    stopper = threading.Thread(target=stop_after_quiet_window)
-    stopper.start()
+    stopper = _stop_after_a_quiet_window(daemon, 1.0, window, marks)
     try:
         assert daemon.run() == 0
     finally:

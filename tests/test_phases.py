@@ -14,21 +14,12 @@ from structlog.testing import capture_logs
 from trainhomes import TinyHome
 
 from oneseekd.cli.status import describe_progress
-from oneseekd.trainer import context, phases
+from oneseekd.trainer import phases
 
 
 @pytest.fixture
-def reports(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Every progress report the trainer makes, written to the row or not (the throttle)."""
-    seen: list[dict[str, Any]] = []
-    report = context.Progress.report
-
-    def keep(self: context.Progress, data: dict[str, Any], *, force: bool = False) -> None:
-        seen.append(dict(data))
-        report(self, data, force=force)
-
-    monkeypatch.setattr(context.Progress, "report", keep)
-    return seen
+def reports(progress_reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return progress_reports
 
 
 @pytest.fixture
