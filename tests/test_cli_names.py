@@ -4,7 +4,6 @@ promote), and `show` / `runs` saying what a run was; issue 29: the held-out figu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 from crashharness import crash_home, drop, small_request
 from daemon import run_until_idle
+from demos import load_demo
 from homes import ctl, request
 
 CURRENT = "OneSeek-7B-Zero-CURRENT"
@@ -214,11 +214,7 @@ def test_status_prints_the_current_models_figures(two_runs: Path) -> None:
 
 
 def test_the_demos_last_screen_prints_the_figures(two_runs: Path) -> None:
-    path = Path(__file__).parent.parent / "demo" / "gain.py"
-    spec = importlib.util.spec_from_file_location("demo_gain", path)
-    assert spec is not None and spec.loader is not None
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_demo("gain")
     second = runs_of(two_runs)[1]
     shown = json.loads(ctl(two_runs, "show", second["run_id"], "--json").stdout)
     screen = demo.screen(shown)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
+
+from demos import load_demo
 
 
 def _watch() -> ModuleType:
-    path = Path(__file__).parent.parent / "demo" / "watch.py"
-    spec = importlib.util.spec_from_file_location("demo_watch", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_demo("watch")
 
 
 def test_after_the_run_the_line_says_how_it_ended_not_the_daemons_stale_activity() -> None:

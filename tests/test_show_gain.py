@@ -9,13 +9,12 @@ milliseconds); tests/test_cli_names.py checks the same lines on two really train
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sqlite3
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from demos import load_demo
 from homes import ctl
 
 from oneseekd.certify.gate import IMPROVED, TOO_FEW
@@ -165,19 +164,10 @@ def test_status_shows_the_newest_certified_runs_figures_when_nothing_is_current(
     assert held["figures"][MODEL]["trained_accuracy"] == 0.25
 
 
-def _demo_gain() -> ModuleType:
-    path = Path(__file__).parent.parent / "demo" / "gain.py"
-    spec = importlib.util.spec_from_file_location("demo_gain", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_demos_last_screen_says_when_a_run_has_no_figures(fake_home: Path) -> None:
     queued = submitted(fake_home)
     data = json.loads(ctl(fake_home, "show", queued, "--json").stdout)
-    assert _demo_gain().screen(data)[1:] == [
+    assert load_demo("gain").screen(data)[1:] == [
         "no held-out figures: the run has not trained yet; they are measured on its held-out "
         "records after training and certified with it"
     ]
