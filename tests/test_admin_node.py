@@ -77,13 +77,13 @@ def node_script(script: str, **values: Any) -> list[str]:
 
 def node(script: str, timeout: float = 60, **values: Any) -> Any:
     """Runs a Node script that prints one JSON value; fails on a non-zero exit or any lock."""
-    done = subprocess.run(
-        node_script(script, **values),
-        cwd=ADMIN_DIR,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return _json_of(node_script(script, **values), timeout)
+
+
+def _json_of(argv: list[str], timeout: float) -> Any:
+    """Runs a Node command (in the example's folder) that prints one JSON value: that value;
+    fails on a non-zero exit or any lock named on stderr."""
+    done = subprocess.run(argv, cwd=ADMIN_DIR, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr
     assert "locked" not in done.stderr.lower(), done.stderr
     return json.loads(done.stdout)
@@ -112,15 +112,7 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
 
 def cli(home: Path, *args: str, timeout: float = 60) -> Any:
     """`node cli.js HOME ARGS...`: its JSON answer (exit 0 and no lock asserted)."""
-    done = subprocess.run(
-        ["node", str(ADMIN_DIR / "cli.js"), str(home), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "locked" not in done.stderr.lower(), done.stderr
-    return json.loads(done.stdout)
+    return _json_of(["node", str(ADMIN_DIR / "cli.js"), str(home), *args], timeout)
 
 
 def test_a_request_from_node_is_trained_end_to_end(daemon: DaemonProcess) -> None:
