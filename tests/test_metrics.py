@@ -103,6 +103,13 @@ def test_a_daemon_with_metrics_is_scraped_while_it_takes_requests_and_trains(
     from trainhomes import FAST, tiny_home
 
     home = tiny_home(tmp_path / "home", cache, {"Tiny-Llama": "llama"})
+    hold = tmp_path / "hold"  # the trainer waits at its first step until the test releases it
+    hold.mkdir()
+    toml = home / "oneseekd.toml"
+    command = [sys.executable, str(Path(__file__).parent / "holdtrainer.py"), str(hold)]
+    toml.write_text(
+        toml.read_text().replace("[trainer]\n", f"[trainer]\ncommand = {json.dumps(command)}\n")
+    )
     with_metrics(home)
     with metrics_daemon(home) as (proc, port):
         proc.wait_event("daemon_ready", timeout=60)
@@ -138,12 +145,11 @@ def test_a_daemon_with_metrics_is_scraped_while_it_takes_requests_and_trains(
             con.execute("INSERT INTO training_requests (payload) VALUES (?)", (json.dumps(body),))
         con.close()
 
-        # while it trains: the running run's figures, as its progress reports them
+        # while it trains, held at its first step: the running run's figures, as its
+        # progress reports them
+        wait_for(lambda: (hold / "held").exists(), timeout=300, what="the trainer's first step")
         during = wait_for(
-            lambda: scraped_with(port, "oneseekd_run_step"),
-            timeout=300,
-            interval=0.05,
-            what="a step in a scrape",
+            lambda: scraped_with(port, "oneseekd_run_step"), timeout=30, what="a step in a scrape"
         )
         [(labels, step)] = named(during, "oneseekd_run_step").items()
         run_id, model = dict(labels)["run_id"], dict(labels)["model"]
@@ -156,6 +162,7 @@ def test_a_daemon_with_metrics_is_scraped_while_it_takes_requests_and_trains(
         assert value(during, "oneseekd_runs_started_total", how="started") == 1
         assert value(during, "oneseekd_runs", state="running") == 1
         promtool_check(scrape(port))
+        (hold / "release").touch()
 
         # the run ends; every counter has moved as the daemon logged
         wait_for(
