@@ -10,8 +10,9 @@ nested deeper than the bound.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, BinaryIO
 
+READ_CHUNK = 64 * 1024
 MAX_DEPTH = 64  # no config, index, header or proof the daemon reads nests deeper than a few
 
 
@@ -53,8 +54,24 @@ def loads(raw: bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH, what: str =
     return value
 
 
+def read_at_most(fh: BinaryIO, limit: int) -> bytes:
+    """Up to limit + 1 bytes of an open file (one more than the limit shows that it is
+    larger), read a chunk at a time: `fh.read(limit + 1)` allocates limit + 1 bytes before it
+    reads one, 4 MB for each 1 KB config.json the catalog reads. glibc then serves those
+    blocks from the heap, and a scan of 1,000 folders left the idle daemon 2 MB larger."""
+    parts: list[bytes] = []
+    total = 0
+    while total <= limit:
+        part = fh.read(min(READ_CHUNK, limit + 1 - total))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
+
+
 def read(path: Any, *, max_bytes: int, max_depth: int = MAX_DEPTH, what: str | None = None) -> Any:
     """A file's JSON with the bounds above; reads at most max_bytes + 1 bytes (OSError as is)."""
     with open(path, "rb") as fh:
-        raw = fh.read(max_bytes + 1)
+        raw = read_at_most(fh, max_bytes)
     return loads(raw, max_bytes=max_bytes, max_depth=max_depth, what=what or str(path))

@@ -11,11 +11,14 @@ from pathlib import Path
 import structlog
 from sqlalchemy import Engine
 
+from oneseekd.allocator import give_back
 from oneseekd.catalog.scan import RESERVED, Found, Root, ScanResult, candidate, inspect_folder, scan
 from oneseekd.catalog.store import Reconciled, reconcile
 from oneseekd.config import default_host
+from oneseekd.db.engine import release_memory
 
 log = structlog.get_logger("oneseekd.catalog")
+BURST = 100  # folders rescanned at once after which the heap's free pages are given back
 
 
 class Catalog:
@@ -99,6 +102,7 @@ class Catalog:
         for link in result.skipped_links:
             log.warning("symlink_outside_roots_skipped", path=str(link))
         self._log(done, "full", result.duration, len(result.models))
+        self._give_back()
         return done
 
     def process_due(self) -> Reconciled | None:
@@ -131,6 +135,8 @@ class Catalog:
         done = reconcile(self.engine, result, complete=False, gone=gone, host=self.host)
         self._recheck_settling(models, now)
         self._log(done, "folders", time.perf_counter() - started, len(due))
+        if len(due) >= BURST:
+            self._give_back()
         return done
 
     def take_in(self, folder: Path) -> Found | None:
@@ -154,6 +160,12 @@ class Catalog:
         done = reconcile(self.engine, result, complete=False, gone=[], host=self.host)
         self._log(done, "folders", 0.0, 1)
         return found
+
+    def _give_back(self) -> None:
+        """What a scan held at its peak is not kept by an idle daemon: SQLite's page cache,
+        then the C heap's free pages (oneseekd/allocator.py)."""
+        release_memory(self.engine)
+        give_back()
 
     def _needs_full_scan(
         self, folder: Path, old: Found | None, found: Found | None, batch: dict[str, Found]

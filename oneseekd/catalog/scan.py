@@ -55,7 +55,7 @@ def resolve(path: Path) -> Path | None:
 LOOP = "a symbolic link loop"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: the catalog keeps one per folder between scans
 class Found:
     """One model folder as the scan saw it."""
 

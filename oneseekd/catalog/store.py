@@ -13,13 +13,33 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert, or_, select
+from sqlalchemy import Engine, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from oneseekd.catalog.scan import Found, ScanResult
 from oneseekd.config import default_host
 from oneseekd.db.engine import read_session, write_session
 from oneseekd.db.models import BaseModel, CatalogEvent, utcnow
+
+PAGE = 200  # rows per INSERT or SELECT ... IN of a scan: bounds what one statement holds
+# what a scan reads of its rows: what Found.differs_from compares, and what an UPDATE keeps
+READ = (
+    BaseModel.id,
+    BaseModel.key,
+    BaseModel.state,
+    BaseModel.path,
+    BaseModel.state_reason,
+    BaseModel.fingerprint,
+    BaseModel.architectures,
+    BaseModel.shadowed_paths,
+    BaseModel.detected_name,
+    BaseModel.display_name,
+    BaseModel.source_repository,
+    BaseModel.source_commit,
+    BaseModel.first_seen_at,
+    BaseModel.updated_at,
+    BaseModel.state_changed_at,
+)
 
 
 @dataclass
@@ -37,77 +57,67 @@ class Reconciled:
     total: int = 0
 
 
-def _event(
-    session: Session,
-    row: BaseModel,
-    event: str,
-    old: str | None,
-    now: datetime,
-    detail: str | None,
-    out: Reconciled,
-) -> None:
-    session.add(
-        CatalogEvent(
-            model_id=row.id, at=now, event=event, old_state=old, new_state=row.state, detail=detail
+class _Writes:
+    """A scan's writes, in bulk statements of PAGE rows each, sent as each page fills: the
+    whole scan's rows never sit in memory at once. History rows go in the order they come."""
+
+    def __init__(self, session: Session, now: datetime, out: Reconciled) -> None:
+        self.session = session
+        self.now = now
+        self.out = out
+        self.updates: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+
+    def update(self, values: dict[str, Any]) -> None:
+        self.updates.append(values)
+        if len(self.updates) >= PAGE:
+            self.flush()
+
+    def event(
+        self, model_id: int, key: str, event: str, old: str | None, new: str, detail: str | None
+    ) -> None:
+        self.events.append(
+            {
+                "model_id": model_id,
+                "at": self.now,
+                "event": event,
+                "old_state": old,
+                "new_state": new,
+                "detail": detail,
+            }
         )
-    )
-    out.changes.append(Change(row.key, event, old, row.state, detail))
+        self.out.changes.append(Change(key, event, old, new, detail))
+        if len(self.events) >= PAGE:
+            self.flush()
 
-
-def _apply(session: Session, row: BaseModel, found: Found, now: datetime, out: Reconciled) -> None:
-    old_state, old_path = row.state, row.path
-    _apply_fields(row, found, now)
-    if old_path != row.path:
-        _event(session, row, "moved", old_state, now, f"{old_path} -> {row.path}", out)
-    if old_state != row.state:
-        row.state_changed_at = now
-        _event(
-            session,
-            row,
-            "returned" if old_state == "missing" else "state_changed",
-            old_state,
-            now,
-            found.reason,
-            out,
+    def insert(self, rows: list[dict[str, Any]]) -> None:
+        """New models, and their `added` history rows."""
+        self.flush()
+        inserted = self.session.execute(
+            insert(BaseModel).returning(BaseModel.key, BaseModel.id), rows
         )
+        ids = {key: pk for key, pk in inserted}
+        for values in rows:
+            detail = values["state_reason"] or values["path"]
+            self.event(ids[values["key"]], values["key"], "added", None, values["state"], detail)
+
+    def flush(self) -> None:
+        if self.updates:
+            self.session.execute(update(BaseModel), self.updates)
+            self.updates = []
+        if self.events:
+            self.session.execute(insert(CatalogEvent), self.events)
+            self.events = []
 
 
-def _apply_fields(row: BaseModel, found: Found, now: datetime) -> None:
-    if row.display_name == row.detected_name:  # not renamed by the operator
-        row.display_name = found.detected_name
-    row.detected_name = found.detected_name
-    row.path = str(found.path)
-    row.root = found.root.kind
-    row.state = found.state
-    row.state_reason = found.reason
-    row.model_type = found.model_type
-    row.architectures = list(found.architectures) if found.architectures else None
-    row.parameter_count = found.parameter_count
-    row.size_bytes = found.size_bytes
-    row.weight_format = found.weight_format
-    row.has_tokenizer = found.has_tokenizer
-    row.fingerprint = found.fingerprint
-    row.shadowed_paths = list(found.shadowed) or None
-    row.source_repository = found.source_repository
-    row.source_commit = found.source_commit
-    row.updated_at = now
-    # a time another program overwrote with text that is not one reads as None: unknown
-    row.first_seen_at = row.first_seen_at or now
-    row.state_changed_at = row.state_changed_at or now
-
-
-def _new_row(found: Found, now: datetime, host: str) -> dict[str, Any]:
-    """The INSERT values of a model seen for the first time."""
+def _scanned_values(found: Found) -> dict[str, Any]:
+    """The columns a scan owns, as it found them."""
     return {
-        "host": host,
-        "key": found.key,
-        "display_name": found.detected_name,
         "detected_name": found.detected_name,
         "path": str(found.path),
         "root": found.root.kind,
         "state": found.state,
         "state_reason": found.reason,
-        "enabled": True,
         "model_type": found.model_type,
         "architectures": list(found.architectures) if found.architectures else None,
         "parameter_count": found.parameter_count,
@@ -118,44 +128,49 @@ def _new_row(found: Found, now: datetime, host: str) -> dict[str, Any]:
         "shadowed_paths": list(found.shadowed) or None,
         "source_repository": found.source_repository,
         "source_commit": found.source_commit,
+    }
+
+
+def _update(seen: Any, found: Found, writes: _Writes) -> None:
+    """A row the scan found changed: its new values, and its history rows."""
+    now = writes.now
+    values = {"id": seen.id, **_scanned_values(found), "updated_at": now}
+    if seen.display_name == seen.detected_name:  # not renamed by the operator
+        values["display_name"] = found.detected_name
+    # a time another program overwrote with text that is not one reads as None: unknown
+    values["first_seen_at"] = seen.first_seen_at or now
+    values["state_changed_at"] = seen.state_changed_at or now
+    if seen.state != found.state:
+        values["state_changed_at"] = now
+    writes.update(values)
+    if seen.path != values["path"]:
+        moved = f"{seen.path} -> {values['path']}"
+        writes.event(seen.id, seen.key, "moved", seen.state, found.state, moved)
+    if seen.state != found.state:
+        event = "returned" if seen.state == "missing" else "state_changed"
+        writes.event(seen.id, seen.key, event, seen.state, found.state, found.reason)
+
+
+def _missing(seen: Any, writes: _Writes) -> None:
+    """A row whose folder is gone."""
+    reason = f"{seen.path} is gone"
+    values = {"state": "missing", "state_reason": reason, "state_changed_at": writes.now}
+    writes.update({"id": seen.id, **values})
+    writes.event(seen.id, seen.key, "missing", seen.state, "missing", reason)
+
+
+def _new_row(found: Found, now: datetime, host: str) -> dict[str, Any]:
+    """The INSERT values of a model seen for the first time."""
+    return {
+        "host": host,
+        "key": found.key,
+        "display_name": found.detected_name,
+        "enabled": True,
+        **_scanned_values(found),
         "first_seen_at": now,
         "updated_at": now,
         "state_changed_at": now,
     }
-
-
-def _insert_new(
-    session: Session, added: list[dict[str, Any]], now: datetime, out: Reconciled
-) -> None:
-    """New models in two bulk INSERTs (rows, then their `added` events): a first scan of
-    10,000 folders would spend seconds in the ORM's per-object bookkeeping otherwise."""
-    if not added:
-        return
-    inserted = session.execute(insert(BaseModel).returning(BaseModel.key, BaseModel.id), added)
-    ids = {key: pk for key, pk in inserted}
-    events = []
-    for values in added:
-        detail = values["state_reason"] or values["path"]
-        events.append(
-            {
-                "model_id": ids[values["key"]],
-                "at": now,
-                "event": "added",
-                "old_state": None,
-                "new_state": values["state"],
-                "detail": detail,
-            }
-        )
-        out.changes.append(Change(values["key"], "added", None, values["state"], detail))
-    session.execute(insert(CatalogEvent), events)
-
-
-def _mark_missing(session: Session, row: BaseModel, now: datetime, out: Reconciled) -> None:
-    old = row.state
-    row.state = "missing"
-    row.state_reason = f"{row.path} is gone"
-    row.state_changed_at = now
-    _event(session, row, "missing", old, now, row.state_reason, out)
 
 
 def reconcile(
@@ -179,36 +194,49 @@ def reconcile(
     out = Reconciled()
     gone_paths = {str(p) for p in gone}
     with write_session(engine) as session:
-        query = select(BaseModel).where(BaseModel.host == host)
-        if not complete:  # only the rows this change touches, not the whole catalog
-            touched = or_(
-                BaseModel.key.in_(list(result.models)),
-                *(
-                    or_(BaseModel.path == p, BaseModel.path.startswith(p.rstrip("/") + "/"))
-                    for p in gone_paths
-                ),
+        writes = _Writes(session, now, out)
+        # a page of the scan's models at a time, read as plain rows (never the ORM's objects)
+        # and written in bulk: reading the whole catalog as objects and writing it in one
+        # INSERT cost a scan of 1,000 models 8 MB at its peak, which the idle daemon kept
+        # resident (the allocator does not give it back to the system)
+        keys = list(result.models)
+        for start in range(0, len(keys), PAGE):
+            page = keys[start : start + PAGE]
+            query = select(*READ).where(BaseModel.host == host, BaseModel.key.in_(page))
+            seen_rows = {row.key: row for row in session.execute(query)}
+            added = []
+            for key in page:
+                found, seen = result.models[key], seen_rows.get(key)
+                if seen is None:
+                    added.append(_new_row(found, now, host))
+                elif found.differs_from(seen):
+                    _update(seen, found, writes)
+            if added:
+                writes.insert(added)
+        out.total = len(keys)
+        # the rows the scan did not find: every other row of the host (a full scan), or those
+        # under the folders that are gone
+        if complete or gone_paths:
+            others = select(BaseModel.id, BaseModel.key, BaseModel.state, BaseModel.path).where(
+                BaseModel.host == host
             )
-            query = query.where(touched)
-        rows = {row.key: row for row in session.scalars(query)}
-        added: list[dict[str, Any]] = []
-        for key, found in result.models.items():
-            row = rows.get(key)
-            if row is None:
-                added.append(_new_row(found, now, host))
-            elif found.differs_from(row):
-                _apply(session, row, found, now, out)
-        _insert_new(session, added, now, out)
-        for key, row in rows.items():
-            if row.state == "missing" or key in result.models:
-                continue
-            if complete or row.path in gone_paths or _under(row.path, gone_paths):
-                _mark_missing(session, row, now, out)
-        out.total = len(rows) + len(added)
+            if not complete:
+                others = others.where(
+                    or_(
+                        *(
+                            or_(BaseModel.path == p, BaseModel.path.startswith(p.rstrip("/") + "/"))
+                            for p in gone_paths
+                        )
+                    )
+                )
+            for other in session.execute(others):
+                if other.key in result.models:
+                    continue
+                out.total += 1
+                if other.state != "missing":
+                    _missing(other, writes)
+        writes.flush()
     return out
-
-
-def _under(path: str, folders: set[str]) -> bool:
-    return any(path.startswith(f.rstrip("/") + "/") for f in folders)
 
 
 def load_rows(engine: Engine, host: str | None = None) -> list[BaseModel]:

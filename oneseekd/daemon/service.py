@@ -156,9 +156,9 @@ class Daemon:
             engine, model_roots(cfg), cfg.catalog.settle_seconds, host=cfg.catalog.host
         )
         catalog.wakeup = self._wake
-        done = catalog.full_scan()
+        # only the count is kept: the scan's changes (one per model on a new home) are logged
+        log.info("catalog_loaded", models=catalog.full_scan().total)
         self._mark("catalog_scan")
-        log.info("catalog_loaded", models=done.total)
         ledger = Ledger.for_home(engine, cfg.home)  # a bad key stops the daemon here
         intake = Intake(
             engine,

@@ -100,6 +100,15 @@ def make_engine(url: str, *, lease_seconds: float | None = DEFAULT_LEASE_SECONDS
     return engine
 
 
+def release_memory(engine: Engine) -> None:
+    """Have SQLite free what it can of a connection's memory (its page cache; a scan of 1,000
+    models leaves 0.6 MB there that an idle daemon does not need): the pooled connection a
+    burst of work just used. Nothing on other databases."""
+    if is_sqlite(engine):
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA shrink_memory")
+
+
 def writer(engine: Engine) -> Engine:
     """The same engine, whose transactions take SQLite's write lock at BEGIN."""
     if is_sqlite(engine):

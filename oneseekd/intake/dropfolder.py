@@ -24,6 +24,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import select
 
+from oneseekd.boundedjson import read_at_most
 from oneseekd.db.engine import DatabaseChanged, DatabaseFile, read_session
 from oneseekd.db.models import TrainingRequest
 from oneseekd.home import HomePaths
@@ -69,7 +70,7 @@ def _read(path: Path) -> bytes:
                 "the request file is not a regular file (a FIFO, socket or device); drop a file"
             )
         try:
-            return fh.read(MAX_REQUEST_BYTES + 1)
+            return read_at_most(fh, MAX_REQUEST_BYTES)
         except OSError as exc:
             raise Unreadable(f"the request file cannot be read: {exc.strerror}") from None
 
