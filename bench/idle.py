@@ -20,7 +20,7 @@ shared and noisy: compare ratios, not absolute figures):
 Goals (issue 6): under 80 MB RSS and under 1% of one core.
 
 `--metrics` measures the daemon with the Prometheus endpoint on (`[metrics] listen`, issue 29;
-its snapshot read every 5 s, the default) and scraped over HTTP every --scrape-interval seconds
+its snapshot read every 15 s, the default) and scraped over HTTP every --scrape-interval seconds
 through the window, as Prometheus would: the same goals hold.
 
 `--why` adds the diagnosis of where the figures come from:

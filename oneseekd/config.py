@@ -44,7 +44,9 @@ DEFAULT_TRAINER_THREADS = 0  # 0: torch's own choice (or the daemon's OMP_NUM_TH
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 # [metrics]: the Prometheus endpoint, off unless `listen` is set; a bare port binds to loopback
 # (METRICS_LOOPBACK, configrules.py)
-DEFAULT_METRICS_REFRESH_SECONDS = 5.0
+# Prometheus' usual scrape interval: a snapshot read more often is mostly never served, and each
+# read is the status queries (an idle daemon's largest CPU cost with metrics on)
+DEFAULT_METRICS_REFRESH_SECONDS = 15.0
 
 
 def default_host(env: Mapping[str, str] | None = None) -> str:

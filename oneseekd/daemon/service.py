@@ -67,6 +67,10 @@ TICK_SECONDS = 0.1  # the longest the loop sleeps: how soon a stop flag or a dro
 # With no trainer running, the supervisor looks at the queue when the database changed, and at
 # least this often (a safety net on SQLite; the only trigger on databases without a probe).
 QUEUE_LOOK_SECONDS = 1.0
+# ... and this often once its last look found no run queued or running on a database with a
+# probe: then nothing waits on a clock (a lease to expire, a run to take over), and a run that
+# is queued is a commit the probe sees at the next tick
+EMPTY_QUEUE_LOOK_SECONDS = 5.0
 # A step of the loop that raised is retried after this, doubling up to LOOP_BACKOFF_MAX.
 LOOP_BACKOFF_SECONDS = 0.5
 LOOP_BACKOFF_MAX = 30.0
@@ -324,7 +328,12 @@ class Daemon:
         changed = probe.changed()  # once a tick, for every part that looks only on a change
         # idle, look at the queue only when something changed (a request decided, a run
         # cancelled or finished) or the safety net is due
-        if parts.supervisor.busy or taken or changed or now - self._last_look >= QUEUE_LOOK_SECONDS:
+        net = (
+            EMPTY_QUEUE_LOOK_SECONDS
+            if probe.available and parts.supervisor.queue_empty
+            else QUEUE_LOOK_SECONDS
+        )
+        if parts.supervisor.busy or taken or changed or now - self._last_look >= net:
             parts.supervisor.tick(accepting=not self.stop_requested)
             self._last_look = now
         self._doing = "downloads"

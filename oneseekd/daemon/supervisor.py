@@ -56,6 +56,8 @@ class Supervisor:
         self.ledger = ledger or Ledger.for_home(engine, config.home)
         self.child: Child | None = None
         self._next_takeover_check = 0.0
+        # the last look found no run queued or running (any host's): nothing waits on a clock
+        self.queue_empty = False
 
     @property
     def claimant(self) -> queue.Claimant:
@@ -80,6 +82,7 @@ class Supervisor:
         empty queue costs that read, not two write transactions and four reads."""
         self.watch()  # first: a failing write below must not keep the child unwatched
         live = _live_states(self.engine)
+        self.queue_empty = not live
         if "queued" in live:
             for run_id in queue.cancel_queued_flagged(self.engine, ledger=self.ledger):
                 log.info("run_cancelled", run_id=run_id, while_state="queued")

@@ -11,7 +11,14 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from oneseekd.config import DEFAULT_LEASE_SECONDS
-from oneseekd.db.engine import foreign_keys_off, is_postgresql, lock_key, make_engine, writer
+from oneseekd.db.engine import (
+    DAEMON_PAGE_CACHE_KIB,
+    foreign_keys_off,
+    is_postgresql,
+    lock_key,
+    make_engine,
+    writer,
+)
 from oneseekd.db.heads import scripted_head
 from oneseekd.errors import DatabaseError
 
@@ -206,9 +213,10 @@ def _in_memory(engine: Engine) -> bool:
 
 
 def open_database(url: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Engine:
-    """An engine on a database brought to the newest revision (refusing a newer one); on
-    PostgreSQL its sessions are bounded by the claims' lease (engine.session_limits)."""
-    engine = make_engine(url, lease_seconds=lease_seconds)
+    """The daemon's engine, on a database brought to the newest revision (refusing a newer
+    one); on PostgreSQL its sessions are bounded by the claims' lease (engine.session_limits),
+    on SQLite its connections' page caches by DAEMON_PAGE_CACHE_KIB."""
+    engine = make_engine(url, lease_seconds=lease_seconds, page_cache_kib=DAEMON_PAGE_CACHE_KIB)
     try:
         # the usual start finds the database current without alembic; a migration runs in a
         # child interpreter so that alembic's ~10 MB never stay resident in the daemon
