@@ -15,7 +15,7 @@ shared and noisy: compare ratios, not absolute figures):
 
 - `python -c "import time; time.sleep(N)"`: the interpreter alone;
 - the same after importing the daemon's libraries (sqlalchemy, pydantic, structlog, click,
-  watchdog, cryptography): what the dependencies cost before oneseekd does anything.
+  watchdog, nacl.signing): what the dependencies cost before oneseekd does anything.
 
 Goals (issue 6): under 80 MB RSS and under 1% of one core.
 
@@ -61,7 +61,7 @@ RSS_GOAL_MB = 80.0
 CPU_GOAL_PERCENT = 1.0
 SETTLE_AFTER_READY_S = 3.0
 TINY = {"w": [8, 8]}  # one 8x8 F32 tensor: a 256-byte weight file per model
-LIBRARIES = "sqlalchemy, pydantic, structlog, click, watchdog, cryptography"
+LIBRARIES = "sqlalchemy, pydantic, structlog, click, watchdog, nacl.signing"
 SCRAPE_INTERVAL_S = 15.0  # Prometheus' usual scrape_interval
 
 
@@ -303,7 +303,7 @@ IMPORT_GROUPS = (
     ("sqlalchemy.orm", "sqlalchemy.orm"),
     ("pydantic", "pydantic"),
     ("click", "click"),
-    ("cryptography (ed25519)", "cryptography.hazmat.primitives.asymmetric.ed25519"),
+    ("pynacl (ed25519)", "nacl.signing"),
     ("watchdog", "watchdog.observers"),
     ("structlog", "structlog"),
     ("oneseekd.config, db (models, migrate)", "oneseekd.db.migrate"),

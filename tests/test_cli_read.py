@@ -28,6 +28,7 @@ HEAVY = (
     "watchdog",
     "apscheduler",
     "cryptography",
+    "nacl",
 )
 
 

@@ -443,13 +443,14 @@ def test_an_emptied_ledger_is_caught_by_the_anchored_tip(tmp_path: Path) -> None
 
 def resign(home: Path, key: object, seq: int, payload: dict[str, object]) -> str:
     """Rewrite event `seq` with payload, hashed and signed with `key` (an attacker's)."""
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from oneseekd.certify.keys import key_id_of, raw_public
+    from oneseekd.certify.keys import key_id_of
     from oneseekd.certify.ledger import canonical_json, event_hash
 
-    assert isinstance(key, Ed25519PrivateKey)
-    raw = raw_public(key)
+    assert isinstance(key, Ed25519PrivateKey)  # another implementation than the ledger's
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     key_id = key_id_of(raw)
     con = sqlite3.connect(home / "oneseek.db", isolation_level=None)
     try:

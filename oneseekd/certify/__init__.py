@@ -4,4 +4,4 @@ moving outputs into place (publish.py, staging.py), the CURRENT pointer (current
 promote.py, and pointerlock.py, which serializes its moves) and live metrics (live.py).
 
 Nothing is imported here: oneseekctl's light read path imports layout.py alone, without
-SQLAlchemy or cryptography."""
+SQLAlchemy or PyNaCl."""

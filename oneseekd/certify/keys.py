@@ -19,10 +19,8 @@ import secrets
 from pathlib import Path
 
 import structlog
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from oneseekd.certify.ed25519 import KeyFormatError, PrivateKey, PublicKey
 from oneseekd.certify.staging import fsync_dir
 from oneseekd.errors import OneseekError
 from oneseekd.home import HomePaths
@@ -38,9 +36,9 @@ def key_id_of(public_raw: bytes) -> str:
     return hashlib.sha256(public_raw).hexdigest()
 
 
-def raw_public(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def raw_public(key: PrivateKey | PublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, PrivateKey) else key
+    return public.raw
 
 
 def key_path(paths: HomePaths) -> Path:
@@ -55,7 +53,7 @@ def trusted_path(paths: HomePaths) -> Path:
     return paths.root / "keys" / TRUSTED_FILE
 
 
-def load_or_create_key(paths: HomePaths) -> Ed25519PrivateKey:
+def load_or_create_key(paths: HomePaths) -> PrivateKey:
     """The home's signing key, created on first use and pinned; one open to other users, or
     one that is not the pinned key, is refused."""
     path = key_path(paths)
@@ -67,9 +65,9 @@ def load_or_create_key(paths: HomePaths) -> Ed25519PrivateKey:
 
 
 # --- pinning -----------------------------------------------------------------------------------
-def trusted_keys(paths: HomePaths) -> tuple[dict[str, Ed25519PublicKey], list[str]]:
+def trusted_keys(paths: HomePaths) -> tuple[dict[str, PublicKey], list[str]]:
     """key_id -> public key of every pinned key, and the problems of lines that are not."""
-    keys: dict[str, Ed25519PublicKey] = {}
+    keys: dict[str, PublicKey] = {}
     problems: list[str] = []
     path = trusted_path(paths)
     try:
@@ -85,8 +83,8 @@ def trusted_keys(paths: HomePaths) -> tuple[dict[str, Ed25519PublicKey], list[st
         try:
             key_id, public_hex = line.split()
             raw = bytes.fromhex(public_hex)
-            key = Ed25519PublicKey.from_public_bytes(raw)
-        except ValueError:
+            key = PublicKey(raw)
+        except ValueError:  # KeyFormatError is one
             problems.append(
                 f"keys/{TRUSTED_FILE} line {number} is not `<key_id> <Ed25519 public key hex>`"
             )
@@ -111,18 +109,16 @@ def pinned_key_id(paths: HomePaths) -> str | None:
             f"cannot read the pinned public key {public_path(paths)}: {exc}"
         ) from exc
     try:
-        key = serialization.load_pem_public_key(pem)
-    except (ValueError, UnsupportedAlgorithm) as exc:
+        key = PublicKey.from_pem(pem)
+    except KeyFormatError as exc:
         raise OneseekError(
             f"the pinned public key {public_path(paths)} cannot be read: {exc}",
             ["restore it from a backup (or from `oneseekctl ledger tip`'s key_id elsewhere)"],
         ) from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise OneseekError(f"the pinned public key {public_path(paths)} is not an Ed25519 key")
-    return key_id_of(raw_public(key))
+    return key_id_of(key.raw)
 
 
-def _check_pin(paths: HomePaths, key: Ed25519PrivateKey) -> None:
+def _check_pin(paths: HomePaths, key: PrivateKey) -> None:
     raw = raw_public(key)
     key_id = key_id_of(raw)
     pinned = pinned_key_id(paths)
@@ -146,10 +142,8 @@ def _check_pin(paths: HomePaths, key: Ed25519PrivateKey) -> None:
         _trust(paths, key_id, raw)
 
 
-def _pin(paths: HomePaths, key: Ed25519PrivateKey, key_id: str, raw: bytes) -> None:
-    pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def _pin(paths: HomePaths, key: PrivateKey, key_id: str, raw: bytes) -> None:
+    pem = key.public_key().to_pem()
     _trust(paths, key_id, raw)
     _replace(public_path(paths), pem, 0o644)
     log.info("ledger_key_pinned", key_id=key_id, path=str(public_path(paths)))
@@ -187,11 +181,7 @@ def _create_key(path: Path) -> None:
     if not folder.is_dir():
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         folder.chmod(0o700)
-    pem = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    pem = PrivateKey.generate().to_pem()
     tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -213,7 +203,7 @@ def _create_key(path: Path) -> None:
     log.info("ledger_key_created", path=str(path))
 
 
-def _load_key(path: Path) -> Ed25519PrivateKey:
+def _load_key(path: Path) -> PrivateKey:
     try:
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
@@ -221,20 +211,14 @@ def _load_key(path: Path) -> Ed25519PrivateKey:
                 f"the ledger signing key {path} is open to other users (mode {mode:04o})",
                 [f"run `chmod 600 {path}` so that only the daemon's user can read it"],
             )
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        return PrivateKey.from_pem(path.read_bytes())
     except OSError as exc:
         raise OneseekError(f"cannot read the ledger signing key {path}: {exc.strerror}") from exc
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        key = None
-        reason = str(exc)
-    else:
-        reason = "it is not an Ed25519 key"
-    if not isinstance(key, Ed25519PrivateKey):
+    except KeyFormatError as exc:
         raise OneseekError(
-            f"the ledger signing key {path} cannot be used: {reason}",
+            f"the ledger signing key {path} cannot be used: {exc}",
             [
                 "restore the file from a backup, or move it away to sign with a new key "
                 "(events signed so far keep verifying with their recorded public key)"
             ],
-        )
-    return key
+        ) from exc

@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session
 
+from oneseekd.certify.ed25519 import PrivateKey
 from oneseekd.certify.keys import KEY_FILE, key_id_of, key_path, load_or_create_key, raw_public
 from oneseekd.certify.tip import Tip, write_tip
 from oneseekd.db.engine import serialize
@@ -91,7 +91,7 @@ class Ledger:
     def __init__(
         self,
         engine: Engine,
-        private_key: Ed25519PrivateKey,
+        private_key: PrivateKey,
         clock: Callable[[], datetime] = utcnow,
         paths: HomePaths | None = None,
     ) -> None:

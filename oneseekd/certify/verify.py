@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Engine, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from oneseekd import boundedjson
 from oneseekd.certify.artifacts import ARTIFACT_EVENT, RecordedArtifact, check_artifacts
+from oneseekd.certify.ed25519 import PublicKey
 from oneseekd.certify.keys import TRUSTED_FILE, key_id_of, raw_public, trusted_keys
 from oneseekd.certify.layout import is_dna
 from oneseekd.certify.ledger import ALGORITHM, GENESIS_HASH, PROOF_FILE, event_hash
@@ -150,7 +149,7 @@ def _beyond(name: str, seq: int, events: list[_Stored]) -> str:
 
 
 def _check_tip(
-    paths: HomePaths, events: list[_Stored], keys: dict[str, Ed25519PublicKey]
+    paths: HomePaths, events: list[_Stored], keys: dict[str, PublicKey]
 ) -> Iterator[str]:
     tip = read_tip(paths)
     if isinstance(tip, str):
@@ -168,7 +167,7 @@ def _check_tip(
 
 
 def _check_anchor(
-    name: str, tip: Tip, events: list[_Stored], keys: dict[str, Ed25519PublicKey]
+    name: str, tip: Tip, events: list[_Stored], keys: dict[str, PublicKey]
 ) -> Iterator[str]:
     key = keys.get(tip.key_id)
     if key is None:
@@ -178,7 +177,7 @@ def _check_anchor(
         return
     try:
         key.verify(bytes.fromhex(tip.signature), bytes.fromhex(tip.hash))
-    except (InvalidSignature, ValueError):
+    except ValueError:  # BadSignature is one, and so is a signature that is not hex
         yield f"{name} has a signature that does not verify with key {tip.key_id[:16]}"
         return
     by_seq = {ev.seq: ev for ev in events}
@@ -205,12 +204,12 @@ def _proof_files(paths: HomePaths) -> list[Path]:
     )
 
 
-def _public_keys(session: Session, problems: list[str]) -> dict[str, Ed25519PublicKey]:
-    keys: dict[str, Ed25519PublicKey] = {}
+def _public_keys(session: Session, problems: list[str]) -> dict[str, PublicKey]:
+    keys: dict[str, PublicKey] = {}
     for row in session.scalars(select(LedgerKey)):
         try:
             raw = bytes.fromhex(row.public_key)
-            key = Ed25519PublicKey.from_public_bytes(raw)
+            key = PublicKey(raw)
         except ValueError:
             problems.append(f"ledger key {row.key_id[:16]} is not a valid Ed25519 public key")
             continue
@@ -226,8 +225,8 @@ def _public_keys(session: Session, problems: list[str]) -> dict[str, Ed25519Publ
 
 def _check_chain(
     events: list[_Stored],
-    keys: dict[str, Ed25519PublicKey],
-    recorded: dict[str, Ed25519PublicKey],
+    keys: dict[str, PublicKey],
+    recorded: dict[str, PublicKey],
 ) -> Iterator[str]:
     previous: _Stored | None = None
     for ev in events:
@@ -262,10 +261,10 @@ def _gap(previous: _Stored | None, ev: _Stored) -> str:
 
 def _check_signature(
     ev: _Stored,
-    keys: dict[str, Ed25519PublicKey],
+    keys: dict[str, PublicKey],
     *,
     pinned: bool,
-    known: dict[str, Ed25519PublicKey],
+    known: dict[str, PublicKey],
 ) -> Iterator[str]:
     key = keys.get(ev.key_id)
     if key is None:
@@ -279,7 +278,7 @@ def _check_signature(
         return
     try:
         key.verify(bytes.fromhex(ev.signature), bytes.fromhex(ev.hash))
-    except (InvalidSignature, TypeError, ValueError):
+    except (TypeError, ValueError):  # BadSignature is a ValueError
         yield f"{ev.name} has a signature that does not verify with key {ev.key_id[:16]}"
 
 
@@ -302,7 +301,7 @@ def _recorded_artifacts(events: list[_Stored]) -> dict[str, RecordedArtifact]:
 def _check_proofs(
     proofs: list[Path],
     events: list[_Stored],
-    keys: dict[str, Ed25519PublicKey],
+    keys: dict[str, PublicKey],
     paths: HomePaths,
 ) -> Iterator[str]:
     by_seq = {ev.seq: ev for ev in events}
