@@ -47,7 +47,9 @@ log = structlog.get_logger("oneseekd.hub")
 PROGRESS_SECONDS = 1.0  # how often a download writes its row
 BEAT_SECONDS = 5.0  # the row's heartbeat while nothing arrives (pinning, retries, backoff)
 LOOK_SECONDS = 0.5  # at most how often the loop looks for a new row, once the database changed
-STALE_CHECK_SECONDS = 5.0  # how often rows left running by a dead `oneseekctl pull` are looked for
+# how often rows left running by a dead `oneseekctl pull` are looked for: each look is a read
+# that costs an idle daemon on a busy machine 15-35 ms of CPU, cold (docs/reliability.md)
+STALE_CHECK_SECONDS = 30.0
 ATTEMPTS = 5
 BACKOFF_SECONDS = 2.0
 STOP_WAIT_SECONDS = 5.0  # at daemon stop: how long the thread gets to notice and return
