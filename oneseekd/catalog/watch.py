@@ -5,6 +5,7 @@ A missed event costs latency, never correctness: the periodic full scan reconcil
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import structlog
@@ -35,6 +36,14 @@ class _Hints(FileSystemEventHandler):
             if raw:
                 path = raw.decode() if isinstance(raw, bytes) else raw
                 self.catalog.touch(Path(path))
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self.wake.set()
 
 
 class Watcher:
@@ -72,6 +81,25 @@ class Watcher:
                 fix="raise fs.inotify.max_user_watches / max_user_instances; until "
                 "then changes are seen at the next periodic scan",
             )
+
+    def wake_on(self, path: Path, wake: threading.Event) -> bool:
+        """Set `wake` at every change in `path` (not below it): a file dropped into requests/
+        reaches the daemon's loop at once, so the loop may sleep longer while idle. False when
+        the folder cannot be watched: the loop then keeps looking at its own pace."""
+        if not self.observer.is_alive() or not path.is_dir():
+            return False
+        try:
+            self.observer.schedule(_Wake(wake), str(path), recursive=False, event_filter=CHANGES)
+        except OSError as exc:
+            log.warning(
+                "watch_unavailable",
+                path=str(path),
+                error=str(exc),
+                fix="raise fs.inotify.max_user_watches; until then dropped files are seen "
+                "within the idle tick (0.5 s)",
+            )
+            return False
+        return True
 
     def stop(self) -> None:
         if self.observer.is_alive():

@@ -292,6 +292,12 @@ class DropFolder:
         pool = same or rows
         return pool[-1] if pool else None
 
+    @property
+    def settling(self) -> bool:
+        """Whether files were seen that have not settled yet (the loop comes back for them
+        at its fast tick)."""
+        return bool(self._first_seen)
+
     def poll(self, limit: int = BATCH) -> int:
         """Take in up to `limit` request files that have been still for the settle time, in
         one intake transaction; returns how many.
