@@ -361,6 +361,8 @@ class Daemon:
         if taken:
             return 0.0  # a burst of requests: take the next batch without waiting
         tick = TICK_SECONDS if self._under_way(parts) else IDLE_TICK_SECONDS
+        if ping is not None:  # systemd's watchdog is pinged from the loop: never late for it
+            tick = min(tick, max(ping - (time.monotonic() - self._last_ping), 0.0))
         due = catalog.next_due()
         timeout = tick if due is None else min(tick, due - time.time())
         return max(timeout, 0.0)
