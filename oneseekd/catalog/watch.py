@@ -60,18 +60,9 @@ class Watcher:
         for path in paths:
             if any(path.is_relative_to(w) for w in self.watched) or not path.is_dir():
                 continue
-            try:
-                self.observer.schedule(handler, str(path), recursive=True, event_filter=CHANGES)
-            except OSError as exc:
-                log.warning(
-                    "watch_unavailable",
-                    path=str(path),
-                    error=str(exc),
-                    fix="raise fs.inotify.max_user_watches; until then changes are "
-                    "seen at the next periodic scan",
-                )
-                continue
-            self.watched.append(path)
+            later = "changes are seen at the next periodic scan"
+            if self._schedule(handler, path, recursive=True, until_then=later):
+                self.watched.append(path)
         try:
             self.observer.start()
         except OSError as exc:
@@ -88,15 +79,21 @@ class Watcher:
         the folder cannot be watched: the loop then keeps looking at its own pace."""
         if not self.observer.is_alive() or not path.is_dir():
             return False
+        later = "dropped files are seen within the idle tick (0.5 s)"
+        return self._schedule(_Wake(wake), path, recursive=False, until_then=later)
+
+    def _schedule(
+        self, handler: FileSystemEventHandler, path: Path, *, recursive: bool, until_then: str
+    ) -> bool:
+        """Watch `path`; False, logged with the fix, when inotify refuses."""
         try:
-            self.observer.schedule(_Wake(wake), str(path), recursive=False, event_filter=CHANGES)
+            self.observer.schedule(handler, str(path), recursive=recursive, event_filter=CHANGES)
         except OSError as exc:
             log.warning(
                 "watch_unavailable",
                 path=str(path),
                 error=str(exc),
-                fix="raise fs.inotify.max_user_watches; until then dropped files are seen "
-                "within the idle tick (0.5 s)",
+                fix=f"raise fs.inotify.max_user_watches; until then {until_then}",
             )
             return False
         return True
