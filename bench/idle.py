@@ -30,8 +30,8 @@ through the window, as Prometheus would: the same goals hold.
   (oneseekd/entry.py), and which of alembic and rich the daemon's own imports loaded (neither,
   on a database at head); `python -X importtime -m oneseekd --home HOME` names the modules;
 - CPU: the CPU time of each thing the idle main loop does, timed in this process on a home of
-  the same size, times how often the loop does it (every TICK_SECONDS tick, once a
-  QUEUE_LOOK_SECONDS, once a HEARTBEAT_SECONDS), as a share of one core.
+  the same size, times how often the idle loop does it (every IDLE_TICK_SECONDS tick, once
+  an EMPTY_QUEUE_LOOK_SECONDS, once a HEARTBEAT_SECONDS), as a share of one core.
 
 Run: .venv/bin/python bench/idle.py [--seconds 60] [--models 1000] [--metrics] [--json] [--why]
 """
@@ -349,7 +349,6 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float, float]]:
     components, in this process): each thing's CPU microseconds per call, and how many times a
     second the loop calls it."""
     import logging
-    from types import SimpleNamespace
 
     import structlog
 
@@ -357,14 +356,15 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float, float]]:
     from oneseekd.catalog.scan import model_roots
     from oneseekd.certify.ledger import Ledger
     from oneseekd.config import load_config
-    from oneseekd.daemon.service import (
+    from oneseekd.daemon.notify import Notifier
+    from oneseekd.daemon.pulse import (
+        EMPTY_QUEUE_LOOK_SECONDS,
         HEARTBEAT_SECONDS,
-        QUEUE_LOOK_SECONDS,
-        TICK_SECONDS,
-        Daemon,
+        IDLE_TICK_SECONDS,
+        Pulse,
     )
     from oneseekd.daemon.supervisor import Supervisor
-    from oneseekd.db.engine import ChangeProbe, DatabaseFile, make_engine
+    from oneseekd.db.engine import DatabaseFile, make_engine
     from oneseekd.db.migrate import upgrade
     from oneseekd.hub.downloads import STALE_CHECK_SECONDS, Downloads
     from oneseekd.intake.accept import Intake
@@ -389,12 +389,12 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float, float]]:
         downloads = Downloads(engine, config, ledger=ledger, catalog=catalog)
         downloads.wait_for_change = True
         downloads.tick()  # the first look, owed at start; then nothing is owed
-        probe = ChangeProbe(engine)
         database = DatabaseFile(engine)
-        daemon = Daemon(config)
-        daemon._register(engine)
-        parts = SimpleNamespace(supervisor=supervisor, downloads=downloads)
-        every_tick = 1 / TICK_SECONDS
+        pulse = Pulse(engine, config, Notifier(env={}))
+        pulse.register()
+        pending.poll()  # the first look, owed at start
+        supervisor.tick()  # finds the queue empty
+        every_tick = 1 / IDLE_TICK_SECONDS
         steps: list[tuple[str, Callable[[], object], float]] = [
             ("database file check (stat)", database.problem, every_tick),
             (
@@ -403,18 +403,17 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float, float]]:
                 every_tick,
             ),
             ("drops.poll() (scandir of requests/)", drops.poll, every_tick),
-            ("rows.poll() (PRAGMA data_version)", pending.poll, every_tick),
-            ("loop's probe.changed() (PRAGMA data_version)", probe.changed, every_tick),
+            ("loop's pulse.changed() (PRAGMA data_version)", pulse.changed, every_tick),
+            ("rows.poll() (no look owed)", pending.poll, every_tick),
             ("downloads.tick() (no look owed)", downloads.tick, every_tick),
-            ("supervisor.tick() (empty queue: one read)", supervisor.tick, 1 / QUEUE_LOOK_SECONDS),
             (
-                "heartbeat (status line, one write txn)",
-                lambda: daemon._heartbeat(engine, Daemon._status_line(engine, parts)),  # type: ignore[arg-type]
-                1 / HEARTBEAT_SECONDS,
+                "supervisor.tick() (empty queue: one read)",
+                supervisor.tick,
+                1 / EMPTY_QUEUE_LOOK_SECONDS,
             ),
             (
-                "after the heartbeat's commit: rows + downloads look",
-                lambda: (pending.poll(force=True), downloads.pending_ids()),
+                "heartbeat (status line, one write txn, no look after)",
+                lambda: pulse.heartbeat(pulse.status_line(supervisor, downloads)),
                 1 / HEARTBEAT_SECONDS,
             ),
             ("downloads.recover() (a read)", downloads.recover, 1 / STALE_CHECK_SECONDS),
@@ -426,8 +425,7 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float, float]]:
             for _ in range(calls):
                 step()
             costs.append((label, 1e6 * (time.process_time() - started) / calls, rate))
-        probe.close()
-        pending.close()
+        pulse.close()
         engine.dispose()
         return costs
     finally:

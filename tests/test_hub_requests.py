@@ -58,7 +58,8 @@ class Parts:
     def turn(self) -> None:
         """One turn of the daemon's loop: the doors, then the downloads."""
         self.drops.poll()
-        self.rows.poll(force=True)
+        self.rows.database_changed()  # as the loop's probe would say after any commit
+        self.rows.poll()
         self.downloads._last_look = float("-inf")
         self.downloads.tick()
 
@@ -73,7 +74,6 @@ class Parts:
 
     def close(self) -> None:
         self.downloads.shutdown()
-        self.rows.close()
         self.engine.dispose()
 
 
@@ -135,7 +135,8 @@ def test_an_inserted_row_naming_hf_waits_for_its_download_then_is_queued(
 ) -> None:
     home = parts.config.home.root
     row_id = insert_request(home, request(base_models=[HF]))
-    parts.rows.poll(force=True)
+    parts.rows.database_changed()
+    parts.rows.poll()
     [(status, download_id, decided)] = rows(
         home, "SELECT status, download_id, decided_at FROM training_requests"
     )
@@ -149,7 +150,8 @@ def test_an_inserted_row_naming_hf_waits_for_its_download_then_is_queued(
     [shown] = json.loads(listed.stdout)
     assert shown["status"] == "pending"
     assert shown["waiting_for"].startswith(f"download-{download} ({REPO})")
-    parts.rows.poll(force=True)  # decided again only once the download has ended
+    parts.rows.database_changed()
+    parts.rows.poll()  # decided again only once the download has ended
     assert rows(home, "SELECT COUNT(*) FROM model_downloads") == [(1,)]
     [(run_pk,)] = parts.until("SELECT run_id FROM training_requests WHERE status = 'queued'")
     [(models, fingerprints)] = rows(

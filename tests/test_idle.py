@@ -23,7 +23,7 @@ from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import load_config
-from oneseekd.daemon import service
+from oneseekd.daemon import pulse
 from oneseekd.daemon.service import Daemon
 from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.db.engine import ChangeProbe, make_engine, write_session
@@ -120,6 +120,17 @@ def test_the_change_probe_sees_every_commit_and_nothing_else(tmp_path: Path) -> 
         other.dispose()
         assert probe.changed()
         assert not probe.changed()
+        assert probe.engine is not None  # what is written through the probe's own connection
+        with write_session(probe.engine) as session:
+            session.execute(text("INSERT INTO training_requests (payload) VALUES ('own')"))
+        assert not probe.changed()
+        with engine.connect() as conn:  # ... is written all the same
+            own = "SELECT COUNT(*) FROM training_requests WHERE payload = 'own'"
+            assert conn.execute(text(own)).scalar_one() == 1
+        with write_session(engine) as session:  # the daemon's other connections are others
+            session.execute(text("UPDATE runs SET state = state"))
+            session.execute(text("INSERT INTO training_requests (payload) VALUES ('{}')"))
+        assert probe.changed()
     finally:
         probe.close()
         engine.dispose()
@@ -150,7 +161,8 @@ def test_an_idle_daemon_looks_at_the_queue_only_when_the_database_changed(
 ) -> None:
     """Idle, the supervisor's look runs when something committed or, with the queue empty,
     once an EMPTY_QUEUE_LOOK_SECONDS: not at every 0.1 s tick (about 60 looks in 6 s), nor once
-    a second (each look a read that costs an idle daemon on a busy machine 5 ms of CPU)."""
+    a second (each look a read that costs an idle daemon on a busy machine 5 ms of CPU), nor
+    after each of the daemon's own heartbeats (here one a second)."""
     home = training_home(tmp_path / "home")
     ticks: list[float] = []
     real_tick = Supervisor.tick
@@ -160,6 +172,7 @@ def test_an_idle_daemon_looks_at_the_queue_only_when_the_database_changed(
         real_tick(self, accepting=accepting)
 
     monkeypatch.setattr(Supervisor, "tick", counting_tick)
+    monkeypatch.setattr(pulse, "HEARTBEAT_SECONDS", 1.0)
     daemon = Daemon(load_config(home, env={}))
     window = 6.0
     marks: dict[str, float] = {}
@@ -167,8 +180,7 @@ def test_an_idle_daemon_looks_at_the_queue_only_when_the_database_changed(
     assert daemon.run() == 0
     stopper.join()
     quiet = [t for t in ticks if marks["start"] <= t <= marks["end"]]
-    # each heartbeat (a commit) may add one look
-    limit = window / service.EMPTY_QUEUE_LOOK_SECONDS + window / service.HEARTBEAT_SECONDS + 2
+    limit = window / pulse.EMPTY_QUEUE_LOOK_SECONDS + 2  # with a look per heartbeat: 9
     assert len(quiet) <= limit, f"{len(quiet)} looks at the queue in {window} s idle"
 
 
@@ -189,11 +201,11 @@ def test_a_step_that_raises_is_logged_and_retried_and_the_daemon_keeps_serving(
     real_poll = PendingRows.poll
     calls = {"n": 0}
 
-    def failing_twice(self: PendingRows, force: bool = False) -> int:
+    def failing_twice(self: PendingRows) -> int:
         calls["n"] += 1
         if 2 <= calls["n"] <= 3:  # the first call is the start-up's, outside the loop
             raise RuntimeError("a bug in intake")
-        return real_poll(self, force)
+        return real_poll(self)
 
     monkeypatch.setattr(PendingRows, "poll", failing_twice)
     kept = structlog.get_config()  # an earlier test may have left the level at warning
@@ -231,12 +243,13 @@ def test_an_idle_daemon_with_metrics_on_writes_only_its_heartbeat(
 ) -> None:
     """Idle, with nothing queued or running and metrics on (its snapshot read every 0.2 s):
     the only write transaction is the daemon's heartbeat, where each look at the queue was two
-    (cancel flags, a claim), one a second; and model_downloads is looked at for new rows only
-    after a commit (the heartbeat's), not twice a second."""
+    (cancel flags, a claim), one a second; and neither model_downloads nor training_requests
+    is looked at for new rows: that is done after a commit, and the heartbeat is the daemon's
+    own (written over its probe's connection, which SQLite leaves out of its data_version)."""
     home = training_home(tmp_path / "home")
     with (home / "oneseekd.toml").open("a") as fh:
         fh.write('[metrics]\nlisten = "127.0.0.1:0"\nrefresh_seconds = 0.2\n')
-    monkeypatch.setattr(service, "HEARTBEAT_SECONDS", 2.0)
+    monkeypatch.setattr(pulse, "HEARTBEAT_SECONDS", 2.0)
     sent: list[tuple[float, str]] = []
     listener = _statements(sent)
     event.listen(Engine, "before_cursor_execute", listener)
@@ -256,8 +269,12 @@ def test_an_idle_daemon_with_metrics_on_writes_only_its_heartbeat(
     assert len(writes) == len(heartbeats), [
         sql for sql in quiet if sql.startswith(("UPDATE", "INSERT", "DELETE"))
     ]
-    looks = [sql for sql in quiet if "FROM model_downloads" in sql and "pending" in sql]
-    assert len(looks) <= len(heartbeats)  # without the gate: about 8
+    looks = [
+        sql
+        for sql in quiet
+        if ("FROM model_downloads" in sql or "FROM training_requests" in sql) and "pending" in sql
+    ]
+    assert looks == []  # without the gate: about 16; with a look after each heartbeat: 4
 
 
 def test_a_supervisor_with_an_empty_queue_takes_no_write_transaction(tmp_path: Path) -> None:
@@ -372,7 +389,7 @@ def test_an_idle_daemon_ticks_twice_a_second_and_a_dropped_file_wakes_it(
     assert daemon.run() == 0
     stopper.join()
     quiet = [t for t in steps if marks["start"] <= t <= marks["end"]]
-    assert len(quiet) <= window / service.IDLE_TICK_SECONDS + 2, f"{len(quiet)} ticks"
+    assert len(quiet) <= window / pulse.IDLE_TICK_SECONDS + 2, f"{len(quiet)} ticks"
 
 
 def test_a_change_in_a_watched_folder_sets_the_wake_event(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ Its command line is command.py's; the supervisor of the trainer child is supervi
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from oneseekd import __version__, queue
@@ -24,21 +23,12 @@ from oneseekd.catalog.scan import model_roots
 from oneseekd.catalog.watch import Watcher
 from oneseekd.certify.ledger import Ledger
 from oneseekd.config import Config, load_config
-from oneseekd.daemon import identity
 from oneseekd.daemon.lock import HomeLock
 from oneseekd.daemon.notify import Notifier
+from oneseekd.daemon.pulse import Pulse
 from oneseekd.daemon.supervisor import Supervisor
 from oneseekd.db import migrate
-from oneseekd.db.engine import (
-    ChangeProbe,
-    DatabaseChanged,
-    DatabaseFile,
-    read_session,
-    serialize,
-    write_session,
-)
-from oneseekd.db.models import Daemon as DaemonRow
-from oneseekd.db.models import Run, utcnow
+from oneseekd.db.engine import DatabaseChanged, DatabaseFile
 from oneseekd.errors import OneseekError
 from oneseekd.hub.downloads import Downloads
 from oneseekd.intake.accept import Intake
@@ -62,19 +52,6 @@ class _Parts:
     downloads: Downloads  # model_downloads rows, each in a thread beside training
 
 
-HEARTBEAT_SECONDS = 5.0
-TICK_SECONDS = 0.1  # the longest the loop sleeps while something is under way
-# ... and while nothing is: a dropped file (requests/ is watched), a signal and a catalog change
-# wake the loop at once; a row INSERTed by another program is seen within this. Each tick costs
-# an idle daemon 0.3-2 ms of CPU on a busy machine, cold (docs/reliability.md)
-IDLE_TICK_SECONDS = 0.5
-# With no trainer running, the supervisor looks at the queue when the database changed, and at
-# least this often (a safety net on SQLite; the only trigger on databases without a probe).
-QUEUE_LOOK_SECONDS = 1.0
-# ... and this often once its last look found no run queued or running on a database with a
-# probe: then nothing waits on a clock (a lease to expire, a run to take over), and a run that
-# is queued is a commit the probe sees at the next tick
-EMPTY_QUEUE_LOOK_SECONDS = 5.0
 # A step of the loop that raised is retried after this, doubling up to LOOP_BACKOFF_MAX.
 LOOP_BACKOFF_SECONDS = 0.5
 LOOP_BACKOFF_MAX = 30.0
@@ -88,7 +65,6 @@ class Daemon:
         self.signals = 0
         self._full_scan_due = False
         self._reload_due = False
-        self._row_id: int | None = None
         self._parts_alone = Alone()  # the doors and the catalog fail (and back off) alone
         self._database_problem: str | None = None
         self._wake = threading.Event()
@@ -162,7 +138,15 @@ class Daemon:
         cfg.home.ensure()
         engine = migrate.open_database(cfg.db_url, cfg.trainer.lease_seconds)
         self._database = DatabaseFile(engine)
-        self._register(engine)
+        pulse = Pulse(engine, cfg, self.notifier)
+        try:
+            pulse.register()
+            return self._serve(engine, pulse)
+        finally:
+            pulse.close()
+
+    def _serve(self, engine: Engine, pulse: Pulse) -> int:
+        cfg = self.config
         catalog = Catalog(
             engine, model_roots(cfg), cfg.catalog.settle_seconds, host=cfg.catalog.host
         )
@@ -182,11 +166,11 @@ class Daemon:
         drops = DropFolder(intake, cfg.home, cfg.intake.settle_seconds)
         drops.database = self._database  # a file is moved only once its row is in this file
         rows = PendingRows(intake, engine)
-        supervisor = Supervisor(engine, cfg, self._row_id, ledger=ledger)
+        supervisor = Supervisor(engine, cfg, pulse.row_id, ledger=ledger)
         downloads = Downloads(engine, cfg, ledger=ledger, catalog=catalog)
         downloads.recover()  # a download this host's last daemon left resumes from its bytes
         drops.recover()
-        rows.poll(force=True)
+        rows.poll()
         try:
             supervisor.recover()
         except Exception as exc:  # retried by the loop (the supervisor resumes its own run)
@@ -210,9 +194,9 @@ class Daemon:
         self._scheduler = scheduler
         self._watcher = watcher
         log.info("daemon_ready", watched=[str(p) for p in watcher.watched])
-        self.notifier.ready(self._status_line(engine, self._parts))
+        self.notifier.ready(pulse.status_line(supervisor, downloads))
         try:
-            self._loop(engine, self._parts)
+            self._loop(pulse, self._parts)
         finally:
             self.notifier.stopping()
             supervisor.shutdown(urgent=lambda: self.signals > 1)
@@ -220,11 +204,10 @@ class Daemon:
                 downloads.shutdown()
             except Exception as exc:  # the row waits for the next start either way
                 log.error("download_stop_failed", error=f"{type(exc).__name__}: {exc}")
-            rows.close()
             scheduler.shutdown(wait=False)
             self._watcher.stop()
             try:
-                self._heartbeat(engine, "stopped", stopped=True)
+                pulse.heartbeat("stopped", stopped=True)
             except SQLAlchemyError as exc:  # the database went away: nothing more to record
                 log.error("heartbeat_failed", error=str(exc))
             if self._metrics is not None:  # no read of an engine being disposed
@@ -242,22 +225,13 @@ class Daemon:
         log.info("daemon_stopped", reason=getattr(self, "_signal", "idle"))
         return 0
 
-    def _loop(self, engine: Engine, parts: _Parts) -> None:
-        probe = ChangeProbe(engine)
+    def _loop(self, pulse: Pulse, parts: _Parts) -> None:
         # new download rows are looked for on a change, where there is a probe to tell
-        parts.downloads.wait_for_change = probe.available
-        try:
-            self._loop_until_stopped(engine, parts, probe)
-        finally:
-            probe.close()
-
-    def _loop_until_stopped(self, engine: Engine, parts: _Parts, probe: ChangeProbe) -> None:
-        self._last_beat = self._last_ping = time.monotonic()
-        self._last_look = float("-inf")
+        parts.downloads.wait_for_change = pulse.probed
         failures = 0
         while not self.stop_requested:
             try:
-                timeout = self._step(engine, parts, probe)
+                timeout = self._step(pulse, parts)
             except Exception as exc:  # one bad row or a full disk must not end the daemon
                 self._watch_anyway(parts)
                 failures += 1
@@ -288,7 +262,7 @@ class Daemon:
         except Exception as exc:
             log.error("watch_failed", error=f"{type(exc).__name__}: {exc}")
 
-    def _step(self, engine: Engine, parts: _Parts, probe: ChangeProbe) -> float | None:
+    def _step(self, pulse: Pulse, parts: _Parts) -> float | None:
         """One turn of the loop; returns how long to sleep, or None when idle and asked to
         exit when idle."""
         catalog = parts.catalog
@@ -310,16 +284,19 @@ class Daemon:
         if self._reload_due:
             self._reload_due = False
             self._reload(parts)
-        ping = self.notifier.watchdog_interval
-        if ping is not None and time.monotonic() - self._last_ping >= ping:
-            self.notifier.watchdog()  # from the loop itself: a hung loop gets restarted
-            self._last_ping = time.monotonic()
+        pulse.ping_watchdog()
         self._doing = "catalog"
         if self._full_scan_due:
             self._full_scan_due = False
             if self._parts_alone.run("catalog", catalog.full_scan) is not None:
                 self._mark("catalog_scan")
         self._parts_alone.run("catalog", catalog.process_due)
+        # once a tick, for every part that looks only on a change: another program's commit,
+        # or the daemon's own writes of the last tick (a request decided, a run finished)
+        changed = pulse.changed()
+        if changed:  # owed by each part until it has looked, even while it backs off
+            parts.rows.database_changed()
+            parts.downloads.database_changed()
         taken = 0
         self._doing = "intake"
         if not catalog.pending():
@@ -332,40 +309,21 @@ class Daemon:
             if files is not None and rows is not None:  # None: failed, or backing off
                 self._mark("intake")
         self._doing = "supervisor"
-        now = time.monotonic()
-        changed = probe.changed()  # once a tick, for every part that looks only on a change
-        # idle, look at the queue only when something changed (a request decided, a run
+        # idle, the queue is looked at only when something changed (a request decided, a run
         # cancelled or finished) or the safety net is due
-        net = (
-            EMPTY_QUEUE_LOOK_SECONDS
-            if probe.available and parts.supervisor.queue_empty
-            else QUEUE_LOOK_SECONDS
-        )
-        if parts.supervisor.busy or taken or changed or now - self._last_look >= net:
+        if pulse.queue_look_due(parts.supervisor, nudged=bool(taken) or changed):
             parts.supervisor.tick(accepting=not self.stop_requested)
-            self._last_look = now
         self._doing = "downloads"
-        if changed:
-            parts.downloads.database_changed()
         if not self.stop_requested:  # a thread of its own: never in training's way
             self._parts_alone.run("downloads", parts.downloads.tick)
         self._doing = "idle check"
-        if self.exit_when_idle and not self._parts_alone.failing and self._idle(engine, parts):
+        if self.exit_when_idle and not self._parts_alone.failing and self._idle(pulse, parts):
             return None
         self._doing = "heartbeat"
-        if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
-            status = self._status_line(engine, parts)
-            self._heartbeat(engine, status)
-            self.notifier.status(status)
-            self._last_beat = time.monotonic()
+        pulse.beat(parts.supervisor, parts.downloads)
         if taken:
             return 0.0  # a burst of requests: take the next batch without waiting
-        tick = TICK_SECONDS if self._under_way(parts) else IDLE_TICK_SECONDS
-        if ping is not None:  # systemd's watchdog is pinged from the loop: never late for it
-            tick = min(tick, max(ping - (time.monotonic() - self._last_ping), 0.0))
-        due = catalog.next_due()
-        timeout = tick if due is None else min(tick, due - time.time())
-        return max(timeout, 0.0)
+        return pulse.sleep(under_way=self._under_way(parts), due=catalog.next_due())
 
     def _under_way(self, parts: _Parts) -> bool:
         """Whether the loop keeps its fast tick: a trainer or a download to watch, files
@@ -377,29 +335,6 @@ class Daemon:
             or parts.downloads.busy
             or parts.drops.settling
         )
-
-    @staticmethod
-    def _status_line(engine: Engine, parts: _Parts) -> str:
-        """What the daemon is doing, for systemd's STATUS= and the daemons table."""
-        line = Daemon._training_line(engine, parts)
-        job = parts.downloads.job
-        return line if job is None else f"{line}; downloading {job.ref}"
-
-    @staticmethod
-    def _training_line(engine: Engine, parts: _Parts) -> str:
-        child = parts.supervisor.child
-        if child is None:
-            queued = queue.queue_counts(engine).get("queued", 0)
-            return f"idle, {queued} queued" if queued else "idle"
-        with read_session(engine) as session:
-            progress = session.get_one(Run, child.run_pk).progress or {}
-        if progress.get("model"):
-            return (
-                f"training {child.run_id}: {progress['model']} epoch "
-                f"{progress.get('epoch')}/{progress.get('epochs')}, step "
-                f"{progress.get('step')}/{progress.get('steps')}"
-            )
-        return f"training {child.run_id}: starting"
 
     def _reload(self, parts: _Parts) -> None:
         """SIGHUP: read oneseekd.toml again; an invalid file leaves the running one in force."""
@@ -452,7 +387,7 @@ class Daemon:
         self.notifier.ready("configuration reloaded")
 
     @staticmethod
-    def _idle(engine: Engine, parts: _Parts) -> bool:
+    def _idle(pulse: Pulse, parts: _Parts) -> bool:
         """Nothing left to do: the catalog is current, every request is taken in, the queue
         is empty and no trainer runs."""
         if parts.catalog.pending() or parts.drops.waiting() or parts.supervisor.busy:
@@ -461,39 +396,5 @@ class Daemon:
             return False
         if parts.downloads.busy or parts.downloads.pending_ids():
             return False
-        counts = queue.queue_counts(engine)
+        counts = queue.queue_counts(pulse.engine)
         return not counts.get("queued") and not counts.get("running")
-
-    def _register(self, engine: Engine) -> None:
-        """This daemon's row, unless a live daemon elsewhere has its host name (checked and
-        written in one transaction that daemons starting together queue on)."""
-        now = utcnow()
-        host, home = self.config.catalog.host, str(self.config.home.root.resolve())
-        machine = identity.machine_id()
-        window = max(self.config.trainer.lease_seconds, 3 * HEARTBEAT_SECONDS)
-        with write_session(engine) as session:
-            serialize(session, "oneseekd.daemons")
-            other = identity.live_namesake(session, host, home, machine, now, window)
-            if other is not None:
-                raise identity.refuse(host, other, machine)
-            row = DaemonRow(
-                host=host,
-                pid=os.getpid(),
-                version=__version__,
-                started_at=now,
-                heartbeat_at=now,
-                activity="starting",
-                home=home,
-                machine=machine,
-            )
-            session.add(row)
-            session.flush()
-            self._row_id = row.id
-
-    def _heartbeat(self, engine: Engine, activity: str, *, stopped: bool = False) -> None:
-        now = utcnow()
-        values: dict[str, object] = {"heartbeat_at": now, "activity": activity}
-        if stopped:
-            values["stopped_at"] = now
-        with write_session(engine) as session:
-            session.execute(update(DaemonRow).where(DaemonRow.id == self._row_id).values(values))

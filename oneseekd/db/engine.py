@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from oneseekd.config import DEFAULT_LEASE_SECONDS, SQLITE_BUSY_TIMEOUT_MS
 from oneseekd.errors import DatabaseError
@@ -65,11 +65,13 @@ def make_engine(
     *,
     lease_seconds: float | None = DEFAULT_LEASE_SECONDS,
     page_cache_kib: int | None = None,
+    one_connection: bool = False,
 ) -> Engine:
     """An engine on `url`. On PostgreSQL its sessions are bounded by `lease_seconds` (the
     daemon and its trainers pass `[trainer] lease_seconds`); None leaves them unbounded,
     for migrations. On SQLite, `page_cache_kib` bounds each connection's page cache (SQLite's
-    default is 2 MiB: None keeps it)."""
+    default is 2 MiB: None keeps it), and `one_connection` makes every checkout the same
+    connection (ChangeProbe's: what is written through it is its own)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         connect_args: dict[str, Any] = {}
@@ -81,8 +83,11 @@ def make_engine(
         return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    pool: dict[str, Any] = {"poolclass": StaticPool} if one_connection else {}
     engine = create_engine(
-        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        **pool,
     )
 
     @event.listens_for(engine, "connect")
@@ -189,16 +194,30 @@ def foreign_keys_off(conn: Connection) -> Iterator[None]:
 
 
 class ChangeProbe:
-    """Whether anyone (this daemon's own pooled connections included) committed to the SQLite
-    database since the last look, from `PRAGMA data_version` on a connection of its own: a
-    read of a counter in shared memory, where a look at the queue is a write transaction."""
+    """Whether another connection (this daemon's own pooled ones included) committed to the
+    SQLite database since the last look, from `PRAGMA data_version` on a connection of its
+    own: a read of a counter in shared memory, where a look at the queue is a write
+    transaction.
 
-    def __init__(self, engine: Engine) -> None:
-        self._probe: sqlite3.Connection | None = None
+    `engine` writes over that same connection, and SQLite leaves a connection's own commits
+    out of its data_version: what the loop writes through it (its heartbeat, every few
+    seconds) is never taken for somebody else's change, so it triggers no look. On databases
+    without a probe `engine` is None."""
+
+    def __init__(self, engine: Engine, *, page_cache_kib: int | None = None) -> None:
+        self.engine: Engine | None = None
+        self._probe: Any = None  # the sqlite3 connection under `engine`
+        self._checkout: Any = None  # held, so that the pool never resets it under us
         self._version: int | None = None
         database = engine.url.database
-        if engine.dialect.name == "sqlite" and database and database != ":memory:":
-            self._probe = sqlite3.connect(database, timeout=30, check_same_thread=False)
+        if is_sqlite(engine) and database and database != ":memory:":
+            self.engine = make_engine(
+                engine.url.render_as_string(hide_password=False),
+                page_cache_kib=page_cache_kib,
+                one_connection=True,
+            )
+            self._checkout = self.engine.raw_connection()
+            self._probe = self._checkout.driver_connection
 
     @property
     def available(self) -> bool:
@@ -206,7 +225,8 @@ class ChangeProbe:
         return self._probe is not None
 
     def changed(self) -> bool:
-        """True after a commit anywhere; False when unchanged or when there is no probe."""
+        """True after a commit by another connection; False when unchanged or when there is
+        no probe."""
         if self._probe is None:
             return False
         (version,) = self._probe.execute("PRAGMA data_version").fetchone()
@@ -216,8 +236,10 @@ class ChangeProbe:
         return True
 
     def close(self) -> None:
-        if self._probe is not None:
-            self._probe.close()
+        if self.engine is not None:
+            self._checkout.close()
+            self.engine.dispose()
+            self._probe = self._checkout = None
 
 
 class DatabaseFile:

@@ -1,8 +1,9 @@
 """Rows other programs INSERT into training_requests with status `pending`.
 
-SQLite's `PRAGMA data_version` changes when another connection commits, so a cheap check on a
-connection of our own tells when to look; the look itself reads the partial index of pending
-rows, never the whole table. Other databases are simply polled through that index.
+A row is a commit, and the daemon's loop tells this door when its `PRAGMA data_version` probe
+saw one (`database_changed`): only then is there a look, and the look reads the partial index
+of pending rows, never the whole table. On databases without a probe the loop says so at every
+tick: they are simply polled through that index.
 
 A request waiting for the download of a model it names (`download_id`, intake/hubnames.py) is
 left alone while that download is pending or running, and decided again once it has ended, as
@@ -15,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, or_, select
 
-from oneseekd.db.engine import ChangeProbe, read_session
+from oneseekd.db.engine import read_session
 from oneseekd.db.models import ModelDownload, TrainingRequest
 from oneseekd.intake.accept import Intake
 from oneseekd.intake.hubnames import LIVE
@@ -29,11 +30,12 @@ class PendingRows:
         self.intake = intake
         self.engine = engine
         self._more = False
-        self._probe = ChangeProbe(engine)
+        self._look_due = True  # the first look: rows INSERTed while no daemon ran
 
-    def changed(self) -> bool:
-        """Whether anyone committed since the last look (always True off SQLite)."""
-        return self._probe.changed() if self._probe.available else True
+    def database_changed(self) -> None:
+        """Someone committed: a new row may be there. Owed until a look is taken, even while
+        this door backs off from a failure."""
+        self._look_due = True
 
     def pending_ids(self) -> list[int]:
         with read_session(self.engine) as session:
@@ -61,21 +63,19 @@ class PendingRows:
             .limit(BATCH)
         )
 
-    def poll(self, force: bool = False) -> int:
-        """Decide up to BATCH pending rows in one transaction; returns how many were read.
-        A full batch means more may wait: the next poll looks again without waiting for a
-        change."""
-        if not (self.changed() or force or self._more):
+    def poll(self) -> int:
+        """Decide up to BATCH pending rows in one transaction, when a commit was reported
+        since the last look; returns how many were read. A full batch means more may wait:
+        the next poll looks again without waiting for a change."""
+        if not (self._look_due or self._more):
             return 0
         with read_session(self.engine) as session:
             rows = session.execute(self._pending()).all()
-        self._more = len(rows) == BATCH
         if rows:
             self.intake.take_batch([_incoming(*row) for row in rows])
+        self._look_due = False  # only now: a batch that failed is looked for again
+        self._more = len(rows) == BATCH
         return len(rows)
-
-    def close(self) -> None:
-        self._probe.close()
 
 
 def _incoming(row_id: int, payload: Any, source: str | None, download_id: int | None) -> Incoming:
