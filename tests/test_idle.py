@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -136,6 +137,24 @@ def test_the_change_probe_sees_every_commit_and_nothing_else(tmp_path: Path) -> 
         engine.dispose()
 
 
+def calls_of(
+    monkeypatch: pytest.MonkeyPatch,
+    owner: type,
+    name: str,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[float]:
+    """When each call of the method `owner.name` was made, by `clock`; the method still runs."""
+    times: list[float] = []
+    real = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        times.append(clock())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return times
+
+
 def _stop_after_a_quiet_window(
     daemon: Daemon, settle: float, window: float, marks: dict[str, float]
 ) -> threading.Thread:
@@ -164,14 +183,7 @@ def test_an_idle_daemon_looks_at_the_queue_only_when_the_database_changed(
     a second (each look a read that costs an idle daemon on a busy machine 5 ms of CPU), nor
     after each of the daemon's own heartbeats (here one a second)."""
     home = training_home(tmp_path / "home")
-    ticks: list[float] = []
-    real_tick = Supervisor.tick
-
-    def counting_tick(self: Supervisor, *, accepting: bool = True) -> None:
-        ticks.append(time.monotonic())
-        real_tick(self, accepting=accepting)
-
-    monkeypatch.setattr(Supervisor, "tick", counting_tick)
+    ticks = calls_of(monkeypatch, Supervisor, "tick")
     monkeypatch.setattr(pulse, "HEARTBEAT_SECONDS", 1.0)
     daemon = Daemon(load_config(home, env={}))
     window = 6.0
@@ -348,14 +360,7 @@ def test_rows_left_by_a_dead_pull_are_looked_for_twice_a_minute_not_at_every_tic
     downloads.wait_for_change = True
     clock = {"now": 1000.0}
     monkeypatch.setattr(module.time, "monotonic", lambda: clock["now"])
-    looks: list[float] = []
-    real = Downloads.recover
-
-    def counting(self: Downloads) -> int:
-        looks.append(clock["now"])
-        return real(self)
-
-    monkeypatch.setattr(Downloads, "recover", counting)
+    looks = calls_of(monkeypatch, Downloads, "recover", clock=lambda: clock["now"])
     try:
         for step in range(600):  # a minute of ticks
             clock["now"] = 1000.0 + step * 0.1
@@ -374,14 +379,7 @@ def test_an_idle_daemon_ticks_twice_a_second_and_a_dropped_file_wakes_it(
     were most of its idle figure. With nothing under way it ticks every IDLE_TICK_SECONDS;
     requests/ is watched, so a file dropped there wakes the loop at once."""
     home = training_home(tmp_path / "home")
-    steps: list[float] = []
-    real_step = Daemon._step
-
-    def counting_step(self: Daemon, *args: object) -> float | None:
-        steps.append(time.monotonic())
-        return real_step(self, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Daemon, "_step", counting_step)
+    steps = calls_of(monkeypatch, Daemon, "_step")
     daemon = Daemon(load_config(home, env={}))
     window = 3.0
     marks: dict[str, float] = {}
