@@ -410,3 +410,36 @@ def test_a_change_in_a_watched_folder_sets_the_wake_event(tmp_path: Path) -> Non
     finally:
         watcher.stop()
         engine.dispose()
+
+
+def test_without_a_change_probe_the_queue_is_looked_at_once_a_second_not_at_every_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL has no data_version: the loop cannot tell a commit, so the rows door looks
+    at every tick (through the pending rows' index) and the supervisor at its safety net,
+    QUEUE_LOOK_SECONDS, not at every tick. An in-memory SQLite database has no probe either."""
+    from types import SimpleNamespace
+
+    from oneseekd.daemon.notify import Notifier
+    from oneseekd.daemon.pulse import Pulse
+
+    config = load_config(training_home(tmp_path / "home"), env={})
+    engine = make_engine("sqlite://")
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(pulse.time, "monotonic", lambda: clock["now"])
+    beat = Pulse(engine, config, Notifier(env={}))
+    idle = SimpleNamespace(busy=False, queue_empty=True)
+    try:
+        assert not beat.probed
+        looks = []
+        for step in range(30):  # 3 s of 0.1 s ticks
+            clock["now"] = 1000.0 + step * 0.1
+            if beat.queue_look_due(idle, nudged=beat.changed()):  # type: ignore[arg-type]
+                looks.append(clock["now"])
+        assert len(looks) == 3, looks
+        assert beat.queue_look_due(idle, nudged=True)  # type: ignore[arg-type]
+        busy = SimpleNamespace(busy=True, queue_empty=False)
+        assert beat.queue_look_due(busy, nudged=False)  # type: ignore[arg-type]
+    finally:
+        beat.close()
+        engine.dispose()

@@ -69,8 +69,9 @@ class Pulse:
 
     def changed(self) -> bool:
         """Whether another connection committed since the last call: once a tick, for every
-        part that looks only on a change. Always True without a probe."""
-        return self.probe.changed() if self.probe.available else True
+        part that looks only on a change. False without a probe (`probed`): there, the
+        parts look at every tick or at their safety net."""
+        return self.probe.changed()
 
     def register(self) -> int:
         """This daemon's row, unless a live daemon elsewhere has its host name (checked and

@@ -294,7 +294,7 @@ class Daemon:
         # once a tick, for every part that looks only on a change: another program's commit,
         # or the daemon's own writes of the last tick (a request decided, a run finished)
         changed = pulse.changed()
-        if changed:  # owed by each part until it has looked, even while it backs off
+        if changed or not pulse.probed:  # owed by each part until it has looked
             parts.rows.database_changed()
             parts.downloads.database_changed()
         taken = 0
