@@ -16,6 +16,7 @@ from oneseekd.catalog.scan import RESERVED, Found, Root, ScanResult, candidate, 
 from oneseekd.catalog.store import Reconciled, reconcile
 from oneseekd.config import default_host
 from oneseekd.db.engine import release_memory
+from oneseekd.wakeup import Waker
 
 log = structlog.get_logger("oneseekd.catalog")
 BURST = 100  # folders rescanned at once after which the heap's free pages are given back
@@ -39,7 +40,7 @@ class Catalog:
         self._cache: dict[Path, Found] = {}
         self._due: dict[Path, float] = {}  # folder -> time it may be looked at again
         self._lock = threading.Lock()
-        self.wakeup = threading.Event()
+        self.wakeup: Waker = threading.Event()  # the daemon's loop gives its own
 
     # --- hints -------------------------------------------------------------------------------
     def folder_of(self, path: Path) -> Path | None:

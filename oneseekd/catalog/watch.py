@@ -5,7 +5,6 @@ A missed event costs latency, never correctness: the periodic full scan reconcil
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import structlog
@@ -14,6 +13,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from oneseekd.catalog.live import Catalog
+from oneseekd.wakeup import Waker
 
 log = structlog.get_logger("oneseekd.catalog")
 
@@ -39,7 +39,7 @@ class _Hints(FileSystemEventHandler):
 
 
 class _Wake(FileSystemEventHandler):
-    def __init__(self, wake: threading.Event) -> None:
+    def __init__(self, wake: Waker) -> None:
         self.wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -73,7 +73,7 @@ class Watcher:
                 "then changes are seen at the next periodic scan",
             )
 
-    def wake_on(self, path: Path, wake: threading.Event) -> bool:
+    def wake_on(self, path: Path, wake: Waker) -> bool:
         """Set `wake` at every change in `path` (not below it): a file dropped into requests/
         reaches the daemon's loop at once, so the loop may sleep longer while idle. False when
         the folder cannot be watched: the loop then keeps looking at its own pace."""

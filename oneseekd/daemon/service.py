@@ -5,7 +5,6 @@ Its command line is command.py's; the supervisor of the trainer child is supervi
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
@@ -35,6 +34,7 @@ from oneseekd.intake.accept import Intake
 from oneseekd.intake.dropfolder import DropFolder
 from oneseekd.intake.rows import PendingRows
 from oneseekd.logs import configure_logging
+from oneseekd.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from oneseekd.metrics.server import Metrics
@@ -67,7 +67,7 @@ class Daemon:
         self._reload_due = False
         self._parts_alone = Alone()  # the doors and the catalog fail (and back off) alone
         self._database_problem: str | None = None
-        self._wake = threading.Event()
+        self._wake = Wakeup()  # set from signal handlers too: never a threading.Event
         self.notifier = Notifier()
         self._metrics: Metrics | None = None  # [metrics] listen: the Prometheus endpoint
         self._drops_watched = False  # requests/ wakes the loop: it may tick slowly when idle
@@ -90,17 +90,23 @@ class Daemon:
     def run(self) -> int:
         lock = HomeLock(self.config.home.lock_file)
         lock.acquire()
+        # flags from the first instant: a stop or reload during start-up is honoured after it
+        caught = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        kept = {sig: signal.getsignal(sig) for sig in caught}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             return self._run_locked()
         finally:
+            for sig, handler in kept.items():
+                if handler is not None:  # None: not set from Python, nothing to put back
+                    signal.signal(sig, handler)
+            self._wake.close()
             lock.release()
 
     def _run_locked(self) -> int:
         cfg = self.config
-        # flags from the first instant: a stop or reload during start-up is honoured after it
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-        signal.signal(signal.SIGHUP, self._on_hangup)
         log.info(
             "daemon_starting",
             home=str(cfg.home.root),
@@ -252,7 +258,6 @@ class Daemon:
                 return
             if timeout:
                 self._wake.wait(timeout)
-                self._wake.clear()
 
     def _watch_anyway(self, parts: _Parts) -> None:
         """A step failed: the trainer must still be watched (its exit reaped, its lease kept
