@@ -392,6 +392,7 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float, float]]:
         database = DatabaseFile(engine)
         pulse = Pulse(engine, config, Notifier(env={}))
         pulse.register()
+        supervisor.live_states = pulse.live_states  # as the daemon wires it on SQLite
         pending.poll()  # the first look, owed at start
         supervisor.tick()  # finds the queue empty
         every_tick = 1 / IDLE_TICK_SECONDS

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import structlog
 from daemon import query
-from homes import open_home, training_home
+from homes import home_with_a_queued_run, open_home, training_home
 from sqlalchemy import Engine, event, text
 
 from oneseekd.catalog.live import Catalog
@@ -121,9 +121,8 @@ def test_the_change_probe_sees_every_commit_and_nothing_else(tmp_path: Path) -> 
         other.dispose()
         assert probe.changed()
         assert not probe.changed()
-        assert probe.engine is not None  # what is written through the probe's own connection
-        with write_session(probe.engine) as session:
-            session.execute(text("INSERT INTO training_requests (payload) VALUES ('own')"))
+        # what is written through the probe's own connection is not a change ...
+        probe.execute("INSERT INTO training_requests (payload) VALUES (?)", ("own",))
         assert not probe.changed()
         with engine.connect() as conn:  # ... is written all the same
             own = "SELECT COUNT(*) FROM training_requests WHERE payload = 'own'"
@@ -254,10 +253,11 @@ def test_an_idle_daemon_with_metrics_on_writes_only_its_heartbeat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Idle, with nothing queued or running and metrics on (its snapshot read every 0.2 s):
-    the only write transaction is the daemon's heartbeat, where each look at the queue was two
-    (cancel flags, a claim), one a second; and neither model_downloads nor training_requests
-    is looked at for new rows: that is done after a commit, and the heartbeat is the daemon's
-    own (written over its probe's connection, which SQLite leaves out of its data_version)."""
+    the only write is the daemon's heartbeat, where each look at the queue was two write
+    transactions (cancel flags, a claim), one a second; and neither model_downloads nor
+    training_requests is looked at for new rows: that is done after a commit, and the
+    heartbeat is the daemon's own (written over its probe's connection, which SQLite leaves
+    out of its data_version). The supervisor's look goes over that connection too."""
     home = training_home(tmp_path / "home")
     with (home / "oneseekd.toml").open("a") as fh:
         fh.write('[metrics]\nlisten = "127.0.0.1:0"\nrefresh_seconds = 0.2\n')
@@ -265,6 +265,14 @@ def test_an_idle_daemon_with_metrics_on_writes_only_its_heartbeat(
     sent: list[tuple[float, str]] = []
     listener = _statements(sent)
     event.listen(Engine, "before_cursor_execute", listener)
+    probed: list[tuple[float, str]] = []  # what the loop sends over the probe's connection
+    real_execute = ChangeProbe.execute
+
+    def execute(self: ChangeProbe, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        probed.append((time.monotonic(), sql))
+        return real_execute(self, sql, params)
+
+    monkeypatch.setattr(ChangeProbe, "execute", execute)
     daemon = Daemon(load_config(home, env={}))
     window = 4.0
     marks: dict[str, float] = {}
@@ -275,12 +283,15 @@ def test_an_idle_daemon_with_metrics_on_writes_only_its_heartbeat(
         event.remove(Engine, "before_cursor_execute", listener)
         stopper.join()
     quiet = [sql for at, sql in sent if marks["start"] <= at <= marks["end"]]
-    heartbeats = [sql for sql in quiet if sql.startswith("UPDATE daemons SET heartbeat_at")]
-    writes = [sql for sql in quiet if sql == "BEGIN IMMEDIATE"]
+    own = [sql for at, sql in probed if marks["start"] <= at <= marks["end"]]
+    heartbeats = [sql for sql in own if sql.startswith("UPDATE daemons SET heartbeat_at")]
     assert 1 <= len(heartbeats) <= 3  # one every 2 s
-    assert len(writes) == len(heartbeats), [
-        sql for sql in quiet if sql.startswith(("UPDATE", "INSERT", "DELETE"))
-    ]
+    assert [sql for sql in own if sql.lstrip().upper().startswith(("UPDATE", "INSERT"))] == (
+        heartbeats
+    )
+    writes = [sql for sql in quiet if sql == "BEGIN IMMEDIATE" or sql.startswith("UPDATE")]
+    assert writes == []  # nothing else writes
+    assert len([sql for sql in own if "FROM runs" in sql]) <= 2  # the 5 s safety net
     looks = [
         sql
         for sql in quiet
@@ -440,6 +451,45 @@ def test_without_a_change_probe_the_queue_is_looked_at_once_a_second_not_at_ever
         assert beat.queue_look_due(idle, nudged=True)  # type: ignore[arg-type]
         busy = SimpleNamespace(busy=True, queue_empty=False)
         assert beat.queue_look_due(busy, nudged=False)  # type: ignore[arg-type]
+    finally:
+        beat.close()
+        engine.dispose()
+
+
+def test_the_pulse_s_own_reads_and_writes_are_those_of_the_orm(tmp_path: Path) -> None:
+    """The heartbeat and the supervisor's look go over the probe's sqlite3 connection: the row
+    they write reads back through the ORM as the ORM's own would (UTC times, the stop), and
+    the look finds the queue's states as the ORM's query does."""
+    from sqlalchemy import select
+
+    from oneseekd.daemon.notify import Notifier
+    from oneseekd.daemon.pulse import Pulse
+    from oneseekd.daemon.supervisor import _live_states
+    from oneseekd.db.engine import read_session
+    from oneseekd.db.models import Daemon as DaemonRow
+    from oneseekd.db.models import utcnow
+
+    home, _run_id = home_with_a_queued_run(tmp_path / "home")
+    config, engine = open_home(home)
+    beat = Pulse(engine, config, Notifier(env={}))
+    try:
+        assert beat.probed
+        row_id = beat.register()
+        before = utcnow()
+        beat.heartbeat("idle, 1 queued")
+        with read_session(engine) as session:
+            row = session.scalars(select(DaemonRow).where(DaemonRow.id == row_id)).one()
+            assert row.activity == "idle, 1 queued"
+            assert row.heartbeat_at is not None and row.heartbeat_at >= before
+            assert row.stopped_at is None
+        beat.heartbeat("stopped", stopped=True)
+        with read_session(engine) as session:
+            row = session.scalars(select(DaemonRow).where(DaemonRow.id == row_id)).one()
+            assert row.stopped_at is not None and row.stopped_at == row.heartbeat_at
+        assert beat.live_states() == _live_states(engine) == {"queued"}
+        with write_session(engine) as session:
+            session.execute(text("UPDATE runs SET state = 'succeeded'"))
+        assert beat.live_states() == _live_states(engine) == set()
     finally:
         beat.close()
         engine.dispose()

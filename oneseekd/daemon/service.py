@@ -173,6 +173,8 @@ class Daemon:
         drops.database = self._database  # a file is moved only once its row is in this file
         rows = PendingRows(intake, engine)
         supervisor = Supervisor(engine, cfg, pulse.row_id, ledger=ledger)
+        if pulse.probed:
+            supervisor.live_states = pulse.live_states
         downloads = Downloads(engine, cfg, ledger=ledger, catalog=catalog)
         downloads.recover()  # a download this host's last daemon left resumes from its bytes
         drops.recover()

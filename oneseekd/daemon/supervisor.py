@@ -58,6 +58,9 @@ class Supervisor:
         self._next_takeover_check = 0.0
         # the last look found no run queued or running (any host's): nothing waits on a clock
         self.queue_empty = False
+        # which of queued and running some run is in: the daemon gives a cheaper reader
+        # where it has one (daemon/pulse.py, over its change probe's connection)
+        self.live_states: Callable[[], set[str]] = lambda: _live_states(engine)
 
     @property
     def claimant(self) -> queue.Claimant:
@@ -81,7 +84,7 @@ class Supervisor:
         resume, a takeover): one read of the queue's index says whether there are any, so an
         empty queue costs that read, not two write transactions and four reads."""
         self.watch()  # first: a failing write below must not keep the child unwatched
-        live = _live_states(self.engine)
+        live = self.live_states()
         self.queue_empty = not live
         if "queued" in live:
             for run_id in queue.cancel_queued_flagged(self.engine, ledger=self.ledger):

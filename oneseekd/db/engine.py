@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
 
 from oneseekd.config import DEFAULT_LEASE_SECONDS, SQLITE_BUSY_TIMEOUT_MS
 from oneseekd.errors import DatabaseError
@@ -65,13 +65,11 @@ def make_engine(
     *,
     lease_seconds: float | None = DEFAULT_LEASE_SECONDS,
     page_cache_kib: int | None = None,
-    one_connection: bool = False,
 ) -> Engine:
     """An engine on `url`. On PostgreSQL its sessions are bounded by `lease_seconds` (the
     daemon and its trainers pass `[trainer] lease_seconds`); None leaves them unbounded,
     for migrations. On SQLite, `page_cache_kib` bounds each connection's page cache (SQLite's
-    default is 2 MiB: None keeps it), and `one_connection` makes every checkout the same
-    connection (ChangeProbe's: what is written through it is its own)."""
+    default is 2 MiB: None keeps it)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         connect_args: dict[str, Any] = {}
@@ -83,11 +81,8 @@ def make_engine(
         return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    pool: dict[str, Any] = {"poolclass": StaticPool} if one_connection else {}
     engine = create_engine(
-        url,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-        **pool,
+        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
     )
 
     @event.listens_for(engine, "connect")
@@ -199,25 +194,27 @@ class ChangeProbe:
     own: a read of a counter in shared memory, where a look at the queue is a write
     transaction.
 
-    `engine` writes over that same connection, and SQLite leaves a connection's own commits
-    out of its data_version: what the loop writes through it (its heartbeat, every few
-    seconds) is never taken for somebody else's change, so it triggers no look. On databases
-    without a probe `engine` is None."""
+    `execute` runs a statement over that same connection. SQLite leaves a connection's own
+    commits out of its data_version, so what the loop writes through it (its heartbeat, every
+    few seconds) is never taken for somebody else's change and triggers no look. And a plain
+    sqlite3 statement touches a small fraction of the memory a SQLAlchemy one does: on a
+    machine whose host reclaims what a guest leaves untouched for seconds, that is most of
+    what an idle look costs (docs/reliability.md, "Idle cost")."""
 
     def __init__(self, engine: Engine, *, page_cache_kib: int | None = None) -> None:
-        self.engine: Engine | None = None
-        self._probe: Any = None  # the sqlite3 connection under `engine`
-        self._checkout: Any = None  # held, so that the pool never resets it under us
+        self._probe: sqlite3.Connection | None = None
         self._version: int | None = None
         database = engine.url.database
         if is_sqlite(engine) and database and database != ":memory:":
-            self.engine = make_engine(
-                engine.url.render_as_string(hide_password=False),
-                page_cache_kib=page_cache_kib,
-                one_connection=True,
+            self._probe = sqlite3.connect(
+                database,
+                timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,  # each statement its own transaction
+                check_same_thread=False,
             )
-            self._checkout = self.engine.raw_connection()
-            self._probe = self._checkout.driver_connection
+            self._probe.text_factory = _text_or_surrogates
+            if page_cache_kib is not None:
+                self._probe.execute(f"PRAGMA cache_size=-{int(page_cache_kib)}")
 
     @property
     def available(self) -> bool:
@@ -235,11 +232,17 @@ class ChangeProbe:
         self._version = int(version)
         return True
 
+    def execute(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """One statement over the probe's own connection, in a transaction of its own (a
+        write waits on SQLite's busy timeout like any writer); its rows. Only where
+        `available`."""
+        assert self._probe is not None, "ChangeProbe.execute needs a SQLite file"
+        return self._probe.execute(sql, params).fetchall()
+
     def close(self) -> None:
-        if self.engine is not None:
-            self._checkout.close()
-            self.engine.dispose()
-            self._probe = self._checkout = None
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
 
 
 class DatabaseFile:

@@ -372,8 +372,10 @@ class DropFolder:
         return reason
 
     def _take_all(self, claimed: list[tuple[Path, str, str]]) -> None:
+        if not claimed:  # nothing decided: no database file to check (every idle tick)
+            return
         items = [incoming(path, original, token) for path, original, token in claimed]
-        verdicts = self.intake.take_batch(items) if items else []
+        verdicts = self.intake.take_batch(items)
         self._check_database()
         for (path, original, _), verdict in zip(claimed, verdicts, strict=True):
             assert verdict is not None  # files are never decided by anyone else
