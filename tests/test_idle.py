@@ -457,9 +457,10 @@ def test_without_a_change_probe_the_queue_is_looked_at_once_a_second_not_at_ever
 
 
 def test_the_pulse_s_own_reads_and_writes_are_those_of_the_orm(tmp_path: Path) -> None:
-    """The heartbeat and the supervisor's look go over the probe's sqlite3 connection: the row
-    they write reads back through the ORM as the ORM's own would (UTC times, the stop), and
-    the look finds the queue's states as the ORM's query does."""
+    """The heartbeat and the idle looks go over the probe's sqlite3 connection: the row they
+    write reads back through the ORM as the ORM's own would (UTC times, the stop), the
+    supervisor's look finds the queue's states as the ORM's query does, and the look for a
+    dead pull sees only this host's `running` downloads."""
     from sqlalchemy import select
 
     from oneseekd.daemon.notify import Notifier
@@ -490,6 +491,19 @@ def test_the_pulse_s_own_reads_and_writes_are_those_of_the_orm(tmp_path: Path) -
         with write_session(engine) as session:
             session.execute(text("UPDATE runs SET state = 'succeeded'"))
         assert beat.live_states() == _live_states(engine) == set()
+        assert not beat.downloads_running()
+        with write_session(engine) as session:  # another host's pull: not this daemon's
+            session.execute(
+                text(
+                    "INSERT INTO model_downloads (repository, status, host) "
+                    "VALUES ('org/a', 'running', 'elsewhere'), ('org/b', 'pending', :host)"
+                ),
+                {"host": config.catalog.host},
+            )
+        assert not beat.downloads_running()
+        with write_session(engine) as session:
+            session.execute(text("UPDATE model_downloads SET status = 'running'"))
+        assert beat.downloads_running()
     finally:
         beat.close()
         engine.dispose()

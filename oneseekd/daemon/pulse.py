@@ -184,6 +184,16 @@ class Pulse:
         with writer(self.engine).begin() as conn:
             conn.execute(update(DaemonRow).where(DaemonRow.id == self.row_id).values(values))
 
+    def downloads_running(self) -> bool:
+        """Whether this host has a model download `running` (a dead `oneseekctl pull` leaves
+        one): the idle loop's look every 30 s, over the probe's connection."""
+        return bool(
+            self.probe.execute(
+                "SELECT 1 FROM model_downloads WHERE status = 'running' AND host = ? LIMIT 1",
+                (self.config.catalog.host,),
+            )
+        )
+
     def live_states(self) -> set[str]:
         """Which of `queued` and `running` some run is in (any host's), from the queue's
         index, over the probe's connection: the supervisor's look, every few seconds idle

@@ -176,6 +176,8 @@ class Daemon:
         if pulse.probed:
             supervisor.live_states = pulse.live_states
         downloads = Downloads(engine, cfg, ledger=ledger, catalog=catalog)
+        if pulse.probed:
+            downloads.running_here = pulse.downloads_running
         downloads.recover()  # a download this host's last daemon left resumes from its bytes
         drops.recover()
         rows.poll()

@@ -20,6 +20,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -123,6 +124,9 @@ class Downloads:
         # database_changed() on each change: pending rows are looked for only after one
         self.wait_for_change = False
         self._look_due = True  # a look for pending rows is owed (the first one, or a change)
+        # whether this host has a `running` row: the daemon gives a cheaper reader where it
+        # has one (daemon/pulse.py); a row found is then read through the ORM as before
+        self.running_here: Callable[[], bool] | None = None
 
     @property
     def host(self) -> str:
@@ -140,6 +144,8 @@ class Downloads:
         """Rows this host left `running` whose process is gone go back to `pending`, to
         resume from the bytes on disk; a live `oneseekctl pull` keeps its own. A read first:
         the idle loop calls this every few seconds and takes no write lock for nothing."""
+        if self.running_here is not None and not self.running_here():
+            return 0
         with read_session(self.engine) as session:
             if not self._left(session):
                 return 0
