@@ -23,6 +23,13 @@ Goals (issue 6): under 80 MB RSS and under 1% of one core.
 its snapshot read every 15 s, the default) and scraped over HTTP every --scrape-interval seconds
 through the window, as Prometheus would: the same goals hold.
 
+`--against CHECKOUT` runs another checkout's daemon (an earlier commit: `git worktree add
+/tmp/before COMMIT`) beside this one, on a home of its own built alike, through the same
+windows (`--rounds` of them) and the same scrapes, and prints each one's CPU and RSS and their
+ratio. On a shared machine the idle figure of the same code moves by a factor of two from one
+hour to the next; two daemons measured side by side see the same hour, so the ratio holds
+where the absolute figures do not.
+
 `--why` adds the diagnosis of where the figures come from:
 
 - memory: the RSS each group of imports adds, in the order the daemon imports them, measured
@@ -34,6 +41,7 @@ through the window, as Prometheus would: the same goals hold.
   an EMPTY_QUEUE_LOOK_SECONDS, once a HEARTBEAT_SECONDS), as a share of one core.
 
 Run: .venv/bin/python bench/idle.py [--seconds 60] [--models 1000] [--metrics] [--json] [--why]
+     .venv/bin/python bench/idle.py --against /tmp/before [--rounds 4] [--seconds 120] [--metrics]
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -253,6 +262,89 @@ def measure(
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+HERE = Path(__file__).resolve().parent.parent  # this checkout
+
+
+def wait_ready(log_path: Path, db: Path, models: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until the daemon has logged daemon_ready and catalogued `models` ready models."""
+    wait_until(lambda: b'"daemon_ready"' in log_path.read_bytes(), 180, "daemon_ready", proc)
+    wait_until(lambda: ready_models(db) >= models, 180, f"{models} ready models", proc)
+
+
+def side_by_side(
+    other: Path, seconds: float, rounds: int, models: int, metrics: bool, scrape_every: float
+) -> int:
+    """This checkout's daemon and `other`'s, each on a home of its own built alike, measured
+    through the same windows and scraped alike; each round's CPU and RSS, and the ratio."""
+    other = other.resolve()
+    if not (other / "oneseekd" / "__init__.py").is_file():
+        raise SystemExit(f"{other} is not a oneseekd checkout (no oneseekd/__init__.py there)")
+    root = Path(tempfile.mkdtemp(prefix="oneseek-idle-ab-"))
+    daemons: dict[str, tuple[Path, subprocess.Popen[bytes]]] = {}
+    try:
+        for name, code in (("this", HERE), ("against", other)):
+            home = root / name
+            build_home(home, models, metrics)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("ONESEEK_")}
+            env["PYTHONPATH"] = str(code)  # and the working directory: `-m` looks there first
+            with (root / f"{name}.log").open("wb") as log:
+                daemons[name] = (
+                    home,
+                    subprocess.Popen(
+                        [sys.executable, "-m", "oneseekd", "--home", str(home)],
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                        env=env,
+                        cwd=code,
+                    ),
+                )
+        for name, (home, proc) in daemons.items():
+            wait_ready(root / f"{name}.log", home / "oneseek.db", models, proc)
+        ports = [metrics_port(root / f"{name}.log") for name in daemons] if metrics else []
+        if None in ports:
+            raise SystemExit("metrics asked for, but a daemon logged no metrics_listening")
+        for port in ports:
+            scrape(port)  # type: ignore[arg-type]
+        time.sleep(SETTLE_AFTER_READY_S)
+        print(
+            f"side by side, {models} models each, {rounds} windows of {seconds:g} s"
+            + (f", scraped every {scrape_every:g} s" if metrics else "")
+            + f":\n  this:    {HERE}\n  against: {other}\n"
+        )
+        print(f"{'window':>6} {'this CPU %':>11} {'against CPU %':>14} {'ratio':>6}  RSS MB")
+        ratios = []
+        for window in range(1, rounds + 1):
+            first = {name: sample(proc.pid) for name, (_, proc) in daemons.items()}
+            ends = time.monotonic() + seconds
+            while ports and time.monotonic() + scrape_every < ends:
+                time.sleep(scrape_every)
+                for port in ports:
+                    scrape(port)  # type: ignore[arg-type]
+            time.sleep(max(ends - time.monotonic(), 0.0))
+            got = {
+                name: figures(name, proc.pid, first[name], sample(proc.pid))
+                for name, (_, proc) in daemons.items()
+            }
+            this, against = got["this"], got["against"]
+            ratio = this.cpu_percent / against.cpu_percent if against.cpu_percent else float("nan")
+            ratios.append(ratio)
+            print(
+                f"{window:>6} {this.cpu_percent:11.3f} {against.cpu_percent:14.3f} {ratio:6.2f}"
+                f"  {this.rss_end_mb:.1f} / {against.rss_end_mb:.1f}"
+            )
+        print(f"\nCPU ratio this / against: median {statistics.median(ratios):.2f}")
+        return 0
+    finally:
+        for _, proc in daemons.values():
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def report(data: dict[str, object]) -> int:
@@ -467,7 +559,23 @@ def main(argv: list[str] | None = None) -> int:
         default=SCRAPE_INTERVAL_S,
         help=f"seconds between scrapes with --metrics ({SCRAPE_INTERVAL_S:g})",
     )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="CHECKOUT",
+        help="run that checkout's daemon beside this one through the same windows",
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="windows measured with --against (4)")
     args = parser.parse_args(argv)
+    if args.against is not None:
+        return side_by_side(
+            args.against,
+            args.seconds,
+            args.rounds,
+            args.models,
+            args.metrics,
+            args.scrape_interval,
+        )
     data = measure(
         args.seconds,
         args.models,
