@@ -485,6 +485,7 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float, float]]:
         pulse = Pulse(engine, config, Notifier(env={}))
         pulse.register()
         supervisor.live_states = pulse.live_states  # as the daemon wires it on SQLite
+        downloads.running_here = pulse.downloads_running
         pending.poll()  # the first look, owed at start
         supervisor.tick()  # finds the queue empty
         every_tick = 1 / IDLE_TICK_SECONDS
@@ -509,7 +510,7 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float, float]]:
                 lambda: pulse.heartbeat(pulse.status_line(supervisor, downloads)),
                 1 / HEARTBEAT_SECONDS,
             ),
-            ("downloads.recover() (a read)", downloads.recover, 1 / STALE_CHECK_SECONDS),
+            ("downloads.recover() (none running: one plain read)", downloads.recover, 1 / STALE_CHECK_SECONDS),
         ]
         costs = []
         for label, step, rate in steps:
