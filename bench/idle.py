@@ -510,7 +510,11 @@ def tick_costs(models: int, calls: int = 300) -> list[tuple[str, float, float]]:
                 lambda: pulse.heartbeat(pulse.status_line(supervisor, downloads)),
                 1 / HEARTBEAT_SECONDS,
             ),
-            ("downloads.recover() (none running: one plain read)", downloads.recover, 1 / STALE_CHECK_SECONDS),
+            (
+                "downloads.recover() (none running: one plain read)",
+                downloads.recover,
+                1 / STALE_CHECK_SECONDS,
+            ),
         ]
         costs = []
         for label, step, rate in steps:
