@@ -170,6 +170,16 @@ def wait_until(
         time.sleep(0.2)
 
 
+def stop(daemon: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as systemd stops it; SIGKILL after 30 s."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(30)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+
+
 def start_baselines(seconds: float) -> list[tuple[str, subprocess.Popen[bytes]]]:
     sleep = f"import time; time.sleep({seconds + 30})"
     return [
@@ -241,12 +251,7 @@ def measure(
             for _, proc in baselines:
                 proc.kill()
                 proc.wait()
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop(daemon)
         results = [figures(name, p.pid, first[name], last[name]) for name, p in procs]
         return {
             "models": models,
@@ -334,16 +339,13 @@ def side_by_side(
                 f"{window:>6} {this.cpu_percent:11.3f} {against.cpu_percent:14.3f} {ratio:6.2f}"
                 f"  {this.rss_end_mb:.1f} / {against.rss_end_mb:.1f}"
             )
-        print(f"\nCPU ratio this / against: median {statistics.median(ratios):.2f}")
+        measured = [r for r in ratios if r == r]  # nan: a window too short to see any CPU
+        median = f"{statistics.median(measured):.2f}" if measured else "n/a (windows too short)"
+        print(f"\nCPU ratio this / against: median {median}")
         return 0
     finally:
         for _, proc in daemons.values():
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
         shutil.rmtree(root, ignore_errors=True)
 
 
