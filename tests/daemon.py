@@ -78,10 +78,16 @@ class DaemonProcess:
         return wait_for(seen, timeout, what=f"log event {name}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal the daemon and wait for its exit status. One that outlives `timeout` is
+        killed (never left running after the test) and the test fails on the timeout."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
         finally:
             self._log.close()
 
