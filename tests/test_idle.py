@@ -19,6 +19,7 @@ import structlog
 from daemon import query
 from homes import home_with_a_queued_run, open_home, training_home
 from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import OperationalError
 
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
@@ -131,9 +132,40 @@ def test_the_change_probe_sees_every_commit_and_nothing_else(tmp_path: Path) -> 
             session.execute(text("UPDATE runs SET state = state"))
             session.execute(text("INSERT INTO training_requests (payload) VALUES ('{}')"))
         assert probe.changed()
+        # its failures are SQLAlchemy's, which the daemon's callers already catch
+        with pytest.raises(OperationalError, match="no such table: no_such_table"):
+            probe.execute("SELECT * FROM no_such_table")
     finally:
         probe.close()
         engine.dispose()
+
+
+def test_a_last_heartbeat_that_fails_is_logged_and_the_daemon_still_stops_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat at the stop goes over the probe's sqlite3 connection; the database going
+    away under it is logged (`heartbeat_failed`) and the daemon ends as it would have, with its
+    exit status, not with a sqlite3 traceback out of its shutdown."""
+    from structlog.testing import capture_logs
+
+    from oneseekd.daemon.pulse import Pulse
+
+    home = training_home(tmp_path / "home")
+    real = Pulse.heartbeat
+
+    def heartbeat(self: Pulse, activity: str, *, stopped: bool = False) -> None:
+        if stopped:  # the table goes away under the last write, by another program's hand
+            other = make_engine(load_config(home, env={}).db_url)
+            with other.begin() as conn:
+                conn.execute(text("ALTER TABLE daemons RENAME TO daemons_gone"))
+            other.dispose()
+        real(self, activity, stopped=stopped)
+
+    monkeypatch.setattr(Pulse, "heartbeat", heartbeat)
+    with capture_logs() as events:
+        assert Daemon(load_config(home, env={}), exit_when_idle=True).run() == 0
+    [failed] = [e for e in events if e["event"] == "heartbeat_failed"]
+    assert "no such table: daemons" in failed["error"]
 
 
 def calls_of(

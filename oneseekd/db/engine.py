@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from oneseekd.config import DEFAULT_LEASE_SECONDS, SQLITE_BUSY_TIMEOUT_MS
@@ -235,9 +236,13 @@ class ChangeProbe:
     def execute(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """One statement over the probe's own connection, in a transaction of its own (a
         write waits on SQLite's busy timeout like any writer); its rows. Only where
-        `available`."""
+        `available`. A failure is raised as SQLAlchemy raises the same one (`OperationalError`
+        for a locked or vanished database...), so callers catch one family of errors."""
         assert self._probe is not None, "ChangeProbe.execute needs a SQLite file"
-        return self._probe.execute(sql, params).fetchall()
+        try:
+            return self._probe.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
 
     def close(self) -> None:
         if self._probe is not None:
