@@ -170,6 +170,14 @@ def wait_until(
         time.sleep(0.2)
 
 
+def wait_ready(
+    log_path: Path, db: Path, models: int, proc: subprocess.Popen[bytes], timeout: float
+) -> None:
+    """Until the daemon has logged daemon_ready and catalogued `models` ready models."""
+    wait_until(lambda: b'"daemon_ready"' in log_path.read_bytes(), timeout, "daemon_ready", proc)
+    wait_until(lambda: ready_models(db) >= models, timeout, f"{models} ready models", proc)
+
+
 def stop(daemon: subprocess.Popen[bytes]) -> None:
     """SIGTERM, as systemd stops it; SIGKILL after 30 s."""
     daemon.send_signal(signal.SIGTERM)
@@ -219,15 +227,7 @@ def measure(
         baselines = start_baselines(seconds)
         try:
             loaded_at = time.perf_counter()
-            wait_until(
-                lambda: b'"daemon_ready"' in log_path.read_bytes(), 120, "daemon_ready", daemon
-            )
-            wait_until(
-                lambda: ready_models(home / "oneseek.db") >= models,
-                120,
-                f"{models} ready models",
-                daemon,
-            )
+            wait_ready(log_path, home / "oneseek.db", models, daemon, timeout=120)
             loaded = time.perf_counter() - loaded_at
             port = metrics_port(log_path) if metrics else None
             if metrics and port is None:
@@ -272,12 +272,6 @@ def measure(
 HERE = Path(__file__).resolve().parent.parent  # this checkout
 
 
-def wait_ready(log_path: Path, db: Path, models: int, proc: subprocess.Popen[bytes]) -> None:
-    """Until the daemon has logged daemon_ready and catalogued `models` ready models."""
-    wait_until(lambda: b'"daemon_ready"' in log_path.read_bytes(), 180, "daemon_ready", proc)
-    wait_until(lambda: ready_models(db) >= models, 180, f"{models} ready models", proc)
-
-
 def side_by_side(
     other: Path, seconds: float, rounds: int, models: int, metrics: bool, scrape_every: float
 ) -> int:
@@ -306,7 +300,8 @@ def side_by_side(
                     ),
                 )
         for name, (home, proc) in daemons.items():
-            wait_ready(root / f"{name}.log", home / "oneseek.db", models, proc)
+            # two daemons load at once: each gets longer than measure()'s single one
+            wait_ready(root / f"{name}.log", home / "oneseek.db", models, proc, timeout=180)
         ports = [metrics_port(root / f"{name}.log") for name in daemons] if metrics else []
         if None in ports:
             raise SystemExit("metrics asked for, but a daemon logged no metrics_listening")

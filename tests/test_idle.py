@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from oneseekd.catalog.live import Catalog
 from oneseekd.catalog.scan import model_roots
 from oneseekd.certify.ledger import Ledger
-from oneseekd.config import load_config
+from oneseekd.config import Config, load_config
 from oneseekd.daemon import pulse
 from oneseekd.daemon.service import Daemon
 from oneseekd.daemon.supervisor import Supervisor
@@ -186,11 +186,11 @@ def calls_of(
     return times
 
 
-def _stop_after_a_quiet_window(
-    daemon: Daemon, settle: float, window: float, marks: dict[str, float]
-) -> threading.Thread:
-    """A thread that waits until the daemon runs, `settle` seconds past its start-up, marks
-    the `start` and `end` of a quiet `window`, then asks the daemon to stop."""
+def _run_through_a_quiet_window(home: Path, settle: float, window: float) -> tuple[float, float]:
+    """Run a daemon on `home` until `settle` seconds past its start-up and then through a
+    quiet `window`, and stop it; the window's start and end (time.monotonic())."""
+    daemon = Daemon(load_config(home, env={}))
+    marks: dict[str, float] = {}
 
     def stop() -> None:
         while getattr(daemon, "_parts", None) is None:
@@ -203,7 +203,11 @@ def _stop_after_a_quiet_window(
 
     stopper = threading.Thread(target=stop)
     stopper.start()
-    return stopper
+    try:
+        assert daemon.run() == 0
+    finally:
+        stopper.join()
+    return marks["start"], marks["end"]
 
 
 def test_an_idle_daemon_looks_at_the_queue_only_when_the_database_changed(
@@ -216,13 +220,9 @@ def test_an_idle_daemon_looks_at_the_queue_only_when_the_database_changed(
     home = training_home(tmp_path / "home")
     ticks = calls_of(monkeypatch, Supervisor, "tick")
     monkeypatch.setattr(pulse, "HEARTBEAT_SECONDS", 1.0)
-    daemon = Daemon(load_config(home, env={}))
     window = 6.0
-    marks: dict[str, float] = {}
-    stopper = _stop_after_a_quiet_window(daemon, 0.5, window, marks)
-    assert daemon.run() == 0
-    stopper.join()
-    quiet = [t for t in ticks if marks["start"] <= t <= marks["end"]]
+    start, end = _run_through_a_quiet_window(home, 0.5, window)
+    quiet = [t for t in ticks if start <= t <= end]
     limit = window / pulse.EMPTY_QUEUE_LOOK_SECONDS + 2  # with a look per heartbeat: 9
     assert len(quiet) <= limit, f"{len(quiet)} looks at the queue in {window} s idle"
 
@@ -305,17 +305,12 @@ def test_an_idle_daemon_with_metrics_on_writes_only_its_heartbeat(
         return real_execute(self, sql, params)
 
     monkeypatch.setattr(ChangeProbe, "execute", execute)
-    daemon = Daemon(load_config(home, env={}))
-    window = 4.0
-    marks: dict[str, float] = {}
-    stopper = _stop_after_a_quiet_window(daemon, 1.0, window, marks)
     try:
-        assert daemon.run() == 0
+        start, end = _run_through_a_quiet_window(home, 1.0, 4.0)
     finally:
         event.remove(Engine, "before_cursor_execute", listener)
-        stopper.join()
-    quiet = [sql for at, sql in sent if marks["start"] <= at <= marks["end"]]
-    own = [sql for at, sql in probed if marks["start"] <= at <= marks["end"]]
+    quiet = [sql for at, sql in sent if start <= at <= end]
+    own = [sql for at, sql in probed if start <= at <= end]
     heartbeats = [sql for sql in own if sql.startswith("UPDATE daemons SET heartbeat_at")]
     assert 1 <= len(heartbeats) <= 3  # one every 2 s
     assert [sql for sql in own if sql.lstrip().upper().startswith(("UPDATE", "INSERT"))] == (
@@ -352,17 +347,23 @@ def test_a_supervisor_with_an_empty_queue_takes_no_write_transaction(tmp_path: P
     assert len([sql for sql in statements if "FROM runs" in sql]) == 3, statements
 
 
-def test_new_download_rows_are_looked_for_only_after_a_commit(tmp_path: Path) -> None:
-    """The loop tells Downloads when its data_version probe saw a commit; until then a row
-    INSERTed is not looked for, and once told, the next tick takes it (here: fails it, the
-    repository name being impossible, with no Hub needed)."""
-    home = training_home(tmp_path / "home")
-    config, engine = open_home(home)
+def _downloads(root: Path) -> tuple[Config, Engine, Downloads]:
+    """A training home's Downloads as the daemon's loop drives them on SQLite: pending rows are
+    looked for only once told of a change."""
+    config, engine = open_home(training_home(root))
     catalog = Catalog(engine, model_roots(config), 0.0, host=config.catalog.host)
     downloads = Downloads(
         engine, config, ledger=Ledger.for_home(engine, config.home), catalog=catalog
     )
     downloads.wait_for_change = True
+    return config, engine, downloads
+
+
+def test_new_download_rows_are_looked_for_only_after_a_commit(tmp_path: Path) -> None:
+    """The loop tells Downloads when its data_version probe saw a commit; until then a row
+    INSERTed is not looked for, and once told, the next tick takes it (here: fails it, the
+    repository name being impossible, with no Hub needed)."""
+    config, engine, downloads = _downloads(tmp_path / "home")
     try:
         downloads.tick()  # the first look is owed: nothing there
         other = make_engine(config.db_url)
@@ -394,13 +395,7 @@ def test_rows_left_by_a_dead_pull_are_looked_for_twice_a_minute_not_at_every_tic
     Over a minute of 0.1 s ticks it is looked for at the first tick and every 30 s after."""
     from oneseekd.hub import downloads as module
 
-    home = training_home(tmp_path / "home")
-    config, engine = open_home(home)
-    catalog = Catalog(engine, model_roots(config), 0.0, host=config.catalog.host)
-    downloads = Downloads(
-        engine, config, ledger=Ledger.for_home(engine, config.home), catalog=catalog
-    )
-    downloads.wait_for_change = True
+    _config, engine, downloads = _downloads(tmp_path / "home")
     clock = {"now": 1000.0}
     monkeypatch.setattr(module.time, "monotonic", lambda: clock["now"])
     looks = calls_of(monkeypatch, Downloads, "recover", clock=lambda: clock["now"])
@@ -423,13 +418,9 @@ def test_an_idle_daemon_ticks_twice_a_second_and_a_dropped_file_wakes_it(
     requests/ is watched, so a file dropped there wakes the loop at once."""
     home = training_home(tmp_path / "home")
     steps = calls_of(monkeypatch, Daemon, "_step")
-    daemon = Daemon(load_config(home, env={}))
     window = 3.0
-    marks: dict[str, float] = {}
-    stopper = _stop_after_a_quiet_window(daemon, 0.5, window, marks)
-    assert daemon.run() == 0
-    stopper.join()
-    quiet = [t for t in steps if marks["start"] <= t <= marks["end"]]
+    start, end = _run_through_a_quiet_window(home, 0.5, window)
+    quiet = [t for t in steps if start <= t <= end]
     assert len(quiet) <= window / pulse.IDLE_TICK_SECONDS + 2, f"{len(quiet)} ticks"
 
 

@@ -114,7 +114,7 @@ class Pulse:
         now = time.monotonic()
         net = (
             EMPTY_QUEUE_LOOK_SECONDS
-            if self.probe.available and supervisor.queue_empty
+            if self.probed and supervisor.queue_empty
             else QUEUE_LOOK_SECONDS
         )
         if supervisor.busy or nudged or now - self._last_look >= net:

@@ -173,10 +173,9 @@ class Daemon:
         drops.database = self._database  # a file is moved only once its row is in this file
         rows = PendingRows(intake, engine)
         supervisor = Supervisor(engine, cfg, pulse.row_id, ledger=ledger)
-        if pulse.probed:
-            supervisor.live_states = pulse.live_states
         downloads = Downloads(engine, cfg, ledger=ledger, catalog=catalog)
-        if pulse.probed:
+        if pulse.probed:  # their idle looks as plain statements on the probe's connection
+            supervisor.live_states = pulse.live_states
             downloads.running_here = pulse.downloads_running
         downloads.recover()  # a download this host's last daemon left resumes from its bytes
         drops.recover()
