@@ -177,6 +177,7 @@ class Daemon:
         if pulse.probed:  # their idle looks as plain statements on the probe's connection
             supervisor.live_states = pulse.live_states
             downloads.running_here = pulse.downloads_running
+            downloads.wait_for_change = True  # new rows are looked for once a change is told
         downloads.recover()  # a download this host's last daemon left resumes from its bytes
         drops.recover()
         rows.poll()
@@ -235,8 +236,6 @@ class Daemon:
         return 0
 
     def _loop(self, pulse: Pulse, parts: _Parts) -> None:
-        # new download rows are looked for on a change, where there is a probe to tell
-        parts.downloads.wait_for_change = pulse.probed
         failures = 0
         while not self.stop_requested:
             try:
